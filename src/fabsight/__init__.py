@@ -1,0 +1,3 @@
+"""fabsight: automatic defect classification for semiconductor fabs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from fabsight.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``fabsight`` command line: thin Typer layers over library functions."""

@@ -1,0 +1,58 @@
+"""Combines the command groups into one ``fabsight`` app and turns user errors into one line."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from fabsight import __version__
+from fabsight.errors import FabsightError
+
+app = typer.Typer(
+    name="fabsight",
+    help="Automatic defect classification for semiconductor fabs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Each module exposes ``register(app)``; the order here is the order in ``--help``.
+_COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fabsight {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """fabsight: read wafer data, classify patterns and defects, explain, monitor, serve."""
+
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
+
+
+def main() -> None:
+    """Entry point: user mistakes end as ``error: FILE: problem`` with exit code 2."""
+    try:
+        app()
+    except FabsightError as exc:
+        _fail(str(exc))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        _fail(f"{exc.filename}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

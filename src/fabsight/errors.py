@@ -1,0 +1,30 @@
+"""The one error type for user mistakes.
+
+Anything the user can fix (a corrupt file, a wrong folder, an unknown class) raises
+:class:`FabsightError`; the CLI turns it into ``error: FILE: what is wrong`` and exit
+code 2. Any other exception is a bug in fabsight and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class FabsightError(Exception):
+    """A problem with the user's input, reported as one line naming the file."""
+
+    def __init__(self, path: str | PathLike[str] | None, message: str) -> None:
+        self.path = None if path is None else str(path)
+        self.message = message
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class FormatError(FabsightError):
+    """A file that claims (or is asked) to be a format but does not parse as it."""
+
+
+class ModelError(FabsightError):
+    """A model directory that is missing, incomplete or does not fit the request."""

@@ -1,0 +1,1 @@
+"""Small helpers shared by every area (atomic files, JSON, progress)."""
