@@ -16,12 +16,11 @@ setting works for a 26×26 probe map and a 22,000-defect KLARF file alike:
   probability below ``alpha`` (Poisson counts), capped at one die pitch so a cluster never
   jumps across more than one die of empty silicon.
 
-Each cluster is summarised by size, centroid, bounding box and shape: ``line`` (principal-axis
-ratio ≥ 3, a scratch), ``arc`` (elongated, ratio ≥ 2, but at a near-constant distance from the
-wafer centre: inter-quartile range of that distance ≤ 15 % of its median, an edge-loc or
-partial ring), ``ring`` (it surrounds the wafer centre, ≥ 75 % of the 10° angular
-bins occupied, without covering it: no member closer than half the median distance; an edge
-ring or donut) or ``blob``.
+Each cluster is summarised by size, centroid, bounding box and shape, tested in this order:
+``ring`` (it surrounds the wafer centre, ≥ 75 % of the 10° angular bins occupied, without
+covering it: no member closer than half the median distance; an edge ring or donut), ``arc``
+(principal-axis ratio ≥ 2 with the long axis tangential to the wafer centre and spanning ≥ 20°
+around it: an edge-loc or partial ring), ``line`` (ratio ≥ 3, a scratch) or ``blob``.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ DEFECT_MIN_SAMPLES = 4
 LINE_ELONGATION = 3.0
 RING_COVERAGE = 0.75
 ARC_ELONGATION = 2.0
-ARC_RADIAL_SPREAD = 0.15
+ARC_MIN_SPAN = 20.0
 
 
 @dataclass
@@ -96,23 +95,29 @@ class ClusterResult:
         }
 
 
+def _angular_span(angles: np.ndarray) -> float:
+    """Smallest arc (degrees) containing all ``angles``: 360 minus the largest gap between them."""
+    a = np.sort(angles % 360)
+    gaps = np.diff(np.concatenate([a, [a[0] + 360]]))
+    return float(360 - gaps.max())
+
+
 def _shape(points: np.ndarray, centre: tuple[float, float]) -> tuple[str, float]:
-    """Classify a point set as ``line``, ``ring`` or ``blob`` (see the module docstring)."""
+    """Classify a point set as ``ring``, ``arc``, ``line`` or ``blob`` (see the module docstring)."""
     if len(points) < 3:
         return "blob", 1.0
-    cov = np.cov(points.T)
-    ev = np.sort(np.linalg.eigvalsh(cov))[::-1]
-    elongation = float(np.sqrt(ev[0] / max(ev[1], 1e-9)))
+    evals, evecs = np.linalg.eigh(np.cov(points.T))
+    elongation = float(np.sqrt(evals[1] / max(evals[0], 1e-9)))
     rel = points - np.asarray(centre)
     angles = np.degrees(np.arctan2(rel[:, 1], rel[:, 0])) % 360
     coverage = len(np.unique((angles // 10).astype(int))) / 36
     dist = np.hypot(rel[:, 0], rel[:, 1])
-    median = float(np.median(dist))
-    hollow = dist.min() >= 0.5 * median
-    if coverage >= RING_COVERAGE and hollow:
+    if coverage >= RING_COVERAGE and dist.min() >= 0.5 * np.median(dist):
         return "ring", elongation
-    q1, q3 = np.percentile(dist, [25, 75])
-    if hollow and elongation >= ARC_ELONGATION and (q3 - q1) <= ARC_RADIAL_SPREAD * median:
+    radial = rel.mean(axis=0)
+    radial = radial / max(float(np.hypot(*radial)), 1e-9)
+    tangential = abs(float(evecs[:, 1] @ radial)) < 0.5
+    if elongation >= ARC_ELONGATION and tangential and _angular_span(angles) >= ARC_MIN_SPAN:
         return "arc", elongation
     if elongation >= LINE_ELONGATION:
         return "line", elongation
@@ -234,9 +239,10 @@ def cluster_defects(
 ) -> ClusterResult:
     """DBSCAN on defect wafer coordinates (µm); ``eps`` from the background density unless given.
 
-    The wafer area is the disc through the farthest defect from the centre; the background
-    density starts as all defects over that area and is re-estimated from the unclustered
-    defects (a big cluster would otherwise shrink ``eps``), as on the grid.
+    The density is all defects over the disc through the farthest one. Unlike the grid, it
+    is not re-estimated from the unclustered defects: with thousands of defects that feedback
+    (fewer background defects → larger ``eps`` → bigger clusters) runs away into one cluster,
+    while using every defect only errs towards a smaller ``eps``, i.e. tighter clusters.
     """
     from sklearn.cluster import DBSCAN
 
@@ -246,20 +252,13 @@ def cluster_defects(
     if ok.sum() < min_samples:
         return ClusterResult([], labels, float(eps or 0.0), min_samples, units="um")
     pts = xy[ok]
-    fixed = eps is not None
-    area = float(np.pi * np.hypot(pts[:, 0], pts[:, 1]).max() ** 2)
-    background = len(pts)
-    for _ in range(1 if fixed else 3):
-        if not fixed:
-            eps = csr_eps(background, area, min_samples)
-            if die_pitch is not None:
-                eps = min(eps, float(max(die_pitch)))
-        eps = max(float(eps or 0.0), 1e-6)
-        labels[ok] = DBSCAN(eps=eps, min_samples=min_samples).fit_predict(pts)
-        noise = int((labels[ok] < 0).sum())
-        if noise == background or noise < min_samples:
-            break
-        background = noise
+    if eps is None:
+        area = float(np.pi * np.hypot(pts[:, 0], pts[:, 1]).max() ** 2)
+        eps = csr_eps(len(pts), area, min_samples)
+        if die_pitch is not None:
+            eps = min(eps, float(max(die_pitch)))
+    eps = max(float(eps), 1e-6)
+    labels[ok] = DBSCAN(eps=eps, min_samples=min_samples).fit_predict(pts)
     clusters = _summarise(xy, labels, (0.0, 0.0))
     relabel = np.full(len(xy), -1)
     for c in clusters:

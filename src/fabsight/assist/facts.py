@@ -135,6 +135,7 @@ class ExtentFacts:
     dies: int
     failing: int
     fail_fraction: float
+    failing_by_zone: dict[str, int]
     pattern_dies: int
     background_dies: int
     clusters: int
@@ -267,14 +268,16 @@ def location_facts(wmap: WaferMap, geo: DieGeometry, mask: np.ndarray, basis: st
     )
 
 
-def extent_facts(wmap: WaferMap, clustering: ClusterResult) -> ExtentFacts:
-    """Die counts, and how many failing dies the clusters (the pattern) hold versus background."""
+def extent_facts(wmap: WaferMap, geo: DieGeometry, clustering: ClusterResult) -> ExtentFacts:
+    """Die counts (also per zone), and how many failing dies the clusters (the pattern) hold versus background."""
     dies, failing = wmap.n_dies, wmap.n_fail
     pattern = clustering.clustered
+    fail = wmap.grid == DieState.FAIL
     return ExtentFacts(
         dies=dies,
         failing=failing,
         fail_fraction=round(failing / dies, 4) if dies else 0.0,
+        failing_by_zone={z: int((m & fail).sum()) for z, m in _zone_masks(geo).items()},
         pattern_dies=pattern,
         background_dies=failing - pattern,
         clusters=len(clustering.clusters),
@@ -332,7 +335,7 @@ def wafer_facts(wmap: WaferMap, prediction: Mapping[str, Any] | None = None) -> 
     basis = "clusters"
     if not mask.any():
         mask, basis = wmap.grid == DieState.FAIL, "all failing dies"
-    extent = extent_facts(wmap, clustering)
+    extent = extent_facts(wmap, geo, clustering)
     return WaferFacts(
         wafer_id=str(wmap.wafer_id),
         lot_id=str(wmap.lot_id),
