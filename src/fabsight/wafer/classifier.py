@@ -44,12 +44,20 @@ PROTOTYPE_SCALE = 10.0
 MIN_VALIDATION = 8
 _BATCH = 256
 MIN_INPUT_SIZE = 32
+#: Views of each training map (as is + augmented) the OOD statistics are fitted on.
+OOD_VIEWS = 4
 
 
 def _canonical_order(names: set[str], multilabel: bool) -> list[str]:
     """Known pattern names in the public data sets' order, then any others sorted."""
     known = MIXEDWM38_LABELS if multilabel else WM811K_CLASSES
     return [c for c in known if c in names] + sorted(names - set(known))
+
+
+def label_tuple(labels: str | Sequence[str]) -> tuple[str, ...]:
+    """Labels as a tuple of basic pattern names: ``"Center+Loc"`` (a mixed folder name) splits."""
+    names = [labels] if isinstance(labels, str) else list(labels)
+    return tuple(dict.fromkeys(part for name in names for part in str(name).split("+") if part))
 
 
 def _source_of(item: Any, index: int) -> str:
@@ -154,6 +162,8 @@ class WaferClassifier(BaseEstimator):
             raw = [tuple(n for n, v in zip(names, row, strict=True) if v) or ("none",) for row in y]
         else:
             raw = [(v,) if isinstance(v, str) else tuple(str(s) for s in v) for v in y]
+        if self.multilabel:
+            raw = [label_tuple(t) for t in raw]
         if len(raw) != len(maps):
             raise FabsightError(None, f"{len(maps)} maps but {len(raw)} labels")
         for i, labels in enumerate(raw):
@@ -185,16 +195,25 @@ class WaferClassifier(BaseEstimator):
         return classes
 
     # ----------------------------------------------------------------- network
-    def _run(self, x: np.ndarray, description: str) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and embeddings of preprocessed maps, in batches, in eval mode."""
+    def _run(self, x: np.ndarray, description: str, augment_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embeddings of preprocessed maps, in batches, in eval mode.
+
+        With ``augment_seed`` each batch is first augmented as in training (one random view).
+        """
         import torch
 
+        from fabsight.wafer.net import augment
+
+        gen = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
         self.net_.eval()
         logits, embeddings = [], []
         starts = range(0, len(x), _BATCH)
         with torch.inference_mode():
             for s in track(starts, description, total=len(starts)):
-                z = self.net_.embed(torch.from_numpy(np.ascontiguousarray(x[s : s + _BATCH], dtype=np.float32)))
+                xb = torch.from_numpy(np.ascontiguousarray(x[s : s + _BATCH], dtype=np.float32))
+                if gen is not None:
+                    xb = augment(xb, gen, rotate=self.rotate, flip=self.flip, max_noise=self.max_noise)
+                z = self.net_.embed(xb)
                 embeddings.append(z.numpy())
                 logits.append(self.net_.classify(z).numpy())
         return np.concatenate(logits), np.concatenate(embeddings)
@@ -303,6 +322,10 @@ class WaferClassifier(BaseEstimator):
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if int(self.input_size) < MIN_INPUT_SIZE:
             raise ValueError(f"input_size must be ≥ {MIN_INPUT_SIZE} (five 2x downsamplings), got {self.input_size}")
+        if self.init is None and self.head in ("probe", "prototype"):
+            raise ValueError(f"head={self.head!r} needs init (a trained model to take embeddings from)")
+        if self.head == "prototype" and self.multilabel:
+            raise ValueError("head='prototype' is single-label only")
         torch.set_num_threads(self.n_threads)
         seed = 0 if self.random_state is None else int(self.random_state)
         base = self.init if isinstance(self.init, WaferClassifier) or self.init is None else load_model(self.init)
@@ -332,13 +355,9 @@ class WaferClassifier(BaseEstimator):
 
         head = self.head
         if base is None:
-            if head in ("probe", "prototype"):
-                raise ValueError(f"head={head!r} needs init (a trained model to take embeddings from)")
             head = "scratch"
         elif head == "auto":
             head = FEW_SHOT_HEAD if min(counts.values()) <= FEW_SHOT_MAX_PER_CLASS else "finetune"
-        if head == "prototype" and self.multilabel:
-            raise ValueError("head='prototype' is single-label only")
         self.head_ = head
 
         # Stratified hold-out: every group with ≥ 3 maps gives at least one.
@@ -365,7 +384,7 @@ class WaferClassifier(BaseEstimator):
             lr = self.learning_rate * (FINETUNE_LR_SCALE if head == "finetune" else 1.0)
             self._train(x_tr, t_tr, weights, lr=lr, head_only=head == "probe", seed=seed)
 
-        self._calibrate(x[val_mask], targets[val_mask], x_tr, g_tr)
+        self._calibrate(x[val_mask], targets[val_mask], x_tr, g_tr, seed)
         self.training_ = {
             "data": data,
             "n_maps": len(labels),
@@ -374,8 +393,7 @@ class WaferClassifier(BaseEstimator):
             "per_class": dict(sorted(counts.items())),
             "grid_shapes": self._shape_summary(maps),
             "head": head,
-            "init": None if self.init is None else str(self.init) if not isinstance(self.init, WaferClassifier) else
-            "in-memory model",
+            "init": "in-memory model" if isinstance(self.init, WaferClassifier) else self.init and str(self.init),
             "epochs": 0 if head == "prototype" else self.epochs,
             "augmentation": {"rotate": self.rotate, "flip": self.flip, "max_noise": self.max_noise},
             "class_balanced_sampling": True,
@@ -388,12 +406,16 @@ class WaferClassifier(BaseEstimator):
         shapes = Counter(tuple(np.shape(m.grid if isinstance(m, WaferMap) else m)) for m in maps)
         return {"distinct": len(shapes), "most_common": [[list(s), n] for s, n in shapes.most_common(5)]}
 
-    def _calibrate(self, x_val: np.ndarray, t_val: np.ndarray, x_tr: np.ndarray, g_tr: np.ndarray) -> None:
+    def _calibrate(self, x_val: np.ndarray, t_val: np.ndarray, x_tr: np.ndarray, g_tr: np.ndarray, seed: int) -> None:
         """Temperature, thresholds and OOD model from held-out maps (see calibration module)."""
         from sklearn.metrics import f1_score
 
-        _, emb_tr = self._run(x_tr, "embedding training maps")
-        self.ood_ = cal.MahalanobisOOD.fit(emb_tr, g_tr)
+        # The OOD statistics see each training map as it is and in augmented views, so the
+        # ordinary variation of a class (orientation, extra noise) is not "unusual".
+        views = [self._run(x_tr, "embedding training maps")[1]]
+        views += [self._run(x_tr, f"embedding training maps, view {v + 2}", seed + v)[1] for v in range(OOD_VIEWS - 1)]
+        emb_tr = np.concatenate(views)
+        self.ood_ = cal.MahalanobisOOD.fit(emb_tr, np.tile(g_tr, OOD_VIEWS))
         n_classes = len(self.classes_)
         self.temperature_ = 1.0
         self.label_thresholds_ = np.full(n_classes, 0.5)
@@ -410,13 +432,17 @@ class WaferClassifier(BaseEstimator):
             self.label_thresholds_ = cal.label_thresholds(p_cal, t_val)
             pred = p_cal >= self.label_thresholds_
             correct = (pred == t_val.astype(bool)).all(axis=1)
-            quality = {"exact_match": float(correct.mean()), "macro_f1": float(
-                f1_score(t_val, pred, average="macro", zero_division=0))}
+            quality = {
+                "exact_match": float(correct.mean()),
+                "macro_f1": float(f1_score(t_val, pred, average="macro", zero_division=0)),
+            }
         else:
             pred = p_cal.argmax(axis=1)
             correct = pred == t_val
-            quality = {"accuracy": float(correct.mean()), "macro_f1": float(
-                f1_score(t_val, pred, average="macro", labels=range(n_classes), zero_division=0))}
+            quality = {
+                "accuracy": float(correct.mean()),
+                "macro_f1": float(f1_score(t_val, pred, average="macro", labels=range(n_classes), zero_division=0)),
+            }
         confidence = self._confidence(p_cal)
         self.review_threshold_ = cal.review_threshold(confidence, correct, self.review_precision, floor=0.5)
         scores = self.ood_.score(emb)
@@ -543,8 +569,11 @@ class WaferClassifier(BaseEstimator):
                 "temperature": self.temperature_,
                 "review_threshold": self.review_threshold_,
                 "label_thresholds": [float(t) for t in self.label_thresholds_],
-                "ood": {"method": "mahalanobis (Ledoit-Wolf tied covariance)", "threshold": self.ood_.threshold,
-                        "quantile": self.ood_quantile},
+                "ood": {
+                    "method": "mahalanobis (Ledoit-Wolf tied covariance)",
+                    "threshold": self.ood_.threshold,
+                    "quantile": self.ood_quantile,
+                },
                 "head": self.head_,
                 "hyperparameters": params,
             },

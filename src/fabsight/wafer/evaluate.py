@@ -9,7 +9,7 @@ import numpy as np
 
 from fabsight.errors import FabsightError
 from fabsight.types import WaferMap
-from fabsight.wafer.classifier import WaferClassifier
+from fabsight.wafer.classifier import WaferClassifier, label_tuple
 
 
 def _check_known(clf: WaferClassifier, maps: Sequence[WaferMap], labels: list[tuple[str, ...]]) -> None:
@@ -37,7 +37,7 @@ def evaluate(clf: WaferClassifier, maps: Sequence[WaferMap]) -> dict[str, Any]:
 
     if len(maps) == 0:
         raise FabsightError(None, "no labelled maps to evaluate on")
-    labels = [tuple(m.labels) for m in maps]
+    labels = [label_tuple(m.labels) if clf.multilabel else tuple(m.labels) for m in maps]
     if not clf.multilabel:
         for m, t in zip(maps, labels, strict=True):
             if len(t) != 1:

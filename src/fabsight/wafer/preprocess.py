@@ -2,12 +2,17 @@
 
 A wafer map is categorical: die state 2 is not "more" than state 1, so resizing the raw
 codes with an image filter would invent half-failing dies and blur failing dies into
-good ones. Instead each state gets its own channel (one-hot), the grid is padded to a
-square with off-wafer dies (centred, so a wafer keeps its round outline), and every
-channel is *area*-resampled: an output pixel holds the fraction of its area covered by
-dies in that state. The three channels therefore always sum to 1, a 300×300 map and a
-26×26 map of the same pattern look alike, and nothing is fitted (no statistics to
-carry in the model card beyond the size).
+good ones. Instead each state gets its own channel (one-hot) and every channel is
+*area*-resampled: an output pixel holds the fraction of its area covered by dies in that
+state. The three channels therefore always sum to 1, a 300×300 map and a 26×26 map of
+the same pattern look alike, and nothing is fitted (no statistics to carry in the model
+card beyond the size).
+
+Rows and columns are resampled independently, not padded to a square: a wafer map is the
+wafer's bounding box on the die grid, so a non-square grid (non-square dies, e.g. 25×27
+in WM-811K) holds a wafer that is round in millimetres and elliptical in cells. Stretching
+each axis to ``size`` makes it round again, so a Center blob or an Edge-Ring looks the
+same whatever the die aspect ratio.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ CHANNELS: tuple[str, ...] = ("off", "good", "fail")
 
 #: What a user must reproduce to feed the model by hand (stored in every model card).
 PREPROCESSING = (
-    "one-hot channels (off, good, fail); pad to square with off-wafer dies, centred; "
-    "area-resample each channel to size x size (pixel = fraction of its area in that state)"
+    "one-hot channels (off, good, fail); area-resample rows and columns independently to "
+    "size x size (pixel = fraction of its area in that state; the grid is the wafer's bounding box)"
 )
 
 
@@ -74,13 +79,8 @@ def to_model_input(grid: np.ndarray, size: int, *, source: str | None = None) ->
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     h, w = g.shape
-    side = max(h, w)
-    onehot = np.zeros((3, side, side), dtype=np.float32)
-    onehot[0] = 1.0  # the padding is off-wafer
-    top, left = (side - h) // 2, (side - w) // 2
-    onehot[:, top : top + h, left : left + w] = g[None, :, :] == np.arange(3, dtype=np.uint8)[:, None, None]
-    r = _area_matrix(side, size)
-    return np.matmul(np.matmul(r, onehot), r.T)
+    onehot = (g[None, :, :] == np.arange(3, dtype=np.uint8)[:, None, None]).astype(np.float32)
+    return np.matmul(np.matmul(_area_matrix(h, size), onehot), _area_matrix(w, size).T)
 
 
 def _grid_and_source(item: WaferMap | np.ndarray, index: int) -> tuple[np.ndarray, str]:
