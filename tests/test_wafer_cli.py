@@ -34,7 +34,7 @@ def folders(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("wafer-cli")
     write_folder(generate_dataset(30, classes=CLASSES, shapes=((30, 30), (52, 52)), seed=0), root / "train")
     write_folder(generate_dataset(10, classes=CLASSES, shapes=((40, 36),), seed=9), root / "test")
-    code, out, err = run("wafer", "train", root / "train", "--out", root / "model", *FAST, "--json")
+    code, _, err = run("wafer", "train", root / "train", "--out", root / "model", *FAST, "--json")
     assert code == 0, err
     return root / "train", root / "test", root / "model"
 

@@ -172,7 +172,7 @@ def test_user_mistakes(model) -> None:
     with pytest.raises(ValueError, match="needs init"):
         WaferClassifier(head="probe", **FAST).fit(maps, ["Center", "Loc", "Loc"])
     unknown = WaferMap(maps[0].grid, source="a.npy", labels=("Donut",))
-    with pytest.raises(FabsightError, match="a.npy: label 'Donut' is not a class of the model"):
+    with pytest.raises(FabsightError, match=r"a\.npy: label 'Donut' is not a class of the model"):
         evaluate(model, [unknown])
 
 
