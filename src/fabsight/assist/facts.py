@@ -190,14 +190,15 @@ def pattern_facts(prediction: Mapping[str, Any] | None, *, min_confidence: float
 
     The classifier's label is only called dominant when it is confident (≥ ``min_confidence``)
     and not routed to review; otherwise the explanation must say there is no dominant pattern.
-    Multi-label models may give ``labels``; every label listed there counts as present.
+    Multi-label models join their labels with ``+`` (``"Center+Loc"``) or give ``labels``;
+    every label listed counts as present.
     """
     if prediction is None:
         return PatternFacts(status="unclassified")
     label = prediction.get("label")
     prob = prediction.get("probability")
     prob = None if prob is None else float(prob)
-    labels = [str(x) for x in prediction.get("labels") or ([label] if label else [])]
+    labels = [str(x) for x in prediction.get("labels") or (str(label).split("+") if label else [])]
     top3 = [(str(n), round(float(p), 4)) for n, p in prediction.get("top3") or []]
     review = bool(prediction.get("needs_review", False))
     reason = str(prediction.get("review_reason") or "")
@@ -212,7 +213,7 @@ def pattern_facts(prediction: Mapping[str, Any] | None, *, min_confidence: float
     return PatternFacts("pattern", real[0], real, prob, top3, review, reason)
 
 
-def _zone_masks(geo: DieGeometry) -> dict[str, np.ndarray]:
+def zone_masks(geo: DieGeometry) -> dict[str, np.ndarray]:
     r = np.nan_to_num(geo.radius, nan=-1.0)
     return {name: geo.on_wafer & (r >= lo) & (r < hi) for name, lo, hi in ZONES}
 
@@ -229,7 +230,7 @@ def radial_profile(wmap: WaferMap, geo: DieGeometry, bins: int = RADIAL_BINS) ->
 
 def location_facts(wmap: WaferMap, geo: DieGeometry, mask: np.ndarray, basis: str) -> LocationFacts:
     """Zone, sector and quadrant of the dies in ``mask`` (see the module docstring for the rules)."""
-    zones = _zone_masks(geo)
+    zones = zone_masks(geo)
     n_on = int(geo.on_wafer.sum())
     n = int(mask.sum())
     profile = radial_profile(wmap, geo)
@@ -277,7 +278,7 @@ def extent_facts(wmap: WaferMap, geo: DieGeometry, clustering: ClusterResult) ->
         dies=dies,
         failing=failing,
         fail_fraction=round(failing / dies, 4) if dies else 0.0,
-        failing_by_zone={z: int((m & fail).sum()) for z, m in _zone_masks(geo).items()},
+        failing_by_zone={z: int((m & fail).sum()) for z, m in zone_masks(geo).items()},
         pattern_dies=pattern,
         background_dies=failing - pattern,
         clusters=len(clustering.clusters),
@@ -309,7 +310,7 @@ def yield_facts(extent: ExtentFacts) -> YieldFacts:
 def notch_mask(geo: DieGeometry) -> np.ndarray:
     """Dies near the notch: edge zone of the notch sector."""
     in_sector = np.abs(np.nan_to_num(geo.angle, nan=0.0) - 180.0) <= 22.5
-    return _zone_masks(geo)["edge"] & in_sector
+    return zone_masks(geo)["edge"] & in_sector
 
 
 def notch_facts(wmap: WaferMap, geo: DieGeometry) -> NotchFacts:
