@@ -148,3 +148,12 @@ def test_user_mistakes_are_one_line_errors(data, tmp_path) -> None:
                           capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO / "src"),
                                                                          "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2 and proc.stderr == "error: the question is empty\n"
+
+
+def test_export_sft_cli(data, tmp_path) -> None:
+    code, out, err = run("export-sft", data["test"], "--golden", data["golden"], "--out", tmp_path / "sft",
+                         "--size", "64", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["maps"] == 8 and r["by_kind"] == dict.fromkeys(["multi", "yes", "no", "describe", "golden"], 8)
+    assert len(json.loads((tmp_path / "sft" / "annotations.json").read_text())) == 40
