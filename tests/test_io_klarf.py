@@ -171,3 +171,25 @@ def test_write_klarf_round_trip(shared: Path, tmp_path: Path) -> None:
         assert np.array_equal(a.x_index, b.x_index) and np.array_equal(a.y_index, b.y_index)
         assert np.array_equal(a.counts, b.counts)
         assert np.allclose(a.defects.xrel, b.defects.xrel) and np.allclose(a.defects.size, b.defects.size)
+
+
+def _klarf(rows: str) -> str:
+    return (
+        "FileVersion 1 2;\nLotID \"L\";\nSampleSize 1 200;\nDiePitch 1000 1000;\nWaferID \"W\";\n"
+        "SampleCenterLocation 0 0;\nDefectRecordSpec 4 DEFECTID XINDEX YINDEX DSIZE;\n"
+        f"DefectList\n{rows};\nSummarySpec 1 TESTNO;\nSummaryList 1;\nEndOfFile;\n"
+    )
+
+
+def test_wrapped_records_and_short_rows(tmp_path: Path) -> None:
+    path = tmp_path / "w.000"
+    path.write_text(_klarf(" 1 0 0\n 2.5\n 2 3 -4 NA\n"))  # record 1 wraps onto a second line
+    (m,) = read_klarf(path)
+    assert m.defects.defect_id.tolist() == [1, 2] and m.defects.size[0] == 2.5 and np.isnan(m.defects.size[1])
+    assert m.grid[int(np.flatnonzero(m.y_index == -4)[0]), int(np.flatnonzero(m.x_index == 3)[0])] == DieState.FAIL
+    path.write_text(_klarf(" 1 0 0 1.0\n 2 3 -4\n 3 1 1 1.0\n"))  # one value missing: not padded with NaN
+    with pytest.raises(FormatError, match="11 values, not a whole number of 4-column"):
+        read_klarf(path)
+    path.write_text(_klarf(" 1 0 0 1.0\n 2 3 x 1.0\n"))
+    with pytest.raises(FormatError, match="'x' is not a number"):
+        read_klarf(path)
