@@ -118,7 +118,7 @@ def folder_files(root: str | Path) -> list[tuple[Path, str | None]]:
         elif entry.suffix.lower() in MAP_SUFFIXES:
             found.append((entry, None))
     if not found:
-        raise FormatError(root, "no .png/.npy wafer maps in ROOT or ROOT/CLASS/")
+        raise FormatError(root, "no .png/.npy wafer maps in ROOT or ROOT/CLASS/, and no other wafer data files")
     return found
 
 
