@@ -175,7 +175,7 @@ def test_write_klarf_round_trip(shared: Path, tmp_path: Path) -> None:
 
 def _klarf(rows: str) -> str:
     return (
-        "FileVersion 1 2;\nLotID \"L\";\nSampleSize 1 200;\nDiePitch 1000 1000;\nWaferID \"W\";\n"
+        'FileVersion 1 2;\nLotID "L";\nSampleSize 1 200;\nDiePitch 1000 1000;\nWaferID "W";\n'
         "SampleCenterLocation 0 0;\nDefectRecordSpec 4 DEFECTID XINDEX YINDEX DSIZE;\n"
         f"DefectList\n{rows};\nSummarySpec 1 TESTNO;\nSummaryList 1;\nEndOfFile;\n"
     )
@@ -193,3 +193,21 @@ def test_wrapped_records_and_short_rows(tmp_path: Path) -> None:
     path.write_text(_klarf(" 1 0 0 1.0\n 2 3 x 1.0\n"))
     with pytest.raises(FormatError, match="'x' is not a number"):
         read_klarf(path)
+
+
+def test_defects_without_indices_are_placed_from_positions(shared: Path, tmp_path: Path) -> None:
+    """Strip XINDEX/YINDEX from a real file and give centre-relative positions instead:
+    every defect must land on the same die."""
+    (m,) = read_maps(shared / "fixtures/klarf/LAA_FAA_LAA-01.000")
+    d = m.defects
+    text = (shared / "fixtures/klarf/LAA_FAA_LAA-01.000").read_text()
+    head = text[: text.index("DefectRecordSpec")]
+    rows = "\n".join(f" {i} {x:.3f} {y:.3f} {s}" for i, x, y, s in zip(d.defect_id, d.x, d.y, d.size, strict=True))
+    path = tmp_path / "noindex.000"
+    path.write_text(
+        head + f"DefectRecordSpec 4 DEFECTID XREL YREL DSIZE;\nDefectList\n{rows};\n"
+        "SummarySpec 1 TESTNO;\nSummaryList 1;\nEndOfFile;\n"
+    )
+    (b,) = read_klarf(path)
+    assert np.array_equal(b.defects.xindex, d.xindex) and np.array_equal(b.defects.yindex, d.yindex)
+    assert np.allclose(b.defects.xrel, d.xrel, atol=1e-2) and np.array_equal(b.grid, m.grid)
