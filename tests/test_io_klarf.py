@@ -160,17 +160,34 @@ def test_detect_by_content_not_extension(shared: Path, tmp_path: Path) -> None:
     assert detect_format(renamed) == "klarf"
 
 
-def test_write_klarf_round_trip(shared: Path, tmp_path: Path) -> None:
-    maps = read_maps(shared / "fixtures/klarf/QUU_NUU.000")
-    out = write_klarf(maps, tmp_path / "lot.000")
-    back = read_maps(out)
+READABLE = [
+    "QUU_NUU.000",
+    "LAA_FAA_LAA-01.000",
+    "klarf_no_defect.000",
+    "simple12.klarf",
+    "simple18.klarf",
+    "klarf12Example.klarf",
+    "klarf12DefectListExample.klarf",
+    "klarfWithImagelist.klarf",
+    "wierdKlarfWithNAs.klarf",
+]
+
+
+@pytest.mark.parametrize("name", READABLE)
+def test_write_klarf_round_trip(shared: Path, tmp_path: Path, name: str) -> None:
+    maps = read_maps(shared / "fixtures/klarf" / name)
+    back = read_maps(write_klarf(maps, tmp_path / "lot.000"))
     assert [b.wafer_id for b in back] == [m.wafer_id for m in maps]
     for a, b in zip(maps, back, strict=True):
         assert b.extras["die_grid"] == "SampleTestPlan"
         assert np.array_equal(a.grid, b.grid)
         assert np.array_equal(a.x_index, b.x_index) and np.array_equal(a.y_index, b.y_index)
         assert np.array_equal(a.counts, b.counts)
-        assert np.allclose(a.defects.xrel, b.defects.xrel) and np.allclose(a.defects.size, b.defects.size)
+        assert b.extras["class_names"] == a.extras["class_names"]
+        assert np.allclose(a.defects.xrel, b.defects.xrel) and np.allclose(
+            a.defects.size, b.defects.size, equal_nan=True
+        )
+        assert np.array_equal(a.defects.class_number, b.defects.class_number)
 
 
 def _klarf(rows: str) -> str:

@@ -30,7 +30,9 @@ def wafers(draw: st.DrawFn) -> WaferMap:
     return WaferMap(grid, lot_id="LOT7", wafer_id=str(draw(st.integers(1, 25))), bins=bins, die_pitch=(800.0, 900.0))
 
 
-FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None
+)
 
 
 def _same_dies(a: WaferMap, b: WaferMap) -> None:

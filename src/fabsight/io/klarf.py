@@ -494,7 +494,6 @@ def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
     cols = w.columns or []
     values = np.concatenate(w.blocks) if w.blocks else np.zeros((0, len(cols)))
     if nm:
-        values = values.copy()
         for j, name in enumerate(cols):
             if name in _LENGTH_COLUMNS:
                 values[:, j] /= 1e3
