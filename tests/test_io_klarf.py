@@ -228,3 +228,17 @@ def test_defects_without_indices_are_placed_from_positions(shared: Path, tmp_pat
     (b,) = read_klarf(path)
     assert np.array_equal(b.defects.xindex, d.xindex) and np.array_equal(b.defects.yindex, d.yindex)
     assert np.allclose(b.defects.xrel, d.xrel, atol=1e-2) and np.array_equal(b.grid, m.grid)
+
+
+def test_defect_record_spec_declared_once_for_the_lot(tmp_path: Path) -> None:
+    text = (
+        'FileVersion 1 2;\nLotID "L";\nDiePitch 1000 1000;\nDefectRecordSpec 3 DEFECTID XINDEX YINDEX;\n'
+        'WaferID "1";\nDefectList\n 1 0 0\n 2 1 0;\nSummaryList 1;\n'
+        'WaferID "2";\nDefectList\n 1 5 5;\nSummaryList 1;\nEndOfFile;\n'
+    )
+    path = tmp_path / "lot.000"
+    path.write_text(text)
+    maps = read_klarf(path)
+    assert [len(m.defects) for m in maps] == [2, 1]
+    assert [m.extras["die_grid"] for m in maps] == ["defect extent"] * 2
+    assert maps[0].grid.tolist() == [[2, 2]]

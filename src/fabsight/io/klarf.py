@@ -216,6 +216,8 @@ def _parse_12(path: Path, text: str) -> tuple[dict[str, list[str]], list[_Wafer]
                 raise FormatError(path, f"DefectRecordSpec declares {n} columns but names {len(names)}")
             target.columns = names
         elif key == "defectlist":
+            if target.columns is None:  # a lot may declare its DefectRecordSpec once, for every wafer
+                target.columns = next((w.columns for w in reversed(wafers) if w.columns), None)
             if target.columns is None:
                 raise FormatError(path, "DefectList before any DefectRecordSpec")
             values, images = _defect_rows(path, body, target.columns)
