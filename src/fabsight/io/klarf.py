@@ -656,7 +656,7 @@ def _q(text: str) -> str:
 
 
 def _num(v: float) -> str:
-    return "NA" if not np.isfinite(v) else f"{v:.6g}"
+    return "NA" if not np.isfinite(v) else f"{v:.10g}"
 
 
 def _stamp(ts: datetime | None) -> str:
@@ -700,7 +700,8 @@ def write_klarf(maps: Sequence[WaferMap], path: str | Path) -> Path:
 
     Every on-wafer die goes into ``SampleTestPlan`` and every failing die gets at least
     one defect, so reading the file back gives the same grid. The lot id, device and
-    timestamp of the first map head the file. Maps without a die pitch get 1000 µm.
+    timestamp of the first map head the file; pitch, notch and wafer size are written per
+    wafer. Maps without a die pitch get 1000 µm.
     """
     if not maps:
         raise FormatError(path, "nothing to write: no wafer maps")
@@ -715,7 +716,6 @@ def write_klarf(maps: Sequence[WaferMap], path: str | Path) -> Path:
         f"DeviceID {_q(str(first.extras.get('device_id', '')))};",
         f"StepID {_q(str(first.extras.get('step_id', '')))};",
         "SampleOrientationMarkType NOTCH;",
-        f"OrientationMarkLocation {first.notch.upper() if first.notch in ANGLE_BY_NOTCH else 'DOWN'};",
     ]
     for slot, wmap in enumerate(maps, start=1):
         pitch = _file_pitch(wmap)
@@ -731,6 +731,7 @@ def write_klarf(maps: Sequence[WaferMap], path: str | Path) -> Path:
         class_names = wmap.extras.get("class_names") or {}
         out += [
             f"SampleSize 1 {_num(float(diameter))};",
+            f"OrientationMarkLocation {wmap.notch.upper() if wmap.notch in ANGLE_BY_NOTCH else 'DOWN'};",
             f"DiePitch {_num(pitch[0])} {_num(pitch[1])};",
             "DieOrigin 0 0;",
             f"WaferID {_q(wmap.wafer_id or str(slot))};",
