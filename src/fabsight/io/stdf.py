@@ -143,6 +143,7 @@ def read_stdf(path: str | Path) -> list[WaferMap]:
     hbins: dict[int, BinDefinition] = {}
     sbins: dict[int, BinDefinition] = {}
     hard_pf: dict[int, str] = {}  # HBIN_PF as written: 'P', 'F' or ' ' (unknown)
+    summarised: dict[tuple[int, int], set[int]] = {_HBR: set(), _SBR: set()}
     runs: list[_WaferRun] = []
     current: _WaferRun | None = None
     wcr: dict[str, Any] = {}
@@ -196,14 +197,19 @@ def read_stdf(path: str | Path) -> list[WaferMap]:
             head = f.u1()
             f.u1()
             num, cnt, pf, name = f.u2(), f.u4(), f.c1(), f.cn()
-            table = hbins if key == _HBR else sbins
             if num is None:
                 continue
-            if head == 255 or num not in table:  # head 255 = summary over all sites: preferred
+            table = hbins if key == _HBR else sbins
+            old = table.get(num)
+            if old is not None and old.count is not None and head != 255 and num not in summarised[key]:
+                old.count += cnt or 0  # per-site records and no all-site summary (yet): add them up
+            elif old is None or head == 255:  # head 255 = the summary over all sites: it wins
                 passed = pf == "P" if pf in ("P", "F") else num == 1
                 table[num] = BinDefinition(code=num, passed=passed, name=name or "", count=cnt)
                 if key == _HBR:
                     hard_pf[num] = pf or " "
+                if head == 255:
+                    summarised[key].add(num)
         elif key == _WCR:
             f = _Fields(body, order)
             wcr = {"wafer_size": f.r4(), "die_height": f.r4(), "die_width": f.r4(), "units": f.u1()}
