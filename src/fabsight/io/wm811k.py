@@ -24,6 +24,7 @@ from fabsight.errors import FormatError
 from fabsight.io._common import check_grid_values
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_open
+from fabsight.utils.progress import track
 
 COLUMNS = ("waferMap", "dieSize", "lotName", "waferIndex", "trianTestLabel", "failureType")
 
@@ -185,7 +186,7 @@ def write_lswmd(maps: Sequence[WaferMap], path: str | Path) -> Path:
     if not maps:
         raise FormatError(path, "nothing to write: no wafer maps")
     rows = []
-    for i, m in enumerate(maps):
+    for i, m in enumerate(track(maps, f"packing {Path(path).name}")):
         if len(m.labels) > 1:
             raise FormatError(path, f"wafer '{m.wafer_id}' has {len(m.labels)} labels; WM-811K holds one per wafer")
         try:
