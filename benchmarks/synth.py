@@ -54,7 +54,7 @@ def main() -> None:
     mixed = _rate(38 * mixed_n, seconds)
 
     maps = generate_dataset(4, seed=1)  # 36 maps
-    thumbs, _ = _best(lambda: [map_to_rgb(m.grid, 64) for m in maps * 10], args.repeats)
+    thumbs = _best(lambda: [map_to_rgb(m.grid, 64) for m in maps * 10], args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         sheet, _ = _best(lambda: render_png(maps, Path(tmp) / "sheet.png"), 1)
         single, _ = _best(lambda: render_png(maps[0], Path(tmp) / "one.png"), args.repeats)
@@ -63,7 +63,7 @@ def main() -> None:
             {
                 "generator_maps_per_s": sizes,
                 "generator_mixed_52x52": mixed,
-                "thumbnails_64px_per_s": round(360 / thumbs),
+                "thumbnails_64px": _rate(360, thumbs),
                 "render_png_single_s": round(single, 3),
                 "render_png_sheet_36_s": round(sheet, 3),
                 "machine": {

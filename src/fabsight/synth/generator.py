@@ -103,11 +103,6 @@ def labels_of(names: tuple[str, ...]) -> tuple[str, ...]:
     return names or ("none",)
 
 
-def class_name(labels: Sequence[str]) -> str:
-    """Folder / display name of a label tuple: ``Center+Edge-Ring``, ``none``."""
-    return "+".join(labels)
-
-
 def _check_range(name: str, value: Any) -> tuple[float, float]:
     """A user's ``value`` (a number, or a (low, high) pair) as a finite range."""
     try:
