@@ -18,7 +18,7 @@ Rules worth knowing:
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,8 +110,14 @@ def _byte_order(path: Path, data: bytes) -> str:
     return order
 
 
-def _records(path: Path, data: bytes, order: str) -> Any:
-    """``(rec_typ, rec_sub, body)`` for every record, checking lengths."""
+_WANTED = frozenset({_MIR, _MRR, _HBR, _SBR, _WIR, _WRR, _WCR, _PRR})
+
+
+def _records(path: Path, data: bytes, order: str) -> Iterator[tuple[int, int, bytes]]:
+    """``(rec_typ, rec_sub, body)`` of the records a bin map needs; checks every length.
+
+    Test results (PTR/FTR/MPR), the bulk of a file, are stepped over without copying.
+    """
     header = struct.Struct(order + "HBB")
     pos, n = 0, len(data)
     while pos < n:
@@ -121,7 +127,8 @@ def _records(path: Path, data: bytes, order: str) -> Any:
         end = pos + 4 + length
         if end > n:
             raise FormatError(path, f"truncated record ({typ},{sub}) at byte {pos}: needs {length} bytes")
-        yield typ, sub, data[pos + 4 : end]
+        if (typ, sub) in _WANTED:
+            yield typ, sub, data[pos + 4 : end]
         pos = end
 
 
