@@ -296,10 +296,14 @@ def test_synth_cli_writes_class_folders(tmp_path) -> None:
         grid = np.load(files[0])
         assert grid.shape == (30, 40)
         np.testing.assert_array_equal(grid == 0, ~wafer_mask((30, 40)))
-    again = tmp_path / "again"
-    CliRunner().invoke(app, ["synth", "--out", str(again), "--per-class", "3", "--size", "30x40"])
-    for a, b in zip(sorted(out.rglob("*.npy")), sorted(again.rglob("*.npy")), strict=True):
-        np.testing.assert_array_equal(np.load(a), np.load(b))  # same seed, same files
+    before = {p.relative_to(out): np.load(p) for p in out.rglob("*.npy")}
+    with pytest.raises(FabsightError, match="--overwrite"):  # never wipes an existing folder unasked
+        CliRunner().invoke(app, ["synth", "--out", str(out), "--per-class", "1"], catch_exceptions=False)
+    res = CliRunner().invoke(app, ["synth", "--out", str(out), "--per-class", "3", "--size", "30x40", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    after = {p.relative_to(out): np.load(p) for p in out.rglob("*.npy")}
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # same seed, same files
 
 
 def test_synth_cli_mixed_png_and_npz(tmp_path) -> None:
