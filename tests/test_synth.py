@@ -225,7 +225,10 @@ def _shows(name: str, grid: np.ndarray, t: dict) -> bool:
     """Whether a map visibly holds pattern ``name`` where its truth says it is."""
     rho, theta = polar_coords(grid.shape)
     rows, cols = np.indices(grid.shape)
-    near = lambda rc, r: (rows - rc[0]) ** 2 + (cols - rc[1]) ** 2 <= r**2  # noqa: E731
+
+    def near(rc: list[float], r: float) -> np.ndarray:
+        return (rows - rc[0]) ** 2 + (cols - rc[1]) ** 2 <= r**2
+
     if name == "Center":
         return _density(grid, rho < 0.5 * t["size"]) > 0.4
     if name == "Donut":
