@@ -200,10 +200,10 @@ def fewshot_section(args: argparse.Namespace, base: WaferClassifier) -> dict[str
             for m in methods:
                 t0 = time.time()
                 if m == "scratch":
-                    clf = WaferClassifier(epochs=args.epochs, n_threads=args.train_threads, random_state=r)
+                    clf = WaferClassifier(epochs=args.fewshot_epochs, n_threads=args.train_threads, random_state=r)
                 else:
                     clf = WaferClassifier(
-                        init=base, head=m, epochs=args.epochs, n_threads=args.train_threads, random_state=r
+                        init=base, head=m, epochs=args.fewshot_epochs, n_threads=args.train_threads, random_state=r
                     )
                 clf.fit(few)
                 clf.n_threads = args.threads
@@ -330,6 +330,7 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fewshot-test-per-class", type=int, default=40)
+    ap.add_argument("--fewshot-epochs", type=int, default=8)
     ap.add_argument("--train-threads", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="threads for inference and the speed section")
     ap.add_argument("--speed-rounds", type=int, default=3)
