@@ -1,0 +1,120 @@
+"""Helpers every reader and writer shares: building grids from die indices, safe names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from fabsight.errors import FormatError
+from fabsight.types import DieState, WaferMap
+
+#: Notch positions in the order of the clockwise angle from the bottom used by
+#: SEMI G85 ``Orientation`` and KLARF 1.8 ``OrientationMarkLocation`` (0 = down).
+NOTCH_BY_ANGLE: dict[int, str] = {0: "down", 90: "left", 180: "up", 270: "right"}
+ANGLE_BY_NOTCH: dict[str, int] = {v: k for k, v in NOTCH_BY_ANGLE.items()}
+
+
+def notch_from_angle(path: str | Path, value: str) -> str:
+    """Map an orientation angle in degrees (a multiple of 90) to a notch name."""
+    try:
+        angle = round(float(value)) % 360
+    except ValueError:
+        raise FormatError(path, f"orientation {value!r} is not an angle in degrees") from None
+    if angle not in NOTCH_BY_ANGLE:
+        raise FormatError(path, f"orientation {angle}° is not one of 0, 90, 180, 270")
+    return NOTCH_BY_ANGLE[angle]
+
+
+def grid_from_dies(
+    on_x: np.ndarray, on_y: np.ndarray, fail_x: np.ndarray, fail_y: np.ndarray, *, y_up: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A die grid from the file's die indices of on-wafer dies and failing dies.
+
+    Failing dies are always on-wafer (a defect or a failing part proves the die exists).
+    ``y_up`` says whether the file's Y index grows towards the top of the wafer (KLARF)
+    or towards the bottom (most wafer-sort testers); row 0 is the top either way.
+    Returns ``(grid, x_index, y_index)``.
+    """
+    all_x = np.concatenate([on_x, fail_x]).astype(np.int64)
+    all_y = np.concatenate([on_y, fail_y]).astype(np.int64)
+    if all_x.size == 0:
+        return np.zeros((0, 0), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    x0, x1 = int(all_x.min()), int(all_x.max())
+    y0, y1 = int(all_y.min()), int(all_y.max())
+    x_index = np.arange(x0, x1 + 1, dtype=np.int64)
+    y_index = np.arange(y1, y0 - 1, -1, dtype=np.int64) if y_up else np.arange(y0, y1 + 1, dtype=np.int64)
+    grid = np.zeros((y_index.size, x_index.size), np.uint8)
+    rows, cols = index_to_cell(all_y, all_x, x0, y0, y1, y_up=y_up)
+    grid[rows, cols] = DieState.GOOD
+    rows, cols = index_to_cell(fail_y.astype(np.int64), fail_x.astype(np.int64), x0, y0, y1, y_up=y_up)
+    grid[rows, cols] = DieState.FAIL
+    return grid, x_index, y_index
+
+
+def index_to_cell(
+    y: np.ndarray, x: np.ndarray, x0: int, y0: int, y1: int, *, y_up: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row/column of die indices in a grid built by :func:`grid_from_dies`."""
+    rows = (y1 - y) if y_up else (y - y0)
+    return rows.astype(np.intp), (x - x0).astype(np.intp)
+
+
+def file_indices(wmap: WaferMap, *, y_up: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Die indices to write for each column/row of ``wmap`` in a file's convention.
+
+    Keeps the map's own indices when they already run the way the target format needs
+    (x growing to the right; y growing up for ``y_up`` formats, down otherwise), and
+    negates them when they run the other way, so the picture is never mirrored.
+    """
+    rows, cols = wmap.shape
+    xs = np.arange(cols, dtype=np.int64) if wmap.x_index is None else np.asarray(wmap.x_index, np.int64)
+    if wmap.y_index is None:
+        ys = np.arange(rows - 1, -1, -1, dtype=np.int64) if y_up else np.arange(rows, dtype=np.int64)
+    else:
+        ys = np.asarray(wmap.y_index, np.int64)
+    if xs.size > 1 and xs[1] < xs[0]:
+        xs = -xs
+    if ys.size > 1 and (ys[1] > ys[0]) == y_up:
+        ys = -ys
+    return xs, ys
+
+
+def parse_timestamp(parts: Sequence[str]) -> datetime | None:
+    """Best-effort date/time from the text forms inspection tools write; None if unknown."""
+    text = " ".join(p.strip() for p in parts if p.strip())
+    formats = (
+        "%m-%d-%y %H:%M:%S",
+        "%m-%d-%Y %H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%m/%d/%Y %H:%M:%S",
+        "%Y%m%d%H%M%S",
+        "%Y-%m-%dT%H:%M:%S",
+    )
+    for fmt in formats:
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    return None
+
+
+def safe_name(text: str, default: str) -> str:
+    """A file/folder name made of the safe characters of ``text``."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._")
+    return cleaned or default
+
+
+def check_grid_values(path: str | Path, grid: np.ndarray, what: str) -> np.ndarray:
+    """A 2-D uint8 die-state grid, or a FormatError when it holds other values."""
+    arr = np.asarray(grid)
+    if arr.ndim != 2:
+        raise FormatError(path, f"{what} is not a 2-D map (shape {arr.shape})")
+    if arr.dtype.kind not in "biuf":
+        raise FormatError(path, f"{what} is not numeric (dtype {arr.dtype})")
+    if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 2 or np.any(arr != np.round(arr))):
+        raise FormatError(path, f"{what} has values other than 0/1/2 (off/good/fail)")
+    return arr.astype(np.uint8)

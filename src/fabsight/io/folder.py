@@ -1,0 +1,156 @@
+"""Folders of map images: ``ROOT/CLASS/*.png|*.npy`` (label = CLASS), and single files.
+
+A ``.npy`` holds a 2-D array of 0/1/2. A PNG holds the values 0/1/2 directly, or any
+three grey levels mapped in order (darkest = off-wafer, middle = good, brightest = fail);
+with fewer than three levels above 2 each level goes to the nearest of 0/127/255. A PNG
+with more than three levels is not a wafer map and is refused, naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fabsight.errors import FabsightError, FormatError
+from fabsight.io._common import check_grid_values, safe_name
+from fabsight.types import WaferMap
+from fabsight.utils.atomic import atomic_dir
+
+MAP_SUFFIXES = (".png", ".npy")
+
+
+class EmptyClassFolderWarning(UserWarning):
+    """A class folder with no maps in it (reported, not fatal)."""
+
+
+def _png_grid(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA", "P", "LA"):
+                rgb = np.asarray(im.convert("RGB"))
+                if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+                    raise FormatError(path, "colour PNG: a wafer map PNG must be grey levels")
+                arr = rgb[..., 0]
+            else:
+                arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise FormatError(path, f"not a readable PNG ({str(exc)[:100]})") from None
+    if arr.ndim != 2:
+        raise FormatError(path, f"PNG is not a single-channel image (shape {arr.shape})")
+    levels = np.unique(arr)
+    if levels.size and levels.max() <= 2:
+        return arr.astype(np.uint8)
+    if levels.size > 3:
+        raise FormatError(path, f"PNG has {levels.size} grey levels; a wafer map has at most 3 (off/good/fail)")
+    if levels.size == 3:
+        return np.searchsorted(levels, arr).astype(np.uint8)
+    if arr.dtype.kind not in "ui":
+        raise FormatError(path, f"PNG pixels are {arr.dtype}, not integer grey levels")
+    scale = 255.0 / 2 if levels.max() <= 255 else 65535.0 / 2
+    return np.clip(np.rint(arr / scale), 0, 2).astype(np.uint8)
+
+
+def read_png(path: str | Path, label: str | None = None) -> WaferMap:
+    """One wafer map from a PNG (see the module docstring for the grey levels)."""
+    path = Path(path)
+    return _single(path, _png_grid(path), "png", label)
+
+
+def read_npy(path: str | Path, label: str | None = None) -> WaferMap:
+    """One wafer map from a ``.npy`` holding a 2-D array of 0/1/2."""
+    path = Path(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FormatError(path, f"not a readable .npy array ({str(exc)[:100]})") from None
+    return _single(path, check_grid_values(path, arr, "array"), "npy", label)
+
+
+def _single(path: Path, grid: np.ndarray, fmt: str, label: str | None) -> WaferMap:
+    return WaferMap(
+        grid=grid,
+        lot_id=path.parent.name,
+        wafer_id=path.stem,
+        source=str(path),
+        format=fmt,
+        labels=() if label is None else (label,),
+    )
+
+
+def _read_one(path: Path, label: str | None) -> WaferMap:
+    return read_png(path, label) if path.suffix.lower() == ".png" else read_npy(path, label)
+
+
+def folder_files(root: str | Path) -> list[tuple[Path, str | None]]:
+    """``(file, label)`` for every map under ``ROOT`` (unlabelled) and ``ROOT/CLASS/``.
+
+    Empty class folders are reported with :class:`EmptyClassFolderWarning`; a folder
+    without any map is a :class:`FormatError`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FabsightError(root, "not a folder")
+    found: list[tuple[Path, str | None]] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            files = sorted(
+                p for p in entry.iterdir() if p.suffix.lower() in MAP_SUFFIXES and not p.name.startswith(".")
+            )
+            if not files:
+                warnings.warn(
+                    f"{entry}: class folder '{entry.name}' holds no .png/.npy maps",
+                    EmptyClassFolderWarning,
+                    stacklevel=2,
+                )
+            found += [(p, entry.name) for p in files]
+        elif entry.suffix.lower() in MAP_SUFFIXES:
+            found.append((entry, None))
+    if not found:
+        raise FormatError(root, "no .png/.npy wafer maps in ROOT or ROOT/CLASS/")
+    return found
+
+
+def iter_folder(root: str | Path) -> Iterator[WaferMap]:
+    """Stream the maps of a ``ROOT/CLASS/*.png|*.npy`` folder, labelled by CLASS."""
+    for path, label in folder_files(root):
+        yield _read_one(path, label)
+
+
+def read_folder(root: str | Path) -> list[WaferMap]:
+    return list(iter_folder(root))
+
+
+def write_folder(maps: Sequence[WaferMap], root: str | Path, *, image_format: str = "npy") -> Path:
+    """Write ``ROOT/CLASS/<lot>_<wafer>.npy|png``; CLASS is the label (``+``-joined for
+    several, ``unlabeled`` for none). PNGs store the values 0/1/2 so they read back exactly.
+    The whole folder appears at once (built aside, then swapped in)."""
+    from PIL import Image
+
+    if image_format not in ("npy", "png"):
+        raise ValueError("image_format must be 'npy' or 'png'")
+    if not maps:
+        raise FormatError(root, "nothing to write: no wafer maps")
+    with atomic_dir(root) as tmp:
+        used: set[Path] = set()
+        for i, m in enumerate(maps):
+            cls = safe_name("+".join(m.labels), "unlabeled") if m.labels else "unlabeled"
+            stem = safe_name(f"{m.lot_id}_{m.wafer_id}", f"map{i}")
+            target = tmp / cls / f"{stem}.{image_format}"
+            if target in used:
+                target = tmp / cls / f"{stem}_{i}.{image_format}"
+            used.add(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            grid = np.asarray(m.grid, np.uint8)
+            if image_format == "npy":
+                np.save(target, grid)
+            else:
+                Image.fromarray(grid, mode="L").save(target)
+    return Path(root)

@@ -1,0 +1,731 @@
+"""KLARF (KLA Results File) 1.1/1.2 and 1.8: defect lists → per-die defect counts → wafer maps.
+
+Both syntaxes are first turned into the same intermediate form (per-wafer fields, the
+defect table, the tested dies, the class names) and then built into maps by one
+function, so placement rules never diverge between versions.
+
+Conventions (from the KLARF specification):
+
+* YINDEX grows towards the top of the wafer, so row 0 of the grid is the largest YINDEX.
+* ``XREL``/``YREL`` are positions inside the die; ``SampleCenterLocation`` is the wafer
+  centre relative to the origin of die (0, 0); ``DieOrigin`` is the die origin relative to
+  the die's lower-left corner. Wafer coordinates ``x``/``y`` are centre-relative.
+* KLARF 1.2 lengths are µm; KLARF 1.8 lengths are nm and are converted to µm.
+* The on-wafer dies are the tested dies (``SampleTestPlan``) when the file lists them,
+  otherwise every die lying fully inside the wafer circle (``SampleSize`` diameter,
+  ``DiePitch``, ``SampleCenterLocation``), otherwise the bounding box of the defect dies;
+  ``extras['die_grid']`` says which. Dies holding a defect are always on-wafer and FAIL.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fabsight.errors import FormatError
+from fabsight.io._common import (
+    ANGLE_BY_NOTCH,
+    file_indices,
+    grid_from_dies,
+    index_to_cell,
+    notch_from_angle,
+    parse_timestamp,
+)
+from fabsight.types import DefectList, DieState, WaferMap
+from fabsight.utils.atomic import atomic_open
+
+#: Defect columns that have a place of their own in :class:`DefectList`.
+_CORE_COLUMNS = ("DEFECTID", "XREL", "YREL", "XINDEX", "YINDEX", "DSIZE", "CLASSNUMBER")
+#: Length columns converted from nm (KLARF 1.8) to µm.
+_LENGTH_COLUMNS = ("XREL", "YREL", "X", "Y", "XSIZE", "YSIZE", "DSIZE")
+_NOTCH_WORDS = {"DOWN": "down", "UP": "up", "LEFT": "left", "RIGHT": "right", "BOTTOM": "down", "TOP": "up"}
+_MAX_DEPTH = 32
+
+
+@dataclass
+class _Wafer:
+    """One wafer as read from either syntax, before it becomes a :class:`WaferMap`."""
+
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    columns: list[str] | None = None
+    blocks: list[np.ndarray] = field(default_factory=list)
+    images: list[tuple[str, ...]] | None = None
+    test_plan: list[tuple[int, int]] = field(default_factory=list)
+    has_defect_list: bool = False
+
+
+# ----------------------------------------------------------------------------- 1.2 syntax
+
+
+def _statements(path: Path, text: str) -> list[str]:
+    """Split KLARF 1.2 text into ``;``-terminated records, keeping quoted ``;`` intact."""
+    out: list[str] = []
+    buf: str | None = None
+    for piece in text.split(";"):
+        if buf is not None:
+            piece = f"{buf};{piece}"
+        if piece.count('"') % 2:
+            buf = piece
+            continue
+        buf = None
+        out.append(piece)
+    if buf is not None:
+        raise FormatError(path, "unterminated quoted string")
+    tail = out.pop().strip() if out else ""
+    if tail:
+        word = tail.split(None, 1)[0]
+        raise FormatError(path, f"file ends inside a '{word[:40]}' record (no ';': truncated?)")
+    return out
+
+
+_WORD = re.compile(r'"([^"]*)"|(\S+)')
+
+
+def _words(text: str) -> list[str]:
+    return [q if w == "" else w for q, w in _WORD.findall(text)]
+
+
+def _floats(path: Path, tokens: Sequence[str], what: str) -> np.ndarray:
+    """Numbers from text tokens (``NA`` → NaN), vectorised for big defect lists."""
+    try:
+        return np.array(["nan" if t in ("NA", "na", "N/A") else t for t in tokens], dtype=np.float64)
+    except ValueError:
+        bad = next(t for t in tokens if not _is_number(t))
+        raise FormatError(path, f"{what}: {bad[:40]!r} is not a number") from None
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return token in ("NA", "na", "N/A")
+    return True
+
+
+def _int(path: Path, token: str, what: str) -> int:
+    try:
+        value = float(token)
+    except ValueError:
+        raise FormatError(path, f"{what}: {token[:40]!r} is not an integer") from None
+    if not value.is_integer():
+        raise FormatError(path, f"{what}: {token[:40]!r} is not an integer")
+    return int(value)
+
+
+def _defect_rows(path: Path, body: str, columns: list[str]) -> tuple[np.ndarray, list[tuple[str, ...]] | None]:
+    """The values of one ``DefectList`` record as an (n, k) array (IMAGELIST kept apart)."""
+    tokens = body.split()
+    if "IMAGELIST" not in columns:
+        k = len(columns)
+        if len(tokens) % k:
+            raise FormatError(
+                path,
+                f"DefectList has {len(tokens)} values, not a whole number of {k}-column defect records "
+                f"(DefectRecordSpec declares {k} columns)",
+            )
+        return _floats(path, tokens, "DefectList").reshape(-1, k), None
+    if columns[-1] != "IMAGELIST":
+        raise FormatError(path, "IMAGELIST must be the last DefectRecordSpec column")
+    k = len(columns) - 1
+    fixed: list[str] = []
+    images: list[tuple[str, ...]] = []
+    i, n = 0, len(tokens)
+    while i < n:
+        if i + k + 1 > n:
+            raise FormatError(
+                path,
+                f"DefectList ends inside a defect record: {n - i} value(s) left over "
+                f"(DefectRecordSpec declares {k + 1} columns)",
+            )
+        fixed.extend(tokens[i : i + k])
+        count = _int(path, tokens[i + k], "IMAGELIST count")
+        j = i + k + 1
+        if count < 0 or j + 2 * count > n:
+            raise FormatError(path, f"IMAGELIST of defect {tokens[i][:20]} claims {count} images but the list ends")
+        images.append(tuple(tokens[j : j + 2 * count]))
+        i = j + 2 * count
+    return _floats(path, fixed, "DefectList").reshape(-1, k), images
+
+
+def _parse_12(path: Path, text: str) -> tuple[dict[str, list[str]], list[_Wafer]]:
+    """KLARF 1.1/1.2 line syntax: lot records, then per wafer WaferID ... SummaryList."""
+    lot: dict[str, list[str]] = {}
+    wafers: list[_Wafer] = []
+    pending = _Wafer()
+    current: _Wafer | None = None
+    ended = False
+    for stmt in _statements(path, text):
+        stmt = stmt.strip()
+        if not stmt:
+            continue
+        if ended:
+            raise FormatError(path, "records after EndOfFile")
+        parts = stmt.split(None, 1)
+        key, body = parts[0].lower(), (parts[1] if len(parts) > 1 else "")
+        target = current if current is not None else pending
+        if key == "endoffile":
+            ended = True
+        elif key == "waferid":
+            current = pending
+            pending = _Wafer()
+            current.fields["waferid"] = _words(body)
+            wafers.append(current)
+        elif key == "defectrecordspec":
+            words = _words(body)
+            if not words:
+                raise FormatError(path, "DefectRecordSpec is empty")
+            n = _int(path, words[0], "DefectRecordSpec count")
+            names = [w.upper() for w in words[1:]]
+            if n != len(names) or n == 0:
+                raise FormatError(path, f"DefectRecordSpec declares {n} columns but names {len(names)}")
+            target.columns = names
+        elif key == "defectlist":
+            if target.columns is None:
+                raise FormatError(path, "DefectList before any DefectRecordSpec")
+            values, images = _defect_rows(path, body, target.columns)
+            target.blocks.append(values)
+            if images is not None:
+                target.images = (target.images or []) + images
+            target.has_defect_list = True
+        elif key == "sampletestplan":
+            words = _words(body)
+            n = _int(path, words[0], "SampleTestPlan count") if words else 0
+            pairs = words[1:]
+            if len(pairs) != 2 * n:
+                raise FormatError(path, f"SampleTestPlan declares {n} dies but lists {len(pairs) // 2}")
+            target.test_plan.extend(
+                (_int(path, pairs[2 * j], "SampleTestPlan"), _int(path, pairs[2 * j + 1], "SampleTestPlan"))
+                for j in range(n)
+            )
+        elif key == "summarylist":
+            target.fields[key] = _words(body)
+            if current is not None:
+                current = None  # the next records belong to the next wafer
+        elif current is None and not wafers:
+            lot[key] = _words(body)
+        else:
+            target.fields[key] = _words(body)
+    if not ended:
+        raise FormatError(path, "no EndOfFile record (truncated file?)")
+    if pending.has_defect_list:
+        raise FormatError(path, "DefectList without a WaferID")
+    return lot, wafers
+
+
+# ----------------------------------------------------------------------------- 1.8 syntax
+
+_TOKEN_18 = re.compile(r'"[^"]*"|[{},;]|[^\s{},;"]+')
+
+
+class _Tokens:
+    """A cursor over KLARF 1.8 tokens with the few checks the grammar needs."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.toks = _TOKEN_18.findall(text)
+        self.i = 0
+
+    def peek(self) -> str | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def next(self, what: str) -> str:
+        if self.i >= len(self.toks):
+            raise FormatError(self.path, f"file ends while reading {what} (truncated?)")
+        tok = self.toks[self.i]
+        self.i += 1
+        return tok
+
+    def expect(self, want: str, what: str) -> None:
+        tok = self.next(what)
+        if tok != want:
+            raise FormatError(self.path, f"expected '{want}' in {what}, found {tok[:40]!r}")
+
+
+def _unquote(tok: str) -> str:
+    return tok[1:-1] if len(tok) >= 2 and tok[0] == '"' and tok[-1] == '"' else tok
+
+
+def _parse_node(tk: _Tokens, depth: int) -> dict[str, Any]:
+    """A ``{ ... }`` block: its Fields, Lists and nested Records."""
+    if depth > _MAX_DEPTH:
+        raise FormatError(tk.path, "records nested too deeply")
+    node: dict[str, Any] = {"fields": {}, "lists": {}, "records": []}
+    while True:
+        tok = tk.next("a record")
+        if tok == "}":
+            return node
+        if tok == "Record":
+            rtype = tk.next("a Record type")
+            name = ""
+            if tk.peek() != "{":
+                name = _unquote(tk.next("a Record name"))
+            tk.expect("{", f"Record {rtype}")
+            node["records"].append((rtype, name, _parse_node(tk, depth + 1)))
+        elif tok == "Field":
+            fname = tk.next("a Field name")
+            tk.next(f"Field {fname} count")
+            tk.expect("{", f"Field {fname}")
+            values: list[str] = []
+            while (v := tk.next(f"Field {fname}")) != "}":
+                if v != ",":
+                    values.append(_unquote(v))
+            node["fields"][fname.lower()] = values
+        elif tok == "List":
+            lname = tk.next("a List name")
+            node["lists"][lname.lower()] = _parse_list(tk, lname)
+        else:
+            raise FormatError(tk.path, f"unexpected {tok[:40]!r} where a Record, Field or List should start")
+
+
+def _parse_list(tk: _Tokens, name: str) -> tuple[list[str], list[str], list[list[Any]]]:
+    """``List NAME { Columns n { type NAME, ... } Data m { v v ... ; ... } }``."""
+    tk.expect("{", f"List {name}")
+    tk.expect("Columns", f"List {name}")
+    ncols = _int(tk.path, tk.next(f"List {name} column count"), f"List {name} column count")
+    tk.expect("{", f"List {name} Columns")
+    types: list[str] = []
+    names: list[str] = []
+    while (tok := tk.next(f"List {name} Columns")) != "}":
+        if tok == ",":
+            continue
+        types.append(tok)
+        names.append(tk.next(f"List {name} Columns").upper())
+    if len(names) != ncols:
+        raise FormatError(tk.path, f"List {name} declares {ncols} columns but names {len(names)}")
+    rows: list[list[Any]] = []
+    if tk.peek() == "Data":
+        tk.next("Data")
+        nrows = _int(tk.path, tk.next(f"List {name} row count"), f"List {name} row count")
+        tk.expect("{", f"List {name} Data")
+        while tk.peek() != "}":
+            row: list[Any] = []
+            for ctype in types:
+                if ctype.lower() == "imagelist":
+                    row.append(_parse_images(tk))
+                else:
+                    row.append(_unquote(tk.next(f"a {name} row")))
+            tk.expect(";", f"a {name} row (rows must have {len(types)} values)")
+            rows.append(row)
+        tk.next("Data end")
+        if len(rows) != nrows:
+            raise FormatError(tk.path, f"List {name} declares {nrows} rows but holds {len(rows)}")
+    tk.expect("}", f"List {name}")
+    return types, names, rows
+
+
+def _parse_images(tk: _Tokens) -> tuple[str, ...]:
+    """An ImageList cell: ``N`` (none) or ``Images n { "file" "type" k "name", ... }``."""
+    tok = tk.next("an ImageList")
+    if tok == "N":
+        return ()
+    if tok != "Images":
+        raise FormatError(tk.path, f"expected an ImageList ('N' or 'Images'), found {tok[:40]!r}")
+    tk.next("Images count")
+    tk.expect("{", "Images")
+    files: list[str] = []
+    first = True
+    while (v := tk.next("Images")) != "}":
+        if v == ",":
+            first = True
+        elif first:
+            files.append(_unquote(v))
+            first = False
+    return tuple(files)
+
+
+def _parse_18(path: Path, text: str) -> tuple[dict[str, list[str]], list[_Wafer]]:
+    """KLARF 1.8 ``Record``/``Field``/``List`` syntax → the same form as 1.2 (lengths still nm)."""
+    tk = _Tokens(path, text)
+    tk.expect("Record", "the FileRecord")
+    tk.expect("FileRecord", "the FileRecord")
+    version = _unquote(tk.next("the FileRecord version"))
+    tk.expect("{", "the FileRecord")
+    root = _parse_node(tk, 0)
+    if tk.peek() != "EndOfFile":
+        raise FormatError(path, "no EndOfFile after the FileRecord (truncated file?)")
+    lot: dict[str, list[str]] = dict(root["fields"])
+    lot["fileversion"] = version.split(".")
+    wafers: list[_Wafer] = []
+    for rtype, lot_name, lot_node in root["records"]:
+        if rtype != "LotRecord":
+            continue
+        lot_fields = {**lot, **lot_node["fields"], "lotid": [lot_name]}
+        lookup = lot_node["lists"].get("classlookuplist")
+        if lookup:
+            lot_fields["classlookup"] = _class_lookup_tokens(lookup)
+        for wtype, wafer_name, wnode in lot_node["records"]:
+            if wtype != "WaferRecord":
+                continue
+            w = _Wafer(fields={**lot_fields, **wnode["fields"], "waferid": [wafer_name]})
+            if "defectlist" in wnode["lists"]:
+                types, names, rows = wnode["lists"]["defectlist"]
+                _defects_from_18(path, w, types, names, rows)
+            for ttype, _, tnode in wnode["records"]:
+                if ttype == "TestRecord" and "sampletestplanlist" in tnode["lists"]:
+                    _, names, rows = tnode["lists"]["sampletestplanlist"]
+                    if "XINDEX" not in names or "YINDEX" not in names:
+                        raise FormatError(path, "SampleTestPlanList needs XINDEX and YINDEX columns")
+                    xi, yi = names.index("XINDEX"), names.index("YINDEX")
+                    w.test_plan.extend(
+                        (_int(path, r[xi], "SampleTestPlan"), _int(path, r[yi], "SampleTestPlan")) for r in rows
+                    )
+            wafers.append(w)
+    return {}, wafers
+
+
+def _class_lookup_tokens(lookup: tuple[list[str], list[str], list[list[Any]]]) -> list[str]:
+    """ClassLookupList rows flattened as in 1.2's ``ClassLookup n id "name" ...``."""
+    _, names, rows = lookup
+    if "CLASSNUMBER" not in names or "CLASSNAME" not in names:
+        return []
+    i, j = names.index("CLASSNUMBER"), names.index("CLASSNAME")
+    out = [str(len(rows))]
+    for r in rows:
+        out += [str(r[i]), str(r[j])]
+    return out
+
+
+def _defects_from_18(path: Path, w: _Wafer, types: list[str], names: list[str], rows: list[list[Any]]) -> None:
+    image_cols = [j for j, t in enumerate(types) if t.lower() == "imagelist"]
+    num_cols = [j for j in range(len(names)) if j not in image_cols]
+    w.columns = [names[j] for j in num_cols]
+    flat = [r[j] for r in rows for j in num_cols]
+    w.blocks.append(_floats(path, flat, "DefectList").reshape(len(rows), len(num_cols)))
+    if image_cols:
+        w.images = [tuple(f for j in image_cols for f in r[j]) for r in rows]
+    w.has_defect_list = True
+
+
+# ----------------------------------------------------------------------------- building maps
+
+
+def _field_floats(path: Path, fields: dict[str, list[str]], key: str, n: int, divisor: float) -> np.ndarray | None:
+    values = fields.get(key)
+    if not values:
+        return None
+    if len(values) < n:
+        raise FormatError(path, f"{key} needs {n} numbers, has {len(values)}")
+    return _floats(path, values[:n], key) / divisor
+
+
+def _notch(path: Path, fields: dict[str, list[str]]) -> str:
+    values = fields.get("orientationmarklocation")
+    if not values:
+        return "down"
+    word = values[0].upper()
+    if word in _NOTCH_WORDS:
+        return _NOTCH_WORDS[word]
+    return notch_from_angle(path, values[0])
+
+
+def _geometry_dies(pitch: np.ndarray, origin: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
+    """Indices of the dies lying fully inside a wafer circle of ``radius`` µm."""
+    px, py = float(pitch[0]), float(pitch[1])
+    lo_x = math.floor((center[0] + origin[0] - radius) / px) - 1
+    hi_x = math.ceil((center[0] + origin[0] + radius) / px) + 1
+    lo_y = math.floor((center[1] + origin[1] - radius) / py) - 1
+    hi_y = math.ceil((center[1] + origin[1] + radius) / py) + 1
+    ix, iy = np.meshgrid(np.arange(lo_x, hi_x + 1), np.arange(lo_y, hi_y + 1))
+    x0 = ix * px - origin[0] - center[0]
+    y0 = iy * py - origin[1] - center[1]
+    far_x = np.maximum(np.abs(x0), np.abs(x0 + px))
+    far_y = np.maximum(np.abs(y0), np.abs(y0 + py))
+    inside = far_x**2 + far_y**2 <= radius**2
+    return ix[inside], iy[inside]
+
+
+def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
+    """One :class:`WaferMap` from a parsed wafer (either syntax)."""
+    f = w.fields
+    scale = 1000.0 if nm else 1.0  # KLARF 1.8 lengths are nm
+    wafer_id = (f.get("waferid") or [""])[0]
+    if not w.has_defect_list:
+        raise FormatError(path, f"wafer '{wafer_id}' has no DefectList (truncated or incomplete file?)")
+    pitch = _field_floats(path, f, "diepitch", 2, scale)
+    if pitch is not None and not np.all(pitch > 0):
+        raise FormatError(path, f"DiePitch must be positive, got {pitch.tolist()}")
+    origin = _field_floats(path, f, "dieorigin", 2, scale)
+    origin = np.zeros(2) if origin is None else origin
+    center = _field_floats(path, f, "samplecenterlocation", 2, scale)
+    size = f.get("samplesize")
+    diameter_um = None
+    if size:
+        if nm:
+            diameter_um = float(_floats(path, size[:1], "SampleSize")[0]) / 1000.0
+        elif len(size) >= 2:
+            diameter_um = float(_floats(path, size[1:2], "SampleSize")[0]) * 1000.0
+
+    cols = w.columns or []
+    values = np.concatenate(w.blocks) if w.blocks else np.zeros((0, len(cols)))
+    if nm:
+        values = values.copy()
+        for j, name in enumerate(cols):
+            if name in _LENGTH_COLUMNS:
+                values[:, j] /= 1e3
+            elif name == "DEFECTAREA":
+                values[:, j] /= 1e6
+    n = values.shape[0]
+    col = {name: j for j, name in enumerate(c for c in cols if c != "IMAGELIST")}
+
+    def column(name: str) -> np.ndarray:
+        return values[:, col[name]] if name in col else np.full(n, np.nan)
+
+    xi, yi = column("XINDEX"), column("YINDEX")
+    xrel, yrel = column("XREL"), column("YREL")
+    missing = ~(np.isfinite(xi) & np.isfinite(yi))
+    if missing.any():
+        has_index_columns = "XINDEX" in col and "YINDEX" in col
+        abs_x = column("X") if "X" in col else (None if has_index_columns else xrel)
+        abs_y = column("Y") if "Y" in col else (None if has_index_columns else yrel)
+        if pitch is None or abs_x is None or abs_y is None:
+            raise FormatError(path, f"wafer '{wafer_id}': defects without XINDEX/YINDEX and no position + DiePitch")
+        xi, yi, xrel, yrel = xi.copy(), yi.copy(), xrel.copy(), yrel.copy()
+        xi[missing] = np.floor((abs_x[missing] + origin[0]) / pitch[0])
+        yi[missing] = np.floor((abs_y[missing] + origin[1]) / pitch[1])
+        xrel[missing] = abs_x[missing] - xi[missing] * pitch[0]
+        yrel[missing] = abs_y[missing] - yi[missing] * pitch[1]
+        if not (np.all(np.isfinite(xi)) and np.all(np.isfinite(yi))):
+            raise FormatError(path, f"wafer '{wafer_id}': a defect has neither a die index nor a position")
+    if np.any(xi != np.round(xi)) or np.any(yi != np.round(yi)) or np.any(np.abs(xi) > 1e6) or np.any(np.abs(yi) > 1e6):
+        raise FormatError(path, f"wafer '{wafer_id}': XINDEX/YINDEX must be integers of sane size")
+    xi_i, yi_i = xi.astype(np.int64), yi.astype(np.int64)
+
+    if w.test_plan:
+        plan = np.array(w.test_plan, dtype=np.int64)
+        on_x, on_y, source = plan[:, 0], plan[:, 1], "SampleTestPlan"
+    elif pitch is not None and center is not None and diameter_um and diameter_um > 0:
+        if diameter_um / min(pitch) > 20000:
+            raise FormatError(path, f"wafer '{wafer_id}': SampleSize/DiePitch give an absurd number of dies")
+        on_x, on_y = _geometry_dies(pitch, origin, center, diameter_um / 2)
+        source = "wafer geometry"
+    elif n:
+        ux, uy = np.arange(xi_i.min(), xi_i.max() + 1), np.arange(yi_i.min(), yi_i.max() + 1)
+        gx, gy = np.meshgrid(ux, uy)
+        on_x, on_y, source = gx.ravel(), gy.ravel(), "defect extent"
+    else:
+        raise FormatError(path, f"wafer '{wafer_id}': no SampleTestPlan, no SampleSize/DiePitch and no defects")
+    if on_x.size and (np.ptp(on_x) > 5000 or np.ptp(on_y) > 5000):
+        raise FormatError(path, f"wafer '{wafer_id}': die indices span more than 5000 dies")
+    grid, x_index, y_index = grid_from_dies(on_x, on_y, xi_i, yi_i, y_up=True)
+    if grid.shape[0] > 5001 or grid.shape[1] > 5001:
+        raise FormatError(path, f"wafer '{wafer_id}': die indices span more than 5000 dies")
+    counts = np.zeros(grid.shape, np.int32)
+    if n:
+        rows, cc = index_to_cell(yi_i, xi_i, int(x_index[0]), int(y_index[-1]), int(y_index[0]), y_up=True)
+        np.add.at(counts, (rows, cc), 1)
+
+    if pitch is not None and center is not None:
+        wx = xi * pitch[0] + xrel - center[0]
+        wy = yi * pitch[1] + yrel - center[1]
+    else:
+        wx = wy = np.full(n, np.nan)
+    ids = column("DEFECTID")
+    ids = np.arange(1, n + 1) if "DEFECTID" not in col else np.nan_to_num(ids, nan=-1)
+    classes = column("CLASSNUMBER")
+    extra: dict[str, np.ndarray] = {name: values[:, j] for name, j in col.items() if name not in _CORE_COLUMNS}
+    if w.images is not None:
+        imgs = np.empty(n, dtype=object)
+        imgs[:] = w.images
+        extra["IMAGELIST"] = imgs
+    defects = DefectList(
+        defect_id=ids.astype(np.int64),
+        x=wx,
+        y=wy,
+        xrel=xrel,
+        yrel=yrel,
+        xindex=xi_i,
+        yindex=yi_i,
+        size=column("DSIZE"),
+        class_number=np.nan_to_num(classes, nan=-1).astype(np.int64),
+        extra=extra,
+    )
+
+    lookup = f.get("classlookup") or []
+    class_names: dict[int, str] = {}
+    for j in range(1, len(lookup) - 1, 2):
+        try:
+            class_names[int(float(lookup[j]))] = lookup[j + 1]
+        except ValueError:
+            raise FormatError(path, f"ClassLookup: {lookup[j][:40]!r} is not a class number") from None
+    slot = f.get("slot") or f.get("slotnumber")
+    stamp = parse_timestamp(f.get("resulttimestamp") or []) or parse_timestamp(f.get("filetimestamp") or [])
+    extras: dict[str, Any] = {
+        "file_version": ".".join((f.get("fileversion") or [])[:2]),
+        "die_grid": source,
+        "slot": slot[0] if slot else None,
+        "device_id": (f.get("deviceid") or [""])[0],
+        "step_id": (f.get("stepid") or [""])[0],
+        "class_names": class_names,
+        "die_origin_um": origin.tolist(),
+        "sample_center_um": None if center is None else center.tolist(),
+        "wafer_diameter_mm": None if diameter_um is None else diameter_um / 1000.0,
+        "orientation_mark_type": (f.get("sampleorientationmarktype") or [""])[0],
+    }
+    return WaferMap(
+        grid=grid,
+        lot_id=(f.get("lotid") or [""])[0],
+        wafer_id=wafer_id,
+        source=str(path),
+        format="klarf",
+        die_pitch=None if pitch is None else (float(pitch[0]), float(pitch[1])),
+        notch=_notch(path, f),
+        x_index=x_index,
+        y_index=y_index,
+        counts=counts,
+        defects=defects,
+        timestamp=stamp,
+        extras=extras,
+    )
+
+
+def read_klarf(path: str | Path) -> list[WaferMap]:
+    """All wafers of a KLARF 1.1/1.2/1.8 file, one :class:`WaferMap` each."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise FormatError(path, "empty file")
+    if b"\x00" in raw[:65536]:
+        raise FormatError(path, "binary data, not a KLARF text file")
+    text = raw.decode("utf-8", errors="replace")
+    head = text.lstrip()[:200]
+    if head.startswith("Record"):
+        lot, wafers = _parse_18(path, text)
+        nm = True
+    elif head.startswith("FileVersion"):
+        lot, wafers = _parse_12(path, text)
+        nm = False
+    else:
+        raise FormatError(path, "not a KLARF file: it starts with neither 'FileVersion' nor 'Record FileRecord'")
+    if not wafers:
+        raise FormatError(path, "no wafers (no WaferID / WaferRecord)")
+    return [_build(path, _merge(lot, w), nm=nm) for w in wafers]
+
+
+def _merge(lot: dict[str, list[str]], w: _Wafer) -> _Wafer:
+    """Lot-level records apply to every wafer unless the wafer repeats them."""
+    w.fields = {**lot, **w.fields}
+    return w
+
+
+# ----------------------------------------------------------------------------- writer
+
+
+def _q(text: str) -> str:
+    return '"' + str(text).replace('"', "'").replace(";", ",") + '"'
+
+
+def _num(v: float) -> str:
+    return "NA" if not np.isfinite(v) else f"{v:.6g}"
+
+
+def _stamp(ts: datetime | None) -> str:
+    return (ts or datetime(2000, 1, 1)).strftime("%m-%d-%Y %H:%M:%S")
+
+
+def _wafer_defects(wmap: WaferMap, xs: np.ndarray, ys: np.ndarray, pitch: tuple[float, float]) -> list[str]:
+    """Defect lines: the map's own defects, plus one at the centre of every FAIL die without one.
+
+    Maps from formats without defect lists (G85, STDF, WM-811K) thereby keep their failing
+    dies when written as KLARF.
+    """
+    lines: list[str] = []
+    d = wmap.defects
+    covered: set[tuple[int, int]] = set()
+    next_id = 1
+    if d is not None and len(d):
+        for k in range(len(d)):
+            xi, yi = int(d.xindex[k]), int(d.yindex[k])
+            covered.add((xi, yi))
+            did = int(d.defect_id[k]) if d.defect_id[k] >= 0 else k + 1
+            next_id = max(next_id, did + 1)
+            xrel = d.xrel[k] if np.isfinite(d.xrel[k]) else pitch[0] / 2
+            yrel = d.yrel[k] if np.isfinite(d.yrel[k]) else pitch[1] / 2
+            lines.append(f" {did} {_num(xrel)} {_num(yrel)} {xi} {yi} {_num(d.size[k])} {int(d.class_number[k])} 1")
+    rows, cols = np.nonzero(wmap.grid == DieState.FAIL)
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        xi, yi = int(xs[c]), int(ys[r])
+        if (xi, yi) not in covered:
+            lines.append(f" {next_id} {_num(pitch[0] / 2)} {_num(pitch[1] / 2)} {xi} {yi} NA 0 1")
+            next_id += 1
+    return lines
+
+
+def _file_pitch(wmap: WaferMap) -> tuple[float, float]:
+    return wmap.die_pitch if wmap.die_pitch else (1000.0, 1000.0)
+
+
+def write_klarf(maps: Sequence[WaferMap], path: str | Path) -> Path:
+    """Write maps as one multi-wafer KLARF 1.2 file (lengths in µm).
+
+    Every on-wafer die goes into ``SampleTestPlan`` and every failing die gets at least
+    one defect, so reading the file back gives the same grid. The lot id, device and
+    timestamp of the first map head the file. Maps without a die pitch get 1000 µm.
+    """
+    if not maps:
+        raise FormatError(path, "nothing to write: no wafer maps")
+    first = maps[0]
+    out = [
+        "FileVersion 1 2;",
+        f"FileTimestamp {_stamp(first.timestamp)};",
+        'InspectionStationID "fabsight" "" "";',
+        "SampleType WAFER;",
+        f"ResultTimestamp {_stamp(first.timestamp)};",
+        f"LotID {_q(first.lot_id)};",
+        f"DeviceID {_q(str(first.extras.get('device_id', '')))};",
+        f"StepID {_q(str(first.extras.get('step_id', '')))};",
+        "SampleOrientationMarkType NOTCH;",
+        f"OrientationMarkLocation {first.notch.upper() if first.notch in ANGLE_BY_NOTCH else 'DOWN'};",
+    ]
+    for slot, wmap in enumerate(maps, start=1):
+        pitch = _file_pitch(wmap)
+        xs, ys = file_indices(wmap, y_up=True)
+        on_r, on_c = np.nonzero(wmap.grid != DieState.OFF)
+        center = wmap.extras.get("sample_center_um")
+        if center is None and xs.size:
+            center = [(xs.min() + xs.max() + 1) / 2 * pitch[0], (ys.min() + ys.max() + 1) / 2 * pitch[1]]
+        center = center or [0.0, 0.0]
+        diameter = wmap.extras.get("wafer_diameter_mm") or math.hypot(
+            xs.size * pitch[0] / 1000, ys.size * pitch[1] / 1000
+        )
+        class_names = wmap.extras.get("class_names") or {}
+        out += [
+            f"SampleSize 1 {_num(float(diameter))};",
+            f"DiePitch {_num(pitch[0])} {_num(pitch[1])};",
+            "DieOrigin 0 0;",
+            f"WaferID {_q(wmap.wafer_id or str(slot))};",
+            f"Slot {wmap.extras.get('slot') or slot};",
+            f"SampleCenterLocation {_num(float(center[0]))} {_num(float(center[1]))};",
+        ]
+        if class_names:
+            out.append(f"ClassLookup {len(class_names)}")
+            out += [f" {int(k)} {_q(v)}" for k, v in class_names.items()]
+            out[-1] += ";"
+        out += ["InspectionTest 1;", f"SampleTestPlan {on_r.size}"]
+        out += [f" {int(xs[c])} {int(ys[r])}" for r, c in zip(on_r.tolist(), on_c.tolist(), strict=True)]
+        out[-1] += ";"
+        area = pitch[0] * pitch[1] * on_r.size
+        out += [
+            f"AreaPerTest {_num(area)};",
+            "DefectRecordSpec 8 DEFECTID XREL YREL XINDEX YINDEX DSIZE CLASSNUMBER TEST;",
+            "DefectList",
+        ]
+        defects = _wafer_defects(wmap, xs, ys, pitch)
+        out += defects
+        out[-1] += ";"
+        n_def_dies = int(np.count_nonzero(wmap.grid == DieState.FAIL))
+        density = len(defects) / (area / 1e8) if area else 0.0
+        out += [
+            "SummarySpec 5 TESTNO NDEFECT DEFDENSITY NDIE NDEFDIE;",
+            f"SummaryList 1 {len(defects)} {_num(density)} {on_r.size} {n_def_dies};",
+        ]
+    out.append("EndOfFile;")
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("\n".join(out) + "\n")
+    return Path(path)

@@ -1,0 +1,176 @@
+"""WM-811K ``LSWMD.pkl``: a pandas DataFrame pickle with one wafer per row.
+
+Columns: ``waferMap`` (2-D array, 0 off / 1 good / 2 fail), ``dieSize``, ``lotName``,
+``waferIndex``, ``trianTestLabel`` and ``failureType``. The two label columns hold nested
+arrays such as ``[['Center']]``, or an empty array for the ~78 % of wafers nobody labelled
+(→ ``labels=()``). The public file was pickled by pandas 0.x, whose module paths no longer
+exist (``pandas.indexes.*``, ``pandas.core.indexes.numeric.Int64Index``); the unpickler below
+maps them to today's classes. It also refuses any class outside numpy/pandas/builtins, so a
+hostile pickle cannot run code through ``os.system`` and the like.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fabsight.errors import FormatError
+from fabsight.io._common import check_grid_values
+from fabsight.types import WaferMap
+from fabsight.utils.atomic import atomic_open
+
+COLUMNS = ("waferMap", "dieSize", "lotName", "waferIndex", "trianTestLabel", "failureType")
+
+#: Old pandas locations → (module, name) in the installed pandas.
+_RENAMED: dict[tuple[str, str], tuple[str, str]] = {
+    ("pandas.core.indexes.numeric", "Int64Index"): ("pandas", "Index"),
+    ("pandas.core.indexes.numeric", "UInt64Index"): ("pandas", "Index"),
+    ("pandas.core.indexes.numeric", "Float64Index"): ("pandas", "Index"),
+    ("pandas.indexes.numeric", "Int64Index"): ("pandas", "Index"),
+    ("pandas.indexes.numeric", "Float64Index"): ("pandas", "Index"),
+    ("pandas.core.base", "FrozenNDArray"): ("numpy", "ndarray"),
+    ("pandas.indexes.frozen", "FrozenNDArray"): ("numpy", "ndarray"),
+    ("pandas.core.indexes.frozen", "FrozenNDArray"): ("numpy", "ndarray"),
+    ("pandas.core.internals", "BlockManager"): ("pandas.core.internals.managers", "BlockManager"),
+    ("pandas.core.internals", "SingleBlockManager"): ("pandas.core.internals.managers", "SingleBlockManager"),
+}
+_ALLOWED_ROOTS = ("numpy", "pandas", "builtins", "copyreg", "_codecs", "collections", "datetime", "__builtin__")
+_FORBIDDEN = {("builtins", n) for n in ("eval", "exec", "compile", "open", "__import__", "getattr", "setattr")}
+
+
+def _base_unpickler() -> type[pickle.Unpickler]:
+    try:  # pandas' own compatibility unpickler knows the renames of its recent versions
+        from pandas.compat.pickle_compat import Unpickler
+    except ImportError:  # pragma: no cover - depends on the pandas version
+        return pickle.Unpickler
+    return Unpickler
+
+
+class _CompatUnpickler(_base_unpickler()):  # type: ignore[misc]
+    """Maps pandas 0.x class paths to today's and allows only numpy/pandas/builtins."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        module, name = _RENAMED.get((module, name), (module, name))
+        if module.startswith("pandas.indexes"):
+            module = "pandas.core.indexes" + module[len("pandas.indexes") :]
+        if module == "__builtin__":
+            module = "builtins"
+        if module.split(".")[0] not in _ALLOWED_ROOTS or (module, name) in _FORBIDDEN:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a numpy/pandas object)")
+        return super().find_class(module, name)
+
+
+def _load_frame(path: Path) -> Any:
+    import pandas as pd
+
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        if not head:
+            raise FormatError(path, "empty file")
+        if head[:1] != b"\x80":
+            raise FormatError(path, "not a pickle file (WM-811K LSWMD.pkl is a pandas pickle)")
+        fh.seek(0)
+        try:
+            obj = _CompatUnpickler(fh, encoding="latin1").load()
+        except MemoryError:
+            raise FormatError(path, "corrupt pickle (asks for more memory than there is)") from None
+        except Exception as exc:  # a corrupt pickle can raise nearly anything from inside pickle/pandas
+            raise FormatError(path, f"cannot unpickle ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(obj, pd.DataFrame):
+        raise FormatError(path, f"pickle holds a {type(obj).__name__}, not a pandas DataFrame")
+    if "waferMap" not in obj.columns:
+        raise FormatError(path, "DataFrame has no 'waferMap' column: not WM-811K LSWMD")
+    return obj
+
+
+def _label(value: Any) -> str | None:
+    """``[['Center']]`` → ``'Center'``; empty arrays / NaN → None."""
+    arr = np.asarray(value, dtype=object).ravel()
+    if arr.size == 0:
+        return None
+    item = arr[0]
+    if item is None or (isinstance(item, float) and np.isnan(item)):
+        return None
+    return str(item).strip() or None
+
+
+def iter_lswmd(path: str | Path) -> Iterator[WaferMap]:
+    """Stream the wafers of an ``LSWMD.pkl`` one row at a time.
+
+    The pickle itself must be loaded whole, but WaferMaps are made lazily so 811k maps
+    never exist as objects at once.
+    """
+    path = Path(path)
+    df = _load_frame(path)
+    cols = {c: (df[c].to_numpy() if c in df.columns else None) for c in COLUMNS}
+    lot = path.stem
+    for i in range(len(df)):
+        grid = check_grid_values(path, np.asarray(cols["waferMap"][i]), f"row {i} waferMap")
+        failure = _label(cols["failureType"][i]) if cols["failureType"] is not None else None
+        split = _label(cols["trianTestLabel"][i]) if cols["trianTestLabel"] is not None else None
+        lot_name = str(cols["lotName"][i]) if cols["lotName"] is not None else lot
+        index = cols["waferIndex"][i] if cols["waferIndex"] is not None else i
+        try:
+            wafer_id = str(int(float(index)))
+        except (TypeError, ValueError):
+            wafer_id = str(index)
+        extras: dict[str, Any] = {"row": i, "split": split}
+        if cols["dieSize"] is not None:
+            extras["die_size"] = float(cols["dieSize"][i])
+        yield WaferMap(
+            grid=grid,
+            lot_id=lot_name,
+            wafer_id=wafer_id,
+            source=str(path),
+            format="lswmd",
+            labels=() if failure is None else (failure,),
+            extras=extras,
+        )
+
+
+def read_lswmd(path: str | Path) -> list[WaferMap]:
+    """All wafers of an ``LSWMD.pkl`` (use :func:`iter_lswmd` for the full 811k file)."""
+    return list(iter_lswmd(path))
+
+
+def _nested(text: str | None) -> np.ndarray:
+    return np.zeros((0, 0)) if text is None else np.array([[text]])
+
+
+def write_lswmd(maps: Sequence[WaferMap], path: str | Path) -> Path:
+    """Write maps in the public ``LSWMD.pkl`` layout (a pickled pandas DataFrame).
+
+    ``failureType`` is the map's single label (``[['Center']]``) or an empty array when it
+    has none; ``trianTestLabel`` comes from ``extras['split']``; ``dieSize`` from
+    ``extras['die_size']`` or the number of on-wafer dies.
+    """
+    import pandas as pd
+
+    if not maps:
+        raise FormatError(path, "nothing to write: no wafer maps")
+    rows = []
+    for i, m in enumerate(maps):
+        if len(m.labels) > 1:
+            raise FormatError(path, f"wafer '{m.wafer_id}' has {len(m.labels)} labels; WM-811K holds one per wafer")
+        try:
+            index = float(m.wafer_id)
+        except ValueError:
+            index = float(i + 1)
+        rows.append(
+            {
+                "waferMap": np.asarray(m.grid, np.uint8),
+                "dieSize": float(m.extras.get("die_size", m.n_dies)),
+                "lotName": m.lot_id or "lot1",
+                "waferIndex": index,
+                "trianTestLabel": _nested(m.extras.get("split")),
+                "failureType": _nested(m.labels[0] if m.labels else None),
+            }
+        )
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    with atomic_open(path, "wb") as fh:
+        pickle.dump(df, fh, protocol=4)
+    return Path(path)
