@@ -1,0 +1,302 @@
+"""WM-811K-like single-type and MixedWM38-like mixed-type wafer maps with known truth.
+
+A map is drawn in one pass: each requested basic pattern contributes a fail-probability
+field (:mod:`fabsight.synth.patterns`), the fields and a background fail rate are
+combined as independent causes (a die survives only if every cause spares it), and one
+uniform draw per die decides. Maps of one class and grid shape are drawn as a batch, which
+is why :func:`generate_dataset` is fast; :func:`generate_map` is the same code with a batch
+of one.
+
+Truth kept in ``WaferMap.extras`` (all positions in die coordinates, sizes in wafer radii):
+
+``noise``
+    mean background fail rate of the map (random fails outside any pattern).
+``seed``
+    the ``seed`` given to :func:`generate_dataset`.
+``patterns``
+    one entry per basic pattern in the map (empty for ``none``), each a dict with
+
+    - ``centre``: ``[row, col]`` centroid of the pattern's fail probability;
+    - ``radius``: mean distance of the pattern's fails from the wafer centre (0 centre, 1 rim);
+    - ``angle``: direction of the centroid seen from the wafer centre, degrees counter-clockwise
+      from 3 o'clock as drawn (row 0 at the top); ``None`` for patterns without a direction
+      (Center, Donut, Edge-Ring, Near-full, Random);
+    - ``extent``: fraction of the on-wafer dies the pattern covers (probability at least half
+      its peak density);
+    - the generating parameters of :data:`fabsight.synth.patterns.PARAMS` for that pattern
+      (``density``, ``size``, ``width``, ``span_deg``, ``depth``, ``length``, ``curvature``…),
+      plus ``orientation_deg``, ``broken`` and ``midpoint`` (``[row, col]`` of a point on the
+      line) for Scratch and ``aspect`` for Loc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from fabsight.errors import FabsightError
+from fabsight.synth.geometry import Geometry, check_shape, geometry
+from fabsight.synth.patterns import FIELDS, PARAMS, ROTATIONALLY_SYMMETRIC, Field
+from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
+from fabsight.utils.progress import track
+
+#: Default range of the per-map background fail rate.
+DEFAULT_NOISE: tuple[float, float] = (0.002, 0.03)
+
+_ABBREVIATIONS = {
+    "C": "Center",
+    "D": "Donut",
+    "EL": "Edge-Loc",
+    "ER": "Edge-Ring",
+    "L": "Loc",
+    "NF": "Near-full",
+    "S": "Scratch",
+    "R": "Random",
+}
+_ORDER = {name: i for i, name in enumerate(MIXEDWM38_LABELS)}
+# The MixedWM38 classes C1..C38 in the paper's order (Wang et al., 2020).
+_MIXEDWM38_CODES = (
+    "Normal C D EL ER L NF S R "
+    "C+EL C+ER C+L C+S D+EL D+ER D+L D+S EL+L EL+S ER+L ER+S L+S "
+    "C+EL+L C+EL+S C+ER+L C+ER+S C+L+S D+EL+L D+EL+S D+ER+L D+ER+S D+L+S EL+L+S ER+L+S "
+    "C+L+EL+S C+L+ER+S D+L+EL+S D+L+ER+S"
+)
+#: The 38 MixedWM38 classes as label tuples (basic patterns in ``MIXEDWM38_LABELS`` order);
+#: the normal class is ``("none",)``. Near-full and Random never combine with anything;
+#: Center never meets Donut, nor Edge-Loc Edge-Ring.
+MIXED_COMBINATIONS: tuple[tuple[str, ...], ...] = tuple(
+    ("none",) if code == "Normal" else tuple(sorted((_ABBREVIATIONS[a] for a in code.split("+")), key=_ORDER.get))
+    for code in _MIXEDWM38_CODES.split()
+)
+_SOLITARY = frozenset({"Near-full", "Random"})
+
+# Cells drawn per batch: bounds memory (~5 arrays of this many float32) whatever the grid size.
+_BATCH_CELLS = 2_000_000
+
+
+def parse_pattern(pattern: str | Sequence[str]) -> tuple[str, ...]:
+    """The basic patterns of a request, in canonical order (``()`` for ``none``).
+
+    Accepts a WM-811K class name, a ``+``-joined combination (``"Center+Edge-Ring"``) or a
+    sequence of basic pattern names.
+    """
+    names = pattern.split("+") if isinstance(pattern, str) else list(pattern)
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in FIELDS]
+    if unknown or not names:
+        raise FabsightError(
+            None, f"unknown pattern {unknown[0] if unknown else pattern!r}: expected one of {', '.join(WM811K_CLASSES)}"
+        )
+    if len(set(names)) != len(names):
+        raise FabsightError(None, f"pattern combination {'+'.join(names)} repeats a pattern")
+    if len(names) > 1 and _SOLITARY & set(names):
+        raise FabsightError(None, f"{'+'.join(names)}: Near-full and Random never combine with other patterns")
+    return tuple(sorted(names, key=_ORDER.__getitem__))
+
+
+def labels_of(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``WaferMap.labels`` for a parsed pattern: the patterns, or ``("none",)`` for a good wafer."""
+    return names or ("none",)
+
+
+def class_name(labels: Sequence[str]) -> str:
+    """Folder / display name of a label tuple: ``Center+Edge-Ring``, ``none``."""
+    return "+".join(labels)
+
+
+def multi_hot(labels: Sequence[str]) -> np.ndarray:
+    """MixedWM38 ``arr_1`` row (uint8, ``MIXEDWM38_LABELS`` order) of a label tuple; ``none`` is all zeros."""
+    row = np.zeros(len(MIXEDWM38_LABELS), dtype=np.uint8)
+    for name in parse_pattern(labels):
+        row[_ORDER[name]] = 1
+    return row
+
+
+def _check_range(name: str, value: Any) -> tuple[float, float]:
+    """A user's ``value`` (a number, or a (low, high) pair) as a finite range."""
+    try:
+        arr = np.asarray(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        arr = np.empty(0)
+    if arr.size not in (1, 2) or not np.all(np.isfinite(arr)) or arr[0] > arr[-1]:
+        raise FabsightError(None, f"{name} must be a finite number or a (low, high) pair, got {value!r}")
+    return float(arr[0]), float(arr[-1])
+
+
+def _noise_range(noise: float | tuple[float, float] | None) -> tuple[float, float]:
+    lo, hi = DEFAULT_NOISE if noise is None else _check_range("noise", noise)
+    if lo < 0 or hi > 1:
+        raise FabsightError(None, f"noise {noise!r} must lie in [0, 1]")
+    return lo, hi
+
+
+def _check_params(combos: Iterable[tuple[str, ...]], params: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """Validate ``**params`` against the patterns requested: every name must belong to one of them."""
+    known = {p for names in combos for name in names for p in PARAMS[name]}
+    for name in params:
+        if name not in known:
+            choices = ", ".join(sorted(known)) or "none (the requested patterns take no parameters)"
+            raise FabsightError(None, f"unknown parameter {name!r} for these patterns; known: {choices}")
+    return {name: _check_range(name, value) for name, value in params.items()}
+
+
+def _background(g: Geometry) -> np.ndarray:
+    """Relative background fail rate per die, mean 1: slightly more at the rim, as on real wafers."""
+    profile = 0.7 + 0.6 * g.rho**6
+    return (profile / profile[g.mask].mean()).astype(np.float32)
+
+
+def _summarise(g: Geometry, name: str, f: Field) -> dict[str, list[Any]]:
+    """Per-map truth columns of one pattern (lists, one entry per map)."""
+    n = f.p.shape[0]
+    p = f.p.reshape(n, -1)
+    rows, cols = g.to_row_col(g.u, g.v)
+    weights = np.stack([rows, cols, g.u, g.v, g.rho, np.ones_like(g.u)], axis=-1).reshape(-1, 6)
+    sums = (p @ (weights * g.mask.reshape(-1, 1))).astype(np.float64)  # p-weighted sums over the wafer
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums[:, :5] / sums[:, 5:]  # NaN when the pattern has no weight on the wafer
+    peak = np.asarray(f.params["density"], dtype=np.float32)[:, None]
+    covered = np.count_nonzero((p >= 0.5 * peak) & g.mask.reshape(1, -1), axis=1) / np.count_nonzero(g.mask)
+    angle = None if name in ROTATIONALLY_SYMMETRIC else np.degrees(np.arctan2(-mean[:, 3], mean[:, 2])) % 360.0
+    out: dict[str, list[Any]] = {
+        "centre": mean[:, :2].round(3).tolist(),
+        "radius": mean[:, 4].round(4).tolist(),
+        "angle": [None] * n if angle is None else angle.round(2).tolist(),
+        "extent": covered.round(4).tolist(),
+    }
+    for key, values in {**f.params, **f.extra}.items():
+        arr = np.asarray(values)
+        out[key] = arr.tolist() if arr.dtype == bool else arr.astype(np.float64).round(4).tolist()
+    return out
+
+
+def _batch(
+    names: tuple[str, ...],
+    g: Geometry,
+    n: int,
+    rng: np.random.Generator,
+    noise: tuple[float, float],
+    params: Mapping[str, tuple[float, float]],
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """``n`` maps of one pattern combination and shape: (n, H, W) uint8 grids and their truth."""
+    survive = np.ones((n, *g.shape), dtype=np.float32)
+    anchors: list[np.ndarray] = []
+    columns: dict[str, dict[str, list[Any]]] = {}
+    for name in names:
+        drawn = {k: rng.uniform(*params.get(k, default), n) for k, default in PARAMS[name].items()}
+        f = FIELDS[name](g, n, rng, drawn)
+        survive *= 1 - f.p
+        if f.anchor is not None:
+            anchors.append(f.anchor)
+        columns[name] = _summarise(g, name, f)
+    level = rng.uniform(*noise, n).astype(np.float32)
+    survive *= 1 - np.minimum(level[:, None, None] * _background(g), 1)
+    fail = rng.random(survive.shape, dtype=np.float32) >= survive
+    flat = fail.reshape(n, -1)
+    for anchor in anchors:
+        flat[np.arange(n), anchor] = True
+    grids = g.mask.astype(np.uint8) + (fail & g.mask).astype(np.uint8)  # OFF 0, GOOD 1, FAIL 2
+    truths = [
+        {
+            "noise": round(float(level[i]), 5),
+            "patterns": {name: {k: col[i] for k, col in cols.items()} for name, cols in columns.items()},
+        }
+        for i in range(n)
+    ]
+    return grids, truths
+
+
+def generate_map(
+    pattern: str | Sequence[str],
+    shape: tuple[int, int] = (52, 52),
+    rng: np.random.Generator | int | None = None,
+    *,
+    noise: float | tuple[float, float] | None = None,
+    **params: float | tuple[float, float],
+) -> np.ndarray:
+    """One synthetic wafer map: a (H, W) uint8 grid of 0 off-wafer / 1 good / 2 failing dies.
+
+    ``pattern`` is a WM-811K class, a ``+``-joined combination or a sequence of basic
+    patterns (a MixedWM38-style mixed map). ``noise`` is the background fail rate (a number,
+    a (low, high) range, or ``None`` for :data:`DEFAULT_NOISE`); ``0`` leaves only the
+    pattern's own fails. ``params`` fix or narrow the pattern parameters of
+    :data:`fabsight.synth.patterns.PARAMS`, e.g. ``density=1.0`` or ``size=(0.2, 0.25)``.
+    """
+    names = parse_pattern(pattern)
+    g = geometry(check_shape(shape))
+    grids, _ = _batch(names, g, 1, np.random.default_rng(rng), _noise_range(noise), _check_params([names], params))
+    return grids[0]
+
+
+def generate_dataset(
+    per_class: int,
+    *,
+    shapes: Sequence[tuple[int, int]] = ((52, 52),),
+    classes: Sequence[str | Sequence[str]] | None = None,
+    mixed: bool = False,
+    seed: int = 0,
+    noise: float | tuple[float, float] = DEFAULT_NOISE,
+    **params: float | tuple[float, float],
+) -> list[WaferMap]:
+    """``per_class`` labelled maps of every class, grouped by class, identical for the same ``seed``.
+
+    ``classes`` defaults to the nine WM-811K classes, or with ``mixed=True`` to the 38
+    :data:`MIXED_COMBINATIONS`; entries may also be combinations (``"Center+Loc"``). Each
+    map's grid shape is drawn uniformly from ``shapes``. ``labels`` is the tuple of basic
+    patterns (``("none",)`` for a good wafer); ``extras`` holds the truth described in the
+    module docstring.
+    """
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 0:
+        raise FabsightError(None, f"per_class must be a non-negative integer, got {per_class!r}")
+    if not shapes:
+        raise FabsightError(None, "shapes is empty: give at least one (rows, cols) grid shape")
+    geos = [geometry(check_shape(s)) for s in shapes]
+    default = MIXED_COMBINATIONS if mixed else WM811K_CLASSES
+    combos = [parse_pattern(c) for c in (default if classes is None else classes)]
+    ranges = _check_params(combos, params)
+    noise_range = _noise_range(noise)
+    rng = np.random.default_rng(seed)
+    with threadpool_limits(1):  # BLAS threads only fight over the tiny products drawn here
+        return _draw_dataset(combos, per_class, geos, rng, seed, noise_range, ranges)
+
+
+def _draw_dataset(
+    combos: list[tuple[str, ...]],
+    per_class: int,
+    geos: list[Geometry],
+    rng: np.random.Generator,
+    seed: int,
+    noise: tuple[float, float],
+    params: Mapping[str, tuple[float, float]],
+) -> list[WaferMap]:
+
+    jobs: list[tuple[int, tuple[str, ...], Geometry, np.ndarray]] = []  # (class slot, patterns, shape, map slots)
+    for k, names in enumerate(combos):
+        shape_of = rng.integers(len(geos), size=per_class)
+        for s, g in enumerate(geos):
+            slots = np.flatnonzero(shape_of == s)
+            step = max(1, _BATCH_CELLS // (g.shape[0] * g.shape[1]))
+            jobs += [(k, names, g, slots[i : i + step]) for i in range(0, len(slots), step)]
+
+    maps: list[WaferMap | None] = [None] * (len(combos) * per_class)
+    for k, names, g, slots in track(jobs, "generating wafer maps"):
+        grids, truths = _batch(names, g, len(slots), rng, noise, params)
+        labels = labels_of(names)
+        for slot, grid, truth in zip(slots.tolist(), grids, truths, strict=True):
+            truth["seed"] = seed
+            index = k * per_class + slot
+            maps[index] = WaferMap(
+                grid,
+                lot_id=f"synth-{seed}",
+                wafer_id=str(index),
+                source="fabsight.synth",
+                format="synthetic",
+                labels=labels,
+                extras=truth,
+            )
+    return maps  # type: ignore[return-value]
+
