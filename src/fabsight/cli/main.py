@@ -21,6 +21,7 @@ app = typer.Typer(
 # Each module exposes ``register(app)``; the order here is the order in ``--help``.
 _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.monitor",
+    "fabsight.cli.labeling",
 )
 
 
