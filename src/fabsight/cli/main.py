@@ -20,6 +20,9 @@ app = typer.Typer(
 
 # Each module exposes ``register(app)``; the order here is the order in ``--help``.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "fabsight.cli.data",
+    "fabsight.cli.synth",
+    "fabsight.cli.render",
     "fabsight.cli.monitor",
     "fabsight.cli.labeling",
 )

@@ -87,7 +87,7 @@ def detect_format(path: str | Path) -> str:
         raise FormatError(path, "a zip archive without arr_0.npy: not a MixedWM38 .npz")
     if len(head) >= 6 and head[2:4] == b"\x00\x0a" and head[5] == 4 and head[:2] in (b"\x00\x02", b"\x02\x00"):
         return "stdf"
-    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "lswmd"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text.startswith(b"FileVersion") or text.startswith(b"Record FileRecord"):

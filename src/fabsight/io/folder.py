@@ -9,6 +9,7 @@ with more than three levels is not a wafer map and is refused, naming the file.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -67,8 +68,11 @@ def read_npy(path: str | Path, label: str | None = None) -> WaferMap:
     path = Path(path)
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise FormatError(path, f"not a readable .npy array ({str(exc)[:100]})") from None
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise FormatError(path, "an .npz archive, not a single .npy array")
     return _single(path, check_grid_values(path, arr, "array"), "npy", label)
 
 

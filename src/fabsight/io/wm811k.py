@@ -5,13 +5,15 @@ Columns: ``waferMap`` (2-D array, 0 off / 1 good / 2 fail), ``dieSize``, ``lotNa
 arrays such as ``[['Center']]``, or an empty array for the ~78 % of wafers nobody labelled
 (→ ``labels=()``). The public file was pickled by pandas 0.x, whose module paths no longer
 exist (``pandas.indexes.*``, ``pandas.core.indexes.numeric.Int64Index``); the unpickler below
-maps them to today's classes. It also refuses any class outside numpy/pandas/builtins, so a
-hostile pickle cannot run code through ``os.system`` and the like.
+maps them to today's classes. It also refuses everything but numpy/pandas/pyarrow data
+classes and a few plain builtins, so a hostile pickle cannot call ``os.system``, ``eval``
+or a file reader; unpickling is still only as safe as the file's source.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,17 @@ _RENAMED: dict[tuple[str, str], tuple[str, str]] = {
     ("pandas.core.internals", "BlockManager"): ("pandas.core.internals.managers", "BlockManager"),
     ("pandas.core.internals", "SingleBlockManager"): ("pandas.core.internals.managers", "SingleBlockManager"),
 }
-_ALLOWED_ROOTS = ("numpy", "pandas", "builtins", "copyreg", "_codecs", "collections", "datetime", "__builtin__")
-_FORBIDDEN = {("builtins", n) for n in ("eval", "exec", "compile", "open", "__import__", "getattr", "setattr")}
+_LIBRARIES = ("numpy", "pandas", "pyarrow")
+_SAFE_BUILTINS = {
+    "builtins": {"object", "slice", "range", "complex", "set", "frozenset", "bytearray", "bytes", "list", "dict"}
+    | {"tuple", "str", "int", "float", "bool"},
+    "copyreg": {"_reconstructor"},
+    "_codecs": {"encode"},
+    "collections": {"OrderedDict"},
+    "datetime": {"datetime", "date", "time", "timedelta", "timezone"},
+}
+_UNSAFE_MODULES = re.compile(r"^(numpy\.(f2py|distutils|testing|ctypeslib|lib\._?npyio)|pandas\.(io|testing|util))\b")
+_UNSAFE_NAMES = re.compile(r"^(read_|to_|load|save|fromfile|tofile|eval|exec|system|popen|open)")
 
 
 def _base_unpickler() -> type[pickle.Unpickler]:
@@ -51,7 +62,7 @@ def _base_unpickler() -> type[pickle.Unpickler]:
 
 
 class _CompatUnpickler(_base_unpickler()):  # type: ignore[misc]
-    """Maps pandas 0.x class paths to today's and allows only numpy/pandas/builtins."""
+    """Maps pandas 0.x class paths to today's and allows only data classes."""
 
     def find_class(self, module: str, name: str) -> Any:
         module, name = _RENAMED.get((module, name), (module, name))
@@ -59,8 +70,12 @@ class _CompatUnpickler(_base_unpickler()):  # type: ignore[misc]
             module = "pandas.core.indexes" + module[len("pandas.indexes") :]
         if module == "__builtin__":
             module = "builtins"
-        if module.split(".")[0] not in _ALLOWED_ROOTS or (module, name) in _FORBIDDEN:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a numpy/pandas object)")
+        if module.split(".")[0] in _LIBRARIES:
+            safe = not _UNSAFE_MODULES.match(module) and not _UNSAFE_NAMES.match(name)
+        else:
+            safe = name in _SAFE_BUILTINS.get(module, ())
+        if not safe:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a plain numpy/pandas object)")
         return super().find_class(module, name)
 
 

@@ -7,7 +7,6 @@ from fabsight.synth.generator import (
     generate_dataset,
     generate_map,
     labels_of,
-    multi_hot,
     parse_pattern,
 )
 from fabsight.synth.geometry import polar_coords, rim_mask, wafer_mask
@@ -21,7 +20,6 @@ __all__ = [
     "generate_dataset",
     "generate_map",
     "labels_of",
-    "multi_hot",
     "parse_pattern",
     "polar_coords",
     "rim_mask",

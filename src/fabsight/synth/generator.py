@@ -108,14 +108,6 @@ def class_name(labels: Sequence[str]) -> str:
     return "+".join(labels)
 
 
-def multi_hot(labels: Sequence[str]) -> np.ndarray:
-    """MixedWM38 ``arr_1`` row (uint8, ``MIXEDWM38_LABELS`` order) of a label tuple; ``none`` is all zeros."""
-    row = np.zeros(len(MIXEDWM38_LABELS), dtype=np.uint8)
-    for name in parse_pattern(labels):
-        row[_ORDER[name]] = 1
-    return row
-
-
 def _check_range(name: str, value: Any) -> tuple[float, float]:
     """A user's ``value`` (a number, or a (low, high) pair) as a finite range."""
     try:
@@ -299,4 +291,3 @@ def _draw_dataset(
                 extras=truth,
             )
     return maps  # type: ignore[return-value]
-
