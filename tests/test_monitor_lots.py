@@ -86,17 +86,53 @@ def test_monitor_needs_lots_and_a_sane_baseline() -> None:
         monitor_lots(maps[:3])
 
 
-def test_cli_monitor_klarf_history_json(tmp_path, monkeypatch, capsys) -> None:
+def test_cli_monitor_klarf_history_json_and_report(tmp_path, monkeypatch, capsys) -> None:
     maps = _lots(6, {5: 0.4}, per_lot=12, seed=1)
     for k in range(6):
         write_klarf(maps[k * 12 : (k + 1) * 12], tmp_path / f"lot{k}.000")
+    report = tmp_path / "out" / "lots.html"
     code, out, _ = _cli(
-        monkeypatch, capsys, "monitor", str(tmp_path / "*.000"), "--baseline", "3", "--permutations", "99", "--json"
+        monkeypatch,
+        capsys,
+        "monitor",
+        str(tmp_path / "*.000"),
+        "--baseline",
+        "3",
+        "--permutations",
+        "99",
+        "--report",
+        str(report),
+        "--json",
     )
     assert code == 0
     res = json.loads(out)
     assert [lot["lot"] for lot in res["lots"]] == [f"L{k}" for k in range(6)]
     assert {a["lot"] for a in res["alarms"]} == {"L5"}
+    assert res["report"] == str(report)
+    html = report.read_text()
+    assert html.count("data:image/png;base64,") >= 1 + 6  # the chart and at least one thumbnail per lot
+    assert 'id="lot-6"' in html and "drift vs baseline" in html and "limit · fail fraction" in html
+    assert [p.name for p in report.parent.iterdir()] == ["lots.html"]  # no temporary left behind
+
+
+def test_report_is_atomic(tmp_path, monkeypatch) -> None:
+    from fabsight.monitor import report as report_mod
+
+    maps = _lots(3, {}, per_lot=4)
+    res = monitor_lots(maps, n_baseline=2, n_permutations=19)
+    target = tmp_path / "r.html"
+    report_mod.write_report(res, maps, target)
+    good = target.read_text()
+    assert good.startswith("<!doctype html>") and good.rstrip().endswith("</html>")
+
+    def broken(text: str) -> None:  # the disk fills up half-way through writing
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("fabsight.utils.atomic.os.fsync", lambda fd: broken(""))
+    with pytest.raises(OSError, match="No space"):
+        report_mod.write_report(res, maps, target)
+    assert target.read_text() == good  # the previous report is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
 
 
 def test_cli_drift_between_lot_selections(tmp_path, monkeypatch, capsys) -> None:
