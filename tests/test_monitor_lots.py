@@ -170,3 +170,27 @@ def test_cli_user_mistakes_are_one_line(tmp_path, monkeypatch, capsys) -> None:
     assert code == 2 and "no such file" in err and err.count("\n") == 1
     code, _, err = _cli(monkeypatch, capsys, "monitor", str(tmp_path), "--report", str(tmp_path / "r.pdf"))
     assert code == 2 and ".html" in err
+
+
+def test_sustained_small_shift_raises_a_run_alarm() -> None:
+    """Eight lots each a little worse than baseline, all inside the limits: rule 4 fires on the 8th."""
+    rng = np.random.default_rng(5)
+
+    def lot(k: int, fails: int) -> list[WaferMap]:
+        out = []
+        for w in range(2):
+            flat = np.ones(400, np.uint8)
+            flat[rng.choice(400, size=fails // 2 + (w < fails % 2), replace=False)] = 2
+            out.append(
+                WaferMap(flat.reshape(20, 20), lot_id=f"L{k:02d}", wafer_id=str(w), timestamp=T0 + timedelta(days=k))
+            )
+        return out
+
+    fails = [80, 88, 72, 80] + [84] * 8  # per lot of 800 dies: baseline p̄ = 0.1, monitored lots at 0.105
+    maps = [m for k, f in enumerate(fails) for m in lot(k, f)]
+    res = monitor_lots(maps, n_baseline=4, n_permutations=19)
+    chart = res.charts[0]
+    assert chart.center == pytest.approx(0.1)
+    assert (chart.value[4:] < chart.ucl[4:]).all()  # no single lot is beyond the limits
+    runs = [(a.lot, a.detail) for a in res.alarms if a.kind == "run"]
+    assert runs == [("L11", "rule 4: 8 in a row on one side (above)")]
