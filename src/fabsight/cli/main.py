@@ -23,6 +23,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.data",
     "fabsight.cli.synth",
     "fabsight.cli.render",
+    "fabsight.cli.wafer",
     "fabsight.cli.monitor",
     "fabsight.cli.labeling",
 )
