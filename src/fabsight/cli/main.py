@@ -29,6 +29,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.monitor",
     "fabsight.cli.labeling",
     "fabsight.cli.inspect",
+    "fabsight.cli.anomaly",
 )
 
 
