@@ -26,6 +26,10 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.render",
     "fabsight.cli.wafer",
     "fabsight.cli.assist",
+    "fabsight.cli.monitor",
+    "fabsight.cli.labeling",
+    "fabsight.cli.inspect",
+    "fabsight.cli.anomaly",
 )
 
 
