@@ -65,7 +65,12 @@ class DieGeometry:
 
 
 def die_geometry(wmap: WaferMap) -> DieGeometry:
-    """Normalised radius and notch-relative angle of every die (see the module docstring)."""
+    """Normalised radius and notch-relative angle of every die (see the module docstring).
+
+    Unlike :mod:`fabsight.synth.geometry`, which assumes the wafer fills its grid, this
+    measures the wafer from the map itself (the bounding box of its on-wafer dies, scaled by
+    the die pitch when the file gives one), as real KLARF / STDF / G85 grids need.
+    """
     grid = wmap.grid
     on = grid != DieState.OFF
     rows, cols = np.indices(grid.shape, dtype=float)
