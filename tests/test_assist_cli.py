@@ -167,3 +167,12 @@ def test_export_sft_cli(data, tmp_path) -> None:
     r = json.loads(out)
     assert r["maps"] == 8 and r["by_kind"] == dict.fromkeys(["multi", "yes", "no", "describe", "golden"], 8)
     assert len(json.loads((tmp_path / "sft" / "annotations.json").read_text())) == 40
+
+
+def test_compare_classifies_the_difference_map_with_a_model(data, model) -> None:
+    code, out, err = run("compare", data["edgeloc"], "--golden", data["golden"], "--model", model, "--json")
+    assert code == 0, err
+    (r,) = json.loads(out)
+    pattern = r["difference"]["pattern"]
+    assert pattern["status"] != "unclassified" and pattern["top3"]
+    assert (pattern["status"] == "pattern") == ("the classifier reads it as" in r["summary"])
