@@ -20,6 +20,7 @@ app = typer.Typer(
 
 # Each module exposes ``register(app)``; the order here is the order in ``--help``.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "fabsight.cli.die",
 )
 
 
