@@ -30,6 +30,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.labeling",
     "fabsight.cli.inspect",
     "fabsight.cli.anomaly",
+    "fabsight.cli.die",
 )
 
 
