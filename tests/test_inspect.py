@@ -208,7 +208,7 @@ def test_read_list_real_deeppcb(shared) -> None:
 # --------------------------------------------------------------------------- learned model
 @pytest.fixture(scope="module")
 def trained(shared, tmp_path_factory):
-    """A model trained through the CLI on 60 real training pairs."""
+    """A model trained through the CLI on 40 real training pairs."""
     out = tmp_path_factory.mktemp("model") / "pcb"
     res = CliRunner().invoke(
         app,
@@ -219,7 +219,7 @@ def trained(shared, tmp_path_factory):
             "--list",
             "trainval.txt",
             "--limit",
-            "60",
+            "40",
             "--out",
             str(out),
             "--json",
@@ -345,3 +345,15 @@ def test_cli_folder_skips_bad_pairs(shared, tmp_path, trained) -> None:
     assert sum(r["total"] for r in good) == sum(s["counts"].values()) > 0
     errs = {r["pair"]: r["error"] for r in rows if "error" in r}
     assert "not a readable image" in errs["bad"] and "differs from its template" in errs["odd"]
+
+
+def test_trained_model_ignores_scanner_nuisance(trained, template) -> None:
+    """A defect-free board, warped by ≤2 px and with every line a pixel thicker, is clean."""
+    from fabsight.inspect.model import nuisance_copy
+
+    model = load_inspector(trained[0])
+    for seed in range(3):
+        moved = nuisance_copy(template, np.random.default_rng(seed))
+        assert np.mean((moved < 128) != (template < 128)) > 0.01  # the copy really differs
+        result = inspect_pair(moved, template, model)
+        assert len(result.detections) <= 1, result.detections
