@@ -7,7 +7,6 @@ the result by a known transform; the rest train a small model on real pairs once
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import cv2
@@ -304,18 +303,19 @@ def test_cli_pair_short_form_json_and_png(shared, tmp_path) -> None:
     assert np.count_nonzero(np.any(img != img[..., :1], axis=2)) > 0  # coloured boxes were drawn
 
 
-def test_cli_user_errors_are_one_line(shared, tmp_path) -> None:
+def test_cli_user_errors_are_one_line(shared, tmp_path, monkeypatch, capsys) -> None:
+    from fabsight.cli.main import main
+
     stem = shared / DEEPPCB / "group00041/00041/00041000"
     small = tmp_path / "small.png"
     cv2.imwrite(str(small), np.zeros((100, 120), np.uint8))
-    proc = subprocess.run(
-        [sys.executable, "-m", "fabsight", "inspect", f"{stem}_test.jpg", str(small)],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0
-    assert "differs from its template" in proc.stderr and "120x100" in proc.stderr
+    monkeypatch.setattr(sys, "argv", ["fabsight", "inspect", f"{stem}_test.jpg", str(small)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "differs from its template" in err and "120x100" in err
     with pytest.raises(FabsightError, match="not a fabsight model directory"):
         load_inspector(tmp_path)
 

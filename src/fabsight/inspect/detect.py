@@ -98,20 +98,29 @@ def copper_mask(gray: np.ndarray, threshold: int) -> np.ndarray:
     return (gray < threshold).astype(np.uint8)
 
 
+#: Regions smaller than this (pixels) are ragged-edge specks of the binarisation and do
+#: not count as a change of topology.
+_MIN_REGION = 5
+
+
 def _n_regions(mask: np.ndarray) -> int:
+    """Copper regions of at least ``_MIN_REGION`` pixels."""
     if not mask.any():
         return 0
-    return int(cv2.connectedComponents(mask, connectivity=8)[0]) - 1
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    return int(np.count_nonzero(stats[1:, cv2.CC_STAT_AREA] >= _MIN_REGION))
 
 
 def _n_holes(copper: np.ndarray) -> int:
-    """Substrate regions fully enclosed by copper inside the window (not touching its border)."""
+    """Substrate regions (≥ ``_MIN_REGION`` px) fully enclosed by copper inside the window."""
     sub = (1 - copper).astype(np.uint8)
-    n, labels = cv2.connectedComponents(sub, connectivity=4)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=4)
     if n <= 1:
         return 0
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return int((n - 1) - np.count_nonzero(border))
+    inner = np.ones(n, bool)
+    inner[0] = False
+    inner[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+    return int(np.count_nonzero(inner & (stats[:, cv2.CC_STAT_AREA] >= _MIN_REGION)))
 
 
 def _window(box: tuple[int, int, int, int], margin: int, shape: tuple[int, int]) -> tuple[slice, slice]:
