@@ -19,9 +19,7 @@ app = typer.Typer(
 )
 
 # Each module exposes ``register(app)``; the order here is the order in ``--help``.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "fabsight.cli.inspect",
-)
+_COMMAND_MODULES: tuple[str, ...] = ("fabsight.cli.inspect",)
 
 
 def _version(value: bool) -> None:
