@@ -178,6 +178,9 @@ class TemplateInspector(BaseEstimator):
         training ones.
     cv_folds
         Folds (over pairs) for the out-of-fold predictions that tune the threshold.
+    threshold_slack
+        The operating threshold is the lowest one whose out-of-fold F-score is within
+        this of the best.
     random_state
         Seed of the classifier.
 
@@ -209,6 +212,7 @@ class TemplateInspector(BaseEstimator):
         nms_iou: float = 0.3,
         augment: bool = True,
         cv_folds: int = 4,
+        threshold_slack: float = 0.002,
         random_state: int = 0,
     ) -> None:
         self.threshold = threshold
@@ -223,6 +227,7 @@ class TemplateInspector(BaseEstimator):
         self.nms_iou = nms_iou
         self.augment = augment
         self.cv_folds = cv_folds
+        self.threshold_slack = threshold_slack
         self.random_state = random_state
 
     # -- detection (no learning) --------------------------------------------------------
@@ -336,11 +341,15 @@ class TemplateInspector(BaseEstimator):
             oof.append([d.scored() for d in dets])
             start += len(cands)
         truths = [[(t.as_tuple(), t.type) for t in ts] for ts in y]
-        best_t, best_f, best_report = 0.5, -1.0, {}
-        for thr in np.round(np.arange(0.05, 0.96, 0.05), 2):
-            report = evaluate(oof, truths, DEFECT_TYPES, operating_threshold=float(thr))
-            if report["f_score"] > best_f:
-                best_t, best_f, best_report = float(thr), report["f_score"], report
+        reports = {
+            float(thr): evaluate(oof, truths, DEFECT_TYPES, operating_threshold=float(thr))
+            for thr in np.round(np.arange(0.05, 0.96, 0.05), 2)
+        }
+        best_f = max(r["f_score"] for r in reports.values())
+        # The F-score is flat near its top; take the lowest threshold on that plateau, since
+        # boards unlike the training ones get less confident (not less correct) scores.
+        best_t = min(t for t, r in reports.items() if r["f_score"] >= best_f - self.threshold_slack)
+        best_report = reports[best_t]
         self.threshold_ = best_t
         self.training_ = {
             "pairs": len(extracted),
@@ -350,6 +359,7 @@ class TemplateInspector(BaseEstimator):
             "nuisance_candidates": len(L) - n_orig,
             "candidates_per_label": dict(sorted(Counter(labels[:n_orig]).items())),
             "out_of_fold": {k: best_report[k] for k in ("precision", "recall", "f_score", "map", "count_accuracy")},
+            "out_of_fold_f_score_by_threshold": {f"{t:.2f}": r["f_score"] for t, r in reports.items()},
             "fit_seconds": round(time.perf_counter() - t0, 2),
         }
         return self
