@@ -32,6 +32,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.anomaly",
     "fabsight.cli.die",
 )
+_COMMAND_MODULES: tuple[str, ...] = ("fabsight.cli.inspect",)
 
 
 def _version(value: bool) -> None:
