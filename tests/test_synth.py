@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
 from scipy import ndimage
 from skimage import measure
+from typer.testing import CliRunner
 
+from fabsight.cli.main import app
 from fabsight.errors import FabsightError
 from fabsight.synth import (
     MIXED_COMBINATIONS,
     generate_dataset,
     generate_map,
-    multi_hot,
     polar_coords,
     rim_mask,
     wafer_mask,
@@ -219,7 +225,10 @@ def _shows(name: str, grid: np.ndarray, t: dict) -> bool:
     """Whether a map visibly holds pattern ``name`` where its truth says it is."""
     rho, theta = polar_coords(grid.shape)
     rows, cols = np.indices(grid.shape)
-    near = lambda rc, r: (rows - rc[0]) ** 2 + (cols - rc[1]) ** 2 <= r**2  # noqa: E731
+
+    def near(rc: list[float], r: float) -> np.ndarray:
+        return (rows - rc[0]) ** 2 + (cols - rc[1]) ** 2 <= r**2
+
     if name == "Center":
         return _density(grid, rho < 0.5 * t["size"]) > 0.4
     if name == "Donut":
@@ -242,11 +251,9 @@ def test_mixed_maps_contain_each_constituent() -> None:
     for m in maps:
         names = [n for n in m.labels if n != "none"]
         assert sorted(m.extras["patterns"]) == sorted(names)
-        assert multi_hot(m.labels).sum() == len(names)
         if len(names) > 1:
             for name in names:
                 assert _shows(name, m.grid, m.extras["patterns"][name]), (m.labels, name)
-    assert list(multi_hot(("Center", "Scratch"))) == [int(n in ("Center", "Scratch")) for n in MIXEDWM38_LABELS]
 
 
 def test_mixed_requests_are_checked() -> None:
@@ -274,3 +281,77 @@ def test_dataset_labels_shapes_and_truth() -> None:
             assert (t["angle"] is None) == (name in {"Center", "Donut", "Edge-Ring", "Near-full", "Random"})
     with pytest.raises(FabsightError, match="per_class"):
         generate_dataset(-1)
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def test_synth_cli_writes_class_folders(tmp_path) -> None:
+    out = tmp_path / "ds"
+    res = CliRunner().invoke(app, ["synth", "--out", str(out), "--per-class", "3", "--size", "30x40", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["maps"] == 27 and report["classes"] == dict.fromkeys(WM811K_CLASSES, 3)
+    assert sorted(p.name for p in out.iterdir()) == sorted(WM811K_CLASSES)
+    for cls in WM811K_CLASSES:
+        files = sorted((out / cls).glob("*.npy"))
+        assert len(files) == 3
+        grid = np.load(files[0])
+        assert grid.shape == (30, 40)
+        np.testing.assert_array_equal(grid == 0, ~wafer_mask((30, 40)))
+    before = {p.relative_to(out): np.load(p) for p in out.rglob("*.npy")}
+    with pytest.raises(FabsightError, match="--overwrite"):  # never wipes an existing folder unasked
+        CliRunner().invoke(app, ["synth", "--out", str(out), "--per-class", "1"], catch_exceptions=False)
+    res = CliRunner().invoke(app, ["synth", "--out", str(out), "--per-class", "3", "--size", "30x40", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    after = {p.relative_to(out): np.load(p) for p in out.rglob("*.npy")}
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # same seed, same files
+
+
+def test_synth_cli_mixed_png_and_npz(tmp_path) -> None:
+    out, npz = tmp_path / "mixed", tmp_path / "mixed.npz"
+    args = ["synth", "--out", str(out), "--per-class", "2", "--mixed", "--format", "png", "--npz", str(npz)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert len(list(out.iterdir())) == 38
+    assert (out / "Center+Edge-Ring").is_dir() and (out / "Donut+Edge-Loc+Loc+Scratch").is_dir()
+    png = next((out / "Center+Edge-Ring").glob("*.png"))
+    assert set(np.unique(np.asarray(Image.open(png)))) <= {0, 1, 2}
+    with np.load(npz) as z:
+        grids, labels = z["arr_0"], z["arr_1"]
+    assert grids.shape == (76, 52, 52) and labels.shape == (76, 8)
+    names = ["+".join(n for n, on in zip(MIXEDWM38_LABELS, row, strict=True) if on) or "none" for row in labels]
+    assert sorted(set(names)) == sorted("+".join(c) for c in MIXED_COMBINATIONS)
+
+
+def test_synth_cli_rejects_bad_options(tmp_path) -> None:
+    with pytest.raises(FabsightError, match="--size: '52y' is not a grid size"):
+        CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--size", "52y"], catch_exceptions=False)
+    with pytest.raises(FabsightError, match="--size: wafer grid 4x4 is outside"):
+        CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--size", "4"], catch_exceptions=False)
+    with pytest.raises(FabsightError, match="one grid size"):
+        args = ["synth", "--out", str(tmp_path / "x"), "--size", "26", "--size", "52", "--npz", str(tmp_path / "a.npz")]
+        CliRunner().invoke(app, args, catch_exceptions=False)
+    assert not (tmp_path / "x").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(8, 160),
+    cols=st.integers(8, 160),
+    pattern=st.sampled_from([*WM811K_CLASSES, *("+".join(c) for c in MIXED_COMBINATIONS if len(c) > 1)]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_grid_any_pattern_keeps_the_definitions(rows, cols, pattern, seed) -> None:
+    shape = (rows, cols)
+    grid = generate_map(pattern, shape, seed, noise=0.0)
+    assert grid.shape == shape and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid == 0, ~wafer_mask(shape))
+    on_rim = _fails(grid)[rim_mask(shape)].any()
+    if pattern in ("Loc", "Center", "Center+Loc"):
+        assert not on_rim  # neither reaches the edge, on any grid
+    if "Edge-Loc" in pattern:
+        assert on_rim  # always does
+    if pattern == "none":
+        assert not _fails(grid).any()

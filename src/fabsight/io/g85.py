@@ -203,10 +203,10 @@ def write_g85(maps: Sequence[WaferMap], path: str | Path) -> Path:
         for code, count in zip(used.tolist(), counts.tolist(), strict=True):
             d = wmap.bin_definitions.get(code)
             passed = d.passed if d is not None else bool(np.any((codes == code) & (wmap.grid == DieState.GOOD)))
-            desc = d.name if d is not None and d.name else ("Pass" if passed else "Fail")
+            desc = f" BinDescription={quoteattr(d.name)}" if d is not None and d.name else ""
             parts.append(
-                f'    <Bin BinCode="{format(code, spec)}" BinQuality="{"Pass" if passed else "Fail"}" '
-                f'BinDescription={quoteattr(desc)} BinCount="{count}"/>'
+                f'    <Bin BinCode="{format(code, spec)}" BinQuality="{"Pass" if passed else "Fail"}"{desc} '
+                f'BinCount="{count}"/>'
             )
         parts.append("    <Data>")
         parts += ["      <Row><![CDATA[" + "".join(format(v, spec) for v in r.tolist()) + "]]></Row>" for r in cells]

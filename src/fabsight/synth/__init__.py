@@ -3,11 +3,9 @@
 from fabsight.synth.generator import (
     DEFAULT_NOISE,
     MIXED_COMBINATIONS,
-    class_name,
     generate_dataset,
     generate_map,
     labels_of,
-    multi_hot,
     parse_pattern,
 )
 from fabsight.synth.geometry import polar_coords, rim_mask, wafer_mask
@@ -17,11 +15,9 @@ __all__ = [
     "DEFAULT_NOISE",
     "MIXED_COMBINATIONS",
     "PARAMS",
-    "class_name",
     "generate_dataset",
     "generate_map",
     "labels_of",
-    "multi_hot",
     "parse_pattern",
     "polar_coords",
     "rim_mask",

@@ -1,0 +1,65 @@
+"""``fabsight render``: wafer-map files → one PNG (a single map or a contact sheet)."""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.errors import FabsightError
+
+
+def render(
+    files: Annotated[list[str], typer.Argument(help="Wafer data files, folders or glob patterns (any format).")],
+    png: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    cols: Annotated[int | None, typer.Option("--cols", min=1, help="Maps per row of a contact sheet.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Draw at most this many maps.")] = 100,
+    color_by: Annotated[
+        str, typer.Option("--color-by", help="auto (bins when present), state, bins or counts.")
+    ] = "auto",
+    clusters: Annotated[
+        bool, typer.Option("--clusters", help="Outline spatial clusters of failing dies (fabsight.assist).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Draw wafer maps: round outline, notch, failing dies, bin colours or defect counts."""
+    from fabsight.io import iter_maps
+    from fabsight.report.render import render_png
+
+    if color_by not in ("auto", "state", "bins", "counts"):
+        raise FabsightError("--color-by", f"{color_by!r} is not auto, state, bins or counts")
+    if png.suffix.lower() != ".png":
+        raise FabsightError(png, "output picture must be a .png file")
+    maps = list(islice(iter_maps(files), limit + 1))
+    truncated = len(maps) > limit
+    maps = maps[:limit]
+    if not maps:
+        raise FabsightError(files[0], "no wafer maps found")
+    if truncated:
+        warn(f"drawing only the first {limit} maps (raise --limit to draw more)")
+    labels = None
+    if clusters:
+        from fabsight.assist.clustering import cluster_dies, cluster_grid
+
+        labels = [cluster_grid(m, cluster_dies(m)) for m in maps]
+    render_png(maps, png, cols=cols, color_by=color_by, clusters=labels)  # type: ignore[arg-type]
+    from PIL import Image
+
+    with Image.open(png) as im:
+        width, height = im.size
+    result: dict[str, Any] = {"out": str(png), "maps": len(maps), "truncated": truncated, "pixels": [width, height]}
+    if labels is not None:
+        result["clusters"] = [int(g.max()) + 1 for g in labels]
+
+    def human(r: dict[str, Any]) -> None:
+        more = " (more were left out)" if r["truncated"] else ""
+        out.print(f"drew {r['maps']} maps{more} to {r['out']}", markup=False, highlight=False)
+
+    emit(result, as_json, human)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("render")(render)

