@@ -128,3 +128,13 @@ def test_png_with_many_levels_names_the_file(tmp_path: Path, run: Callable[..., 
     Image.fromarray((np.arange(64).reshape(8, 8) * 3).astype(np.uint8), mode="L").save(path)
     res = run("info", str(tmp_path / "maps"))
     assert res.returncode == 2 and res.stderr.startswith(f"error: {path}: PNG has 64 grey levels")
+
+
+def test_info_reports_empty_class_folders(tmp_path: Path, run: Callable[..., Result]) -> None:
+    (tmp_path / "Donut").mkdir()
+    (tmp_path / "Center").mkdir()
+    np.save(tmp_path / "Center" / "a.npy", np.array([[0, 1], [2, 1]]))
+    res = run("info", str(tmp_path), "--json")
+    assert res.returncode == 0
+    assert json.loads(res.stdout)["maps"][0]["labels"] == ["Center"]
+    assert "warning:" in res.stderr and "'Donut' holds no .png/.npy maps" in res.stderr

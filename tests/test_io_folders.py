@@ -99,3 +99,13 @@ def test_globs_expand(tmp_path: Path) -> None:
     assert len(list(iter_maps([tmp_path / "m*.npy"]))) == 3
     with pytest.raises(FabsightError, match="matches no files"):
         list(iter_maps([tmp_path / "nothing*.npy"]))
+
+
+@pytest.mark.shared
+def test_folder_of_tool_files(shared: Path, tmp_path: Path) -> None:
+    """A folder straight from a tool: wafer files are read, a README is skipped."""
+    (tmp_path / "README.txt").write_text("lot notes")
+    (tmp_path / "lot.000").write_bytes((shared / "fixtures/klarf/QUU_NUU.000").read_bytes())
+    (tmp_path / "sort.xml").write_bytes((shared / "fixtures/g85/SEMI_G85_1101_MIN.xml").read_bytes())
+    maps = read_maps(tmp_path)
+    assert [m.format for m in maps] == ["klarf"] * 3 + ["g85"]

@@ -15,7 +15,7 @@ from fabsight.errors import FabsightError
 from fabsight.io import detect_format, read_maps
 from fabsight.types import WaferMap
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 FORMATS = ["klarf", "stdf", "g85", "lswmd", "mixedwm38", "npy", "png"]
 SEEDS = {
     "klarf": ["klarf/simple18.klarf", "klarf/klarf12DefectListExample.klarf", "klarf/simple12.klarf"],

@@ -160,14 +160,85 @@ def test_detect_by_content_not_extension(shared: Path, tmp_path: Path) -> None:
     assert detect_format(renamed) == "klarf"
 
 
-def test_write_klarf_round_trip(shared: Path, tmp_path: Path) -> None:
-    maps = read_maps(shared / "fixtures/klarf/QUU_NUU.000")
-    out = write_klarf(maps, tmp_path / "lot.000")
-    back = read_maps(out)
+READABLE = [
+    "QUU_NUU.000",
+    "LAA_FAA_LAA-01.000",
+    "klarf_no_defect.000",
+    "simple12.klarf",
+    "simple18.klarf",
+    "klarf12Example.klarf",
+    "klarf12DefectListExample.klarf",
+    "klarfWithImagelist.klarf",
+    "wierdKlarfWithNAs.klarf",
+]
+
+
+@pytest.mark.parametrize("name", READABLE)
+def test_write_klarf_round_trip(shared: Path, tmp_path: Path, name: str) -> None:
+    maps = read_maps(shared / "fixtures/klarf" / name)
+    back = read_maps(write_klarf(maps, tmp_path / "lot.000"))
     assert [b.wafer_id for b in back] == [m.wafer_id for m in maps]
     for a, b in zip(maps, back, strict=True):
         assert b.extras["die_grid"] == "SampleTestPlan"
         assert np.array_equal(a.grid, b.grid)
         assert np.array_equal(a.x_index, b.x_index) and np.array_equal(a.y_index, b.y_index)
         assert np.array_equal(a.counts, b.counts)
-        assert np.allclose(a.defects.xrel, b.defects.xrel) and np.allclose(a.defects.size, b.defects.size)
+        assert b.extras["class_names"] == a.extras["class_names"]
+        assert np.allclose(a.defects.xrel, b.defects.xrel) and np.allclose(
+            a.defects.size, b.defects.size, equal_nan=True
+        )
+        assert np.array_equal(a.defects.class_number, b.defects.class_number)
+
+
+def _klarf(rows: str) -> str:
+    return (
+        'FileVersion 1 2;\nLotID "L";\nSampleSize 1 200;\nDiePitch 1000 1000;\nWaferID "W";\n'
+        "SampleCenterLocation 0 0;\nDefectRecordSpec 4 DEFECTID XINDEX YINDEX DSIZE;\n"
+        f"DefectList\n{rows};\nSummarySpec 1 TESTNO;\nSummaryList 1;\nEndOfFile;\n"
+    )
+
+
+def test_wrapped_records_and_short_rows(tmp_path: Path) -> None:
+    path = tmp_path / "w.000"
+    path.write_text(_klarf(" 1 0 0\n 2.5\n 2 3 -4 NA\n"))  # record 1 wraps onto a second line
+    (m,) = read_klarf(path)
+    assert m.defects.defect_id.tolist() == [1, 2] and m.defects.size[0] == 2.5 and np.isnan(m.defects.size[1])
+    assert m.grid[int(np.flatnonzero(m.y_index == -4)[0]), int(np.flatnonzero(m.x_index == 3)[0])] == DieState.FAIL
+    path.write_text(_klarf(" 1 0 0 1.0\n 2 3 -4\n 3 1 1 1.0\n"))  # one value missing: not padded with NaN
+    with pytest.raises(FormatError, match="11 values, not a whole number of 4-column"):
+        read_klarf(path)
+    path.write_text(_klarf(" 1 0 0 1.0\n 2 3 x 1.0\n"))
+    with pytest.raises(FormatError, match="'x' is not a number"):
+        read_klarf(path)
+
+
+def test_defects_without_indices_are_placed_from_positions(shared: Path, tmp_path: Path) -> None:
+    """Strip XINDEX/YINDEX from a real file and give centre-relative positions instead:
+    every defect must land on the same die."""
+    (m,) = read_maps(shared / "fixtures/klarf/LAA_FAA_LAA-01.000")
+    d = m.defects
+    text = (shared / "fixtures/klarf/LAA_FAA_LAA-01.000").read_text()
+    head = text[: text.index("DefectRecordSpec")]
+    rows = "\n".join(f" {i} {x:.3f} {y:.3f} {s}" for i, x, y, s in zip(d.defect_id, d.x, d.y, d.size, strict=True))
+    path = tmp_path / "noindex.000"
+    path.write_text(
+        head + f"DefectRecordSpec 4 DEFECTID XREL YREL DSIZE;\nDefectList\n{rows};\n"
+        "SummarySpec 1 TESTNO;\nSummaryList 1;\nEndOfFile;\n"
+    )
+    (b,) = read_klarf(path)
+    assert np.array_equal(b.defects.xindex, d.xindex) and np.array_equal(b.defects.yindex, d.yindex)
+    assert np.allclose(b.defects.xrel, d.xrel, atol=1e-2) and np.array_equal(b.grid, m.grid)
+
+
+def test_defect_record_spec_declared_once_for_the_lot(tmp_path: Path) -> None:
+    text = (
+        'FileVersion 1 2;\nLotID "L";\nDiePitch 1000 1000;\nDefectRecordSpec 3 DEFECTID XINDEX YINDEX;\n'
+        'WaferID "1";\nDefectList\n 1 0 0\n 2 1 0;\nSummaryList 1;\n'
+        'WaferID "2";\nDefectList\n 1 5 5;\nSummaryList 1;\nEndOfFile;\n'
+    )
+    path = tmp_path / "lot.000"
+    path.write_text(text)
+    maps = read_klarf(path)
+    assert [len(m.defects) for m in maps] == [2, 1]
+    assert [m.extras["die_grid"] for m in maps] == ["defect extent"] * 2
+    assert maps[0].grid.tolist() == [[2, 2]]

@@ -30,7 +30,9 @@ def wafers(draw: st.DrawFn) -> WaferMap:
     return WaferMap(grid, lot_id="LOT7", wafer_id=str(draw(st.integers(1, 25))), bins=bins, die_pitch=(800.0, 900.0))
 
 
-FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None
+)
 
 
 def _same_dies(a: WaferMap, b: WaferMap) -> None:
@@ -110,3 +112,14 @@ def test_real_files_through_every_format(shared: Path, tmp_path: Path) -> None:
             }
         (k,) = read_maps(write_klarf([m], tmp_path / "r.000"))
         _same_dies(m, k)
+
+
+def test_per_wafer_metadata_survives_klarf(tmp_path: Path) -> None:
+    grid = np.array([[0, 1, 0], [1, 2, 1], [0, 1, 0]], np.uint8)
+    maps = [
+        WaferMap(grid, lot_id="L", wafer_id="1", die_pitch=(2459.878, 2659.947), notch="left"),
+        WaferMap(grid, lot_id="L", wafer_id="2", die_pitch=(1000.5, 2000.25), notch="up"),
+    ]
+    back = read_maps(write_klarf(maps, tmp_path / "m.000"))
+    assert [b.die_pitch for b in back] == [m.die_pitch for m in maps]
+    assert [b.notch for b in back] == ["left", "up"]

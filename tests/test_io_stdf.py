@@ -117,3 +117,20 @@ def test_truncated_real_file(shared: Path, tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 3 + 1])
     with pytest.raises(FormatError, match="truncated"):
         read_stdf(path)
+
+
+def test_per_site_bin_records_are_summed_unless_summarised(tmp_path: Path) -> None:
+    def rec(typ: int, sub: int, body: bytes) -> bytes:
+        return struct.pack("<HBB", len(body), typ, sub) + body
+
+    def hbr(head: int, site: int, num: int, cnt: int) -> bytes:
+        return rec(1, 40, struct.pack("<BBHI", head, site, num, cnt) + b"F\x04OPEN")
+
+    prr = struct.pack("<BBBHHHhhI", 1, 1, 0x08, 0, 3, 3, 0, 0, 0) + b"\x00\x00\x00"
+    far = rec(0, 10, bytes([2, 4]))
+    path = tmp_path / "sites.stdf"
+    path.write_bytes(far + rec(5, 20, prr) + hbr(1, 1, 3, 4) + hbr(1, 2, 3, 5))
+    assert read_stdf(path)[0].bin_definitions[3].count == 9
+    path.write_bytes(far + rec(5, 20, prr) + hbr(1, 1, 3, 4) + hbr(255, 255, 3, 7) + hbr(1, 2, 3, 5))
+    (m,) = read_stdf(path)
+    assert m.bin_definitions[3].count == 7 and m.bin_definitions[3].name == "OPEN"

@@ -149,3 +149,22 @@ def test_render_cli_error_is_one_line_exit_2(tmp_path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path / 'm.jpg'}: output picture must be a .png file"
+
+
+def test_real_stdf_and_klarf_maps_render(shared, tmp_path) -> None:
+    from fabsight.io import read_maps
+
+    (stdf,) = read_maps(shared / "fixtures/stdf/lot2.stdf")
+    ax = render_map(stdf)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    codes = [int(c) for c in np.unique(stdf.bins) if c >= 0]
+    assert len(texts) == len(codes)
+    counted = sum(int(t.rsplit(", ", 1)[1].rstrip(")")) for t in texts)
+    assert counted == int((stdf.bins >= 0).sum())
+    passing = [t for t in texts if "(pass," in t]
+    assert passing and all(int(t.split()[1]) in codes for t in passing)
+    klarf = read_maps(shared / "fixtures/klarf/QUU_NUU.000")
+    ax = render_map(klarf[0], color_by="counts")
+    assert ax.images[1].get_array().count() == int((klarf[0].counts > 0).sum())
+    with Image.open(render_png(klarf, tmp_path / "lot.png", color_by="counts")) as im:
+        assert im.size == (2 * 240, 2 * 264)

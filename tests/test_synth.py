@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from scipy import ndimage
 from skimage import measure
@@ -223,7 +225,10 @@ def _shows(name: str, grid: np.ndarray, t: dict) -> bool:
     """Whether a map visibly holds pattern ``name`` where its truth says it is."""
     rho, theta = polar_coords(grid.shape)
     rows, cols = np.indices(grid.shape)
-    near = lambda rc, r: (rows - rc[0]) ** 2 + (cols - rc[1]) ** 2 <= r**2  # noqa: E731
+
+    def near(rc: list[float], r: float) -> np.ndarray:
+        return (rows - rc[0]) ** 2 + (cols - rc[1]) ** 2 <= r**2
+
     if name == "Center":
         return _density(grid, rho < 0.5 * t["size"]) > 0.4
     if name == "Donut":
@@ -294,10 +299,14 @@ def test_synth_cli_writes_class_folders(tmp_path) -> None:
         grid = np.load(files[0])
         assert grid.shape == (30, 40)
         np.testing.assert_array_equal(grid == 0, ~wafer_mask((30, 40)))
-    again = tmp_path / "again"
-    CliRunner().invoke(app, ["synth", "--out", str(again), "--per-class", "3", "--size", "30x40"])
-    for a, b in zip(sorted(out.rglob("*.npy")), sorted(again.rglob("*.npy")), strict=True):
-        np.testing.assert_array_equal(np.load(a), np.load(b))  # same seed, same files
+    before = {p.relative_to(out): np.load(p) for p in out.rglob("*.npy")}
+    with pytest.raises(FabsightError, match="--overwrite"):  # never wipes an existing folder unasked
+        CliRunner().invoke(app, ["synth", "--out", str(out), "--per-class", "1"], catch_exceptions=False)
+    res = CliRunner().invoke(app, ["synth", "--out", str(out), "--per-class", "3", "--size", "30x40", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    after = {p.relative_to(out): np.load(p) for p in out.rglob("*.npy")}
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # same seed, same files
 
 
 def test_synth_cli_mixed_png_and_npz(tmp_path) -> None:
@@ -319,7 +328,30 @@ def test_synth_cli_mixed_png_and_npz(tmp_path) -> None:
 def test_synth_cli_rejects_bad_options(tmp_path) -> None:
     with pytest.raises(FabsightError, match="--size: '52y' is not a grid size"):
         CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--size", "52y"], catch_exceptions=False)
+    with pytest.raises(FabsightError, match="--size: wafer grid 4x4 is outside"):
+        CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--size", "4"], catch_exceptions=False)
     with pytest.raises(FabsightError, match="one grid size"):
         args = ["synth", "--out", str(tmp_path / "x"), "--size", "26", "--size", "52", "--npz", str(tmp_path / "a.npz")]
         CliRunner().invoke(app, args, catch_exceptions=False)
     assert not (tmp_path / "x").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(8, 160),
+    cols=st.integers(8, 160),
+    pattern=st.sampled_from([*WM811K_CLASSES, *("+".join(c) for c in MIXED_COMBINATIONS if len(c) > 1)]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_grid_any_pattern_keeps_the_definitions(rows, cols, pattern, seed) -> None:
+    shape = (rows, cols)
+    grid = generate_map(pattern, shape, seed, noise=0.0)
+    assert grid.shape == shape and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid == 0, ~wafer_mask(shape))
+    on_rim = _fails(grid)[rim_mask(shape)].any()
+    if pattern in ("Loc", "Center", "Center+Loc"):
+        assert not on_rim  # neither reaches the edge, on any grid
+    if "Edge-Loc" in pattern:
+        assert on_rim  # always does
+    if pattern == "none":
+        assert not _fails(grid).any()

@@ -68,11 +68,12 @@ def convert(
 ) -> None:
     """Read every wafer of INPUT and write them in another format (written atomically)."""
     from fabsight.errors import FabsightError
-    from fabsight.io import WRITERS, read_maps
+    from fabsight.io import WRITERS, iter_maps
+    from fabsight.utils.progress import track
 
     if to not in WRITERS:
         raise FabsightError(None, f"--to must be one of {', '.join(WRITERS)}, not {to!r}")
-    maps = read_maps(input)
+    maps = list(track(iter_maps([input]), f"reading {input.name}"))
     WRITERS[to](maps, out_path)
     result = {"input": str(input), "format": maps[0].format, "to": to, "out": str(out_path), "wafers": len(maps)}
     emit(result, as_json, lambda r: out.print(f"wrote {r['wafers']} wafer(s) from {r['input']} to {r['out']} ({to})"))

@@ -20,12 +20,16 @@ app = typer.Typer(
 
 # Each module exposes ``register(app)``; the order here is the order in ``--help``.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "fabsight.cli.demo",
     "fabsight.cli.data",
     "fabsight.cli.synth",
     "fabsight.cli.render",
     "fabsight.cli.wafer",
+    "fabsight.cli.assist",
     "fabsight.cli.monitor",
     "fabsight.cli.labeling",
+    "fabsight.cli.inspect",
+    "fabsight.cli.anomaly",
 )
 
 

@@ -19,8 +19,13 @@ def parse_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*", text)
     if not m:
         raise FabsightError("--size", f"{text!r} is not a grid size like 52 or 25x27")
+    from fabsight.synth.geometry import check_shape
+
     rows = int(m.group(1))
-    return rows, int(m.group(2) or rows)
+    try:
+        return check_shape((rows, int(m.group(2) or rows)))
+    except FabsightError as exc:
+        raise FabsightError("--size", exc.message) from None
 
 
 def parse_noise(text: str) -> tuple[float, float]:
@@ -35,7 +40,7 @@ def parse_noise(text: str) -> tuple[float, float]:
 
 
 def synth(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write: OUT/CLASS/*.npy|png (replaced whole).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write: OUT/CLASS/*.npy|png.")],
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Maps per class.")] = 100,
     size: Annotated[
         list[str] | None, typer.Option("--size", help="Grid size, e.g. 52 or 25x27; repeat to mix sizes.")
@@ -51,6 +56,9 @@ def synth(
     npz: Annotated[
         Path | None, typer.Option("--npz", help="Also write a MixedWM38-style .npz (arr_0 maps, arr_1 labels).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace --out if it exists (the whole folder is swapped).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate labelled synthetic wafer maps with every WM-811K pattern (or MixedWM38 mix)."""
@@ -59,6 +67,9 @@ def synth(
 
     if fmt not in ("npy", "png"):
         raise FabsightError("--format", f"{fmt!r} is not npy or png")
+    if out_dir.exists() and not (out_dir.is_dir() and overwrite):
+        what = "is a file" if not out_dir.is_dir() else "already exists; pass --overwrite to replace the whole folder"
+        raise FabsightError(out_dir, what)
     shapes = [parse_size(s) for s in (size or ["52"])]
     if npz is not None and len(set(shapes)) > 1:
         raise FabsightError(npz, "a MixedWM38 .npz holds one grid size: give a single --size")

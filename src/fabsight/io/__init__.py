@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from fabsight.errors import FabsightError, FormatError
-from fabsight.io.folder import iter_folder, read_npy, read_png, write_folder
+from fabsight.io.folder import MAP_SUFFIXES, iter_folder, read_npy, read_png, write_folder
 from fabsight.io.g85 import read_g85, write_g85
 from fabsight.io.klarf import read_klarf, write_klarf
 from fabsight.io.mixedwm38 import read_mixedwm38, write_mixedwm38
@@ -43,7 +43,7 @@ _READERS: dict[str, Callable[[Path], Iterable[WaferMap]]] = {
     "g85": read_g85,
     "lswmd": iter_lswmd,
     "mixedwm38": read_mixedwm38,
-    "folder": iter_folder,
+    "folder": lambda p: _iter_dir(p),  # defined below: it needs detect_format
     "npy": lambda p: [read_npy(p)],
     "png": lambda p: [read_png(p)],
 }
@@ -99,6 +99,30 @@ def detect_format(path: str | Path) -> str:
     raise FormatError(path, "unrecognised wafer data (not KLARF, STDF, G85, LSWMD pickle, MixedWM38 npz, PNG or NPY)")
 
 
+def _iter_dir(root: Path) -> Iterator[WaferMap]:
+    """A folder: its ``ROOT/CLASS/*.png|*.npy`` maps plus every wafer-data file directly in it.
+
+    Files that are not wafer data (a README, a licence) are skipped, so a folder of KLARF
+    or STDF files from a tool can be given as is.
+    """
+    files = [p for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    wafer_files: list[tuple[Path, str]] = []
+    for p in files:
+        if p.suffix.lower() in MAP_SUFFIXES:
+            continue
+        try:
+            wafer_files.append((p, detect_format(p)))
+        except FormatError:
+            continue
+    has_images = any(p.suffix.lower() in MAP_SUFFIXES for p in files) or any(
+        d.is_dir() and not d.name.startswith(".") for d in root.iterdir()
+    )
+    if has_images or not wafer_files:
+        yield from iter_folder(root)
+    for p, name in wafer_files:
+        yield from _READERS[name](p)
+
+
 def _resolve(path: Path, format: str | None) -> str:
     if format is None:
         return detect_format(path)
@@ -129,7 +153,8 @@ def _expand(item: str | Path) -> list[Path]:
 def iter_maps(paths: Iterable[str | Path]) -> Iterator[WaferMap]:
     """Stream the maps of many files, folders and glob patterns, one map at a time.
 
-    A folder is a ``ROOT/CLASS/*.png|*.npy`` layout; LSWMD pickles yield row by row.
+    A folder is a ``ROOT/CLASS/*.png|*.npy`` layout and/or a folder of wafer-data files;
+    LSWMD pickles yield row by row.
     """
     for item in paths:
         for path in _expand(item):

@@ -19,6 +19,7 @@ from fabsight.errors import FabsightError, FormatError
 from fabsight.io._common import check_grid_values, safe_name
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_dir
+from fabsight.utils.progress import track
 
 MAP_SUFFIXES = (".png", ".npy")
 
@@ -118,7 +119,7 @@ def folder_files(root: str | Path) -> list[tuple[Path, str | None]]:
         elif entry.suffix.lower() in MAP_SUFFIXES:
             found.append((entry, None))
     if not found:
-        raise FormatError(root, "no .png/.npy wafer maps in ROOT or ROOT/CLASS/")
+        raise FormatError(root, "no .png/.npy wafer maps in ROOT or ROOT/CLASS/, and no other wafer data files")
     return found
 
 
@@ -144,7 +145,7 @@ def write_folder(maps: Sequence[WaferMap], root: str | Path, *, image_format: st
         raise FormatError(root, "nothing to write: no wafer maps")
     with atomic_dir(root) as tmp:
         used: set[Path] = set()
-        for i, m in enumerate(maps):
+        for i, m in enumerate(track(maps, f"writing {Path(root).name}/")):
             cls = safe_name("+".join(m.labels), "unlabeled") if m.labels else "unlabeled"
             stem = safe_name(f"{m.lot_id}_{m.wafer_id}", f"map{i}")
             target = tmp / cls / f"{stem}.{image_format}"

@@ -18,7 +18,7 @@ Rules worth knowing:
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,8 +110,14 @@ def _byte_order(path: Path, data: bytes) -> str:
     return order
 
 
-def _records(path: Path, data: bytes, order: str) -> Any:
-    """``(rec_typ, rec_sub, body)`` for every record, checking lengths."""
+_WANTED = frozenset({_MIR, _MRR, _HBR, _SBR, _WIR, _WRR, _WCR, _PRR})
+
+
+def _records(path: Path, data: bytes, order: str) -> Iterator[tuple[int, int, bytes]]:
+    """``(rec_typ, rec_sub, body)`` of the records a bin map needs; checks every length.
+
+    Test results (PTR/FTR/MPR), the bulk of a file, are stepped over without copying.
+    """
     header = struct.Struct(order + "HBB")
     pos, n = 0, len(data)
     while pos < n:
@@ -121,7 +127,8 @@ def _records(path: Path, data: bytes, order: str) -> Any:
         end = pos + 4 + length
         if end > n:
             raise FormatError(path, f"truncated record ({typ},{sub}) at byte {pos}: needs {length} bytes")
-        yield typ, sub, data[pos + 4 : end]
+        if (typ, sub) in _WANTED:
+            yield typ, sub, data[pos + 4 : end]
         pos = end
 
 
@@ -136,6 +143,7 @@ def read_stdf(path: str | Path) -> list[WaferMap]:
     hbins: dict[int, BinDefinition] = {}
     sbins: dict[int, BinDefinition] = {}
     hard_pf: dict[int, str] = {}  # HBIN_PF as written: 'P', 'F' or ' ' (unknown)
+    summarised: dict[tuple[int, int], set[int]] = {_HBR: set(), _SBR: set()}
     runs: list[_WaferRun] = []
     current: _WaferRun | None = None
     wcr: dict[str, Any] = {}
@@ -189,14 +197,19 @@ def read_stdf(path: str | Path) -> list[WaferMap]:
             head = f.u1()
             f.u1()
             num, cnt, pf, name = f.u2(), f.u4(), f.c1(), f.cn()
-            table = hbins if key == _HBR else sbins
             if num is None:
                 continue
-            if head == 255 or num not in table:  # head 255 = summary over all sites: preferred
+            table = hbins if key == _HBR else sbins
+            old = table.get(num)
+            if old is not None and old.count is not None and head != 255 and num not in summarised[key]:
+                old.count += cnt or 0  # per-site records and no all-site summary (yet): add them up
+            elif old is None or head == 255:  # head 255 = the summary over all sites: it wins
                 passed = pf == "P" if pf in ("P", "F") else num == 1
                 table[num] = BinDefinition(code=num, passed=passed, name=name or "", count=cnt)
                 if key == _HBR:
                     hard_pf[num] = pf or " "
+                if head == 255:
+                    summarised[key].add(num)
         elif key == _WCR:
             f = _Fields(body, order)
             wcr = {"wafer_size": f.r4(), "die_height": f.r4(), "die_width": f.r4(), "units": f.u1()}

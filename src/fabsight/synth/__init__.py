@@ -3,7 +3,6 @@
 from fabsight.synth.generator import (
     DEFAULT_NOISE,
     MIXED_COMBINATIONS,
-    class_name,
     generate_dataset,
     generate_map,
     labels_of,
@@ -16,7 +15,6 @@ __all__ = [
     "DEFAULT_NOISE",
     "MIXED_COMBINATIONS",
     "PARAMS",
-    "class_name",
     "generate_dataset",
     "generate_map",
     "labels_of",
