@@ -26,6 +26,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.render",
     "fabsight.cli.wafer",
     "fabsight.cli.assist",
+    "fabsight.cli.monitor",
+    "fabsight.cli.labeling",
 )
 
 
