@@ -28,6 +28,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.assist",
     "fabsight.cli.monitor",
     "fabsight.cli.labeling",
+    "fabsight.cli.serve",
 )
 
 

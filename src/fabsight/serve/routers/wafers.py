@@ -25,8 +25,11 @@ def wafer_filter(
     until: Annotated[datetime | None, Query(description="measured at or before (ISO 8601, UTC)")] = None,
     upload: Annotated[int | None, Query(description="upload id")] = None,
 ) -> WaferFilter:
+    """The filter of the query string; empty values (an HTML form's "all") match everything."""
     naive = [None if t is None else t.replace(tzinfo=None) for t in (since, until)]
-    return WaferFilter(lot=lot, pattern=pattern, review=review, since=naive[0], until=naive[1], upload=upload)
+    return WaferFilter(
+        lot=lot or None, pattern=pattern or None, review=review or None, since=naive[0], until=naive[1], upload=upload
+    )
 
 
 @router.get("")
