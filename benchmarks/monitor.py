@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from typing import Any
 
@@ -76,6 +77,7 @@ def _rejection_rate(
         res = drift_test(a, b, n_projections=args.projections, n_permutations=args.permutations, seed=t, alpha=ALPHA)
         rejected += res.drift
     rate = rejected / trials
+    print(f"n={n} edge-ring={ring:.0%}: {rejected}/{trials} rejected", file=sys.stderr, flush=True)
     # Wilson 95 % interval: how far the estimate can be trusted with this many trials.
     z = 1.96
     centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
@@ -139,7 +141,7 @@ def _autolabel(model_dir: str, per_class: int, seed: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--null-trials", type=int, default=200, help="trials per sample size without a shift")
+    ap.add_argument("--null-trials", type=int, default=100, help="trials per sample size without a shift")
     ap.add_argument("--trials", type=int, default=100, help="trials per (shift, sample size)")
     ap.add_argument("--projections", type=int, default=64)
     ap.add_argument("--permutations", type=int, default=199)

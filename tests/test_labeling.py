@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 
 import numpy as np
@@ -158,3 +159,17 @@ def test_cli_autolabel_and_review(tmp_path, batch, monkeypatch) -> None:
     assert json.loads(r.stdout)["rows"] == 5
     r = runner.invoke(app, ["review", str(tmp_path / "raw"), "--list"])
     assert r.exit_code != 0 and "not an auto-label folder" in str(r.exception)
+
+
+def test_density_on_a_large_queue_uses_a_bounded_reference(monkeypatch) -> None:
+    mod = importlib.import_module("fabsight.labeling.autolabel")  # the package's `autolabel` is the function
+
+    rng = np.random.default_rng(1)
+    emb = np.vstack([np.tile([1.0, 0, 0], (300, 1)), rng.normal(size=(30, 3))]) + 0.01 * rng.normal(size=(330, 3))
+    full = mod._neighbour_similarity(emb)
+    monkeypatch.setattr(mod, "DENSITY_REFERENCE", 100)
+    monkeypatch.setattr(mod, "DENSITY_BLOCK", 64)
+    sampled = mod._neighbour_similarity(emb)
+    # The 300 near-identical maps stay the most typical with a 100-map reference.
+    assert full[:300].min() > full[300:].max() and sampled[:300].min() > sampled[300:].max()
+    np.testing.assert_allclose(sampled[:300], full[:300], atol=1e-3)

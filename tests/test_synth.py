@@ -225,7 +225,10 @@ def _shows(name: str, grid: np.ndarray, t: dict) -> bool:
     """Whether a map visibly holds pattern ``name`` where its truth says it is."""
     rho, theta = polar_coords(grid.shape)
     rows, cols = np.indices(grid.shape)
-    near = lambda rc, r: (rows - rc[0]) ** 2 + (cols - rc[1]) ** 2 <= r**2  # noqa: E731
+
+    def near(rc: list[float], r: float) -> np.ndarray:
+        return (rows - rc[0]) ** 2 + (cols - rc[1]) ** 2 <= r**2
+
     if name == "Center":
         return _density(grid, rho < 0.5 * t["size"]) > 0.4
     if name == "Donut":
@@ -325,6 +328,8 @@ def test_synth_cli_mixed_png_and_npz(tmp_path) -> None:
 def test_synth_cli_rejects_bad_options(tmp_path) -> None:
     with pytest.raises(FabsightError, match="--size: '52y' is not a grid size"):
         CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--size", "52y"], catch_exceptions=False)
+    with pytest.raises(FabsightError, match="--size: wafer grid 4x4 is outside"):
+        CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--size", "4"], catch_exceptions=False)
     with pytest.raises(FabsightError, match="one grid size"):
         args = ["synth", "--out", str(tmp_path / "x"), "--size", "26", "--size", "52", "--npz", str(tmp_path / "a.npz")]
         CliRunner().invoke(app, args, catch_exceptions=False)

@@ -209,6 +209,14 @@ def cluster_dies(
     return ClusterResult(clusters, relabel, GRID_EPS, min_samples, rate, units="die")
 
 
+def cluster_grid(wmap: WaferMap, result: ClusterResult) -> np.ndarray:
+    """Per-die cluster ids on the grid (-1 elsewhere): what ``render_map(clusters=...)`` draws."""
+    out = np.full(wmap.shape, -1, dtype=np.int64)
+    fails = np.argwhere(wmap.grid == DieState.FAIL)
+    out[tuple(fails.T)] = result.labels
+    return out
+
+
 def _grid_centre(grid: np.ndarray) -> tuple[float, float]:
     """Centre of the on-wafer dies' bounding box in (row, col) grid units."""
     rows, cols = np.nonzero(grid != DieState.OFF)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fabsight.assist.explain import pct
-from fabsight.assist.facts import SECTORS, WaferFacts, zone_masks, die_geometry, wafer_facts
+from fabsight.assist.facts import SECTORS, WaferFacts, die_geometry, wafer_facts, zone_masks
 from fabsight.errors import FabsightError
 from fabsight.types import DieState, WaferMap
 

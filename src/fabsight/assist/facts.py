@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from fabsight.assist.clustering import ClusterResult, cluster_dies
+from fabsight.assist.clustering import ClusterResult, cluster_dies, cluster_grid
 from fabsight.types import DieState, WaferMap
 
 ZONES: tuple[tuple[str, float, float], ...] = (("centre", 0.0, 0.35), ("middle", 0.35, 0.75), ("edge", 0.75, np.inf))
@@ -320,19 +320,11 @@ def notch_facts(wmap: WaferMap, geo: DieGeometry) -> NotchFacts:
     return NotchFacts(dies=n, failing=k, fail_fraction=round(k / n, 4) if n else 0.0)
 
 
-def pattern_mask(wmap: WaferMap, clustering: ClusterResult) -> np.ndarray:
-    """Boolean grid of the failing dies that belong to a cluster."""
-    fails = np.argwhere(wmap.grid == DieState.FAIL)
-    mask = np.zeros(wmap.shape, bool)
-    mask[tuple(fails[clustering.labels >= 0].T)] = True
-    return mask
-
-
 def wafer_facts(wmap: WaferMap, prediction: Mapping[str, Any] | None = None) -> WaferFacts:
     """Measure everything about one wafer map (``prediction``: one ``predict_details`` record)."""
     geo = die_geometry(wmap)
     clustering = cluster_dies(wmap)
-    mask = pattern_mask(wmap, clustering)
+    mask = cluster_grid(wmap, clustering) >= 0
     basis = "clusters"
     if not mask.any():
         mask, basis = wmap.grid == DieState.FAIL, "all failing dies"

@@ -16,17 +16,20 @@ ModelOpt = Annotated[
     typer.Option("--model", help="Wafer classifier directory (fabsight wafer train); names the pattern."),
 ]
 KbOpt = Annotated[Path | None, typer.Option("--kb", help="Root-cause knowledge base YAML replacing the shipped one.")]
+_VLM_PANEL = "Vision-language model"
 VlmOpt = Annotated[
     str | None,
-    typer.Option("--vlm", help="OpenAI-compatible endpoint (e.g. http://host:8000/v1) to ask beside the grounded answer.",
-                 rich_help_panel="Vision-language model"),
+    typer.Option(
+        "--vlm",
+        help="OpenAI-compatible endpoint, e.g. http://host:8000/v1 (asked beside the offline answer).",
+        rich_help_panel=_VLM_PANEL,
+    ),
 ]
 VlmModelOpt = Annotated[
-    str | None, typer.Option("--vlm-model", help="Model name at that endpoint.", rich_help_panel="Vision-language model")
+    str | None, typer.Option("--vlm-model", help="Model name at that endpoint.", rich_help_panel=_VLM_PANEL)
 ]
 VlmTimeoutOpt = Annotated[
-    float, typer.Option("--vlm-timeout", min=0.1, help="Seconds to wait for the VLM.",
-                        rich_help_panel="Vision-language model")
+    float, typer.Option("--vlm-timeout", min=0.1, help="Seconds to wait for the VLM.", rich_help_panel=_VLM_PANEL)
 ]
 
 

@@ -28,6 +28,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.assist",
     "fabsight.cli.monitor",
     "fabsight.cli.labeling",
+    "fabsight.cli.inspect",
+    "fabsight.cli.anomaly",
     "fabsight.cli.serve",
 )
 

@@ -19,8 +19,13 @@ def parse_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*", text)
     if not m:
         raise FabsightError("--size", f"{text!r} is not a grid size like 52 or 25x27")
+    from fabsight.synth.geometry import check_shape
+
     rows = int(m.group(1))
-    return rows, int(m.group(2) or rows)
+    try:
+        return check_shape((rows, int(m.group(2) or rows)))
+    except FabsightError as exc:
+        raise FabsightError("--size", exc.message) from None
 
 
 def parse_noise(text: str) -> tuple[float, float]:

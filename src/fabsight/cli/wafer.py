@@ -17,10 +17,6 @@ from fabsight.errors import FabsightError
 if TYPE_CHECKING:
     from fabsight.types import WaferMap
 
-#: Grid shapes synthetic training maps are drawn on: small to large, square and not, so
-#: the model meets every die pitch the area resampling will feed it.
-SYNTH_SHAPES: tuple[tuple[int, int], ...] = ((26, 26), (39, 39), (52, 52), (48, 64), (72, 72), (100, 100))
-
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch.")]
 
 
@@ -49,7 +45,7 @@ def _train(
     from fabsight.synth import MIXED_COMBINATIONS, generate_dataset
     from fabsight.types import WM811K_CLASSES
     from fabsight.wafer import WaferClassifier, load_model
-    from fabsight.wafer.classifier import label_tuple
+    from fabsight.wafer.classifier import SYNTH_SHAPES, label_tuple
 
     if data is None and synthetic <= 0:
         raise FabsightError(None, "give training DATA, --synthetic N, or both")

@@ -54,6 +54,9 @@ LABELED = "labeled"
 PENDING = "pending"
 #: Neighbours used for the density (representativeness) score.
 DENSITY_NEIGHBOURS = 5
+#: Largest neighbour pool for the density score, and rows compared per block.
+DENSITY_REFERENCE = 4096
+DENSITY_BLOCK = 1024
 
 _SCHEMA = """
 CREATE TABLE items (
@@ -90,6 +93,30 @@ def _rank01(x: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.sort(x), x, side="left") / max(len(x), 1)
 
 
+def _neighbour_similarity(embeddings: np.ndarray) -> np.ndarray:
+    """Mean cosine similarity of each row to its nearest other rows (see :data:`DENSITY_NEIGHBOURS`).
+
+    Neighbours are searched among at most :data:`DENSITY_REFERENCE` rows (a fixed-seed sample
+    when the queue is larger) and in row blocks, so memory stays bounded by
+    ``DENSITY_BLOCK × DENSITY_REFERENCE`` and time is linear in the queue length.
+    """
+    n = len(embeddings)
+    e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    ref = (
+        np.arange(n)
+        if n <= DENSITY_REFERENCE
+        else np.sort(np.random.default_rng(0).choice(n, DENSITY_REFERENCE, replace=False))
+    )
+    k = min(DENSITY_NEIGHBOURS, len(ref) - 1)
+    out = np.empty(n)
+    for start in range(0, n, DENSITY_BLOCK):
+        rows = np.arange(start, min(start + DENSITY_BLOCK, n))
+        sim = e[rows] @ e[ref].T
+        sim[rows[:, None] == ref[None, :]] = -np.inf  # a map is not its own neighbour
+        out[rows] = (-np.partition(-sim, k - 1, axis=1)[:, :k]).mean(axis=1)
+    return out
+
+
 def review_scores(top2: np.ndarray, novelty: np.ndarray, embeddings: np.ndarray | None) -> dict[str, np.ndarray]:
     """Uncertainty, novelty, density and value of the queued maps (see the module docstring).
 
@@ -101,12 +128,7 @@ def review_scores(top2: np.ndarray, novelty: np.ndarray, embeddings: np.ndarray 
     n = len(top2)
     density = np.full(n, 0.5)
     if embeddings is not None and n > 2:
-        e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        sim = e @ e.T
-        np.fill_diagonal(sim, -np.inf)
-        k = min(DENSITY_NEIGHBOURS, n - 1)
-        nearest = -np.partition(-sim, k - 1, axis=1)[:, :k]
-        density = _rank01(nearest.mean(axis=1)) * n / (n - 1)  # most typical map → 1
+        density = _rank01(_neighbour_similarity(embeddings)) * n / (n - 1)  # most typical map → 1
     value = (1.0 - (1.0 - uncertainty) * (1.0 - novelty)) * (0.5 + 0.5 * density)
     return {"uncertainty": uncertainty, "novelty": novelty, "density": density, "value": value}
 
