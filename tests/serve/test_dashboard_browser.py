@@ -37,14 +37,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory, wafer_models_dir: Path) -> Iterator[str]:
     import uvicorn
 
     from fabsight.serve import create_app
 
     tmp = tmp_path_factory.mktemp("dash")
     port = _free_port()
-    app = create_app(tmp / "store.sqlite", models_dir)
+    app = create_app(tmp / "store.sqlite", wafer_models_dir)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

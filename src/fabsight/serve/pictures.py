@@ -16,14 +16,14 @@ from fabsight.store.queries import LotSummary
 from fabsight.types import DieState, WaferMap
 
 
-def _png(fig_or_array: object) -> bytes:
+def _png(fig_or_array: object, **savefig: object) -> bytes:
     buf = io.BytesIO()
     if isinstance(fig_or_array, np.ndarray):
         from PIL import Image
 
         Image.fromarray(fig_or_array).save(buf, format="PNG")
     else:
-        fig_or_array.savefig(buf, format="png")  # type: ignore[attr-defined]
+        fig_or_array.savefig(buf, format="png", **savefig)  # type: ignore[attr-defined]
     return buf.getvalue()
 
 
@@ -65,7 +65,7 @@ def lot_trend_png(lots: Sequence[LotSummary]) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(5.0, 0.6 * len(lots) + 2.5), 5.2), dpi=100)
+    fig = Figure(figsize=(max(5.0, 0.5 * len(lots) + 2.0), 5.2), dpi=100)
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.3]})
     x = np.arange(len(lots))
@@ -84,6 +84,6 @@ def lot_trend_png(lots: Sequence[LotSummary]) -> bytes:
     bottom.set_ylim(0, 1)
     bottom.set_xticks(x, [s.name for s in lots], rotation=45, ha="right", fontsize=8)
     if patterns:
-        bottom.legend(fontsize=7, ncol=min(3, len(patterns)), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    return _png(fig)
+    return _png(fig, bbox_inches="tight")  # the legend beside the axes is kept in the picture

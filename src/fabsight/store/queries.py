@@ -57,8 +57,11 @@ def current_label(wafer: Wafer) -> str | None:
     return wafer.prediction.label if wafer.prediction is not None else None
 
 
-def list_wafers(session: Session, flt: WaferFilter, *, limit: int = 200, offset: int = 0) -> list[Wafer]:
-    """Wafers matching ``flt``, newest measurement first, with lot, prediction and review loaded.
+def list_wafers(
+    session: Session, flt: WaferFilter, *, limit: int | None = 200, offset: int = 0, newest_first: bool = True
+) -> list[Wafer]:
+    """Wafers matching ``flt``, newest measurement first (else in storage order), with lot, prediction
+    and review loaded.
 
     ``pattern`` matches the current label (the reviewed one, else the prediction), case-insensitively.
     """
@@ -87,7 +90,8 @@ def list_wafers(session: Session, flt: WaferFilter, *, limit: int = 200, offset:
         q = q.where(Wafer.upload_id == flt.upload)
     if flt.ids is not None:
         q = q.where(Wafer.id.in_(list(flt.ids)))
-    q = q.order_by(Wafer.measured_at.desc(), Wafer.id).limit(limit).offset(offset)
+    q = q.order_by(Wafer.measured_at.desc(), Wafer.id) if newest_first else q.order_by(Wafer.id)
+    q = q.limit(limit).offset(offset)
     return list(session.scalars(q).unique())
 
 
