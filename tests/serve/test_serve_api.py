@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from servekit import CLASSES, files_in
 
 from fabsight.demo import example_files
 from fabsight.io import read_maps, write_folder, write_g85, write_klarf, write_lswmd, write_mixedwm38, write_stdf
 from fabsight.synth import generate_dataset
 from fabsight.types import WaferMap
+from servekit import CLASSES, files_in
 
 
 def synthetic_lot(lot: str, classes: tuple[str, ...], per_class: int, seed: int, day: int = 1) -> list[WaferMap]:
@@ -117,10 +117,12 @@ def test_bad_uploads_are_refused_with_reason_and_store_nothing(client: TestClien
     assert files_in(files_dir) == []
 
 
-def test_upload_size_limit(client: TestClient) -> None:
-    big = b"FileVersion 1 2;\n" + b"x" * 2_100_000
+@pytest.mark.parametrize("size", [2_030_000, 3_000_000])  # caught while reading / from Content-Length
+def test_upload_size_limit(client: TestClient, size: int) -> None:
+    big = b"FileVersion 1 2;\n" + b"x" * size
     r = client.post("/api/uploads", files={"file": ("big.klarf", big, "text/plain")})
     assert r.status_code == 413 and "larger than 2000000 bytes" in r.json()["detail"]
+    assert ("Content-Length" in r.json()["detail"]) == (size > 2_100_000)
     assert counts(client)["uploads"] == 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
@@ -23,6 +24,9 @@ from fabsight.serve.routers import analysis, dashboard, lots, reviews, uploads, 
 from fabsight.serve.schemas import Health
 from fabsight.serve.state import MAX_UPLOAD_BYTES, load_service
 from fabsight.store.queries import Conflict, NotFound, counts
+
+#: Bytes a multipart body may exceed the file-size limit by (boundaries, part headers, the lot field).
+_MULTIPART_SLACK = 64 * 1024
 
 
 def _status_of(exc: FabsightError) -> int:
@@ -70,6 +74,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_exception_handler(FabsightError, _user_error)
+
+    @app.middleware("http")
+    async def refuse_oversized_uploads(request: Request, call_next: Any) -> Any:
+        """Answer 413 from the Content-Length header, before the multipart parser spools the body."""
+        length = request.headers.get("content-length", "")
+        limit = request.app.state.service.max_upload_bytes
+        if request.method == "POST" and length.isdigit() and int(length) > limit + _MULTIPART_SLACK:
+            detail = f"upload larger than {limit} bytes (Content-Length {length})"
+            return JSONResponse({"detail": detail}, status.HTTP_413_CONTENT_TOO_LARGE)
+        return await call_next(request)
+
     for module in (uploads, wafers, lots, reviews, analysis, dashboard):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(packages=[("fabsight.serve", "static")]), name="static")

@@ -8,7 +8,7 @@ apps side by side.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ class Service:
     classifier: Any = None
     model_name: str | None = None
     kb: Any = None
-    models: dict[str, str] = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str]:
@@ -86,7 +85,6 @@ def load_service(
 
             service.classifier = load_model(path)
             service.model_name = f"{path.name} ({load_card(path).created})"
-            service.models["wafer"] = str(path)
         service.files_dir.mkdir(parents=True, exist_ok=True)
     except BaseException:
         store.close()

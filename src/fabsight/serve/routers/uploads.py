@@ -3,14 +3,15 @@
 The format is recognised from the content (:func:`fabsight.io.detect_format`); the declared
 content type must be one a browser or HTTP client would send for such a file, and when it
 names a specific kind (PNG, XML, text) the content must be that kind. The size limit is
-checked on the ``Content-Length`` header before the body is read, and again while reading.
+checked on the ``Content-Length`` header before the body is read (:mod:`fabsight.serve.app`),
+and again while reading the file.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
@@ -81,13 +82,6 @@ def _read_limited(file: UploadFile, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def check_length(request: Request, svc: ServiceDep) -> None:
-    """Refuse an oversized body from its header, before the multipart parser spools it."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > svc.max_upload_bytes + 64 * 1024:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than {svc.max_upload_bytes} bytes")
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -99,7 +93,6 @@ def check_length(request: Request, svc: ServiceDep) -> None:
     },
 )
 def upload(
-    request: Request,
     response: Response,
     svc: ServiceDep,
     session: SessionDep,
@@ -107,7 +100,6 @@ def upload(
     lot: Annotated[str | None, Form(max_length=200, description="lot name for maps whose file has none")] = None,
 ) -> UploadOut:
     """Parse, classify, explain and store one file: all of it or, on any error, nothing."""
-    check_length(request, svc)
     declared = (file.content_type or "").split(";")[0].strip().lower()
     if declared not in CONTENT_TYPES:
         accepted = ", ".join(sorted(t for t in CONTENT_TYPES if t))
