@@ -93,14 +93,14 @@ def lot_row(session: Session, name: str) -> Lot:
     return session.scalars(select(Lot).where(Lot.name == name)).one()
 
 
-def add_wafer(session: Session, upload: Upload, item: AnalysedWafer, lot_name: str, model: str | None) -> Wafer:
-    """Insert one analysed wafer with its prediction, explanation and review row."""
+def add_wafer(session: Session, upload: Upload, item: AnalysedWafer, lot: Lot, model: str | None) -> Wafer:
+    """Insert one analysed wafer (of ``lot``) with its prediction, explanation and review row."""
     m = item.wmap
     now = utcnow()
     ts = m.timestamp.replace(tzinfo=None) if m.timestamp is not None else None
     wafer = Wafer(
         upload=upload,
-        lot=lot_row(session, m.lot_id or lot_name),
+        lot=lot,
         wafer_id=str(m.wafer_id),
         source=Path(m.source).name if m.source else upload.filename,
         format=m.format or upload.format,
@@ -224,7 +224,8 @@ def ingest_bytes(
                 created_at=utcnow(),
             )
             s.add(upload)
-            wafers = [add_wafer(s, upload, a, lot_name, model_name) for a in analysed]
+            lots = {name: lot_row(s, name) for name in {a.wmap.lot_id or lot_name for a in analysed}}
+            wafers = [add_wafer(s, upload, a, lots[a.wmap.lot_id or lot_name], model_name) for a in analysed]
             s.flush()
             write_bytes(target, data)  # last step before COMMIT; removed again if COMMIT fails
             result = IngestResult(upload.id, False, [w.id for w in wafers])
