@@ -31,6 +31,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.inspect",
     "fabsight.cli.anomaly",
     "fabsight.cli.die",
+    "fabsight.cli.serve",
 )
 _COMMAND_MODULES: tuple[str, ...] = ("fabsight.cli.inspect",)
 
