@@ -24,6 +24,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.data",
     "fabsight.cli.synth",
     "fabsight.cli.render",
+    "fabsight.cli.wafer",
 )
 
 

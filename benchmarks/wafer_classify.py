@@ -1,0 +1,364 @@
+"""Wafer-pattern recognition benchmark (MISSION W3, W4, W5): prints one JSON document.
+
+Sections (``--sections``, default all):
+
+- ``synthetic``: a model trained only on generated maps (the grids of ``SYNTH_SHAPES``),
+  scored on maps generated independently (other seeds, other grid sizes, three noise
+  levels); ECE before/after temperature scaling on that test set; what gets flagged.
+- ``ood``: maps no class describes (checkerboards, all-fail, a cross, half a wafer,
+  stripes): how many are flagged ``needs_review``.
+- ``fewshot``: a shifted target distribution (other pattern parameters, 26×26 and
+  200×200 grids, heavy noise) learnt from 5 / 10 / 20 labels per class: the synthetic
+  model as is, prototype / probe heads on its frozen embedding, fine-tuning, and training
+  from scratch; macro-F1 mean ± sd over repeats.
+- ``mixed``: MixedWM38-style multi-label (the 38 combinations, 52×52), exact-match accuracy.
+- ``speed``: CPU throughput at batch 256 (network only, and end to end with preprocessing),
+  single-map latency, parameters, size on disk, and the load average while measuring.
+- ``real``: the real KLARF / STDF / G85 fixtures through ``predict_details``.
+
+Example (the numbers in docs/benchmarks.md)::
+
+    PYTHONPATH=src python benchmarks/wafer_classify.py --train-threads 16 --threads 2 \\
+        --model-out /tmp/fabsight-models/wafer-synth --mixed-model-out /tmp/fabsight-models/wafer-mixed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fabsight.synth import generate_dataset
+from fabsight.types import WM811K_CLASSES, WaferMap
+from fabsight.wafer import WaferClassifier, evaluate, load_model
+from fabsight.wafer.calibration import expected_calibration_error
+from fabsight.wafer.classifier import SYNTH_SHAPES
+
+TEST_SHAPES = ((30, 30), (45, 60), (64, 64), (90, 90), (150, 120))
+TEST_NOISE = {"low": (0.0, 0.01), "default": (0.01, 0.03), "high": (0.03, 0.06)}
+#: The few-shot target: every pattern drawn with parameters at or past the edge of the
+#: generator's default ranges (see fabsight.synth.patterns.PARAMS), on grids the model
+#: did not train on, with heavier background noise.
+TARGET_PARAMS: dict[str, dict[str, tuple[float, float]]] = {
+    "Center": {"size": (0.3, 0.45), "density": (0.45, 0.65)},
+    "Donut": {"width": (0.1, 0.16), "density": (0.45, 0.65)},
+    "Edge-Loc": {"span_deg": (20.0, 45.0), "density": (0.45, 0.65)},
+    "Edge-Ring": {"width": (0.04, 0.07), "density": (0.45, 0.65)},
+    "Loc": {"size": (0.08, 0.13), "density": (0.5, 0.7)},
+    "Near-full": {"density": (0.65, 0.8)},
+    "Random": {"density": (0.12, 0.25)},
+    "Scratch": {"width_dies": (1.0, 1.0), "density": (0.6, 0.8)},
+    "none": {},
+}
+TARGET_SHAPES = ((26, 26), (200, 200))
+TARGET_NOISE = (0.03, 0.06)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _round(x: Any) -> Any:
+    if isinstance(x, float):
+        return round(x, 4)
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_round(v) for v in x]
+    return x
+
+
+def _raw_probs(clf: WaferClassifier, calibrated: np.ndarray) -> np.ndarray:
+    """Undo temperature scaling: softmax(T·log p) = softmax(z)."""
+    z = np.log(np.clip(calibrated, 1e-30, None)) * clf.temperature_
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def synthetic_section(args: argparse.Namespace) -> tuple[dict[str, Any], WaferClassifier]:
+    t0 = time.time()
+    train = generate_dataset(args.per_class, shapes=SYNTH_SHAPES, seed=0)
+    log(f"generated {len(train)} training maps in {time.time() - t0:.0f}s; training")
+    t0 = time.time()
+    clf = WaferClassifier(epochs=args.epochs, n_threads=args.train_threads, random_state=0)
+    clf.fit(
+        train, data=f"fabsight.synth: {args.per_class} maps/class x 9 WM-811K classes, seed 0, grids {SYNTH_SHAPES}"
+    )
+    train_s = time.time() - t0
+    clf.save(args.model_out)
+    log(f"trained in {train_s:.0f}s -> {args.model_out}")
+    clf.n_threads = args.threads
+    out: dict[str, Any] = {
+        "train": {"maps": len(train), "epochs": args.epochs, "seconds": train_s, "threads": args.train_threads},
+        "validation": clf.metrics_["validation"],
+        "test": {},
+    }
+    all_maps: list[WaferMap] = []
+    for i, (name, noise) in enumerate(TEST_NOISE.items()):
+        test = generate_dataset(args.test_per_class, shapes=TEST_SHAPES, seed=1000 + i, noise=noise)
+        r = evaluate(clf, test)
+        out["test"][name] = {"noise": noise, "n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
+        all_maps += test
+    r = evaluate(clf, all_maps)
+    out["test"]["all"] = {
+        "n": r["n"],
+        "accuracy": r["accuracy"],
+        "macro_f1": r["macro_f1"],
+        "grid_shapes": TEST_SHAPES,
+        "per_class_f1": {c: v["f1"] for c, v in r["per_class"].items()},
+        "confusion": r["confusion"],
+    }
+    proba = clf.predict_proba(all_maps)
+    y = np.array([clf.classes_.index(m.labels[0]) for m in all_maps])
+    details = clf.predict_details(all_maps)
+    flagged = np.array([d["needs_review"] for d in details])
+    right = proba.argmax(axis=1) == y
+    out["test"]["calibration"] = {
+        "ece_before": expected_calibration_error(_raw_probs(clf, proba), y, False),
+        "ece_after": expected_calibration_error(proba, y, False),
+        "temperature": clf.temperature_,
+    }
+    out["test"]["review"] = {
+        "flagged_fraction": float(flagged.mean()),
+        "flagged_ood": float(
+            np.mean([d["review_reason"] is not None and "distribution" in d["review_reason"] for d in details])
+        ),
+        "accuracy_of_unflagged": float(right[~flagged].mean()) if (~flagged).any() else None,
+        "accuracy_of_flagged": float(right[flagged].mean()) if flagged.any() else None,
+    }
+    return out, clf
+
+
+def _disk(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = np.hypot((yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2)) <= 1
+    return inside, yy, xx
+
+
+def ood_maps() -> dict[str, list[np.ndarray]]:
+    """Maps of failure signatures none of the nine classes describes."""
+    kinds: dict[str, list[np.ndarray]] = {}
+    for kind in ("checkerboard-1die", "checkerboard-4dies", "all-fail", "cross", "half-wafer", "stripes"):
+        maps = []
+        for h, w in ((40, 40), (52, 52), (80, 80), (60, 45)):
+            inside, yy, xx = _disk(h, w)
+            fail = {
+                "checkerboard-1die": (yy + xx) % 2 == 0,
+                "checkerboard-4dies": (yy // 4 + xx // 4) % 2 == 0,
+                "all-fail": np.ones((h, w), bool),
+                "cross": (np.abs(yy - h // 2) <= 1) | (np.abs(xx - w // 2) <= 1),
+                "half-wafer": yy < h // 2,
+                "stripes": yy % 6 < 2,
+            }[kind]
+            maps.append(np.where(inside, np.where(fail, 2, 1), 0).astype(np.uint8))
+        kinds[kind] = maps
+    return kinds
+
+
+def ood_section(clf: WaferClassifier) -> dict[str, Any]:
+    out = {}
+    for kind, maps in ood_maps().items():
+        d = clf.predict_details(maps)
+        out[kind] = {
+            "flagged": f"{sum(x['needs_review'] for x in d)}/{len(d)}",
+            "labels": [x["label"] for x in d],
+            "ood_score_median": float(np.median([x["ood_score"] for x in d])),
+        }
+    out["ood_threshold"] = clf.ood_.threshold
+    return out
+
+
+def target_maps(per_class: int, seed: int) -> list[WaferMap]:
+    maps: list[WaferMap] = []
+    for j, c in enumerate(WM811K_CLASSES):
+        maps += generate_dataset(
+            per_class, classes=[c], shapes=TARGET_SHAPES, noise=TARGET_NOISE, seed=seed * 100 + j, **TARGET_PARAMS[c]
+        )
+    return maps
+
+
+def fewshot_section(args: argparse.Namespace, base: WaferClassifier) -> dict[str, Any]:
+    test = target_maps(args.fewshot_test_per_class, seed=9000)
+    as_is = evaluate(base, test)
+    out: dict[str, Any] = {
+        "target": {"shapes": TARGET_SHAPES, "noise": TARGET_NOISE, "params": TARGET_PARAMS, "test_maps": len(test)},
+        "synthetic_model_as_is": {"macro_f1": as_is["macro_f1"], "accuracy": as_is["accuracy"]},
+        "budgets": {},
+    }
+    methods = ("prototype", "probe", "finetune", "scratch")
+    for k in args.budgets:
+        scores: dict[str, list[float]] = {m: [] for m in methods}
+        for r in range(args.repeats):
+            few = target_maps(k, seed=100 + 10 * r + k)
+            for m in methods:
+                t0 = time.time()
+                if m == "scratch":
+                    clf = WaferClassifier(epochs=args.epochs, n_threads=args.train_threads, random_state=r)
+                else:
+                    clf = WaferClassifier(
+                        init=base, head=m, epochs=args.epochs, n_threads=args.train_threads, random_state=r
+                    )
+                clf.fit(few)
+                clf.n_threads = args.threads
+                scores[m].append(evaluate(clf, test)["macro_f1"])
+                log(f"few-shot k={k} repeat={r} {m}: macro-F1 {scores[m][-1]:.3f} ({time.time() - t0:.0f}s)")
+        out["budgets"][str(k)] = {
+            m: {
+                "macro_f1_mean": float(np.mean(v)),
+                "macro_f1_sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                "runs": v,
+            }
+            for m, v in scores.items()
+        }
+    return out
+
+
+def mixed_section(args: argparse.Namespace) -> dict[str, Any]:
+    train = generate_dataset(args.mixed_per_class, mixed=True, shapes=((52, 52),), seed=0)
+    log(f"mixed: training on {len(train)} maps")
+    t0 = time.time()
+    clf = WaferClassifier(multilabel=True, epochs=args.epochs, n_threads=args.train_threads, random_state=0)
+    clf.fit(train, data=f"fabsight.synth mixed: {args.mixed_per_class} maps x 38 MixedWM38 combinations, 52x52, seed 0")
+    train_s = time.time() - t0
+    clf.save(args.mixed_model_out)
+    clf.n_threads = args.threads
+    test = generate_dataset(args.test_per_class, mixed=True, shapes=((52, 52),), seed=777)
+    r = evaluate(clf, test)
+    # exact match per combination size (1, 2, 3, 4 patterns; 'none' counts as 0)
+    pred = clf.predict(test)
+    by_size: dict[str, list[bool]] = {}
+    for m, p in zip(test, pred, strict=True):
+        n = 0 if m.labels == ("none",) else len(m.labels)
+        by_size.setdefault(str(n), []).append(tuple(p) == tuple(m.labels))
+    return {
+        "train": {"maps": len(train), "seconds": train_s, "threads": args.train_threads},
+        "validation": clf.metrics_["validation"],
+        "test": {
+            "n": r["n"],
+            "exact_match_accuracy": r["exact_match_accuracy"],
+            "macro_f1": r["macro_f1"],
+            "per_label_f1": {c: v["f1"] for c, v in r["per_label"].items()},
+            "exact_match_by_number_of_patterns": {k: float(np.mean(v)) for k, v in sorted(by_size.items())},
+        },
+    }
+
+
+def speed_section(args: argparse.Namespace, clf: WaferClassifier, model_dir: Path) -> dict[str, Any]:
+    import torch
+
+    from fabsight.wafer.net import n_parameters
+    from fabsight.wafer.preprocess import maps_to_array
+
+    torch.set_num_threads(args.threads)
+    clf.n_threads = args.threads
+    maps = generate_dataset(114, shapes=((52, 52),), seed=5)[:1024]
+    load_before = os.getloadavg()
+    x = torch.from_numpy(maps_to_array(maps, clf.input_size_))
+    net = clf.net_.eval()
+    with torch.inference_mode():
+        net(x[:256])
+        t0 = time.perf_counter()
+        for _ in range(args.speed_rounds):
+            for s in range(0, len(x), 256):
+                net(x[s : s + 256])
+        net_rate = args.speed_rounds * len(x) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    clf.predict_details(maps)
+    e2e_rate = len(maps) / (time.perf_counter() - t0)
+    lat = []
+    for m in maps[:50]:
+        t0 = time.perf_counter()
+        clf.predict_details([m])
+        lat.append(time.perf_counter() - t0)
+    return {
+        "threads": args.threads,
+        "batch": 256,
+        "grid": [52, 52],
+        "network_maps_per_s": net_rate,
+        "end_to_end_maps_per_s": e2e_rate,
+        "single_map_latency_ms_median": 1000 * float(np.median(lat)),
+        "single_map_latency_ms_p90": 1000 * float(np.percentile(lat, 90)),
+        "parameters": n_parameters(net),
+        "model_dir_bytes": sum(f.stat().st_size for f in model_dir.iterdir()),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def real_section(clf: WaferClassifier, shared: Path) -> list[dict[str, Any]]:
+    from fabsight.io import read_maps
+
+    fx = shared / "fixtures"
+    files = [*sorted((fx / "klarf").glob("*.000")), fx / "stdf" / "lot2.stdf", *sorted((fx / "g85").glob("*.xml"))]
+    rows = []
+    for f in files:
+        maps = read_maps(f)
+        for m, d in zip(maps, clf.predict_details(maps), strict=True):
+            rows.append(
+                {
+                    "file": f.name,
+                    "lot": m.lot_id,
+                    "wafer": m.wafer_id,
+                    "shape": list(m.shape),
+                    "dies": m.n_dies,
+                    "failing": m.n_fail,
+                    "label": d["label"],
+                    "probability": d["probability"],
+                    "top3": d["top3"],
+                    "needs_review": d["needs_review"],
+                    "review_reason": d["review_reason"],
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", default="synthetic,ood,fewshot,mixed,speed,real")
+    ap.add_argument("--per-class", type=int, default=300)
+    ap.add_argument("--test-per-class", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--mixed-per-class", type=int, default=100)
+    ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--fewshot-test-per-class", type=int, default=40)
+    ap.add_argument("--train-threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="threads for inference and the speed section")
+    ap.add_argument("--speed-rounds", type=int, default=3)
+    ap.add_argument("--model-out", type=Path, default=Path("/tmp/fabsight-models/wafer-synth"))
+    ap.add_argument("--mixed-model-out", type=Path, default=Path("/tmp/fabsight-models/wafer-mixed"))
+    ap.add_argument("--reuse", action="store_true", help="load --model-out instead of training it")
+    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
+    args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    result: dict[str, Any] = {"benchmark": "wafer_classify", "args": {k: str(v) for k, v in vars(args).items()}}
+    t_start = time.time()
+    if args.reuse:
+        clf = load_model(args.model_out)
+        clf.n_threads = args.threads
+    else:
+        result["synthetic"], clf = synthetic_section(args)
+    if "ood" in sections:
+        result["ood"] = ood_section(clf)
+    if "fewshot" in sections:
+        result["fewshot"] = fewshot_section(args, clf)
+    if "mixed" in sections:
+        result["mixed"] = mixed_section(args)
+    if "speed" in sections:
+        result["speed"] = speed_section(args, clf, args.model_out)
+    if "real" in sections and (args.shared / "fixtures").is_dir():
+        result["real"] = real_section(clf, args.shared)
+    result["seconds"] = time.time() - t_start
+    print(json.dumps(_round(result), indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Wafer-map pattern recognition: single-type, mixed-type, few-shot, calibrated.
+
+Public API (other areas code against exactly these names)::
+
+    from fabsight.wafer import WaferClassifier, load_model, to_model_input
+
+    clf = WaferClassifier(input_size=64, multilabel=False)   # scikit-learn style estimator
+    clf.fit(maps, y)            # maps: WaferMaps or 2-D grids (0 off / 1 good / 2 fail), any size;
+                                # y: class names, or tuples / multi-hot rows when multilabel
+                                # (y=None takes WaferMap.labels)
+    clf.classes_, clf.multilabel
+    clf.predict(maps)           # list[str] | list[tuple[str, ...]] (('none',) = no pattern)
+    clf.predict_proba(maps)     # N×C calibrated (softmax / sigmoid per label)
+    clf.embed(maps)             # N×D penultimate features
+    clf.predict_details(maps)   # [{"label", "probability", "top3", "needs_review",
+                                #   "review_reason", "ood_score"}, ...]
+    clf.save(model_dir); clf2 = load_model(model_dir)
+    to_model_input(grid, size)  # H×W grid → 3×size×size float32 (fractions of off/good/fail)
+
+Few-shot adaptation: ``WaferClassifier(init=model_dir_or_classifier, head="auto" |
+"finetune" | "probe" | "prototype").fit(few_maps, y)``. Evaluation: :func:`evaluate`.
+
+Modules: ``preprocess`` (grid → input), ``net`` (the CNN and augmentation),
+``calibration`` (temperature, thresholds, OOD), ``classifier`` (the estimator and
+model directories), ``evaluate`` (metrics for ``fabsight wafer eval``).
+"""
+
+from fabsight.wafer.classifier import WaferClassifier, load_model
+from fabsight.wafer.evaluate import evaluate
+from fabsight.wafer.preprocess import to_model_input
+
+__all__ = ["WaferClassifier", "evaluate", "load_model", "to_model_input"]

@@ -1,0 +1,641 @@
+"""`WaferClassifier`: the scikit-learn-style estimator behind every wafer-pattern command.
+
+Training, calibration, review routing and saving live here so the CLI, the REST service
+and batch jobs share one implementation. See :mod:`fabsight.wafer` for the public API.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from fabsight.artifacts import ModelCard, load_card, save_card
+from fabsight.errors import FabsightError, ModelError
+from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
+from fabsight.utils.atomic import atomic_dir
+from fabsight.utils.progress import track
+from fabsight.wafer import calibration as cal
+from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array
+
+TASK = "wafer-pattern"
+WEIGHTS_FILE = "model.safetensors"
+HEADS = ("auto", "finetune", "probe", "prototype")
+#: Label budget (examples of the rarest class) up to which ``head="auto"`` uses
+#: :data:`FEW_SHOT_HEAD` instead of fine-tuning everything.
+FEW_SHOT_MAX_PER_CLASS = 20
+#: The head ``head="auto"`` picks for small label budgets (chosen by the few-shot benchmark,
+#: see docs/benchmarks.md).
+FEW_SHOT_HEAD = "finetune"
+#: Fine-tuning starts from good weights: a smaller step keeps what pre-training learned.
+FINETUNE_LR_SCALE = 0.3
+#: Prototype logits are cosine similarities times this scale before temperature scaling.
+PROTOTYPE_SCALE = 10.0
+#: Below this many held-out maps, calibration would fit noise: it is skipped and recorded.
+MIN_VALIDATION = 8
+_BATCH = 256
+#: Grid shapes synthetic training maps are drawn on (``fabsight wafer train --synthetic``):
+#: small to large, square and not, so the model meets every die pitch it will be fed.
+SYNTH_SHAPES: tuple[tuple[int, int], ...] = ((26, 26), (39, 39), (52, 52), (48, 64), (72, 72), (100, 100))
+MIN_INPUT_SIZE = 32
+#: Views of each training map (as is + augmented) the OOD statistics are fitted on.
+OOD_VIEWS = 4
+
+
+def _canonical_order(names: set[str], multilabel: bool) -> list[str]:
+    """Known pattern names in the public data sets' order, then any others sorted."""
+    known = MIXEDWM38_LABELS if multilabel else WM811K_CLASSES
+    return [c for c in known if c in names] + sorted(names - set(known))
+
+
+def label_tuple(labels: str | Sequence[str]) -> tuple[str, ...]:
+    """Labels as a tuple of basic pattern names: ``"Center+Loc"`` (a mixed folder name) splits."""
+    names = [labels] if isinstance(labels, str) else list(labels)
+    return tuple(dict.fromkeys(part for name in names for part in str(name).split("+") if part))
+
+
+def _source_of(item: Any, index: int) -> str:
+    return (item.source or f"map {index}") if isinstance(item, WaferMap) else f"map {index}"
+
+
+class WaferClassifier(BaseEstimator):
+    """Compact CNN wafer-pattern classifier with calibrated probabilities and review routing.
+
+    Parameters
+    ----------
+    input_size : side of the square model input (maps of any grid are area-resampled to it);
+        taken from ``init`` when fine-tuning.
+    multilabel : one sigmoid per basic pattern (MixedWM38-style mixed maps) instead of softmax.
+    classes : explicit class order; default: the labels seen in ``fit`` (WM-811K order first).
+    widths, embed_dim : network size (see :class:`fabsight.wafer.net.WaferNet`).
+    epochs, batch_size, learning_rate, weight_decay : optimisation (AdamW, one-cycle schedule).
+        An epoch is ``max(n_train, 8 * batch_size)`` class-balanced draws, so tiny few-shot
+        sets still get enough steps.
+    rotate, flip, max_noise : augmentation (any-angle rotation, mirroring, extra random
+        failing dies up to this density). Turn ``rotate`` off when the notch position matters.
+    validation_fraction : stratified share of the maps held out for calibration.
+    review_precision : confidence threshold is the lowest at which held-out predictions above
+        it are this precise (never below 0.5).
+    ood_quantile : Mahalanobis distances above this quantile of held-out maps flag "out of
+        distribution".
+    init : a model directory or fitted ``WaferClassifier`` to start from (few-shot, new fab).
+    head : with ``init``: ``finetune`` (all weights), ``probe`` (new linear head on the frozen
+        embedding), ``prototype`` (cosine nearest class mean, no gradient steps) or ``auto``
+        (``FEW_SHOT_HEAD`` when the rarest class has ≤ 20 maps, else ``finetune``).
+    n_threads : torch CPU threads.
+    random_state : seed for weights, split, sampling and augmentation.
+
+    Attributes
+    ----------
+    classes_ : list of class names (multi-label: basic patterns; no label = "none").
+    input_size_ : the input side actually used.
+    net_ : the trained :class:`~fabsight.wafer.net.WaferNet`.
+    temperature_ : calibration temperature.
+    review_threshold_ : confidence below which ``needs_review`` is set.
+    label_thresholds_ : per-label decision thresholds (multi-label; 0.5 otherwise).
+    ood_ : :class:`~fabsight.wafer.calibration.MahalanobisOOD` on the embedding.
+    head_ : the head actually trained (``scratch``, ``finetune``, ``probe``, ``prototype``).
+    metrics_ : held-out metrics (accuracy, macro-F1, ECE before/after calibration, review rates).
+    training_ : summary of the training data, written to the model card.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 64,
+        multilabel: bool = False,
+        *,
+        classes: Sequence[str] | None = None,
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+        embed_dim: int = 128,
+        epochs: int = 15,
+        batch_size: int = 64,
+        learning_rate: float = 3e-3,
+        weight_decay: float = 1e-4,
+        rotate: bool = True,
+        flip: bool = True,
+        max_noise: float = 0.05,
+        validation_fraction: float = 0.2,
+        review_precision: float = 0.98,
+        ood_quantile: float = 0.99,
+        init: str | os.PathLike[str] | WaferClassifier | None = None,
+        head: str = "auto",
+        n_threads: int = 2,
+        random_state: int | None = 0,
+    ) -> None:
+        self.input_size = input_size
+        self.multilabel = multilabel
+        self.classes = classes
+        self.widths = widths
+        self.embed_dim = embed_dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.rotate = rotate
+        self.flip = flip
+        self.max_noise = max_noise
+        self.validation_fraction = validation_fraction
+        self.review_precision = review_precision
+        self.ood_quantile = ood_quantile
+        self.init = init
+        self.head = head
+        self.n_threads = n_threads
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ labels
+    def _label_lists(self, maps: Sequence[Any], y: Any) -> list[tuple[str, ...]]:
+        """Every target as a tuple of names (single-label: exactly one)."""
+        if y is None:
+            if not all(isinstance(m, WaferMap) for m in maps):
+                raise FabsightError(None, "labels missing: pass y or WaferMap objects with labels")
+            raw: list[tuple[str, ...]] = [tuple(m.labels) for m in maps]
+        elif isinstance(y, np.ndarray) and y.ndim == 2:
+            names = list(self.classes) if self.classes is not None else list(MIXEDWM38_LABELS)
+            if y.shape[1] != len(names):
+                raise FabsightError(None, f"multi-hot y has {y.shape[1]} columns but there are {len(names)} classes")
+            raw = [tuple(n for n, v in zip(names, row, strict=True) if v) or ("none",) for row in y]
+        else:
+            raw = [(v,) if isinstance(v, str) else tuple(str(s) for s in v) for v in y]
+        if self.multilabel:
+            raw = [label_tuple(t) for t in raw]
+        if len(raw) != len(maps):
+            raise FabsightError(None, f"{len(maps)} maps but {len(raw)} labels")
+        for i, labels in enumerate(raw):
+            if not labels:
+                raise FabsightError(_source_of(maps[i], i), "map has no label")
+            if not self.multilabel and len(labels) != 1:
+                raise FabsightError(
+                    _source_of(maps[i], i),
+                    f"has labels {'+'.join(labels)}; a single-label model needs one (train with multilabel)",
+                )
+        return raw
+
+    def _resolve_classes(self, labels: list[tuple[str, ...]], maps: Sequence[Any]) -> list[str]:
+        seen = {n for t in labels for n in t}
+        if self.multilabel:
+            seen.discard("none")
+        if self.classes is None:
+            classes = _canonical_order(seen, self.multilabel)
+        else:
+            classes = [c for c in self.classes if not (self.multilabel and c == "none")]
+            for i, t in enumerate(labels):
+                unknown = [n for n in t if n not in classes and not (self.multilabel and n == "none")]
+                if unknown:
+                    raise FabsightError(_source_of(maps[i], i), f"label {unknown[0]!r} is not one of {classes}")
+        if not self.multilabel and len(classes) < 2:
+            raise FabsightError(None, f"need at least two classes to train a classifier, got {classes}")
+        if self.multilabel and not classes:
+            raise FabsightError(None, "no pattern labels in the training data (all maps are 'none')")
+        return classes
+
+    # ----------------------------------------------------------------- network
+    def _run(self, x: np.ndarray, description: str, augment_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embeddings of preprocessed maps, in batches, in eval mode.
+
+        With ``augment_seed`` each batch is first augmented as in training (one random view).
+        """
+        import torch
+
+        from fabsight.wafer.net import augment
+
+        gen = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
+        self.net_.eval()
+        logits, embeddings = [], []
+        starts = range(0, len(x), _BATCH)
+        with torch.inference_mode():
+            for s in track(starts, description, total=len(starts)):
+                xb = torch.from_numpy(np.ascontiguousarray(x[s : s + _BATCH], dtype=np.float32))
+                if gen is not None:
+                    xb = augment(xb, gen, rotate=self.rotate, flip=self.flip, max_noise=self.max_noise)
+                z = self.net_.embed(xb)
+                embeddings.append(z.numpy())
+                logits.append(self.net_.classify(z).numpy())
+        return np.concatenate(logits), np.concatenate(embeddings)
+
+    def _train(
+        self, x: np.ndarray, targets: np.ndarray, weights: np.ndarray, *, lr: float, head_only: bool, seed: int
+    ) -> None:
+        import torch
+        from torch import nn
+
+        from fabsight.wafer.net import augment
+
+        net = self.net_
+        params = list(net.head.parameters()) if head_only else list(net.parameters())
+        for p in net.parameters():
+            p.requires_grad_(not head_only)
+        for p in params:
+            p.requires_grad_(True)
+        steps = math.ceil(max(len(x), 8 * self.batch_size) / self.batch_size)
+        total = steps * self.epochs
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total)
+        loss_fn: nn.Module = nn.BCEWithLogitsLoss() if self.multilabel else nn.CrossEntropyLoss()
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(seed)
+        draws = rng.choice(len(x), size=total * self.batch_size, p=weights)
+        y_all = torch.from_numpy(targets.astype(np.float32) if self.multilabel else targets.astype(np.int64))
+        # A frozen backbone keeps its batch-norm statistics: eval mode for the whole net.
+        net.train(not head_only)
+        for step in track(range(total), f"training ({self.head_})", total=total):
+            b = draws[step * self.batch_size : (step + 1) * self.batch_size]
+            xb = augment(
+                torch.from_numpy(x[b].astype(np.float32)),
+                gen,
+                rotate=self.rotate,
+                flip=self.flip,
+                max_noise=self.max_noise,
+            )
+            loss = loss_fn(net(xb), y_all[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        for p in net.parameters():
+            p.requires_grad_(True)
+        net.eval()
+
+    def _fit_prototypes(self, x: np.ndarray, targets: np.ndarray, seed: int, views: int = 8) -> None:
+        """Cosine head whose weights are the mean normalised embedding of each class."""
+        import torch
+        from torch.nn import functional as F
+
+        from fabsight.wafer.net import augment
+
+        gen = torch.Generator().manual_seed(seed)
+        self.net_.eval()
+        sums = torch.zeros(len(self.classes_), self.net_.config["embed_dim"])
+        with torch.inference_mode():
+            for s in range(0, len(x), _BATCH):
+                xb = torch.from_numpy(x[s : s + _BATCH].astype(np.float32))
+                yb = torch.from_numpy(targets[s : s + _BATCH].astype(np.int64))
+                for v in range(views):
+                    xv = xb if v == 0 else augment(xb, gen, rotate=self.rotate, flip=self.flip, max_noise=0.0)
+                    sums.index_add_(0, yb, F.normalize(self.net_.embed(xv), dim=1))
+            self.net_.head.weight.copy_(F.normalize(sums, dim=1) * PROTOTYPE_SCALE)
+            self.net_.head.bias.zero_()
+
+    def _build_net(self, base: WaferClassifier | None, head: str) -> None:
+        import torch
+        from torch import nn
+
+        from fabsight.wafer.net import WaferNet
+
+        n_out = len(self.classes_)
+        if base is None:
+            torch.manual_seed(0 if self.random_state is None else self.random_state)
+            self.net_ = WaferNet(n_out, tuple(self.widths), self.embed_dim)
+            return
+        net = copy.deepcopy(base.net_)
+        old_head = net.head
+        net.head = nn.Linear(old_head.in_features, n_out)
+        cosine = head == "prototype"
+        if cosine == net.cosine_head and base.multilabel == self.multilabel:
+            # Keep what the base model knew about classes the new task shares.
+            with torch.no_grad():
+                for j, c in enumerate(self.classes_):
+                    if c in base.classes_:
+                        k = base.classes_.index(c)
+                        net.head.weight[j] = old_head.weight[k]
+                        net.head.bias[j] = old_head.bias[k]
+        net.cosine_head = cosine
+        net.config.update(n_outputs=n_out, cosine_head=cosine)
+        self.net_ = net
+
+    # -------------------------------------------------------------------- fit
+    def fit(self, maps: Sequence[WaferMap] | Sequence[np.ndarray], y: Any = None, *, data: str | None = None):
+        """Train on wafer maps; ``y`` defaults to the maps' own labels.
+
+        ``y``: class names (single-label), or tuples of names / a multi-hot array
+        (multi-label; ``('none',)`` or an all-zero row is a map without pattern).
+        ``data`` is a free-text description of the data kept in the model card.
+        """
+        import torch
+
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if int(self.input_size) < MIN_INPUT_SIZE:
+            raise ValueError(f"input_size must be ≥ {MIN_INPUT_SIZE} (five 2x downsamplings), got {self.input_size}")
+        if self.init is None and self.head in ("probe", "prototype"):
+            raise ValueError(f"head={self.head!r} needs init (a trained model to take embeddings from)")
+        if self.head == "prototype" and self.multilabel:
+            raise ValueError("head='prototype' is single-label only")
+        torch.set_num_threads(self.n_threads)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        base = self.init if isinstance(self.init, WaferClassifier) or self.init is None else load_model(self.init)
+        if base is not None:
+            check_is_fitted(base)
+            if base.multilabel != self.multilabel and self.head in ("probe", "prototype"):
+                raise ValueError("a frozen-embedding head needs a base model of the same (single/multi-label) kind")
+        labels = self._label_lists(maps, y)
+        self.classes_ = self._resolve_classes(labels, maps)
+        self.input_size_ = base.input_size_ if base is not None else int(self.input_size)
+
+        index = {c: j for j, c in enumerate(self.classes_)}
+        if self.multilabel:
+            targets = np.zeros((len(labels), len(self.classes_)), dtype=np.float32)
+            for i, t in enumerate(labels):
+                for n in t:
+                    if n != "none":
+                        targets[i, index[n]] = 1.0
+            groups = np.array(["+".join(t) for t in labels])
+        else:
+            targets = np.array([index[t[0]] for t in labels], dtype=np.int64)
+            groups = np.array([t[0] for t in labels])
+        counts = Counter(groups.tolist())
+        for g, n in sorted(counts.items()):
+            if n == 1:
+                warnings.warn(f"class {g!r} has a single example: nothing of it can be held out", stacklevel=2)
+
+        head = self.head
+        if base is None:
+            head = "scratch"
+        elif head == "auto":
+            head = FEW_SHOT_HEAD if min(counts.values()) <= FEW_SHOT_MAX_PER_CLASS else "finetune"
+        self.head_ = head
+
+        # Stratified hold-out: every group with ≥ 3 maps gives at least one.
+        rng = np.random.default_rng(seed)
+        val_mask = np.zeros(len(groups), dtype=bool)
+        for g in counts:
+            idx = np.nonzero(groups == g)[0]
+            if len(idx) >= 3:
+                k = max(1, round(len(idx) * self.validation_fraction))
+                val_mask[rng.choice(idx, size=k, replace=False)] = True
+        if val_mask.sum() < MIN_VALIDATION:
+            val_mask[:] = False
+
+        x = maps_to_array(maps, self.input_size_).astype(np.float16)
+        x_tr, t_tr, g_tr = x[~val_mask], targets[~val_mask], groups[~val_mask]
+        tr_counts = Counter(g_tr.tolist())
+        weights = np.array([1.0 / tr_counts[g] for g in g_tr])
+        weights /= weights.sum()
+
+        self._build_net(base, head)
+        if head == "prototype":
+            self._fit_prototypes(x_tr, t_tr, seed)
+        else:
+            lr = self.learning_rate * (FINETUNE_LR_SCALE if head == "finetune" else 1.0)
+            self._train(x_tr, t_tr, weights, lr=lr, head_only=head == "probe", seed=seed)
+
+        self._calibrate(x[val_mask], targets[val_mask], x_tr, g_tr, seed)
+        self.training_ = {
+            "data": data,
+            "n_maps": len(labels),
+            "n_train": int((~val_mask).sum()),
+            "n_validation": int(val_mask.sum()),
+            "per_class": dict(sorted(counts.items())),
+            "grid_shapes": self._shape_summary(maps),
+            "head": head,
+            "init": "in-memory model" if isinstance(self.init, WaferClassifier) else self.init and str(self.init),
+            "epochs": 0 if head == "prototype" else self.epochs,
+            "augmentation": {"rotate": self.rotate, "flip": self.flip, "max_noise": self.max_noise},
+            "class_balanced_sampling": True,
+            "seed": seed,
+        }
+        return self
+
+    @staticmethod
+    def _shape_summary(maps: Sequence[Any]) -> dict[str, Any]:
+        shapes = Counter(tuple(np.shape(m.grid if isinstance(m, WaferMap) else m)) for m in maps)
+        return {"distinct": len(shapes), "most_common": [[list(s), n] for s, n in shapes.most_common(5)]}
+
+    def _calibrate(self, x_val: np.ndarray, t_val: np.ndarray, x_tr: np.ndarray, g_tr: np.ndarray, seed: int) -> None:
+        """Temperature, thresholds and OOD model from held-out maps (see calibration module)."""
+        from sklearn.metrics import f1_score
+
+        # The OOD statistics see each training map as it is and in augmented views, so the
+        # ordinary variation of a class (orientation, extra noise) is not "unusual".
+        views = [self._run(x_tr, "embedding training maps")[1]]
+        views += [self._run(x_tr, f"embedding training maps, view {v + 2}", seed + v)[1] for v in range(OOD_VIEWS - 1)]
+        emb_tr = np.concatenate(views)
+        self.ood_ = cal.MahalanobisOOD.fit(emb_tr, np.tile(g_tr, OOD_VIEWS))
+        n_classes = len(self.classes_)
+        self.temperature_ = 1.0
+        self.label_thresholds_ = np.full(n_classes, 0.5)
+        self.review_threshold_ = 0.5
+        if len(x_val) == 0:
+            self.ood_.set_threshold(self.ood_.score(emb_tr), self.ood_quantile)
+            self.metrics_ = {"validation": None, "note": f"fewer than {MIN_VALIDATION} held-out maps: not calibrated"}
+            return
+        logits, emb = self._run(x_val, "calibrating")
+        self.temperature_ = cal.fit_temperature(logits, t_val, self.multilabel)
+        p_raw = cal.probabilities(logits, 1.0, self.multilabel)
+        p_cal = cal.probabilities(logits, self.temperature_, self.multilabel)
+        if self.multilabel:
+            self.label_thresholds_ = cal.label_thresholds(p_cal, t_val)
+            pred = p_cal >= self.label_thresholds_
+            correct = (pred == t_val.astype(bool)).all(axis=1)
+            quality = {
+                "exact_match": float(correct.mean()),
+                "macro_f1": float(f1_score(t_val, pred, average="macro", zero_division=0)),
+            }
+        else:
+            pred = p_cal.argmax(axis=1)
+            correct = pred == t_val
+            quality = {
+                "accuracy": float(correct.mean()),
+                "macro_f1": float(f1_score(t_val, pred, average="macro", labels=range(n_classes), zero_division=0)),
+            }
+        confidence = self._confidence(p_cal)
+        self.review_threshold_ = cal.review_threshold(confidence, correct, self.review_precision, floor=0.5)
+        scores = self.ood_.score(emb)
+        # A quantile of a handful of maps is noise: pool with the training maps then.
+        pool = scores if len(scores) >= 50 else np.concatenate([scores, self.ood_.score(emb_tr)])
+        self.ood_.set_threshold(pool, self.ood_quantile)
+        self.metrics_ = {
+            "validation": {
+                "measured_on": f"{len(x_val)} maps held out (stratified) from the training data, never trained on",
+                "n": len(x_val),
+                **quality,
+                "ece_before_calibration": cal.expected_calibration_error(p_raw, t_val, self.multilabel),
+                "ece_after_calibration": cal.expected_calibration_error(p_cal, t_val, self.multilabel),
+                "temperature": self.temperature_,
+                "review_rate_low_confidence": float(np.mean(confidence < self.review_threshold_)),
+                "review_rate_ood": float(np.mean(scores > self.ood_.threshold)),
+            }
+        }
+
+    # ---------------------------------------------------------------- predict
+    def _confidence(self, probs: np.ndarray) -> np.ndarray:
+        """Probability that the whole prediction is right (multi-label: labels independent)."""
+        if not self.multilabel:
+            return probs.max(axis=1)
+        on = probs >= self.label_thresholds_
+        return np.prod(np.where(on, probs, 1.0 - probs), axis=1)
+
+    def _chunks(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+        for s in range(0, len(maps), _BATCH):
+            yield maps_to_array(maps[s : s + _BATCH], self.input_size_)
+
+    def _outputs(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities and embeddings, converting maps batch by batch."""
+        import torch
+
+        check_is_fitted(self)
+        if len(maps) == 0:
+            raise FabsightError(None, "no wafer maps given")
+        torch.set_num_threads(self.n_threads)
+        self.net_.eval()
+        logits, embeddings = [], []
+        with torch.inference_mode():
+            for x in track(self._chunks(maps), "classifying wafer maps", total=math.ceil(len(maps) / _BATCH)):
+                z = self.net_.embed(torch.from_numpy(x))
+                embeddings.append(z.numpy())
+                logits.append(self.net_.classify(z).numpy())
+        probs = cal.probabilities(np.concatenate(logits), self.temperature_, self.multilabel)
+        return probs, np.concatenate(embeddings)
+
+    def predict_proba(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> np.ndarray:
+        """N×C calibrated probabilities (softmax, or one sigmoid per label when multi-label)."""
+        return self._outputs(maps)[0]
+
+    def embed(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> np.ndarray:
+        """N×D penultimate-layer features (drift, clustering, few-shot heads)."""
+        return self._outputs(maps)[1]
+
+    def _decode(self, probs: np.ndarray) -> list[Any]:
+        if not self.multilabel:
+            return [self.classes_[j] for j in probs.argmax(axis=1)]
+        on = probs >= self.label_thresholds_
+        return [tuple(c for c, o in zip(self.classes_, row, strict=True) if o) or ("none",) for row in on]
+
+    def predict(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> list[str] | list[tuple[str, ...]]:
+        """Class names (single-label) or tuples of pattern names, ``('none',)`` for none."""
+        return self._decode(self.predict_proba(maps))
+
+    def predict_details(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> list[dict[str, Any]]:
+        """Per map: label, calibrated probability, top-3, review flag with its reason, OOD score."""
+        probs, emb = self._outputs(maps)
+        ood = self.ood_.score(emb)
+        confidence = self._confidence(probs)
+        out = []
+        for p, label, conf, d in zip(probs, self._decode(probs), confidence, ood, strict=True):
+            order = np.argsort(-p)[:3]
+            reason = None
+            if d > self.ood_.threshold:
+                reason = f"out of distribution: embedding distance {d:.1f} > {self.ood_.threshold:.1f}"
+            elif conf < self.review_threshold_:
+                reason = f"low confidence: {conf:.2f} < {self.review_threshold_:.2f}"
+            out.append(
+                {
+                    "label": label if isinstance(label, str) else "+".join(label),
+                    "probability": float(conf),
+                    "top3": [[self.classes_[j], float(p[j])] for j in order],
+                    "needs_review": reason is not None,
+                    "review_reason": reason,
+                    "ood_score": float(d),
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------- save/load
+    def save(self, model_dir: str | os.PathLike[str]) -> Path:
+        """Write weights + card.json atomically (an existing model is replaced only on success)."""
+        from safetensors.torch import save_file
+
+        from fabsight.wafer.net import n_parameters
+
+        check_is_fitted(self)
+        import torch
+
+        tensors = {f"net.{k}": v.detach().contiguous() for k, v in self.net_.state_dict().items()}
+        tensors["ood.means"] = torch.from_numpy(self.ood_.means)
+        tensors["ood.precision"] = torch.from_numpy(self.ood_.precision)
+        params = {k: v for k, v in self.get_params().items() if k != "init"}
+        params["widths"] = list(params["widths"])
+        params["classes"] = None if params["classes"] is None else list(params["classes"])
+        card = ModelCard(
+            task=TASK,
+            classes=list(self.classes_),
+            input={
+                "size": self.input_size_,
+                "channels": list(CHANNELS),
+                "values": {"0": "off-wafer", "1": "good die", "2": "failing die"},
+                "preprocessing": PREPROCESSING,
+            },
+            backbone={"arch": "fabsight.wafer.net.WaferNet", **self.net_.config, "parameters": n_parameters(self.net_)},
+            training=self.training_,
+            metrics=self.metrics_,
+            files={"weights": WEIGHTS_FILE},
+            extra={
+                "multilabel": self.multilabel,
+                "temperature": self.temperature_,
+                "review_threshold": self.review_threshold_,
+                "label_thresholds": [float(t) for t in self.label_thresholds_],
+                "ood": {
+                    "method": "mahalanobis (Ledoit-Wolf tied covariance)",
+                    "threshold": self.ood_.threshold,
+                    "quantile": self.ood_quantile,
+                },
+                "head": self.head_,
+                "hyperparameters": params,
+            },
+        )
+        with atomic_dir(model_dir) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS_FILE))
+            save_card(tmp, card)
+        return Path(model_dir)
+
+
+def load_model(model_dir: str | os.PathLike[str]) -> WaferClassifier:
+    """Load a model written by :meth:`WaferClassifier.save`; any mismatch is a ``ModelError``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from fabsight.wafer.net import WaferNet
+
+    card = load_card(model_dir, task=TASK)
+    try:
+        cfg = card.backbone or {}
+        net = WaferNet(int(cfg["n_outputs"]), tuple(cfg["widths"]), int(cfg["embed_dim"]), bool(cfg["cosine_head"]))
+        size = int(card.input["size"])
+        extra = card.extra
+        multilabel = bool(extra["multilabel"])
+        hyper = dict(extra["hyperparameters"])
+        ood = extra["ood"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(model_dir, f"model card is incomplete or malformed ({exc!r})") from None
+    if cfg["n_outputs"] != len(card.classes):
+        n_out = cfg["n_outputs"]
+        raise ModelError(model_dir, f"card lists {len(card.classes)} classes but the network has {n_out} outputs")
+    path = Path(model_dir) / card.files.get("weights", WEIGHTS_FILE)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(path, f"unreadable weights ({exc})") from None
+    state = {k.removeprefix("net."): v for k, v in tensors.items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(path, f"weights do not match the architecture in the card ({first})") from None
+    if "ood.means" not in tensors or "ood.precision" not in tensors:
+        raise ModelError(path, "weights file lacks the OOD statistics (ood.means, ood.precision)")
+    net.eval()
+    hyper["widths"] = tuple(hyper.get("widths", cfg["widths"]))
+    known = WaferClassifier().get_params()
+    clf = WaferClassifier(**{k: v for k, v in hyper.items() if k in known})
+    clf.multilabel = multilabel
+    clf.classes_ = list(card.classes)
+    clf.input_size_ = size
+    clf.net_ = net
+    clf.temperature_ = float(extra["temperature"])
+    clf.review_threshold_ = float(extra["review_threshold"])
+    clf.label_thresholds_ = np.asarray(extra["label_thresholds"], dtype=np.float64)
+    clf.ood_ = cal.MahalanobisOOD(
+        tensors["ood.means"].numpy(), tensors["ood.precision"].numpy(), float(ood["threshold"])
+    )
+    clf.head_ = extra.get("head", "scratch")
+    clf.metrics_ = card.metrics
+    clf.training_ = card.training
+    return clf

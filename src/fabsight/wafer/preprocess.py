@@ -1,0 +1,102 @@
+"""Wafer grids of any size → fixed-size model input that keeps OFF / GOOD / FAIL apart.
+
+A wafer map is categorical: die state 2 is not "more" than state 1, so resizing the raw
+codes with an image filter would invent half-failing dies and blur failing dies into
+good ones. Instead each state gets its own channel (one-hot) and every channel is
+*area*-resampled: an output pixel holds the fraction of its area covered by dies in that
+state. The three channels therefore always sum to 1, a 300×300 map and a 26×26 map of
+the same pattern look alike, and nothing is fitted (no statistics to carry in the model
+card beyond the size).
+
+Rows and columns are resampled independently, not padded to a square: a wafer map is the
+wafer's bounding box on the die grid, so a non-square grid (non-square dies, e.g. 25×27
+in WM-811K) holds a wafer that is round in millimetres and elliptical in cells. Stretching
+each axis to ``size`` makes it round again, so a Center blob or an Edge-Ring looks the
+same whatever the die aspect ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from fabsight.errors import FabsightError
+from fabsight.types import WaferMap
+
+#: Channel order of the model input, one channel per :class:`fabsight.types.DieState`.
+CHANNELS: tuple[str, ...] = ("off", "good", "fail")
+
+#: What a user must reproduce to feed the model by hand (stored in every model card).
+PREPROCESSING = (
+    "one-hot channels (off, good, fail); area-resample rows and columns independently to "
+    "size x size (pixel = fraction of its area in that state; the grid is the wafer's bounding box)"
+)
+
+
+def check_grid(grid: np.ndarray, source: str | None = None) -> np.ndarray:
+    """Return ``grid`` as uint8 after checking it is a non-empty 2-D grid of 0/1/2.
+
+    Raises :class:`FabsightError` naming ``source`` so a bad map in a folder of
+    thousands is found from the one-line message.
+    """
+    a = np.asarray(grid)
+    if a.ndim != 2 or a.size == 0:
+        raise FabsightError(source, f"a wafer map must be a non-empty 2-D grid, got shape {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise FabsightError(source, f"wafer map values must be numbers 0/1/2, got dtype {a.dtype}")
+    bad = ~np.isin(a, (0, 1, 2))
+    if bad.any():
+        found = np.unique(a[bad])[:5].tolist()
+        raise FabsightError(source, f"wafer map values must be 0 (off), 1 (good) or 2 (fail); found {found}")
+    return a.astype(np.uint8, copy=False)
+
+
+@lru_cache(maxsize=128)
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``n_out × n_in`` weights: overlap of each output cell with each input cell.
+
+    Row ``i`` covers ``[i·n_in/n_out, (i+1)·n_in/n_out)`` in input units; weights are
+    normalised so each row sums to 1. Works for up- and down-sampling alike, and
+    ``R @ X @ R.T`` resamples a 2-D channel by exact area averaging.
+    """
+    edges = np.arange(n_out + 1, dtype=np.float64) * n_in / n_out
+    cells = np.arange(n_in, dtype=np.float64)
+    overlap = np.minimum(edges[1:, None], cells[None, :] + 1) - np.maximum(edges[:-1, None], cells[None, :])
+    weights = (np.clip(overlap, 0.0, None) * (n_out / n_in)).astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+def to_model_input(grid: np.ndarray, size: int, *, source: str | None = None) -> np.ndarray:
+    """Turn one ``H×W`` grid (values 0/1/2) into a ``3×size×size`` float32 array.
+
+    Channel ``k`` is the fraction of each output pixel covered by dies in state ``k``
+    (:data:`CHANNELS`); see the module docstring for why.
+    """
+    g = check_grid(grid, source)
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    h, w = g.shape
+    onehot = (g[None, :, :] == np.arange(3, dtype=np.uint8)[:, None, None]).astype(np.float32)
+    return np.matmul(np.matmul(_area_matrix(h, size), onehot), _area_matrix(w, size).T)
+
+
+def _grid_and_source(item: WaferMap | np.ndarray, index: int) -> tuple[np.ndarray, str]:
+    if isinstance(item, WaferMap):
+        ident = "/".join(p for p in (item.lot_id, item.wafer_id) if p)
+        name = item.source or f"map {index}"
+        return item.grid, f"{name} ({ident})" if ident else name
+    return np.asarray(item), f"map {index}"
+
+
+def maps_to_array(maps: Sequence[WaferMap | np.ndarray], size: int) -> np.ndarray:
+    """Stack :func:`to_model_input` of every map into an ``N×3×size×size`` float32 array."""
+    if len(maps) == 0:
+        raise FabsightError(None, "no wafer maps given")
+    out = np.empty((len(maps), 3, size, size), dtype=np.float32)
+    for i, item in enumerate(maps):
+        grid, source = _grid_and_source(item, i)
+        out[i] = to_model_input(grid, size, source=source)
+    return out

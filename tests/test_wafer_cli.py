@@ -1,0 +1,121 @@
+"""``fabsight wafer train / eval / predict`` on a tiny folder, the real fixtures and bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fabsight.cli.main import app
+from fabsight.io import write_folder, write_mixedwm38
+from fabsight.synth import generate_dataset
+
+CLASSES = ("Center", "Edge-Ring", "Random")
+FAST = ["--epochs", "4", "--input-size", "32", "--threads", "1"]
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        # FabsightError escapes CliRunner; main() would print it as one line, exit 2.
+        from fabsight.errors import FabsightError
+
+        if isinstance(result.exception, FabsightError):
+            return 2, "", f"error: {result.exception}"
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("wafer-cli")
+    write_folder(generate_dataset(30, classes=CLASSES, shapes=((30, 30), (52, 52)), seed=0), root / "train")
+    write_folder(generate_dataset(10, classes=CLASSES, shapes=((40, 36),), seed=9), root / "test")
+    code, _, err = run("wafer", "train", root / "train", "--out", root / "model", *FAST, "--json")
+    assert code == 0, err
+    return root / "train", root / "test", root / "model"
+
+
+def test_train_writes_a_model_and_reports_json(folders) -> None:
+    _, _, model = folders
+    card = json.loads((model / "card.json").read_text())
+    assert card["classes"] == list(CLASSES)
+    assert card["training"]["n_maps"] == 90 and "folder" in card["training"]["data"]
+    assert card["metrics"]["validation"]["accuracy"] >= 0.8
+
+
+def test_eval_json_has_every_metric_with_known_counts(folders) -> None:
+    _, test, model = folders
+    code, out, _ = run("wafer", "eval", model, test, "--json", "--threads", "1")
+    assert code == 0
+    r = json.loads(out)
+    assert r["n"] == 30 and r["accuracy"] >= 0.8
+    assert set(r) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion"}
+    assert {c: r["per_class"][c]["support"] for c in CLASSES} == dict.fromkeys(CLASSES, 10)
+    assert np.sum(r["confusion"]["matrix"]) == 30
+
+
+def test_predict_on_folder_and_real_fixtures(folders, shared) -> None:
+    _, test, model = folders
+    fx = shared / "fixtures"
+    inputs = [test, fx / "klarf" / "QUU_NUU.000", fx / "stdf" / "lot2.stdf", fx / "g85" / "SEMI_G85_1101_ALL.xml"]
+    code, out, _ = run("wafer", "predict", model, *inputs, "--json", "--threads", "1")
+    assert code == 0
+    rows = json.loads(out)
+    assert len(rows) == 30 + 3 + 1 + 1  # QUU_NUU.000 holds three wafers
+    real = rows[30:]
+    assert [r["lot_id"] for r in real[:3]] == ["QUU"] * 3
+    for r in rows:
+        assert r["label"] in CLASSES and 0 < r["probability"] <= 1 and len(r["top3"]) == 3
+        assert isinstance(r["needs_review"], bool)
+
+
+def test_mixed_npz_trains_a_multilabel_model(tmp_path) -> None:
+    combos = ("Center", "Edge-Ring", "Center+Edge-Ring", "none")
+    write_mixedwm38(generate_dataset(20, classes=combos, seed=1), tmp_path / "mixed.npz")
+    code, out, err = run("wafer", "train", tmp_path / "mixed.npz", "--out", tmp_path / "m", *FAST, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["multilabel"] and r["classes"] == ["Center", "Edge-Ring"]
+    code, out, _ = run("wafer", "eval", tmp_path / "m", tmp_path / "mixed.npz", "--json", "--threads", "1")
+    r = json.loads(out)
+    assert r["n"] == 80 and {"exact_match_accuracy", "per_label", "macro_f1"} <= set(r)
+
+
+def test_user_mistakes_exit_2_with_one_line(folders, tmp_path) -> None:
+    train, _, model = folders
+    code, _, err = run("wafer", "train", "--out", tmp_path / "m")
+    assert code == 2 and "give training DATA" in err
+    code, _, err = run("wafer", "eval", tmp_path / "nope", train)
+    assert code == 2 and "not a model directory" in err
+    bad = tmp_path / "bad"
+    (bad / "Donut").mkdir(parents=True)
+    np.save(bad / "Donut" / "w1.npy", np.ones((20, 20), dtype=np.uint8))
+    code, _, err = run("wafer", "eval", model, bad)
+    assert code == 2 and "label 'Donut' is not a class of the model" in err
+    code, _, err = run("wafer", "train", train, "--out", tmp_path / "m", "--head", "probe", *FAST)
+    assert code == 2 and "needs init" in err
+    assert not (tmp_path / "m").exists()  # nothing half-written
+
+
+def test_real_entry_point_prints_one_line_and_exits_2(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "maps" / "Center"
+    bad.mkdir(parents=True)
+    np.save(bad / "w.npy", np.full((10, 10), 5, dtype=np.uint8))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fabsight", "wafer", "train", str(tmp_path / "maps"), "--out", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "w.npy" in proc.stderr
