@@ -25,6 +25,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.synth",
     "fabsight.cli.render",
     "fabsight.cli.wafer",
+    "fabsight.cli.deploy",
 )
 
 
