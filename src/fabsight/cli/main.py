@@ -26,6 +26,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.render",
     "fabsight.cli.wafer",
     "fabsight.cli.deploy",
+    "fabsight.cli.distill",
 )
 
 
