@@ -57,6 +57,7 @@ def test_any_size_keeps_fractions_and_die_counts(shape: tuple[int, int]) -> None
     [
         (np.array([[0, 1], [3, 1]]), r"0 \(off\), 1 \(good\) or 2 \(fail\); found \[3\]"),
         (np.array([[0, -1], [1, 1]]), r"found \[-1\]"),
+        (np.array([[1, 7], [255, 1]], dtype=np.uint8), r"found \[7, 255\]"),
         (np.array([[0.0, 1.5], [1.0, 1.0]]), r"found \[1.5\]"),
         (np.array([[0.0, np.nan], [1.0, 1.0]]), "found"),
         (np.array([1, 2, 1]), "2-D"),

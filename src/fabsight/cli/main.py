@@ -25,6 +25,11 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.synth",
     "fabsight.cli.render",
     "fabsight.cli.wafer",
+    "fabsight.cli.assist",
+    "fabsight.cli.monitor",
+    "fabsight.cli.labeling",
+    "fabsight.cli.inspect",
+    "fabsight.cli.anomaly",
     "fabsight.cli.deploy",
     "fabsight.cli.distill",
 )

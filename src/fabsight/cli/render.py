@@ -20,6 +20,9 @@ def render(
     color_by: Annotated[
         str, typer.Option("--color-by", help="auto (bins when present), state, bins or counts.")
     ] = "auto",
+    clusters: Annotated[
+        bool, typer.Option("--clusters", help="Outline spatial clusters of failing dies (fabsight.assist).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Draw wafer maps: round outline, notch, failing dies, bin colours or defect counts."""
@@ -37,12 +40,19 @@ def render(
         raise FabsightError(files[0], "no wafer maps found")
     if truncated:
         warn(f"drawing only the first {limit} maps (raise --limit to draw more)")
-    render_png(maps, png, cols=cols, color_by=color_by)  # type: ignore[arg-type]
+    labels = None
+    if clusters:
+        from fabsight.assist.clustering import cluster_dies, cluster_grid
+
+        labels = [cluster_grid(m, cluster_dies(m)) for m in maps]
+    render_png(maps, png, cols=cols, color_by=color_by, clusters=labels)  # type: ignore[arg-type]
     from PIL import Image
 
     with Image.open(png) as im:
         width, height = im.size
     result: dict[str, Any] = {"out": str(png), "maps": len(maps), "truncated": truncated, "pixels": [width, height]}
+    if labels is not None:
+        result["clusters"] = [int(g.max()) + 1 for g in labels]
 
     def human(r: dict[str, Any]) -> None:
         more = " (more were left out)" if r["truncated"] else ""

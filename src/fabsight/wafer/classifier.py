@@ -45,7 +45,7 @@ MIN_VALIDATION = 8
 _BATCH = 256
 #: Grid shapes synthetic training maps are drawn on (``fabsight wafer train --synthetic``):
 #: small to large, square and not, so the model meets every die pitch it will be fed.
-SYNTH_SHAPES: tuple[tuple[int, int], ...] = ((26, 26), (39, 39), (52, 52), (48, 64), (72, 72), (100, 100))
+SYNTH_SHAPES: tuple[tuple[int, int], ...] = ((26, 26), (39, 39), (52, 52), (48, 64), (72, 72), (100, 100), (150, 150))
 MIN_INPUT_SIZE = 32
 #: Views of each training map (as is + augmented) the OOD statistics are fitted on.
 OOD_VIEWS = 4

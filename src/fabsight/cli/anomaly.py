@@ -1,0 +1,266 @@
+"""``fabsight anomaly``: learn good surfaces, then find and outline what is not."""
+
+from __future__ import annotations
+
+import random
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.errors import FabsightError
+
+sub = typer.Typer(help="Anomaly detection and localisation from good images only (PatchCore, PaDiM, recon).",
+                  no_args_is_help=True)
+
+
+class Method(StrEnum):
+    patchcore = "patchcore"
+    padim = "padim"
+    recon = "recon"
+
+
+class ThresholdFrom(StrEnum):
+    good = "good"
+    val = "val"
+
+
+_MODEL = "Model"
+_THR = "Threshold"
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise FabsightError(None, f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _read_all(records: list[Any], description: str) -> list[Any]:
+    from fabsight.anomaly.datasets import read_image
+    from fabsight.utils.progress import track
+
+    return [read_image(r.path) for r in track(records, description)]
+
+
+@sub.command("prepare-magnetic-tile")
+def prepare_magnetic_tile(
+    src: Annotated[Path, typer.Argument(help="The magnetic-tile dataset (folders MT_<Class>/Imgs).")],
+    dst: Annotated[Path, typer.Argument(help="Where to build the MVTec layout (outside the repository).")],
+    train_fraction: Annotated[float, typer.Option(help="Share of MT_Free used for training.")] = 0.8,
+    seed: Annotated[int, typer.Option(help="Shuffle seed for the good-image split.")] = 0,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy files instead of symlinking them.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty destination.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Arrange magnetic tile as ROOT/train/good, ROOT/test/<type>, ROOT/ground_truth/<type>."""
+    from fabsight.anomaly.datasets import build_mvtec_layout_from_magnetic_tile
+
+    counts = build_mvtec_layout_from_magnetic_tile(src, dst, train_fraction, seed, copy=copy, overwrite=overwrite)
+    emit({"root": str(dst), "counts": counts}, as_json,
+         lambda r: out.print(f"{r['root']}: " + ", ".join(f"{k} {v}" for k, v in r["counts"].items())))
+
+
+@sub.command("fit")
+def fit(
+    root: Annotated[Path, typer.Argument(help="MVTec-layout dataset: ROOT/train/good (+ ROOT/test to evaluate).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
+    method: Annotated[Method, typer.Option(help="patchcore: memory bank; padim: per-position Gaussians; "
+                                                 "recon: UNet trained on synthetic defects.")] = Method.patchcore,
+    backbone: Annotated[str, typer.Option(help="Backbone for patchcore/padim: a name, timm:<model> or a "
+                                               "directory.", rich_help_panel=_MODEL)] = "efficientnet_lite0",
+    backbone_weights: Annotated[Path | None, typer.Option(help="Local weights file for the backbone.",
+                                                          rich_help_panel=_MODEL)] = None,
+    layers: Annotated[list[str] | None, typer.Option("--layers", help="Backbone layers (repeat); default: "
+                                                     "measured per backbone.", rich_help_panel=_MODEL)] = None,
+    input_size: Annotated[int, typer.Option(help="Network input side in pixels.", rich_help_panel=_MODEL)] = 256,
+    tile: Annotated[int | None, typer.Option(help="Cut images into overlapping tiles of this many pixels "
+                                                  "(keeps small defects in big images).",
+                                             rich_help_panel=_MODEL)] = None,
+    tile_overlap: Annotated[float, typer.Option(rich_help_panel=_MODEL)] = 0.25,
+    coreset_ratio: Annotated[float, typer.Option(help="patchcore: share of patches kept.",
+                                                 rich_help_panel=_MODEL)] = 0.01,
+    max_bank: Annotated[int, typer.Option(help="patchcore: memory-bank cap (patches).",
+                                          rich_help_panel=_MODEL)] = 10_000,
+    steps: Annotated[int, typer.Option(help="recon: training steps.", rich_help_panel=_MODEL)] = 1500,
+    holdout: Annotated[float, typer.Option(help="Share of train/good held out to choose the threshold.",
+                                           rich_help_panel=_THR)] = 0.2,
+    threshold_from: Annotated[ThresholdFrom, typer.Option(help="good: target false-alarm rate on held-out good "
+                                                                "images; val: best F1 on --val ROOT's test split.",
+                                                          rich_help_panel=_THR)] = ThresholdFrom.good,
+    false_alarm_rate: Annotated[float, typer.Option(help="Target share of good images flagged.",
+                                                    rich_help_panel=_THR)] = 0.01,
+    val: Annotated[Path | None, typer.Option(help="MVTec-layout root with defects for --threshold-from val.",
+                                             rich_help_panel=_THR)] = None,
+    evaluate_test: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate on ROOT/test when present "
+                                                "and store the metrics in the card.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Learn what good looks like from ROOT/train/good, choose a threshold, save a model directory."""
+    from fabsight.anomaly.datasets import load_split
+    from fabsight.anomaly.evaluate import evaluate
+    from fabsight.anomaly.persist import make_model, save_model
+
+    _set_threads(threads)
+    if not 0.0 <= holdout < 1.0:
+        raise FabsightError(None, f"--holdout must be in [0, 1), got {holdout}")
+    if threshold_from is ThresholdFrom.val and val is None:
+        raise FabsightError(None, "--threshold-from val needs --val ROOT (an MVTec-layout root with defects)")
+    if threshold_from is ThresholdFrom.good and holdout == 0.0:
+        raise FabsightError(None, "--threshold-from good needs held-out good images: use --holdout > 0")
+    train = load_split(root, "train")
+    random.Random(seed).shuffle(train)
+    n_hold = max(1, round(holdout * len(train))) if threshold_from is ThresholdFrom.good else 0
+    if n_hold >= len(train):
+        raise FabsightError(root / "train" / "good", f"only {len(train)} good images: too few to hold "
+                                                     f"{n_hold} out for the threshold")
+    fit_records, hold_records = train[n_hold:], train[:n_hold]
+    params: dict[str, Any] = {"input_size": input_size, "tile": tile, "tile_overlap": tile_overlap,
+                              "device": device, "seed": seed}
+    if method is Method.recon:
+        params["steps"] = steps
+    else:
+        params.update(backbone=backbone, backbone_weights=None if backbone_weights is None else str(backbone_weights),
+                      layers=list(layers) if layers else None)
+        if method is Method.patchcore:
+            params.update(coreset_ratio=coreset_ratio, max_bank=max_bank)
+    model = make_model(method.value, **params)
+    model.fit(_read_all(fit_records, "anomaly: reading training images"))
+    if threshold_from is ThresholdFrom.good:
+        model.calibrate_good(_read_all(hold_records, "anomaly: reading held-out good images"), false_alarm_rate)
+        chosen_on = f"{n_hold} held-out images of {root / 'train' / 'good'} (not used for fitting)"
+    else:
+        val_records = load_split(val, "test")  # type: ignore[arg-type]
+        model.calibrate_f1(_read_all(val_records, "anomaly: reading validation images"),
+                           [int(r.is_anomalous) for r in val_records])
+        chosen_on = f"{len(val_records)} images of {Path(val) / 'test'}"  # type: ignore[arg-type]
+    model.threshold_.details["chosen_on"] = chosen_on  # type: ignore[union-attr]
+    metrics: dict[str, Any] = {}
+    if evaluate_test and (root / "test").is_dir():
+        metrics = {"test": evaluate(model, load_split(root, "test")), "measured_on": str(root / "test")}
+    training = {"root": str(root), "n_held_out_for_threshold": n_hold, "seed": seed}
+    save_model(model, out_dir, training=training, metrics=metrics)
+    result = {"model": str(out_dir), "method": method.value, "n_train_images": len(fit_records),
+              "threshold": model.threshold_.to_dict(),  # type: ignore[union-attr]
+              "threshold_meaning": model.threshold_.describe(),  # type: ignore[union-attr]
+              "fit_seconds": round(model.fit_seconds_, 1), "metrics": metrics}
+    emit(result, as_json, _print_fit)
+
+
+def _print_fit(r: dict[str, Any]) -> None:
+    out.print(f"{r['model']}: {r['method']} on {r['n_train_images']} good images in {r['fit_seconds']} s",
+              markup=False)
+    out.print(f"threshold {r['threshold_meaning']}", markup=False)
+    if r["metrics"]:
+        _print_eval(r["metrics"]["test"])
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _print_eval(m: dict[str, Any]) -> None:
+    out.print(f"{m['n_images']} test images ({m['n_anomalous']} anomalous): image AUROC {_fmt(m['image_auroc'])}, "
+              f"pixel AUROC {_fmt(m['pixel_auroc'])}, AUPRO {_fmt(m['aupro'])}, F1 {_fmt(m['f1'])} at threshold "
+              f"{_fmt(m['threshold'])}, {m['ms_per_image']:.1f} ms/image", markup=False)
+
+
+@sub.command("eval")
+def eval_(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory written by 'fabsight anomaly fit'.")],
+    root: Annotated[Path, typer.Argument(help="MVTec-layout dataset whose test split is measured.")],
+    threshold: Annotated[float | None, typer.Option(help="Use this threshold instead of the card's.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Image AUROC, pixel AUROC, AUPRO, F1 at the threshold, ms/image and peak memory on ROOT/test."""
+    from fabsight.anomaly.datasets import load_split
+    from fabsight.anomaly.evaluate import evaluate
+    from fabsight.anomaly.persist import load_model
+
+    _set_threads(threads)
+    model, _ = load_model(model_dir, device=device)
+    records = load_split(root, "test")
+    emit(evaluate(model, records, threshold=threshold), as_json, _print_eval)
+
+
+def _expand(inputs: list[Path]) -> list[Path]:
+    from fabsight.anomaly.datasets import list_images
+
+    files: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise FabsightError(p, "folder holds no images")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FabsightError(p, "no such image or folder")
+    return files
+
+
+@sub.command("predict")
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory written by 'fabsight anomaly fit'.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for heat maps, masks and predictions.json.")],
+    threshold: Annotated[float | None, typer.Option(help="Override the card's threshold.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score images; write <stem>_heatmap.png and <stem>_mask.png per image and predictions.json."""
+    from fabsight.anomaly.datasets import read_image
+    from fabsight.anomaly.persist import load_model
+    from fabsight.anomaly.render import write_heatmap, write_mask
+    from fabsight.utils.atomic import write_json
+    from fabsight.utils.progress import track
+
+    _set_threads(threads)
+    model, _ = load_model(model_dir, device=device)
+    t = model.resolve_threshold(threshold)
+    files = _expand(images)
+    stems = [f.stem for f in files]
+    if len(set(stems)) != len(stems):
+        warn("several inputs share a file name; outputs are numbered to keep them apart")
+        stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
+    results = []
+    start = time.perf_counter()
+    gen = model.iter_maps(read_image(f) for f in track(files, "anomaly: predicting"))
+    for f, stem, (score, amap) in zip(files, stems, gen, strict=True):
+        anomalous = score >= t
+        mask = (amap >= t) & anomalous
+        heat, mpath = out_dir / f"{stem}_heatmap.png", out_dir / f"{stem}_mask.png"
+        write_heatmap(heat, amap, t, read_image(f))
+        write_mask(mpath, mask)
+        results.append({"image": str(f), "score": score, "anomalous": bool(anomalous),
+                        "defect_pixels": int(mask.sum()), "heatmap": str(heat), "mask": str(mpath)})
+    summary = {"model": str(model_dir), "threshold": t,
+               "threshold_source": "--threshold" if threshold is not None else "model card",
+               "n_images": len(results), "n_anomalous": sum(r["anomalous"] for r in results),
+               "seconds": round(time.perf_counter() - start, 2), "predictions": results}
+    write_json(out_dir / "predictions.json", summary)
+    emit(summary, as_json, _print_predict)
+
+
+def _print_predict(s: dict[str, Any]) -> None:
+    for r in s["predictions"]:
+        flag = "ANOMALOUS" if r["anomalous"] else "good"
+        out.print(f"{r['image']}: {flag} (score {r['score']:.4g}, {r['defect_pixels']} px)", markup=False)
+    out.print(f"{s['n_anomalous']}/{s['n_images']} anomalous at threshold {s['threshold']:.4g} "
+              f"({s['threshold_source']})", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sub, name="anomaly")

@@ -1,0 +1,196 @@
+"""``fabsight explain``, ``ask``, ``compare`` and ``export-sft``: grounded explanations, Q&A,
+golden-reference comparison and VLM fine-tuning data for wafer maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.errors import FabsightError
+
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option("--model", help="Wafer classifier directory (fabsight wafer train); names the pattern."),
+]
+KbOpt = Annotated[Path | None, typer.Option("--kb", help="Root-cause knowledge base YAML replacing the shipped one.")]
+_VLM_PANEL = "Vision-language model"
+VlmOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vlm",
+        help="OpenAI-compatible endpoint, e.g. http://host:8000/v1 (asked beside the offline answer).",
+        rich_help_panel=_VLM_PANEL,
+    ),
+]
+VlmModelOpt = Annotated[
+    str | None, typer.Option("--vlm-model", help="Model name at that endpoint.", rich_help_panel=_VLM_PANEL)
+]
+VlmTimeoutOpt = Annotated[
+    float, typer.Option("--vlm-timeout", min=0.1, help="Seconds to wait for the VLM.", rich_help_panel=_VLM_PANEL)
+]
+
+
+def _load_maps(inputs: list[str]) -> list[Any]:
+    """All maps of the inputs; wafers without an id are numbered from 1 so answers can name them."""
+    from fabsight.io import iter_maps
+    from fabsight.utils.progress import track
+
+    maps = list(track(iter_maps(inputs), "reading wafer maps"))
+    if not maps:
+        raise FabsightError(inputs[0], "no wafer maps found")
+    for i, m in enumerate(maps):
+        if not str(m.wafer_id):
+            m.wafer_id = str(i + 1)
+    return maps
+
+
+def _predict(model: Path | None, maps: list[Any]) -> list[dict[str, Any]] | None:
+    if model is None:
+        return None
+    from fabsight.wafer import load_model
+
+    return load_model(model).predict_details(maps)
+
+
+def _vlm(url: str | None, name: str | None, timeout: float) -> Any:
+    from fabsight.assist.vlm import VLMConfig
+
+    if url is None:
+        if name is not None:
+            raise FabsightError("--vlm-model", "given without --vlm URL")
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise FabsightError("--vlm", f"{url!r} is not an http(s) URL")
+    if not name:
+        raise FabsightError("--vlm", "needs --vlm-model NAME (the model served at that endpoint)")
+    return VLMConfig(url, name, timeout)
+
+
+def _say(text: str) -> None:
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def explain_cmd(
+    inputs: Annotated[list[str], typer.Argument(help="Wafer data: KLARF, STDF, G85, LSWMD, npz, folders, globs.")],
+    model: ModelOpt = None,
+    kb: KbOpt = None,
+    vlm: VlmOpt = None,
+    vlm_model: VlmModelOpt = None,
+    vlm_timeout: VlmTimeoutOpt = 60.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Explain each wafer from measured facts: pattern, location, extent, yield, severity, root causes."""
+    from fabsight.assist.explain import explain_maps
+    from fabsight.assist.knowledge import load_kb
+    from fabsight.assist.vlm import ask_or_fallback, png_bytes
+
+    config = _vlm(vlm, vlm_model, vlm_timeout)
+    knowledge = load_kb(kb)
+    maps = _load_maps(inputs)
+    explanations = explain_maps(maps, knowledge, _predict(model, maps))
+    if config is not None:
+        question = "Explain this wafer map: the defect pattern, where it is, how large, and likely root causes."
+        for m, e in zip(maps, explanations, strict=True):
+            e.vlm = ask_or_fallback(config, png_bytes(m), question, e.facts.to_dict(), warn)
+
+    def human(result: list[dict[str, Any]]) -> None:
+        for r in result:
+            _say(f"wafer {r['wafer_id']}" + (f" (lot {r['lot_id']})" if r["lot_id"] else ""))
+            _say(f"  {r['explanation']}")
+            for label, causes in r["root_causes"].items():
+                for c in causes:
+                    _say(f"  - {label}: {c['cause']}. Check: {', '.join(c['process_steps'])}. Why: {c['reasoning']}")
+            if r.get("vlm", {}).get("answer"):
+                _say(f"  VLM ({r['vlm']['model']}): {r['vlm']['answer']}")
+
+    emit([e.to_dict() for e in explanations], as_json, human)
+
+
+def ask_cmd(
+    input: Annotated[str, typer.Argument(help="One wafer or a lot: any readable file, folder or glob.")],
+    question: Annotated[str, typer.Argument(help="The question, e.g. \"which wafers show edge-ring?\".")],
+    model: ModelOpt = None,
+    kb: KbOpt = None,
+    vlm: VlmOpt = None,
+    vlm_model: VlmModelOpt = None,
+    vlm_timeout: VlmTimeoutOpt = 60.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question about a wafer or lot offline, from measured facts (refuses what the data cannot answer)."""
+    from fabsight.assist.facts import wafer_facts
+    from fabsight.assist.knowledge import load_kb
+    from fabsight.assist.qa import Lot, ask
+    from fabsight.assist.vlm import ask_or_fallback, png_bytes
+    from fabsight.utils.progress import track
+
+    if not question.strip():
+        raise FabsightError(None, "the question is empty")
+    config = _vlm(vlm, vlm_model, vlm_timeout)
+    knowledge = load_kb(kb)
+    maps = _load_maps([input])
+    preds = _predict(model, maps) or [None] * len(maps)
+    facts = [wafer_facts(m, p) for m, p in track(list(zip(maps, preds, strict=True)), "measuring")]
+    answer = ask(question, Lot(facts, knowledge))
+    if config is not None and answer.answered:
+        chosen = [m for m in maps if answer.slots.get("wafer") in (None, m.wafer_id)]
+        facts_json = [f.to_dict() for f in facts if answer.slots.get("wafer") in (None, f.wafer_id)]
+        answer.vlm = ask_or_fallback(config, png_bytes(chosen[:25]), question, facts_json[:25], warn)
+
+    def human(r: dict[str, Any]) -> None:
+        _say(r["answer"])
+        if r.get("vlm", {}).get("answer"):
+            _say(f"VLM ({r['vlm']['model']}): {r['vlm']['answer']}")
+
+    emit(answer.to_dict(), as_json, human)
+
+
+def compare_cmd(
+    inputs: Annotated[list[str], typer.Argument(help="Wafers to check (any readable format).")],
+    golden: Annotated[
+        list[str], typer.Option("--golden", help="Golden map, or good wafers / a previous lot for a baseline.")
+    ],
+    model: ModelOpt = None,
+    vlm: VlmOpt = None,
+    vlm_model: VlmModelOpt = None,
+    vlm_timeout: VlmTimeoutOpt = 60.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare wafers with a golden reference: differing dies and regions, significance, new pattern."""
+    from fabsight.assist.compare import build_baseline, compare_map, difference_map
+    from fabsight.assist.vlm import ask_or_fallback, png_bytes
+    from fabsight.io import iter_maps
+    from fabsight.utils.progress import track
+
+    config = _vlm(vlm, vlm_model, vlm_timeout)
+    reference = list(iter_maps(golden))
+    baseline = build_baseline(reference, source=", ".join(golden))
+    maps = _load_maps(inputs)
+    diffs = [difference_map(m, baseline) for m in maps]
+    preds = _predict(model, diffs) or [None] * len(maps)
+    results = [compare_map(m, baseline, difference_prediction=p)
+               for m, p in track(list(zip(maps, preds, strict=True)), "comparing")]
+    if config is not None:
+        single = len(reference) == 1
+        question = ("The left map is the wafer under test, the right one the golden reference. " if single else
+                    f"The map is the wafer under test; the facts compare it with a baseline of {len(reference)} "
+                    "wafers. ") + "What differs, and what new defect pattern (if any) appeared?"
+        for m, r in zip(maps, results, strict=True):
+            pictures = [m, reference[0]] if single else [m]
+            r.vlm = ask_or_fallback(config, png_bytes(pictures), question, r.to_dict(), warn)
+
+    def human(rs: list[dict[str, Any]]) -> None:
+        for r in rs:
+            _say(r["summary"])
+            if r.get("vlm", {}).get("answer"):
+                _say(f"  VLM ({r['vlm']['model']}): {r['vlm']['answer']}")
+
+    emit([r.to_dict() for r in results], as_json, human)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("explain")(explain_cmd)
+    app.command("ask")(ask_cmd)
+    app.command("compare")(compare_cmd)
