@@ -32,6 +32,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.anomaly",
     "fabsight.cli.die",
     "fabsight.cli.serve",
+    "fabsight.cli.deploy",
+    "fabsight.cli.distill",
 )
 _COMMAND_MODULES: tuple[str, ...] = ("fabsight.cli.inspect",)
 
