@@ -74,6 +74,7 @@ class MonitorResult:
             "wafers": len(ws),
             "dies": dies,
             "fail_fraction": fails / dies if dies else None,
+            "yield": 1 - fails / dies if dies else None,  # die yield of the lot
         }
         if self.features.predicted is not None:
             mix = [self.features.predicted[i] for i in lot.wafers]
