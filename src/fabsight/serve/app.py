@@ -99,3 +99,16 @@ def create_app(
         return Health(status="ok", store=shown, wafer_model=svc.model_name, classes=svc.classes, counts=n)
 
     return app
+
+
+def run(app: FastAPI, host: str, port: int, *, log_level: str = "info") -> None:
+    """Serve ``app`` with uvicorn until Ctrl-C, every log line (access log included) on stderr,
+    so stdout carries only what the CLI prints (its ``--json`` output)."""
+    import copy
+
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=config)
