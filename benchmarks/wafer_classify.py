@@ -83,20 +83,27 @@ def _raw_probs(clf: WaferClassifier, calibrated: np.ndarray) -> np.ndarray:
 
 
 def synthetic_section(args: argparse.Namespace) -> tuple[dict[str, Any], WaferClassifier]:
-    t0 = time.time()
-    train = generate_dataset(args.per_class, shapes=SYNTH_SHAPES, seed=0)
-    log(f"generated {len(train)} training maps in {time.time() - t0:.0f}s; training")
-    t0 = time.time()
-    clf = WaferClassifier(epochs=args.epochs, n_threads=args.train_threads, random_state=0)
-    clf.fit(
-        train, data=f"fabsight.synth: {args.per_class} maps/class x 9 WM-811K classes, seed 0, grids {SYNTH_SHAPES}"
-    )
-    train_s = time.time() - t0
-    clf.save(args.model_out)
-    log(f"trained in {train_s:.0f}s -> {args.model_out}")
+    if args.reuse:
+        clf = load_model(args.model_out)
+        train_info: dict[str, Any] = {"reused": str(args.model_out), **clf.training_}
+    else:
+        train = generate_dataset(args.per_class, shapes=SYNTH_SHAPES, seed=0)
+        log(f"training on {len(train)} maps")
+        t0 = time.time()
+        clf = WaferClassifier(epochs=args.epochs, n_threads=args.train_threads, random_state=0)
+        desc = f"fabsight.synth: {args.per_class} maps/class x 9 WM-811K classes, seed 0, grids {SYNTH_SHAPES}"
+        clf.fit(train, data=desc)
+        clf.save(args.model_out)
+        train_info = {
+            "maps": len(train),
+            "epochs": args.epochs,
+            "seconds": time.time() - t0,
+            "threads": args.train_threads,
+        }
+        log(f"trained in {train_info['seconds']:.0f}s -> {args.model_out}")
     clf.n_threads = args.threads
     out: dict[str, Any] = {
-        "train": {"maps": len(train), "epochs": args.epochs, "seconds": train_s, "threads": args.train_threads},
+        "train": train_info,
         "validation": clf.metrics_["validation"],
         "test": {},
     }
@@ -192,7 +199,7 @@ def fewshot_section(args: argparse.Namespace, base: WaferClassifier) -> dict[str
         "synthetic_model_as_is": {"macro_f1": as_is["macro_f1"], "accuracy": as_is["accuracy"]},
         "budgets": {},
     }
-    methods = ("prototype", "probe", "finetune", "scratch")
+    methods = args.methods
     for k in args.budgets:
         scores: dict[str, list[float]] = {m: [] for m in methods}
         for r in range(args.repeats):
@@ -331,22 +338,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fewshot-test-per-class", type=int, default=40)
     ap.add_argument("--fewshot-epochs", type=int, default=8)
+    ap.add_argument("--methods", nargs="+", default=["prototype", "probe", "finetune", "scratch"])
     ap.add_argument("--train-threads", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="threads for inference and the speed section")
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--model-out", type=Path, default=Path("/tmp/fabsight-models/wafer-synth"))
     ap.add_argument("--mixed-model-out", type=Path, default=Path("/tmp/fabsight-models/wafer-mixed"))
-    ap.add_argument("--reuse", action="store_true", help="load --model-out instead of training it")
+    ap.add_argument("--reuse", action="store_true", help="synthetic section: evaluate --model-out, do not train")
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     result: dict[str, Any] = {"benchmark": "wafer_classify", "args": {k: str(v) for k, v in vars(args).items()}}
     t_start = time.time()
-    if args.reuse:
+    clf = None
+    if "synthetic" in sections:
+        result["synthetic"], clf = synthetic_section(args)
+    elif sections & {"ood", "fewshot", "speed", "real"}:
         clf = load_model(args.model_out)
         clf.n_threads = args.threads
-    else:
-        result["synthetic"], clf = synthetic_section(args)
     if "ood" in sections:
         result["ood"] = ood_section(clf)
     if "fewshot" in sections:

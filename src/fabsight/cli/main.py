@@ -30,8 +30,12 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.labeling",
     "fabsight.cli.inspect",
     "fabsight.cli.anomaly",
+    "fabsight.cli.die",
     "fabsight.cli.serve",
+    "fabsight.cli.deploy",
+    "fabsight.cli.distill",
 )
+_COMMAND_MODULES: tuple[str, ...] = ("fabsight.cli.inspect",)
 
 
 def _version(value: bool) -> None:

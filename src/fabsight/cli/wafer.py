@@ -41,11 +41,16 @@ def _train(
     multilabel: bool | None,
     seed: int,
     threads: int,
+    arch: str = "compact",
 ) -> dict[str, Any]:
     from fabsight.synth import MIXED_COMBINATIONS, generate_dataset
     from fabsight.types import WM811K_CLASSES
     from fabsight.wafer import WaferClassifier, load_model
     from fabsight.wafer.classifier import SYNTH_SHAPES, label_tuple
+    from fabsight.wafer.net import ARCHITECTURES
+
+    if arch not in ARCHITECTURES:
+        raise FabsightError(None, f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
 
     if data is None and synthetic <= 0:
         raise FabsightError(None, "give training DATA, --synthetic N, or both")
@@ -76,9 +81,12 @@ def _train(
             raise FabsightError(data, "--synthetic: none of the data's classes is a pattern the generator knows")
         maps = maps + generate_dataset(synthetic, shapes=SYNTH_SHAPES, classes=classes, mixed=multilabel, seed=seed)
         described.append(f"{synthetic} synthetic maps per class x {len(classes)} classes (fabsight.synth, seed {seed})")
+    widths, embed_dim = ARCHITECTURES[arch]
     clf = WaferClassifier(
         input_size=input_size or 64,
         multilabel=multilabel,
+        widths=widths,
+        embed_dim=embed_dim,
         epochs=epochs,
         init=init,
         head=head,
@@ -154,11 +162,14 @@ def register(app: typer.Typer) -> None:
         ] = None,
         seed: int = 0,
         threads: ThreadsOpt = 2,
+        arch: Annotated[
+            str, typer.Option(help="Network size: compact (default), wide (distillation teacher), small, tiny.")
+        ] = "compact",
         as_json: JsonOpt = False,
     ) -> None:
         """Train (or fine-tune) a wafer-pattern classifier and write a model directory."""
         emit(
-            _train(data, out_dir, synthetic, epochs, input_size, init, head, multilabel, seed, threads),
+            _train(data, out_dir, synthetic, epochs, input_size, init, head, multilabel, seed, threads, arch),
             as_json,
             _print_training,
         )
