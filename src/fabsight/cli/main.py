@@ -35,7 +35,6 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.deploy",
     "fabsight.cli.distill",
 )
-_COMMAND_MODULES: tuple[str, ...] = ("fabsight.cli.inspect",)
 
 
 def _version(value: bool) -> None:
