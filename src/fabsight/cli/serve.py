@@ -15,7 +15,7 @@ DEFAULT_DB = "fabsight-store/store.sqlite"
 def serve(
     db: Annotated[str, typer.Option("--db", help="SQLite file, or a postgresql://… URL.")] = DEFAULT_DB,
     models: Annotated[
-        Path | None, typer.Option("--models", help="Folder with the wafer-pattern model (itself or a sub-folder).")
+        Path | None, typer.Option("--models", help="Wafer-pattern and/or anomaly model folder(s).")
     ] = None,
     files: Annotated[
         Path | None, typer.Option("--files", help="Where uploaded files are kept (default: beside the SQLite file).")
