@@ -20,14 +20,37 @@ if TYPE_CHECKING:
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch.")]
 
 
+#: Maps read and classified at a time by ``predict``: bounds memory on an 811k-row LSWMD.
+PREDICT_CHUNK = 4096
+
+
 def _read_labelled(path: Path) -> tuple[list[WaferMap], int, str]:
-    """Labelled maps of ``path``, how many unlabelled ones were skipped, and the format."""
+    """Labelled maps of ``path``, how many unlabelled ones were skipped, and the format.
+
+    Reader warnings (an empty class folder) become one ``warning:`` line each.
+    """
+    import warnings
+
     from fabsight.io import detect_format, read_maps
 
     fmt = detect_format(path)
-    maps = read_maps(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        maps = read_maps(path)
+    for w in caught:
+        warn(str(w.message))
     labelled = [m for m in maps if m.labels]
     return labelled, len(maps) - len(labelled), fmt
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 4 or min(widths) < 1:
+        raise FabsightError(None, f"--widths must be four positive integers like 16,32,64,128, got {text!r}")
+    return widths
 
 
 def _train(
@@ -36,6 +59,7 @@ def _train(
     synthetic: int,
     epochs: int,
     input_size: int | None,
+    widths: tuple[int, ...],
     init: Path | None,
     head: str,
     multilabel: bool | None,
@@ -78,6 +102,7 @@ def _train(
         described.append(f"{synthetic} synthetic maps per class x {len(classes)} classes (fabsight.synth, seed {seed})")
     clf = WaferClassifier(
         input_size=input_size or 64,
+        widths=widths,
         multilabel=multilabel,
         epochs=epochs,
         init=init,
@@ -147,6 +172,9 @@ def register(app: typer.Typer) -> None:
         synthetic: Annotated[int, typer.Option(min=0, help="Add N generated maps per class.")] = 0,
         epochs: Annotated[int, typer.Option(min=1)] = 15,
         input_size: Annotated[int | None, typer.Option(help="Model input side (default 64, or --init's).")] = None,
+        widths: Annotated[
+            str, typer.Option(help="Channels of the 4 conv stages; 32,64,128,256 suits mixed-type.")
+        ] = "16,32,64,128",
         init: Annotated[Path | None, typer.Option(help="Start from this model (few-shot / new fab).")] = None,
         head: Annotated[str, typer.Option(help="With --init: auto, finetune, probe or prototype.")] = "auto",
         multilabel: Annotated[
@@ -157,11 +185,9 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Train (or fine-tune) a wafer-pattern classifier and write a model directory."""
-        emit(
-            _train(data, out_dir, synthetic, epochs, input_size, init, head, multilabel, seed, threads),
-            as_json,
-            _print_training,
-        )
+        stages = _widths(widths)
+        result = _train(data, out_dir, synthetic, epochs, input_size, stages, init, head, multilabel, seed, threads)
+        emit(result, as_json, _print_training)
 
     @wafer.command("eval")
     def evaluate_cmd(
@@ -190,18 +216,22 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Classify every wafer in the inputs; uncertain or unusual ones are marked for review."""
+        from itertools import islice
+
         from fabsight.io import iter_maps
         from fabsight.wafer import load_model
 
         clf = load_model(model_dir)
         clf.n_threads = threads
-        maps = list(iter_maps(inputs))
-        if not maps:
+        rows = []
+        stream = iter_maps(inputs)
+        while maps := list(islice(stream, PREDICT_CHUNK)):
+            rows += [
+                {"source": m.source, "lot_id": m.lot_id, "wafer_id": m.wafer_id, "shape": list(m.shape), **d}
+                for m, d in zip(maps, clf.predict_details(maps), strict=True)
+            ]
+        if not rows:
             raise FabsightError(None, "the inputs hold no wafer maps")
-        rows = [
-            {"source": m.source, "lot_id": m.lot_id, "wafer_id": m.wafer_id, "shape": list(m.shape), **d}
-            for m, d in zip(maps, clf.predict_details(maps), strict=True)
-        ]
         emit(rows, as_json, _print_predictions)
 
     app.add_typer(wafer, name="wafer")
