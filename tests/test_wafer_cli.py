@@ -100,8 +100,8 @@ def test_user_mistakes_exit_2_with_one_line(folders, tmp_path) -> None:
     assert code == 2 and "label 'Donut' is not a class of the model" in err
     code, _, err = run("wafer", "train", train, "--out", tmp_path / "m", "--head", "probe", *FAST)
     assert code == 2 and "needs init" in err
-    code, _, err = run("wafer", "train", train, "--out", tmp_path / "m", "--widths", "8,16")
-    assert code == 2 and "--widths must be four positive integers" in err
+    code, _, err = run("wafer", "train", train, "--out", tmp_path / "m", "--arch", "huge")
+    assert code == 2 and "--arch must be one of" in err
     assert not (tmp_path / "m").exists()  # nothing half-written
 
 

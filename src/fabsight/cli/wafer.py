@@ -43,33 +43,27 @@ def _read_labelled(path: Path) -> tuple[list[WaferMap], int, str]:
     return labelled, len(maps) - len(labelled), fmt
 
 
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        widths = ()
-    if len(widths) != 4 or min(widths) < 1:
-        raise FabsightError(None, f"--widths must be four positive integers like 16,32,64,128, got {text!r}")
-    return widths
-
-
 def _train(
     data: Path | None,
     out_dir: Path,
     synthetic: int,
     epochs: int,
     input_size: int | None,
-    widths: tuple[int, ...],
     init: Path | None,
     head: str,
     multilabel: bool | None,
     seed: int,
     threads: int,
+    arch: str = "compact",
 ) -> dict[str, Any]:
     from fabsight.synth import MIXED_COMBINATIONS, generate_dataset
     from fabsight.types import WM811K_CLASSES
     from fabsight.wafer import WaferClassifier, load_model
     from fabsight.wafer.classifier import SYNTH_SHAPES, label_tuple
+    from fabsight.wafer.net import ARCHITECTURES
+
+    if arch not in ARCHITECTURES:
+        raise FabsightError(None, f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
 
     if data is None and synthetic <= 0:
         raise FabsightError(None, "give training DATA, --synthetic N, or both")
@@ -100,10 +94,12 @@ def _train(
             raise FabsightError(data, "--synthetic: none of the data's classes is a pattern the generator knows")
         maps = maps + generate_dataset(synthetic, shapes=SYNTH_SHAPES, classes=classes, mixed=multilabel, seed=seed)
         described.append(f"{synthetic} synthetic maps per class x {len(classes)} classes (fabsight.synth, seed {seed})")
+    widths, embed_dim = ARCHITECTURES[arch]
     clf = WaferClassifier(
         input_size=input_size or 64,
-        widths=widths,
         multilabel=multilabel,
+        widths=widths,
+        embed_dim=embed_dim,
         epochs=epochs,
         init=init,
         head=head,
@@ -172,9 +168,6 @@ def register(app: typer.Typer) -> None:
         synthetic: Annotated[int, typer.Option(min=0, help="Add N generated maps per class.")] = 0,
         epochs: Annotated[int, typer.Option(min=1)] = 15,
         input_size: Annotated[int | None, typer.Option(help="Model input side (default 64, or --init's).")] = None,
-        widths: Annotated[
-            str, typer.Option(help="Channels of the 4 conv stages; 32,64,128,256 suits mixed-type.")
-        ] = "16,32,64,128",
         init: Annotated[Path | None, typer.Option(help="Start from this model (few-shot / new fab).")] = None,
         head: Annotated[str, typer.Option(help="With --init: auto, finetune, probe or prototype.")] = "auto",
         multilabel: Annotated[
@@ -182,12 +175,18 @@ def register(app: typer.Typer) -> None:
         ] = None,
         seed: int = 0,
         threads: ThreadsOpt = 2,
+        arch: Annotated[
+            str,
+            typer.Option(help="Network size: compact (default), medium (mixed-type), wide (teacher), small, tiny."),
+        ] = "compact",
         as_json: JsonOpt = False,
     ) -> None:
         """Train (or fine-tune) a wafer-pattern classifier and write a model directory."""
-        stages = _widths(widths)
-        result = _train(data, out_dir, synthetic, epochs, input_size, stages, init, head, multilabel, seed, threads)
-        emit(result, as_json, _print_training)
+        emit(
+            _train(data, out_dir, synthetic, epochs, input_size, init, head, multilabel, seed, threads, arch),
+            as_json,
+            _print_training,
+        )
 
     @wafer.command("eval")
     def evaluate_cmd(

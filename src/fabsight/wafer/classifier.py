@@ -479,21 +479,30 @@ class WaferClassifier(BaseEstimator):
         for s in range(0, len(maps), _BATCH):
             yield maps_to_array(maps[s : s + _BATCH], self.input_size_)
 
-    def _outputs(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated probabilities and embeddings, converting maps batch by batch."""
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embeddings of one preprocessed batch.
+
+        The only step that needs the network: the ONNX Runtime predictor
+        (:mod:`fabsight.deploy.runtime`) overrides it and inherits everything else.
+        """
         import torch
 
+        torch.set_num_threads(self.n_threads)
+        self.net_.eval()
+        with torch.inference_mode():
+            z = self.net_.embed(torch.from_numpy(x))
+            return self.net_.classify(z).numpy(), z.numpy()
+
+    def _outputs(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities and embeddings, converting maps batch by batch."""
         check_is_fitted(self)
         if len(maps) == 0:
             raise FabsightError(None, "no wafer maps given")
-        torch.set_num_threads(self.n_threads)
-        self.net_.eval()
         logits, embeddings = [], []
-        with torch.inference_mode():
-            for x in track(self._chunks(maps), "classifying wafer maps", total=math.ceil(len(maps) / _BATCH)):
-                z = self.net_.embed(torch.from_numpy(x))
-                embeddings.append(z.numpy())
-                logits.append(self.net_.classify(z).numpy())
+        for x in track(self._chunks(maps), "classifying wafer maps", total=math.ceil(len(maps) / _BATCH)):
+            batch_logits, batch_embeddings = self._forward(x)
+            logits.append(batch_logits)
+            embeddings.append(batch_embeddings)
         probs = cal.probabilities(np.concatenate(logits), self.temperature_, self.multilabel)
         return probs, np.concatenate(embeddings)
 
@@ -589,6 +598,42 @@ class WaferClassifier(BaseEstimator):
         return Path(model_dir)
 
 
+def restore_fitted(
+    clf: WaferClassifier, model_dir: str | os.PathLike[str], card: ModelCard, ood: tuple[np.ndarray, np.ndarray]
+) -> WaferClassifier:
+    """Set everything but the network that a model card (and the OOD statistics) describe.
+
+    Shared by :func:`load_model` and the ONNX Runtime predictor, so both read a card the
+    same way; ``clf`` is built with :func:`card_params`.
+    """
+    extra = card.extra
+    try:
+        clf.multilabel = bool(extra["multilabel"])
+        clf.classes_ = list(card.classes)
+        clf.input_size_ = int(card.input["size"])
+        clf.temperature_ = float(extra["temperature"])
+        clf.review_threshold_ = float(extra["review_threshold"])
+        clf.label_thresholds_ = np.asarray(extra["label_thresholds"], dtype=np.float64)
+        clf.ood_ = cal.MahalanobisOOD(ood[0], ood[1], float(extra["ood"]["threshold"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(model_dir, f"model card is incomplete or malformed ({exc!r})") from None
+    clf.head_ = extra.get("head", "scratch")
+    clf.metrics_ = card.metrics
+    clf.training_ = card.training
+    return clf
+
+
+def card_params(model_dir: str | os.PathLike[str], card: ModelCard) -> dict[str, Any]:
+    """The estimator hyper-parameters recorded in a card (unknown ones dropped)."""
+    try:
+        hyper = dict(card.extra["hyperparameters"])
+        hyper["widths"] = tuple(hyper.get("widths", (card.backbone or {})["widths"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(model_dir, f"model card is incomplete or malformed ({exc!r})") from None
+    known = WaferClassifier().get_params()
+    return {k: v for k, v in hyper.items() if k in known}
+
+
 def load_model(model_dir: str | os.PathLike[str]) -> WaferClassifier:
     """Load a model written by :meth:`WaferClassifier.save`; any mismatch is a ``ModelError``."""
     from safetensors import SafetensorError
@@ -600,11 +645,6 @@ def load_model(model_dir: str | os.PathLike[str]) -> WaferClassifier:
     try:
         cfg = card.backbone or {}
         net = WaferNet(int(cfg["n_outputs"]), tuple(cfg["widths"]), int(cfg["embed_dim"]), bool(cfg["cosine_head"]))
-        size = int(card.input["size"])
-        extra = card.extra
-        multilabel = bool(extra["multilabel"])
-        hyper = dict(extra["hyperparameters"])
-        ood = extra["ood"]
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(model_dir, f"model card is incomplete or malformed ({exc!r})") from None
     if cfg["n_outputs"] != len(card.classes):
@@ -624,20 +664,6 @@ def load_model(model_dir: str | os.PathLike[str]) -> WaferClassifier:
     if "ood.means" not in tensors or "ood.precision" not in tensors:
         raise ModelError(path, "weights file lacks the OOD statistics (ood.means, ood.precision)")
     net.eval()
-    hyper["widths"] = tuple(hyper.get("widths", cfg["widths"]))
-    known = WaferClassifier().get_params()
-    clf = WaferClassifier(**{k: v for k, v in hyper.items() if k in known})
-    clf.multilabel = multilabel
-    clf.classes_ = list(card.classes)
-    clf.input_size_ = size
+    clf = WaferClassifier(**card_params(model_dir, card))
     clf.net_ = net
-    clf.temperature_ = float(extra["temperature"])
-    clf.review_threshold_ = float(extra["review_threshold"])
-    clf.label_thresholds_ = np.asarray(extra["label_thresholds"], dtype=np.float64)
-    clf.ood_ = cal.MahalanobisOOD(
-        tensors["ood.means"].numpy(), tensors["ood.precision"].numpy(), float(ood["threshold"])
-    )
-    clf.head_ = extra.get("head", "scratch")
-    clf.metrics_ = card.metrics
-    clf.training_ = card.training
-    return clf
+    return restore_fitted(clf, model_dir, card, (tensors["ood.means"].numpy(), tensors["ood.precision"].numpy()))

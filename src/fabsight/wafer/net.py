@@ -18,6 +18,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+#: Sizes of the one network family: ``(widths, embed_dim)``. ``compact`` is the default
+#: classifier; ``medium`` (0.46 M parameters) the mixed-type model of docs/benchmarks.md;
+#: ``wide`` is the distillation teacher (~9x the parameters, ~8x the multiply-adds of
+#: ``compact``); ``small`` and ``tiny`` are students at least 10x smaller than ``wide`` in
+#: both (see :func:`n_flops` and docs/benchmarks.md).
+ARCHITECTURES: dict[str, tuple[tuple[int, ...], int]] = {
+    "tiny": ((8, 16, 32, 64), 64),
+    "small": ((12, 24, 48, 96), 96),
+    "compact": ((16, 32, 64, 128), 128),
+    "medium": ((32, 64, 128, 256), 128),
+    "wide": ((48, 96, 192, 384), 384),
+}
+
 
 class WaferNet(nn.Module):
     """Conv feature extractor → embedding (the penultimate layer) → linear head.
@@ -73,6 +86,23 @@ class WaferNet(nn.Module):
 
 def n_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+def n_flops(net: WaferNet, input_size: int) -> int:
+    """Floating-point operations of one forward pass on one map (a multiply-add counts 2).
+
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix
+    products; pooling, batch-norm and activations are memory-bound and not counted).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = net.training
+    net.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(torch.zeros(1, 3, input_size, input_size))
+    net.train(was_training)
+    return int(counter.get_total_flops())
 
 
 def augment(

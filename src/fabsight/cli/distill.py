@@ -1,0 +1,112 @@
+"""``fabsight distill TEACHER --unlabeled DATA --out STUDENT``: a ≥10× smaller model, no labels.
+
+A thin layer over :class:`fabsight.distill.WaferDistiller`: read unlabelled maps from any
+format :mod:`fabsight.io` knows (labels they carry are ignored), optionally add generated
+maps, distil, save the student as an ordinary wafer-pattern model directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fabsight.cli.common import JsonOpt, emit, out
+from fabsight.errors import FabsightError
+
+
+def _distill(
+    teacher_dir: Path,
+    unlabeled: list[Path],
+    out_dir: Path,
+    size: str,
+    synthetic: int,
+    epochs: int,
+    temperature: float,
+    holdout: Path | None,
+    seed: int,
+    threads: int,
+) -> dict[str, Any]:
+    from fabsight.distill import STUDENT_SIZES, WaferDistiller
+    from fabsight.io import iter_maps, read_maps
+    from fabsight.wafer import load_model
+
+    if size not in STUDENT_SIZES:
+        raise FabsightError(None, f"--size must be one of {', '.join(STUDENT_SIZES)}, got {size!r}")
+    if not unlabeled and synthetic <= 0:
+        raise FabsightError(None, "give unlabelled maps (--unlabeled DATA), --synthetic N, or both")
+    teacher = load_model(teacher_dir)
+    maps = list(iter_maps(unlabeled)) if unlabeled else []
+    described = [f"{p} (unlabelled use)" for p in unlabeled]
+    if unlabeled and not maps:
+        raise FabsightError(unlabeled[0], "holds no wafer maps")
+    if synthetic > 0:
+        from fabsight.synth import MIXED_COMBINATIONS, generate_dataset
+        from fabsight.types import WM811K_CLASSES
+        from fabsight.wafer.classifier import SYNTH_SHAPES, label_tuple
+
+        known = set(teacher.classes_) | ({"none"} if teacher.multilabel else set())
+        pool = MIXED_COMBINATIONS if teacher.multilabel else WM811K_CLASSES
+        classes = [c for c in pool if set(label_tuple(c)) <= known] or list(pool)
+        maps += generate_dataset(synthetic, shapes=SYNTH_SHAPES, classes=classes, mixed=teacher.multilabel, seed=seed)
+        described.append(f"{synthetic} synthetic maps x {len(classes)} patterns (labels ignored, seed {seed})")
+    held = read_maps(holdout) if holdout is not None else None
+    distiller = WaferDistiller(
+        teacher, size=size, epochs=epochs, temperature=temperature, n_threads=threads, random_state=seed
+    )
+    try:
+        distiller.fit(maps, holdout=held, data="; ".join(described))
+    except ValueError as exc:  # option values the user chose (e.g. --temperature 0)
+        raise FabsightError(None, str(exc)) from None
+    distiller.student_.training_["distilled_from"] = str(teacher_dir)
+    distiller.student_.save(out_dir)
+    return {
+        "model": str(out_dir),
+        "teacher": str(teacher_dir),
+        "classes": distiller.student_.classes_,
+        "multilabel": distiller.student_.multilabel,
+        "compression": distiller.compression_,
+        "agreement_with_teacher": distiller.agreement_,
+        "metrics": distiller.student_.metrics_,
+        "training": distiller.student_.training_,
+    }
+
+
+def _print(result: dict[str, Any]) -> None:
+    c = result["compression"]
+    out.print(f"student written to {result['model']}")
+    t, s = c["teacher"], c["student"]
+    out.print(f"  parameters {t['parameters']:,} → {s['parameters']:,} ({c['parameter_ratio']:.1f}x smaller)")
+    out.print(f"  FLOPs/map  {t['flops']:,} → {s['flops']:,} ({c['flop_ratio']:.1f}x fewer)")
+    if result["agreement_with_teacher"] is not None:
+        out.print(f"  agrees with the teacher on {result['agreement_with_teacher']:.1%} of held-out maps")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("distill")
+    def distill(
+        teacher_dir: Annotated[Path, typer.Argument(help="Teacher model directory (e.g. `wafer train --arch wide`).")],
+        out_dir: Annotated[Path, typer.Option("--out", help="Student model directory to write.")],
+        unlabeled: Annotated[
+            list[Path] | None, typer.Option("--unlabeled", help="Maps to learn from (any format; labels ignored).")
+        ] = None,
+        size: Annotated[str, typer.Option(help="Student size: tiny or small (both ≥10x smaller than wide).")] = "tiny",
+        synthetic: Annotated[int, typer.Option(min=0, help="Add N generated maps per pattern (labels ignored).")] = 0,
+        epochs: Annotated[int, typer.Option(min=1)] = 10,
+        temperature: Annotated[float, typer.Option(help="Distillation temperature T.")] = 4.0,
+        holdout: Annotated[
+            Path | None, typer.Option(help="Labelled maps to calibrate on (default: the teacher's predictions).")
+        ] = None,
+        seed: int = 0,
+        threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch.")] = 2,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Train a small student to imitate a wafer-pattern teacher on unlabelled maps."""
+        emit(
+            _distill(
+                teacher_dir, unlabeled or [], out_dir, size, synthetic, epochs, temperature, holdout, seed, threads
+            ),
+            as_json,
+            _print,
+        )

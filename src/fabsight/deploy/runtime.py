@@ -1,0 +1,124 @@
+"""Run an exported model in ONNX Runtime with the same API as the PyTorch model.
+
+``load_predictor(model_dir, runtime="onnx")`` returns an object with ``predict``,
+``predict_proba``, ``predict_details`` and ``embed``, so every ``predict`` / ``eval``
+command takes ``--runtime onnx`` and a deployment (a tool PC, a batch job) needs
+ONNX Runtime, numpy and scipy but not PyTorch. Nothing in this module imports torch:
+the tests run it in a subprocess that refuses ``import torch``.
+
+What the graph does not contain is read from the card, as the PyTorch loader reads it:
+the preprocessing (the same numpy code, so it is applied exactly once), the calibration
+temperature, the review / label / OOD thresholds and the OOD statistics. They stay
+visible and editable in the model directory instead of being frozen into the graph.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fabsight.artifacts import ModelCard, load_card
+from fabsight.errors import FabsightError, ModelError
+from fabsight.wafer.classifier import TASK as WAFER_TASK
+from fabsight.wafer.classifier import WEIGHTS_FILE, WaferClassifier, card_params, restore_fitted
+
+#: ``torch``: the trained PyTorch model; ``onnx``: the fp32 graph; ``onnx-int8``: the quantized one.
+RUNTIMES: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+
+
+def session(path: str | os.PathLike[str], n_threads: int) -> Any:
+    """An ONNX Runtime CPU session using ``n_threads`` threads for each operator."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = n_threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types for unreadable files
+        raise ModelError(path, f"ONNX Runtime cannot load the graph ({str(exc).splitlines()[0]})") from None
+
+
+def onnx_section(model_dir: str | os.PathLike[str], card: ModelCard, int8: bool) -> tuple[Path, dict[str, Any]]:
+    """The graph file to run and the card's ``onnx`` section; a clear error when not exported."""
+    info = card.extra.get("onnx")
+    role = "onnx_int8" if int8 else "onnx"
+    if not info or role not in card.files:
+        flag = " --int8" if int8 else ""
+        raise ModelError(
+            model_dir, f"has no {'INT8 ' if int8 else ''}ONNX graph: run `fabsight export {model_dir} --onnx{flag}`"
+        )
+    return Path(model_dir) / card.files[role], info
+
+
+class OnnxWaferClassifier(WaferClassifier):
+    """A fitted :class:`~fabsight.wafer.WaferClassifier` whose network runs in ONNX Runtime.
+
+    Everything except the forward pass (preprocessing, calibration, review routing, OOD,
+    label decoding) is inherited, so the two runtimes cannot drift apart. Inference only:
+    to retrain, train the PyTorch model and export it again.
+
+    Attributes (besides the inherited fitted state)
+    ----------
+    session_ : the ``onnxruntime.InferenceSession``.
+    onnx_ : the card's ``onnx`` section (opset, input/output names, export check).
+    """
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        io = self.onnx_
+        logits, embedding = self.session_.run(io["outputs"], {io["input"]: x})
+        return logits, embedding
+
+    def fit(self, *args: Any, **kwargs: Any) -> OnnxWaferClassifier:
+        raise FabsightError(None, "an ONNX model is for inference only: train the PyTorch model, then export it")
+
+    def save(self, *args: Any, **kwargs: Any) -> Path:
+        raise FabsightError(None, "an ONNX model is for inference only: the model directory already holds it")
+
+
+def load_onnx_wafer(
+    model_dir: str | os.PathLike[str], *, int8: bool = False, n_threads: int = 2
+) -> OnnxWaferClassifier:
+    """The ONNX Runtime twin of :func:`fabsight.wafer.load_model` (no PyTorch needed)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    card = load_card(model_dir, task=WAFER_TASK)
+    graph, info = onnx_section(model_dir, card, int8)
+    weights = Path(model_dir) / card.files.get("weights", WEIGHTS_FILE)
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(weights, f"unreadable weights ({exc})") from None
+    if "ood.means" not in tensors or "ood.precision" not in tensors:
+        raise ModelError(weights, "weights file lacks the OOD statistics (ood.means, ood.precision)")
+    clf = OnnxWaferClassifier(**card_params(model_dir, card))
+    clf.n_threads = n_threads
+    restore_fitted(clf, model_dir, card, (tensors["ood.means"], tensors["ood.precision"]))
+    clf.onnx_ = info
+    clf.session_ = session(graph, n_threads)
+    return clf
+
+
+def load_predictor(model_dir: str | os.PathLike[str], runtime: str = "torch", *, n_threads: int = 2) -> Any:
+    """A fitted model from ``model_dir`` running on ``runtime`` (one of :data:`RUNTIMES`).
+
+    All runtimes return objects with the same ``predict`` / ``predict_proba`` /
+    ``predict_details`` / ``embed`` methods and the same fitted attributes.
+    """
+    if runtime not in RUNTIMES:
+        raise FabsightError(None, f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    card = load_card(model_dir)
+    if card.task != WAFER_TASK:
+        raise ModelError(model_dir, f"'{card.task}' models have no {runtime} predictor here; wafer-pattern models do")
+    if runtime == "torch":
+        from fabsight.wafer import load_model
+
+        clf = load_model(model_dir)
+        clf.n_threads = n_threads
+        return clf
+    return load_onnx_wafer(model_dir, int8=runtime == "onnx-int8", n_threads=n_threads)

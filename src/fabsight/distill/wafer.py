@@ -1,0 +1,327 @@
+"""Distil a wafer-pattern teacher into a student ≥10× smaller, from unlabelled maps only.
+
+Labels are what a fab lacks; unlabelled wafer maps it has by the million. Following
+Shukla et al. (2023, arXiv 2303.13974), the student learns to reproduce the teacher on
+unlabelled maps: its softened outputs (KL divergence at temperature ``T`` for softmax
+models, binary cross-entropy to the teacher's sigmoid probabilities for mixed-type
+models) and its penultimate embedding (a linear projection of the student's embedding is
+pulled towards the teacher's, by cosine distance, so the student also inherits the
+geometry the OOD detector and few-shot heads rely on). Both networks see the same
+augmented views (rotation, mirroring, extra failing dies), so the teacher's knowledge of
+those invariances transfers too.
+
+The student is an ordinary :class:`~fabsight.wafer.WaferClassifier` of the same network
+family (:data:`fabsight.wafer.net.ARCHITECTURES`), calibrated, saved, exported and served
+exactly like a supervised one. Its calibration (temperature, review threshold, label
+thresholds, OOD statistics) is fitted on held-out maps against the teacher's
+predictions, or against true labels when a labelled holdout is given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from fabsight.errors import FabsightError
+from fabsight.types import WaferMap
+from fabsight.utils.progress import track
+from fabsight.wafer import calibration as cal
+from fabsight.wafer.classifier import WaferClassifier, load_model
+from fabsight.wafer.preprocess import maps_to_array
+
+#: Student sizes ``fabsight distill --size`` offers (both ≥10× smaller than ``wide``).
+STUDENT_SIZES: tuple[str, ...] = ("tiny", "small")
+#: Below this many maps there is nothing meaningful to imitate.
+MIN_MAPS = 16
+
+
+class WaferDistiller(BaseEstimator):
+    """Train a small student to imitate a wafer-pattern teacher on unlabelled maps.
+
+    Parameters
+    ----------
+    teacher : a model directory or a fitted :class:`~fabsight.wafer.WaferClassifier`.
+    size : student architecture, a key of :data:`fabsight.wafer.net.ARCHITECTURES`
+        (``tiny`` or ``small`` are ≥10× smaller than the ``wide`` teacher).
+    temperature : distillation temperature ``T``; softened targets carry the teacher's
+        "dark knowledge" (which wrong classes look alike). Losses are scaled by ``T²``.
+    feature_weight : weight of the embedding-matching loss (0 turns it off).
+    epochs, batch_size, learning_rate, weight_decay : optimisation (AdamW, one-cycle).
+        An epoch is ``max(n_train, 8 * batch_size)`` draws, balanced over the teacher's
+        predicted classes so rare patterns in unlabelled data are not drowned out.
+    rotate, flip, max_noise : augmentation shared by teacher and student.
+    validation_fraction : share of the unlabelled maps held out for calibration when no
+        labelled holdout is given.
+    n_threads : torch CPU threads.
+    random_state : seed.
+
+    Attributes
+    ----------
+    student_ : the fitted student :class:`~fabsight.wafer.WaferClassifier`.
+    teacher_ : the fitted teacher.
+    compression_ : teacher/student parameters and FLOPs per map, and their ratios.
+    agreement_ : share of held-out maps on which student and teacher predict the same.
+    """
+
+    def __init__(
+        self,
+        teacher: str | os.PathLike[str] | WaferClassifier,
+        *,
+        size: str = "tiny",
+        temperature: float = 4.0,
+        feature_weight: float = 1.0,
+        epochs: int = 10,
+        batch_size: int = 64,
+        learning_rate: float = 3e-3,
+        weight_decay: float = 1e-4,
+        rotate: bool = True,
+        flip: bool = True,
+        max_noise: float = 0.05,
+        validation_fraction: float = 0.2,
+        n_threads: int = 2,
+        random_state: int | None = 0,
+    ) -> None:
+        self.teacher = teacher
+        self.size = size
+        self.temperature = temperature
+        self.feature_weight = feature_weight
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.rotate = rotate
+        self.flip = flip
+        self.max_noise = max_noise
+        self.validation_fraction = validation_fraction
+        self.n_threads = n_threads
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ helpers
+    def _pseudo_targets(self, teacher: WaferClassifier, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher decisions as training-style targets and groups (class / label combination)."""
+        if teacher.multilabel:
+            on = probs >= teacher.label_thresholds_
+            groups = np.array(
+                ["+".join(c for c, o in zip(teacher.classes_, row, strict=True) if o) or "none" for row in on]
+            )
+            return on.astype(np.float32), groups
+        idx = probs.argmax(axis=1)
+        return idx.astype(np.int64), np.array([teacher.classes_[j] for j in idx])
+
+    def _label_targets(self, student: WaferClassifier, maps: Sequence[WaferMap]) -> np.ndarray:
+        """True labels of a labelled holdout as the student's targets."""
+        labels = student._label_lists(maps, None)
+        index = {c: j for j, c in enumerate(student.classes_)}
+        for i, t in enumerate(labels):
+            unknown = [n for n in t if n not in index and not (student.multilabel and n == "none")]
+            if unknown:
+                raise FabsightError(maps[i].source or None, f"label {unknown[0]!r} is not a class of the teacher")
+        if not student.multilabel:
+            return np.array([index[t[0]] for t in labels], dtype=np.int64)
+        out = np.zeros((len(labels), len(index)), dtype=np.float32)
+        for i, t in enumerate(labels):
+            for n in t:
+                if n != "none":
+                    out[i, index[n]] = 1.0
+        return out
+
+    @staticmethod
+    def _agreement(student: WaferClassifier, teacher: WaferClassifier, x: np.ndarray) -> float:
+        """Share of preprocessed maps on which student and teacher make the same decision."""
+        decided = [
+            clf._decode(cal.probabilities(clf._run(x, f"{role} on held-out maps")[0], clf.temperature_, clf.multilabel))
+            for role, clf in (("student", student), ("teacher", teacher))
+        ]
+        return float(np.mean([a == b for a, b in zip(*decided, strict=True)]))
+
+    def _train(
+        self, student: WaferClassifier, teacher: WaferClassifier, x: np.ndarray, weights: np.ndarray, seed: int
+    ) -> dict[str, float]:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        from fabsight.wafer.net import augment
+
+        s_net, t_net = student.net_, teacher.net_
+        t_net.eval()
+        projection = nn.Linear(s_net.config["embed_dim"], t_net.config["embed_dim"])
+        params = list(s_net.parameters()) + list(projection.parameters())
+        steps = math.ceil(max(len(x), 8 * self.batch_size) / self.batch_size)
+        total = steps * self.epochs
+        opt = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.learning_rate, total_steps=total)
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(seed)
+        draws = rng.choice(len(x), size=total * self.batch_size, p=weights)
+        T = float(self.temperature)
+        s_net.train()
+        last: dict[str, float] = {}
+        for step in track(range(total), f"distilling into {self.size}", total=total):
+            b = draws[step * self.batch_size : (step + 1) * self.batch_size]
+            xb = augment(
+                torch.from_numpy(x[b].astype(np.float32)),
+                gen,
+                rotate=self.rotate,
+                flip=self.flip,
+                max_noise=self.max_noise,
+            )
+            with torch.no_grad():
+                z_t = t_net.embed(xb)
+                logits_t = t_net.classify(z_t)
+            z_s = s_net.embed(xb)
+            logits_s = s_net.classify(z_s)
+            if teacher.multilabel:
+                soft = torch.sigmoid(logits_t / T)
+                kd = F.binary_cross_entropy_with_logits(logits_s / T, soft) * T * T
+            else:
+                kd = F.kl_div(
+                    F.log_softmax(logits_s / T, dim=1),
+                    F.log_softmax(logits_t / T, dim=1),
+                    reduction="batchmean",
+                    log_target=True,
+                ) * (T * T)
+            feat = (1.0 - F.cosine_similarity(projection(z_s), z_t, dim=1)).mean()
+            loss = kd + self.feature_weight * feat
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            last = {"kd": kd.item(), "feature": feat.item()}
+        s_net.eval()
+        return last
+
+    # --------------------------------------------------------------------- fit
+    def fit(
+        self,
+        maps: Sequence[WaferMap] | Sequence[np.ndarray],
+        y: None = None,
+        *,
+        holdout: Sequence[WaferMap] | None = None,
+        data: str | None = None,
+    ) -> WaferDistiller:
+        """Distil on unlabelled ``maps`` (any labels they carry are ignored).
+
+        ``holdout``: labelled maps to calibrate the student on (true labels instead of the
+        teacher's predictions). ``data``: free-text description kept in the model card.
+        """
+        import torch
+
+        from fabsight.wafer.net import ARCHITECTURES, WaferNet, n_flops, n_parameters
+
+        if self.size not in ARCHITECTURES:
+            raise ValueError(f"size must be one of {list(ARCHITECTURES)}, got {self.size!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if len(maps) < MIN_MAPS:
+            raise FabsightError(None, f"need at least {MIN_MAPS} unlabelled maps to distil on, got {len(maps)}")
+        torch.set_num_threads(self.n_threads)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        teacher = self.teacher if isinstance(self.teacher, WaferClassifier) else load_model(self.teacher)
+        check_is_fitted(teacher)
+        teacher.n_threads = self.n_threads
+        widths, embed_dim = ARCHITECTURES[self.size]
+        student = WaferClassifier(
+            input_size=teacher.input_size_,
+            multilabel=teacher.multilabel,
+            classes=list(teacher.classes_),
+            widths=widths,
+            embed_dim=embed_dim,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            rotate=self.rotate,
+            flip=self.flip,
+            max_noise=self.max_noise,
+            validation_fraction=self.validation_fraction,
+            review_precision=teacher.review_precision,
+            ood_quantile=teacher.ood_quantile,
+            n_threads=self.n_threads,
+            random_state=self.random_state,
+        )
+        student.classes_ = list(teacher.classes_)
+        student.input_size_ = teacher.input_size_
+        student.head_ = "distilled"
+        torch.manual_seed(seed)
+        student.net_ = WaferNet(len(student.classes_), widths, embed_dim)
+
+        x = maps_to_array(maps, teacher.input_size_)
+        t_probs = cal.probabilities(teacher._run(x, "teacher predictions")[0], teacher.temperature_, teacher.multilabel)
+        targets, groups = self._pseudo_targets(teacher, t_probs)
+        rng = np.random.default_rng(seed)
+        if holdout is None:
+            val_mask = rng.random(len(x)) < self.validation_fraction
+        else:
+            val_mask = np.zeros(len(x), dtype=bool)
+        x_tr, g_tr = x[~val_mask].astype(np.float16), groups[~val_mask]
+        counts = Counter(g_tr.tolist())
+        weights = np.array([1.0 / counts[g] for g in g_tr])
+        weights /= weights.sum()
+
+        losses = self._train(student, teacher, x_tr, weights, seed)
+        if holdout is None:
+            x_val, t_val = x[val_mask], targets[val_mask]
+            measured_on = f"{len(x_val)} unlabelled maps held out, scored against the teacher's predictions"
+        else:
+            x_val, t_val = maps_to_array(holdout, teacher.input_size_), self._label_targets(student, holdout)
+            measured_on = f"{len(x_val)} labelled holdout maps (true labels)"
+        student._calibrate(x_val, t_val, x_tr, g_tr, seed)
+        if student.metrics_.get("validation"):
+            student.metrics_["validation"]["measured_on"] = measured_on
+
+        teacher_p, student_p = n_parameters(teacher.net_), n_parameters(student.net_)
+        teacher_f, student_f = n_flops(teacher.net_, teacher.input_size_), n_flops(student.net_, teacher.input_size_)
+        self.compression_ = {
+            "teacher": {"parameters": teacher_p, "flops": teacher_f, **teacher.net_.config},
+            "student": {"parameters": student_p, "flops": student_f, **student.net_.config},
+            "parameter_ratio": teacher_p / student_p,
+            "flop_ratio": teacher_f / student_f,
+        }
+        self.agreement_ = self._agreement(student, teacher, x_val) if len(x_val) else None
+        student.metrics_["agreement_with_teacher"] = self.agreement_
+        student.training_ = {
+            "data": data,
+            "labels_used": "none: the teacher's soft outputs on unlabelled maps"
+            + ("; a labelled holdout for calibration" if holdout is not None else ""),
+            "n_maps": len(x),
+            "n_train": len(x_tr),
+            "n_validation": len(x_val),
+            "teacher_predicted_classes": dict(sorted(Counter(groups.tolist()).items())),
+            "distilled_from": str(self.teacher) if not isinstance(self.teacher, WaferClassifier) else "in-memory model",
+            "distillation": {
+                "temperature": self.temperature,
+                "soft_target_loss": "binary cross-entropy to sigmoid(teacher/T)"
+                if teacher.multilabel
+                else "KL(teacher/T || student/T)",
+                "feature_weight": self.feature_weight,
+                "feature_loss": "cosine distance, linear projection of the student embedding to the teacher's",
+                "final_losses": losses,
+            },
+            "compression": self.compression_,
+            "epochs": self.epochs,
+            "augmentation": {"rotate": self.rotate, "flip": self.flip, "max_noise": self.max_noise},
+            "class_balanced_sampling": "by the teacher's predicted class",
+            "seed": seed,
+        }
+        self.teacher_ = teacher
+        self.student_ = student
+        return self
+
+    # ----------------------------------------------------------------- predict
+    def predict(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> list[Any]:
+        """The student's predictions (see :meth:`WaferClassifier.predict`)."""
+        check_is_fitted(self)
+        return self.student_.predict(maps)
+
+    def predict_proba(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> np.ndarray:
+        """The student's calibrated probabilities."""
+        check_is_fitted(self)
+        return self.student_.predict_proba(maps)
