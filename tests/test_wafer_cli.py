@@ -123,3 +123,11 @@ def test_real_entry_point_prints_one_line_and_exits_2(tmp_path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "w.npy" in proc.stderr
+
+
+def test_class_with_one_example_is_a_warning_line(tmp_path) -> None:
+    maps = generate_dataset(6, classes=("Center", "Edge-Ring"), shapes=((30, 30),), seed=4)[:7]  # Edge-Ring: 1
+    write_folder(maps, tmp_path / "few")
+    code, _, err = run("wafer", "train", tmp_path / "few", "--out", tmp_path / "m", "--epochs", "1", *FAST[2:])
+    assert code == 0
+    assert "warning: class 'Edge-Ring' has a single example" in " ".join(err.split())

@@ -6,6 +6,9 @@ estimator, print a table or ``--json``.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,21 +27,27 @@ ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="CPU threads f
 PREDICT_CHUNK = 4096
 
 
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Python warnings raised inside (a class with one example, an empty class folder)
+    printed as ``warning: ...`` lines on stderr instead of file:line tracebacks."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        warn(str(w.message))
+
+
 def _read_labelled(path: Path) -> tuple[list[WaferMap], int, str]:
     """Labelled maps of ``path``, how many unlabelled ones were skipped, and the format.
 
     Reader warnings (an empty class folder) become one ``warning:`` line each.
     """
-    import warnings
-
     from fabsight.io import detect_format, read_maps
 
     fmt = detect_format(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _warnings_as_lines():
         maps = read_maps(path)
-    for w in caught:
-        warn(str(w.message))
     labelled = [m for m in maps if m.labels]
     return labelled, len(maps) - len(labelled), fmt
 
@@ -107,7 +116,8 @@ def _train(
         random_state=seed,
     )
     try:
-        clf.fit(maps, data="; ".join(described))
+        with _warnings_as_lines():
+            clf.fit(maps, data="; ".join(described))
     except ValueError as exc:  # parameter combinations the user chose (e.g. --head probe without --init)
         raise FabsightError(None, str(exc)) from None
     clf.save(out_dir)
