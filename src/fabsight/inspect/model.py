@@ -401,8 +401,6 @@ class TemplateInspector(BaseEstimator):
         if not cands:
             return []
         proba = self.classifier_.predict_proba(np.asarray([c.features for c in cands]))
-        # The final classifier may have been fitted on fewer classes than classes_ lists only
-        # if classes_ was edited; keep the column order authoritative.
         thr = self.threshold_ if min_confidence is None else min_confidence
         return self._detections(cands, proba, shape, thr)
 
@@ -492,9 +490,9 @@ def inspect_pair(
         thr = 0.0 if min_confidence is None else min_confidence
         dets = [
             Detection(
-                tuple(float(v) for v in c.box),
+                (float(c.box[0]), float(c.box[1]), float(c.box[2]), float(c.box[3])),
                 UNCLASSIFIED,
-                strength_confidence(c),  # type: ignore[arg-type]
+                strength_confidence(c),
                 "added" if c.added else "removed",
                 c.core_area,
             )
