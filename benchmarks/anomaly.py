@@ -32,14 +32,21 @@ from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc
 from fabsight.anomaly.thresholds import threshold_from_good
 
 
-def _split(root: Path, holdout: float, seed: int, max_train: int | None) -> tuple[list, list, list]:
+def _split(root: Path, args: argparse.Namespace) -> tuple[list, list, list]:
     train = load_split(root, "train")
-    random.Random(seed).shuffle(train)
-    n_hold = max(1, round(holdout * len(train)))
+    random.Random(args.seed).shuffle(train)
+    n_hold = max(1, round(args.holdout * len(train)))
     hold, fit = train[:n_hold], train[n_hold:]
-    if max_train:
-        fit = fit[:max_train]
-    return fit, hold, load_split(root, "test")
+    if args.max_train:
+        fit = fit[: args.max_train]
+    test = load_split(root, "test")
+    if args.test_fraction < 1.0:
+        # Every k-th image of each folder: the same share of every defect type and of good.
+        by_type: dict[str, list[AnomalyRecord]] = {}
+        for r in test:
+            by_type.setdefault(r.defect_type, []).append(r)
+        test = [r for rs in by_type.values() for r in rs[:: max(1, round(1 / args.test_fraction))]]
+    return fit, hold, test
 
 
 def _images(records: list[AnomalyRecord]) -> list[np.ndarray]:
@@ -148,13 +155,14 @@ def main() -> int:
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--false-alarm-rate", type=float, default=0.01)
     ap.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
+    ap.add_argument("--test-fraction", type=float, default=1.0, help="evaluate on this share of each test folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--anomalib", action="store_true", help="also run anomalib's PatchCore")
     ap.add_argument("--anomalib-coreset-ratio", type=float, default=0.01)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    fit, hold, test = _split(args.root, args.holdout, args.seed, args.max_train)
+    fit, hold, test = _split(args.root, args)
     runs = []
     for method in [m for m in args.methods.split(",") if m]:
         if method == "recon":

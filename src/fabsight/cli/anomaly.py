@@ -127,6 +127,8 @@ def fit(
                               "device": device, "seed": seed}
     if method is Method.recon:
         params["steps"] = steps
+        if layers or backbone_weights or backbone != "efficientnet_lite0":
+            warn("--backbone, --backbone-weights and --layers do not apply to --method recon (it has its own UNet)")
     else:
         params.update(backbone=backbone, backbone_weights=None if backbone_weights is None else str(backbone_weights),
                       layers=list(layers) if layers else None)
