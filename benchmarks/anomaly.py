@@ -29,7 +29,7 @@ import torch
 from fabsight.anomaly import evaluate, load_model, load_split, make_model, read_image
 from fabsight.anomaly.datasets import AnomalyRecord
 from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc
-from fabsight.anomaly.thresholds import threshold_from_good
+from fabsight.anomaly.thresholds import threshold_best_f1, threshold_from_good
 
 
 def _split(root: Path, args: argparse.Namespace) -> tuple[list, list, list]:
@@ -62,6 +62,8 @@ def run_fabsight(method: str, backbone: str | None, args: argparse.Namespace, fi
         params: dict[str, Any] = {"input_size": args.input_size, "tile": args.tile, "device": "cpu", "seed": args.seed}
         if backbone:
             params["backbone"] = backbone
+        if method == "patchcore":
+            params["max_bank"] = args.max_bank
         if method == "recon":
             params.update(steps=args.recon_steps, width=args.recon_width, train_crop=args.recon_crop)
         model = make_model(method, **params)
@@ -102,7 +104,9 @@ def run_anomalib(args: argparse.Namespace, fit: list, hold: list, test: list) ->
     model.train()
     for _, x in batches(fit):
         model(x)
+    t1 = time.perf_counter()
     model.subsample_embedding(args.anomalib_coreset_ratio)
+    coreset_s = time.perf_counter() - t1
     fit_s = time.perf_counter() - t0
     model.eval()
 
@@ -134,10 +138,12 @@ def run_anomalib(args: argparse.Namespace, fit: list, hold: list, test: list) ->
     return {"tool": f"anomalib {anomalib.__version__}", "method": "patchcore", "backbone": "efficientnet_lite0 "
             "(fabsight's weights loaded into anomalib's timm tf_efficientnet_lite0 extractor)",
             "layers": layers, "coreset_sampling_ratio": args.anomalib_coreset_ratio, "input_size": s,
-            "fit_seconds": round(fit_s, 1), "bank_size": int(model.memory_bank.shape[0]),
+            "fit_seconds": round(fit_s, 1), "coreset_seconds": round(coreset_s, 1),
+            "bank_size": int(model.memory_bank.shape[0]),
             "n_images": len(test), "image_auroc": image_auroc(labels, s_arr),
             "pixel_auroc": pixel_auroc(px_maps, px_masks), "aupro": aupro(px_maps, px_masks),
             "threshold": thr.value, "threshold_meaning": thr.describe(), "f1": f1_at(labels, s_arr, thr.value),
+            "f1_max": threshold_best_f1(labels, s_arr).details["f1"],
             "ms_per_image": 1000 * elapsed / len(test), "torch_threads": torch.get_num_threads()}
 
 
@@ -147,6 +153,7 @@ def main() -> int:
     ap.add_argument("--methods", default="patchcore,padim", help="comma list of patchcore, padim, recon")
     ap.add_argument("--backbones", default="efficientnet_lite0", help="comma list, for patchcore/padim")
     ap.add_argument("--recon-model", help="evaluate this trained recon model directory (e.g. trained on a GPU)")
+    ap.add_argument("--max-bank", type=int, default=10_000, help="fabsight PatchCore memory-bank cap")
     ap.add_argument("--recon-steps", type=int, default=1500)
     ap.add_argument("--recon-width", type=int, default=16)
     ap.add_argument("--recon-crop", type=int, default=96)
