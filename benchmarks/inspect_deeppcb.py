@@ -10,6 +10,7 @@ single-core figure; the load average is printed because the reference machine is
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
