@@ -267,8 +267,12 @@ def run_batch(
     t0 = time.perf_counter()
     blocks = _in_process(units, local) if local is not None else _ray(units, spec, ray or "local", workers)
 
+    first: list[float] = []  # when the first results arrived: start-up (Ray, actors, model load) before it
+
     def completed() -> Iterator[str]:
         for block in blocks:
+            if not first:
+                first.append(time.perf_counter() - t0)
             yield from sink.add(block, by_id)
 
     finished = set(track(completed(), "classifying" if mode == "wafer" else "embedding", total=len(units)))
@@ -287,6 +291,7 @@ def run_batch(
         "parts_written": sink.parts,
         "seconds": round(seconds, 3),
         "rows_per_s": round(sink.rows / seconds, 1) if seconds > 0 else None,
+        "first_results_after_s": round(first[0], 3) if first else None,
         "driver_peak_rss_mb": round(_peak_rss_mb(), 1),
         "errors_file": str(out / ERRORS_FILE) if sink.errors else None,
     }
