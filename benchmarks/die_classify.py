@@ -58,14 +58,16 @@ def datasets(root: Path, pool_per_class: int, test_per_class: int, repeats: int)
     held = test.subset(per_class_sample(test, test_per_class, rng))
     both = ImageFolder(root, pool.paths + held.paths, np.concatenate([pool.labels, held.labels]), train.classes)
     split = (np.arange(len(pool)), np.arange(len(pool), len(both)))
-    out["deeppcb"] = {"folder": both, "splits": [split] * repeats, "split": "original trainval/test split"}
+    out["deeppcb"] = {"folder": both, "splits": [split] * repeats, "distinct_splits": False,
+                      "split": "original trainval/test split"}
     mt = scan_folder(root / "magnetic_tile")
     splits = []
     from sklearn.model_selection import StratifiedShuffleSplit
 
     for tr, te in StratifiedShuffleSplit(n_splits=repeats, test_size=0.3, random_state=0).split(mt.labels, mt.labels):
         splits.append((tr, te))
-    out["magnetic_tile"] = {"folder": mt, "splits": splits, "split": "repeated stratified 70/30"}
+    out["magnetic_tile"] = {"folder": mt, "splits": splits, "distinct_splits": True,
+                            "split": "repeated stratified 70/30"}
     return out
 
 
@@ -118,16 +120,18 @@ def run_backbone(name: str, size: int, data: dict, args: argparse.Namespace) -> 
         res: dict[str, Any] = {"n_images": len(folder), "split": ds["split"], "embed_s": time.perf_counter() - t}
         probe = ProbeClassifier(calibrate=False)
         scan = {}
+        tr, te = ds["splits"][0]  # one split: the scan only ranks layers
         for layers in [*([layer] for layer in SCAN_LAYERS[name]), *COMBOS[name]]:
             X = np.concatenate([per_layer[layer] for layer in layers], axis=1)
-            scan["+".join(layers)] = summarise([score(probe, X, y, tr, te, folder.classes) for tr, te in ds["splits"]])
-        res["layer_scan_all_labels"] = scan
+            scan["+".join(layers)] = score(probe, X, y, tr, te, folder.classes)
+        res["layer_scan_all_labels_first_split"] = scan
         deep = np.concatenate([per_layer[layer] for layer in bb.cfg.default_layers], axis=1)
         hybrid = np.concatenate([deep, hand], axis=1)
         curves: dict[str, Any] = {}
         for k in budgets:
             runs: dict[str, list] = {"probe": [], "hybrid": [], "hierarchical": [], "handcrafted_only": []}
-            for r, (pool, te) in enumerate(ds["splits"]):
+            distinct = ds["splits"] if k is not None or ds["distinct_splits"] else ds["splits"][:1]
+            for r, (pool, te) in enumerate(distinct):
                 tr = budget_draw(y, pool, k, seed=r)
                 runs["probe"].append(score(probe, deep, y, tr, te, folder.classes))
                 runs["hybrid"].append(score(probe, hybrid, y, tr, te, folder.classes))

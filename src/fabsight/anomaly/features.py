@@ -8,7 +8,7 @@ deeper maps are upsampled to the finest chosen layer's grid, and all are concate
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,7 +94,7 @@ class FeatureModel(AnomalyModel):
             parts.append(m)
         return torch.cat(parts, dim=1).cpu()
 
-    def _iter_features(self, crops: list[np.ndarray], description: str) -> Any:
+    def _iter_features(self, crops: list[np.ndarray], description: str) -> Iterator[torch.Tensor]:
         bs = max(1, int(self.batch_size))
         batches = [crops[k : k + bs] for k in range(0, len(crops), bs)]
         for batch in track(batches, description):
