@@ -26,6 +26,8 @@ def curate(
     cosine: Annotated[float, typer.Option("--cosine", min=0.5, max=1.0,
                                           help="Smallest embedding cosine for a copy.")] = 0.97,
     k: Annotated[float, typer.Option("--k", min=0.5, help="Robust thresholds at median ± k·MAD.")] = 3.0,
+    input_size: Annotated[int | None, typer.Option("--input-size", min=16, help="Backbone input size "
+                                                                               "(default: the backbone's).")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto (embeddings).")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -39,7 +41,7 @@ def curate(
 
         dev = _device(device)
     opts = CurateOptions(phash_distance=phash_distance, cosine=cosine, blur_k=k, entropy_k=k, outlier_k=k)
-    result = run(data, kind=kind, options=opts, backbone=backbone, device=dev)
+    result = run(data, kind=kind, options=opts, backbone=backbone, device=dev, input_size=input_size)
     outputs: dict[str, Any] = {}
     if clean_out is not None:
         outputs["clean_tree"] = {"path": str(clean_out), "link": link,

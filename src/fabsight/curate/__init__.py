@@ -56,7 +56,7 @@ def detect_kind(data: Sequence[str | os.PathLike[str]]) -> str:
 
 
 def curate(data: Sequence[str | os.PathLike[str]], *, kind: str = "auto", options: CurateOptions | None = None,
-           backbone: str | None = None, device: str = "cpu") -> dict[str, Any]:
+           backbone: str | None = None, device: str = "cpu", input_size: int | None = None) -> dict[str, Any]:
     """Check DATA (image folders or wafer-map sources) → manifest dict; ``kind`` is auto, images or maps."""
     if kind not in ("auto", "images", "maps"):
         raise FabsightError("--kind", f"{kind!r} is not auto, images or maps")
@@ -66,4 +66,4 @@ def curate(data: Sequence[str | os.PathLike[str]], *, kind: str = "auto", option
         if backbone is not None:
             raise FabsightError("--backbone", "embedding checks are for images; wafer maps are compared die by die")
         return curate_maps(data)
-    return curate_images(data, options=options, backbone=backbone, device=device)
+    return curate_images(data, options=options, backbone=backbone, device=device, input_size=input_size)

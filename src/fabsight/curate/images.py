@@ -104,11 +104,11 @@ def _copy_groups(entries: Sequence[Entry], recs: Sequence[ImageRecord], ok: np.n
     return groups
 
 
-def _embed(entries: Sequence[Entry], ok: np.ndarray, backbone: str, device: str) -> np.ndarray:
+def _embed(entries: Sequence[Entry], ok: np.ndarray, backbone: str, device: str, input_size: int | None) -> np.ndarray:
     from fabsight.backbones import create_backbone
     from fabsight.die.embeddings import default_cache, extract
 
-    bb = create_backbone(backbone, device=device)
+    bb = create_backbone(backbone, device=device, input_size=input_size)
     return extract(bb, [entries[i].path for i in np.flatnonzero(ok)], 32, default_cache())
 
 
@@ -124,8 +124,12 @@ def _outliers(X: np.ndarray, k: int, thr_k: float) -> tuple[np.ndarray, dict[str
 
 
 def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOptions | None = None,
-                  backbone: str | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Run every image check over the DATA folders → manifest dict (see :mod:`fabsight.curate`)."""
+                  backbone: str | None = None, device: str = "cpu", input_size: int | None = None) -> dict[str, Any]:
+    """Run every image check over the DATA folders → manifest dict (see :mod:`fabsight.curate`).
+
+    ``backbone`` (a registry name or directory) adds the embedding checks; embeddings are
+    cached like every other die command's, so a rerun costs a file read per image.
+    """
     opts = options or CurateOptions()
     entries = scan(data)
     t0 = time.perf_counter()
@@ -148,7 +152,7 @@ def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOpti
 
     embeddings = None
     if backbone is not None and ok.any():
-        embeddings = _embed(entries, ok, backbone, device)
+        embeddings = _embed(entries, ok, backbone, device, input_size)
     groups = _copy_groups(entries, recs, ok, opts, embeddings)
     for gi, g in enumerate(groups):
         keeper = entries[g["keep"]].path
@@ -178,11 +182,15 @@ def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOpti
 
     out_t = None
     score = np.full(len(entries), np.nan)
-    if embeddings is not None and len(embeddings) > opts.knn:
-        s, out_t = _outliers(embeddings, opts.knn, opts.outlier_k)
-        score[np.flatnonzero(ok)] = s
+    # Outliers among distinct pictures only: a dropped copy would give its twin a distance of 0.
+    dropped_copy = {i for g in groups for i in g["members"] if i != g["keep"]}
+    unique = np.array([i for i in np.flatnonzero(ok) if i not in dropped_copy], dtype=int)
+    if embeddings is not None and len(unique) > opts.knn:
+        rows_of = {int(i): r for r, i in enumerate(np.flatnonzero(ok))}
+        s, out_t = _outliers(embeddings[[rows_of[int(i)] for i in unique]], opts.knn, opts.outlier_k)
+        score[unique] = s
         if out_t:
-            for i in np.flatnonzero(ok & (score > out_t["threshold"])):
+            for i in unique[s > out_t["threshold"]]:
                 _flag(flags[i], "outlier", f"mean cosine distance to {opts.knn} nearest images "
                                            f"{score[i]:.3g} > {out_t['threshold']:.3g}")
 

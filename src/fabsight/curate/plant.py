@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,14 @@ def _read(path: Path) -> np.ndarray:
 
 
 def plant(src: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 5, test_fraction: float = 0.3,
-          seed: int = 0) -> dict[str, list[str]]:
+          seed: int = 0, foreign: Sequence[str | os.PathLike[str]] = ()) -> dict[str, list[str]]:
     """Copy the labelled folder ``src`` into ``out/train|test/CLASS`` and plant ``n`` of each problem.
 
     Returns ``{check: [paths relative to out that must be flagged]}``; the checks are
     ``duplicate`` (exact and near copies: the planted copy is the one to drop), ``exact``,
-    ``near``, ``blurry``, ``leakage``, ``label_conflict`` (both copies), ``blank`` and ``unreadable``.
+    ``near``, ``blurry``, ``leakage``, ``label_conflict`` (both copies), ``blank``,
+    ``unreadable`` and ``outlier`` (the ``foreign`` images, e.g. another product's, spread
+    over the train classes).
     """
     import cv2
 
@@ -86,7 +89,7 @@ def plant(src: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 
         return [next(picks) for _ in range(k)]
 
     truth: dict[str, list[str]] = {k: [] for k in ("exact", "near", "blurry", "leakage", "label_conflict", "blank",
-                                                   "unreadable")}
+                                                   "unreadable", "outlier")}
     for i in take(n):  # exact: the same bytes under another name, same class
         dst = rel[i].with_name(f"{rel[i].stem}_copy{rel[i].suffix}")  # sorts after the original
         shutil.copyfile(out / rel[i], out / dst)
@@ -126,5 +129,9 @@ def plant(src: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 
         dst = rel[i].with_name(f"broken_{k}{rel[i].suffix}")
         (out / dst).write_bytes([data[: len(data) // 2], b"", b"not an image\n"][k % 3])
         truth["unreadable"].append(str(dst))
+    for k, f in enumerate(foreign):
+        dst = Path("train") / classes[k % len(classes)] / f"foreign_{k}{Path(f).suffix}"
+        shutil.copyfile(f, out / dst)
+        truth["outlier"].append(str(dst))
     truth["duplicate"] = truth["exact"] + truth["near"]
     return truth
