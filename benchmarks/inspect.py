@@ -10,26 +10,29 @@ single-core figure; the load average is printed because the reference machine is
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import cv2
-
-from fabsight.inspect import DEFECT_TYPES, TemplateInspector, evaluate, load_pair, read_annotations, read_list
-from fabsight.inspect.model import inspect_pair, load_inspector
-from fabsight.utils.progress import track
-
-cv2.setNumThreads(1)
+# This file is named like the standard library's ``inspect``; running it puts its folder
+# first on sys.path, where it would shadow that module for numpy and everything else.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def main() -> None:
+    import argparse
+    import json
+    import os
+    import tempfile
+    import time
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import cv2
+
+    from fabsight.inspect import DEFECT_TYPES, TemplateInspector, evaluate, load_pair, read_annotations, read_list
+    from fabsight.inspect.model import inspect_pair, load_inspector
+    from fabsight.utils.progress import track
+
+    cv2.setNumThreads(1)
     here = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=here.parent / "shared" / "data" / "deeppcb")

@@ -87,11 +87,11 @@ def test_near_notch_counts_the_notch_blob() -> None:
 
 
 def test_binomial_min_samples_known_values() -> None:
-    # alpha 0.1 %: P(X >= 2 | 9, 0.02) = 0.013, P(X >= 3) = 0.00076
+    # alpha 1 %: P(X >= 2 | 9, 0.02) = 0.013, P(X >= 3) = 0.00076
     assert binomial_min_samples(0.02) == 3
-    # P(X >= 7 | 9, 0.3) = 0.0043, P(X >= 8) = 0.00043
-    assert binomial_min_samples(0.3) == 8
-    assert binomial_min_samples(0.3, alpha=0.01) == 7
+    # P(X >= 6 | 9, 0.3) = 0.025, P(X >= 7) = 0.0043; at alpha 0.1 %: P(X >= 8) = 0.00043
+    assert binomial_min_samples(0.3) == 7
+    assert binomial_min_samples(0.3, alpha=0.001) == 8
     assert binomial_min_samples(0.9) == 9
 
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from fabsight.cli.main import app
-from fabsight.demo import example_files, run_demo
+from fabsight.demo import STORE_NAME, demo_model, example_files, run_demo
+from fabsight.errors import FabsightError
+from fabsight.store import open_store
+from fabsight.store.queries import WaferFilter, counts, list_wafers
+from servekit import CLASSES
 
 
 def test_example_lot_is_packaged_in_every_format() -> None:
@@ -30,9 +35,48 @@ def test_demo_reads_every_wafer_and_writes_report(tmp_path) -> None:
     w01 = [r for r in saved["results"] if r["lot_id"] == "A103" and r["wafer_id"] == "01"]
     assert sorted(r["format"] for r in w01) == ["g85", "klarf", "stdf"]
     assert len({(r["good"], r["failing"]) for r in w01}) == 1
+    # without a model every wafer is stored, explained and queued for a person
+    store = open_store(tmp_path / "out" / STORE_NAME)
+    with store.session() as s:
+        assert counts(s) == {"uploads": 5, "lots": 3, "wafers": 28, "reviews": 28, "die_results": 0}
+        assert len(list_wafers(s, WaferFilter(review="pending"), limit=None)) == 28
+    store.close()
 
 
-def test_demo_cli_json(tmp_path) -> None:
-    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "o"), "--json"])
+def test_demo_with_a_model_classifies_explains_and_stores(tmp_path, wafer_models_dir) -> None:
+    out = tmp_path / "out"
+    summary = run_demo(out, models_dir=wafer_models_dir)
+    assert summary["model"] == str(wafer_models_dir) and sum(summary["patterns"].values()) == 28
+    assert all(r["pattern"] in CLASSES and r["explanation"] for r in summary["results"])
+    store = open_store(out / STORE_NAME)
+    with store.session() as s:
+        stored = list_wafers(s, WaferFilter(), limit=None, newest_first=False)
+        assert [(w.lot.name, w.wafer_id, w.prediction.label) for w in stored] == [
+            (r["lot_id"], r["wafer_id"], r["pattern"]) for r in summary["results"]
+        ]
+    store.close()
+    html = (out / "report.html").read_text()
+    assert html.count("<details>") == 28 and summary["results"][0]["explanation"][:40] in html
+    # a failing re-run (a missing input) leaves the previous output untouched
+    with pytest.raises(FabsightError, match="no such file"):
+        run_demo(out, [tmp_path / "missing.klarf"], models_dir=wafer_models_dir)
+    assert json.loads((out / "summary.json").read_text())["wafers"] == 28
+
+
+def test_demo_model_is_trained_once_and_cached(tmp_path, monkeypatch) -> None:
+    import fabsight.demo as demo
+
+    monkeypatch.setattr(demo, "DEMO_PER_CLASS", 4)
+    monkeypatch.setattr(demo, "DEMO_EPOCHS", 1)
+    first = demo_model(tmp_path)
+    card = json.loads((first / "card.json").read_text())
+    assert card["task"] == "wafer-pattern" and len(card["classes"]) == 9
+    stamp = (first / "card.json").stat().st_mtime_ns
+    assert demo_model(tmp_path) == first and (first / "card.json").stat().st_mtime_ns == stamp
+
+
+def test_demo_cli_json(tmp_path, wafer_models_dir) -> None:
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "o"), "--models", str(wafer_models_dir), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["wafers"] == 28
+    result = json.loads(res.stdout)
+    assert result["wafers"] == 28 and result["store"].endswith(STORE_NAME)

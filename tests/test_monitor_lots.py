@@ -74,6 +74,8 @@ def test_planted_bad_lot_raises_limit_and_drift_alarms() -> None:
     assert set(res.drift) == {"L4", "L5", "L6"}  # baseline lots are not tested against themselves
     d = res.to_dict(maps)
     assert [lot["baseline"] for lot in d["lots"]] == [True] * 4 + [False] * 3
+    l6 = [m for m in maps if m.lot_id == "L6"]
+    assert d["lots"][6]["yield"] == pytest.approx(sum(m.n_good for m in l6) / sum(m.n_dies for m in l6))
     assert d["time_sources"] == ["timestamp"]
     assert d["charts"][0]["name"] == "fail fraction" and len(d["charts"][0]["points"]) == 7
 

@@ -85,7 +85,10 @@ def test_monitor_with_model_charts_pattern_shares(model_dir, tmp_path) -> None:
     assert names == ["fail fraction", "share of Center", "share of Edge-Ring", "share of none"]
     ring = res.charts[2]
     assert ring.value[4] >= 0.4 and ring.value[:3].max() <= 0.1
-    assert {(a.lot, a.chart) for a in res.alarms} >= {("L4", "share of Edge-Ring")}
+    ring_alarm = [a for a in res.alarms if (a.lot, a.chart, a.kind) == ("L4", "share of Edge-Ring", "limit")]
+    assert len(ring_alarm) == 1 and ring_alarm[0].detail.endswith("(absent from every baseline lot)") == (
+        ring.center == 0
+    )
     assert "L3" not in {a.lot for a in res.alarms}
     changes = {c.pattern: c for c in res.drift["L4"].pattern_changes}
     assert changes["Edge-Ring"].change >= 0.4

@@ -1,21 +1,27 @@
 """The main job on an embedded default: ``fabsight demo`` (what ``make demo`` runs).
 
-It reads the example lots shipped with the package (KLARF, STDF and G85 files written by
-fabsight's own writers), or the files a user names, renders every wafer and writes a
-self-contained HTML report plus a JSON summary. Each step is an ordinary library call, so
-the demo doubles as an end-to-end example of the API.
+It starts from nothing: it reads the example lots shipped with the package (KLARF, STDF and
+G85 files written by fabsight's own writers), or the files a user names; classifies every
+wafer with a wafer-pattern model (by default a small one trained on synthetic maps on the
+first run and cached, see :func:`demo_model`); explains each wafer; stores everything in a
+SQLite results store through the same upload pipeline as the REST service; and writes a
+self-contained HTML report plus a JSON summary. ``fabsight demo --serve`` then serves the
+dashboard over that store. Each step is an ordinary library call, so the demo doubles as an
+end-to-end example of the API.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from fabsight import __version__
 from fabsight.errors import FabsightError
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_dir, write_json
@@ -23,6 +29,12 @@ from fabsight.utils.progress import track
 
 #: Where the example lots live inside the installed package.
 EXAMPLES = "examples/demo_lot"
+#: The results store and its files folder inside the demo's output folder.
+STORE_NAME = "store.sqlite"
+FILES_NAME = "store-files"
+#: Synthetic maps per class and epochs for the demo model: ~1–3 minutes on 2 CPU cores.
+DEMO_PER_CLASS = 80
+DEMO_EPOCHS = 6
 
 
 def example_files() -> list[Path]:
@@ -57,13 +69,92 @@ def _png_data_url(wmap: WaferMap) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _read(files: Sequence[Path]) -> list[WaferMap]:
-    from fabsight.io import iter_maps
+def cache_dir() -> Path:
+    """``$FABSIGHT_CACHE``, else ``$XDG_CACHE_HOME/fabsight``, else ``~/.cache/fabsight``."""
+    if os.environ.get("FABSIGHT_CACHE"):
+        return Path(os.environ["FABSIGHT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fabsight"
 
-    maps = list(iter_maps(track(files, "reading")))
-    if not maps:
-        raise FabsightError(files[0] if files else None, "no wafer maps in the given files")
-    return maps
+
+def demo_model(cache: str | Path | None = None) -> Path:
+    """The demo's wafer-pattern model, trained on synthetic maps of the nine WM-811K classes the
+    first time and cached (per fabsight version) under ``cache/models``; later runs reuse it."""
+    from fabsight.artifacts import CARD_NAME
+
+    target = Path(cache or cache_dir()) / "models" / f"demo-wafer-{__version__}"
+    if (target / CARD_NAME).is_file():
+        return target
+    from fabsight.synth import generate_dataset
+    from fabsight.wafer import WaferClassifier
+    from fabsight.wafer.classifier import SYNTH_SHAPES
+
+    maps = generate_dataset(DEMO_PER_CLASS, shapes=SYNTH_SHAPES, seed=0)
+    described = f"fabsight demo: {DEMO_PER_CLASS} synthetic maps per WM-811K class (fabsight.synth, seed 0)"
+    clf = WaferClassifier(input_size=48, epochs=DEMO_EPOCHS, random_state=0).fit(maps, data=described)
+    clf.save(target)
+    return target
+
+
+def _input_files(paths: Sequence[Path]) -> list[Path]:
+    """The files to upload: each file as given, each folder's non-hidden files (recursively)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and not any(x.startswith(".") for x in f.parts))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FabsightError(p, "no such file or folder")
+    if not out:
+        raise FabsightError(paths[0] if paths else None, "no files to read")
+    return out
+
+
+def _fill_store(store_path: Path, files: Sequence[Path], models_dir: Path | None) -> list[WaferRow]:
+    """Upload every file into a new store (the REST pipeline) and read the wafers back as report rows."""
+    from fabsight.serve.state import load_service
+    from fabsight.store.ingest import ingest_bytes
+    from fabsight.store.queries import WaferFilter, list_wafers, to_wafer_map
+
+    svc = load_service(store_path, models_dir, files_dir=store_path.with_name(FILES_NAME))
+    try:
+        for f in track(files, "classifying and storing"):
+            ingest_bytes(
+                svc.store,
+                f.read_bytes(),
+                f.name,
+                files_dir=svc.files_dir,
+                classifier=svc.classifier,
+                model_name=svc.model_name,
+                kb=svc.kb,
+            )
+        with svc.store.session() as s:
+            rows = []
+            for w in list_wafers(s, WaferFilter(), limit=None, newest_first=False):
+                wmap = to_wafer_map(w)
+                wmap.source = w.source
+                p = w.prediction
+                facts: dict[str, Any] = {
+                    "pattern": None if p is None else p.label,
+                    "probability": None if p is None else round(p.probability, 4),
+                    "review": w.review.state if w.review else None,
+                    "explanation": w.explanation.text if w.explanation else "",
+                }
+                rows.append(WaferRow(wmap, facts=facts))
+    finally:
+        svc.store.close()
+    if not rows:
+        raise FabsightError(files[0], "no wafer maps in the given files")
+    return rows
+
+
+def _pattern_counts(rows: list[WaferRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        key = r.facts.get("pattern") or "unclassified"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _lots(rows: list[WaferRow]) -> list[dict[str, Any]]:
@@ -78,31 +169,41 @@ def _lots(rows: list[WaferRow]) -> list[dict[str, Any]]:
     return out
 
 
-def run_demo(out_dir: str | Path, files: Sequence[str | Path] | None = None) -> dict[str, Any]:
-    """Read, render and report; returns the summary also written to ``OUT/summary.json``."""
+def run_demo(
+    out_dir: str | Path, files: Sequence[str | Path] | None = None, *, models_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Classify, explain, store, render and report; returns the summary also written to ``OUT/summary.json``.
+
+    ``models_dir`` holds the wafer-pattern model (without one the wafers are stored and
+    explained but not classified). The whole output folder, store included, is built aside and
+    swapped in at the end, so a failed run leaves the previous one intact.
+    """
     import jinja2
 
     from fabsight.report.render import render_png
 
     paths = [Path(f) for f in files] if files else example_files()
-    maps = _read(paths)
-    rows = [WaferRow(m) for m in maps]
-    for r in track(rows, "rendering"):
-        r.picture = _png_data_url(r.wmap)
-    summary = {
-        "inputs": [str(p) for p in paths],
-        "wafers": len(rows),
-        "lots": _lots(rows),
-        "results": [r.to_dict() for r in rows],
-    }
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("fabsight.report", "templates"), autoescape=jinja2.select_autoescape()
-    )
-    html = env.get_template("demo.html").render(summary=summary, rows=rows)
+    inputs = _input_files(paths)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        render_png(maps, tmp / "wafers.png")
+        rows = _fill_store(tmp / STORE_NAME, inputs, None if models_dir is None else Path(models_dir))
+        for r in track(rows, "rendering"):
+            r.picture = _png_data_url(r.wmap)
+        summary = {
+            "inputs": [str(p) for p in inputs],
+            "model": None if models_dir is None else str(models_dir),
+            "wafers": len(rows),
+            "lots": _lots(rows),
+            "patterns": _pattern_counts(rows),
+            "results": [r.to_dict() for r in rows],
+        }
+        env = jinja2.Environment(
+            loader=jinja2.PackageLoader("fabsight.report", "templates"), autoescape=jinja2.select_autoescape()
+        )
+        html = env.get_template("demo.html").render(summary=summary, rows=rows)
+        render_png([r.wmap for r in rows], tmp / "wafers.png")
         (tmp / "report.html").write_text(html, encoding="utf-8")
         write_json(tmp / "summary.json", summary)
     summary["report"] = str(out_dir / "report.html")
+    summary["store"] = str(out_dir / STORE_NAME)
     return summary

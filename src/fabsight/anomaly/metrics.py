@@ -101,23 +101,23 @@ def aupro(
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     s, y = _flatten(maps, masks)
-    regions = np.zeros(s.size, dtype=np.int64)
-    offset, n_regions = 0, 0
+    # Region id (1-based, unique over all images) of every defect pixel, in pixel order.
+    region_of_defect = []
+    n_regions = 0
     for m in masks:
         lab, n = ndimage.label(np.asarray(m).astype(bool), structure=_STRUCTURE)
-        flat = lab.ravel()
-        regions[offset : offset + flat.size] = np.where(flat > 0, flat + n_regions, 0)
-        offset += flat.size
+        region_of_defect.append(lab[lab > 0].astype(np.int32) + n_regions)
         n_regions += n
     if n_regions == 0 or y.all():
         return float("nan")
+    regions = np.concatenate(region_of_defect)
     sizes = np.bincount(regions, minlength=n_regions + 1).astype(np.float64)
     # Each defect pixel weighs 1 / (its region's size × number of regions), so a fully
     # detected set of regions sums to 1 whatever their sizes.
-    weight = np.where(regions > 0, 1.0 / (sizes[regions] * n_regions), 0.0)
+    weight = 1.0 / (sizes[regions] * n_regions)
     thr = _thresholds(s, max_thresholds)
     idx = _bin_index(s, thr)
-    pro_w = np.bincount(idx, weights=weight, minlength=thr.size)
+    pro_w = np.bincount(idx[y], weights=weight, minlength=thr.size)
     neg = np.bincount(idx[~y], minlength=thr.size).astype(np.float64)
     pro, fpr = _above(pro_w), _above(neg) / neg.sum()
     # Cut the curve at fpr_limit, interpolating the last point.

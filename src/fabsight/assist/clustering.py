@@ -6,9 +6,9 @@ setting works for a 26×26 probe map and a 22,000-defect KLARF file alike:
 * **Failing dies on the grid** — points are die positions in die units, ``eps = 1.5`` (the
   8-neighbourhood), and ``min_samples`` is the smallest fail count in a 3×3 window that
   random, spatially independent fails at the wafer's *background* fail rate would reach
-  with probability below ``alpha`` (0.1 %: with ~1,000 dies on a wafer, about one chance
-  core per map). A die is therefore a cluster core only when its
-  neighbourhood is denser than chance explains. The background rate is the fail rate away
+  with probability below ``alpha`` (1 %: loose enough that a one-die-wide scratch, three
+  fails per window, stands out at a 2–3 % background). A die is therefore a cluster core only
+  when its neighbourhood is denser than chance explains. The background rate is the fail rate away
   from the clusters, re-estimated a few times (it starts at the whole-wafer rate). Clusters
   smaller than ``min_cluster_size`` dies are dropped as chance coincidences.
 * **Defects in µm** — ``min_samples = 4`` (the 2·dimension rule of Ester et al. / Sander et al.
@@ -33,7 +33,7 @@ import numpy as np
 
 from fabsight.types import DefectList, DieState, WaferMap
 
-ALPHA = 0.001
+ALPHA = 0.01
 GRID_EPS = 1.5
 MIN_CLUSTER_SIZE = 5
 DEFECT_MIN_SAMPLES = 4

@@ -16,7 +16,8 @@ Significance, at false-discovery rate ``alpha`` (5 %) with Benjamini–Hochberg:
   upper-tail test. Regions are where one golden map still gives strong evidence.
 * **overall**: the wafer's fail count against its expectation, the same test.
 
-The "difference map" holds the dies failing here that usually pass (reference p < 0.5); its
+The "difference map" holds the dies failing here that fail on fewer than half of the reference
+maps (raw frequency, so a die that failed on the one golden map is not "new"); its
 facts (and the classifier, when a model is given) say what new pattern appeared.
 """
 
@@ -39,9 +40,10 @@ ALPHA = 0.05
 
 @dataclass
 class Baseline:
-    """Per-die reference fail probability (NaN off-wafer) and where it came from."""
+    """Per-die reference fail probability (shrunken, for tests) and raw fail frequency (NaN off-wafer)."""
 
     fail_prob: np.ndarray
+    fail_freq: np.ndarray
     n_wafers: int
     mean_rate: float
     source: str
@@ -65,7 +67,8 @@ def build_baseline(maps: Sequence[WaferMap], *, prior: float = PRIOR, source: st
     n = on.sum(axis=0)
     rate = (k.sum() + 1.0) / (n.sum() + 2.0)
     prob = np.where(n > 0, (k + prior * rate) / np.maximum(n + prior, 1e-9), np.nan)
-    return Baseline(prob, len(maps), float(rate), source)
+    freq = np.where(n > 0, k / np.maximum(n, 1), np.nan)
+    return Baseline(prob, freq, len(maps), float(rate), source)
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -206,9 +209,8 @@ def _check_shape(wmap: WaferMap, baseline: Baseline) -> None:
 def difference_map(wmap: WaferMap, baseline: Baseline) -> WaferMap:
     """Dies failing here that usually pass on the reference as FAIL, other on-wafer dies GOOD."""
     _check_shape(wmap, baseline)
-    on = (wmap.grid != DieState.OFF) & np.isfinite(baseline.fail_prob)
-    p = np.nan_to_num(baseline.fail_prob, nan=1.0)
-    new = on & (wmap.grid == DieState.FAIL) & (p < 0.5)
+    on = (wmap.grid != DieState.OFF) & np.isfinite(baseline.fail_freq)
+    new = on & (wmap.grid == DieState.FAIL) & (np.nan_to_num(baseline.fail_freq, nan=1.0) < 0.5)
     grid = np.where(on, np.where(new, DieState.FAIL, DieState.GOOD), DieState.OFF)
     return wmap.with_grid(grid.astype(np.uint8))
 
@@ -250,7 +252,7 @@ def compare_map(
         p_value=overall,
         differs=overall < alpha or any(t.q_value < alpha for t in tests),
         new_fails=diff.n_fail,
-        recovered=int((on & (wmap.grid == DieState.GOOD) & (p >= 0.5)).sum()),
+        recovered=int((on & (wmap.grid == DieState.GOOD) & (np.nan_to_num(baseline.fail_freq) >= 0.5)).sum()),
         significant_dies=significant,
         regions=tests,
         difference=wafer_facts(diff, difference_prediction),

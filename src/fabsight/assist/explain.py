@@ -91,8 +91,8 @@ def _location_sentence(f: WaferFacts) -> Sentence | None:
     else:
         subject = "The failing dies form no spatial cluster; they"
     if loc.location == "whole wafer":
-        return Sentence(f"{subject} cover the whole wafer ({pct(loc.coverage)} of all dies).",
-                        [*keys, "location.coverage"])
+        return Sentence(f"The failing dies cover the whole wafer ({pct(f.extent.fail_fraction)} of all dies fail).",
+                        [*keys, "extent.fail_fraction"])
     if loc.location == "spread":
         shares = ", ".join(f"{z} {pct(s)}" for z, s in loc.zone_share.items())
         return Sentence(f"{subject} are spread over the wafer with no zone clearly enriched ({shares}).",

@@ -18,9 +18,13 @@ Conventions (documented once here, used everywhere):
   pattern; the rest are background fails at the random defect rate.
 * **Severity** is graded on the wafer's total yield loss (fraction of on-wafer dies failing):
   ``low`` < 5 %, ``moderate`` < 15 %, ``high`` < 30 %, ``critical`` ≥ 30 %.
-* **Location**: ``whole wafer`` when the pattern covers at least half of the dies; else the
-  zone holding most of the pattern's dies when it is enriched there (share ≥ 1.5 × the zone's
-  area share); otherwise ``spread``.
+* **Location** is measured on the clustered dies when they hold at least a quarter of the
+  failing dies (a few chance clusters on a randomly failing wafer do not make a pattern), else
+  on all failing dies. ``whole wafer`` when at least half of the dies fail; for clusters, the
+  zone of their median radius; for scattered fails, the zone holding most of them only when
+  it is enriched there (share ≥ 1.5 × the zone's area share, and a one-sided binomial test
+  against that area share at p < 0.01, so a handful of fails never makes a location);
+  otherwise ``spread``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ NOTCH_SECTOR = "S"
 _NOTCH_ANGLE = {"down": 180.0, "up": 0.0, "left": 270.0, "right": 90.0}
 SECTOR_CONCENTRATION = 0.5
 ENRICHMENT = 1.5
+ENRICHMENT_P = 0.01
 WHOLE_WAFER = 0.5
+CLUSTER_BASIS = 0.25
 MIN_CONFIDENCE = 0.5
 SEVERITY: tuple[tuple[str, float], ...] = (("low", 0.05), ("moderate", 0.15), ("high", 0.30), ("critical", np.inf))
 RADIAL_BINS = 10
@@ -228,6 +234,13 @@ def radial_profile(wmap: WaferMap, geo: DieGeometry, bins: int = RADIAL_BINS) ->
     return [round(float(a / b), 4) if b else 0.0 for a, b in zip(k, n, strict=True)]
 
 
+def _enriched(k: int, n: int, area_share: float) -> bool:
+    """One-sided binomial test: are k of n fails in a zone more than its area share explains?"""
+    from scipy.stats import binom
+
+    return bool(binom.sf(k - 1, n, area_share) < ENRICHMENT_P)
+
+
 def location_facts(wmap: WaferMap, geo: DieGeometry, mask: np.ndarray, basis: str) -> LocationFacts:
     """Zone, sector and quadrant of the dies in ``mask`` (see the module docstring for the rules)."""
     zones = zone_masks(geo)
@@ -240,13 +253,15 @@ def location_facts(wmap: WaferMap, geo: DieGeometry, mask: np.ndarray, basis: st
     area = {z: float(m.sum() / n_on) for z, m in zones.items()}
     enrich = {z: round(share[z] / area[z], 3) if area[z] else 0.0 for z in zones}
     top = max(share, key=lambda z: share[z])
-    if n >= WHOLE_WAFER * n_on:
+    r = geo.radius[mask]
+    if int((wmap.grid == DieState.FAIL).sum()) >= WHOLE_WAFER * n_on:
         location = "whole wafer"
-    elif enrich[top] >= ENRICHMENT:
+    elif basis == "clusters":
+        location = zone_of(float(np.median(r)))
+    elif enrich[top] >= ENRICHMENT and _enriched(round(share[top] * n), n, area[top]):
         location = top
     else:
         location = "spread"
-    r = geo.radius[mask]
     theta = np.radians(geo.angle[mask])
     s, c = float(np.sin(theta).mean()), float(np.cos(theta).mean())
     conc = float(np.hypot(s, c))
@@ -326,7 +341,7 @@ def wafer_facts(wmap: WaferMap, prediction: Mapping[str, Any] | None = None) -> 
     clustering = cluster_dies(wmap)
     mask = cluster_grid(wmap, clustering) >= 0
     basis = "clusters"
-    if not mask.any():
+    if not mask.any() or mask.sum() < CLUSTER_BASIS * wmap.n_fail:
         mask, basis = wmap.grid == DieState.FAIL, "all failing dies"
     extent = extent_facts(wmap, geo, clustering)
     return WaferFacts(

@@ -137,6 +137,7 @@ INTENTS: tuple[Intent, ...] = (
         "What is causing the defects?",
         "Where in the process should we look for the problem?",
         "Which equipment might be responsible for this pattern?",
+        "What root cause explains the failures on wafer 5?",
     ), uses=("pattern",)),
     Intent("wafer_count", (
         "How many wafers are in the lot?",
@@ -210,20 +211,43 @@ def _encoder() -> Any:
 
 
 def embed(texts: Sequence[str]) -> np.ndarray:
-    """Unit-length sentence embeddings (rows)."""
-    return np.asarray(_encoder().encode(list(texts), normalize_embeddings=True, show_progress_bar=False))
+    """Unit-length sentence embeddings (rows).
+
+    Runs torch on one thread: a handful of short sentences gains nothing from more, and on a
+    busy machine competing threads made one question take seconds instead of milliseconds.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return np.asarray(_encoder().encode(list(texts), normalize_embeddings=True, show_progress_bar=False))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def delexicalize(text: str) -> str:
+    """Replace wafer ids and pattern names by "this wafer" / "this pattern" before embedding.
+
+    Which wafer or pattern is asked about is a slot, not part of what is asked; leaving
+    "wafer 7" or "scratch" in pulls a question towards whichever examples mention them.
+    """
+    out = _WAFER.sub(lambda m: "this wafer" if any(ch.isdigit() for ch in m.group(0)) else m.group(0), text)
+    for _, rx in _PATTERN_ALIASES:
+        out = re.sub(rf"(?:\b(?:an?|the)\s+)?(?:{rx})(?:\s+pattern)?", "this pattern", out, flags=re.I)
+    return out
 
 
 @functools.cache
 def _example_matrix() -> tuple[np.ndarray, tuple[str, ...]]:
     examples = [(i.name, e) for i in INTENTS for e in i.examples]
-    return embed([e for _, e in examples]), tuple(n for n, _ in examples)
+    return embed([delexicalize(e) for _, e in examples]), tuple(n for n, _ in examples)
 
 
 def rank_intents(question: str) -> list[tuple[str, float]]:
     """Intents by their best example's cosine similarity to ``question``, most similar first."""
     matrix, names = _example_matrix()
-    sims = matrix @ embed([question])[0]
+    sims = matrix @ embed([delexicalize(question)])[0]
     best: dict[str, float] = {}
     for name, sim in zip(names, sims.tolist(), strict=True):
         best[name] = max(best.get(name, -1.0), sim)

@@ -15,21 +15,26 @@ endpoints need one; a local vLLM does not).
 from __future__ import annotations
 
 import base64
+import io
 import json
+import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fabsight.types import WaferMap
 
+IMAGE_SIZE = 448
+GAP = 8
+
 SYSTEM_PROMPT = (
-    "You are a semiconductor yield engineer reviewing wafer maps. The image shows a wafer map: "
-    "failing dies are red, good dies grey, the notch is marked on the outline. Measured facts "
-    "computed from the same map are given as JSON; trust them over visual impressions for counts, "
-    "and say so when they do not support a claim."
+    "You are a semiconductor yield engineer reviewing wafer maps. The image shows wafer maps as die "
+    "grids: failing dies are red, good dies grey, off-wafer white. Measured facts computed from the "
+    "same maps are given as JSON (sectors are compass directions with the notch at south); trust them "
+    "over visual impressions for counts, and say so when they do not support a claim."
 )
 
 
@@ -55,13 +60,28 @@ class VLMConfig:
         return f"{url}/v1/chat/completions"
 
 
-def png_bytes(maps: WaferMap | Sequence[WaferMap]) -> bytes:
-    """The maps drawn as fabsight draws them (one map, or a contact sheet), as PNG bytes."""
-    from fabsight.report.render import render_png
+def png_bytes(maps: WaferMap | Sequence[WaferMap], size: int = IMAGE_SIZE) -> bytes:
+    """One map, or several side by side in a near-square grid, as a PNG of ``size``-pixel tiles.
 
-    with tempfile.TemporaryDirectory(prefix="fabsight-vlm-") as tmp:
-        path = render_png(maps, Path(tmp) / "map.png")
-        return path.read_bytes()
+    The fast palette picture (:func:`fabsight.report.render.map_to_rgb`: red fails, grey good,
+    white off-wafer), the same one :mod:`fabsight.assist.sft` writes for fine-tuning, so a
+    model tuned on exported data sees the same kind of picture when it is asked.
+    """
+    from PIL import Image
+
+    from fabsight.report.render import map_to_rgb
+
+    maps = [maps] if isinstance(maps, WaferMap) else list(maps)
+    cols = math.ceil(math.sqrt(len(maps)))
+    rows = math.ceil(len(maps) / cols)
+    sheet = np.full((rows * (size + GAP) - GAP, cols * (size + GAP) - GAP, 3), 255, dtype=np.uint8)
+    for i, m in enumerate(maps):
+        r, c = divmod(i, cols)
+        sheet[r * (size + GAP): r * (size + GAP) + size, c * (size + GAP): c * (size + GAP) + size] = map_to_rgb(
+            m.grid, size)
+    buf = io.BytesIO()
+    Image.fromarray(sheet).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def data_url(png: bytes) -> str:

@@ -146,7 +146,7 @@ class Backbone:
         return torch.stack(out).to(self.device)
 
     # features ----------------------------------------------------------------------
-    def _check_layers(self, layers: Sequence[str]) -> None:
+    def check_layers(self, layers: Sequence[str]) -> None:
         unknown = [name for name in layers if name not in self.cfg.layers]
         if unknown or not layers:
             raise FabsightError(
@@ -157,7 +157,7 @@ class Backbone:
     @torch.no_grad()
     def _raw(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """Layer outputs as the network produces them (ViT: B×N×C tokens incl. prefix)."""
-        self._check_layers(layers)
+        self.check_layers(layers)
         captured: dict[str, torch.Tensor] = {}
         modules = dict(self.model.named_modules())
         handles = []
@@ -212,15 +212,14 @@ class Backbone:
     def embed_dim_for(self, layers: Sequence[str] | None = None) -> int:
         """Length of :meth:`embed`'s output for ``layers``."""
         layers = tuple(layers or self.cfg.default_layers)
-        self._check_layers(layers)
+        self.check_layers(layers)
         per = 2 if self._is_vit else 1
         return sum(per * self.cfg.layers[name][0] for name in layers)
 
-    def identity(self, layers: Sequence[str] | None = None) -> str:
-        """Stable string naming weights + preprocessing + layers: the embedding-cache key part."""
-        layers = tuple(layers or self.cfg.default_layers)
+    def fingerprint(self) -> str:
+        """Stable string naming weights + preprocessing: what an embedding cache is keyed by."""
         c = self.cfg
-        return f"{c.name}|{c.architecture}|{c.weights_hash}|{c.input_size}|{c.mean}|{c.std}|{','.join(layers)}"
+        return f"{c.name}|{c.architecture}|{c.weights_hash}|{c.input_size}|{c.mean}|{c.std}|{c.interpolation}"
 
 
 def describe_layers(model: nn.Module, input_size: tuple[int, int]) -> dict[str, tuple[int, int]]:

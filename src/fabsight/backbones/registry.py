@@ -149,7 +149,7 @@ def load_backbone_dir(
     if not card.backbone:
         raise ModelError(path, "backbone card has no 'backbone' section")
     cfg = BackboneConfig.from_dict(card.backbone)
-    kwargs: dict[str, Any] = {"img_size": cfg.input_size} if "vit" in cfg.architecture else {}
+    kwargs: dict[str, Any] = {"img_size": cfg.input_size, "dynamic_img_size": True} if "vit" in cfg.architecture else {}
     model = timm.create_model(cfg.architecture, pretrained=False, num_classes=0, **kwargs)
     state = load_file(str(Path(path) / card.files["weights"]))
     try:

@@ -86,7 +86,10 @@ def dinov2_vits14(*, device: str, weights: str | None, input_size: tuple[int, in
     if size[0] % 14 or size[1] % 14:
         raise FabsightError("dinov2_vits14", f"input size {size} must be a multiple of the 14 px patch")
     weights = weights or os.environ.get(DINOV2_ENV) or None
-    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=size)
+    # dynamic_img_size: DINO-style adaptation feeds smaller local crops; at the configured
+    # size the position embedding is used as is (no per-call resampling)
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=size,
+                              dynamic_img_size=True)
     if weights is not None:
         if not os.path.isfile(weights):
             raise FabsightError(weights, f"DINOv2 weights file does not exist (from weights= or ${DINOV2_ENV})")

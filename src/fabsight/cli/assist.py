@@ -190,7 +190,55 @@ def compare_cmd(
     emit([r.to_dict() for r in results], as_json, human)
 
 
+def export_sft_cmd(
+    inputs: Annotated[list[str], typer.Argument(help="Labelled wafer maps (folders ROOT/CLASS, LSWMD, npz, …).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write (images/ + annotations.json).")],
+    golden: Annotated[
+        list[str] | None, typer.Option("--golden", help="Golden map(s): adds golden-comparison conversations.")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Label unlabelled maps with this classifier (confident ones only).")
+    ] = None,
+    kb: KbOpt = None,
+    size: Annotated[int, typer.Option("--size", min=32, max=2048, help="Picture side in pixels.")] = 448,
+    seed: Annotated[int, typer.Option(help="Seed for the wrong classes of the 'no' questions.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a VLM fine-tuning set (LLaVA / Cosmos-cookbook conversations) from labelled maps."""
+    from fabsight.assist.compare import build_baseline
+    from fabsight.assist.knowledge import load_kb
+    from fabsight.assist.sft import export_sft
+    from fabsight.io import iter_maps
+
+    knowledge = load_kb(kb)
+    maps = _load_maps(inputs)
+    if model is not None:
+        todo = [m for m in maps if not m.labels]
+        labelled = 0
+        for m, p in zip(todo, _predict(model, todo) if todo else [], strict=True):
+            if not p["needs_review"]:
+                m.labels, labelled = tuple(p["label"].split("+")), labelled + 1
+        skipped = len(todo) - labelled
+        if skipped:
+            warn(f"{skipped} unlabelled maps left out: the classifier was not confident about them")
+        maps = [m for m in maps if m.labels]
+        if not maps:
+            raise FabsightError(inputs[0], "no labelled maps left to export")
+    reference = None
+    if golden:
+        ref_maps = list(iter_maps(golden))
+        reference = (ref_maps[0], build_baseline(ref_maps, source=", ".join(golden)))
+    result = export_sft(maps, out_dir, knowledge, golden=reference, seed=seed, size=size)
+
+    def human(r: dict[str, Any]) -> None:
+        kinds = ", ".join(f"{v} {k}" for k, v in r["by_kind"].items())
+        _say(f"wrote {r['conversations']} conversations about {r['maps']} maps ({kinds}) to {r['out']}")
+
+    emit(result, as_json, human)
+
+
 def register(app: typer.Typer) -> None:
     app.command("explain")(explain_cmd)
     app.command("ask")(ask_cmd)
     app.command("compare")(compare_cmd)
+    app.command("export-sft")(export_sft_cmd)

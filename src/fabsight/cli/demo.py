@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out
+from fabsight.cli.common import JsonOpt, emit, err, out
 
 
 def demo(
@@ -15,20 +15,39 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the report (replaced atomically).")] = Path(
         "demo_out"
     ),
+    models: Annotated[
+        Path | None,
+        typer.Option("--models", help="Wafer-pattern model (default: a small synthetic one, trained once and cached)."),
+    ] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Then serve the dashboard over the demo's store.")] = False,
+    host: Annotated[str, typer.Option("--host", help="With --serve: interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="With --serve: TCP port.")] = 8000,
     as_json: JsonOpt = False,
 ) -> None:
-    """Read the example lot (or FILES), render every wafer and write an HTML report."""
-    from fabsight.demo import run_demo
+    """Read the example lot (or FILES); classify, explain and store every wafer; write an HTML report."""
+    from fabsight.demo import FILES_NAME, demo_model, run_demo
 
-    summary = run_demo(out_dir, files)
+    if models is None:
+        err.print("wafer model: the cached demo model (trained on synthetic maps on the first run)", markup=False)
+        models = demo_model()
+    summary = run_demo(out_dir, files, models_dir=models)
 
     def human(s: dict[str, Any]) -> None:
         for lot in s["lots"]:
             y = "–" if lot["yield"] is None else f"{100 * lot['yield']:.1f} %"
-            out.print(f"lot {lot['lot']} ({lot['format']}): {lot['wafers']} wafers, yield {y}")
-        out.print(f"report: {s['report']}")
+            out.print(f"lot {lot['lot']} ({lot['format']}): {lot['wafers']} wafers, yield {y}", markup=False)
+        out.print("patterns: " + ", ".join(f"{k} {v}" for k, v in s["patterns"].items()), markup=False)
+        out.print(f"report: {s['report']}\nstore: {s['store']}", markup=False)
 
     emit(summary, as_json, human)
+    if serve:
+        import uvicorn
+
+        from fabsight.serve import create_app
+
+        err.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)", markup=False)
+        app = create_app(summary["store"], models, files_dir=Path(out_dir) / FILES_NAME)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def register(app: typer.Typer) -> None:

@@ -30,6 +30,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.labeling",
     "fabsight.cli.inspect",
     "fabsight.cli.anomaly",
+    "fabsight.cli.die",
+    "fabsight.cli.serve",
     "fabsight.cli.deploy",
     "fabsight.cli.distill",
 )

@@ -11,6 +11,7 @@ from fabsight.cli.common import JsonOpt, emit, out
 from fabsight.errors import FabsightError
 
 if TYPE_CHECKING:
+    from fabsight.monitor.charts import ChartKind
     from fabsight.types import WaferMap
 
 ModelOpt = Annotated[
@@ -155,6 +156,7 @@ def monitor(
 
     if chart not in ("laney", "p"):
         raise FabsightError(None, f"--chart must be 'laney' or 'p', got {chart!r}")
+    kind: ChartKind = "laney" if chart == "laney" else "p"
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise FabsightError(report, "the report is an HTML file: give a .html path")
     clf = load_classifier(model)
@@ -163,7 +165,7 @@ def monitor(
         maps,
         model=clf,
         n_baseline=baseline,
-        chart=chart,  # type: ignore[arg-type]
+        chart=kind,
         alpha=alpha,
         n_permutations=permutations,
         seed=seed,

@@ -98,20 +98,29 @@ def copper_mask(gray: np.ndarray, threshold: int) -> np.ndarray:
     return (gray < threshold).astype(np.uint8)
 
 
+#: Regions smaller than this (pixels) are ragged-edge specks of the binarisation and do
+#: not count as a change of topology.
+_MIN_REGION = 5
+
+
 def _n_regions(mask: np.ndarray) -> int:
+    """Copper regions of at least ``_MIN_REGION`` pixels."""
     if not mask.any():
         return 0
-    return int(cv2.connectedComponents(mask, connectivity=8)[0]) - 1
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    return int(np.count_nonzero(stats[1:, cv2.CC_STAT_AREA] >= _MIN_REGION))
 
 
 def _n_holes(copper: np.ndarray) -> int:
-    """Substrate regions fully enclosed by copper inside the window (not touching its border)."""
+    """Substrate regions (≥ ``_MIN_REGION`` px) fully enclosed by copper inside the window."""
     sub = (1 - copper).astype(np.uint8)
-    n, labels = cv2.connectedComponents(sub, connectivity=4)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=4)
     if n <= 1:
         return 0
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return int((n - 1) - np.count_nonzero(border))
+    inner = np.ones(n, bool)
+    inner[0] = False
+    inner[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+    return int(np.count_nonzero(inner & (stats[:, cv2.CC_STAT_AREA] >= _MIN_REGION)))
 
 
 def _window(box: tuple[int, int, int, int], margin: int, shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -232,6 +241,28 @@ def _components(core: np.ndarray, params: DetectionParams) -> list[tuple[np.ndar
     return out
 
 
+def _tolerant_differences(test_cu: np.ndarray, temp_cu: np.ndarray, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Copper added beyond the tolerance band, and copper removed inside it.
+
+    The band is ``tolerance`` pixels wide, except on *thin* template structures (lines
+    and gaps narrower than twice the band, which the band would swallow whole): there it
+    is one pixel, so a cut through a hair-line trace or a bridge across a narrow gap is
+    still seen.
+    """
+    if tolerance <= 0:
+        return test_cu & (1 - temp_cu), (1 - test_cu) & temp_cu
+    k = _disk(tolerance)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    substrate = (1 - temp_cu).astype(np.uint8)
+    thin_cu = temp_cu & (1 - cv2.morphologyEx(temp_cu, cv2.MORPH_OPEN, k))
+    thin_gap = substrate & (1 - cv2.morphologyEx(substrate, cv2.MORPH_OPEN, k))
+    far_from_cu = (1 - cv2.dilate(temp_cu, k)) | (thin_gap & (1 - cv2.dilate(temp_cu, cross)))
+    deep_in_cu = cv2.erode(temp_cu, k, borderType=cv2.BORDER_REPLICATE) | (
+        thin_cu & cv2.erode(temp_cu, cross, borderType=cv2.BORDER_REPLICATE)
+    )
+    return test_cu & far_from_cu, (1 - test_cu) & deep_in_cu
+
+
 def _best_shift(
     test_cu: np.ndarray, temp_pad: np.ndarray, box: tuple[int, int, int, int], params: DetectionParams
 ) -> tuple[int, int]:
@@ -264,9 +295,7 @@ def find_candidates(test: np.ndarray, template_aligned: np.ndarray, params: Dete
     """
     test_cu = copper_mask(test, params.threshold)
     temp_cu = copper_mask(template_aligned, params.threshold)
-    k = _disk(params.tolerance) if params.tolerance > 0 else np.ones((1, 1), np.uint8)
-    added = test_cu & (1 - cv2.dilate(temp_cu, k))
-    removed = (1 - test_cu) & cv2.erode(temp_cu, k, borderType=cv2.BORDER_REPLICATE)
+    added, removed = _tolerant_differences(test_cu, temp_cu, params.tolerance)
     diff_gray = cv2.absdiff(test, template_aligned)
     s = params.shift_tolerance
     temp_pad = cv2.copyMakeBorder(temp_cu, s, s, s, s, cv2.BORDER_REPLICATE) if s > 0 else temp_cu
@@ -279,12 +308,10 @@ def find_candidates(test: np.ndarray, template_aligned: np.ndarray, params: Dete
                 dy, dx = _best_shift(test_cu, temp_pad, box, params)
                 if (dy, dx) != (0, 0):
                     local_temp = temp_pad[s + dy : s + dy + h, s + dx : s + dx + w]
-                    ys, xs = _window(box, params.tolerance + 1, (h, w))
-                    t_w, m_w = test_cu[ys, xs], local_temp[ys, xs]
-                    if is_added:
-                        still = t_w & (1 - cv2.dilate(m_w, k))
-                    else:
-                        still = (1 - t_w) & cv2.erode(m_w, k, borderType=cv2.BORDER_REPLICATE)
+                    ys, xs = _window(box, 2 * params.tolerance + 2, (h, w))
+                    still = _tolerant_differences(test_cu[ys, xs], local_temp[ys, xs], params.tolerance)[
+                        0 if is_added else 1
+                    ]
                     kept = core[ys, xs] & still
                     if int(kept.sum()) < params.min_area:
                         continue

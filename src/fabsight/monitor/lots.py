@@ -74,6 +74,7 @@ class MonitorResult:
             "wafers": len(ws),
             "dies": dies,
             "fail_fraction": fails / dies if dies else None,
+            "yield": 1 - fails / dies if dies else None,  # die yield of the lot
         }
         if self.features.predicted is not None:
             mix = [self.features.predicted[i] for i in lot.wafers]
@@ -162,7 +163,8 @@ def monitor_lots(
             if ch.value[k] > ch.ucl[k] or ch.value[k] < ch.lcl[k]:
                 side = "above UCL" if ch.value[k] > ch.ucl[k] else "below LCL"
                 limit = ch.ucl[k] if ch.value[k] > ch.ucl[k] else ch.lcl[k]
-                alarms.append(Alarm(names[k], "limit", ch.name, f"{ch.value[k]:.4g} {side} {limit:.4g}"))
+                note = " (absent from every baseline lot)" if ch.center == 0 else ""
+                alarms.append(Alarm(names[k], "limit", ch.name, f"{ch.value[k]:.4g} {side} {limit:.4g}{note}"))
             alarms += [Alarm(names[k], "run", ch.name, r) for r in rules if not r.startswith("rule 1")]
 
     base_idx = [i for lot in lots[:n_baseline] for i in lot.wafers]

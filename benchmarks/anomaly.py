@@ -1,0 +1,175 @@
+"""Anomaly detection on an MVTec-layout dataset: fabsight's methods beside anomalib's PatchCore.
+
+    python benchmarks/prepare_magnetic_tile.py ../shared/data/magnetic_tile /tmp/mt_mvtec
+    python benchmarks/anomaly.py /tmp/mt_mvtec --threads 2 --anomalib > anomaly.json
+
+Every model learns from ``train/good`` minus a held-out share (used only to set the
+threshold at a 1 % false-alarm target), and is measured on ``test`` with the same metric
+code (image AUROC, pixel AUROC, AUPRO to FPR 0.3, F1 at the threshold, ms/image with file
+reading excluded). anomalib's PatchCore runs on the same images and the same input
+(resized to the same size, normalised for the same EfficientNet-Lite0 weights, which are
+loaded into its timm feature extractor), so only the algorithm and its implementation
+differ. Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fabsight.anomaly import evaluate, load_model, load_split, make_model, read_image
+from fabsight.anomaly.datasets import AnomalyRecord
+from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc
+from fabsight.anomaly.thresholds import threshold_from_good
+
+
+def _split(root: Path, holdout: float, seed: int, max_train: int | None) -> tuple[list, list, list]:
+    train = load_split(root, "train")
+    random.Random(seed).shuffle(train)
+    n_hold = max(1, round(holdout * len(train)))
+    hold, fit = train[:n_hold], train[n_hold:]
+    if max_train:
+        fit = fit[:max_train]
+    return fit, hold, load_split(root, "test")
+
+
+def _images(records: list[AnomalyRecord]) -> list[np.ndarray]:
+    return [read_image(r.path) for r in records]
+
+
+def run_fabsight(method: str, backbone: str | None, args: argparse.Namespace, fit: list, hold: list,
+                 test: list, recon_dir: str | None) -> dict[str, Any]:
+    if recon_dir is not None:
+        model, card = load_model(recon_dir, device="cpu")
+        fit_s = float(card.training.get("fit_seconds", float("nan")))
+    else:
+        params: dict[str, Any] = {"input_size": args.input_size, "tile": args.tile, "device": "cpu", "seed": args.seed}
+        if backbone:
+            params["backbone"] = backbone
+        if method == "recon":
+            params.update(steps=args.recon_steps, width=args.recon_width, train_crop=args.recon_crop)
+        model = make_model(method, **params)
+        t0 = time.perf_counter()
+        model.fit(_images(fit))
+        fit_s = time.perf_counter() - t0
+    model.calibrate_good(_images(hold), args.false_alarm_rate)
+    m = evaluate(model, test)
+    return {"tool": "fabsight", "method": method, "backbone": backbone or "none (own UNet)",
+            "input_size": model.input_size, "tile": model.tile, "fit_seconds": round(fit_s, 1),
+            "params": model.get_params(), "fitted": model._fitted_info(),
+            "threshold_meaning": model.threshold_.describe(), **m}
+
+
+def run_anomalib(args: argparse.Namespace, fit: list, hold: list, test: list) -> dict[str, Any]:
+    """anomalib 2.7 PatchcoreModel with our EfficientNet-Lite0 weights, driven directly (no Lightning)."""
+    import anomalib
+    import torch.nn.functional as F
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    from fabsight.backbones import create_backbone
+
+    s = args.input_size
+    ours = create_backbone("efficientnet_lite0", device="cpu", input_size=(s, s))
+    layers = ["blocks.2", "blocks.4"]
+    model = PatchcoreModel(layers=layers, backbone="tf_efficientnet_lite0", pre_trained=False, num_neighbors=9)
+    fx = model.feature_extractor.feature_extractor
+    missing, _ = fx.load_state_dict(ours.model.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"anomalib feature extractor did not get weights for {missing[:5]}")
+
+    def batches(records: list[AnomalyRecord]) -> Any:
+        for k in range(0, len(records), 8):
+            imgs = _images(records[k : k + 8])
+            yield imgs, ours.preprocess(imgs)  # same resize + normalisation as fabsight's
+
+    t0 = time.perf_counter()
+    model.train()
+    for _, x in batches(fit):
+        model(x)
+    model.subsample_embedding(args.anomalib_coreset_ratio)
+    fit_s = time.perf_counter() - t0
+    model.eval()
+
+    def score(records: list[AnomalyRecord]) -> tuple[list[float], list[np.ndarray], float]:
+        scores, maps, elapsed = [], [], 0.0
+        for imgs, x in batches(records):
+            t = time.perf_counter()
+            with torch.no_grad():
+                out = model(x)
+            for img, sc, amap in zip(imgs, out.pred_score, out.anomaly_map, strict=True):
+                h, w = img.shape[:2]
+                maps.append(F.interpolate(amap[None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy())
+                scores.append(float(sc))
+            elapsed += time.perf_counter() - t
+        return scores, maps, elapsed
+
+    hold_scores, _, _ = score(hold)
+    thr = threshold_from_good(np.array(hold_scores), args.false_alarm_rate)
+    scores, maps, elapsed = score(test)
+    labels = np.array([r.is_anomalous for r in test])
+    px_maps, px_masks = [], []
+    from fabsight.anomaly.datasets import read_mask
+
+    for r, amap in zip(test, maps, strict=True):
+        if r.mask_path is not None or not r.is_anomalous:
+            px_maps.append(amap)
+            px_masks.append(np.zeros(amap.shape, bool) if r.mask_path is None else read_mask(r.mask_path, amap.shape))
+    s_arr = np.array(scores)
+    return {"tool": f"anomalib {anomalib.__version__}", "method": "patchcore", "backbone": "efficientnet_lite0 "
+            "(fabsight's weights loaded into anomalib's timm tf_efficientnet_lite0 extractor)",
+            "layers": layers, "coreset_sampling_ratio": args.anomalib_coreset_ratio, "input_size": s,
+            "fit_seconds": round(fit_s, 1), "bank_size": int(model.memory_bank.shape[0]),
+            "n_images": len(test), "image_auroc": image_auroc(labels, s_arr),
+            "pixel_auroc": pixel_auroc(px_maps, px_masks), "aupro": aupro(px_maps, px_masks),
+            "threshold": thr.value, "threshold_meaning": thr.describe(), "f1": f1_at(labels, s_arr, thr.value),
+            "ms_per_image": 1000 * elapsed / len(test), "torch_threads": torch.get_num_threads()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--methods", default="patchcore,padim", help="comma list of patchcore, padim, recon")
+    ap.add_argument("--backbones", default="efficientnet_lite0", help="comma list, for patchcore/padim")
+    ap.add_argument("--recon-model", help="evaluate this trained recon model directory (e.g. trained on a GPU)")
+    ap.add_argument("--recon-steps", type=int, default=1500)
+    ap.add_argument("--recon-width", type=int, default=16)
+    ap.add_argument("--recon-crop", type=int, default=96)
+    ap.add_argument("--input-size", type=int, default=256)
+    ap.add_argument("--tile", type=int, default=None)
+    ap.add_argument("--holdout", type=float, default=0.2)
+    ap.add_argument("--false-alarm-rate", type=float, default=0.01)
+    ap.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--anomalib", action="store_true", help="also run anomalib's PatchCore")
+    ap.add_argument("--anomalib-coreset-ratio", type=float, default=0.01)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    fit, hold, test = _split(args.root, args.holdout, args.seed, args.max_train)
+    runs = []
+    for method in [m for m in args.methods.split(",") if m]:
+        if method == "recon":
+            runs.append(run_fabsight("recon", None, args, fit, hold, test, args.recon_model))
+            continue
+        for bb in args.backbones.split(","):
+            runs.append(run_fabsight(method, bb, args, fit, hold, test, None))
+        print(json.dumps(runs[-1], default=str), file=sys.stderr)
+    if args.anomalib:
+        runs.append(run_anomalib(args, fit, hold, test))
+    doc = {"dataset": str(args.root), "n_train": len(fit), "n_threshold_holdout": len(hold), "n_test": len(test),
+           "threads": args.threads, "cpu": platform.processor() or platform.machine(), "runs": runs}
+    print(json.dumps(doc, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

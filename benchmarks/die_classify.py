@@ -1,0 +1,190 @@
+"""Die-level classification benchmark: backbones × label budgets × methods, printed as JSON.
+
+    PYTHONPATH=src python benchmarks/prepare_deeppcb_crops.py --out /tmp/die_data --no-elpv
+    PYTHONPATH=src python benchmarks/die_classify.py --data /tmp/die_data --out bench_out/die.json
+
+Data: DeepPCB defect crops (six classes; a seeded pool of ``--pool-per-class`` crops per
+class from the original trainval split to draw labels from, ``--test-per-class`` per class
+from the original test split) and magnetic tile (six classes incl. Free; repeated
+stratified 70/30 splits). For each backbone: a layer scan (probe on each layer, all pool
+labels), the label-budget curve (10/25/50/all per class, ``--repeats`` seeded draws,
+mean ± sd), probe vs hybrid (⊕ GLCM + Zernike) vs hierarchical, augmentation at a small
+budget, and embedding throughput / peak memory. Embeddings are cached
+(``$FABSIGHT_CACHE``), so a rerun costs only the classifier fits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fabsight.backbones import create_backbone
+from fabsight.die.classifier import DieClassifier, ProbeClassifier
+from fabsight.die.data import DEFAULT_AUGMENT, ImageFolder, read_image, scan_folder
+from fabsight.die.embeddings import default_cache, extract, extract_layers
+from fabsight.die.handcrafted import extract_handcrafted
+from fabsight.die.metrics import classification_metrics
+
+SCAN_LAYERS = {
+    "efficientnet_lite0": ["blocks.2", "blocks.4", "blocks.6", "head"],
+    "dinov2_vits14": [f"blocks.{i}" for i in range(3, 12)],
+}
+COMBOS = {"efficientnet_lite0": [("blocks.4", "head"), ("blocks.6", "head")],
+          "dinov2_vits14": [("blocks.6", "blocks.9"), ("blocks.8", "blocks.11")]}
+
+
+def per_class_sample(folder: ImageFolder, k: int, rng: np.random.Generator) -> np.ndarray:
+    idx = []
+    for c in range(len(folder.classes)):
+        members = np.flatnonzero(folder.labels == c)
+        idx += list(rng.choice(members, size=min(k, len(members)), replace=False))
+    return np.sort(np.asarray(idx))
+
+
+def datasets(root: Path, pool_per_class: int, test_per_class: int, repeats: int) -> dict[str, dict[str, Any]]:
+    """name → {"folder": all images used, "splits": [(pool_idx, test_idx), ...]}."""
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[str, Any]] = {}
+    train = scan_folder(root / "deeppcb" / "train")
+    test = scan_folder(root / "deeppcb" / "test", classes=train.classes)
+    pool = train.subset(per_class_sample(train, pool_per_class, rng))
+    held = test.subset(per_class_sample(test, test_per_class, rng))
+    both = ImageFolder(root, pool.paths + held.paths, np.concatenate([pool.labels, held.labels]), train.classes)
+    split = (np.arange(len(pool)), np.arange(len(pool), len(both)))
+    out["deeppcb"] = {"folder": both, "splits": [split] * repeats, "split": "original trainval/test split"}
+    mt = scan_folder(root / "magnetic_tile")
+    splits = []
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    for tr, te in StratifiedShuffleSplit(n_splits=repeats, test_size=0.3, random_state=0).split(mt.labels, mt.labels):
+        splits.append((tr, te))
+    out["magnetic_tile"] = {"folder": mt, "splits": splits, "split": "repeated stratified 70/30"}
+    return out
+
+
+def score(clf: Any, X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, classes: list[str]) -> dict:
+    clf.fit(X[tr], y[tr])
+    m = classification_metrics(y[te], clf.predict(X[te]), classes)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+
+def budget_draw(labels: np.ndarray, pool: np.ndarray, k: int | None, seed: int) -> np.ndarray:
+    if k is None:
+        return pool
+    rng = np.random.default_rng(seed)
+    idx = []
+    for c in np.unique(labels[pool]):
+        members = pool[labels[pool] == c]
+        idx += list(rng.choice(members, size=min(k, len(members)), replace=False))
+    return np.asarray(idx)
+
+
+def summarise(runs: list[dict]) -> dict:
+    return {f"{k}_{s}": float(getattr(np, s)([r[k] for r in runs])) for k in ("accuracy", "macro_f1")
+            for s in ("mean", "std")} | {"repeats": len(runs)}
+
+
+def throughput(bb_name: str, size: int, paths: list[Path], threads: int) -> dict:
+    torch.set_num_threads(threads)
+    bb = create_backbone(bb_name, input_size=size)
+    images = [read_image(p) for p in paths]
+    bb.embed(bb.preprocess(images[:4]))  # warm-up
+    t = time.perf_counter()
+    for i in range(0, len(images), 32):
+        bb.embed(bb.preprocess(images[i:i + 32]))
+    dt = time.perf_counter() - t
+    return {"images": len(images), "threads": threads, "images_per_s": len(images) / dt,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_backbone(name: str, size: int, data: dict, args: argparse.Namespace) -> dict:
+    bb = create_backbone(name, input_size=size)
+    budgets = [None if b == "all" else int(b) for b in args.budgets.split(",")]
+    result: dict[str, Any] = {"input_size": size, "weights": bb.cfg.weights_source,
+                              "default_layers": bb.cfg.default_layers}
+    for ds_name, ds in data.items():
+        folder: ImageFolder = ds["folder"]
+        y = np.asarray(folder.classes)[folder.labels]
+        t = time.perf_counter()
+        per_layer = extract_layers(bb, folder.paths, SCAN_LAYERS[name], 32, args.cache)
+        hand = extract_handcrafted(folder.paths, cache_dir=args.cache)
+        res: dict[str, Any] = {"n_images": len(folder), "split": ds["split"], "embed_s": time.perf_counter() - t}
+        probe = ProbeClassifier(calibrate=False)
+        scan = {}
+        for layers in [*([layer] for layer in SCAN_LAYERS[name]), *COMBOS[name]]:
+            X = np.concatenate([per_layer[layer] for layer in layers], axis=1)
+            scan["+".join(layers)] = summarise([score(probe, X, y, tr, te, folder.classes) for tr, te in ds["splits"]])
+        res["layer_scan_all_labels"] = scan
+        deep = np.concatenate([per_layer[layer] for layer in bb.cfg.default_layers], axis=1)
+        hybrid = np.concatenate([deep, hand], axis=1)
+        curves: dict[str, Any] = {}
+        for k in budgets:
+            runs: dict[str, list] = {"probe": [], "hybrid": [], "hierarchical": [], "handcrafted_only": []}
+            for r, (pool, te) in enumerate(ds["splits"]):
+                tr = budget_draw(y, pool, k, seed=r)
+                runs["probe"].append(score(probe, deep, y, tr, te, folder.classes))
+                runs["hybrid"].append(score(probe, hybrid, y, tr, te, folder.classes))
+                runs["handcrafted_only"].append(score(probe, hand, y, tr, te, folder.classes))
+                hier = DieClassifier(method="hierarchical", calibrate=False,
+                                     ok_class="Free" if "Free" in folder.classes else None)
+                runs["hierarchical"].append(score(hier, hybrid, y, tr, te, folder.classes))
+            curves["all" if k is None else str(k)] = {m: summarise(v) for m, v in runs.items()}
+        res["label_budget"] = curves
+        if args.augment and (name == "efficientnet_lite0" or args.augment_all):
+            k = args.augment_budget
+            runs_plain, runs_aug = [], []
+            for r, (pool, te) in enumerate(ds["splits"]):
+                tr = budget_draw(y, pool, k, seed=r)
+                paths = [folder.paths[i] for i in tr]
+                Xa = [deep[tr]] + [extract(bb, paths, 32, args.cache, augmentation=a) for a in DEFAULT_AUGMENT]
+                ya = np.concatenate([y[tr]] * len(Xa))
+                runs_plain.append(score(probe, deep, y, tr, te, folder.classes))
+                probe.fit(np.concatenate(Xa), ya)
+                m = classification_metrics(y[te], probe.predict(deep[te]), folder.classes)
+                runs_aug.append({"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]})
+            res["augmentation"] = {"labels_per_class": k, "variants": list(DEFAULT_AUGMENT),
+                                   "plain": summarise(runs_plain), "augmented": summarise(runs_aug)}
+        result[ds_name] = res
+    result["throughput"] = [throughput(name, size, data["deeppcb"]["folder"].paths[-64:], t) for t in (1, 2)]
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="output of prepare_deeppcb_crops.py")
+    ap.add_argument("--backbones", default="efficientnet_lite0,dinov2_vits14")
+    ap.add_argument("--input-size", type=int, default=112)
+    ap.add_argument("--budgets", default="10,25,50,all")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pool-per-class", type=int, default=100)
+    ap.add_argument("--test-per-class", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for embedding (1 is fastest on a shared box)")
+    ap.add_argument("--augment", action="store_true")
+    ap.add_argument("--augment-all", action="store_true", help="augmentation experiment for DINOv2 too (slow)")
+    ap.add_argument("--augment-budget", type=int, default=10)
+    ap.add_argument("--cache", type=Path, default=default_cache())
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = datasets(args.data, args.pool_per_class, args.test_per_class, args.repeats)
+    report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    for name in args.backbones.split(","):
+        report[name] = run_backbone(name, args.input_size, data, args)
+        torch.set_num_threads(args.threads)
+    text = json.dumps(report, indent=2, default=str)
+    if args.out:
+        from fabsight.utils.atomic import write_text
+
+        write_text(args.out, text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""``fabsight die``: die-image defect classification with foundation-model features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fabsight.cli.common import JsonOpt, emit, out
+from fabsight.errors import FabsightError
+
+BackboneOpt = Annotated[
+    str, typer.Option("--backbone", help="efficientnet_lite0, dinov2_vits14, timm:<model> (with --weights) or a dir.")
+]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local checkpoint for the backbone.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
+InputSizeOpt = Annotated[
+    int | None, typer.Option("--input-size", min=16, help="Square input size (default: the backbone's).")
+]
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise FabsightError("--device", f"{device!r} is not available (use cpu, cuda or auto)")
+    return device
+
+
+def _metrics_table(title: str, m: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("class", "precision", "recall", "f1", "support"):
+        t.add_column(col, justify="right" if col != "class" else "left")
+    for c, v in m["per_class"].items():
+        t.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    out.print(t)
+    out.print(f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
+              f"macro-F1 {m['macro_f1']:.4f}  (n = {m['n']})", markup=False)
+
+
+def train(
+    data: Annotated[Path, typer.Argument(help="Labelled images: DATA/CLASS/*.png|jpg|bmp|tif.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write (replaced atomically).")],
+    backbone: BackboneOpt = "dinov2_vits14",
+    weights: WeightsOpt = None,
+    method: Annotated[
+        str, typer.Option("--method", help="probe, hybrid (deep+GLCM+Zernike) or hierarchical.")
+    ] = "probe",
+    layers: Annotated[list[str] | None, typer.Option("--layers", help="Backbone layer(s) to pool; repeat.")] = None,
+    augment: Annotated[bool, typer.Option("--augment", help="Add flipped/rotated/brightness variants.")] = False,
+    handcrafted: Annotated[
+        bool | None,
+        typer.Option("--handcrafted/--no-handcrafted", help="Override the method's GLCM+Zernike choice."),
+    ] = None,
+    groups: Annotated[
+        Path | None, typer.Option("--groups", help="JSON/YAML {group: [classes]} (hierarchical).")
+    ] = None,
+    ok_class: Annotated[str | None, typer.Option("--ok-class", help="The no-defect class (hierarchical).")] = None,
+    cv: Annotated[int, typer.Option("--cv", min=0, help="Folds for the card's cross-validated metrics (0: none).")] = 5,
+    c: Annotated[float, typer.Option("--C", min=1e-6, help="Inverse regularisation of the probes.")] = 0.5,
+    input_size: InputSizeOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a die defect classifier on frozen backbone features."""
+    from fabsight.die.model import load_groups
+    from fabsight.die.model import train as train_model
+
+    result = train_model(
+        data, out_dir, backbone=backbone, weights=weights, method=method, layers=layers, augment=augment,
+        handcrafted=handcrafted,
+        groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
+        device=_device(device),
+    )
+    card = result.card
+    summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,
+               "training": card.training, "metrics": card.metrics, "hierarchy": card.extra.get("hierarchy")}
+
+    def human(s: dict[str, Any]) -> None:
+        out.print(f"wrote {s['model']}: {len(s['classes'])} classes, {s['training']['n_images']} images, "
+                  f"{s['training']['method']} on {s['backbone']['name']} {s['backbone']['layers']}", markup=False)
+        if "per_class" in s["metrics"]:
+            _metrics_table(s["metrics"]["measured_on"], s["metrics"])
+
+    emit(summary, as_json, human)
+
+
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory from 'fabsight die train'.")],
+    data: Annotated[Path, typer.Argument(help="Labelled test images: DATA/CLASS/*.")],
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy, balanced accuracy, macro-F1, per-class scores and confusion on labelled images."""
+    from fabsight.die.embeddings import default_cache
+    from fabsight.die.model import DieModel
+
+    result = DieModel(model_dir, device=_device(device)).evaluate(data, cache=default_cache())
+    emit(result, as_json, lambda m: _metrics_table(f"{model_dir} on {data}", m))
+
+
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory from 'fabsight die train'.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
+    top: Annotated[int, typer.Option("--top", min=1, help="How many ranked labels to report.")] = 3,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Label, calibrated confidence, top-k and needs_review for each image."""
+    from fabsight.die.model import DieModel, expand_inputs
+
+    paths = expand_inputs(images)
+    model = DieModel(model_dir, device=_device(device))
+    decisions = [{"path": str(p), **d} for p, d in zip(paths, model.predict(paths, top_k=top), strict=True)]
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            flag = f"  NEEDS REVIEW ({', '.join(r['review_reasons'])})" if r["needs_review"] else ""
+            out.print(f"{r['path']}: {r['label']} {r['confidence']:.2f}{flag}", markup=False)
+
+    emit(decisions, as_json, human)
+
+
+def adapt(
+    unlabeled: Annotated[Path, typer.Argument(help="Folder of unlabeled die images (any depth).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Backbone directory to write; usable as --backbone.")],
+    backbone: BackboneOpt = "dinov2_vits14",
+    weights: WeightsOpt = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 32,
+    local_crops: Annotated[int, typer.Option("--local-crops", min=0, help="Local crops per image.")] = 4,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-5,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run checkpointed in --out.")] = False,
+    input_size: InputSizeOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """DINO self-distillation of a backbone on unlabeled images (domain adaptation)."""
+    from fabsight.die.adapt import adapt as run_adapt
+
+    result = run_adapt(unlabeled, out_dir, backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size,
+                       n_local=local_crops, lr=lr, resume=resume, input_size=input_size, device=_device(device))
+    emit(result, as_json, lambda r: out.print(
+        f"wrote {r['out']}: {r['epochs']} epochs on {r['n_images']} images ({r['device']}), "
+        f"loss {r['loss_per_epoch'][0]:.3f} → {r['loss_per_epoch'][-1]:.3f}", markup=False))
+
+
+def discover(
+    folder: Annotated[Path, typer.Argument(help="Folder of die images (any depth; class folders are only compared).")],
+    backbone: BackboneOpt = "dinov2_vits14",
+    weights: WeightsOpt = None,
+    method: Annotated[str, typer.Option("--method", help="auto, hdbscan or kmeans.")] = "auto",
+    reduce_with: Annotated[str, typer.Option("--reduce", help="pca or umap.")] = "pca",
+    max_k: Annotated[int, typer.Option("--max-k", min=2, help="Largest k tried by k-means.")] = 15,
+    html_out: Annotated[Path | None, typer.Option("--out", help="Write an HTML contact sheet here.")] = None,
+    input_size: InputSizeOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Cluster images by their embeddings to surface defect types; optional HTML contact sheet."""
+    from fabsight.die.discover import discover_folder
+
+    result = discover_folder(folder, backbone=backbone, weights=weights, method=method, reduce_with=reduce_with,
+                             k_range=range(2, max_k + 1), html_out=html_out, input_size=input_size,
+                             device=_device(device))
+
+    def human(r: dict[str, Any]) -> None:
+        out.print(f"{r['n_images']} images → {r['n_clusters']} clusters ({r['clustering']['method']})", markup=False)
+        for cl in r["clusters"]:
+            out.print(f"  cluster {cl['id']}: {cl['size']} images, e.g. {cl['representatives'][0]}", markup=False)
+        if r.get("agreement"):
+            out.print(f"agreement with folder names: {r['agreement']}", markup=False)
+
+    emit(result, as_json, human)
+
+
+def register(app: typer.Typer) -> None:
+    die = typer.Typer(help="Die-image defect classification (foundation-model features).", no_args_is_help=True)
+    die.command("train")(train)
+    die.command("eval")(evaluate)
+    die.command("predict")(predict)
+    die.command("adapt")(adapt)
+    die.command("discover")(discover)
+    app.add_typer(die, name="die")

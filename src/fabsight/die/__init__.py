@@ -1,0 +1,1 @@
+"""Die-level defect classification: foundation-model features, probes, hybrid and hierarchical classifiers."""

@@ -1,0 +1,226 @@
+"""Self-supervised domain adaptation of a backbone on unlabeled die images (DINO self-distillation).
+
+A student network sees 2 global and N local random crops of each image; an EMA teacher
+sees the global crops only; the student is trained to match the teacher's centred,
+sharpened softmax over a DINO projection head (Caron et al. 2021, as in NVIDIA TAO's
+``nvdinov2 train``). The teacher backbone, not the student, is kept: it is the smoother
+average and what DINO evaluates. The output directory is a backbone directory
+(``create_backbone(DIR)``) plus ``checkpoint.pt`` so a run can resume, epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fabsight.backbones import Backbone, create_backbone, save_backbone_dir
+from fabsight.die.data import IMAGE_SUFFIXES, read_image
+from fabsight.errors import FabsightError
+from fabsight.utils.atomic import atomic_dir
+from fabsight.utils.progress import track
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class DINOHead(nn.Module):
+    """MLP → L2-normalised bottleneck → weight-normalised prototypes (DINO's projection head)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 1024, hidden: int = 512, bottleneck: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
+        self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
+        self.last.parametrizations.weight.original0.data.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(nn.functional.normalize(self.mlp(x), dim=-1))
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between teacher (centred, temperature-sharpened) and student over crop pairs."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, teacher_temp: float = 0.04,
+                 center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+        targets = [torch.softmax((t - self.center) / self.teacher_temp, dim=-1).detach() for t in teacher]
+        total, pairs = 0.0, 0
+        for ti, t in enumerate(targets):
+            for si, s in enumerate(student):
+                if si == ti:  # the same global view
+                    continue
+                total = total + torch.sum(-t * torch.log_softmax(s / self.student_temp, dim=-1), dim=-1).mean()
+                pairs += 1
+        with torch.no_grad():
+            batch_center = torch.cat(teacher).mean(dim=0, keepdim=True)
+            self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+        return total / pairs
+
+
+def _crop_size(base: int, scale: float, multiple: int) -> int:
+    return max(multiple, round(base * scale / multiple) * multiple)
+
+
+class MultiCrop:
+    """2 global + ``n_local`` local views of a uint8 image, as normalised tensors."""
+
+    def __init__(self, bb: Backbone, n_local: int) -> None:
+        from torchvision.transforms import v2
+
+        h, w = bb.cfg.input_size
+        multiple = int(bb.cfg.layers[next(iter(bb.cfg.layers))][1]) if bb.cfg.architecture.startswith("vit") else 1
+        local = (_crop_size(h, 0.4375, multiple), _crop_size(w, 0.4375, multiple))
+        common = [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
+                  v2.RandomApply([v2.ColorJitter(brightness=0.3, contrast=0.3)], p=0.8)]
+        norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(bb.cfg.mean), list(bb.cfg.std))]
+        self.global_t = v2.Compose([v2.RandomResizedCrop((h, w), scale=(0.4, 1.0), antialias=True), *common,
+                                    v2.RandomApply([v2.GaussianBlur(5)], p=0.5), *norm])
+        self.local_t = v2.Compose([v2.RandomResizedCrop(local, scale=(0.05, 0.4), antialias=True), *common, *norm])
+        self.n_local = n_local
+
+    def __call__(self, image: np.ndarray) -> list[torch.Tensor]:
+        t = torch.from_numpy(np.ascontiguousarray(image))
+        t = t[None].expand(3, -1, -1) if t.ndim == 2 else t.permute(2, 0, 1)
+        return [self.global_t(t), self.global_t(t)] + [self.local_t(t) for _ in range(self.n_local)]
+
+
+def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def unlabeled_images(root: str | os.PathLike[str]) -> list[Path]:
+    """All image files under ``root`` (any depth): class folders, if any, are ignored."""
+    r = Path(root)
+    if not r.is_dir():
+        raise FabsightError(r, "is not a directory of images")
+    files = sorted(p for p in r.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 2:
+        raise FabsightError(r, f"has {len(files)} image(s); self-distillation needs at least 2")
+    return files
+
+
+def adapt(
+    unlabeled_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    backbone: str = "dinov2_vits14",
+    weights: str | os.PathLike[str] | None = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    n_local: int = 4,
+    lr: float = 2e-5,
+    weight_decay: float = 0.04,
+    momentum: float = 0.996,
+    out_dim: int = 1024,
+    input_size: int | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """Run DINO self-distillation; write the teacher backbone + checkpoint to ``out_dir`` after every epoch."""
+    if epochs < 1 or batch_size < 2:
+        raise FabsightError(None, "--epochs must be ≥ 1 and --batch-size ≥ 2")
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    files = unlabeled_images(unlabeled_dir)
+    if max_images:
+        files = files[:max_images]
+    out = Path(out_dir)
+    ckpt_path = out / CHECKPOINT
+    if resume and not ckpt_path.is_file():
+        raise FabsightError(out, f"--resume: no {CHECKPOINT} from an earlier run here")
+    if not resume and ckpt_path.is_file():
+        raise FabsightError(out, "holds an adaptation run already; pass --resume to continue it (or pick a new --out)")
+
+    torch.manual_seed(seed)
+    base = create_backbone(backbone, device=dev, weights=weights, input_size=input_size)
+    student = copy.deepcopy(base.model).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    dim = int(_pooled(student, torch.zeros(2, 3, *base.cfg.input_size, device=dev)).shape[1])
+    s_head = DINOHead(dim, out_dim).to(dev)
+    teacher, t_head = copy.deepcopy(student).eval(), copy.deepcopy(s_head).eval()
+    for p in [*teacher.parameters(), *t_head.parameters()]:
+        p.requires_grad_(False)
+    loss_fn = DINOLoss(out_dim).to(dev)
+    params = [p for p in [*student.parameters(), *s_head.parameters()] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    start_epoch, history = 0, []
+    if resume:
+        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        if state["backbone"] != backbone:
+            raise FabsightError(out, f"--resume: the run used backbone '{state['backbone']}', not '{backbone}'")
+        student.load_state_dict(state["student"])
+        s_head.load_state_dict(state["student_head"])
+        teacher.load_state_dict(state["teacher"])
+        t_head.load_state_dict(state["teacher_head"])
+        loss_fn.load_state_dict(state["loss"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], state["history"]
+        torch.set_rng_state(state["rng"])
+    crops = MultiCrop(base, n_local)
+    steps_per_epoch = max(1, len(files) // batch_size)
+    total_steps = steps_per_epoch * epochs
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        order = torch.randperm(len(files)).tolist()
+        batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(steps_per_epoch)]
+        losses = []
+        for step, batch in enumerate(track(batches, f"adapt epoch {epoch + 1}/{epochs}")):
+            views = [crops(read_image(files[i])) for i in batch]
+            stacked = [torch.stack([v[k] for v in views]).to(dev) for k in range(len(views[0]))]
+            with torch.no_grad():
+                t_out = [t_head(_pooled(teacher, x)) for x in stacked[:2]]
+            s_out = [s_head(_pooled(student, x)) for x in stacked]
+            loss = loss_fn(s_out, t_out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 3.0)
+            opt.step()
+            it = epoch * steps_per_epoch + step
+            m = 1 - (1 - momentum) * (math.cos(math.pi * it / total_steps) + 1) / 2  # cosine to 1
+            with torch.no_grad():
+                for pt, ps in zip([*teacher.parameters(), *t_head.parameters()],
+                                  [*student.parameters(), *s_head.parameters()], strict=True):
+                    pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+                for bt, bs in zip(teacher.buffers(), student.buffers(), strict=True):
+                    bt.copy_(bs)
+            losses.append(float(loss.detach()))
+        history.append(float(np.mean(losses)))
+        _save(out, base, teacher, {
+            "backbone": backbone, "epoch": epoch + 1, "history": history, "student": student.state_dict(),
+            "student_head": s_head.state_dict(), "teacher": teacher.state_dict(), "teacher_head": t_head.state_dict(),
+            "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+        }, training={"method": "DINO self-distillation", "unlabeled": str(Path(unlabeled_dir).resolve()),
+                     "n_images": len(files), "epochs": epoch + 1, "batch_size": batch_size, "local_crops": n_local,
+                     "lr": lr, "ema_momentum": momentum, "loss_per_epoch": history, "device": dev,
+                     "base_backbone": backbone, "base_weights": base.cfg.weights_source})
+    return {"out": str(out), "epochs": len(history), "loss_per_epoch": history, "n_images": len(files),
+            "device": dev, "seconds": time.perf_counter() - t0}
+
+
+def _save(out: Path, base: Backbone, teacher: nn.Module, state: dict[str, Any], training: dict[str, Any]) -> None:
+    """Write the teacher as a backbone directory plus the resumable checkpoint, atomically."""
+    from fabsight.backbones import BackboneConfig
+
+    cfg = BackboneConfig.from_dict(base.cfg.to_dict())
+    cfg.name = str(out.resolve())
+    cfg.weights_source = f"DINO-adapted from {base.cfg.name} ({base.cfg.weights_source}) on {training['unlabeled']}"
+    adapted = Backbone(copy.deepcopy(teacher).cpu(), cfg)
+    with atomic_dir(out) as tmp:
+        save_backbone_dir(tmp, adapted, training=training)
+        torch.save(state, tmp / CHECKPOINT)
+

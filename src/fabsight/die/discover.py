@@ -1,0 +1,188 @@
+"""Unsupervised discovery: cluster die images to surface defect types nobody has labelled yet.
+
+Embeddings → standardise → PCA (or UMAP) → HDBSCAN (density clusters + noise) or k-means
+with k chosen by silhouette. Each cluster is shown by the images nearest its centre on an
+HTML contact sheet, so an engineer can name it (Applied Materials: ResNet features +
+clustering). When the folder happens to have class sub-folders, agreement with them
+(adjusted Rand index, purity) is reported too, which is how the method is checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fabsight.errors import FabsightError
+from fabsight.utils.atomic import write_text
+
+
+def reduce(X: np.ndarray, method: str = "pca", dims: int = 32, seed: int = 0) -> np.ndarray:
+    """Standardise, then PCA to at most ``dims`` (or 90 % of the variance), then optionally UMAP.
+
+    No whitening: it would blow the many low-variance (noise) directions up to the size of
+    the few that separate defect types, which ruins the distances clustering relies on.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    Xs = StandardScaler().fit_transform(X)
+    cap = int(min(dims if method == "pca" else 50, Xs.shape[0] - 1, Xs.shape[1]))
+    pca = PCA(n_components=cap, random_state=seed).fit(Xs)
+    keep = int(np.searchsorted(np.cumsum(pca.explained_variance_ratio_), 0.9) + 1)
+    Z = pca.transform(Xs)[:, : max(2, min(keep, cap))]
+    if method == "pca":
+        return Z
+    if method != "umap":
+        raise FabsightError("--reduce", f"must be pca or umap, got {method!r}")
+    import umap
+
+    n_neighbors = int(min(15, len(Z) - 1))
+    return umap.UMAP(n_components=min(dims, 10), n_neighbors=n_neighbors, random_state=seed).fit_transform(Z)
+
+
+def choose_kmeans(Z: np.ndarray, k_range: Sequence[int], seed: int = 0) -> tuple[np.ndarray, int, dict[int, float]]:
+    """k-means for each k in ``k_range``; the k with the best silhouette wins."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    scores: dict[int, float] = {}
+    best: tuple[float, int, np.ndarray] | None = None
+    for k in k_range:
+        if not 2 <= k < len(Z):
+            continue
+        labels = KMeans(n_clusters=k, n_init=5, random_state=seed).fit_predict(Z)
+        scores[k] = float(silhouette_score(Z, labels))
+        if best is None or scores[k] > best[0]:
+            best = (scores[k], k, labels)
+    if best is None:
+        raise FabsightError(None, f"too few images ({len(Z)}) to cluster")
+    return best[2], best[1], scores
+
+
+def cluster(Z: np.ndarray, method: str = "auto", k_range: Sequence[int] = range(2, 16),
+            min_cluster_size: int | None = None, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Labels (−1 = noise for HDBSCAN) and how they were found.
+
+    ``auto`` tries HDBSCAN and falls back to k-means by silhouette when HDBSCAN finds
+    fewer than two clusters or calls more than half the images noise.
+    """
+    from sklearn.cluster import HDBSCAN
+
+    if method not in ("auto", "hdbscan", "kmeans"):
+        raise FabsightError("--method", f"must be auto, hdbscan or kmeans, got {method!r}")
+    info: dict[str, Any] = {}
+    if method in ("auto", "hdbscan"):
+        mcs = min_cluster_size or max(5, len(Z) // 50)
+        labels = HDBSCAN(min_cluster_size=mcs).fit_predict(Z)
+        n = len(set(labels) - {-1})
+        noise = float((labels == -1).mean())
+        info = {"method": "hdbscan", "min_cluster_size": mcs, "noise_fraction": noise}
+        if method == "hdbscan" or (n >= 2 and noise <= 0.5):
+            return labels, info
+        info = {"hdbscan_rejected": f"{n} clusters, {noise:.0%} noise"}
+    labels, k, scores = choose_kmeans(Z, k_range, seed)
+    return labels, {**info, "method": "kmeans", "k": k, "silhouette": scores}
+
+
+def representatives(Z: np.ndarray, labels: np.ndarray, n: int = 8) -> dict[int, list[int]]:
+    """Per cluster, indices of the ``n`` members nearest the cluster mean."""
+    reps = {}
+    for c in sorted(set(labels.tolist()) - {-1}):
+        members = np.flatnonzero(labels == c)
+        d = np.linalg.norm(Z[members] - Z[members].mean(axis=0), axis=1)
+        reps[c] = members[np.argsort(d)[:n]].tolist()
+    return reps
+
+
+def agreement(labels: np.ndarray, truth: Sequence[str]) -> dict[str, float]:
+    """Adjusted Rand index, NMI and purity of clusters against known folder labels."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    t = np.asarray(truth)
+    purity = sum(np.unique(t[labels == c], return_counts=True)[1].max() for c in set(labels.tolist())) / len(t)
+    return {"adjusted_rand": float(adjusted_rand_score(t, labels)),
+            "nmi": float(normalized_mutual_info_score(t, labels)), "purity": float(purity)}
+
+
+def _thumb(path: Path, size: int = 96) -> str:
+    import cv2
+
+    from fabsight.die.data import read_image
+
+    img = read_image(path)
+    scale = size / max(img.shape[:2])
+    img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
+                     interpolation=cv2.INTER_AREA)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img)
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
+
+
+def contact_sheet(out: str | os.PathLike[str], paths: Sequence[Path], labels: np.ndarray,
+                  reps: dict[int, list[int]], title: str) -> None:
+    """Self-contained HTML: one row of representative thumbnails per cluster (written atomically)."""
+    rows = []
+    for c, idx in reps.items():
+        size = int((labels == c).sum())
+        cells = "".join(f'<figure><img src="{_thumb(paths[i])}" alt="">'
+                        f"<figcaption>{html.escape(paths[i].name)}</figcaption></figure>" for i in idx)
+        rows.append(f"<section><h2>cluster {c} — {size} images</h2><div class=row>{cells}</div></section>")
+    noise = int((labels == -1).sum())
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:1em}} .row{{display:flex;flex-wrap:wrap;gap:6px}}
+figure{{margin:0;text-align:center;font-size:10px;width:100px}}
+img{{image-rendering:pixelated;border:1px solid #ccc}}</style>
+</head><body><h1>{html.escape(title)}</h1><p>{len(paths)} images, {len(reps)} clusters, {noise} unclustered.</p>
+{''.join(rows)}</body></html>
+"""
+    write_text(out, doc)
+
+
+def discover_folder(
+    folder: str | os.PathLike[str],
+    *,
+    backbone: str = "dinov2_vits14",
+    weights: str | os.PathLike[str] | None = None,
+    method: str = "auto",
+    reduce_with: str = "pca",
+    k_range: Sequence[int] = range(2, 16),
+    html_out: str | os.PathLike[str] | None = None,
+    input_size: int | None = None,
+    device: str = "cpu",
+    cache: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Embed every image under ``folder``, cluster, pick representatives, optionally write HTML."""
+    from fabsight.backbones import create_backbone
+    from fabsight.die.adapt import unlabeled_images
+    from fabsight.die.embeddings import default_cache, extract
+
+    root = Path(folder)
+    paths = unlabeled_images(root)
+    if len(paths) < 4:
+        raise FabsightError(root, f"has {len(paths)} images; clustering needs at least 4")
+    bb = create_backbone(backbone, device=device, weights=weights, input_size=input_size)
+    X = extract(bb, paths, 32, default_cache() if cache is None else cache)
+    Z = reduce(X, reduce_with)
+    labels, info = cluster(Z, method, k_range)
+    reps = representatives(Z, labels)
+    result: dict[str, Any] = {
+        "n_images": len(paths), "backbone": bb.cfg.name, "layers": list(bb.cfg.default_layers), "reduce": reduce_with,
+        "clustering": info, "n_clusters": len(reps), "noise": int((labels == -1).sum()),
+        "clusters": [{"id": c, "size": int((labels == c).sum()), "representatives": [str(paths[i]) for i in idx]}
+                     for c, idx in reps.items()],
+        "assignments": {str(p.relative_to(root)): int(c) for p, c in zip(paths, labels, strict=True)},
+    }
+    truth = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in paths]
+    if len(set(truth)) > 1 and "" not in truth:
+        result["agreement"] = agreement(labels, truth)
+    if html_out is not None:
+        contact_sheet(html_out, paths, labels, reps, f"fabsight die discover: {root}")
+        result["html"] = str(html_out)
+    return result

@@ -1,0 +1,243 @@
+"""Train, save, load, evaluate and apply die classifiers (what the CLI and services call).
+
+A die model directory holds ``classifier.joblib`` (a fitted :class:`DieClassifier`) and a
+``card.json`` naming the backbone (registered name or adapted directory, with its weights
+hash so a different backbone is refused), the layers and hand-crafted features used, the
+preprocessing, the training data and cross-validated metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fabsight.artifacts import ModelCard, load_card, save_card
+from fabsight.backbones import Backbone, create_backbone
+from fabsight.die.classifier import DieClassifier
+from fabsight.die.data import DEFAULT_AUGMENT, ImageFolder, list_images, scan_folder
+from fabsight.die.embeddings import Item, default_cache, extract
+from fabsight.die.handcrafted import extract_handcrafted
+from fabsight.die.metrics import classification_metrics
+from fabsight.errors import FabsightError, ModelError
+from fabsight.utils.atomic import atomic_dir
+
+TASK = "die-classifier"
+CLASSIFIER_FILE = "classifier.joblib"
+METHODS = ("probe", "hybrid", "hierarchical")
+OK_NAMES = ("ok", "good", "none", "free", "no_defect", "nodefect", "pass")
+
+
+def features(backbone: Backbone, items: Sequence[Item], *, layers: Sequence[str], handcrafted: bool,
+             cache: str | os.PathLike[str] | None, batch_size: int = 32,
+             augmentation: str | None = None) -> np.ndarray:
+    """Deep embedding of ``layers`` (⊕ GLCM + Zernike when ``handcrafted``) for each item."""
+    deep = extract(backbone, items, batch_size, cache, layers=layers, augmentation=augmentation)
+    if not handcrafted:
+        return deep
+    return np.concatenate([deep, extract_handcrafted(items, cache_dir=cache, augmentation=augmentation)], axis=1)
+
+
+def load_groups(path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """A group map ``{"group": ["class", ...]}`` from a JSON or YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FabsightError(p, f"cannot read group map ({exc.strerror})") from None
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        else:
+            raw = json.loads(text)
+    except Exception as exc:  # yaml and json raise different error types
+        raise FabsightError(p, f"not valid {p.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, list) and v for v in raw.values()):
+        raise FabsightError(p, 'group map must be {"group": ["class", ...], ...}')
+    return {str(k): [str(c) for c in v] for k, v in raw.items()}
+
+
+def _ok_class(classes: Sequence[str]) -> str | None:
+    return next((c for c in classes if c.lower() in OK_NAMES), None)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    card: ModelCard
+
+
+def train(
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    backbone: str = "dinov2_vits14",
+    weights: str | os.PathLike[str] | None = None,
+    method: str = "probe",
+    layers: Sequence[str] | None = None,
+    augment: bool = False,
+    handcrafted: bool | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    ok_class: str | None = None,
+    input_size: int | None = None,
+    C: float = 0.5,
+    cv_folds: int = 5,
+    device: str = "cpu",
+    batch_size: int = 32,
+    cache: str | os.PathLike[str] | None = None,
+) -> TrainResult:
+    """Train a die classifier on ``ROOT/CLASS`` images and write the model directory atomically.
+
+    ``method``: probe (deep features), hybrid (deep ⊕ GLCM ⊕ Zernike) or hierarchical
+    (hybrid features, stacked ok → group → class probes). ``handcrafted`` overrides the
+    method's feature choice. ``cv_folds`` > 1 records cross-validated metrics in the card
+    (augmented copies stay in the fold of their original).
+    """
+    if method not in METHODS:
+        raise FabsightError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    folder = scan_folder(data_dir, min_per_class=1)
+    if len(folder.classes) < 2:
+        raise FabsightError(data_dir, "needs at least two class folders to train a classifier")
+    bb = create_backbone(backbone, device=device, weights=weights, input_size=input_size)
+    use_layers = tuple(layers or bb.cfg.default_layers)
+    bb.check_layers(use_layers)
+    use_hand = method != "probe" if handcrafted is None else handcrafted
+    cache = default_cache() if cache is None else cache
+    ok = ok_class or (_ok_class(folder.classes) if method == "hierarchical" else None)
+    if ok is not None and ok not in folder.classes:
+        raise FabsightError(data_dir, f"--ok-class '{ok}' is not a class folder ({', '.join(folder.classes)})")
+
+    variants: list[str | None] = [None, *(DEFAULT_AUGMENT if augment else ())]
+    X_parts, y_parts, g_parts = [], [], []
+    for aug in variants:
+        X_parts.append(features(bb, folder.paths, layers=use_layers, handcrafted=use_hand, cache=cache,
+                                batch_size=batch_size, augmentation=aug))
+        y_parts.append(np.asarray(folder.classes)[folder.labels])
+        g_parts.append(np.arange(len(folder)))
+    X, y, g = np.concatenate(X_parts), np.concatenate(y_parts), np.concatenate(g_parts)
+
+    clf = DieClassifier(method="hierarchical" if method == "hierarchical" else "probe", C=C, groups=groups,
+                        ok_class=ok)
+    metrics: dict[str, Any] = {}
+    if cv_folds > 1:
+        metrics = _cross_validate(clf, X, y, g, folder, cv_folds)
+    clf.fit(X, y)
+    extra: dict[str, Any] = {"ood_threshold": clf.ood_threshold_, "min_confidence": clf.min_confidence}
+    if method == "hierarchical":
+        extra["hierarchy"] = clf.estimator_.level_report(X[: len(folder)], y[: len(folder)])
+        extra["hierarchy"]["measured_on"] = "training images (resubstitution)"
+    card = ModelCard(
+        task=TASK,
+        classes=[str(c) for c in clf.classes_],
+        input=_input_section(bb),
+        backbone={"name": str(backbone), "weights": None if weights is None else str(Path(weights).resolve()),
+                  "architecture": bb.cfg.architecture, "weights_source": bb.cfg.weights_source,
+                  "weights_hash": bb.cfg.weights_hash, "license": bb.cfg.license, "layers": list(use_layers),
+                  "input_size": list(bb.cfg.input_size)},
+        training={"data": str(Path(data_dir).resolve()), "counts": folder.counts(), "n_images": len(folder),
+                  "method": method, "handcrafted": use_hand, "augment": list(variants[1:]), "C": C,
+                  "ok_class": ok, "feature_dim": int(X.shape[1])},
+        metrics=metrics,
+        files={"classifier": CLASSIFIER_FILE},
+        extra=extra,
+    )
+    import joblib
+
+    with atomic_dir(out_dir) as tmp:
+        joblib.dump(clf, tmp / CLASSIFIER_FILE)
+        save_card(tmp, card)
+    return TrainResult(Path(out_dir), card)
+
+
+def _input_section(bb: Backbone) -> dict[str, Any]:
+    c = bb.cfg
+    return {"size": list(c.input_size), "mean": list(c.mean), "std": list(c.std), "interpolation": c.interpolation,
+            "channels": "RGB; grey images replicated to 3 channels", "scale": "pixel / 255 (16-bit: / 65535)",
+            "resize": "whole image to size, antialiased, no crop"}
+
+
+def _cross_validate(clf: DieClassifier, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folder: ImageFolder,
+                    folds: int) -> dict[str, Any]:
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n = len(folder)
+    smallest = min(folder.counts().values())
+    k = min(folds, smallest)
+    if k < 2:
+        return {"note": f"no cross-validation: a class has only {smallest} image(s)"}
+    pred = np.empty(n, dtype=object)
+    for train_idx, test_idx in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0).split(X, y, groups):
+        orig = test_idx[test_idx < n]  # score originals only, not their augmented copies
+        model = clone(clf).fit(X[train_idx], y[train_idx])
+        pred[orig] = model.predict(X[orig])
+    result = classification_metrics(y[:n], pred.astype(str), folder.classes)
+    result["measured_on"] = f"{k}-fold stratified cross-validation on the {n} training images"
+    return result
+
+
+class DieModel:
+    """A loaded die model: its card, classifier and backbone (checked to be the one trained with)."""
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu") -> None:
+        import joblib
+
+        self.dir = Path(model_dir)
+        self.card = load_card(self.dir, task=TASK)
+        self.classifier: DieClassifier = joblib.load(self.dir / self.card.files["classifier"])
+        info = self.card.backbone or {}
+        self.backbone = create_backbone(info["name"], device=device, weights=info.get("weights"),
+                                        input_size=tuple(info["input_size"]))
+        if self.backbone.cfg.weights_hash != info.get("weights_hash"):
+            raise ModelError(self.dir, f"backbone '{info['name']}' now has different weights than the model was "
+                             "trained with; retrain or restore the original weights")
+        self.layers = tuple(info["layers"])
+        self.handcrafted = bool(self.card.training.get("handcrafted"))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card.classes)
+
+    def features(self, items: Sequence[Item], cache: str | os.PathLike[str] | None = None) -> np.ndarray:
+        return features(self.backbone, items, layers=self.layers, handcrafted=self.handcrafted, cache=cache)
+
+    def predict(self, items: Sequence[Item], cache: str | os.PathLike[str] | None = None,
+                top_k: int = 3) -> list[dict[str, Any]]:
+        """Per image: label, calibrated confidence, top-k, needs_review (+ reasons, ood_score)."""
+        return self.classifier.decide(self.features(items, cache), top_k=top_k)
+
+    def evaluate(self, data_dir: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Metrics on a labelled ``ROOT/CLASS`` folder whose classes the model knows."""
+        folder = scan_folder(data_dir, classes=self.classes)
+        decisions = self.predict(folder.paths, cache)
+        truth = np.asarray(self.classes)[folder.labels]
+        result = classification_metrics(truth, [d["label"] for d in decisions], self.classes)
+        result["needs_review_rate"] = float(np.mean([d["needs_review"] for d in decisions]))
+        result["data"] = str(Path(data_dir).resolve())
+        return result
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; directories expanded to the images directly inside them."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise FabsightError(p, "contains no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff)")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise FabsightError(p, "does not exist")
+    if not paths:
+        raise FabsightError(None, "no images given")
+    return paths

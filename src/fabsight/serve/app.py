@@ -1,0 +1,101 @@
+"""The FastAPI application: wiring only (routers, error handlers, lifespan).
+
+``create_app(db_url, models_dir)`` returns an app whose lifespan opens the store (migrating
+its schema to the newest version) and loads the models once; every request then reads them
+from ``app.state.service``. User mistakes (:class:`~fabsight.errors.FabsightError`) become
+4xx responses whose ``detail`` is the one-line reason: 404 for a missing item, 409 for a
+decision on a decided review, 422 for unreadable wafer data, 400 for the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from fabsight import __version__
+from fabsight.errors import FabsightError, FormatError
+from fabsight.serve.routers import analysis, dashboard, lots, reviews, uploads, wafers
+from fabsight.serve.schemas import Health
+from fabsight.serve.state import MAX_UPLOAD_BYTES, load_service
+from fabsight.store.queries import Conflict, NotFound, counts
+
+#: Bytes a multipart body may exceed the file-size limit by (boundaries, part headers, the lot field).
+_MULTIPART_SLACK = 64 * 1024
+
+
+def _status_of(exc: FabsightError) -> int:
+    if isinstance(exc, NotFound):
+        return status.HTTP_404_NOT_FOUND
+    if isinstance(exc, Conflict):
+        return status.HTTP_409_CONFLICT
+    if isinstance(exc, FormatError):
+        return status.HTTP_422_UNPROCESSABLE_CONTENT
+    return status.HTTP_400_BAD_REQUEST
+
+
+async def _user_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FabsightError)
+    return JSONResponse({"detail": str(exc)}, status_code=_status_of(exc))
+
+
+def create_app(
+    db_url: str | os.PathLike[str],
+    models_dir: str | os.PathLike[str] | None = None,
+    *,
+    files_dir: str | os.PathLike[str] | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> FastAPI:
+    """The service over the store at ``db_url`` (a SQLite file path or a database URL).
+
+    ``models_dir`` holds the wafer-pattern model (the folder itself or a sub-folder); without
+    it wafers are stored and explained but not classified, and all go to the review queue.
+    ``files_dir`` keeps the uploaded files (default: beside the SQLite file).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = load_service(db_url, models_dir, files_dir=files_dir, max_upload_bytes=max_upload_bytes)
+        app.state.service = service
+        try:
+            yield
+        finally:
+            service.store.close()
+
+    app = FastAPI(
+        title="fabsight",
+        version=__version__,
+        summary="Automatic defect classification: upload wafer data, browse results, review labels.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(FabsightError, _user_error)
+
+    @app.middleware("http")
+    async def refuse_oversized_uploads(request: Request, call_next: Any) -> Any:
+        """Answer 413 from the Content-Length header, before the multipart parser spools the body."""
+        length = request.headers.get("content-length", "")
+        limit = request.app.state.service.max_upload_bytes
+        if request.method == "POST" and length.isdigit() and int(length) > limit + _MULTIPART_SLACK:
+            detail = f"upload larger than {limit} bytes (Content-Length {length})"
+            return JSONResponse({"detail": detail}, status.HTTP_413_CONTENT_TOO_LARGE)
+        return await call_next(request)
+
+    for module in (uploads, wafers, lots, reviews, analysis, dashboard):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(packages=[("fabsight.serve", "static")]), name="static")
+
+    @app.get("/api/health", tags=["service"])
+    def health(request: Request) -> Health:
+        """Whether the store answers, which wafer model is loaded, and how much is stored."""
+        svc = request.app.state.service
+        with svc.store.session() as s:
+            n = counts(s)
+        shown = svc.store.engine.url.render_as_string(hide_password=True)
+        return Health(status="ok", store=shown, wafer_model=svc.model_name, classes=svc.classes, counts=n)
+
+    return app

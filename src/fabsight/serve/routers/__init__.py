@@ -1,0 +1,1 @@
+"""One router per area of the API and one for the HTML dashboard."""

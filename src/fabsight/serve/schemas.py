@@ -1,0 +1,190 @@
+"""Request and response models of the REST API (they are the OpenAPI schema at ``/docs``).
+
+Inputs and outputs are separate models; outputs are built from store rows with
+``model_validate(row)`` (``from_attributes``) or from the library's ``to_dict`` results.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class PredictionOut(_Out):
+    model: str
+    label: str
+    probability: float
+    top3: list[tuple[str, float]]
+    needs_review: bool
+    review_reason: str | None
+    ood_score: float | None
+
+
+class ReviewOut(_Out):
+    id: int
+    wafer: int = Field(validation_alias="wafer_pk")
+    state: str
+    predicted: str | None
+    label: str | None
+    reason: str | None
+    reviewer: str | None
+    decided_at: datetime | None
+    priority: float
+
+
+class WaferSummary(BaseModel):
+    id: int
+    lot: str
+    wafer_id: str
+    source: str
+    format: str
+    measured_at: datetime
+    shape: tuple[int, int]
+    good: int
+    failing: int
+    yield_: float | None = Field(serialization_alias="yield")
+    label: str | None = Field(description="current label: the reviewed one, else the model's prediction")
+    probability: float | None
+    review: str | None = Field(description="review state: pending, auto, accepted or corrected")
+    upload: int
+
+
+class ExplanationOut(_Out):
+    text: str
+    facts: dict[str, Any]
+    root_causes: dict[str, Any]
+
+
+class DieResultOut(_Out):
+    id: int
+    image: str
+    label: str | None
+    score: float | None
+    boxes: list[Any]
+    heatmap_path: str | None
+
+
+class WaferDetail(WaferSummary):
+    timestamp: datetime | None
+    notch: str
+    labels: list[str] = Field(description="ground-truth labels carried by the file (WM-811K, MixedWM38, folders)")
+    prediction: PredictionOut | None
+    explanation: ExplanationOut | None
+    review_item: ReviewOut | None
+    die_results: list[DieResultOut]
+
+
+class UploadOut(BaseModel):
+    id: int
+    filename: str
+    sha256: str
+    size: int
+    format: str
+    status: str
+    model: str | None
+    created_at: datetime
+    duplicate: bool = Field(description="the same bytes were uploaded before; nothing new was stored")
+    wafers: list[WaferSummary]
+
+
+class LotOut(BaseModel):
+    name: str
+    wafers: int
+    mean_yield: float | None
+    first: datetime | None
+    last: datetime | None
+    patterns: dict[str, int]
+    pending_reviews: int
+
+
+class LotDetail(LotOut):
+    wafer_list: list[WaferSummary]
+
+
+class AskIn(BaseModel):
+    question: str = Field(min_length=1, max_length=500)
+    wafer: int | None = Field(None, description="ask about this wafer (store id)")
+    lot: str | None = Field(None, description="ask about every wafer of this lot")
+
+
+class AskOut(BaseModel):
+    question: str
+    answered: bool
+    answer: str
+    intent: str | None
+    similarity: float
+    slots: dict[str, Any]
+    data: dict[str, Any]
+    wafers: int = Field(description="how many wafers the answer was computed from")
+
+
+class ReviewDecision(BaseModel):
+    reviewer: str | None = Field(None, max_length=100)
+
+
+class ReviewCorrection(ReviewDecision):
+    label: str = Field(min_length=1, max_length=100)
+
+
+class Selection(BaseModel):
+    """A set of wafers; fields combine with AND, an empty selection is everything."""
+
+    lot: str | None = None
+    lots: list[str] | None = None
+    pattern: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    wafers: list[int] | None = None
+
+
+class DriftIn(BaseModel):
+    a: Selection
+    b: Selection
+    n_permutations: int = Field(1000, ge=10, le=20000)
+    seed: int = 0
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+class FeatureShiftOut(BaseModel):
+    name: str
+    distance: float
+    p_value: float
+    p_holm: float
+    mean_a: float
+    mean_b: float
+    smd: float
+
+
+class DriftOut(BaseModel):
+    distance: float
+    p_value: float
+    alpha: float
+    drift: bool
+    n_a: int
+    n_b: int
+    n_permutations: int
+    per_feature: list[FeatureShiftOut]
+    pattern_changes: list[dict[str, Any]] | None
+
+
+class DieResultIn(BaseModel):
+    image: str = Field(min_length=1, max_length=300)
+    label: str | None = None
+    score: float | None = None
+    boxes: list[list[Any]] = Field(default_factory=list, description="[x0, y0, x1, y1, label, score] per defect")
+    heatmap_path: str | None = None
+    wafer: int | None = None
+
+
+class Health(BaseModel):
+    status: str
+    store: str
+    wafer_model: str | None
+    classes: list[str]
+    counts: dict[str, int]

@@ -1,0 +1,92 @@
+"""What the running service holds: the store, the loaded models, the files folder, limits.
+
+Built once in the app's lifespan (:func:`load_service`) and handed to every endpoint through
+:func:`fabsight.serve.deps.service`, never imported as a global, so tests can run several
+apps side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fabsight.artifacts import load_card
+from fabsight.errors import FabsightError, ModelError
+from fabsight.store import Store, open_store
+
+#: Default upload size limit (bytes): a 25-wafer KLARF lot is ~100 kB, a large one a few MB.
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Service:
+    store: Store
+    files_dir: Path
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    classifier: Any = None
+    model_name: str | None = None
+    kb: Any = None
+
+    @property
+    def classes(self) -> list[str]:
+        return [] if self.classifier is None else [str(c) for c in self.classifier.classes_]
+
+
+def find_wafer_model(models_dir: str | os.PathLike[str]) -> Path | None:
+    """The wafer-pattern model in ``models_dir``: the folder itself or one of its sub-folders."""
+    from fabsight.wafer.classifier import TASK
+
+    root = Path(models_dir)
+    if not root.is_dir():
+        raise ModelError(root, "models folder does not exist")
+    for candidate in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        if not (candidate / "card.json").is_file():
+            continue
+        try:
+            if load_card(candidate).task == TASK:
+                return candidate
+        except ModelError:
+            continue
+    return None
+
+
+def default_files_dir(store: Store) -> Path:
+    """Beside a SQLite file (``store.sqlite`` → ``store-files/``); ``./fabsight-files`` for PostgreSQL."""
+    db = store.engine.url.database
+    if store.is_sqlite and db and db != ":memory:":
+        p = Path(db)
+        return p.with_name(f"{p.stem}-files")
+    return Path("fabsight-files").resolve()
+
+
+def load_service(
+    db: str | os.PathLike[str],
+    models_dir: str | os.PathLike[str] | None,
+    *,
+    files_dir: str | os.PathLike[str] | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> Service:
+    """Open the store (migrating it) and load the models; user mistakes raise FabsightError."""
+    from fabsight.assist.knowledge import load_kb
+
+    if max_upload_bytes < 1:
+        raise FabsightError(None, "the upload size limit must be positive")
+    store = open_store(db)
+    try:
+        service = Service(store, Path(files_dir) if files_dir else default_files_dir(store), max_upload_bytes)
+        service.kb = load_kb()
+        if models_dir is not None:
+            path = find_wafer_model(models_dir)
+            if path is None:
+                raise ModelError(models_dir, "no wafer-pattern model in this folder (train one: fabsight wafer train)")
+            from fabsight.wafer import load_model
+
+            service.classifier = load_model(path)
+            service.model_name = f"{path.name} ({load_card(path).created})"
+        service.files_dir.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        store.close()
+        raise
+    return service

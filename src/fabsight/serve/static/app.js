@@ -1,0 +1,104 @@
+// fabsight dashboard: upload, ask and review call the REST API; everything else is server-rendered.
+"use strict";
+
+async function api(path, body) {
+  const res = await fetch(path, body === undefined ? {} : {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const data = await res.json().catch(() => ({detail: res.statusText}));
+  if (!res.ok) {
+    const d = data.detail;
+    throw new Error(typeof d === "string" ? d : JSON.stringify(d));
+  }
+  return data;
+}
+
+function setupUpload() {
+  const form = document.getElementById("upload-form");
+  if (!form) return;
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = document.getElementById("upload-result");
+    out.textContent = "uploading…";
+    out.className = "muted";
+    try {
+      const res = await fetch("/api/uploads", {method: "POST", body: new FormData(form)});
+      const data = await res.json();
+      if (!res.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
+      window.location = "/wafers?upload=" + data.id;
+    } catch (e) {
+      out.textContent = "error: " + e.message;
+      out.className = "error";
+    }
+  });
+}
+
+function setupAsk() {
+  const form = document.getElementById("ask-form");
+  if (!form) return;
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = document.getElementById("ask-answer");
+    const body = {question: form.question.value};
+    if (form.dataset.wafer) body.wafer = Number(form.dataset.wafer);
+    if (form.scope && form.scope.value === "lot") { delete body.wafer; body.lot = form.dataset.lot; }
+    out.textContent = "thinking…";
+    try {
+      const a = await api("/api/ask", body);
+      out.textContent = a.answer;
+      out.dataset.answered = a.answered;
+    } catch (e) {
+      out.textContent = "error: " + e.message;
+    }
+  });
+}
+
+// Review queue: j/k move, a accepts, 1-9 picks class N as the label.
+function setupReview() {
+  const queue = document.getElementById("queue");
+  if (!queue) return;
+  const classes = JSON.parse(queue.dataset.classes);
+  const cards = Array.from(queue.querySelectorAll(".card"));
+  const status = document.getElementById("review-status");
+  let i = 0;
+  const open = () => cards.filter((c) => !c.classList.contains("done"));
+  function show(k) {
+    if (!cards.length) return;
+    i = Math.max(0, Math.min(cards.length - 1, k));
+    cards.forEach((c, j) => c.classList.toggle("current", j === i));
+    cards[i].scrollIntoView({block: "nearest"});
+  }
+  async function decide(label) {
+    const card = cards[i];
+    if (!card || card.classList.contains("done")) return;
+    const id = card.dataset.review;
+    try {
+      const r = label === null ? await api(`/api/reviews/${id}/accept`, {})
+                               : await api(`/api/reviews/${id}/correct`, {label});
+      card.classList.add("done");
+      card.querySelector(".decision").textContent = `${r.state}: ${r.label}`;
+      status.textContent = `${open().length} left`;
+      const next = cards.findIndex((c, j) => j > i && !c.classList.contains("done"));
+      show(next >= 0 ? next : i);
+    } catch (e) {
+      status.textContent = "error: " + e.message;
+    }
+  }
+  cards.forEach((c, j) => c.addEventListener("click", () => show(j)));
+  queue.querySelectorAll("button[data-label]").forEach((b) => b.addEventListener("click", (ev) => {
+    ev.stopPropagation();
+    show(cards.indexOf(b.closest(".card")));
+    decide(b.dataset.label === "" ? null : b.dataset.label);
+  }));
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target.tagName === "INPUT" || ev.target.tagName === "TEXTAREA" || ev.metaKey || ev.ctrlKey) return;
+    if (ev.key === "j") show(i + 1);
+    else if (ev.key === "k") show(i - 1);
+    else if (ev.key === "a") decide(null);
+    else if (/^[1-9]$/.test(ev.key) && Number(ev.key) <= classes.length) decide(classes[Number(ev.key) - 1]);
+    else return;
+    ev.preventDefault();
+  });
+  show(0);
+}
+
+document.addEventListener("DOMContentLoaded", () => { setupUpload(); setupAsk(); setupReview(); });

@@ -1,0 +1,241 @@
+"""Upload → parse → classify → explain → store, all or nothing.
+
+The expensive steps (parsing, the classifier, explanations) run before the database is
+touched; then one write transaction inserts the upload, its lots, wafers, predictions,
+explanations and review rows, and writes the uploaded bytes to the files folder. If anything
+fails in that transaction the rows are rolled back and the file is removed, so a client
+never finds an upload with half its wafers, a wafer without its explanation, or an orphan
+file. Each attempt writes its own file name, so two clients uploading the same bytes at
+once can never delete each other's file; the content hash is unique in the table, and the
+loser of such a race gets the winner's upload back as a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from fabsight.errors import FabsightError, FormatError
+from fabsight.io._common import safe_name
+from fabsight.store.db import Store
+from fabsight.store.models import Explanation, Lot, Prediction, Review, Upload, Wafer, pack_grid, utcnow
+from fabsight.types import WaferMap
+from fabsight.utils.atomic import write_bytes
+
+#: Most wafers one upload may carry (a whole WM-811K pickle belongs in batch jobs, not a web form).
+MAX_WAFERS = 5000
+
+
+@dataclass
+class AnalysedWafer:
+    """One wafer with what the models said about it, ready to be stored."""
+
+    wmap: WaferMap
+    prediction: dict[str, Any] | None
+    explanation: dict[str, Any]
+    priority: float
+
+
+@dataclass
+class IngestResult:
+    upload_id: int
+    duplicate: bool
+    wafer_ids: list[int]
+
+
+def analyse_maps(maps: Sequence[WaferMap], classifier: Any = None, kb: Any = None) -> list[AnalysedWafer]:
+    """Classify (when a wafer classifier is given) and explain every map.
+
+    ``priority`` orders the review queue: the larger of the model's doubt (1 - confidence)
+    and its out-of-distribution score relative to the OOD threshold, capped at 1.
+    """
+    from fabsight.assist.explain import explain_maps
+    from fabsight.assist.knowledge import load_kb
+
+    kb = kb if kb is not None else load_kb()
+    preds: list[dict[str, Any]] | None = None
+    if classifier is not None:
+        preds = classifier.predict_details(list(maps))
+    explanations = explain_maps(maps, kb, preds)
+    out = []
+    for i, (m, e) in enumerate(zip(maps, explanations, strict=True)):
+        p = None if preds is None else preds[i]
+        if p is None:
+            priority = 1.0
+        else:
+            ood = p["ood_score"] / classifier.ood_.threshold if classifier.ood_.threshold > 0 else 0.0
+            priority = min(1.0, max(1.0 - p["probability"], ood))
+        out.append(AnalysedWafer(m, p, e.to_dict(), float(priority)))
+    return out
+
+
+def lot_row(session: Session, name: str) -> Lot:
+    """The lot called ``name``, created when new; safe against a concurrent creator."""
+    lot = session.scalar(select(Lot).where(Lot.name == name))
+    if lot is not None:
+        return lot
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(Lot).values(name=name, created_at=utcnow()).on_conflict_do_nothing(index_elements=["name"]))
+    return session.scalars(select(Lot).where(Lot.name == name)).one()
+
+
+def add_wafer(session: Session, upload: Upload, item: AnalysedWafer, lot: Lot, model: str | None) -> Wafer:
+    """Insert one analysed wafer (of ``lot``) with its prediction, explanation and review row."""
+    m = item.wmap
+    now = utcnow()
+    ts = m.timestamp.replace(tzinfo=None) if m.timestamp is not None else None
+    wafer = Wafer(
+        upload=upload,
+        lot=lot,
+        wafer_id=str(m.wafer_id),
+        source=Path(m.source).name if m.source else upload.filename,
+        format=m.format or upload.format,
+        timestamp=ts,
+        measured_at=ts or now,
+        rows=m.shape[0],
+        cols=m.shape[1],
+        grid_blob=pack_grid(m.grid),
+        notch=m.notch,
+        n_good=m.n_good,
+        n_fail=m.n_fail,
+        yield_=None if m.n_dies == 0 else float(m.yield_),
+        labels=[str(x) for x in m.labels],
+        created_at=now,
+    )
+    p = item.prediction
+    if p is not None:
+        wafer.prediction = Prediction(
+            model=model or "",
+            label=p["label"],
+            probability=float(p["probability"]),
+            top3=p["top3"],
+            needs_review=bool(p["needs_review"]),
+            review_reason=p["review_reason"],
+            ood_score=p["ood_score"],
+        )
+    e = item.explanation
+    wafer.explanation = Explanation(text=e["explanation"], facts=e["facts"], root_causes=e["root_causes"])
+    pending = p is None or p["needs_review"]
+    wafer.review = Review(
+        state="pending" if pending else "auto",
+        predicted=None if p is None else p["label"],
+        label=None if pending else p["label"],
+        reason="no wafer model loaded" if p is None else p["review_reason"],
+        priority=item.priority,
+    )
+    session.add(wafer)
+    return wafer
+
+
+def _existing(store: Store, sha: str) -> IngestResult | None:
+    with store.session() as s:
+        up = s.scalar(select(Upload).where(Upload.sha256 == sha))
+        if up is None:
+            return None
+        return IngestResult(up.id, True, [w.id for w in up.wafers])
+
+
+def _parse(
+    data: bytes, filename: str, scratch: Path, formats: Sequence[str] | None
+) -> tuple[str, list[WaferMap]]:
+    from fabsight.io import detect_format, read_maps
+
+    name = safe_name(Path(filename).name, "upload")
+    path = scratch / name
+    path.write_bytes(data)
+    try:
+        fmt = detect_format(path)
+        if formats is not None and fmt not in formats:
+            raise FormatError(path, f"the content is {fmt}, not the declared kind ({' or '.join(formats)})")
+        maps = read_maps(path, fmt)
+    except FabsightError as exc:
+        raise type(exc)(filename, exc.message) from None
+    if not maps:
+        raise FormatError(filename, f"the {fmt} file holds no wafer maps")
+    if len(maps) > MAX_WAFERS:
+        raise FabsightError(filename, f"{len(maps)} wafers in one upload; the limit is {MAX_WAFERS}")
+    empty = [m.wafer_id or str(i) for i, m in enumerate(maps) if m.grid.size == 0]
+    if empty:
+        raise FormatError(filename, f"wafer {empty[0]} has no dies")
+    for m in maps:
+        m.source = filename
+        if fmt in ("png", "npy"):  # these readers take the lot from the folder: here our scratch folder
+            m.lot_id = ""
+    return fmt, maps
+
+
+def ingest_bytes(
+    store: Store,
+    data: bytes,
+    filename: str,
+    *,
+    files_dir: str | Path,
+    content_type: str = "application/octet-stream",
+    classifier: Any = None,
+    model_name: str | None = None,
+    kb: Any = None,
+    lot: str | None = None,
+    formats: Sequence[str] | None = None,
+) -> IngestResult:
+    """Store one uploaded file and everything derived from it, or nothing (see module docstring).
+
+    ``lot`` names the lot of maps whose file carries no lot id (default: the file's stem);
+    ``formats`` restricts the formats the content may have (e.g. to what the client declared).
+    Raises :class:`~fabsight.errors.FabsightError` for anything wrong with the file.
+    """
+    sha = hashlib.sha256(data).hexdigest()
+    found = _existing(store, sha)
+    if found is not None:
+        return found
+    files = Path(files_dir)
+    files.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=files, prefix=".parse-") as scratch:
+        fmt, maps = _parse(data, filename, Path(scratch), formats)
+    analysed = analyse_maps(maps, classifier, kb)
+    suffix = Path(filename).suffix.lower()
+    suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,9}", suffix) else ""
+    target = files / f"{sha[:16]}-{uuid.uuid4().hex[:8]}{suffix}"
+    lot_name = lot or safe_name(Path(filename).stem, "upload")
+    try:
+        with store.write() as s:
+            upload = Upload(
+                filename=filename[:300],
+                sha256=sha,
+                size=len(data),
+                content_type=content_type[:120],
+                format=fmt,
+                status="classified" if classifier is not None else "stored",
+                path=target.name,
+                model=model_name,
+                created_at=utcnow(),
+            )
+            s.add(upload)
+            lots = {name: lot_row(s, name) for name in {a.wmap.lot_id or lot_name for a in analysed}}
+            wafers = [add_wafer(s, upload, a, lots[a.wmap.lot_id or lot_name], model_name) for a in analysed]
+            s.flush()
+            write_bytes(target, data)  # last step before COMMIT; removed again if COMMIT fails
+            result = IngestResult(upload.id, False, [w.id for w in wafers])
+    except IntegrityError:
+        target.unlink(missing_ok=True)
+        found = _existing(store, sha)
+        if found is None:
+            raise
+        return found
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return result

@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the results store (a package so that installs ship them)."""

@@ -1,0 +1,199 @@
+"""The results store's tables (SQLAlchemy 2.0 declarative models).
+
+One upload holds the wafers it carried; each wafer has at most one prediction, one
+explanation and one review row, and any number of die-image results. Rows are only ever
+written together with the upload that brought them (see :mod:`fabsight.store.repo`), so a
+wafer without its upload, or an upload with half its wafers, cannot exist.
+
+Die grids are stored zlib-compressed (``grid_blob``) with their shape: a 52×52 map is
+~2.7 kB raw and typically 100–300 bytes compressed, and the bytes round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: Review states. ``auto``: the model was confident, nobody has looked; ``pending``: routed
+#: to a person; ``accepted``/``corrected``: a person decided (the same words as
+#: :mod:`fabsight.labeling`).
+REVIEW_STATES: tuple[str, ...] = ("pending", "auto", "accepted", "corrected")
+OPEN_STATES: tuple[str, ...] = ("pending", "auto")
+
+
+def utcnow() -> datetime:
+    """Naive UTC: SQLite has no time zones, so every timestamp in the store is naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def pack_grid(grid: np.ndarray) -> bytes:
+    """Compress a 0/1/2 die grid for storage (shape is kept in its own columns)."""
+    return zlib.compress(np.ascontiguousarray(grid, dtype=np.uint8).tobytes(), 6)
+
+
+def unpack_grid(blob: bytes, rows: int, cols: int) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), dtype=np.uint8).reshape(rows, cols).copy()
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Lot(Base):
+    __tablename__ = "lots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    wafers: Mapped[list[Wafer]] = relationship(back_populates="lot")
+
+
+class Upload(Base):
+    __tablename__ = "uploads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    filename: Mapped[str] = mapped_column(String(300))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    size: Mapped[int] = mapped_column(Integer)
+    content_type: Mapped[str] = mapped_column(String(120))
+    format: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="stored")
+    path: Mapped[str] = mapped_column(String(500))
+    model: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    wafers: Mapped[list[Wafer]] = relationship(back_populates="upload", order_by="Wafer.id")
+
+
+class Wafer(Base):
+    __tablename__ = "wafers"
+    __table_args__ = (Index("ix_wafers_lot", "lot_pk"), Index("ix_wafers_measured", "measured_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    upload_id: Mapped[int] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    lot_pk: Mapped[int] = mapped_column(ForeignKey("lots.id"))
+    wafer_id: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(300))
+    format: Mapped[str] = mapped_column(String(20))
+    timestamp: Mapped[datetime | None] = mapped_column(DateTime)
+    #: ``timestamp`` from the file when it has one, else the upload time: what time filters use.
+    measured_at: Mapped[datetime] = mapped_column(DateTime)
+    rows: Mapped[int] = mapped_column(Integer)
+    cols: Mapped[int] = mapped_column(Integer)
+    grid_blob: Mapped[bytes] = mapped_column(LargeBinary)
+    notch: Mapped[str] = mapped_column(String(8), default="down")
+    n_good: Mapped[int] = mapped_column(Integer)
+    n_fail: Mapped[int] = mapped_column(Integer)
+    yield_: Mapped[float | None] = mapped_column("yield", Float)
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    lot: Mapped[Lot] = relationship(back_populates="wafers")
+    upload: Mapped[Upload] = relationship(back_populates="wafers")
+    prediction: Mapped[Prediction | None] = relationship(back_populates="wafer", cascade="all, delete-orphan")
+    explanation: Mapped[Explanation | None] = relationship(back_populates="wafer", cascade="all, delete-orphan")
+    review: Mapped[Review | None] = relationship(back_populates="wafer", cascade="all, delete-orphan")
+    die_results: Mapped[list[DieResult]] = relationship(back_populates="wafer", cascade="all, delete-orphan")
+
+    @property
+    def grid(self) -> np.ndarray:
+        return unpack_grid(self.grid_blob, self.rows, self.cols)
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_label", "label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wafer_pk: Mapped[int] = mapped_column(ForeignKey("wafers.id", ondelete="CASCADE"), unique=True)
+    model: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(String(100))
+    probability: Mapped[float] = mapped_column(Float)
+    top3: Mapped[list[Any]] = mapped_column(JSON)
+    needs_review: Mapped[bool] = mapped_column(Boolean)
+    review_reason: Mapped[str | None] = mapped_column(Text)
+    ood_score: Mapped[float | None] = mapped_column(Float)
+
+    wafer: Mapped[Wafer] = relationship(back_populates="prediction")
+
+    def details(self) -> dict[str, Any]:
+        """The ``predict_details`` record this row was stored from (what :mod:`fabsight.assist` reads)."""
+        return {
+            "label": self.label,
+            "probability": self.probability,
+            "top3": self.top3,
+            "needs_review": self.needs_review,
+            "review_reason": self.review_reason,
+            "ood_score": self.ood_score,
+        }
+
+
+class Explanation(Base):
+    __tablename__ = "explanations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wafer_pk: Mapped[int] = mapped_column(ForeignKey("wafers.id", ondelete="CASCADE"), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    root_causes: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    wafer: Mapped[Wafer] = relationship(back_populates="explanation")
+
+
+class Review(Base):
+    __tablename__ = "reviews"
+    __table_args__ = (Index("ix_reviews_state", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wafer_pk: Mapped[int] = mapped_column(ForeignKey("wafers.id", ondelete="CASCADE"), unique=True)
+    state: Mapped[str] = mapped_column(String(20))
+    predicted: Mapped[str | None] = mapped_column(String(100))
+    label: Mapped[str | None] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text)
+    reviewer: Mapped[str | None] = mapped_column(String(100))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: Review order, highest first: how unsure the model was (1 - confidence, OOD maps first).
+    priority: Mapped[float] = mapped_column(Float, default=0.0)
+
+    wafer: Mapped[Wafer] = relationship(back_populates="review")
+
+
+class DieResult(Base):
+    """A die-image result (classification, inspection boxes, anomaly heat-map).
+
+    It belongs to the upload that brought the image and, when the image is known to come
+    from a wafer of the store, to that wafer (its page then shows it).
+    """
+
+    __tablename__ = "die_results"
+    __table_args__ = (UniqueConstraint("upload_id", "image", name="uq_die_results_image"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    upload_id: Mapped[int] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    wafer_pk: Mapped[int | None] = mapped_column(ForeignKey("wafers.id", ondelete="CASCADE"), index=True)
+    image: Mapped[str] = mapped_column(String(300))
+    label: Mapped[str | None] = mapped_column(String(100))
+    score: Mapped[float | None] = mapped_column(Float)
+    boxes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    heatmap_path: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    wafer: Mapped[Wafer | None] = relationship(back_populates="die_results")

@@ -1,0 +1,67 @@
+"""Golden-reference comparison: shrinkage, FDR, regions and the new pattern, on maps with known changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from assist_maps import disc_map
+from fabsight.assist.compare import benjamini_hochberg, build_baseline, compare_map, difference_map
+from fabsight.errors import FabsightError
+from fabsight.types import DieState
+
+
+@pytest.fixture(scope="module")
+def goldens():
+    return [disc_map("clean", seed=100 + s, wafer_id=f"g{s}") for s in range(10)]
+
+
+def test_baseline_shrinks_towards_the_reference_rate() -> None:
+    golden = disc_map("clean", noise=0.02, seed=3)
+    b = build_baseline([golden])
+    rate = (golden.n_fail + 1) / (golden.n_dies + 2)
+    assert b.mean_rate == pytest.approx(rate)
+    good = golden.grid == DieState.GOOD
+    fail = golden.grid == DieState.FAIL
+    np.testing.assert_allclose(b.fail_prob[good], 2 * rate / 3)
+    np.testing.assert_allclose(b.fail_prob[fail], (1 + 2 * rate) / 3)
+    assert np.isnan(b.fail_prob[golden.grid == DieState.OFF]).all()
+
+
+def test_benjamini_hochberg_known_values() -> None:
+    q = benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.5]))
+    np.testing.assert_allclose(q, [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])
+
+
+def test_clean_wafer_matches_its_golden(goldens) -> None:
+    c = compare_map(disc_map("clean", seed=7, wafer_id="7"), build_baseline(goldens))
+    assert not c.differs and not c.significant_dies
+    assert c.text.startswith("Wafer 7 matches a baseline of 10 wafers")
+
+
+@pytest.mark.parametrize("n_golden", [1, 10])
+def test_new_edge_cluster_is_found_where_it_was_drawn(goldens, n_golden) -> None:
+    test = disc_map("edge-ne", seed=7, wafer_id="7")
+    c = compare_map(test, build_baseline(goldens[:n_golden]))
+    assert c.differs and c.p_value < 1e-6
+    strongest = min((r for r in c.regions if not r.region.endswith("zone")), key=lambda r: r.p_value)
+    assert strongest.region == "edge NE" and strongest.q_value < 0.05
+    assert "centre" not in {r.region for r in c.regions if r.q_value < 0.05}
+    d = c.difference
+    assert d.location.location == "edge" and d.location.sector == "NE" and d.extent.cluster_shapes[0] == "arc"
+    # one golden map cannot make a single die significant; ten can
+    assert (len(c.significant_dies) > 50) == (n_golden == 10)
+    assert c.to_dict()["significant_regions"][0].startswith("edge")
+
+
+def test_difference_map_keeps_only_new_fails(goldens) -> None:
+    base = build_baseline(goldens[:1])
+    diff = difference_map(goldens[0], base)
+    assert diff.n_fail == 0 and diff.n_dies == goldens[0].n_dies
+
+
+def test_shape_mismatch_is_a_user_error(goldens) -> None:
+    with pytest.raises(FabsightError, match="die grid but the golden reference is 40x40"):
+        compare_map(disc_map("clean", n=30), build_baseline(goldens))
+    with pytest.raises(FabsightError, match="different grid shapes"):
+        build_baseline([disc_map("clean", n=30), disc_map("clean", n=40)])

@@ -1,0 +1,111 @@
+"""Offline Q&A: held-out phrasings, refusals, and answers checked against the measured facts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from assist_maps import disc_map
+from fabsight.assist.facts import wafer_facts
+from fabsight.assist.knowledge import load_kb
+from fabsight.assist.qa import INTENTS, Lot, ask, delexicalize
+
+PHRASINGS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "qa_phrasings.yaml"
+#: wafer id → (drawn pattern, the classifier label the test pretends to get)
+LOT = {"1": ("edge-ring", "Edge-Ring"), "2": ("center", "Center"), "3": ("donut", "Donut"),
+       "4": ("scratch", "Scratch"), "5": ("edge-ne", "Edge-Loc"), "6": ("random", "Random")}
+
+
+def _pred(label: str) -> dict:
+    return {"label": label, "probability": 0.9, "top3": [[label, 0.9]], "needs_review": False, "review_reason": None}
+
+
+@pytest.fixture(scope="module")
+def lot() -> Lot:
+    facts = [wafer_facts(disc_map(kind, seed=int(w), wafer_id=w, lot_id="L1"), _pred(label))
+             for w, (kind, label) in LOT.items()]
+    return Lot(facts, load_kb())
+
+
+@pytest.fixture(scope="module")
+def phrasings() -> dict:
+    return yaml.safe_load(PHRASINGS.read_text())
+
+
+def test_phrasings_are_held_out(phrasings) -> None:
+    examples = {delexicalize(e).lower() for i in INTENTS for e in i.examples}
+    asked = [p["q"] for p in phrasings["answerable"]]
+    assert len(asked) >= 40 and len(phrasings["unanswerable"]) >= 10
+    assert not examples & {delexicalize(q).lower() for q in asked + phrasings["unanswerable"]}
+
+
+def test_held_out_phrasings_are_understood_and_unanswerable_refused(lot, phrasings) -> None:
+    wrong = []
+    for item in phrasings["answerable"]:
+        a = ask(item["q"], lot)
+        expected = {k: str(v) for k, v in (item.get("slots") or {}).items()}
+        got = {k: a.slots.get(k) for k in expected}
+        if not a.answered or a.intent != item["intent"] or got != expected:
+            wrong.append((item["q"], a.intent, got))
+    accuracy = 1 - len(wrong) / len(phrasings["answerable"])
+    # measured 44/48 = 0.917 (benchmarks/explain.py); the misses are listed on failure
+    assert accuracy >= 0.9, wrong
+    refused = [ask(q, lot) for q in phrasings["unanswerable"]]
+    kept = [(a.question, a.text) for a in refused if a.answered]
+    assert len(kept) <= 1, kept
+    assert all("cannot be answered from the data" in a.text for a in refused if not a.answered)
+
+
+def test_pattern_questions_select_the_right_wafers(lot) -> None:
+    a = ask("Which wafers show edge-ring?", lot)
+    assert a.answered and a.data["wafers"] == ["1"]
+    assert a.text == "1 of 6 wafers show Edge-Ring: 1."
+    b = ask("Does wafer 4 have a scratch?", lot)
+    assert b.data["present"] is True and b.text.startswith("Yes")
+    c = ask("Does wafer 2 have a donut?", lot)
+    assert c.data["present"] is False and c.text.startswith("No")
+    d = ask("Which wafers have a donutt pattern?", lot)  # typo: fuzzy match
+    assert d.slots["pattern"] == "Donut" and d.data["wafers"] == ["3"]
+
+
+def test_counts_and_yields_come_from_the_facts(lot) -> None:
+    by_id = dict(zip(lot.ids, lot.facts, strict=True))
+    a = ask("How many dies fail near the notch on wafer 1?", lot)
+    assert a.data["failing"] == by_id["1"].notch.failing and a.data["dies"] == by_id["1"].notch.dies
+    total = ask("How many dies fail near the notch?", lot)
+    assert total.data["failing"] == sum(f.notch.failing for f in lot.facts)
+    yields = {w: f.yield_.yield_ for w, f in by_id.items()}
+    worst = min(yields, key=yields.get)
+    r = ask("Which wafer has the lowest yield?", lot)
+    assert r.data["order"][0] == worst and r.text.startswith(f"Wafer {worst} has the lowest yield")
+    best = ask("Which wafer has the highest yield?", lot)
+    assert best.data["order"][0] == max(yields, key=yields.get)
+    cmp = ask(f"Is wafer {worst} worse than the lot?", lot)
+    others = [y for w, y in yields.items() if w != worst]
+    assert cmp.data["worse"] is True and cmp.data["lot_median"] == pytest.approx(float(np.median(others)))
+    assert cmp.text.startswith("Yes") and "rank 1 of 6" in cmp.text
+    z = ask("How many failing dies are at the edge of wafer 1?", lot)
+    assert z.intent == "zone_fails" and z.data["failing"] == by_id["1"].extent.failing_by_zone["edge"]
+
+
+def test_root_cause_answers_quote_the_knowledge_base(lot) -> None:
+    kb = load_kb()
+    a = ask("Which process problems lead to scratches?", lot)
+    assert a.intent == "root_cause" and kb.get("Scratch").causes[0].cause in a.text
+    b = ask("What is the likely root cause on wafer 1?", lot)
+    assert b.data["pattern"] == "Edge-Ring" and "edge-bead" in b.text.lower()
+
+
+def test_refusals_name_what_is_missing(lot) -> None:
+    a = ask("Is wafer 42 worse than the lot?", lot)
+    assert not a.answered and "wafer 42 is not in the data" in a.text
+    b = ask("What is the weather in Dresden today?", lot)
+    assert not b.answered and b.intent in (None, "out_of_scope")
+    unclassified = Lot([wafer_facts(disc_map("edge-ring", wafer_id="9"))], load_kb())
+    c = ask("Which wafers show edge-ring?", unclassified)
+    assert c.answered and "No classifier was given" in c.text
+    single = ask("How many dies fail?", unclassified)
+    assert single.data["failing"] == unclassified.facts[0].extent.failing

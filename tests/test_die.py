@@ -1,0 +1,226 @@
+"""Die classification: data, features, classifiers, CLI, adaptation and discovery on real crops."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from fabsight.backbones import create_backbone
+from fabsight.die.classifier import DieClassifier, HierarchicalClassifier, ProbeClassifier
+from fabsight.die.data import read_image, scan_folder
+from fabsight.errors import FabsightError
+
+torch.set_num_threads(1)  # one thread is far faster than two on a shared, oversubscribed box
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def crops(shared, tmp_path_factory):
+    """DeepPCB defect crops (+ template 'ok' crops) from the first pairs of each original split."""
+    from fabsight.die.datasets import prepare_deeppcb_crops
+
+    out = tmp_path_factory.mktemp("die") / "deeppcb"
+    counts = prepare_deeppcb_crops(shared / "data" / "deeppcb", out, with_ok=True, max_pairs=4)
+    return out, counts
+
+
+@pytest.fixture(scope="module")
+def small_bb():
+    return create_backbone("efficientnet_lite0", input_size=64)
+
+
+def _blobs(n_per=30, seed=0):
+    """Four classes in two well separated super-groups: {a, b} near +5, {c, d} near −5."""
+    rng = np.random.default_rng(seed)
+    centres = {"a": [5, 1], "b": [5, -1], "c": [-5, 1], "d": [-5, -1]}
+    X = np.concatenate([rng.normal(c + [0] * 6, 0.3, size=(n_per, 8)) for c in centres.values()])
+    y = np.repeat(list(centres), n_per)
+    return X, y
+
+
+def test_prepare_crops_matches_annotations(shared, crops):
+    out, counts = crops
+    lines = (shared / "data" / "deeppcb" / "trainval.txt").read_text().splitlines()[:4]
+    n_boxes = sum(len((shared / "data" / "deeppcb" / ln.split()[1]).read_text().split()) // 5 for ln in lines)
+    defects = sum(v for k, v in counts["train"].items() if k != "ok")
+    assert defects == counts["train"]["ok"] == n_boxes > 0
+    folder = scan_folder(out / "train")
+    assert set(folder.classes) <= {"open", "short", "mousebite", "spur", "spurious_copper", "pin_hole", "ok"}
+    img = read_image(folder.paths[0])
+    assert img.ndim == 2 and img.dtype == np.uint8 and img.shape[0] == img.shape[1] >= 64
+
+
+def test_folder_errors_name_the_file(tmp_path):
+    with pytest.raises(FabsightError, match="no class sub-folders"):
+        scan_folder(tmp_path)
+    (tmp_path / "scratch").mkdir()
+    bad = tmp_path / "scratch" / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(FabsightError, match=r"broken\.png: cannot be decoded"):
+        read_image(bad)
+    with pytest.raises(FabsightError, match="'scratch' is not one the model knows"):
+        scan_folder(tmp_path, classes=["open", "short"])
+
+
+def test_probe_is_a_calibrated_sklearn_estimator():
+    X, y = _blobs()
+    probe = ProbeClassifier(C=0.5)
+    with pytest.raises(NotFittedError):
+        probe.predict(X)
+    probe.fit(X, y)
+    assert clone(probe).get_params() == probe.get_params()
+    assert (probe.predict(X) == y).mean() > 0.9
+    p = probe.predict_proba(X)
+    assert np.allclose(p.sum(1), 1) and probe.temperature_ > 0
+    flat = ProbeClassifier(calibrate=False).fit(X, y)
+    assert flat.temperature_ == 1.0 and not np.allclose(flat.predict_proba(X), p)
+
+
+def test_hierarchy_derives_the_true_groups_and_routes():
+    X, y = _blobs()
+    ok = np.random.default_rng(1).normal([0, 0, 5] + [0] * 5, 0.3, size=(30, 8))
+    X2, y2 = np.concatenate([X, ok]), np.concatenate([y, ["ok"] * 30])
+    h = HierarchicalClassifier(ok_class="ok", n_groups=2).fit(X2, y2)
+    assert sorted(sorted(g) for g in h.groups_.values()) == [["a", "b"], ["c", "d"]]
+    assert (h.predict(X2) == y2).mean() > 0.9
+    assert np.allclose(h.predict_proba(X2).sum(1), 1)
+    report = h.level_report(X2, y2)
+    assert report["defect_vs_ok"]["accuracy"] > 0.95 and report["group"]["accuracy"] > 0.95
+    with pytest.raises(FabsightError, match="group map names classes not in the data: zz"):
+        HierarchicalClassifier(groups={"g": ["a", "zz"]}).fit(X, y)
+
+
+def test_needs_review_flags_far_and_uncertain_images():
+    rng = np.random.default_rng(0)
+    centres = {"a": [0, 0.4], "b": [0, -0.4], "c": [6, 0]}  # a and b overlap, c is apart
+    X = np.concatenate([rng.normal(c, 0.5, size=(80, 2)) for c in centres.values()])
+    y = np.repeat(list(centres), 80)
+    clf = DieClassifier(review_quantile=0.95, min_confidence=0.7).fit(X, y)
+    decided = clf.decide(np.array([[6.0, 0.0], [60.0, 60.0], [0.0, 0.0]]))
+    assert not decided[0]["needs_review"] and decided[0]["label"] == "c"
+    assert "out_of_distribution" in decided[1]["review_reasons"]
+    assert decided[2]["review_reasons"] == ["low_confidence"] and len(decided[2]["top"]) == 3
+    assert 0.35 < decided[2]["confidence"] < 0.7  # calibrated: a coin flip between a and b
+    assert np.mean([d["ood_score"] > 1 for d in clf.decide(X)]) <= 0.06
+
+
+def test_embedding_cache_is_reused_and_keyed_by_layer(small_bb, crops, tmp_path, monkeypatch):
+    from fabsight.die.embeddings import extract
+
+    paths = scan_folder(crops[0] / "train").paths[:5]
+    first = extract(small_bb, paths, 4, tmp_path, layers=["blocks.4"])
+    assert first.shape == (5, 112)
+
+    def boom(*_a, **_k):
+        raise AssertionError("cache miss: the backbone ran again")
+
+    monkeypatch.setattr(small_bb, "embed", boom)
+    assert np.array_equal(extract(small_bb, paths, 4, tmp_path, layers=["blocks.4"]), first)
+    with pytest.raises(AssertionError, match="cache miss"):
+        extract(small_bb, paths, 4, tmp_path, layers=["head"])  # another layer is not cached yet
+
+
+def test_handcrafted_features_are_rotation_robust_and_texture_sensitive():
+    from fabsight.die.handcrafted import glcm_features, handcrafted_features, zernike_features
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((64, 64), np.uint8)
+    img[20:44, 28:36] = 255  # a bar
+    assert handcrafted_features(img).shape == (43,)
+    assert np.allclose(zernike_features(img), zernike_features(np.rot90(img)), atol=1e-3)
+    noise = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    assert glcm_features(noise)[0] > 10 * glcm_features(img)[0]  # contrast at distance 1
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fabsight", *args], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                               "FABSIGHT_CACHE": str(REPO / ".fabsight-cache"), "HOME": str(Path.home())})
+
+
+def test_train_eval_predict_end_to_end(crops, tmp_path):
+    from fabsight.die.model import DieModel, train
+
+    root, _ = crops
+    data = tmp_path / "train"
+    shutil.copytree(root / "train", data)
+    result = train(data, tmp_path / "model", backbone="efficientnet_lite0", method="hierarchical", input_size=64,
+                   cv_folds=0, cache=tmp_path / "cache")
+    card = json.loads((tmp_path / "model" / "card.json").read_text())
+    assert card["task"] == "die-classifier" and card["training"]["ok_class"] == "ok"
+    assert card["backbone"]["layers"] == ["blocks.4", "head"] and card["input"]["size"] == [64, 64]
+    assert card["extra"]["hierarchy"]["defect_vs_ok"]["accuracy"] > 0.9
+    model = DieModel(tmp_path / "model")
+    metrics = model.evaluate(root / "test", cache=tmp_path / "cache")
+    assert set(metrics) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion"}
+    chance = 1 / len(model.classes)
+    assert metrics["balanced_accuracy"] > 2 * chance, metrics  # trained on 4 boards at 64 px: far from chance
+    assert sum(map(sum, metrics["confusion"]["matrix"])) == metrics["n"]
+    assert result.card.classes == model.classes
+
+    # the CLI: JSON predictions, and a user mistake is one line with exit code 2
+    test_img = next((root / "test" / "ok").iterdir())
+    proc = _cli("die", "predict", str(tmp_path / "model"), str(test_img), "--json", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    pred = json.loads(proc.stdout)[0]
+    expected = model.predict([test_img])[0]
+    assert pred["path"] == str(test_img) and len(pred["top"]) == 3
+    assert pred["label"] == expected["label"] and pred["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
+    proc = _cli("die", "eval", str(tmp_path / "model"), str(tmp_path / "missing"), "--json")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "missing" in proc.stderr
+
+
+@pytest.mark.slow
+def test_adapt_one_epoch_then_resume(crops, tmp_path):
+    from fabsight.die.adapt import adapt
+
+    images = tmp_path / "unlabeled"
+    images.mkdir()
+    for p in scan_folder(crops[0] / "train").paths[:6]:
+        shutil.copy(p, images / p.name)
+    out = tmp_path / "adapted"
+    first = adapt(images, out, backbone="efficientnet_lite0", epochs=1, batch_size=3, n_local=1, input_size=32,
+                  device="cpu", lr=1e-3)
+    assert first["epochs"] == 1 and np.isfinite(first["loss_per_epoch"][0])
+    with pytest.raises(FabsightError, match="pass --resume"):
+        adapt(images, out, backbone="efficientnet_lite0", epochs=2, batch_size=3, input_size=32, device="cpu")
+    second = adapt(images, out, backbone="efficientnet_lite0", epochs=2, batch_size=3, n_local=1, input_size=32,
+                   device="cpu", lr=1e-3, resume=True)
+    assert second["loss_per_epoch"][0] == first["loss_per_epoch"][0] and len(second["loss_per_epoch"]) == 2
+    adapted = create_backbone(out)
+    base = create_backbone("efficientnet_lite0", input_size=32)
+    x = base.preprocess([read_image(next(images.iterdir()))])
+    assert adapted.cfg.input_size == (32, 32)
+    assert not torch.allclose(adapted.embed(x), base.embed(x))  # the teacher moved
+
+
+def test_discover_separates_clear_groups(small_bb, tmp_path):
+    from fabsight.die.discover import discover_folder
+
+    rng = np.random.default_rng(0)
+    import cv2
+
+    for cls in ("stripes", "dots"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(8):
+            img = np.zeros((64, 64), np.uint8)
+            if cls == "stripes":
+                img[:, (np.arange(64) + i) % 8 < 3] = 255
+            else:
+                for x, y in rng.integers(4, 60, size=(12, 2)):
+                    cv2.circle(img, (int(x), int(y)), 2, 255, -1)
+            cv2.imwrite(str(tmp_path / "imgs" / cls / f"{i}.png"), img)
+    res = discover_folder(tmp_path / "imgs", backbone="efficientnet_lite0", input_size=64, method="kmeans",
+                          k_range=range(2, 5), html_out=tmp_path / "sheet.html", cache=tmp_path / "cache")
+    assert res["n_images"] == 16 and res["agreement"]["adjusted_rand"] > 0.8
+    html = (tmp_path / "sheet.html").read_text()
+    assert html.count("<section>") == res["n_clusters"] and "data:image/png;base64," in html
