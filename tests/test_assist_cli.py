@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fabsight.assist.clustering import cluster_defects, cluster_dies
 from fabsight.cli.main import app
 from fabsight.errors import FabsightError
 from fabsight.io import read_maps, write_folder
@@ -61,6 +62,11 @@ def test_explain_real_fixtures_json(shared) -> None:
         assert r["facts"]["extent"]["failing"] == m.n_fail and r["facts"]["extent"]["dies"] == m.n_dies
         assert r["explanation"].startswith("No classifier was given")
         assert all(s["facts"] for s in r["sentences"])
+        defects = r["facts"]["defect_clustering"]
+        if m.format == "klarf":  # KLARF defects are clustered in µm and reported
+            assert defects["points"] == len(m.defects) and f"The file's {len(m.defects)} defects" in r["explanation"]
+        else:
+            assert defects is None
 
 
 def test_explain_with_a_model_names_patterns_where_they_are(data, model) -> None:
@@ -129,9 +135,13 @@ def test_vlm_answer_beside_the_grounded_one_and_fallback(data) -> None:
 
 def test_render_clusters(shared, tmp_path) -> None:
     png = tmp_path / "c.png"
-    code, out, _ = run("render", shared / "fixtures" / "klarf" / "QUU_NUU.000", "--clusters", "--out", png, "--json")
+    klarf, stdf = shared / "fixtures" / "klarf" / "QUU_NUU.000", shared / "fixtures" / "stdf" / "lot2.stdf"
+    code, out, _ = run("render", klarf, stdf, "--clusters", "--out", png, "--json")
     assert code == 0 and png.read_bytes().startswith(b"\x89PNG")
-    assert json.loads(out)["clusters"] == [1, 2, 2]
+    # KLARF: clusters of defects (µm), drawn on their dies; STDF (no defects): clusters of failing dies
+    expected = [len(cluster_defects(m.defects, die_pitch=m.die_pitch).clusters) for m in read_maps(klarf)]
+    expected += [len(cluster_dies(m).clusters) for m in read_maps(stdf)]
+    assert json.loads(out)["clusters"] == expected and min(expected[:3]) >= 1
 
 
 def test_user_mistakes_are_one_line_errors(data, tmp_path) -> None:
@@ -157,3 +167,12 @@ def test_export_sft_cli(data, tmp_path) -> None:
     r = json.loads(out)
     assert r["maps"] == 8 and r["by_kind"] == dict.fromkeys(["multi", "yes", "no", "describe", "golden"], 8)
     assert len(json.loads((tmp_path / "sft" / "annotations.json").read_text())) == 40
+
+
+def test_compare_classifies_the_difference_map_with_a_model(data, model) -> None:
+    code, out, err = run("compare", data["edgeloc"], "--golden", data["golden"], "--model", model, "--json")
+    assert code == 0, err
+    (r,) = json.loads(out)
+    pattern = r["difference"]["pattern"]
+    assert pattern["status"] != "unclassified" and pattern["top3"]
+    assert (pattern["status"] == "pattern") == ("the classifier reads it as" in r["summary"])

@@ -169,6 +169,18 @@ def test_every_number_in_an_explanation_is_a_cited_fact(kb, kind, confident) -> 
             assert number in allowed, f"{number!r} in {s.text!r} is not one of its facts {s.facts}"
 
 
+def test_klarf_explanation_numbers_are_facts(kb, shared) -> None:
+    from fabsight.io import read_maps
+
+    for wmap in read_maps(shared / "fixtures" / "klarf" / "QUU_NUU.000"):
+        e = explain_facts(wafer_facts(wmap), kb)
+        facts = e.facts.to_dict()
+        assert any("defects form" in s.text for s in e.sentences)
+        for s in e.sentences:
+            allowed = set().union(*(_renderings(_lookup(facts, k)) for k in s.facts))
+            assert set(re.findall(r"\d+(?:\.\d+)?%?", s.text)) <= allowed, s.text
+
+
 def test_explanation_never_contradicts_the_measured_location(kb) -> None:
     central = explain_facts(wafer_facts(disc_map("center"), _pred("Center", 0.95)), kb)
     assert not re.search(r"\bedge\b", central.text.lower())

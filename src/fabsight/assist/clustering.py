@@ -90,8 +90,10 @@ class ClusterResult:
             "eps": round(self.eps, 3),
             "min_samples": self.min_samples,
             "background_rate": None if self.background_rate is None else round(self.background_rate, 5),
+            "points": len(self.labels),
             "count": len(self.clusters),
             "clustered": self.clustered,
+            "isolated": len(self.labels) - self.clustered,
             "clusters": [c.to_dict() for c in self.clusters],
         }
 
@@ -214,6 +216,24 @@ def cluster_grid(wmap: WaferMap, result: ClusterResult) -> np.ndarray:
     out = np.full(wmap.shape, -1, dtype=np.int64)
     fails = np.argwhere(wmap.grid == DieState.FAIL)
     out[tuple(fails.T)] = result.labels
+    return out
+
+
+def defect_cluster_grid(wmap: WaferMap, result: ClusterResult) -> np.ndarray:
+    """Per-die ids of defect clusters (-1 elsewhere): a die takes the cluster of its defects.
+
+    Needs the map's ``x_index``/``y_index`` (die indices per column/row, as KLARF readers
+    give); defects in dies outside the grid are left out.
+    """
+    out = np.full(wmap.shape, -1, dtype=np.int64)
+    if wmap.defects is None or wmap.x_index is None or wmap.y_index is None:
+        return out
+    col = {int(v): i for i, v in enumerate(wmap.x_index)}
+    row = {int(v): i for i, v in enumerate(wmap.y_index)}
+    for xi, yi, lab in zip(wmap.defects.xindex, wmap.defects.yindex, result.labels, strict=True):
+        r, c = row.get(int(yi)), col.get(int(xi))
+        if lab >= 0 and r is not None and c is not None:
+            out[r, c] = lab
     return out
 
 

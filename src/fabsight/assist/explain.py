@@ -122,6 +122,21 @@ def _extent_sentence(f: WaferFacts) -> Sentence:
                      "extent.cluster_shapes", "extent.background_dies"])
 
 
+def _defect_sentence(f: WaferFacts) -> Sentence | None:
+    d = f.defect_clustering
+    if d is None:
+        return None
+    n = len(d.labels)
+    keys = ["defect_clustering.points", "defect_clustering.count"]
+    if not d.clusters:
+        return Sentence(f"The file's {n} defects form no spatial cluster.", keys)
+    c = d.clusters[0]
+    plural = "cluster" if len(d.clusters) == 1 else "clusters"
+    return Sentence(f"The file's {n} defects form {len(d.clusters)} spatial {plural} on the wafer (largest {c.size} "
+                    f"defects, {c.shape}-shaped); {n - d.clustered} are isolated.",
+                    [*keys, "defect_clustering.clusters", "defect_clustering.isolated"])
+
+
 def _yield_sentence(f: WaferFacts) -> Sentence:
     y = f.yield_
     return Sentence(f"Yield is {pct(y.yield_)}, with {pct(y.pattern_yield_loss)} lost to the clustered pattern "
@@ -179,6 +194,7 @@ def explain_facts(facts: WaferFacts, kb: KnowledgeBase) -> Explanation:
         _pattern_sentence(facts),
         _location_sentence(facts),
         _extent_sentence(facts),
+        _defect_sentence(facts),
         _yield_sentence(facts),
         _notch_sentence(facts),
         _mismatch_sentence(facts, kb),

@@ -35,12 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from fabsight.assist.clustering import ClusterResult, cluster_dies, cluster_grid
+from fabsight.assist.clustering import ClusterResult, cluster_defects, cluster_dies, cluster_grid
 from fabsight.types import DieState, WaferMap
 
 ZONES: tuple[tuple[str, float, float], ...] = (("centre", 0.0, 0.35), ("middle", 0.35, 0.75), ("edge", 0.75, np.inf))
 SECTORS: tuple[str, ...] = ("N", "NE", "E", "SE", "S", "SW", "W", "NW")
-NOTCH_SECTOR = "S"
 #: Where the notch is drawn, as an angle clockwise from "up" on the drawn map.
 _NOTCH_ANGLE = {"down": 180.0, "up": 0.0, "left": 270.0, "right": 90.0}
 SECTOR_CONCENTRATION = 0.5
@@ -66,7 +65,12 @@ class DieGeometry:
 
 
 def die_geometry(wmap: WaferMap) -> DieGeometry:
-    """Normalised radius and notch-relative angle of every die (see the module docstring)."""
+    """Normalised radius and notch-relative angle of every die (see the module docstring).
+
+    Unlike :mod:`fabsight.synth.geometry`, which assumes the wafer fills its grid, this
+    measures the wafer from the map itself (the bounding box of its on-wafer dies, scaled by
+    the die pitch when the file gives one), as real KLARF / STDF / G85 grids need.
+    """
     grid = wmap.grid
     on = grid != DieState.OFF
     rows, cols = np.indices(grid.shape, dtype=float)
@@ -177,6 +181,7 @@ class WaferFacts:
     yield_: YieldFacts
     notch: NotchFacts
     clustering: ClusterResult
+    defect_clustering: ClusterResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -188,6 +193,7 @@ class WaferFacts:
             "yield": {k.rstrip("_"): v for k, v in asdict(self.yield_).items()},
             "near_notch": asdict(self.notch),
             "clustering": self.clustering.to_dict(),
+            "defect_clustering": None if self.defect_clustering is None else self.defect_clustering.to_dict(),
         }
 
 
@@ -336,7 +342,11 @@ def notch_facts(wmap: WaferMap, geo: DieGeometry) -> NotchFacts:
 
 
 def wafer_facts(wmap: WaferMap, prediction: Mapping[str, Any] | None = None) -> WaferFacts:
-    """Measure everything about one wafer map (``prediction``: one ``predict_details`` record)."""
+    """Measure everything about one wafer map (``prediction``: one ``predict_details`` record).
+
+    Maps read from KLARF also get their defects clustered in wafer coordinates
+    (:func:`cluster_defects`), beside the clusters of failing dies on the grid.
+    """
     geo = die_geometry(wmap)
     clustering = cluster_dies(wmap)
     mask = cluster_grid(wmap, clustering) >= 0
@@ -344,6 +354,9 @@ def wafer_facts(wmap: WaferMap, prediction: Mapping[str, Any] | None = None) -> 
     if not mask.any() or mask.sum() < CLUSTER_BASIS * wmap.n_fail:
         mask, basis = wmap.grid == DieState.FAIL, "all failing dies"
     extent = extent_facts(wmap, geo, clustering)
+    defects = None
+    if wmap.defects is not None and len(wmap.defects):
+        defects = cluster_defects(wmap.defects, die_pitch=wmap.die_pitch)
     return WaferFacts(
         wafer_id=str(wmap.wafer_id),
         lot_id=str(wmap.lot_id),
@@ -353,4 +366,5 @@ def wafer_facts(wmap: WaferMap, prediction: Mapping[str, Any] | None = None) -> 
         yield_=yield_facts(extent),
         notch=notch_facts(wmap, geo),
         clustering=clustering,
+        defect_clustering=defects,
     )

