@@ -45,7 +45,7 @@ KEEP_RULE = ("in each group of copies the kept one is: in the earliest split (tr
 class CurateOptions:
     """Thresholds; each is explained in the manifest's ``thresholds`` section."""
 
-    phash_distance: int = 6
+    phash_distance: int | None = 6  # None: no perceptual-hash matching (embeddings only)
     min_correlation: float = 0.98
     cosine: float = 0.97
     blur_k: float = 3.0
@@ -75,7 +75,9 @@ def _copy_groups(entries: Sequence[Entry], recs: Sequence[ImageRecord], ok: np.n
         j = by_pixels.setdefault(recs[i].pixel_sha, int(i))
         if j != i:
             links.append(np.array([[j, i]]))
-    ph, dist = hamming_pairs([recs[i].phash for i in idx], opts.phash_distance)
+    ph, dist = np.zeros((0, 2), int), np.zeros(0, int)
+    if opts.phash_distance is not None:
+        ph, dist = hamming_pairs([recs[i].phash for i in idx], opts.phash_distance)
     if len(ph):
         corr = pair_correlation(np.stack([recs[i].thumb for i in idx]), ph)
         ph, dist = ph[corr >= opts.min_correlation], dist[corr >= opts.min_correlation]
