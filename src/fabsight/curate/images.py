@@ -75,26 +75,25 @@ def _copy_groups(entries: Sequence[Entry], recs: Sequence[ImageRecord], ok: np.n
         j = by_pixels.setdefault(recs[i].pixel_sha, int(i))
         if j != i:
             links.append(np.array([[j, i]]))
-    ph, dist = np.zeros((0, 2), int), np.zeros(0, int)
+    ph = np.zeros((0, 2), int)
     if opts.phash_distance is not None:
-        ph, dist = hamming_pairs([recs[i].phash for i in idx], opts.phash_distance)
+        ph, _ = hamming_pairs([recs[i].phash for i in idx], opts.phash_distance)
     if len(ph):
-        corr = pair_correlation(np.stack([recs[i].thumb for i in idx]), ph)
-        ph, dist = ph[corr >= opts.min_correlation], dist[corr >= opts.min_correlation]
+        ph = ph[pair_correlation(np.stack([recs[i].thumb for i in idx]), ph) >= opts.min_correlation]
     links.append(idx[ph])
     if embeddings is not None:
         ep, _ = cosine_pairs(embeddings, opts.cosine)
         links.append(idx[ep])
     pairs = np.concatenate(links) if links else np.zeros((0, 2), int)
     groups = []
-    ph_dist = {(int(idx[a]), int(idx[b])): int(d) for (a, b), d in zip(ph, dist, strict=True)}
+    ph_linked = set(idx[ph].ravel().tolist())  # both ends of a pHash link lie in the same group
     for members in pair_groups(len(recs), pairs):
         keep = _keeper(members, entries, recs)
         if len({recs[i].bytes_sha for i in members}) == 1:
             kind = "exact_bytes"
         elif len({recs[i].pixel_sha for i in members}) == 1:
             kind = "exact_pixels"
-        elif any((min(a, b), max(a, b)) in ph_dist for a in members for b in members if a < b):
+        elif ph_linked.intersection(members):
             kind = "near_phash"
         else:
             kind = "near_embedding"
