@@ -29,17 +29,24 @@ import torch
 from fabsight.anomaly import evaluate, load_model, load_split, make_model, read_image
 from fabsight.anomaly.datasets import AnomalyRecord
 from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc
-from fabsight.anomaly.thresholds import threshold_from_good
+from fabsight.anomaly.thresholds import threshold_best_f1, threshold_from_good
 
 
-def _split(root: Path, holdout: float, seed: int, max_train: int | None) -> tuple[list, list, list]:
+def _split(root: Path, args: argparse.Namespace) -> tuple[list, list, list]:
     train = load_split(root, "train")
-    random.Random(seed).shuffle(train)
-    n_hold = max(1, round(holdout * len(train)))
+    random.Random(args.seed).shuffle(train)
+    n_hold = max(1, round(args.holdout * len(train)))
     hold, fit = train[:n_hold], train[n_hold:]
-    if max_train:
-        fit = fit[:max_train]
-    return fit, hold, load_split(root, "test")
+    if args.max_train:
+        fit = fit[: args.max_train]
+    test = load_split(root, "test")
+    if args.test_fraction < 1.0:
+        # Every k-th image of each folder: the same share of every defect type and of good.
+        by_type: dict[str, list[AnomalyRecord]] = {}
+        for r in test:
+            by_type.setdefault(r.defect_type, []).append(r)
+        test = [r for rs in by_type.values() for r in rs[:: max(1, round(1 / args.test_fraction))]]
+    return fit, hold, test
 
 
 def _images(records: list[AnomalyRecord]) -> list[np.ndarray]:
@@ -55,6 +62,8 @@ def run_fabsight(method: str, backbone: str | None, args: argparse.Namespace, fi
         params: dict[str, Any] = {"input_size": args.input_size, "tile": args.tile, "device": "cpu", "seed": args.seed}
         if backbone:
             params["backbone"] = backbone
+        if method == "patchcore":
+            params.update(max_bank=args.max_bank, reweight=args.reweight)
         if method == "recon":
             params.update(steps=args.recon_steps, width=args.recon_width, train_crop=args.recon_crop)
         model = make_model(method, **params)
@@ -95,7 +104,9 @@ def run_anomalib(args: argparse.Namespace, fit: list, hold: list, test: list) ->
     model.train()
     for _, x in batches(fit):
         model(x)
+    t1 = time.perf_counter()
     model.subsample_embedding(args.anomalib_coreset_ratio)
+    coreset_s = time.perf_counter() - t1
     fit_s = time.perf_counter() - t0
     model.eval()
 
@@ -127,10 +138,12 @@ def run_anomalib(args: argparse.Namespace, fit: list, hold: list, test: list) ->
     return {"tool": f"anomalib {anomalib.__version__}", "method": "patchcore", "backbone": "efficientnet_lite0 "
             "(fabsight's weights loaded into anomalib's timm tf_efficientnet_lite0 extractor)",
             "layers": layers, "coreset_sampling_ratio": args.anomalib_coreset_ratio, "input_size": s,
-            "fit_seconds": round(fit_s, 1), "bank_size": int(model.memory_bank.shape[0]),
+            "fit_seconds": round(fit_s, 1), "coreset_seconds": round(coreset_s, 1),
+            "bank_size": int(model.memory_bank.shape[0]),
             "n_images": len(test), "image_auroc": image_auroc(labels, s_arr),
             "pixel_auroc": pixel_auroc(px_maps, px_masks), "aupro": aupro(px_maps, px_masks),
             "threshold": thr.value, "threshold_meaning": thr.describe(), "f1": f1_at(labels, s_arr, thr.value),
+            "f1_max": threshold_best_f1(labels, s_arr).details["f1"],
             "ms_per_image": 1000 * elapsed / len(test), "torch_threads": torch.get_num_threads()}
 
 
@@ -140,6 +153,8 @@ def main() -> int:
     ap.add_argument("--methods", default="patchcore,padim", help="comma list of patchcore, padim, recon")
     ap.add_argument("--backbones", default="efficientnet_lite0", help="comma list, for patchcore/padim")
     ap.add_argument("--recon-model", help="evaluate this trained recon model directory (e.g. trained on a GPU)")
+    ap.add_argument("--max-bank", type=int, default=10_000, help="fabsight PatchCore memory-bank cap")
+    ap.add_argument("--reweight", action="store_true", help="fabsight PatchCore: the paper's score reweighting")
     ap.add_argument("--recon-steps", type=int, default=1500)
     ap.add_argument("--recon-width", type=int, default=16)
     ap.add_argument("--recon-crop", type=int, default=96)
@@ -148,13 +163,14 @@ def main() -> int:
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--false-alarm-rate", type=float, default=0.01)
     ap.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
+    ap.add_argument("--test-fraction", type=float, default=1.0, help="evaluate on this share of each test folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--anomalib", action="store_true", help="also run anomalib's PatchCore")
     ap.add_argument("--anomalib-coreset-ratio", type=float, default=0.01)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    fit, hold, test = _split(args.root, args.holdout, args.seed, args.max_train)
+    fit, hold, test = _split(args.root, args)
     runs = []
     for method in [m for m in args.methods.split(",") if m]:
         if method == "recon":

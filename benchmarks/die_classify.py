@@ -58,14 +58,16 @@ def datasets(root: Path, pool_per_class: int, test_per_class: int, repeats: int)
     held = test.subset(per_class_sample(test, test_per_class, rng))
     both = ImageFolder(root, pool.paths + held.paths, np.concatenate([pool.labels, held.labels]), train.classes)
     split = (np.arange(len(pool)), np.arange(len(pool), len(both)))
-    out["deeppcb"] = {"folder": both, "splits": [split] * repeats, "split": "original trainval/test split"}
+    out["deeppcb"] = {"folder": both, "splits": [split] * repeats, "distinct_splits": False,
+                      "split": "original trainval/test split"}
     mt = scan_folder(root / "magnetic_tile")
     splits = []
     from sklearn.model_selection import StratifiedShuffleSplit
 
     for tr, te in StratifiedShuffleSplit(n_splits=repeats, test_size=0.3, random_state=0).split(mt.labels, mt.labels):
         splits.append((tr, te))
-    out["magnetic_tile"] = {"folder": mt, "splits": splits, "split": "repeated stratified 70/30"}
+    out["magnetic_tile"] = {"folder": mt, "splits": splits, "distinct_splits": True,
+                            "split": "repeated stratified 70/30"}
     return out
 
 
@@ -118,16 +120,18 @@ def run_backbone(name: str, size: int, data: dict, args: argparse.Namespace) -> 
         res: dict[str, Any] = {"n_images": len(folder), "split": ds["split"], "embed_s": time.perf_counter() - t}
         probe = ProbeClassifier(calibrate=False)
         scan = {}
+        tr, te = ds["splits"][0]  # one split: the scan only ranks layers
         for layers in [*([layer] for layer in SCAN_LAYERS[name]), *COMBOS[name]]:
             X = np.concatenate([per_layer[layer] for layer in layers], axis=1)
-            scan["+".join(layers)] = summarise([score(probe, X, y, tr, te, folder.classes) for tr, te in ds["splits"]])
-        res["layer_scan_all_labels"] = scan
+            scan["+".join(layers)] = score(probe, X, y, tr, te, folder.classes)
+        res["layer_scan_all_labels_first_split"] = scan
         deep = np.concatenate([per_layer[layer] for layer in bb.cfg.default_layers], axis=1)
         hybrid = np.concatenate([deep, hand], axis=1)
         curves: dict[str, Any] = {}
         for k in budgets:
             runs: dict[str, list] = {"probe": [], "hybrid": [], "hierarchical": [], "handcrafted_only": []}
-            for r, (pool, te) in enumerate(ds["splits"]):
+            distinct = ds["splits"] if k is not None or ds["distinct_splits"] else ds["splits"][:1]
+            for r, (pool, te) in enumerate(distinct):
                 tr = budget_draw(y, pool, k, seed=r)
                 runs["probe"].append(score(probe, deep, y, tr, te, folder.classes))
                 runs["hybrid"].append(score(probe, hybrid, y, tr, te, folder.classes))
@@ -152,7 +156,9 @@ def run_backbone(name: str, size: int, data: dict, args: argparse.Namespace) -> 
             res["augmentation"] = {"labels_per_class": k, "variants": list(DEFAULT_AUGMENT),
                                    "plain": summarise(runs_plain), "augmented": summarise(runs_aug)}
         result[ds_name] = res
-    result["throughput"] = [throughput(name, size, data["deeppcb"]["folder"].paths[-64:], t) for t in (1, 2)]
+    if args.throughput:
+        paths = next(iter(data.values()))["folder"].paths[-64:]
+        result["throughput"] = [throughput(name, size, paths, t) for t in (1, 2)]
     return result
 
 
@@ -160,6 +166,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="output of prepare_deeppcb_crops.py")
     ap.add_argument("--backbones", default="efficientnet_lite0,dinov2_vits14")
+    ap.add_argument("--datasets", default="deeppcb,magnetic_tile")
     ap.add_argument("--input-size", type=int, default=112)
     ap.add_argument("--budgets", default="10,25,50,all")
     ap.add_argument("--repeats", type=int, default=3)
@@ -167,6 +174,7 @@ def main() -> None:
     ap.add_argument("--test-per-class", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for embedding (1 is fastest on a shared box)")
     ap.add_argument("--augment", action="store_true")
+    ap.add_argument("--throughput", action="store_true", help="time uncached embedding of 64 images")
     ap.add_argument("--augment-all", action="store_true", help="augmentation experiment for DINOv2 too (slow)")
     ap.add_argument("--augment-budget", type=int, default=10)
     ap.add_argument("--cache", type=Path, default=default_cache())
@@ -174,6 +182,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = datasets(args.data, args.pool_per_class, args.test_per_class, args.repeats)
+    data = {k: v for k, v in data.items() if k in args.datasets.split(",")}
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     for name in args.backbones.split(","):
         report[name] = run_backbone(name, args.input_size, data, args)

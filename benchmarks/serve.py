@@ -12,7 +12,7 @@ uploads/s and wafers/s over the wall-clock time, and p50/p99 latency per upload.
 
     PYTHONPATH=src python -P benchmarks/serve.py --models MODEL_DIR --single 40 --lots 16 --clients 4
 
-(``-P``: benchmarks/inspect.py would otherwise shadow the standard library's ``inspect``.)
+
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from fabsight.types import WM811K_CLASSES, WaferMap
 from fabsight.wafer import WaferClassifier, evaluate, load_model
 from fabsight.wafer.calibration import expected_calibration_error
 from fabsight.wafer.classifier import SYNTH_SHAPES
+from fabsight.wafer.net import ARCHITECTURES
 
 TEST_SHAPES = ((30, 30), (45, 60), (64, 64), (90, 90), (150, 120))
 TEST_NOISE = {"low": (0.0, 0.01), "default": (0.01, 0.03), "high": (0.03, 0.06)}
@@ -231,7 +232,15 @@ def mixed_section(args: argparse.Namespace) -> dict[str, Any]:
     train = generate_dataset(args.mixed_per_class, mixed=True, shapes=((52, 52),), seed=0)
     log(f"mixed: training on {len(train)} maps")
     t0 = time.time()
-    clf = WaferClassifier(multilabel=True, epochs=args.epochs, n_threads=args.train_threads, random_state=0)
+    widths, embed_dim = ARCHITECTURES[args.mixed_arch]
+    clf = WaferClassifier(
+        multilabel=True,
+        widths=widths,
+        embed_dim=embed_dim,
+        epochs=args.epochs,
+        n_threads=args.train_threads,
+        random_state=0,
+    )
     clf.fit(train, data=f"fabsight.synth mixed: {args.mixed_per_class} maps x 38 MixedWM38 combinations, 52x52, seed 0")
     train_s = time.time() - t0
     clf.save(args.mixed_model_out)
@@ -245,7 +254,7 @@ def mixed_section(args: argparse.Namespace) -> dict[str, Any]:
         n = 0 if m.labels == ("none",) else len(m.labels)
         by_size.setdefault(str(n), []).append(tuple(p) == tuple(m.labels))
     return {
-        "train": {"maps": len(train), "seconds": train_s, "threads": args.train_threads},
+        "train": {"maps": len(train), "seconds": train_s, "threads": args.train_threads, "arch": args.mixed_arch},
         "validation": clf.metrics_["validation"],
         "test": {
             "n": r["n"],
@@ -333,7 +342,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--test-per-class", type=int, default=60)
     ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--mixed-per-class", type=int, default=100)
+    ap.add_argument("--mixed-per-class", type=int, default=500)
+    ap.add_argument("--mixed-arch", choices=list(ARCHITECTURES), default="medium")
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fewshot-test-per-class", type=int, default=40)

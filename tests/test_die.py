@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from fabsight.die.data import read_image, scan_folder
 from fabsight.errors import FabsightError
 
 torch.set_num_threads(1)  # one thread is far faster than two on a shared, oversubscribed box
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +138,18 @@ def test_handcrafted_features_are_rotation_robust_and_texture_sensitive():
     assert glcm_features(noise)[0] > 10 * glcm_features(img)[0]  # contrast at distance 1
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fabsight", *args], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
-                               "FABSIGHT_CACHE": str(REPO / ".fabsight-cache"), "HOME": str(Path.home())})
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``fabsight ARGS`` in-process through the real entry point (error handling included)."""
+    from fabsight.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["fabsight", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
 
 
-def test_train_eval_predict_end_to_end(crops, tmp_path):
+def test_train_eval_predict_end_to_end(crops, tmp_path, monkeypatch, capsys):
     from fabsight.die.model import DieModel, train
 
     root, _ = crops
@@ -157,7 +159,7 @@ def test_train_eval_predict_end_to_end(crops, tmp_path):
                    cv_folds=0, cache=tmp_path / "cache")
     card = json.loads((tmp_path / "model" / "card.json").read_text())
     assert card["task"] == "die-classifier" and card["training"]["ok_class"] == "ok"
-    assert card["backbone"]["layers"] == ["blocks.4", "head"] and card["input"]["size"] == [64, 64]
+    assert card["backbone"]["layers"] == ["blocks.6", "head"] and card["input"]["size"] == [64, 64]
     assert card["extra"]["hierarchy"]["defect_vs_ok"]["accuracy"] > 0.9
     model = DieModel(tmp_path / "model")
     metrics = model.evaluate(root / "test", cache=tmp_path / "cache")
@@ -169,14 +171,17 @@ def test_train_eval_predict_end_to_end(crops, tmp_path):
 
     # the CLI: JSON predictions, and a user mistake is one line with exit code 2
     test_img = next((root / "test" / "ok").iterdir())
-    proc = _cli("die", "predict", str(tmp_path / "model"), str(test_img), "--json", "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr
-    pred = json.loads(proc.stdout)[0]
+    code, stdout, stderr = _cli(monkeypatch, capsys, "die", "predict", str(tmp_path / "model"), str(test_img),
+                                "--json", "--device", "cpu")
+    assert code == 0, stderr
+    pred = json.loads(stdout)[0]
     expected = model.predict([test_img])[0]
     assert pred["path"] == str(test_img) and len(pred["top"]) == 3
     assert pred["label"] == expected["label"] and pred["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
-    proc = _cli("die", "eval", str(tmp_path / "model"), str(tmp_path / "missing"), "--json")
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "missing" in proc.stderr
+    code, stdout, stderr = _cli(monkeypatch, capsys, "die", "eval", str(tmp_path / "model"),
+                                str(tmp_path / "missing"), "--json")
+    assert code == 2 and stdout == "" and stderr.startswith("error: ") and stderr.count("\n") == 1
+    assert "missing: is not a directory of class folders" in stderr
 
 
 @pytest.mark.slow

@@ -34,8 +34,10 @@ def folders(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("wafer-cli")
     write_folder(generate_dataset(30, classes=CLASSES, shapes=((30, 30), (52, 52)), seed=0), root / "train")
     write_folder(generate_dataset(10, classes=CLASSES, shapes=((40, 36),), seed=9), root / "test")
+    (root / "train" / "Loc").mkdir()  # an empty class folder: warned about, not trained on
     code, _, err = run("wafer", "train", root / "train", "--out", root / "model", *FAST, "--json")
     assert code == 0, err
+    assert "warning:" in err and "'Loc' holds no .png/.npy maps" in " ".join(err.split())  # rich may wrap
     return root / "train", root / "test", root / "model"
 
 
@@ -98,6 +100,8 @@ def test_user_mistakes_exit_2_with_one_line(folders, tmp_path) -> None:
     assert code == 2 and "label 'Donut' is not a class of the model" in err
     code, _, err = run("wafer", "train", train, "--out", tmp_path / "m", "--head", "probe", *FAST)
     assert code == 2 and "needs init" in err
+    code, _, err = run("wafer", "train", train, "--out", tmp_path / "m", "--arch", "huge")
+    assert code == 2 and "--arch must be one of" in err
     assert not (tmp_path / "m").exists()  # nothing half-written
 
 
@@ -119,3 +123,11 @@ def test_real_entry_point_prints_one_line_and_exits_2(tmp_path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "w.npy" in proc.stderr
+
+
+def test_class_with_one_example_is_a_warning_line(tmp_path) -> None:
+    maps = generate_dataset(6, classes=("Center", "Edge-Ring"), shapes=((30, 30),), seed=4)[:7]  # Edge-Ring: 1
+    write_folder(maps, tmp_path / "few")
+    code, _, err = run("wafer", "train", tmp_path / "few", "--out", tmp_path / "m", "--epochs", "1", *FAST[2:])
+    assert code == 0
+    assert "warning: class 'Edge-Ring' has a single example" in " ".join(err.split())

@@ -15,6 +15,7 @@ import torch
 from fabsight.anomaly.base import AnomalyModel
 from fabsight.anomaly.datasets import AnomalyRecord, read_image, read_mask
 from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc
+from fabsight.anomaly.thresholds import threshold_best_f1
 from fabsight.utils.progress import track
 
 
@@ -89,6 +90,9 @@ def evaluate(
         "aupro_fpr_limit": fpr_limit,
         "threshold": t_value,
         "f1": None if t_value is None else f1_at(labels, s, t_value),
+        # The best F1 any threshold could reach on this test set (anomalib's F1Max): an upper
+        # bound for context, not a number a threshold chosen without these labels can promise.
+        "f1_max": None if labels.all() or not labels.any() else threshold_best_f1(labels, s).details["f1"],
         "false_alarm_rate": None if t_value is None or labels.all() else float(np.mean(s[~labels] >= t_value)),
         "recall": None if t_value is None or not labels.any() else float(np.mean(s[labels] >= t_value)),
         "image_auroc_per_type": per_type,

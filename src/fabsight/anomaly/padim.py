@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fabsight.anomaly.features import FeatureModel
+from fabsight.errors import FabsightError
 
 
 class PaDiM(FeatureModel):
@@ -77,7 +78,8 @@ class PaDiM(FeatureModel):
             o = torch.einsum("pbi,pbj->pij", f, f)
             outer = o if outer is None else outer + o
             n += f.shape[1]
-        assert total is not None and outer is not None
+        if total is None or outer is None:
+            raise FabsightError(None, "PaDiM got no training inputs")
         mean = total / n
         cov = (outer - n * torch.einsum("pi,pj->pij", mean, mean)) / max(1, n - 1)
         cov += float(self.covariance_eps) * torch.eye(cov.shape[-1], dtype=cov.dtype)

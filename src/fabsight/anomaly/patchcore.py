@@ -9,6 +9,7 @@ bounded tensor saved with the model, so memory and speed do not grow with the da
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,7 +87,9 @@ class PatchCore(FeatureModel):
             kept.append(flat)
         candidates = torch.cat(kept)
         n_bank = bank_size(candidates.shape[0], self.coreset_ratio, self.max_bank)
+        t0 = time.perf_counter()
         idx = greedy_coreset(candidates, n_bank, projection_dim=self.projection_dim, seed=self.seed)
+        self.coreset_seconds_ = time.perf_counter() - t0
         self.memory_bank_ = candidates[idx].contiguous()
         self.n_candidates_ = int(candidates.shape[0])
         self._index_ = None
@@ -135,5 +138,6 @@ class PatchCore(FeatureModel):
     def _fitted_info(self) -> dict[str, Any]:
         return {**self._backbone_info(), "bank_size": int(self.memory_bank_.shape[0]),
                 "feature_dim": int(self.memory_bank_.shape[1]), "n_candidates": self.n_candidates_,
+                "coreset_seconds": round(getattr(self, "coreset_seconds_", 0.0), 1),
                 "bank_mib": round(self.memory_bank_.numel() * 4 / 2**20, 2)}
 

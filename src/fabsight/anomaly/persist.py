@@ -97,7 +97,10 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "auto") -> tu
         raise ModelError(model_dir, f"card names unknown anomaly method {method!r}")
     params = dict(card.extra.get("params", {}))
     params["device"] = device
-    model = make_model(method, **params)
+    try:
+        model = make_model(method, **params)
+    except TypeError as exc:
+        raise ModelError(model_dir, f"card parameters do not fit this fabsight version ({exc})") from None
     try:
         state = load_file(str(Path(model_dir) / WEIGHTS))
     except Exception as exc:  # safetensors raises its own error types for damaged files

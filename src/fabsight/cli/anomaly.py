@@ -127,6 +127,8 @@ def fit(
                               "device": device, "seed": seed}
     if method is Method.recon:
         params["steps"] = steps
+        if layers or backbone_weights or backbone != "efficientnet_lite0":
+            warn("--backbone, --backbone-weights and --layers do not apply to --method recon (it has its own UNet)")
     else:
         params.update(backbone=backbone, backbone_weights=None if backbone_weights is None else str(backbone_weights),
                       layers=list(layers) if layers else None)
@@ -237,12 +239,19 @@ def predict(
         stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
     results = []
     start = time.perf_counter()
-    gen = model.iter_maps(read_image(f) for f in track(files, "anomaly: predicting"))
-    for f, stem, (score, amap) in zip(files, stems, gen, strict=True):
+    pending: dict[int, Any] = {}  # images read but not yet scored (the model batches across images)
+
+    def images() -> Any:
+        for i, f in enumerate(track(files, "anomaly: predicting")):
+            pending[i] = read_image(f)
+            yield pending[i]
+
+    gen = model.iter_maps(images())
+    for i, (f, stem, (score, amap)) in enumerate(zip(files, stems, gen, strict=True)):
         anomalous = score >= t
         mask = (amap >= t) & anomalous
         heat, mpath = out_dir / f"{stem}_heatmap.png", out_dir / f"{stem}_mask.png"
-        write_heatmap(heat, amap, t, read_image(f))
+        write_heatmap(heat, amap, t, pending.pop(i))
         write_mask(mpath, mask)
         results.append({"image": str(f), "score": score, "anomalous": bool(anomalous),
                         "defect_pixels": int(mask.sum()), "heatmap": str(heat), "mask": str(mpath)})

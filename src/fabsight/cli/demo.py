@@ -41,13 +41,10 @@ def demo(
 
     emit(summary, as_json, human)
     if serve:
-        import uvicorn
-
-        from fabsight.serve import create_app
+        from fabsight.serve import create_app, run
 
         err.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)", markup=False)
-        app = create_app(summary["store"], models, files_dir=Path(out_dir) / FILES_NAME)
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        run(create_app(summary["store"], models, files_dir=Path(out_dir) / FILES_NAME), host, port, log_level="warning")
 
 
 def register(app: typer.Typer) -> None:

@@ -116,7 +116,7 @@ def train_cmd(
     from fabsight.inspect.model import TemplateInspector
 
     pairs = _annotated(data, list_file, limit)
-    truths = [read_annotations(p.annotations) for p in pairs]  # type: ignore[arg-type]
+    truths = [read_annotations(p.annotations) for p in pairs]
     model = TemplateInspector()
     extracted = model.extract(_images(pairs, "finding candidates"))
     model.fit_candidates(extracted, truths)
@@ -147,7 +147,7 @@ def eval_cmd(
 
     model = load_inspector(model_dir)
     pairs = _annotated(data, list_file, limit)
-    truths = [read_annotations(p.annotations) for p in pairs]  # type: ignore[arg-type]
+    truths = [read_annotations(p.annotations) for p in pairs]
     all_dets = []
     rendered = 0
     for p, (t, m), ts in zip(pairs, _images(pairs, "inspecting"), truths, strict=True):
@@ -248,12 +248,13 @@ def folder_cmd(
 
 
 def _annotated(data: Path, list_file: Path | None, limit: int | None) -> list[Any]:
+    """Pairs that all have an annotation file (training and evaluation need one)."""
     from fabsight.inspect.dataset import read_list
 
     pairs = read_list(data, list_file)[:limit]
-    missing = [p for p in pairs if p.annotations is None]
-    if missing:
-        raise FabsightError(missing[0].test, "has no annotation file (needed for training and evaluation)")
+    for p in pairs:
+        if p.annotations is None:
+            raise FabsightError(p.test, "has no annotation file (needed for training and evaluation)")
     return pairs
 
 

@@ -34,6 +34,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.serve",
     "fabsight.cli.deploy",
     "fabsight.cli.distill",
+    "fabsight.cli.batch",
     "fabsight.cli.curate",
 )
 

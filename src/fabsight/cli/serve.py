@@ -15,7 +15,7 @@ DEFAULT_DB = "fabsight-store/store.sqlite"
 def serve(
     db: Annotated[str, typer.Option("--db", help="SQLite file, or a postgresql://… URL.")] = DEFAULT_DB,
     models: Annotated[
-        Path | None, typer.Option("--models", help="Folder with the wafer-pattern model (itself or a sub-folder).")
+        Path | None, typer.Option("--models", help="Wafer-pattern and/or anomaly model folder(s).")
     ] = None,
     files: Annotated[
         Path | None, typer.Option("--files", help="Where uploaded files are kept (default: beside the SQLite file).")
@@ -30,9 +30,7 @@ def serve(
     The store and models are opened before the server starts, so a wrong --db or --models
     ends here with one error line instead of a failing server.
     """
-    import uvicorn
-
-    from fabsight.serve.app import create_app
+    from fabsight.serve import create_app, run
     from fabsight.serve.state import load_service
 
     limit = int(max_upload_mb * 1024 * 1024)
@@ -45,7 +43,7 @@ def serve(
     }
     service.store.close()
     emit(info, as_json, lambda i: err.print(f"fabsight dashboard on {i['url']} (API: {i['url']}docs)", markup=False))
-    uvicorn.run(create_app(db, models, files_dir=files, max_upload_bytes=limit), host=host, port=port, log_level="info")
+    run(create_app(db, models, files_dir=files, max_upload_bytes=limit), host, port)
 
 
 def register(app: typer.Typer) -> None:

@@ -33,7 +33,7 @@ def draw(
     *,
     scale: int = 1,
 ) -> np.ndarray:
-    """A BGR picture of ``image`` with ground truth (grey, dashed-free thin) and detections."""
+    """A BGR picture of ``image`` with ground-truth boxes (thin grey) and detections (type colours)."""
     vis = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
     if scale != 1:
         vis = cv2.resize(vis, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)

@@ -5,6 +5,6 @@ store (:mod:`fabsight.store`), the readers, the wafer classifier and the assist 
 libraries. Run it with ``fabsight serve``.
 """
 
-from fabsight.serve.app import create_app
+from fabsight.serve.app import create_app, run
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "run"]

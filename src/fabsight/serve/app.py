@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from fabsight import __version__
 from fabsight.errors import FabsightError, FormatError
-from fabsight.serve.routers import analysis, dashboard, lots, reviews, uploads, wafers
+from fabsight.serve.routers import analysis, dashboard, dies, lots, reviews, uploads, wafers
 from fabsight.serve.schemas import Health
 from fabsight.serve.state import MAX_UPLOAD_BYTES, load_service
 from fabsight.store.queries import Conflict, NotFound, counts
@@ -85,7 +85,7 @@ def create_app(
             return JSONResponse({"detail": detail}, status.HTTP_413_CONTENT_TOO_LARGE)
         return await call_next(request)
 
-    for module in (uploads, wafers, lots, reviews, analysis, dashboard):
+    for module in (uploads, dies, wafers, lots, reviews, analysis, dashboard):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(packages=[("fabsight.serve", "static")]), name="static")
 
@@ -96,6 +96,21 @@ def create_app(
         with svc.store.session() as s:
             n = counts(s)
         shown = svc.store.engine.url.render_as_string(hide_password=True)
-        return Health(status="ok", store=shown, wafer_model=svc.model_name, classes=svc.classes, counts=n)
+        anomaly = None if svc.anomaly_model is None else svc.anomaly_model.method
+        return Health(status="ok", store=shown, wafer_model=svc.model_name, anomaly_model=anomaly,
+                      classes=svc.classes, counts=n)
 
     return app
+
+
+def run(app: FastAPI, host: str, port: int, *, log_level: str = "info") -> None:
+    """Serve ``app`` with uvicorn until Ctrl-C, every log line (access log included) on stderr,
+    so stdout carries only what the CLI prints (its ``--json`` output)."""
+    import copy
+
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=config)

@@ -70,6 +70,12 @@ class DieResultOut(_Out):
     heatmap_path: str | None
 
 
+class DieImageOut(BaseModel):
+    upload: int
+    duplicate: bool
+    results: list[DieResultOut]
+
+
 class WaferDetail(WaferSummary):
     timestamp: datetime | None
     notch: str
@@ -186,5 +192,6 @@ class Health(BaseModel):
     status: str
     store: str
     wafer_model: str | None
+    anomaly_model: str | None
     classes: list[str]
     counts: dict[str, int]

@@ -28,16 +28,16 @@ class Service:
     classifier: Any = None
     model_name: str | None = None
     kb: Any = None
+    #: Die-image anomaly model (:mod:`fabsight.anomaly`), when the models folder has one.
+    anomaly_model: Any = None
 
     @property
     def classes(self) -> list[str]:
         return [] if self.classifier is None else [str(c) for c in self.classifier.classes_]
 
 
-def find_wafer_model(models_dir: str | os.PathLike[str]) -> Path | None:
-    """The wafer-pattern model in ``models_dir``: the folder itself or one of its sub-folders."""
-    from fabsight.wafer.classifier import TASK
-
+def find_model(models_dir: str | os.PathLike[str], task: str) -> Path | None:
+    """The model for ``task`` in ``models_dir``: the folder itself or one of its sub-folders."""
     root = Path(models_dir)
     if not root.is_dir():
         raise ModelError(root, "models folder does not exist")
@@ -45,7 +45,7 @@ def find_wafer_model(models_dir: str | os.PathLike[str]) -> Path | None:
         if not (candidate / "card.json").is_file():
             continue
         try:
-            if load_card(candidate).task == TASK:
+            if load_card(candidate).task == task:
                 return candidate
         except ModelError:
             continue
@@ -78,13 +78,23 @@ def load_service(
         service = Service(store, Path(files_dir) if files_dir else default_files_dir(store), max_upload_bytes)
         service.kb = load_kb()
         if models_dir is not None:
-            path = find_wafer_model(models_dir)
-            if path is None:
-                raise ModelError(models_dir, "no wafer-pattern model in this folder (train one: fabsight wafer train)")
-            from fabsight.wafer import load_model
+            from fabsight.anomaly.persist import TASK as ANOMALY_TASK
+            from fabsight.wafer.classifier import TASK as WAFER_TASK
 
-            service.classifier = load_model(path)
-            service.model_name = f"{path.name} ({load_card(path).created})"
+            path = find_model(models_dir, WAFER_TASK)
+            anomaly = find_model(models_dir, ANOMALY_TASK)
+            if path is None and anomaly is None:
+                raise ModelError(models_dir, "no wafer-pattern or anomaly model in this folder (fabsight wafer train)")
+            if path is not None:
+                from fabsight.wafer import load_model
+
+                service.classifier = load_model(path)
+                service.model_name = f"{path.name} ({load_card(path).created})"
+            if anomaly is not None:
+                from fabsight.anomaly import load_model as load_anomaly
+
+                service.anomaly_model = load_anomaly(anomaly, device="cpu")[0]
+                service.anomaly_model.resolve_threshold()  # a model without a threshold cannot label images
         service.files_dir.mkdir(parents=True, exist_ok=True)
     except BaseException:
         store.close()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -28,7 +29,8 @@ from sqlalchemy.orm import Session
 from fabsight.errors import FabsightError, FormatError
 from fabsight.io._common import safe_name
 from fabsight.store.db import Store
-from fabsight.store.models import Explanation, Lot, Prediction, Review, Upload, Wafer, pack_grid, utcnow
+from fabsight.store.models import DieResult, Explanation, Lot, Prediction, Review, Upload, Wafer, pack_grid, utcnow
+from fabsight.store.queries import NotFound
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import write_bytes
 
@@ -141,6 +143,13 @@ def add_wafer(session: Session, upload: Upload, item: AnalysedWafer, lot: Lot, m
     return wafer
 
 
+def _stored_name(sha: str, filename: str) -> str:
+    """A file name of its own for each attempt (so racing uploads never share one), keeping a tidy suffix."""
+    suffix = Path(filename).suffix.lower()
+    suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,9}", suffix) else ""
+    return f"{sha[:16]}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
 def _existing(store: Store, sha: str) -> IngestResult | None:
     with store.session() as s:
         up = s.scalar(select(Upload).where(Upload.sha256 == sha))
@@ -206,9 +215,7 @@ def ingest_bytes(
     with tempfile.TemporaryDirectory(dir=files, prefix=".parse-") as scratch:
         fmt, maps = _parse(data, filename, Path(scratch), formats)
     analysed = analyse_maps(maps, classifier, kb)
-    suffix = Path(filename).suffix.lower()
-    suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,9}", suffix) else ""
-    target = files / f"{sha[:16]}-{uuid.uuid4().hex[:8]}{suffix}"
+    target = files / _stored_name(sha, filename)
     lot_name = lot or safe_name(Path(filename).stem, "upload")
     try:
         with store.write() as s:
@@ -237,5 +244,93 @@ def ingest_bytes(
         return found
     except BaseException:
         target.unlink(missing_ok=True)
+        raise
+    return result
+
+
+@dataclass
+class DieIngestResult:
+    upload_id: int
+    duplicate: bool
+    result_ids: list[int]
+
+
+#: Anomalous regions smaller than this many pixels are not boxed (single hot pixels of the map).
+MIN_BOX_PIXELS = 4
+
+
+def anomaly_boxes(amap: np.ndarray, threshold: float) -> list[list[Any]]:
+    """``[x0, y0, x1, y1, "anomaly", peak]`` around each connected region of the map above ``threshold``."""
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((amap > threshold).astype(np.uint8), connectivity=8)
+    boxes = []
+    for k in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[k])
+        if area >= MIN_BOX_PIXELS:
+            boxes.append([x, y, x + w, y + h, "anomaly", round(float(amap[labels == k].max()), 4)])
+    return boxes
+
+
+def ingest_die_image(
+    store: Store,
+    data: bytes,
+    filename: str,
+    *,
+    files_dir: str | Path,
+    anomaly_model: Any,
+    wafer: int | None = None,
+    content_type: str = "application/octet-stream",
+) -> DieIngestResult:
+    """Score one die image with an anomaly model and store image, heat-map and result, or nothing.
+
+    The label is ``anomalous`` when the image's score (the maximum of its anomaly map) is above
+    the model's calibrated threshold, else ``good``; every region above the threshold is boxed.
+    """
+    from fabsight.anomaly import read_image
+    from fabsight.anomaly.render import write_heatmap
+
+    sha = hashlib.sha256(data).hexdigest()
+    with store.session() as s:
+        up = s.scalar(select(Upload).where(Upload.sha256 == sha))
+        if up is not None:
+            done = s.scalars(select(DieResult.id).where(DieResult.upload_id == up.id))
+            return DieIngestResult(up.id, True, list(done))
+        if wafer is not None and s.get(Wafer, wafer) is None:
+            raise NotFound(None, f"no wafer {wafer}")
+    files = Path(files_dir)
+    files.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=files, prefix=".parse-") as scratch:
+        path = Path(scratch) / safe_name(Path(filename).name, "image")
+        path.write_bytes(data)
+        try:
+            image = read_image(path)
+        except FabsightError as exc:
+            raise type(exc)(filename, exc.message) from None
+    threshold = anomaly_model.resolve_threshold()
+    amap = anomaly_model.anomaly_maps([image])[0]
+    score = float(amap.max())
+    target = files / _stored_name(sha, filename)
+    heatmap = target.with_name(f"{target.name.split('.')[0]}-heatmap.png")
+    try:
+        with store.write() as s:
+            upload = Upload(filename=filename[:300], sha256=sha, size=len(data), content_type=content_type[:120],
+                            format="image", status="analysed", path=target.name, model=anomaly_model.method,
+                            created_at=utcnow())
+            row = DieResult(upload=upload, wafer_pk=wafer, image=filename[:300],
+                            label="anomalous" if score > threshold else "good", score=score,
+                            boxes=anomaly_boxes(amap, threshold), heatmap_path=heatmap.name, created_at=utcnow())
+            s.add_all([upload, row])
+            s.flush()
+            write_bytes(target, data)
+            write_heatmap(heatmap, amap, threshold, image)
+            result = DieIngestResult(upload.id, False, [row.id])
+    except IntegrityError:
+        target.unlink(missing_ok=True)
+        heatmap.unlink(missing_ok=True)
+        return ingest_die_image(store, data, filename, files_dir=files, anomaly_model=anomaly_model, wafer=wafer)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        heatmap.unlink(missing_ok=True)
         raise
     return result

@@ -197,3 +197,4 @@ class DieResult(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     wafer: Mapped[Wafer | None] = relationship(back_populates="die_results")
+    upload: Mapped[Upload] = relationship()

@@ -19,13 +19,15 @@ from torch import nn
 from torch.nn import functional as F
 
 #: Sizes of the one network family: ``(widths, embed_dim)``. ``compact`` is the default
-#: classifier; ``wide`` is the distillation teacher (~9x the parameters, ~8x the
-#: multiply-adds of ``compact``); ``small`` and ``tiny`` are students at least 10x smaller
-#: than ``wide`` in both (see :func:`n_flops` and docs/benchmarks.md).
+#: classifier; ``medium`` (0.46 M parameters) the mixed-type model of docs/benchmarks.md;
+#: ``wide`` is the distillation teacher (~9x the parameters, ~8x the multiply-adds of
+#: ``compact``); ``small`` and ``tiny`` are students at least 10x smaller than ``wide`` in
+#: both (see :func:`n_flops` and docs/benchmarks.md).
 ARCHITECTURES: dict[str, tuple[tuple[int, ...], int]] = {
     "tiny": ((8, 16, 32, 64), 64),
     "small": ((12, 24, 48, 96), 96),
     "compact": ((16, 32, 64, 128), 128),
+    "medium": ((32, 64, 128, 256), 128),
     "wide": ((48, 96, 192, 384), 384),
 }
 

@@ -2,7 +2,8 @@
 
 Pages: lots with trend charts and an upload form (``/``), a wafer gallery with filters
 (``/wafers``), one wafer with prediction, explanation, clusters, Q&A and die-image results
-(``/wafers/{id}``), and the review queue with keyboard shortcuts (``/review``). The little
+(``/wafers/{id}``), the review queue with keyboard shortcuts (``/review``) and die-image
+results with heat-maps and boxes (``/die-images``). The little
 interactivity there is (upload, ask, review decisions) is plain JavaScript calling the REST
 API, so there is no front-end build.
 """
@@ -15,10 +16,12 @@ import jinja2
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
 
 from fabsight.serve.deps import ServiceDep, SessionDep, wafer_detail, wafer_summary
 from fabsight.serve.routers.wafers import wafer_filter
-from fabsight.store.models import REVIEW_STATES
+from fabsight.serve.schemas import DieResultOut
+from fabsight.store.models import REVIEW_STATES, DieResult
 from fabsight.store.queries import WaferFilter, get_wafer, list_wafers, lot_summaries, review_queue
 
 router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
@@ -68,3 +71,11 @@ def review_page(
     items = review_queue(session, state=state, limit=500)
     rows = [(r, wafer_summary(r.wafer)) for r in items]
     return _page(request, "review.html", rows=rows, classes=svc.classes, state=state, states=REVIEW_STATES)
+
+
+@router.get("/die-images")
+def die_images(request: Request, session: SessionDep, svc: ServiceDep) -> HTMLResponse:
+    rows = session.scalars(select(DieResult).order_by(DieResult.id.desc()).limit(200)).all()
+    results = [DieResultOut.model_validate(r) for r in rows]
+    model = None if svc.anomaly_model is None else svc.anomaly_model.method
+    return _page(request, "dies.html", results=results, model=model)

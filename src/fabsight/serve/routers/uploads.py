@@ -72,7 +72,8 @@ def _load(session: SessionDep, upload_id: int) -> Upload:
     return session.scalars(q).unique().one()
 
 
-def _read_limited(file: UploadFile, limit: int) -> bytes:
+def read_limited(file: UploadFile, limit: int) -> bytes:
+    """The uploaded bytes, or 413 as soon as they pass ``limit``."""
     parts, size = [], 0
     while chunk := file.file.read(_CHUNK):
         size += len(chunk)
@@ -106,7 +107,7 @@ def upload(
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"content type {declared!r} is not wafer data; accepted: {accepted}"
         )
-    data = _read_limited(file, svc.max_upload_bytes)
+    data = read_limited(file, svc.max_upload_bytes)
     if not data:
         raise FabsightError(file.filename, "empty file")
     result = ingest_bytes(

@@ -1,6 +1,6 @@
 """Golden-template inspection on DeepPCB: train on trainval.txt, score on test.txt (JSON).
 
-    PYTHONPATH=src python benchmarks/inspect.py [--data ../shared/data/deeppcb] [--model-out DIR]
+    PYTHONPATH=src python benchmarks/inspect_deeppcb.py [--data ../shared/data/deeppcb] [--model-out DIR]
 
 Reports the DeepPCB protocol (IoU > 0.33, same type) overall and per type, count accuracy,
 and throughput of the whole pipeline per pair (read both JPEGs, register, detect,
@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-# This file is named like the standard library's ``inspect``; running it puts its folder
-# first on sys.path, where it would shadow that module for numpy and everything else.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def main() -> None:

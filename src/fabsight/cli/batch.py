@@ -1,0 +1,68 @@
+"""``fabsight batch``: classify (or embed) every wafer or die image of many files into a Parquet dataset.
+
+A thin layer over :func:`fabsight.scale.run_batch`; ``--ray`` moves the same per-batch work
+onto Ray actors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fabsight.cli.common import JsonOpt, emit, out
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    speed = "" if result["rows_per_s"] is None else f", {result['rows_per_s']:.0f} rows/s"
+    lines = [
+        f"{result['rows']} rows from {result['processed']} inputs written to {result['out']} "
+        f"({result['executor']}, {result['workers']} workers, {result['seconds']:.1f} s{speed})"
+    ]
+    if result["skipped_done"]:
+        lines.append(f"{result['skipped_done']} inputs were already done (resumed); --overwrite redoes them")
+    if result["failed"]:
+        lines.append(f"{result['failed']} inputs failed and were skipped: see {result['errors_file']}")
+    for line in lines:
+        out.print(line, markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("batch")
+    def batch(
+        inputs: Annotated[
+            list[str] | None,
+            typer.Argument(help="Files, folders (walked recursively) or glob patterns: KLARF, STDF, G85, "
+                                "LSWMD.pkl, .npz, map folders; die-image folders with --backbone."),
+        ] = None,
+        out_dir: Annotated[Path, typer.Option("--out", help="Output Parquet dataset (a folder of part files).")] = ...,
+        model: Annotated[Path | None, typer.Option("--model", help="Wafer-pattern model directory.")] = None,
+        backbone: Annotated[
+            str | None, typer.Option(help="Embed die images with this backbone (efficientnet_lite0, dinov2_vits14, "
+                                          "timm:<name>, a directory) instead of classifying wafer maps."),
+        ] = None,
+        list_file: Annotated[Path | None, typer.Option("--list", help="A file listing inputs, one per line.")] = None,
+        ray: Annotated[
+            str | None, typer.Option("--ray", help="Run on Ray: 'local' starts one here, else a cluster address."),
+        ] = None,
+        workers: Annotated[int, typer.Option(min=1, help="Ray actors (one model each); in-process: threads.")] = 1,
+        batch_size: Annotated[
+            int, typer.Option(min=1, help="Maps or images per forward pass; one-map files per work unit."),
+        ] = 256,
+        explain: Annotated[bool, typer.Option(help="Add a grounded explanation per wafer (slower).")] = False,
+        embed: Annotated[bool, typer.Option(help="Add the model's embedding vector per wafer.")] = False,
+        runtime: Annotated[
+            str, typer.Option(help="torch, onnx or onnx-int8 (needs `fabsight export --onnx`)."),
+        ] = "torch",
+        overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming into --out.")] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Process many inputs into OUT (Parquet parts); a rerun resumes, failed files go to OUT/_errors.jsonl."""
+        from fabsight.scale import run_batch
+
+        result = run_batch(
+            inputs or [], out_dir, model=model, backbone=backbone, list_file=list_file, ray=ray, workers=workers,
+            batch_size=batch_size, explain=explain, embed=embed, runtime=runtime, overwrite=overwrite,
+        )
+        emit(result, as_json, _print_summary)
