@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fabsight.curate import CurateOptions, curate, curate_images, curate_maps, write_clean_tree
+from fabsight.curate import CurateOptions, curate, curate_images, curate_maps, detect_kind, write_clean_tree
 from fabsight.curate.dedup import hamming_pairs
 from fabsight.curate.plant import plant, textured_folder
 from fabsight.curate.stats import balance, robust_threshold
@@ -138,6 +138,15 @@ def test_wafer_map_checks(tmp_path: Path) -> None:
     assert flags["train/none/m0.npy"] == {"label_conflict", "duplicate"}
     assert m["summary"]["grid_sizes"] == {"26×26": 7, "30×30": 1, "32×32": 1}
     assert m["summary"]["kept"] == 4  # train/Center/m1..m3 and train/none/clean
+
+
+def test_kind_detection_tells_map_pngs_from_binarised_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name, arr in (("maps", _map((26, 26), 9, 0)), ("binary", (_map((26, 26), 9, 0) > 0).astype(np.uint8) * 255)):
+        (tmp_path / name / "c").mkdir(parents=True)
+        Image.fromarray(arr).save(tmp_path / name / "c" / "x.png")
+    assert detect_kind([tmp_path / "maps"]) == "maps" and detect_kind([tmp_path / "binary"]) == "images"
 
 
 def test_wafer_maps_from_a_klarf_file(shared: Path) -> None:
