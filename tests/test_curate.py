@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fabsight.curate import CurateOptions, curate, curate_images, curate_maps, write_clean_tree
+from fabsight.curate import CurateOptions, curate, curate_images, curate_maps, detect_kind, write_clean_tree
 from fabsight.curate.dedup import hamming_pairs
 from fabsight.curate.plant import plant, textured_folder
 from fabsight.curate.stats import balance, robust_threshold
@@ -140,6 +140,15 @@ def test_wafer_map_checks(tmp_path: Path) -> None:
     assert m["summary"]["kept"] == 4  # train/Center/m1..m3 and train/none/clean
 
 
+def test_kind_detection_tells_map_pngs_from_binarised_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name, arr in (("maps", _map((26, 26), 9, 0)), ("binary", (_map((26, 26), 9, 0) > 0).astype(np.uint8) * 255)):
+        (tmp_path / name / "c").mkdir(parents=True)
+        Image.fromarray(arr).save(tmp_path / name / "c" / "x.png")
+    assert detect_kind([tmp_path / "maps"]) == "maps" and detect_kind([tmp_path / "binary"]) == "images"
+
+
 def test_wafer_maps_from_a_klarf_file(shared: Path) -> None:
     m = curate_maps([shared / "fixtures" / "klarf" / "QUU_NUU.000"])
     assert m["summary"]["files"] == 3 and all(r["dies"] > 0 for r in m["files"])
@@ -191,7 +200,7 @@ def test_planted_problems_on_real_magnetic_tiles(shared: Path, tmp_path: Path) -
     assert set(truth["blurry"]) <= _flagged(m, root, "blurry")
 
 
-def test_embedding_checks_find_foreign_images_and_group_blank_frames(tmp_path: Path) -> None:
+def test_embedding_checks_find_near_copies_and_foreign_images(tmp_path: Path) -> None:
     import cv2
 
     base = textured_folder(tmp_path / "base", per_class=12, size=80, seed=3)
@@ -201,11 +210,16 @@ def test_embedding_checks_find_foreign_images_and_group_blank_frames(tmp_path: P
                                                          (5, 50), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (255, 255, 255), 3))
     root = tmp_path / "planted"
     truth = plant(base, root, n=2, seed=1, foreign=[tmp_path / "checker.png", tmp_path / "label.png"])
-    m = curate_images([root], backbone="efficientnet_lite0", input_size=96)
+    src = sorted((root / "train" / "a").glob("a_*.png"))[0]
+    brighter = np.clip(cv2.imread(str(src), cv2.IMREAD_GRAYSCALE).astype(int) + 6, 0, 255).astype(np.uint8)
+    cv2.imwrite(str(src.with_name("bright_" + src.name)), brighter)
+    no_phash = CurateOptions(phash_distance=None)  # near copies must come from the embeddings
+    m = curate_images([root], options=no_phash, backbone="efficientnet_lite0", input_size=96)
+    near = next(g for g in m["groups"] if g["kind"] == "near_embedding")
+    assert {str(src), str(src.with_name("bright_" + src.name))} <= set(near["members"])
+    assert sum(r["keep"] for r in m["files"] if r["path"] in near["members"]) == 1
     score = {str(Path(r["path"]).relative_to(root)): r["outlier_score"] for r in m["files"] if "outlier_score" in r}
     assert set(truth["outlier"]) <= _flagged(m, root, "outlier")
     strange = set(truth["outlier"]) | set(truth["blank"])
     assert min(v for k, v in score.items() if k in strange) > max(v for k, v in score.items() if k not in strange)
-    blanks = next(g for g in m["groups"] if g["kind"] == "near_embedding")  # noise frames: pHash cannot pair them
-    assert {str(Path(p).relative_to(root)) for p in blanks["members"]} == set(truth["blank"])
     assert m["thresholds"]["outlier"]["threshold"] > m["thresholds"]["outlier"]["median"]

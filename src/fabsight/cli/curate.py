@@ -24,7 +24,7 @@ def curate(
     phash_distance: Annotated[int, typer.Option("--phash-distance", min=0, max=20,
                                                 help="Largest pHash Hamming distance (of 64 bits) for a copy.")] = 6,
     cosine: Annotated[float, typer.Option("--cosine", min=0.5, max=1.0,
-                                          help="Smallest embedding cosine for a copy.")] = 0.97,
+                                          help="Smallest embedding cosine for a copy.")] = 0.99,
     k: Annotated[float, typer.Option("--k", min=0.5, help="Robust thresholds at median ± k·MAD.")] = 3.0,
     input_size: Annotated[int | None, typer.Option("--input-size", min=16, help="Backbone input size "
                                                                                "(default: the backbone's).")] = None,

@@ -26,7 +26,8 @@ __all__ = ["CurateOptions", "curate", "curate_images", "curate_maps", "detect_ki
 
 
 def detect_kind(data: Sequence[str | os.PathLike[str]]) -> str:
-    """``"maps"`` or ``"images"``: wafer-data files, ``.npy`` grids or PNGs with ≤ 3 grey levels are maps."""
+    """``"maps"`` or ``"images"``: wafer-data files, ``.npy`` grids and PNGs holding 0/1/2 or three grey
+    levels are maps (``--kind`` overrides)."""
     import numpy as np
     from PIL import Image
 
@@ -48,10 +49,12 @@ def detect_kind(data: Sequence[str | os.PathLike[str]]) -> str:
     for p in pngs:
         try:
             with Image.open(p) as im:
-                if im.mode not in ("L", "P", "I;16", "I") or len(np.unique(np.asarray(im))) > 3:
-                    return "images"
+                levels = np.unique(np.asarray(im)) if im.mode in ("L", "P", "I;16", "I") else np.arange(256)
         except OSError:
             continue
+        # Maps store 0/1/2, or three grey levels; a two-level 0/255 picture is a binarised image.
+        if not (levels.max() <= 2 or levels.size == 3):
+            return "images"
     return "maps"
 
 

@@ -10,8 +10,9 @@ checks then work on those small records:
   is unknown) and leakage (one picture in two splits: the later split's copy is dropped);
 - blur (variance of the Laplacian) and low information (intensity entropy) below the
   data's own robust threshold, and blank frames (intensity std < ``blank_std``);
-- with a backbone, outliers whose mean distance to their ``k`` nearest neighbours is above
-  the data's own robust threshold ("irrelevant" images: another product, a lens cap).
+- with a backbone, outliers whose distance to the nearest class centroid (unlabelled data:
+  mean distance to the ``k`` nearest images) is above the data's own robust threshold
+  ("irrelevant" images: another product, a lens cap).
 
 Nothing is deleted: the result is a manifest (``keep`` and reasons per file).
 """
@@ -45,9 +46,9 @@ KEEP_RULE = ("in each group of copies the kept one is: in the earliest split (tr
 class CurateOptions:
     """Thresholds; each is explained in the manifest's ``thresholds`` section."""
 
-    phash_distance: int = 6
+    phash_distance: int | None = 6  # None: no perceptual-hash matching (embeddings only)
     min_correlation: float = 0.98
-    cosine: float = 0.97
+    cosine: float = 0.99
     blur_k: float = 3.0
     entropy_k: float = 3.0
     outlier_k: float = 3.0
@@ -75,24 +76,25 @@ def _copy_groups(entries: Sequence[Entry], recs: Sequence[ImageRecord], ok: np.n
         j = by_pixels.setdefault(recs[i].pixel_sha, int(i))
         if j != i:
             links.append(np.array([[j, i]]))
-    ph, dist = hamming_pairs([recs[i].phash for i in idx], opts.phash_distance)
+    ph = np.zeros((0, 2), int)
+    if opts.phash_distance is not None:
+        ph, _ = hamming_pairs([recs[i].phash for i in idx], opts.phash_distance)
     if len(ph):
-        corr = pair_correlation(np.stack([recs[i].thumb for i in idx]), ph)
-        ph, dist = ph[corr >= opts.min_correlation], dist[corr >= opts.min_correlation]
+        ph = ph[pair_correlation(np.stack([recs[i].thumb for i in idx]), ph) >= opts.min_correlation]
     links.append(idx[ph])
     if embeddings is not None:
         ep, _ = cosine_pairs(embeddings, opts.cosine)
         links.append(idx[ep])
     pairs = np.concatenate(links) if links else np.zeros((0, 2), int)
     groups = []
-    ph_dist = {(int(idx[a]), int(idx[b])): int(d) for (a, b), d in zip(ph, dist, strict=True)}
+    ph_linked = set(idx[ph].ravel().tolist())  # both ends of a pHash link lie in the same group
     for members in pair_groups(len(recs), pairs):
         keep = _keeper(members, entries, recs)
         if len({recs[i].bytes_sha for i in members}) == 1:
             kind = "exact_bytes"
         elif len({recs[i].pixel_sha for i in members}) == 1:
             kind = "exact_pixels"
-        elif any((min(a, b), max(a, b)) in ph_dist for a in members for b in members if a < b):
+        elif ph_linked.intersection(members):
             kind = "near_phash"
         else:
             kind = "near_embedding"
@@ -112,15 +114,28 @@ def _embed(entries: Sequence[Entry], ok: np.ndarray, backbone: str, device: str,
     return extract(bb, [entries[i].path for i in np.flatnonzero(ok)], 32, default_cache())
 
 
-def _outliers(X: np.ndarray, k: int, thr_k: float) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """Mean cosine distance of each row to its ``k`` nearest other rows, and the robust upper threshold."""
+def _outliers(X: np.ndarray, labels: Sequence[str | None], k: int, thr_k: float
+              ) -> tuple[np.ndarray, dict[str, Any] | None, str]:
+    """An outlier score per row, its robust upper threshold, and how the score was measured.
+
+    Labelled data: cosine distance to the nearest class centroid ("far from every class").
+    A group of foreign images (another product) is its own tight neighbourhood, so a kNN
+    distance misses it once it outnumbers ``k``; the class centroids do not move much for
+    it. Unlabelled data has no centroids: mean cosine distance to the ``k`` nearest rows.
+    """
     from sklearn.neighbors import NearestNeighbors
 
     Z = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    kk = min(k + 1, len(Z))
-    d, _ = NearestNeighbors(n_neighbors=kk).fit(Z).kneighbors(Z)
-    score = (d[:, 1:] ** 2 / 2.0).mean(axis=1) if kk > 1 else np.zeros(len(Z))
-    return score, robust_threshold(score, thr_k, side="high", log=True)
+    lab = np.array([str(x) for x in labels])
+    if all(x is not None for x in labels):
+        C = np.stack([Z[lab == c].mean(axis=0) for c in sorted(set(lab))])
+        C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+        score, how = 1.0 - (Z @ C.T).max(axis=1), "cosine distance to the nearest class centroid"
+    else:
+        kk = min(k + 1, len(Z))
+        d, _ = NearestNeighbors(n_neighbors=kk).fit(Z).kneighbors(Z)
+        score, how = (d[:, 1:] ** 2 / 2.0).mean(axis=1), f"mean cosine distance to the {k} nearest images"
+    return score, robust_threshold(score, thr_k, side="high", log=True), how
 
 
 def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOptions | None = None,
@@ -187,12 +202,13 @@ def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOpti
     unique = np.array([i for i in np.flatnonzero(ok) if i not in dropped_copy], dtype=int)
     if embeddings is not None and len(unique) > opts.knn:
         rows_of = {int(i): r for r, i in enumerate(np.flatnonzero(ok))}
-        s, out_t = _outliers(embeddings[[rows_of[int(i)] for i in unique]], opts.knn, opts.outlier_k)
+        s, out_t, how = _outliers(embeddings[[rows_of[int(i)] for i in unique]], [entries[i].label for i in unique],
+                                  opts.knn, opts.outlier_k)
         score[unique] = s
         if out_t:
+            out_t = {"rule": f"log {how} above median + k·MAD", **out_t}
             for i in unique[s > out_t["threshold"]]:
-                _flag(flags[i], "outlier", f"mean cosine distance to {opts.knn} nearest images "
-                                           f"{score[i]:.3g} > {out_t['threshold']:.3g}")
+                _flag(flags[i], "outlier", f"{how} {score[i]:.3g} > {out_t['threshold']:.3g}")
 
     files = []
     for i, (e, r) in enumerate(zip(entries, recs, strict=True)):
@@ -221,8 +237,7 @@ def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOpti
     if embeddings is not None:
         thresholds["embedding_duplicate"] = {"value": opts.cosine, "rule": f"cosine similarity of {backbone} "
                                              "embeddings at or above this"}
-        thresholds["outlier"] = {"rule": f"log mean cosine distance to the {opts.knn} nearest images above "
-                                 "median + k·MAD", **(out_t or {"threshold": None})}
+        thresholds["outlier"] = out_t or {"threshold": None, "why": "too few distinct images or no spread"}
     return {"data": [str(d) for d in data], **_manifest(entries, files, groups, thresholds, read_s, backbone)}
 
 

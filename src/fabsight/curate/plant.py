@@ -32,15 +32,15 @@ def textured_folder(root: str | os.PathLike[str], classes: tuple[str, ...] = ("a
     for c in classes:
         (root / c).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            img = cv2.GaussianBlur(rng.normal(128, 40, (size, size)).astype(np.float32), (0, 0), 3)
-            for _ in range(rng.integers(3, 7)):
+            img = cv2.GaussianBlur(rng.normal(128, 40, (size, size)).astype(np.float32), (0, 0), 1.5)
+            for _ in range(rng.integers(6, 11)):
                 x, y = rng.integers(0, size, 2)
                 val = float(rng.integers(0, 256))
                 if rng.random() < 0.5:
-                    w, h = rng.integers(8, size // 2, 2)
+                    w, h = rng.integers(6, size // 3, 2)
                     cv2.rectangle(img, (int(x), int(y)), (int(x + w), int(y + h)), val, -1)
                 else:
-                    cv2.circle(img, (int(x), int(y)), int(rng.integers(4, size // 4)), val, -1)
+                    cv2.circle(img, (int(x), int(y)), int(rng.integers(3, size // 6)), val, -1)
             cv2.imwrite(str(root / c / f"{c}_{i:03d}.png"), np.clip(img, 0, 255).astype(np.uint8))
     return root
 
@@ -121,7 +121,7 @@ def plant(src: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 
     shape = _read(out / rel[train[0]]).shape
     for k in range(n):  # blank frames: flat grey with sensor noise of σ 0.5 grey level
         dst = Path("train") / classes[k % len(classes)] / f"blank_{k}.png"
-        frame = np.clip(rng.normal(40 + 40 * k, 0.5, shape), 0, 255).astype(np.uint8)
+        frame = np.clip(rng.normal(20 + 200 * k / max(1, n - 1), 0.5, shape), 0, 255).astype(np.uint8)
         cv2.imwrite(str(out / dst), frame)
         truth["blank"].append(str(dst))
     for k, i in enumerate(take(n)):  # unreadable: truncated, empty, or not an image at all
