@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fabsight.store.queries import LotSummary
-from fabsight.types import DieState, WaferMap
+from fabsight.types import WaferMap
 
 
 def _png(fig_or_array: object, **savefig: object) -> bytes:
@@ -36,13 +36,9 @@ def thumbnail_png(grid: np.ndarray, size: int) -> bytes:
 def cluster_grid(wmap: WaferMap) -> np.ndarray:
     """One cluster id per die (-1 for none) from :func:`fabsight.assist.clustering.cluster_dies`."""
     from fabsight.assist.clustering import cluster_dies
+    from fabsight.assist.clustering import cluster_grid as grid_of
 
-    result = cluster_dies(wmap)
-    labels = np.full(wmap.shape, -1, dtype=np.int64)
-    fails = np.argwhere(wmap.grid == DieState.FAIL)
-    if len(fails):
-        labels[tuple(fails.T)] = result.labels
-    return labels
+    return grid_of(wmap, cluster_dies(wmap))
 
 
 def clusters_png(wmap: WaferMap) -> bytes:
