@@ -208,7 +208,18 @@ class _Sink:
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (the driver) in MiB."""
+    """Peak resident memory of this process (the driver) in MiB.
+
+    Linux's ``VmHWM`` counts this program only; ``ru_maxrss`` (the fallback elsewhere) keeps
+    the peak of the process that exec'ed it, e.g. a big benchmark parent.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
