@@ -63,7 +63,7 @@ def run_fabsight(method: str, backbone: str | None, args: argparse.Namespace, fi
         if backbone:
             params["backbone"] = backbone
         if method == "patchcore":
-            params["max_bank"] = args.max_bank
+            params.update(max_bank=args.max_bank, reweight=args.reweight)
         if method == "recon":
             params.update(steps=args.recon_steps, width=args.recon_width, train_crop=args.recon_crop)
         model = make_model(method, **params)
@@ -154,6 +154,7 @@ def main() -> int:
     ap.add_argument("--backbones", default="efficientnet_lite0", help="comma list, for patchcore/padim")
     ap.add_argument("--recon-model", help="evaluate this trained recon model directory (e.g. trained on a GPU)")
     ap.add_argument("--max-bank", type=int, default=10_000, help="fabsight PatchCore memory-bank cap")
+    ap.add_argument("--reweight", action="store_true", help="fabsight PatchCore: the paper's score reweighting")
     ap.add_argument("--recon-steps", type=int, default=1500)
     ap.add_argument("--recon-width", type=int, default=16)
     ap.add_argument("--recon-crop", type=int, default=96)

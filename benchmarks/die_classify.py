@@ -156,7 +156,9 @@ def run_backbone(name: str, size: int, data: dict, args: argparse.Namespace) -> 
             res["augmentation"] = {"labels_per_class": k, "variants": list(DEFAULT_AUGMENT),
                                    "plain": summarise(runs_plain), "augmented": summarise(runs_aug)}
         result[ds_name] = res
-    result["throughput"] = [throughput(name, size, data["deeppcb"]["folder"].paths[-64:], t) for t in (1, 2)]
+    if args.throughput:
+        paths = next(iter(data.values()))["folder"].paths[-64:]
+        result["throughput"] = [throughput(name, size, paths, t) for t in (1, 2)]
     return result
 
 
@@ -164,6 +166,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="output of prepare_deeppcb_crops.py")
     ap.add_argument("--backbones", default="efficientnet_lite0,dinov2_vits14")
+    ap.add_argument("--datasets", default="deeppcb,magnetic_tile")
     ap.add_argument("--input-size", type=int, default=112)
     ap.add_argument("--budgets", default="10,25,50,all")
     ap.add_argument("--repeats", type=int, default=3)
@@ -171,6 +174,7 @@ def main() -> None:
     ap.add_argument("--test-per-class", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for embedding (1 is fastest on a shared box)")
     ap.add_argument("--augment", action="store_true")
+    ap.add_argument("--throughput", action="store_true", help="time uncached embedding of 64 images")
     ap.add_argument("--augment-all", action="store_true", help="augmentation experiment for DINOv2 too (slow)")
     ap.add_argument("--augment-budget", type=int, default=10)
     ap.add_argument("--cache", type=Path, default=default_cache())
@@ -178,6 +182,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = datasets(args.data, args.pool_per_class, args.test_per_class, args.repeats)
+    data = {k: v for k, v in data.items() if k in args.datasets.split(",")}
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     for name in args.backbones.split(","):
         report[name] = run_backbone(name, args.input_size, data, args)

@@ -20,7 +20,7 @@ from fabsight.cli.main import app
 from fabsight.deploy import export as export_module
 from fabsight.deploy import export_onnx, load_predictor
 from fabsight.errors import FabsightError, ModelError
-from fabsight.io import write_mixedwm38
+from fabsight.io import write_folder, write_mixedwm38
 from fabsight.synth import generate_dataset
 from fabsight.wafer import WaferClassifier
 
@@ -182,3 +182,21 @@ def test_user_mistakes_are_one_line_errors(tmp_path, mixed, plain) -> None:
         [sys.executable, "-m", "fabsight", "export", str(d)], capture_output=True, text=True, env=env, timeout=120
     )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {d}: choose an export format: --onnx"]
+
+
+def test_wafer_predict_and_eval_take_runtime_onnx(single, tmp_path) -> None:
+    write_folder(generate_dataset(6, classes=SINGLE, shapes=((44, 44),), seed=21), tmp_path / "maps")
+    rows = {}
+    for runtime in ("torch", "onnx"):
+        args = ["wafer", "predict", str(single), str(tmp_path / "maps"), "--runtime", runtime, "--json"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        rows[runtime] = json.loads(result.stdout)
+    assert [r["label"] for r in rows["onnx"]] == [r["label"] for r in rows["torch"]]
+    assert (
+        max(abs(a["probability"] - b["probability"]) for a, b in zip(rows["onnx"], rows["torch"], strict=True)) <= 1e-4
+    )
+    args = ["wafer", "eval", str(single), str(tmp_path / "maps"), "--runtime", "onnx-int8", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n"] == 18

@@ -159,7 +159,7 @@ def test_train_eval_predict_end_to_end(crops, tmp_path, monkeypatch, capsys):
                    cv_folds=0, cache=tmp_path / "cache")
     card = json.loads((tmp_path / "model" / "card.json").read_text())
     assert card["task"] == "die-classifier" and card["training"]["ok_class"] == "ok"
-    assert card["backbone"]["layers"] == ["blocks.4", "head"] and card["input"]["size"] == [64, 64]
+    assert card["backbone"]["layers"] == ["blocks.6", "head"] and card["input"]["size"] == [64, 64]
     assert card["extra"]["hierarchy"]["defect_vs_ok"]["accuracy"] > 0.9
     model = DieModel(tmp_path / "model")
     metrics = model.evaluate(root / "test", cache=tmp_path / "cache")

@@ -8,6 +8,7 @@ deeper maps are upsampled to the finest chosen layer's grid, and all are concate
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -44,6 +45,15 @@ def default_layers(method: str, name: str, layers: dict[str, tuple[int, int]]) -
     return tuple(chosen) or tuple(body[-2:])
 
 
+@functools.lru_cache(maxsize=4)
+def _shared_backbone(name: str, weights: str | None, size: int, device: str) -> Any:
+    """Backbones are frozen and stateless, so models in one process share them: building
+    one (timm model + weight loading) costs seconds, far more than using it."""
+    from fabsight.backbones import create_backbone
+
+    return create_backbone(name, device=device, weights=weights, input_size=(size, size))
+
+
 class FeatureModel(AnomalyModel):
     """Base of the memory-bank/distribution methods: a frozen backbone plus chosen layers.
 
@@ -67,11 +77,8 @@ class FeatureModel(AnomalyModel):
         self.smoothing_sigma = smoothing_sigma
 
     def _make_backbone(self) -> None:
-        from fabsight.backbones import create_backbone
-
-        s = int(self.input_size)
-        self.backbone_ = create_backbone(self.backbone, device=str(self._torch_device()), weights=self.backbone_weights,
-                                         input_size=(s, s))
+        weights = None if self.backbone_weights is None else str(self.backbone_weights)
+        self.backbone_ = _shared_backbone(str(self.backbone), weights, int(self.input_size), str(self._torch_device()))
         cfg = self.backbone_.cfg
         self.layers_ = tuple(self.layers) if self.layers else default_layers(self.method, cfg.name, cfg.layers)
         unknown = [name for name in self.layers_ if name not in cfg.layers]

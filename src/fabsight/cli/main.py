@@ -35,6 +35,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.deploy",
     "fabsight.cli.distill",
     "fabsight.cli.batch",
+    "fabsight.cli.curate",
 )
 
 

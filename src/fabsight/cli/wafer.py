@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
 if TYPE_CHECKING:
@@ -203,13 +204,14 @@ def register(app: typer.Typer) -> None:
         model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
         data: Annotated[Path, typer.Argument(help="Labelled maps (folder, LSWMD.pkl, .npz).")],
         threads: ThreadsOpt = 2,
+        runtime: RuntimeOpt = "torch",
         as_json: JsonOpt = False,
     ) -> None:
         """Score a model on labelled maps: accuracy, macro-F1, per class, confusion matrix."""
-        from fabsight.wafer import evaluate, load_model
+        from fabsight.deploy import load_predictor
+        from fabsight.wafer import evaluate
 
-        clf = load_model(model_dir)
-        clf.n_threads = threads
+        clf = load_predictor(model_dir, runtime, n_threads=threads)
         maps, skipped, _ = _read_labelled(data)
         if not maps:
             raise FabsightError(data, "no labelled maps to evaluate on")
@@ -222,16 +224,16 @@ def register(app: typer.Typer) -> None:
         model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
         inputs: Annotated[list[Path], typer.Argument(help="KLARF, STDF, G85, LSWMD.pkl, .npz, PNG/NPY or folders.")],
         threads: ThreadsOpt = 2,
+        runtime: RuntimeOpt = "torch",
         as_json: JsonOpt = False,
     ) -> None:
         """Classify every wafer in the inputs; uncertain or unusual ones are marked for review."""
         from itertools import islice
 
+        from fabsight.deploy import load_predictor
         from fabsight.io import iter_maps
-        from fabsight.wafer import load_model
 
-        clf = load_model(model_dir)
-        clf.n_threads = threads
+        clf = load_predictor(model_dir, runtime, n_threads=threads)
         rows = []
         stream = iter_maps(inputs)
         while maps := list(islice(stream, PREDICT_CHUNK)):

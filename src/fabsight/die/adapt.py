@@ -170,7 +170,8 @@ def adapt(
         loss_fn.load_state_dict(state["loss"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
-        torch.set_rng_state(state["rng"])
+        # map_location moved every tensor to the device; the CPU generator's state must stay on the CPU
+        torch.set_rng_state(state["rng"].cpu())
     crops = MultiCrop(base, n_local)
     steps_per_epoch = max(1, len(files) // batch_size)
     total_steps = steps_per_epoch * epochs

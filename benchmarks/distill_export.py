@@ -1,0 +1,191 @@
+"""Distillation + ONNX export benchmark (MISSION M1, M2): prints one JSON document.
+
+1. Teacher: the ``wide`` WaferNet trained on generated maps (reused from ``--workdir`` when
+   already there, so a rerun only re-measures).
+2. Student: ``fabsight distill`` logic (:class:`fabsight.distill.WaferDistiller`) on
+   generated maps *with their labels thrown away*, other seed than the teacher's data.
+3. Quality of both on maps neither saw: the wafer benchmark's test sets (other grid sizes,
+   three noise levels) and its shifted "few-shot target" distribution (pattern parameters
+   past the generator's ranges, 26×26 and 200×200 grids, heavy noise), used here as is,
+   without adaptation.
+4. Size: parameters and FLOPs per map (:func:`fabsight.wafer.net.n_flops`).
+5. Speed: both models exported with ``fabsight.deploy.export_onnx`` (fp32 and INT8) and
+   timed on preprocessed batches, in PyTorch and in ONNX Runtime, at batch 256 (maps/s)
+   and batch 1 (median latency), on ``--threads`` threads. The machine is shared, so the
+   load average is reported beside the numbers.
+
+Example (the numbers in docs/benchmarks.md)::
+
+    PYTHONPATH=src python -P benchmarks/distill_export.py --workdir /tmp/fabsight-distill-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fabsight.deploy import export_onnx, load_predictor
+from fabsight.distill import WaferDistiller
+from fabsight.synth import generate_dataset
+from fabsight.types import WaferMap
+from fabsight.wafer import WaferClassifier, evaluate, load_model
+from fabsight.wafer.classifier import SYNTH_SHAPES
+from fabsight.wafer.net import ARCHITECTURES
+from fabsight.wafer.preprocess import maps_to_array
+
+# The wafer benchmark's test sets and helpers, shared rather than copied (loaded by path:
+# putting benchmarks/ on sys.path would let its inspect.py shadow the standard library's).
+_spec = importlib.util.spec_from_file_location("wafer_classify", Path(__file__).with_name("wafer_classify.py"))
+wafer_classify = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(wafer_classify)
+TEST_NOISE, TEST_SHAPES, TARGET = wafer_classify.TEST_NOISE, wafer_classify.TEST_SHAPES, wafer_classify.target_maps
+log, _round = wafer_classify.log, wafer_classify._round
+
+
+def teacher_model(args: argparse.Namespace) -> tuple[WaferClassifier, dict[str, Any]]:
+    path = args.workdir / "teacher"
+    if (path / "card.json").is_file():
+        log(f"reusing teacher {path}")
+        return load_model(path), {"reused": str(path)}
+    train = generate_dataset(args.teacher_per_class, shapes=SYNTH_SHAPES, seed=0)
+    widths, embed_dim = ARCHITECTURES["wide"]
+    t0 = time.time()
+    clf = WaferClassifier(widths=widths, embed_dim=embed_dim, epochs=args.teacher_epochs, n_threads=args.threads)
+    clf.fit(train, data=f"fabsight.synth: {args.teacher_per_class} maps/class x 9 WM-811K classes, seed 0")
+    clf.save(path)
+    log(f"teacher trained in {time.time() - t0:.0f}s -> {path}")
+    return clf, {"maps": len(train), "epochs": args.teacher_epochs, "seconds": time.time() - t0}
+
+
+def student_model(args: argparse.Namespace, teacher: WaferClassifier) -> tuple[WaferClassifier, dict[str, Any]]:
+    path = args.workdir / f"student-{args.size}"
+    if (path / "card.json").is_file():
+        log(f"reusing student {path}")
+        student = load_model(path)
+        t = student.training_
+        info = {"reused": str(path), "unlabelled_maps": t["n_maps"], "epochs": t["epochs"]}
+        return student, {
+            **info,
+            "agreement": student.metrics_["agreement_with_teacher"],
+            "compression": t["compression"],
+        }
+    unlabelled = [m.grid for m in generate_dataset(args.unlabelled_per_class, shapes=SYNTH_SHAPES, seed=100)]
+    t0 = time.time()
+    d = WaferDistiller(teacher, size=args.size, epochs=args.student_epochs, n_threads=args.threads)
+    d.fit(unlabelled, data=f"{len(unlabelled)} generated maps, labels discarded, seed 100")
+    d.student_.training_["distilled_from"] = str(args.workdir / "teacher")
+    d.student_.save(path)
+    log(f"student distilled in {time.time() - t0:.0f}s -> {path}")
+    info = {
+        "unlabelled_maps": len(unlabelled),
+        "epochs": args.student_epochs,
+        "seconds": time.time() - t0,
+        "agreement": d.agreement_,
+        "compression": d.compression_,
+    }
+    return d.student_, info
+
+
+def quality(clf: WaferClassifier, sets: dict[str, list[WaferMap]]) -> dict[str, Any]:
+    out = {}
+    for name, maps in sets.items():
+        r = evaluate(clf, maps)
+        out[name] = {"n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
+    return out
+
+
+def _time(fn: Any, x: np.ndarray, rounds: int) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds of ``fn(x)`` after one warm-up.
+
+    CPU seconds count every thread of this process, so on a shared machine
+    ``threads × len(x) / cpu`` estimates what ``threads`` idle cores would do.
+    """
+    fn(x)
+    wall, cpu = [], []
+    for _ in range(rounds):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn(x)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
+def speed(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    maps = generate_dataset(29, shapes=((52, 52),), seed=5)[:256]
+    out: dict[str, Any] = {"loadavg_before": os.getloadavg()}
+    for runtime in ("torch", "onnx", "onnx-int8"):
+        clf = load_predictor(model_dir, runtime, n_threads=args.threads)
+        x = maps_to_array(maps, clf.input_size_)
+        wall, cpu = _time(clf._forward, x, args.rounds)
+        wall1, _ = _time(clf._forward, x[:1], args.rounds * 20)
+        t0 = time.perf_counter()
+        clf.predict_details(maps)
+        out[runtime] = {
+            "network_maps_per_s_batch256": len(x) / wall,
+            "network_maps_per_cpu_s_batch256": len(x) / cpu,
+            # what `threads` otherwise idle cores would do, assuming the threads scale perfectly
+            "idle_cores_estimate_maps_per_s_batch256": args.threads * len(x) / cpu,
+            "latency_ms_batch1": 1000 * wall1,
+            "end_to_end_maps_per_s_batch256": len(maps) / (time.perf_counter() - t0),
+        }
+    out["loadavg_after"] = os.getloadavg()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/fabsight-distill-bench"))
+    p.add_argument("--teacher-per-class", type=int, default=300)
+    p.add_argument("--teacher-epochs", type=int, default=12)
+    p.add_argument("--unlabelled-per-class", type=int, default=300)
+    p.add_argument("--student-epochs", type=int, default=12)
+    p.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--test-per-class", type=int, default=40)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=10)
+    args = p.parse_args()
+
+    teacher, teacher_info = teacher_model(args)
+    student, student_info = student_model(args, teacher)
+    sets = {
+        name: generate_dataset(args.test_per_class, shapes=TEST_SHAPES, seed=1000 + i, noise=noise)
+        for i, (name, noise) in enumerate(TEST_NOISE.items())
+    }
+    sets["all_test"] = [m for maps in list(sets.values()) for m in maps]
+    sets["shifted_target"] = TARGET(args.test_per_class, seed=7)
+    log("evaluating")
+    q_t, q_s = quality(teacher, sets), quality(student, sets)
+    delta = {k: {m: q_s[k][m] - q_t[k][m] for m in ("accuracy", "macro_f1")} for k in sets}
+    log("exporting to ONNX (fp32 + INT8)")
+    exports = {}
+    for role in ("teacher", f"student-{args.size}"):
+        e = export_onnx(args.workdir / role, int8=True, n_threads=args.threads)["onnx"]
+        exports[role] = {"check": e["check"], "int8": e["int8"]}
+    log("timing")
+    result = {
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "teacher": {"dir": str(args.workdir / "teacher"), "train": teacher_info, "quality": q_t},
+        "student": {"dir": str(args.workdir / f"student-{args.size}"), "distill": student_info, "quality": q_s},
+        "student_minus_teacher": delta,
+        "export": exports,
+        "speed": {
+            "teacher": speed(args, args.workdir / "teacher"),
+            "student": speed(args, args.workdir / f"student-{args.size}"),
+        },
+    }
+    print(json.dumps(_round(result), indent=2))
+
+
+if __name__ == "__main__":
+    main()

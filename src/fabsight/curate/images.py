@@ -1,0 +1,254 @@
+"""Health checks for die-image folders before training (or self-supervised adaptation).
+
+One streaming pass reads every file (:func:`fabsight.curate.features.read_record`); the
+checks then work on those small records:
+
+- unreadable files (PIL verify + full decode), unusual modes and tiny images;
+- copies: equal bytes, equal decoded pixels, perceptual hash within ``phash_distance``
+  bits and, with a backbone, embedding cosine ≥ ``cosine``; each group keeps one copy;
+- label conflicts (one picture under two labels: every copy is dropped, the right label
+  is unknown) and leakage (one picture in two splits: the later split's copy is dropped);
+- blur (variance of the Laplacian) and low information (intensity entropy) below the
+  data's own robust threshold, and blank frames (intensity std < ``blank_std``);
+- with a backbone, outliers whose mean distance to their ``k`` nearest neighbours is above
+  the data's own robust threshold ("irrelevant" images: another product, a lens cap).
+
+Nothing is deleted: the result is a manifest (``keep`` and reasons per file).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fabsight.curate.dedup import cosine_pairs, hamming_pairs, pair_correlation, pair_groups
+from fabsight.curate.features import MEASURE_SIDE, ImageRecord, read_record
+from fabsight.curate.scan import Entry, scan, split_rank
+from fabsight.curate.stats import balance, robust_threshold
+from fabsight.utils.progress import track
+
+#: Checks whose flag removes the file from the cleaned set; the others only ask for a look.
+DROP_CHECKS = frozenset({"unreadable", "duplicate", "label_conflict", "leakage", "blurry", "blank", "outlier"})
+
+KEEP_RULE = ("in each group of copies the kept one is: in the earliest split (train before val before test), "
+             "then the most pixels, then the largest file (least compressed), then the first by path; "
+             "a group whose copies carry different labels keeps none (label conflict)")
+
+
+@dataclass
+class CurateOptions:
+    """Thresholds; each is explained in the manifest's ``thresholds`` section."""
+
+    phash_distance: int = 6
+    min_correlation: float = 0.98
+    cosine: float = 0.97
+    blur_k: float = 3.0
+    entropy_k: float = 3.0
+    outlier_k: float = 3.0
+    blank_std: float = 2.0
+    min_side: int = 16
+    knn: int = 5
+
+
+def _flag(flags: list[dict[str, Any]], check: str, detail: str, **extra: Any) -> None:
+    flags.append({"check": check, "drop": check in DROP_CHECKS, "detail": detail, **extra})
+
+
+def _keeper(members: list[int], entries: Sequence[Entry], recs: Sequence[ImageRecord]) -> int:
+    return min(members, key=lambda i: (split_rank(entries[i].split), -recs[i].pixels, -recs[i].size,
+                                       str(entries[i].path)))
+
+
+def _copy_groups(entries: Sequence[Entry], recs: Sequence[ImageRecord], ok: np.ndarray,
+                 opts: CurateOptions, embeddings: np.ndarray | None) -> list[dict[str, Any]]:
+    """Groups of copies (any evidence), each with its keeper and how close the copies are."""
+    idx = np.flatnonzero(ok)
+    links: list[np.ndarray] = []
+    by_pixels: dict[str, int] = {}
+    for i in idx:
+        j = by_pixels.setdefault(recs[i].pixel_sha, int(i))
+        if j != i:
+            links.append(np.array([[j, i]]))
+    ph, dist = hamming_pairs([recs[i].phash for i in idx], opts.phash_distance)
+    if len(ph):
+        corr = pair_correlation(np.stack([recs[i].thumb for i in idx]), ph)
+        ph, dist = ph[corr >= opts.min_correlation], dist[corr >= opts.min_correlation]
+    links.append(idx[ph])
+    if embeddings is not None:
+        ep, _ = cosine_pairs(embeddings, opts.cosine)
+        links.append(idx[ep])
+    pairs = np.concatenate(links) if links else np.zeros((0, 2), int)
+    groups = []
+    ph_dist = {(int(idx[a]), int(idx[b])): int(d) for (a, b), d in zip(ph, dist, strict=True)}
+    for members in pair_groups(len(recs), pairs):
+        keep = _keeper(members, entries, recs)
+        if len({recs[i].bytes_sha for i in members}) == 1:
+            kind = "exact_bytes"
+        elif len({recs[i].pixel_sha for i in members}) == 1:
+            kind = "exact_pixels"
+        elif any((min(a, b), max(a, b)) in ph_dist for a in members for b in members if a < b):
+            kind = "near_phash"
+        else:
+            kind = "near_embedding"
+        labels = sorted({str(entries[i].label) for i in members})
+        splits = sorted({str(entries[i].split) for i in members})
+        groups.append({"members": members, "keep": keep, "kind": kind,
+                       "label_conflict": len(labels) > 1, "leakage": len(splits) > 1,
+                       "labels": labels, "splits": splits})
+    return groups
+
+
+def _embed(entries: Sequence[Entry], ok: np.ndarray, backbone: str, device: str, input_size: int | None) -> np.ndarray:
+    from fabsight.backbones import create_backbone
+    from fabsight.die.embeddings import default_cache, extract
+
+    bb = create_backbone(backbone, device=device, input_size=input_size)
+    return extract(bb, [entries[i].path for i in np.flatnonzero(ok)], 32, default_cache())
+
+
+def _outliers(X: np.ndarray, k: int, thr_k: float) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Mean cosine distance of each row to its ``k`` nearest other rows, and the robust upper threshold."""
+    from sklearn.neighbors import NearestNeighbors
+
+    Z = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    kk = min(k + 1, len(Z))
+    d, _ = NearestNeighbors(n_neighbors=kk).fit(Z).kneighbors(Z)
+    score = (d[:, 1:] ** 2 / 2.0).mean(axis=1) if kk > 1 else np.zeros(len(Z))
+    return score, robust_threshold(score, thr_k, side="high", log=True)
+
+
+def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOptions | None = None,
+                  backbone: str | None = None, device: str = "cpu", input_size: int | None = None) -> dict[str, Any]:
+    """Run every image check over the DATA folders → manifest dict (see :mod:`fabsight.curate`).
+
+    ``backbone`` (a registry name or directory) adds the embedding checks; embeddings are
+    cached like every other die command's, so a rerun costs a file read per image.
+    """
+    opts = options or CurateOptions()
+    entries = scan(data)
+    t0 = time.perf_counter()
+    recs = [read_record(e.path) for e in track(entries, "reading images")]
+    read_s = time.perf_counter() - t0
+    flags: list[list[dict[str, Any]]] = [[] for _ in entries]
+    ok = np.array([r.error is None for r in recs])
+    for i, r in enumerate(recs):
+        if r.error:
+            _flag(flags[i], "unreadable", r.error)
+
+    modes = Counter(r.mode for r in recs if r.error is None)
+    usual = modes.most_common(1)[0][0] if modes else ""
+    for i, r in enumerate(recs):
+        if r.error is None and r.mode != usual:
+            _flag(flags[i], "odd_mode", f"mode {r.mode}; most files are {usual} "
+                                        f"({modes[usual]} of {sum(modes.values())})")
+        if r.error is None and min(r.width, r.height) < opts.min_side:
+            _flag(flags[i], "tiny", f"{r.width}×{r.height} px (< {opts.min_side} px side)")
+
+    embeddings = None
+    if backbone is not None and ok.any():
+        embeddings = _embed(entries, ok, backbone, device, input_size)
+    groups = _copy_groups(entries, recs, ok, opts, embeddings)
+    for gi, g in enumerate(groups):
+        keeper = entries[g["keep"]].path
+        for i in g["members"]:
+            if g["label_conflict"]:
+                _flag(flags[i], "label_conflict", f"the same picture is labelled {', '.join(g['labels'])}", group=gi)
+            if i == g["keep"]:
+                continue
+            if g["leakage"] and entries[i].split != entries[g["keep"]].split:
+                _flag(flags[i], "leakage", f"also in split {entries[g['keep']].split}: {keeper}", group=gi)
+            _flag(flags[i], "duplicate", f"{g['kind'].replace('_', ' ')} copy of {keeper}", group=gi)
+
+    blank = ok & np.array([r.std < opts.blank_std for r in recs])
+    for i in np.flatnonzero(blank):
+        _flag(flags[i], "blank", f"intensity std {recs[i].std:.2f} < {opts.blank_std} grey levels")
+    live = ok & ~blank
+    sharp = np.array([r.sharpness for r in recs])
+    ent = np.array([r.entropy for r in recs])
+    blur_t = robust_threshold(sharp[live], opts.blur_k, side="low", log=True)
+    ent_t = robust_threshold(ent[live], opts.entropy_k, side="low", log=False)
+    if blur_t:
+        for i in np.flatnonzero(live & (sharp < blur_t["threshold"])):
+            _flag(flags[i], "blurry", f"variance of Laplacian {sharp[i]:.3g} < {blur_t['threshold']:.3g}")
+    if ent_t:
+        for i in np.flatnonzero(live & (ent < ent_t["threshold"])):
+            _flag(flags[i], "low_information", f"intensity entropy {ent[i]:.2f} bits < {ent_t['threshold']:.2f}")
+
+    out_t = None
+    score = np.full(len(entries), np.nan)
+    # Outliers among distinct pictures only: a dropped copy would give its twin a distance of 0.
+    dropped_copy = {i for g in groups for i in g["members"] if i != g["keep"]}
+    unique = np.array([i for i in np.flatnonzero(ok) if i not in dropped_copy], dtype=int)
+    if embeddings is not None and len(unique) > opts.knn:
+        rows_of = {int(i): r for r, i in enumerate(np.flatnonzero(ok))}
+        s, out_t = _outliers(embeddings[[rows_of[int(i)] for i in unique]], opts.knn, opts.outlier_k)
+        score[unique] = s
+        if out_t:
+            for i in unique[s > out_t["threshold"]]:
+                _flag(flags[i], "outlier", f"mean cosine distance to {opts.knn} nearest images "
+                                           f"{score[i]:.3g} > {out_t['threshold']:.3g}")
+
+    files = []
+    for i, (e, r) in enumerate(zip(entries, recs, strict=True)):
+        row: dict[str, Any] = {"path": str(e.path), "rel": str(e.rel), "split": e.split, "label": e.label,
+                               "keep": not any(f["drop"] for f in flags[i]), "flags": flags[i],
+                               "bytes_sha256": r.bytes_sha}
+        if r.error is None:
+            row.update(mode=r.mode, width=r.width, height=r.height, pixel_sha256=r.pixel_sha,
+                       phash=f"{r.phash:016x}", sharpness=round(r.sharpness, 4), entropy=round(r.entropy, 4),
+                       std=round(r.std, 3))
+            if np.isfinite(score[i]):
+                row["outlier_score"] = round(float(score[i]), 5)
+        files.append(row)
+
+    thresholds = {
+        "phash_distance": {"value": opts.phash_distance, "why": "64-bit pHash; resized/re-encoded copies differ in "
+                           "a few bits, unrelated pictures in about 32"},
+        "thumbnail_correlation": {"value": opts.min_correlation, "why": "a pHash match counts only when the 32×32 "
+                                  "grey thumbnails also correlate this well (sparse crops share hashes by chance)"},
+        "blurry": {"rule": f"log variance of Laplacian (at ≤ {MEASURE_SIDE} px) below median − k·MAD",
+                   **(blur_t or {"threshold": None, "why": "too few images or no spread"})},
+        "low_information": {"rule": "intensity entropy below median − k·MAD", **(ent_t or {"threshold": None})},
+        "blank": {"value": opts.blank_std, "rule": "intensity std below this many grey levels"},
+        "tiny": {"value": opts.min_side, "rule": "shorter side below this many pixels"},
+    }
+    if embeddings is not None:
+        thresholds["embedding_duplicate"] = {"value": opts.cosine, "rule": f"cosine similarity of {backbone} "
+                                             "embeddings at or above this"}
+        thresholds["outlier"] = {"rule": f"log mean cosine distance to the {opts.knn} nearest images above "
+                                 "median + k·MAD", **(out_t or {"threshold": None})}
+    return {"data": [str(d) for d in data], **_manifest(entries, files, groups, thresholds, read_s, backbone)}
+
+
+def _manifest(entries: Sequence[Entry], files: list[dict[str, Any]], groups: list[dict[str, Any]],
+              thresholds: dict[str, Any], read_s: float, backbone: str | None) -> dict[str, Any]:
+    checks = Counter(f["check"] for row in files for f in row["flags"])
+    splits = sorted({e.split for e in entries if e.split}, key=split_rank)
+    train_split = splits[0] if splits else None
+    kept_counts = Counter(row["label"] for row in files if row["keep"] and row["label"] is not None
+                          and row["split"] == train_split)
+    all_counts = Counter(e.label for e in entries if e.label is not None and e.split == train_split)
+    summary = {
+        "files": len(files), "kept": sum(r["keep"] for r in files), "dropped": sum(not r["keep"] for r in files),
+        "flagged": dict(sorted(checks.items())), "duplicate_groups": len(groups),
+        "duplicate_groups_by_kind": dict(Counter(g["kind"] for g in groups)),
+        "label_conflict_groups": sum(g["label_conflict"] for g in groups),
+        "leakage_groups": sum(g["leakage"] for g in groups),
+        "splits": splits, "read_seconds": round(read_s, 3),
+        "images_per_second": round(len(files) / read_s, 1) if read_s > 0 else None,
+    }
+    return {
+        "kind": "images", "backbone": backbone, "keep_rule": KEEP_RULE, "drop_checks": sorted(DROP_CHECKS),
+        "summary": summary, "thresholds": thresholds,
+        "balance": {"split": train_split, "before": balance(all_counts) if all_counts else None,
+                    "after": balance(kept_counts) if kept_counts else None},
+        "groups": [{**g, "members": [files[i]["path"] for i in g["members"]], "keep": files[g["keep"]]["path"]}
+                   for g in groups],
+        "files": files,
+    }
