@@ -1,15 +1,14 @@
 """Batch throughput: maps/s of ``fabsight batch`` in-process vs Ray (1 and 2 actors), driver peak memory,
 and the overhead per input file (many one-map files vs few big files). Prints JSON.
 
-    PYTHONPATH=src python -P benchmarks/batch.py --maps 100000 --files 100 --out-json bench_batch.json
+    PYTHONPATH=src python benchmarks/batch.py --maps 100000 --files 100 --out-json bench_batch.json
 
 Inputs are MixedWM38-style ``.npz`` files of 52×52 maps drawn from a pool of generated maps
 (throughput does not depend on the maps being distinct); the model is the default compact
 architecture (64×64 input) trained for one epoch: speed depends on the architecture, not on
 how well it was trained. Each configuration runs ``fabsight batch`` in its own process, so
 ``driver_peak_rss_mb`` is that run's own. The machine's load average is recorded beside the
-numbers because the machine is shared. (``-P``: benchmarks/inspect.py would shadow the
-standard library's ``inspect`` if the script's folder went on ``sys.path``.)
+numbers because the machine is shared.
 """
 
 from __future__ import annotations
@@ -67,6 +66,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=100)
     ap.add_argument("--small-files", type=int, default=2000, help="one-map files for the per-file overhead")
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--configs", default="in-process,ray-1,ray-2", help="throughput runs to make")
+    ap.add_argument("--no-overhead", action="store_true", help="skip the per-file overhead runs")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out-json", type=Path, default=None)
     args = ap.parse_args()
@@ -85,13 +86,14 @@ def main() -> None:
         "ray-2": ["--ray", "local", "--workers", "2"],
     }
     bs = ["--batch-size", str(args.batch_size)]
-    for name, extra in configs.items():
+    for name in args.configs.split(","):
+        extra = configs[name]
         r = _run(paths["big"], paths["model"], root / f"out-{name}", extra + bs)
         r["maps_per_s"] = r.pop("rows_per_s")
         r["steady_maps_per_s"] = round(r["rows"] / (r["seconds"] - r["first_results_after_s"]), 1)
         report["throughput"][name] = r
         print(name, r["maps_per_s"], "maps/s", file=sys.stderr)
-    for name, extra in (("in-process", []), ("ray-2", configs["ray-2"])):
+    for name, extra in () if args.no_overhead else (("in-process", []), ("ray-2", configs["ray-2"])):
         few = _run(paths["few"], paths["model"], root / "out-few", extra + bs)
         small = _run(paths["small"], paths["model"], root / "out-small", extra + bs)
         extra_files = small["inputs"] - few["inputs"]

@@ -222,3 +222,40 @@ def test_real_industry_files(shared, model, tmp_path):
     assert summary["failed"] == len(bad) > 0
     assert set(df["format"]) == {"klarf", "stdf", "g85"}
     assert sorted(df["wafer_id"]) == sorted(m.wafer_id for m in expected)
+
+
+def test_die_image_embeddings_match_the_backbone(tmp_path):
+    """``--backbone``: one row per image, the backbone's own embedding, class folder as truth, bad image logged."""
+    import cv2
+
+    from fabsight.backbones import create_backbone
+    from fabsight.die.embeddings import extract
+
+    rng = np.random.default_rng(3)
+    for cls in ("scratch", "particle"):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / "img" / cls / f"{i}.png"), rng.integers(0, 255, (48, 64), dtype=np.uint8))
+    (tmp_path / "img" / "scratch" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    summary = run_batch([tmp_path / "img"], tmp_path / "emb.parquet", backbone="efficientnet_lite0", batch_size=4)
+    df = _read(tmp_path / "emb.parquet")
+    assert summary["rows"] == len(df) == 6 and summary["failed"] == 1
+    assert sorted(set(df["truth"])) == ["particle", "scratch"] and (df["format"] == "image").all()
+    direct = extract(create_backbone("efficientnet_lite0"), list(df["source"]), cache_dir=None)
+    np.testing.assert_allclose(np.stack(df["embedding"].to_list()), direct, atol=1e-4)
+    assert df["label"].isna().all()
+
+
+def test_onnx_runtime_gives_the_torch_labels(inputs, model, in_process, tmp_path):
+    from fabsight.deploy import export_onnx
+
+    exported = tmp_path / "model"
+    shutil.copytree(model, exported)
+    export_onnx(exported)
+    run_batch([inputs / "mixed.npz"], tmp_path / "onnx.parquet", model=exported, runtime="onnx")
+    got = _read(tmp_path / "onnx.parquet")
+    _, torch_rows = in_process
+    expected = torch_rows[torch_rows["source"] == str(inputs / "mixed.npz")].reset_index(drop=True)
+    assert len(got) == len(expected) > 0
+    assert (got["label"] == expected["label"]).all()
+    np.testing.assert_allclose(got["confidence"], expected["confidence"], atol=1e-4)

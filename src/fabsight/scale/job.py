@@ -112,6 +112,7 @@ def _ray(units: Sequence[WorkUnit], spec: JobSpec, address: str, workers: int) -
     import ray
 
     started = False
+    temp_dir = None
     if not ray.is_initialized():
         path = os.pathsep.join(p for p in (_source_dir(), os.environ.get("PYTHONPATH", "")) if p)
         kwargs: dict[str, Any] = {
@@ -121,7 +122,7 @@ def _ray(units: Sequence[WorkUnit], spec: JobSpec, address: str, workers: int) -
             "logging_level": logging.WARNING,
         }
         if address == "local":
-            kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="fabsight-ray-")
+            temp_dir = kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="fabsight-ray-")
         else:
             kwargs["address"] = address
         try:
@@ -143,9 +144,14 @@ def _ray(units: Sequence[WorkUnit], spec: JobSpec, address: str, workers: int) -
             num_cpus=ACTOR_CPUS,
         )
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    except BaseException:
+        temp_dir = None  # a failed run keeps the local Ray's logs for a look
+        raise
     finally:
         if started:
             ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- sink
@@ -208,7 +214,18 @@ class _Sink:
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (the driver) in MiB."""
+    """Peak resident memory of this process (the driver) in MiB.
+
+    Linux's ``VmHWM`` counts this program only; ``ru_maxrss`` (the fallback elsewhere) keeps
+    the peak of the process that exec'ed it, e.g. a big benchmark parent.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
@@ -265,7 +282,10 @@ def run_batch(
     sink = _Sink(out, manifest, stamps)
 
     t0 = time.perf_counter()
-    blocks = _in_process(units, local) if local is not None else _ray(units, spec, ray or "local", workers)
+    if local is not None:
+        blocks = _in_process(units, local)
+    else:  # nothing left to do (a finished job rerun) needs no Ray start-up
+        blocks = _ray(units, spec, ray or "local", workers) if units else iter(())
 
     first: list[float] = []  # when the first results arrived: start-up (Ray, actors, model load) before it
 
