@@ -41,7 +41,7 @@ from fabsight.wafer.net import ARCHITECTURES
 from fabsight.wafer.preprocess import maps_to_array
 
 # The wafer benchmark's test sets and helpers, shared rather than copied (loaded by path:
-# putting benchmarks/ on sys.path would let its inspect.py shadow the standard library's).
+# benchmarks/ is a folder of scripts, not a package).
 _spec = importlib.util.spec_from_file_location("wafer_classify", Path(__file__).with_name("wafer_classify.py"))
 wafer_classify = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(wafer_classify)
