@@ -59,3 +59,18 @@ def test_atomic_dir_swaps_whole_directory(tmp_path) -> None:
         (d / "card.json").write_text("{}")
         raise RuntimeError("training failed")
     assert json.loads((target / "card.json").read_text()) == {"task": "x"}
+
+
+def test_resolve_device_rules() -> None:
+    import torch
+
+    from fabsight.errors import FabsightError
+    from fabsight.utils.device import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(FabsightError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FabsightError, match="no CUDA GPU"):
+            resolve_device("cuda:0")

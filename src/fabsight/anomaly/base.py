@@ -26,6 +26,7 @@ import torch
 from fabsight.anomaly.thresholds import Threshold, manual_threshold, threshold_best_f1, threshold_from_good
 from fabsight.anomaly.tiling import Placement, Tiler
 from fabsight.errors import FabsightError
+from fabsight.utils.device import resolve_device
 
 
 class NotFittedError(FabsightError):
@@ -114,13 +115,7 @@ class AnomalyModel(ABC):
             raise FabsightError(None, str(exc)) from None
 
     def _torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise FabsightError(None, f"unknown device {self.device!r} (use cpu, cuda or auto)")
-        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
-            raise FabsightError(None, "device 'cuda' asked for but no CUDA GPU is available")
-        return torch.device(self.device)
+        return torch.device(resolve_device(str(self.device)))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_train_images_"):

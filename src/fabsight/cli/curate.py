@@ -37,9 +37,9 @@ def curate(
 
     dev = device
     if backbone is not None and device != "cpu":
-        from fabsight.cli.die import _device
+        from fabsight.utils.device import resolve_device
 
-        dev = _device(device)
+        dev = resolve_device(device)
     opts = CurateOptions(phash_distance=phash_distance, cosine=cosine, blur_k=k, entropy_k=k, outlier_k=k)
     result = run(data, kind=kind, options=opts, backbone=backbone, device=dev, input_size=input_size)
     outputs: dict[str, Any] = {}

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from fabsight.cli.common import JsonOpt, emit, out
-from fabsight.errors import FabsightError
+from fabsight.utils.device import resolve_device
 
 BackboneOpt = Annotated[
     str, typer.Option("--backbone", help="efficientnet_lite0, dinov2_vits14, timm:<model> (with --weights) or a dir.")
@@ -18,16 +18,6 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
 InputSizeOpt = Annotated[
     int | None, typer.Option("--input-size", min=16, help="Square input size (default: the backbone's).")
 ]
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise FabsightError("--device", f"{device!r} is not available (use cpu, cuda or auto)")
-    return device
 
 
 def _metrics_table(title: str, m: dict[str, Any]) -> None:
@@ -75,7 +65,7 @@ def train(
         data, out_dir, backbone=backbone, weights=weights, method=method, layers=layers, augment=augment,
         handcrafted=handcrafted,
         groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
-        device=_device(device),
+        device=resolve_device(device),
     )
     card = result.card
     summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,
@@ -100,7 +90,7 @@ def evaluate(
     from fabsight.die.embeddings import default_cache
     from fabsight.die.model import DieModel
 
-    result = DieModel(model_dir, device=_device(device)).evaluate(data, cache=default_cache())
+    result = DieModel(model_dir, device=resolve_device(device)).evaluate(data, cache=default_cache())
     emit(result, as_json, lambda m: _metrics_table(f"{model_dir} on {data}", m))
 
 
@@ -115,7 +105,7 @@ def predict(
     from fabsight.die.model import DieModel, expand_inputs
 
     paths = expand_inputs(images)
-    model = DieModel(model_dir, device=_device(device))
+    model = DieModel(model_dir, device=resolve_device(device))
     decisions = [{"path": str(p), **d} for p, d in zip(paths, model.predict(paths, top_k=top), strict=True)]
 
     def human(rows: list[dict[str, Any]]) -> None:
@@ -144,7 +134,7 @@ def adapt(
     from fabsight.die.adapt import adapt as run_adapt
 
     result = run_adapt(unlabeled, out_dir, backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size,
-                       n_local=local_crops, lr=lr, resume=resume, input_size=input_size, device=_device(device))
+                       n_local=local_crops, lr=lr, resume=resume, input_size=input_size, device=resolve_device(device))
     emit(result, as_json, lambda r: out.print(
         f"wrote {r['out']}: {r['epochs']} epochs on {r['n_images']} images ({r['device']}), "
         f"loss {r['loss_per_epoch'][0]:.3f} → {r['loss_per_epoch'][-1]:.3f}", markup=False))
@@ -167,7 +157,7 @@ def discover(
 
     result = discover_folder(folder, backbone=backbone, weights=weights, method=method, reduce_with=reduce_with,
                              k_range=range(2, max_k + 1), html_out=html_out, input_size=input_size,
-                             device=_device(device))
+                             device=resolve_device(device))
 
     def human(r: dict[str, Any]) -> None:
         out.print(f"{r['n_images']} images → {r['n_clusters']} clusters ({r['clustering']['method']})", markup=False)

@@ -25,6 +25,7 @@ from fabsight.backbones import Backbone, create_backbone, save_backbone_dir
 from fabsight.die.data import IMAGE_SUFFIXES, read_image
 from fabsight.errors import FabsightError
 from fabsight.utils.atomic import atomic_dir
+from fabsight.utils.device import resolve_device
 from fabsight.utils.progress import track
 
 CHECKPOINT = "checkpoint.pt"
@@ -134,7 +135,7 @@ def adapt(
     """Run DINO self-distillation; write the teacher backbone + checkpoint to ``out_dir`` after every epoch."""
     if epochs < 1 or batch_size < 2:
         raise FabsightError(None, "--epochs must be ≥ 1 and --batch-size ≥ 2")
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = resolve_device(device)
     files = unlabeled_images(unlabeled_dir)
     if max_images:
         files = files[:max_images]
