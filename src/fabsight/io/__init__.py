@@ -26,6 +26,7 @@ __all__ = [
     "FORMATS",
     "WRITERS",
     "detect_format",
+    "expand_paths",
     "iter_maps",
     "read_maps",
     "write_folder",
@@ -140,7 +141,8 @@ def read_maps(path: str | Path, format: str | None = None) -> list[WaferMap]:
     return list(_READERS[_resolve(p, format)](p))
 
 
-def _expand(item: str | Path) -> list[Path]:
+def expand_paths(item: str | Path) -> list[Path]:
+    """A path as given, or the sorted files a glob pattern matches (an empty match is an error)."""
     text = str(item)
     if any(ch in text for ch in "*?[") and not Path(text).exists():
         matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
@@ -157,6 +159,6 @@ def iter_maps(paths: Iterable[str | Path]) -> Iterator[WaferMap]:
     LSWMD pickles yield row by row.
     """
     for item in paths:
-        for path in _expand(item):
+        for path in expand_paths(item):
             name = detect_format(path)
             yield from _READERS[name](path)

@@ -22,8 +22,7 @@ from typing import Any
 
 from fabsight.die.data import IMAGE_SUFFIXES
 from fabsight.errors import FabsightError, FormatError
-from fabsight.io import _expand as expand_pattern  # the glob rules every fabsight command shares
-from fabsight.io import detect_format
+from fabsight.io import detect_format, expand_paths
 from fabsight.io.folder import MAP_SUFFIXES
 from fabsight.scale.work import WorkUnit
 from fabsight.utils.atomic import atomic_open
@@ -85,7 +84,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]], mode: str) -> list[
     """The input files of a job, each once, in a stable order."""
     files: list[InputFile] = []
     for item in inputs:
-        for path in expand_pattern(item):
+        for path in expand_paths(item):
             if path.is_dir():
                 files += _walk(path, mode)
             elif path.is_file():
