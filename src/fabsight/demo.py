@@ -12,8 +12,6 @@ end-to-end example of the API.
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,13 +58,10 @@ class WaferRow:
 
 def _png_data_url(wmap: WaferMap) -> str:
     """A small inline PNG so the report is one file that opens anywhere."""
-    from PIL import Image
-
     from fabsight.report.render import map_to_rgb
+    from fabsight.report.thumbs import png_uri
 
-    buf = io.BytesIO()
-    Image.fromarray(map_to_rgb(wmap.grid, 120)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return png_uri(map_to_rgb(wmap.grid, 120))
 
 
 def cache_dir() -> Path:

@@ -7,16 +7,14 @@ what every ``train`` command reads.
 
 from __future__ import annotations
 
-import base64
 import html
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fabsight.errors import FabsightError
+from fabsight.report.thumbs import png_uri
 from fabsight.utils.atomic import atomic_dir, write_json, write_text
 from fabsight.utils.progress import track
 
@@ -55,20 +53,6 @@ def write_clean_tree(manifest: dict[str, Any], out: str | os.PathLike[str], *, l
     return counts
 
 
-def png_uri(img: np.ndarray, size: int = THUMB) -> str:
-    """A ``data:`` URI of ``img`` (uint8 grey or RGB) shrunk to fit ``size`` px."""
-    import cv2
-
-    scale = min(1.0, size / max(img.shape[:2]))
-    if scale < 1.0:
-        img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
-                         interpolation=cv2.INTER_AREA)
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", img)
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
-
-
 def _thumb(row: dict[str, Any], kind: str) -> str:
     """Thumbnail of a manifest row; an unreadable file gets none (its flag says why)."""
     if any(f["check"] in ("unreadable", "impossible_values") for f in row["flags"]):
@@ -79,10 +63,10 @@ def _thumb(row: dict[str, Any], kind: str) -> str:
             from fabsight.report.render import map_to_rgb
 
             grid = load_grid(row)
-            return png_uri(map_to_rgb(grid, THUMB)) if grid is not None and grid.size else ""
+            return png_uri(map_to_rgb(grid, THUMB), THUMB) if grid is not None and grid.size else ""
         from fabsight.die.data import read_image
 
-        return png_uri(read_image(row["path"]))
+        return png_uri(read_image(row["path"]), THUMB)
     except (FabsightError, ValueError, OSError):
         return ""
 

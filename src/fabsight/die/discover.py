@@ -9,7 +9,6 @@ clustering). When the folder happens to have class sub-folders, agreement with t
 
 from __future__ import annotations
 
-import base64
 import html
 import os
 from collections.abc import Sequence
@@ -111,18 +110,10 @@ def agreement(labels: np.ndarray, truth: Sequence[str]) -> dict[str, float]:
 
 
 def _thumb(path: Path, size: int = 96) -> str:
-    import cv2
-
     from fabsight.die.data import read_image
+    from fabsight.report.thumbs import png_uri
 
-    img = read_image(path)
-    scale = size / max(img.shape[:2])
-    img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
-                     interpolation=cv2.INTER_AREA)
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", img)
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
+    return png_uri(read_image(path), size)
 
 
 def contact_sheet(out: str | os.PathLike[str], paths: Sequence[Path], labels: np.ndarray,
