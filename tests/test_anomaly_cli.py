@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from fabsight.anomaly.datasets import build_mvtec_layout_from_magnetic_tile, load_split, read_image, read_mask
+from fabsight.anomaly.datasets import build_mvtec_layout_from_magnetic_tile, load_split, read_mask
 from fabsight.cli.main import main
+from fabsight.die.data import read_image
 from fabsight.errors import FabsightError
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -15,7 +15,6 @@ from fabsight.anomaly.datasets import (
     AnomalyRecord,
     build_mvtec_layout_from_magnetic_tile,
     load_split,
-    read_image,
     read_mask,
 )
 from fabsight.anomaly.evaluate import evaluate
@@ -24,6 +23,7 @@ from fabsight.anomaly.patchcore import PatchCore
 from fabsight.anomaly.persist import METHODS, load_model, make_model, save_model
 from fabsight.anomaly.recon import ReconDetector
 from fabsight.anomaly.thresholds import Threshold
+from fabsight.die.data import read_image
 
 __all__ = [
     "METHODS",

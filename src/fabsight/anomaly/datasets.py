@@ -54,39 +54,6 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _is_image(p))
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image as uint8, H×W (grey) or H×W×3 (RGB); 16-bit images are scaled to 8 bits.
-
-    Grey images stay single-channel: inspection images are mostly grey, and the methods
-    decide themselves how to feed channels to a network.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FabsightError(p, "image not found")
-    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise FormatError(p, "not a readable image (corrupt or unsupported format)")
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise FormatError(p, f"unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
-    if img.ndim == 3:
-        if img.shape[2] == 1:
-            img = img[:, :, 0]
-        elif img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-        else:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        if img.ndim == 3 and _is_grey(img):
-            img = img[:, :, 0]
-    return np.ascontiguousarray(img)
-
-
-def _is_grey(img: np.ndarray) -> bool:
-    """RGB files whose three channels are equal (common for grey scans saved as JPEG/RGB)."""
-    return bool(np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 1], img[:, :, 2]))
-
-
 def read_mask(path: str | os.PathLike[str], shape: tuple[int, int]) -> np.ndarray:
     """A ground-truth mask as bool H×W; values above 127 are defect.
 

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from fabsight.anomaly.base import AnomalyModel
-from fabsight.anomaly.datasets import AnomalyRecord, read_image, read_mask
+from fabsight.anomaly.datasets import AnomalyRecord, read_mask
 from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc
 from fabsight.anomaly.thresholds import threshold_best_f1
+from fabsight.die.data import read_image
 from fabsight.utils.progress import track
 
 

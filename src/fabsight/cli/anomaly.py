@@ -42,7 +42,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _read_all(records: list[Any], description: str) -> list[Any]:
-    from fabsight.anomaly.datasets import read_image
+    from fabsight.die.data import read_image
     from fabsight.utils.progress import track
 
     return [read_image(r.path) for r in track(records, description)]
@@ -223,9 +223,9 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Score images; write <stem>_heatmap.png and <stem>_mask.png per image and predictions.json."""
-    from fabsight.anomaly.datasets import read_image
     from fabsight.anomaly.persist import load_model
     from fabsight.anomaly.render import write_heatmap, write_mask
+    from fabsight.die.data import read_image
     from fabsight.utils.atomic import write_json
     from fabsight.utils.progress import track
 

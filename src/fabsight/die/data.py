@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fabsight.errors import FabsightError
+from fabsight.errors import FabsightError, FormatError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -29,7 +29,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     buf = np.fromfile(p, dtype=np.uint8)  # cv2.imread cannot report why it failed
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if img is None:
-        raise FabsightError(p, "cannot be decoded as an image (corrupt or not an image)")
+        raise FormatError(p, "cannot be decoded: not a readable image (corrupt or unsupported format)")
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:
