@@ -12,7 +12,6 @@ end-to-end example of the API.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +22,7 @@ from fabsight import __version__
 from fabsight.errors import FabsightError
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_dir, write_json
+from fabsight.utils.cache import cache_dir
 from fabsight.utils.progress import track
 
 #: Where the example lots live inside the installed package.
@@ -62,14 +62,6 @@ def _png_data_url(wmap: WaferMap) -> str:
     from fabsight.report.thumbs import png_uri
 
     return png_uri(map_to_rgb(wmap.grid, 120))
-
-
-def cache_dir() -> Path:
-    """``$FABSIGHT_CACHE``, else ``$XDG_CACHE_HOME/fabsight``, else ``~/.cache/fabsight``."""
-    if os.environ.get("FABSIGHT_CACHE"):
-        return Path(os.environ["FABSIGHT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fabsight"
 
 
 def demo_model(cache: str | Path | None = None) -> Path:

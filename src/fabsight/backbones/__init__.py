@@ -8,7 +8,7 @@
 """
 
 from fabsight.backbones import zoo as _zoo  # noqa: F401  (registers the named backbones)
-from fabsight.backbones.base import Backbone, BackboneConfig, cache_dir
+from fabsight.backbones.base import Backbone, BackboneConfig
 from fabsight.backbones.registry import (
     create_backbone,
     list_backbones,
@@ -20,7 +20,6 @@ from fabsight.backbones.registry import (
 __all__ = [
     "Backbone",
     "BackboneConfig",
-    "cache_dir",
     "create_backbone",
     "list_backbones",
     "load_backbone_dir",

@@ -13,7 +13,6 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,12 +80,6 @@ def state_dict_sha256(state: dict[str, torch.Tensor], length: int = 16) -> str:
         h.update(key.encode())
         h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:length]
-
-
-def cache_dir() -> Path:
-    """Where recovered weights and embeddings are kept: ``$FABSIGHT_CACHE`` or ``~/.cache/fabsight``."""
-    root = os.environ.get("FABSIGHT_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "fabsight"
 
 
 def _as_float_rgb(image: np.ndarray, index: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ transposed (x @ W instead of PyTorch's x @ W.T). The position embedding is split
 CLS part (a Concat input) and a 37×37 patch part (a Reshape input).
 
 The result is a timm ``vit_small_patch14_dinov2`` state dict at the native 37×37 grid,
-cached under :func:`fabsight.backbones.base.cache_dir` keyed by the ONNX file's hash, so
+cached under :func:`fabsight.utils.cache.cache_dir` keyed by the ONNX file's hash, so
 the recovery (a few seconds) happens once per machine.
 """
 
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fabsight.backbones.base import cache_dir, file_sha256
+from fabsight.backbones.base import file_sha256
 from fabsight.errors import FabsightError
 from fabsight.utils.atomic import atomic_path
+from fabsight.utils.cache import cache_dir
 
 ONNX_FINAL_TOKENS = "/backbone/layernorm/Add_1_output_0"
 _MATMUL = re.compile(

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fabsight.backbones import Backbone, cache_dir
+from fabsight.backbones import Backbone
 from fabsight.die.data import augment, read_image
 from fabsight.utils.atomic import atomic_path
+from fabsight.utils.cache import cache_dir
 from fabsight.utils.progress import track
 
 Item = str | os.PathLike[str] | np.ndarray
