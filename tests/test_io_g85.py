@@ -87,3 +87,14 @@ def test_bad_g85(tmp_path: Path, xml: str, problem: str) -> None:
     path.write_text(xml)
     with pytest.raises(FormatError, match=re.escape(problem)):
         read_g85(path)
+
+
+def test_unknown_xml_encoding_is_a_format_error(tmp_path) -> None:
+    # found by the mutation fuzzer: a damaged declaration made ElementTree raise LookupError
+    from fabsight.errors import FormatError
+    from fabsight.io import read_maps
+
+    bad = tmp_path / "map.xml"
+    bad.write_bytes(b'<?xml version="1.0" encoding="TF-8"?><Map/>')
+    with pytest.raises(FormatError, match="encoding"):
+        read_maps(bad)

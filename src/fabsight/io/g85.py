@@ -147,6 +147,8 @@ def read_g85(path: str | Path) -> list[WaferMap]:
         root = ET.fromstring(raw)
     except ET.ParseError as exc:
         raise FormatError(path, f"broken XML ({exc})") from None
+    except LookupError as exc:  # the XML declaration names an encoding Python does not know
+        raise FormatError(path, f"broken XML declaration ({exc})") from None
     maps = [root] if _local(root.tag) == "Map" else [e for e in root.iter() if _local(e.tag) == "Map"]
     if not maps:
         raise FormatError(path, "no SEMI G85 <Map> element")
