@@ -14,9 +14,11 @@ numbers; only the background is off), so the benchmark scores
   abstained ("no dominant pattern").
 
 Q&A: the held-out phrasings of ``benchmarks/data/qa_phrasings.yaml`` asked about a generated
-lot: understood (intent and slots right) and refusal rates, plus latency.
+lot: understood (intent and slots right) and refusal rates, plus latency, separately for the
+phrasings used while tuning, the first fresh set and the set written in session 2 before the
+out-of-scope rule changed.
 
-    python benchmarks/explain.py [--per-class 30] [--model DIR]
+    python benchmarks/explain.py [--per-class 30] [--model DIR] [--qa-only]
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ def bench_qa(phrasings: Path) -> dict:
     return {
         "used_while_tuning": score(data["answerable"], data["unanswerable"]),
         "fresh": score(data["fresh_answerable"], data["fresh_unanswerable"]),
+        "session2_fresh": score(data["session2_answerable"], data["session2_unanswerable"]),
     }
 
 
@@ -168,15 +171,17 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=30)
     ap.add_argument("--model", default=None, help="wafer classifier directory (adds pattern accuracy)")
     ap.add_argument("--seed", type=int, default=123)
+    ap.add_argument("--qa-only", action="store_true", help="skip the explanation part (Q&A only)")
     args = ap.parse_args()
     out = {
         "benchmark": "explain",
         "python": sys.version.split()[0],
         "machine": platform.machine(),
         "classes": list(WM811K_CLASSES),
-        "explanations": bench_explain(args.per_class, args.model, args.seed),
-        "qa": bench_qa(Path(__file__).parent / "data" / "qa_phrasings.yaml"),
     }
+    if not args.qa_only:
+        out["explanations"] = bench_explain(args.per_class, args.model, args.seed)
+    out["qa"] = bench_qa(Path(__file__).parent / "data" / "qa_phrasings.yaml")
     print(json.dumps(out, indent=2))
 
 

@@ -51,11 +51,11 @@ def test_held_out_phrasings_are_understood_and_unanswerable_refused(lot, phrasin
         if not a.answered or a.intent != item["intent"] or got != expected:
             wrong.append((item["q"], a.intent, got))
     accuracy = 1 - len(wrong) / len(phrasings["answerable"])
-    # measured 46/48 = 0.958 and 9/10 refused (benchmarks/explain.py); misses are listed on failure
+    # measured 54/58 = 0.931 and 24/24 refused (benchmarks/explain.py); misses are listed on failure
     assert accuracy >= 0.9, wrong
     refused = [ask(q, lot) for q in phrasings["unanswerable"]]
     kept = [(a.question, a.text) for a in refused if a.answered]
-    assert len(kept) <= 1, kept
+    assert not kept, kept
     assert all("cannot be answered from the data" in a.text for a in refused if not a.answered)
 
 
@@ -109,3 +109,17 @@ def test_refusals_name_what_is_missing(lot) -> None:
     assert c.answered and "No classifier was given" in c.text
     single = ask("How many dies fail?", unclassified)
     assert single.data["failing"] == unclassified.facts[0].extent.failing
+
+
+def test_out_of_scope_questions_in_an_in_scope_frame_are_refused(lot) -> None:
+    # each borrows a computable question's frame (how much ... wafer, which ... wafers, how many wafers)
+    for q in ("How much does a 300 mm wafer cost?", "Which prober tested these wafers?",
+              "How many wafers per hour does the scanner process?", "Who reviewed wafer 3?",
+              "When did wafer 2 leave the etcher?"):
+        a = ask(q, lot)
+        assert not a.answered and a.text.startswith("This question cannot be answered from the data"), (q, a.text)
+    # ... while the same words in a question the maps answer still get an answer
+    cost = ask("What does the edge ring cost us in yield?", lot)
+    assert cost.answered and cost.intent == "severity"
+    many = ask("How many wafers were inspected?", lot)
+    assert many.answered and many.data["count"] == 6

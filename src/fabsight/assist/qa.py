@@ -8,8 +8,16 @@ wins, unless a close runner-up fits the slots the question fills better. Slots (
 pattern names, zones, best/worst) are read with regular expressions and a fuzzy match on
 pattern names. A question is refused, with a plain
 "cannot be answered from the data", when its best similarity is below :data:`THRESHOLD`, when
-it is nearest to one of the out-of-scope examples (tool temperatures, operators, dates…), or
-when a slot it needs is missing or names a wafer that is not in the data.
+it asks *who* or *when* (the maps record neither people nor dates), when its best intent does
+not beat the out-of-scope examples (prices, weather, people, other tools and their settings…)
+by :data:`OUT_OF_SCOPE_MARGIN`, or when a slot it needs is missing or names a wafer that is
+not in the data.
+
+Why a margin against out-of-scope examples rather than a similarity floor alone: an
+out-of-scope question usually borrows an in-scope frame ("How much does a 300 mm *wafer*
+cost?", "Which prober tested these *wafers*?"), so its similarity to some intent is as high
+as a real question's. What separates them is that it is at least as close to a question the
+data cannot answer, which only a comparison with such questions shows.
 """
 
 from __future__ import annotations
@@ -35,7 +43,12 @@ from fabsight.types import WM811K_CLASSES
 THRESHOLD = 0.45
 #: Intents within this similarity of the best one may win when the best lacks a slot it needs.
 MARGIN = 0.15
+#: The best intent must beat the closest out-of-scope example by this much to be answered.
+OUT_OF_SCOPE_MARGIN = 0.05
 REFUSE = "out_of_scope"
+#: Questions asking for a person or a date: no intent computes either from a wafer map.
+#: ("when" only at the start: inside a question it is usually a condition, not what is asked).
+_UNANSWERABLE_TYPE = re.compile(r"\b(?:who|whom|whose)\b|^\W*when\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -146,17 +159,28 @@ INTENTS: tuple[Intent, ...] = (
         "How many wafers are in this file?",
         "List the wafer ids",
     )),
+    # What the maps cannot answer, one group per kind: money, weather and small talk, people,
+    # dates, other tools and their settings, electrical test values.
     Intent(REFUSE, (
-        "What is the weather today?",
-        "What was the chamber temperature during etch?",
-        "Who was the operator on this tool?",
-        "When was this lot processed?",
-        "Which tool processed this wafer?",
         "What is the price of this chip?",
-        "Tell me a joke",
-        "What is the electrical resistance of the die?",
+        "How much does one wafer cost?",
         "How much money did this lot cost?",
+        "What does a die sell for?",
+        "What is the weather today?",
+        "Will it snow tomorrow?",
+        "Tell me a joke",
+        "Translate this text",
+        "Who was the operator on this tool?",
+        "Which engineer is responsible for this lot?",
+        "When was this lot processed?",
         "What is the schedule of the fab?",
+        "When will the lot ship?",
+        "Which tool processed this wafer?",
+        "Which tester measured these wafers?",
+        "How many wafers per hour does the tool run?",
+        "What was the chamber temperature during etch?",
+        "What was the gas pressure in the chamber?",
+        "What is the electrical resistance of the die?",
     )),
 )
 
@@ -265,11 +289,13 @@ def choose_intent(ranked: list[tuple[str, float]], slots: dict[str, Any], single
     uses the most filled content slots (pattern, zone, notch: the wafer only says which map)
     wins, similarity breaking ties. A question about one named wafer
     turns "which wafers show X" into "does this wafer show X" and "which wafer is worst" into
-    "is this wafer worse than the lot".
+    "is this wafer worse than the lot". The best intent is refused (:data:`REFUSE`) unless it
+    beats the closest out-of-scope example by :data:`OUT_OF_SCOPE_MARGIN`.
     """
     top_name, top = ranked[0]
-    if top_name == REFUSE:
-        return top_name, top
+    out_of_scope = dict(ranked).get(REFUSE, -1.0)
+    if top_name == REFUSE or top - out_of_scope < OUT_OF_SCOPE_MARGIN:
+        return REFUSE, out_of_scope
     filled = {k for k, v in slots.items() if v is not None}
     if single_wafer:
         filled.add("wafer")
@@ -583,6 +609,9 @@ def ask(question: str, lot: Lot, *, threshold: float = THRESHOLD) -> Answer:
                              "notch": "notch" if re.search(r"\bnotch", question.lower()) else None,
                              "direction": "best" if _BEST.search(question.lower()) else "worst"}
     intent, score = choose_intent(rank_intents(question), slots, len(lot.facts) == 1)
+    if _UNANSWERABLE_TYPE.search(question):
+        return _refusal(question, REFUSE, score, "it asks who or when, and the wafer maps record neither people "
+                        "nor dates", slots)
     if score < threshold or intent == REFUSE:
         why = "it is not about the measured wafer maps (patterns, yield, fails, clusters, location, root causes)"
         return _refusal(question, None if score < threshold else intent, score, why, slots)
