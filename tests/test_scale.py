@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +261,29 @@ def test_onnx_runtime_gives_the_torch_labels(inputs, model, in_process, tmp_path
     assert len(got) == len(expected) > 0
     assert (got["label"] == expected["label"]).all()
     np.testing.assert_allclose(got["confidence"], expected["confidence"], atol=1e-4)
+
+
+def test_local_ray_auth_is_set_only_before_ray_is_imported():
+    probe = ("import os, sys; from fabsight.scale.job import local_ray_auth; {pre}local_ray_auth(); import ray; "
+             "from ray._raylet import get_authentication_mode as m; print(os.environ.get('RAY_AUTH_MODE'), int(m()))")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("RAY_AUTH_MODE", None)
+    before = subprocess.run([sys.executable, "-c", probe.format(pre="")], env=env, capture_output=True, text=True)
+    assert before.stdout.split() == ["token", "1"], before.stderr  # the driver and the cluster agree
+    after = subprocess.run([sys.executable, "-c", probe.format(pre="import ray; ")], env=env, capture_output=True,
+                           text=True)
+    assert after.stdout.split() == ["None", "0"], after.stderr  # too late: left to Ray's own default
+
+
+@pytest.mark.slow
+def test_cli_local_ray_starts_without_warnings(model, tmp_path):
+    write_folder(generate_dataset(3, classes=CLASSES, shapes=((26, 26),), seed=3), tmp_path / "maps")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_AUTH_MODE", None)
+    proc = subprocess.run([sys.executable, "-m", "fabsight", "batch", str(tmp_path / "maps"), "--model", str(model),
+                           "--out", str(tmp_path / "r.parquet"), "--ray", "local", "--workers", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "12 rows from 12 inputs" in proc.stdout
+    for noise in ("Token authentication", "Progress bars disabled"):
+        assert noise not in proc.stderr, proc.stderr

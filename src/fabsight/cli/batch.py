@@ -15,7 +15,7 @@ from fabsight.cli.common import JsonOpt, emit, out
 
 
 def _print_summary(result: dict[str, Any]) -> None:
-    speed = "" if result["rows_per_s"] is None else f", {result['rows_per_s']:.0f} rows/s"
+    speed = "" if result["rows_per_s"] is None else f", {result['rows_per_s']:.3g} rows/s"  # 0.52, not 0
     lines = [
         f"{result['rows']} rows from {result['processed']} inputs written to {result['out']} "
         f"({result['executor']}, {result['workers']} workers, {result['seconds']:.1f} s{speed})"

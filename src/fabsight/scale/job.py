@@ -106,9 +106,25 @@ def _source_dir() -> str:
     return str(Path(fabsight.__file__).resolve().parents[1])
 
 
+def local_ray_auth() -> None:
+    """Ask explicitly for token authentication on a local Ray this process is about to start.
+
+    Ray >= 2.59 turns token authentication on for a new local cluster and warns that it did so
+    unless ``RAY_AUTH_MODE`` is set (docs.ray.io, ray-security/token-auth). Saying ``token``
+    keeps that protection (Ray generates and reuses ``~/.ray/auth_token``) without the warning;
+    a user's own setting wins. Ray reads the mode once, when it is imported, so nothing is set
+    once Ray is loaded: set later, the cluster's processes would expect a token the driver does
+    not send. Joining a cluster (``--ray ADDRESS``) follows the environment set up for it.
+    """
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def _ray(units: Sequence[WorkUnit], spec: JobSpec, address: str, workers: int) -> Iterator[pa.Table]:
     """Stream result blocks from a Ray Data pipeline; starts (and stops) a local Ray unless one is running."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address == "local":
+        local_ray_auth()
     import ray
 
     started = False
@@ -134,6 +150,8 @@ def _ray(units: Sequence[WorkUnit], spec: JobSpec, address: str, workers: int) -
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # fabsight shows its own bar on stderr
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # ... so Ray Data's "Progress bars disabled" warning is about our own choice: not shown
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         ds = ray.data.from_items([{"unit": u.encode()} for u in units])
         ds = ds.map_batches(
             BatchWorker,
