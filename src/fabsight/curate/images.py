@@ -135,7 +135,10 @@ def _outliers(X: np.ndarray, labels: Sequence[str | None], k: int, thr_k: float
         kk = min(k + 1, len(Z))
         d, _ = NearestNeighbors(n_neighbors=kk).fit(Z).kneighbors(Z)
         score, how = (d[:, 1:] ** 2 / 2.0).mean(axis=1), f"mean cosine distance to the {k} nearest images"
-    return score, robust_threshold(score, thr_k, side="high", log=True), how
+    # Linear, not log space: the distances are bounded and most sit near their centroid, and a
+    # log stretches those small values so much that its MAD hid every foreign image planted in
+    # the real magnetic-tile and DeepPCB sets (docs/benchmarks.md, "Dataset curation").
+    return score, robust_threshold(score, thr_k, side="high", log=False), how
 
 
 def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOptions | None = None,
@@ -197,16 +200,21 @@ def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOpti
 
     out_t = None
     score = np.full(len(entries), np.nan)
-    # Outliers among distinct pictures only: a dropped copy would give its twin a distance of 0.
+    # Outliers among distinct, usable pictures only: a dropped copy would give its twin a
+    # distance of 0, and blank or blurry frames (dropped already) are the most distant pictures
+    # of all, so they would be the "outliers" found and would widen the spread the threshold
+    # comes from.
     dropped_copy = {i for g in groups for i in g["members"] if i != g["keep"]}
-    unique = np.array([i for i in np.flatnonzero(ok) if i not in dropped_copy], dtype=int)
+    unusable = blank | (live & (sharp < blur_t["threshold"])) if blur_t else blank
+    unique = np.array([i for i in np.flatnonzero(ok & ~unusable) if i not in dropped_copy], dtype=int)
     if embeddings is not None and len(unique) > opts.knn:
         rows_of = {int(i): r for r, i in enumerate(np.flatnonzero(ok))}
         s, out_t, how = _outliers(embeddings[[rows_of[int(i)] for i in unique]], [entries[i].label for i in unique],
                                   opts.knn, opts.outlier_k)
         score[unique] = s
         if out_t:
-            out_t = {"rule": f"log {how} above median + k·MAD", **out_t}
+            out_t = {"rule": f"{how} above median + k·MAD (distinct images, blank and blurry ones left out)",
+                     **out_t}
             for i in unique[s > out_t["threshold"]]:
                 _flag(flags[i], "outlier", f"{how} {score[i]:.3g} > {out_t['threshold']:.3g}")
 
