@@ -87,3 +87,4 @@ def test_bad_die_images_store_nothing(dies: TestClient, tmp_path: Path) -> None:
 def test_die_images_need_an_anomaly_model(client: TestClient) -> None:
     r = client.post("/api/die-images", files={"file": ("a.png", png(np.zeros((8, 8), np.uint8)), "image/png")})
     assert r.status_code == 400 and "no anomaly model loaded" in r.json()["detail"]
+    assert "fabsight anomaly fit" in r.json()["detail"]  # the command that makes one

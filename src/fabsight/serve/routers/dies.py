@@ -39,7 +39,7 @@ def upload_die_image(
 ) -> DieImageOut:
     """Score one die image: label (good / anomalous), score, boxes of anomalous regions, heat-map."""
     if svc.anomaly_model is None:
-        raise ModelError(None, "no anomaly model loaded: put one (fabsight anomaly train) in the --models folder")
+        raise ModelError(None, "no anomaly model loaded: put one (fabsight anomaly fit) in the --models folder")
     declared = (file.content_type or "").split(";")[0].strip().lower()
     if declared not in IMAGE_TYPES:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"content type {declared!r} is not an image")
