@@ -13,8 +13,8 @@ each check against the planted answers. A third set is generated from nothing
 they are left out of the duplicate check's scoring (either twin may be the one dropped).
 With ``--backbone`` the planted sets (not the as-is runs: too slow on a shared CPU) also get
 the embedding checks, and ``--n`` images of the other data set are planted as "foreign"
-(irrelevant) images the outlier check must find; flagged blank frames are irrelevant too and
-are left out of its scoring.
+(irrelevant) images the outlier check must find; planted blank and blurry frames are far from
+everything too (and dropped by their own checks), so they are left out of its scoring.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def _score(manifest: dict[str, Any], root: Path, truth: dict[str, list[str]]) ->
         for f in row["flags"]:
             if f["check"] in flagged:
                 flagged[f["check"]].add(rel)
-    ignore = {"duplicate": set(truth["label_conflict"]), "outlier": set(truth["blank"])}
+    # planted blank and blurry frames are far from everything too; they are dropped by their own check
+    ignore = {"duplicate": set(truth["label_conflict"]), "outlier": set(truth["blank"]) | set(truth["blurry"])}
     truth = {**truth, "duplicate": truth["exact"] + truth["near"] + truth["leakage"]}
     out = {}
     for c in CHECKS:

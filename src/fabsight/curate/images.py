@@ -114,9 +114,12 @@ def _embed(entries: Sequence[Entry], ok: np.ndarray, backbone: str, device: str,
     return extract(bb, [entries[i].path for i in np.flatnonzero(ok)], 32, default_cache())
 
 
-def _outliers(X: np.ndarray, labels: Sequence[str | None], k: int, thr_k: float
+def _outliers(X: np.ndarray, labels: Sequence[str | None], k: int, thr_k: float, reference: np.ndarray
               ) -> tuple[np.ndarray, dict[str, Any] | None, str]:
     """An outlier score per row, its robust upper threshold, and how the score was measured.
+
+    The threshold's median and MAD come from the ``reference`` rows only (boolean mask: the
+    sharp ones), so blurry frames, which sit far from everything, do not widen the spread.
 
     Labelled data: cosine distance to the nearest class centroid ("far from every class").
     A group of foreign images (another product) is its own tight neighbourhood, so a kNN
@@ -138,7 +141,7 @@ def _outliers(X: np.ndarray, labels: Sequence[str | None], k: int, thr_k: float
     # Linear, not log space: the distances are bounded and most sit near their centroid, and a
     # log stretches those small values so much that its MAD hid every foreign image planted in
     # the real magnetic-tile and DeepPCB sets (docs/benchmarks.md, "Dataset curation").
-    return score, robust_threshold(score, thr_k, side="high", log=False), how
+    return score, robust_threshold(score[reference], thr_k, side="high", log=False), how
 
 
 def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOptions | None = None,
@@ -200,21 +203,19 @@ def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOpti
 
     out_t = None
     score = np.full(len(entries), np.nan)
-    # Outliers among distinct, usable pictures only: a dropped copy would give its twin a
-    # distance of 0, and blank or blurry frames (dropped already) are the most distant pictures
-    # of all, so they would be the "outliers" found and would widen the spread the threshold
-    # comes from.
+    # Outliers among distinct, non-blank pictures: a dropped copy would give its twin a distance
+    # of 0, and blank frames carry nothing to embed. Blurry frames are scored (a foreign image
+    # is often blurry next to the set's own) but left out of the median/MAD, which they widen.
     dropped_copy = {i for g in groups for i in g["members"] if i != g["keep"]}
-    unusable = blank | (live & (sharp < blur_t["threshold"])) if blur_t else blank
-    unique = np.array([i for i in np.flatnonzero(ok & ~unusable) if i not in dropped_copy], dtype=int)
+    unique = np.array([i for i in np.flatnonzero(ok & ~blank) if i not in dropped_copy], dtype=int)
     if embeddings is not None and len(unique) > opts.knn:
         rows_of = {int(i): r for r, i in enumerate(np.flatnonzero(ok))}
+        sharp_enough = sharp[unique] >= blur_t["threshold"] if blur_t else np.ones(len(unique), bool)
         s, out_t, how = _outliers(embeddings[[rows_of[int(i)] for i in unique]], [entries[i].label for i in unique],
-                                  opts.knn, opts.outlier_k)
+                                  opts.knn, opts.outlier_k, sharp_enough)
         score[unique] = s
         if out_t:
-            out_t = {"rule": f"{how} above median + k·MAD (distinct images, blank and blurry ones left out)",
-                     **out_t}
+            out_t = {"rule": f"{how} above median + k·MAD of the sharp, distinct, non-blank images", **out_t}
             for i in unique[s > out_t["threshold"]]:
                 _flag(flags[i], "outlier", f"{how} {score[i]:.3g} > {out_t['threshold']:.3g}")
 
