@@ -153,6 +153,8 @@ def test_wafer_maps_from_a_klarf_file(shared: Path) -> None:
     m = curate_maps([shared / "fixtures" / "klarf" / "QUU_NUU.000"])
     assert m["summary"]["files"] == 3 and all(r["dies"] > 0 for r in m["files"])
     assert sum(m["summary"]["grid_sizes"].values()) == 3
+    cli = _cli(str(shared / "fixtures" / "klarf" / "QUU_NUU.000"))
+    assert cli.returncode == 0 and cli.stdout.startswith("3 maps: 3 kept, 0 dropped"), cli.stdout  # not "3 files"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

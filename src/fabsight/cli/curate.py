@@ -55,7 +55,8 @@ def curate(
 
     def human(r: dict[str, Any]) -> None:
         s = r["summary"]
-        out.print(f"{s['files']} files: {s['kept']} kept, {s['dropped']} dropped", markup=False)
+        unit = "maps" if r["kind"] == "maps" else "files"  # one KLARF / LSWMD file holds many maps
+        out.print(f"{s['files']} {unit}: {s['kept']} kept, {s['dropped']} dropped", markup=False)
         for check, n in s["flagged"].items():
             out.print(f"  {check}: {n}", markup=False)
         out.print(f"{s['duplicate_groups']} groups of copies, {s['label_conflict_groups']} with label conflicts, "
