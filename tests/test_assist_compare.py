@@ -65,3 +65,12 @@ def test_shape_mismatch_is_a_user_error(goldens) -> None:
         compare_map(disc_map("clean", n=30), build_baseline(goldens))
     with pytest.raises(FabsightError, match="different grid shapes"):
         build_baseline([disc_map("clean", n=30), disc_map("clean", n=40)])
+
+
+def test_one_die_each_way_reads_in_the_singular(goldens) -> None:
+    test = disc_map("clean", seed=100, wafer_id="g0")  # goldens[0] redrawn, then one die flipped each way
+    fail, good = np.argwhere(test.grid == DieState.FAIL)[0], np.argwhere(test.grid == DieState.GOOD)[0]
+    test.grid[tuple(fail)], test.grid[tuple(good)] = DieState.GOOD, DieState.FAIL
+    c = compare_map(test, build_baseline(goldens[:1]))
+    assert (c.new_fails, c.recovered) == (1, 1)
+    assert "1 die fails here that usually passes, 1 usually failing die passes; 0 dies are" in c.text

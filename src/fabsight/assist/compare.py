@@ -185,8 +185,11 @@ def _sentences(c: Comparison) -> list[str]:
             out.append(f"Excess fails concentrate in {len(sig)} region{'s' if len(sig) > 1 else ''}: {listing}.")
     elif c.differs:
         out.append("No single region stands out: the excess is spread over the wafer.")
-    out.append(f"{c.new_fails} dies fail here that usually pass, {c.recovered} usually failing dies pass; "
-               f"{len(c.significant_dies)} dies are individually significant at FDR {pct(ALPHA)}.")
+    new = "die fails here that usually passes" if c.new_fails == 1 else "dies fail here that usually pass"
+    back = "usually failing die passes" if c.recovered == 1 else "usually failing dies pass"
+    sig_n = len(c.significant_dies)
+    out.append(f"{c.new_fails} {new}, {c.recovered} {back}; {sig_n} {'die is' if sig_n == 1 else 'dies are'} "
+               f"individually significant at FDR {pct(ALPHA)}.")
     d = c.difference
     if d.extent.clusters:
         where = d.location.location + (f", {d.location.sector} sector" if d.location.sector else "")
