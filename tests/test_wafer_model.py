@@ -7,6 +7,7 @@ well under a minute on two cores; real accuracy is measured by benchmarks/wafer_
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -139,6 +140,8 @@ def test_review_threshold_is_learnt_on_review_maps(model) -> None:
     assert r["n"] == 24 and r["accuracy"] <= 0.6
     assert clf.review_threshold_ == r["review_threshold"] > model.review_threshold_
     assert r["review_rate"] >= 0.4
+    low = [d["review_reason"] for d in clf.predict_details(review) if "low confidence" in (d["review_reason"] or "")]
+    assert low and all(re.search(r"runner-up (Center|Edge-Ring|Random) 0\.\d\d\)$", x) for x in low)
     assert clf.metrics_["validation"]["review_threshold"] == model.review_threshold_  # same data, same seed
 
     unknown = [WaferMap(m.grid, source="r.npy", labels=("Donut",)) for m in review]

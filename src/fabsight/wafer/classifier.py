@@ -547,6 +547,14 @@ class WaferClassifier(BaseEstimator):
         on = probs >= self.label_thresholds_
         return np.prod(np.where(on, probs, 1.0 - probs), axis=1)
 
+    def _doubt(self, probs: np.ndarray) -> str:
+        """What the model hesitates over: the runner-up class, or the label nearest its threshold."""
+        if not self.multilabel:
+            j = int(np.argsort(-probs)[1])
+            return f"runner-up {self.classes_[j]} {probs[j]:.2f}"
+        j = int(np.argmin(np.abs(probs - self.label_thresholds_)))
+        return f"least certain label {self.classes_[j]} {probs[j]:.2f}"
+
     def _chunks(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         for s in range(0, len(maps), _BATCH):
             yield maps_to_array(maps[s : s + _BATCH], self.input_size_)
@@ -615,7 +623,7 @@ class WaferClassifier(BaseEstimator):
             if reason is None and d > self.ood_.threshold:
                 reason = f"out of distribution: embedding distance {d:.1f} > {self.ood_.threshold:.1f}"
             elif reason is None and conf < self.review_threshold_:
-                reason = f"low confidence: {conf:.2f} < {self.review_threshold_:.2f}"
+                reason = f"low confidence: {conf:.2f} < {self.review_threshold_:.2f} ({self._doubt(p)})"
             out.append(
                 {
                     "label": label if isinstance(label, str) else "+".join(label),
