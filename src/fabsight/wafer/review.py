@@ -77,26 +77,24 @@ def _periodic_power(fail: np.ndarray, wafer: np.ndarray) -> tuple[np.ndarray, np
     centred = np.where(wafer, fail - mean[:, None, None], 0.0)
     power = np.abs(np.fft.fft2(centred)) ** 2
     total = np.maximum(power.sum(axis=(1, 2)), 1e-12)
-    offsets = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     near = sum(np.roll(power, (-dy, -dx), axis=(1, 2)) for dy, dx in offsets)  # near[r, c] = Σ P[r+dy, c+dx]
     ky, kx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
-    near = np.where(np.hypot(ky * h, kx * w) >= MIN_REPEATS, near, 0.0)
-    best = near.reshape(n, -1).argmax(axis=1)
+    candidates = np.where(np.hypot(ky * h, kx * w) >= MIN_REPEATS, near, 0.0)
+    best = candidates.reshape(n, -1).argmax(axis=1)
+    maps = np.arange(n)
     r, c = np.unravel_index(best, (h, w))
-    share = np.empty(n)
-    period = np.empty(n)
-    for i in range(n):
-        rows, cols = (r[i] + offsets[:, 0]) % h, (c[i] + offsets[:, 1]) % w
-        weights = power[i, rows, cols]
-        fy = ky[r[i], 0] + weights @ offsets[:, 0] / h / max(weights.sum(), 1e-12)
-        fx = kx[0, c[i]] + weights @ offsets[:, 1] / w / max(weights.sum(), 1e-12)
-        period[i] = 1.0 / max(float(np.hypot(fy, fx)), 1e-12)
-        # the neighbourhood and its mirror, each bin once (they overlap near the Nyquist frequency)
-        both = set(zip(rows.tolist(), cols.tolist(), strict=True))
-        both |= {((-y) % h, (-x) % w) for y, x in both}
-        ys, xs = np.array(sorted(both)).T
-        share[i] = power[i, ys, xs].sum() / total[i]
-    return share, period
+    cells = np.stack([power[maps, (r + dy) % h, (c + dx) % w] for dy, dx in offsets], axis=1)  # (n, 9)
+    # Bin r+dy of the neighbourhood is also in the mirror's (-r+ey) when 2r+dy-ey ≡ 0: counted once.
+    shared = np.zeros((n, len(offsets)), dtype=bool)
+    for j, (dy, dx) in enumerate(offsets):
+        for ey, ex in offsets:
+            shared[:, j] |= ((2 * r + dy - ey) % h == 0) & ((2 * c + dx - ex) % w == 0)
+    both = near[maps, r, c] + near[maps, (-r) % h, (-c) % w] - (cells * shared).sum(axis=1)
+    weights = cells / np.maximum(cells.sum(axis=1, keepdims=True), 1e-12)
+    dy, dx = (np.array(d, dtype=np.float64) for d in zip(*offsets, strict=True))
+    fy, fx = ky[r, 0] + weights @ dy / h, kx[0, c] + weights @ dx / w
+    return both / total, 1.0 / np.maximum(np.hypot(fy, fx), 1e-12)
 
 
 def grid_checks(grids: Sequence[np.ndarray]) -> list[str | None]:
