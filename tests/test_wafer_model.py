@@ -161,6 +161,10 @@ def test_multilabel_mixed_patterns(tmp_path) -> None:
     proba = clf.predict_proba(test)
     assert proba.shape == (60, 2) and (proba.sum(axis=1) > 1.2).any()  # independent sigmoids
     assert len(clf.label_thresholds_) == 2
+    clf.review_threshold_ = 1.0  # every confidence is below it: the reason names the least certain label
+    reasons = [d["review_reason"] for d in clf.predict_details(test[:10])]
+    low = [r for r in reasons if r.startswith("low confidence")]
+    assert low and all(re.search(r"\(least certain label (Center|Edge-Ring) [01]\.\d\d\)$", r) for r in low)
     clf.save(tmp_path / "ml")
     assert load_model(tmp_path / "ml").predict(test) == clf.predict(test)
 
