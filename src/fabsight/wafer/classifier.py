@@ -96,8 +96,9 @@ class WaferClassifier(BaseEstimator):
     rotate, flip, max_noise : augmentation (any-angle rotation, mirroring, extra random
         failing dies up to this density). Turn ``rotate`` off when the notch position matters.
     validation_fraction : stratified share of the maps held out for calibration.
-    review_precision : confidence threshold is the lowest at which held-out predictions above
-        it are this precise (never below 0.5).
+    review_precision : confidence threshold is the lowest at which predictions above it are
+        this precise (never below 0.5), on ``fit``'s ``review_maps`` when given, else on the
+        held-out maps.
     ood_quantile : Mahalanobis distances above this quantile of held-out maps flag "out of
         distribution".
     init : a model directory or fitted ``WaferClassifier`` to start from (few-shot, new fab).
@@ -117,7 +118,8 @@ class WaferClassifier(BaseEstimator):
     label_thresholds_ : per-label decision thresholds (multi-label; 0.5 otherwise).
     ood_ : :class:`~fabsight.wafer.calibration.MahalanobisOOD` on the embedding.
     head_ : the head actually trained (``scratch``, ``finetune``, ``probe``, ``prototype``).
-    metrics_ : held-out metrics (accuracy, macro-F1, ECE before/after calibration, review rates).
+    metrics_ : held-out metrics (accuracy, macro-F1, ECE before/after calibration, review rates)
+        and, with ``review_maps``, the same on those (key ``review``).
     training_ : summary of the training data, written to the model card.
     """
 
