@@ -75,13 +75,36 @@ def test_predict_on_folder_and_real_fixtures(folders, shared) -> None:
         assert isinstance(r["needs_review"], bool)
 
 
+def test_predict_flags_what_only_the_raw_grid_shows(folders, tmp_path) -> None:
+    # A die-level checkerboard and an all-fail wafer, as .npy files: the network gives them
+    # an ordinary class, the raw-grid rules send them to review and say why.
+    _, _, model = folders
+    yy, xx = np.mgrid[0:52, 0:52]
+    inside = np.hypot(yy - 25.5, xx - 25.5) <= 26
+    np.save(tmp_path / "checker.npy", np.where(inside, 1 + (yy + xx) % 2, 0).astype(np.uint8))
+    np.save(tmp_path / "dead.npy", np.where(inside, 2, 0).astype(np.uint8))
+    code, out, _ = run("wafer", "predict", model, tmp_path / "checker.npy", tmp_path / "dead.npy", "--json")
+    assert code == 0
+    checker, dead = json.loads(out)
+    assert checker["needs_review"] and checker["review_reason"].startswith("periodic failures: 9")
+    assert dead["needs_review"] and dead["review_reason"].startswith("whole-wafer failure: 100% of the dies fail")
+
+
 def test_mixed_npz_trains_a_multilabel_model(tmp_path) -> None:
     combos = ("Center", "Edge-Ring", "Center+Edge-Ring", "none")
     write_mixedwm38(generate_dataset(20, classes=combos, seed=1), tmp_path / "mixed.npz")
-    code, out, err = run("wafer", "train", tmp_path / "mixed.npz", "--out", tmp_path / "m", *FAST, "--json")
+    # --synthetic adds generated maps of the data's combinations; the review threshold is
+    # then learnt on harder generated maps (--review-maps per combination), not on held-out ones.
+    code, out, err = run(
+        "wafer", "train", tmp_path / "mixed.npz", "--out", tmp_path / "m", "--synthetic", "5", "--review-maps", "3",
+        *FAST, "--json",
+    )  # fmt: skip
     assert code == 0, err
     r = json.loads(out)
     assert r["multilabel"] and r["classes"] == ["Center", "Edge-Ring"]
+    assert r["training"]["n_maps"] == 80 + 4 * 5 and r["metrics"]["review"]["n"] == 4 * 3
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["extra"]["review_threshold"] == r["review_threshold"] == r["metrics"]["review"]["review_threshold"]
     code, out, _ = run("wafer", "eval", tmp_path / "m", tmp_path / "mixed.npz", "--json", "--threads", "1")
     r = json.loads(out)
     assert r["n"] == 80 and {"exact_match_accuracy", "per_label", "macro_f1"} <= set(r)

@@ -65,12 +65,14 @@ def _train(
     seed: int,
     threads: int,
     arch: str = "compact",
+    review_per_class: int = 0,
 ) -> dict[str, Any]:
     from fabsight.synth import MIXED_COMBINATIONS, generate_dataset
     from fabsight.types import WM811K_CLASSES
     from fabsight.wafer import WaferClassifier, load_model
     from fabsight.wafer.classifier import SYNTH_SHAPES, label_tuple
     from fabsight.wafer.net import ARCHITECTURES
+    from fabsight.wafer.review import shifted_maps
 
     if arch not in ARCHITECTURES:
         raise FabsightError(None, f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
@@ -104,6 +106,12 @@ def _train(
             raise FabsightError(data, "--synthetic: none of the data's classes is a pattern the generator knows")
         maps = maps + generate_dataset(synthetic, shapes=SYNTH_SHAPES, classes=classes, mixed=multilabel, seed=seed)
         described.append(f"{synthetic} synthetic maps per class x {len(classes)} classes (fabsight.synth, seed {seed})")
+    review = None
+    if synthetic > 0 and review_per_class > 0:
+        # Harder maps of the same classes (another seed) set the review threshold; maps
+        # like the training ones would leave it at its floor.
+        review = shifted_maps(review_per_class, classes, mixed=multilabel, seed=seed + 1)
+        described.append(f"review threshold on {len(review)} shifted synthetic maps (fabsight.wafer.review)")
     widths, embed_dim = ARCHITECTURES[arch]
     clf = WaferClassifier(
         input_size=input_size or 64,
@@ -118,7 +126,7 @@ def _train(
     )
     try:
         with _warnings_as_lines():
-            clf.fit(maps, data="; ".join(described))
+            clf.fit(maps, data="; ".join(described), review_maps=review)
     except ValueError as exc:  # parameter combinations the user chose (e.g. --head probe without --init)
         raise FabsightError(None, str(exc)) from None
     clf.save(out_dir)
@@ -129,6 +137,7 @@ def _train(
         "head": clf.head_,
         "training": clf.training_,
         "metrics": clf.metrics_,
+        "review_threshold": clf.review_threshold_,
     }
 
 
@@ -138,6 +147,9 @@ def _print_training(result: dict[str, Any]) -> None:
     for key in ("accuracy", "exact_match", "macro_f1", "ece_before_calibration", "ece_after_calibration"):
         if key in v:
             out.print(f"  validation {key}: {v[key]:.4f}")
+    r = result["metrics"].get("review")
+    source = f"{r['n']} harder review maps" if r else "held-out maps"
+    out.print(f"  needs_review below confidence {result['review_threshold']:.3f} (learnt on {source})")
 
 
 def _print_eval(result: dict[str, Any]) -> None:
@@ -177,6 +189,14 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Argument(help="Labelled folder ROOT/CLASS/, LSWMD.pkl or MixedWM38 .npz.")
         ] = None,
         synthetic: Annotated[int, typer.Option(min=0, help="Add N generated maps per class.")] = 0,
+        review_maps: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="With --synthetic: N harder generated maps per class (shifted parameters, grids, noise) "
+                "to learn the needs_review threshold on; 0 uses the held-out maps.",
+            ),
+        ] = 40,
         epochs: Annotated[int, typer.Option(min=1)] = 15,
         input_size: Annotated[int | None, typer.Option(help="Model input side (default 64, or --init's).")] = None,
         init: Annotated[Path | None, typer.Option(help="Start from this model (few-shot / new fab).")] = None,
@@ -194,7 +214,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train (or fine-tune) a wafer-pattern classifier and write a model directory."""
         emit(
-            _train(data, out_dir, synthetic, epochs, input_size, init, head, multilabel, seed, threads, arch),
+            _train(
+                data, out_dir, synthetic, epochs, input_size, init, head, multilabel, seed, threads, arch, review_maps
+            ),
             as_json,
             _print_training,
         )

@@ -21,8 +21,10 @@ Few-shot adaptation: ``WaferClassifier(init=model_dir_or_classifier, head="auto"
 "finetune" | "probe" | "prototype").fit(few_maps, y)``. Evaluation: :func:`evaluate`.
 
 Modules: ``preprocess`` (grid → input), ``net`` (the CNN and augmentation),
-``calibration`` (temperature, thresholds, OOD), ``classifier`` (the estimator and
-model directories), ``evaluate`` (metrics for ``fabsight wafer eval``).
+``calibration`` (temperature, thresholds, OOD), ``review`` (rules on the raw die grid and
+the harder maps the review threshold is learnt on: ``fit(maps, review_maps=...)``),
+``classifier`` (the estimator and model directories), ``evaluate`` (metrics for
+``fabsight wafer eval``).
 """
 
 from fabsight.wafer.classifier import WaferClassifier, load_model

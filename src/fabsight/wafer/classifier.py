@@ -26,6 +26,7 @@ from fabsight.utils.atomic import atomic_dir
 from fabsight.utils.progress import track
 from fabsight.wafer import calibration as cal
 from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array
+from fabsight.wafer.review import grid_checks
 
 TASK = "wafer-pattern"
 WEIGHTS_FILE = "model.safetensors"
@@ -46,7 +47,18 @@ MIN_VALIDATION = 8
 _BATCH = 256
 #: Grid shapes synthetic training maps are drawn on (``fabsight wafer train --synthetic``):
 #: small to large, square and not, so the model meets every die pitch it will be fed.
-SYNTH_SHAPES: tuple[tuple[int, int], ...] = ((26, 26), (39, 39), (52, 52), (48, 64), (72, 72), (100, 100), (150, 150))
+#: 32×32 divides the default 64-pixel input: its maps arrive as sharp 2×2 blocks of 0/1
+#: instead of fractions, the regime a grid as large as the input is in.
+SYNTH_SHAPES: tuple[tuple[int, int], ...] = (
+    (26, 26),
+    (32, 32),
+    (39, 39),
+    (52, 52),
+    (48, 64),
+    (72, 72),
+    (100, 100),
+    (150, 150),
+)
 MIN_INPUT_SIZE = 32
 #: Views of each training map (as is + augmented) the OOD statistics are fitted on.
 OOD_VIEWS = 4
@@ -84,8 +96,9 @@ class WaferClassifier(BaseEstimator):
     rotate, flip, max_noise : augmentation (any-angle rotation, mirroring, extra random
         failing dies up to this density). Turn ``rotate`` off when the notch position matters.
     validation_fraction : stratified share of the maps held out for calibration.
-    review_precision : confidence threshold is the lowest at which held-out predictions above
-        it are this precise (never below 0.5).
+    review_precision : confidence threshold is the lowest at which predictions above it are
+        this precise (never below 0.5), on ``fit``'s ``review_maps`` when given, else on the
+        held-out maps.
     ood_quantile : Mahalanobis distances above this quantile of held-out maps flag "out of
         distribution".
     init : a model directory or fitted ``WaferClassifier`` to start from (few-shot, new fab).
@@ -105,7 +118,8 @@ class WaferClassifier(BaseEstimator):
     label_thresholds_ : per-label decision thresholds (multi-label; 0.5 otherwise).
     ood_ : :class:`~fabsight.wafer.calibration.MahalanobisOOD` on the embedding.
     head_ : the head actually trained (``scratch``, ``finetune``, ``probe``, ``prototype``).
-    metrics_ : held-out metrics (accuracy, macro-F1, ECE before/after calibration, review rates).
+    metrics_ : held-out metrics (accuracy, macro-F1, ECE before/after calibration, review rates)
+        and, with ``review_maps``, the same on those (key ``review``).
     training_ : summary of the training data, written to the model card.
     """
 
@@ -197,6 +211,34 @@ class WaferClassifier(BaseEstimator):
         if self.multilabel and not classes:
             raise FabsightError(None, "no pattern labels in the training data (all maps are 'none')")
         return classes
+
+    def _targets(self, labels: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
+        """Network targets (class indices, or multi-hot rows) and each map's group name."""
+        index = {c: j for j, c in enumerate(self.classes_)}
+        if self.multilabel:
+            targets = np.zeros((len(labels), len(self.classes_)), dtype=np.float32)
+            for i, t in enumerate(labels):
+                for n in t:
+                    if n != "none":
+                        targets[i, index[n]] = 1.0
+            return targets, np.array(["+".join(t) for t in labels])
+        return np.array([index[t[0]] for t in labels], dtype=np.int64), np.array([t[0] for t in labels])
+
+    def _review_set(self, review_maps: Sequence[WaferMap]) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs and targets of the maps the review threshold is learnt on."""
+        if len(review_maps) < MIN_VALIDATION:
+            raise FabsightError(
+                None, f"review_maps: need at least {MIN_VALIDATION} labelled maps, got {len(review_maps)}"
+            )
+        labels = self._label_lists(review_maps, None)
+        known = set(self.classes_) | ({"none"} if self.multilabel else set())
+        for i, t in enumerate(labels):
+            unknown = [n for n in t if n not in known]
+            if unknown:
+                raise FabsightError(
+                    _source_of(review_maps[i], i), f"review label {unknown[0]!r} is not one of {self.classes_}"
+                )
+        return maps_to_array(review_maps, self.input_size_), self._targets(labels)[0]
 
     # ----------------------------------------------------------------- network
     def _run(self, x: np.ndarray, description: str, augment_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -313,13 +355,24 @@ class WaferClassifier(BaseEstimator):
         self.net_ = net
 
     # -------------------------------------------------------------------- fit
-    def fit(self, maps: Sequence[WaferMap] | Sequence[np.ndarray], y: Any = None, *, data: str | None = None):
+    def fit(
+        self,
+        maps: Sequence[WaferMap] | Sequence[np.ndarray],
+        y: Any = None,
+        *,
+        data: str | None = None,
+        review_maps: Sequence[WaferMap] | None = None,
+    ):
         """Train on wafer maps; ``y`` defaults to the maps' own labels.
 
         ``y``: class names (single-label), or tuples of names / ``"A+B"`` strings / a
         multi-hot array whose columns are ``classes`` (default: the MixedWM38 order) for
         multi-label; ``('none',)`` or an all-zero row is a map without pattern.
         ``data`` is a free-text description of the data kept in the model card.
+        ``review_maps``: labelled maps, never trained on, harder than the training data
+        (another fab's wafers, or :func:`fabsight.wafer.review.shifted_maps`); the review
+        threshold is learnt on them instead of on the held-out maps, which are as easy as
+        the training maps and would leave it at its floor.
         """
         import torch
 
@@ -341,18 +394,9 @@ class WaferClassifier(BaseEstimator):
         labels = self._label_lists(maps, y)
         self.classes_ = self._resolve_classes(labels, maps)
         self.input_size_ = base.input_size_ if base is not None else int(self.input_size)
+        review = None if review_maps is None else self._review_set(review_maps)
 
-        index = {c: j for j, c in enumerate(self.classes_)}
-        if self.multilabel:
-            targets = np.zeros((len(labels), len(self.classes_)), dtype=np.float32)
-            for i, t in enumerate(labels):
-                for n in t:
-                    if n != "none":
-                        targets[i, index[n]] = 1.0
-            groups = np.array(["+".join(t) for t in labels])
-        else:
-            targets = np.array([index[t[0]] for t in labels], dtype=np.int64)
-            groups = np.array([t[0] for t in labels])
+        targets, groups = self._targets(labels)
         counts = Counter(groups.tolist())
         for g, n in sorted(counts.items()):
             if n == 1:
@@ -389,7 +433,7 @@ class WaferClassifier(BaseEstimator):
             lr = self.learning_rate * (FINETUNE_LR_SCALE if head == "finetune" else 1.0)
             self._train(x_tr, t_tr, weights, lr=lr, head_only=head == "probe", seed=seed)
 
-        self._calibrate(x[val_mask], targets[val_mask], x_tr, g_tr, seed)
+        self._calibrate(x[val_mask], targets[val_mask], x_tr, g_tr, seed, review)
         self.training_ = {
             "data": data,
             "n_maps": len(labels),
@@ -411,10 +455,31 @@ class WaferClassifier(BaseEstimator):
         shapes = Counter(tuple(np.shape(m.grid if isinstance(m, WaferMap) else m)) for m in maps)
         return {"distinct": len(shapes), "most_common": [[list(s), n] for s, n in shapes.most_common(5)]}
 
-    def _calibrate(self, x_val: np.ndarray, t_val: np.ndarray, x_tr: np.ndarray, g_tr: np.ndarray, seed: int) -> None:
-        """Temperature, thresholds and OOD model from held-out maps (see calibration module)."""
+    def _scored(self, p_cal: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """Whether each prediction is entirely right, and accuracy / exact match and macro-F1."""
         from sklearn.metrics import f1_score
 
+        if self.multilabel:
+            pred = p_cal >= self.label_thresholds_
+            correct = (pred == targets.astype(bool)).all(axis=1)
+            f1 = f1_score(targets, pred, average="macro", zero_division=0)
+            return correct, {"exact_match": float(correct.mean()), "macro_f1": float(f1)}
+        pred = p_cal.argmax(axis=1)
+        correct = pred == targets
+        f1 = f1_score(targets, pred, average="macro", labels=range(len(self.classes_)), zero_division=0)
+        return correct, {"accuracy": float(correct.mean()), "macro_f1": float(f1)}
+
+    def _calibrate(
+        self,
+        x_val: np.ndarray,
+        t_val: np.ndarray,
+        x_tr: np.ndarray,
+        g_tr: np.ndarray,
+        seed: int,
+        review: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Temperature, thresholds and OOD model from held-out maps (see calibration module);
+        the review threshold from ``review`` (inputs, targets) when given."""
         # The OOD statistics see each training map as it is and in augmented views, so the
         # ordinary variation of a class (orientation, extra noise) is not "unusual".
         views = [self._run(x_tr, "embedding training maps")[1]]
@@ -425,47 +490,56 @@ class WaferClassifier(BaseEstimator):
         self.temperature_ = 1.0
         self.label_thresholds_ = np.full(n_classes, 0.5)
         self.review_threshold_ = 0.5
+        self.metrics_ = {"validation": None}
         if len(x_val) == 0:
             self.ood_.set_threshold(self.ood_.score(emb_tr), self.ood_quantile)
-            self.metrics_ = {"validation": None, "note": f"fewer than {MIN_VALIDATION} held-out maps: not calibrated"}
-            return
-        logits, emb = self._run(x_val, "calibrating")
-        self.temperature_ = cal.fit_temperature(logits, t_val, self.multilabel)
-        p_raw = cal.probabilities(logits, 1.0, self.multilabel)
-        p_cal = cal.probabilities(logits, self.temperature_, self.multilabel)
-        if self.multilabel:
-            self.label_thresholds_ = cal.label_thresholds(p_cal, t_val)
-            pred = p_cal >= self.label_thresholds_
-            correct = (pred == t_val.astype(bool)).all(axis=1)
-            quality = {
-                "exact_match": float(correct.mean()),
-                "macro_f1": float(f1_score(t_val, pred, average="macro", zero_division=0)),
-            }
+            self.metrics_["note"] = f"fewer than {MIN_VALIDATION} held-out maps: not calibrated"
         else:
-            pred = p_cal.argmax(axis=1)
-            correct = pred == t_val
-            quality = {
-                "accuracy": float(correct.mean()),
-                "macro_f1": float(f1_score(t_val, pred, average="macro", labels=range(n_classes), zero_division=0)),
-            }
-        confidence = self._confidence(p_cal)
-        self.review_threshold_ = cal.review_threshold(confidence, correct, self.review_precision, floor=0.5)
-        scores = self.ood_.score(emb)
-        # A quantile of a handful of maps is noise: pool with the training maps then.
-        pool = scores if len(scores) >= 50 else np.concatenate([scores, self.ood_.score(emb_tr)])
-        self.ood_.set_threshold(pool, self.ood_quantile)
-        self.metrics_ = {
-            "validation": {
+            logits, emb = self._run(x_val, "calibrating")
+            self.temperature_ = cal.fit_temperature(logits, t_val, self.multilabel)
+            p_raw = cal.probabilities(logits, 1.0, self.multilabel)
+            p_cal = cal.probabilities(logits, self.temperature_, self.multilabel)
+            if self.multilabel:
+                self.label_thresholds_ = cal.label_thresholds(p_cal, t_val)
+            correct, quality = self._scored(p_cal, t_val)
+            confidence = self._confidence(p_cal)
+            self.review_threshold_ = cal.review_threshold(confidence, correct, self.review_precision, floor=0.5)
+            scores = self.ood_.score(emb)
+            # A quantile of a handful of maps is noise: pool with the training maps then.
+            pool = scores if len(scores) >= 50 else np.concatenate([scores, self.ood_.score(emb_tr)])
+            self.ood_.set_threshold(pool, self.ood_quantile)
+            self.metrics_["validation"] = {
                 "measured_on": f"{len(x_val)} maps held out (stratified) from the training data, never trained on",
                 "n": len(x_val),
                 **quality,
                 "ece_before_calibration": cal.expected_calibration_error(p_raw, t_val, self.multilabel),
                 "ece_after_calibration": cal.expected_calibration_error(p_cal, t_val, self.multilabel),
                 "temperature": self.temperature_,
+                "review_threshold": self.review_threshold_,
                 "review_rate_low_confidence": float(np.mean(confidence < self.review_threshold_)),
                 "review_rate_ood": float(np.mean(scores > self.ood_.threshold)),
             }
-        }
+        if review is not None:
+            p_rev = cal.probabilities(
+                self._run(review[0], "scoring review maps")[0], self.temperature_, self.multilabel
+            )
+            correct, quality = self._scored(p_rev, review[1])
+            confidence = self._confidence(p_rev)
+            self.review_threshold_ = cal.review_threshold(confidence, correct, self.review_precision, floor=0.5)
+            passed = confidence >= self.review_threshold_
+            self.metrics_["review"] = {
+                "measured_on": f"{len(confidence)} review maps (harder than training, never trained on)",
+                "n": len(confidence),
+                **quality,
+                "review_threshold": self.review_threshold_,
+                "target_precision": self.review_precision,
+                "review_rate": float(1.0 - passed.mean()),
+                "accuracy_of_unflagged": float(correct[passed].mean()) if passed.any() else None,
+            }
+            if self.metrics_["validation"] is not None:
+                self.metrics_["validation"]["review_rate_low_confidence"] = float(
+                    np.mean(self._confidence(p_cal) < self.review_threshold_)
+                )
 
     # ---------------------------------------------------------------- predict
     def _confidence(self, probs: np.ndarray) -> np.ndarray:
@@ -474,6 +548,14 @@ class WaferClassifier(BaseEstimator):
             return probs.max(axis=1)
         on = probs >= self.label_thresholds_
         return np.prod(np.where(on, probs, 1.0 - probs), axis=1)
+
+    def _doubt(self, probs: np.ndarray) -> str:
+        """What the model hesitates over: the runner-up class, or the label nearest its threshold."""
+        if not self.multilabel:
+            j = int(np.argsort(-probs)[1])
+            return f"runner-up {self.classes_[j]} {probs[j]:.2f}"
+        j = int(np.argmin(np.abs(probs - self.label_thresholds_)))
+        return f"least certain label {self.classes_[j]} {probs[j]:.2f}"
 
     def _chunks(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         for s in range(0, len(maps), _BATCH):
@@ -525,18 +607,25 @@ class WaferClassifier(BaseEstimator):
         return self._decode(self.predict_proba(maps))
 
     def predict_details(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> list[dict[str, Any]]:
-        """Per map: label, calibrated probability, top-3, review flag with its reason, OOD score."""
-        probs, emb = self._outputs(maps)
+        """Per map: label, calibrated probability, top-3, review flag with its reason, OOD score.
+
+        The reason is the first that applies: a rule on the raw die grid
+        (:func:`fabsight.wafer.review.grid_checks`: whole-wafer or periodic failures, which
+        look like ordinary classes once resampled), an embedding far from every training
+        class, or a confidence below the learnt review threshold.
+        """
+        probs, emb = self._outputs(maps)  # also checks every grid
+        rules = grid_checks([m.grid if isinstance(m, WaferMap) else np.asarray(m) for m in maps])
         ood = self.ood_.score(emb)
         confidence = self._confidence(probs)
         out = []
-        for p, label, conf, d in zip(probs, self._decode(probs), confidence, ood, strict=True):
+        for p, label, conf, d, rule in zip(probs, self._decode(probs), confidence, ood, rules, strict=True):
             order = np.argsort(-p)[:3]
-            reason = None
-            if d > self.ood_.threshold:
+            reason = rule
+            if reason is None and d > self.ood_.threshold:
                 reason = f"out of distribution: embedding distance {d:.1f} > {self.ood_.threshold:.1f}"
-            elif conf < self.review_threshold_:
-                reason = f"low confidence: {conf:.2f} < {self.review_threshold_:.2f}"
+            elif reason is None and conf < self.review_threshold_:
+                reason = f"low confidence: {conf:.2f} < {self.review_threshold_:.2f} ({self._doubt(p)})"
             out.append(
                 {
                     "label": label if isinstance(label, str) else "+".join(label),

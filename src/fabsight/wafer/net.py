@@ -105,6 +105,24 @@ def n_flops(net: WaferNet, input_size: int) -> int:
     return int(counter.get_total_flops())
 
 
+#: Share of each augmented batch turned by an exact symmetry of the square (a multiple of
+#: 90° and a mirror) instead of an any-angle rotation. Bilinear rotation smooths the input,
+#: so a network trained only on rotated maps never sees the sharp 0/1 pixels of a grid
+#: whose side equals (or divides) the input side, and misread 30 % of 64×64 Random maps as
+#: none (docs/benchmarks.md); exact turns keep that regime in training.
+EXACT_TURN_FRACTION = 0.5
+
+
+def _exact_turns(x: torch.Tensor, quarter: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
+    """Rotate map ``i`` by ``quarter[i]`` × 90° and mirror it where ``mirror[i]``: no interpolation."""
+    out = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+    for k in (1, 2, 3):
+        sel = quarter == k
+        if sel.any():
+            out[sel] = torch.rot90(out[sel], k, dims=(2, 3))
+    return out
+
+
 def augment(
     x: torch.Tensor,
     generator: torch.Generator,
@@ -113,26 +131,35 @@ def augment(
     flip: bool = True,
     max_noise: float = 0.05,
 ) -> torch.Tensor:
-    """Randomly rotate (any angle), mirror and sprinkle failing dies over a batch.
+    """Randomly rotate, mirror and sprinkle failing dies over a batch.
 
-    Works on the fraction channels of :func:`to_model_input`: interpolation mixes
-    fractions of the same state only, and whatever rotates in from outside the square
-    is off-wafer, so the channels still sum to 1. The noise turns a random ``d`` ∈
-    [0, ``max_noise``) of the good area of each map into failing area, as random
-    background failures do on real wafers.
+    Works on the fraction channels of :func:`to_model_input`. Half the maps
+    (:data:`EXACT_TURN_FRACTION`) turn by an exact multiple of 90°, the others by any angle
+    with bilinear interpolation: interpolation mixes fractions of the same state only, and
+    whatever rotates in from outside the square is off-wafer, so the channels still sum to
+    1. The noise turns a random ``d`` ∈ [0, ``max_noise``) of the good area of each map into
+    failing area, as random background failures do on real wafers.
     """
     n = x.shape[0]
     if rotate or flip:
-        angle = torch.rand(n, generator=generator) * (2 * math.pi) if rotate else torch.zeros(n)
-        mirror = (torch.rand(n, generator=generator) < 0.5).float() * 2 - 1 if flip else torch.ones(n)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        theta = torch.stack(
-            [torch.stack([cos * mirror, -sin, torch.zeros(n)], 1), torch.stack([sin * mirror, cos, torch.zeros(n)], 1)],
-            1,
-        )
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        x[:, 0] += (1.0 - x.sum(dim=1)).clamp_min(0.0)
+        mirror = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+        quarter = torch.randint(0, 4, (n,), generator=generator) if rotate else torch.zeros(n, dtype=torch.long)
+        angle = torch.rand(n, generator=generator) * (2 * math.pi)
+        # Without rotation, mirroring alone is exact for every map.
+        exact = torch.rand(n, generator=generator) < EXACT_TURN_FRACTION if rotate else torch.ones(n, dtype=torch.bool)
+        x = x.clone()
+        x[exact] = _exact_turns(x[exact], quarter[exact], mirror[exact])
+        smooth = ~exact
+        if smooth.any():
+            m = int(smooth.sum())
+            cos, sin = torch.cos(angle[smooth]), torch.sin(angle[smooth])
+            sign = 1.0 - 2.0 * mirror[smooth].float()
+            zero = torch.zeros(m)
+            theta = torch.stack([torch.stack([cos * sign, -sin, zero], 1), torch.stack([sin * sign, cos, zero], 1)], 1)
+            grid = F.affine_grid(theta, [m, *x.shape[1:]], align_corners=False)
+            turned = F.grid_sample(x[smooth], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            turned[:, 0] += (1.0 - turned.sum(dim=1)).clamp_min(0.0)
+            x[smooth] = turned
     if max_noise > 0:
         density = torch.rand(n, 1, 1, 1, generator=generator) * max_noise
         hit = (torch.rand(n, 1, *x.shape[2:], generator=generator) < density).float()
