@@ -79,7 +79,9 @@ def p_chart(
     if not 1 <= n_baseline <= len(lots):
         raise FabsightError(None, f"baseline must be 1..{len(lots)} lots, got {n_baseline}")
     if kind == "laney" and n_baseline < 2:
-        raise FabsightError(None, "--baseline: a Laney p′-chart needs at least 2 baseline lots (one moving range); use --chart p for 1")
+        raise FabsightError(
+            None, "--baseline: a Laney p′-chart needs at least 2 baseline lots (one moving range); use --chart p for 1"
+        )
     if (sizes <= 0).any():
         raise FabsightError(None, f"{name}: every lot needs at least one die/wafer to chart")
     value = counts / sizes

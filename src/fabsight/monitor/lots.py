@@ -142,7 +142,9 @@ def monitor_lots(
     if len(lots) < 2:
         raise FabsightError(None, f"monitoring needs at least 2 lots, found {len(lots)} (wafers are grouped by lot id)")
     if not 1 <= n_baseline < len(lots):
-        raise FabsightError(None, f"--baseline must be 1..{len(lots) - 1} lots (there are {len(lots)}), got {n_baseline}")
+        raise FabsightError(
+            None, f"--baseline must be 1..{len(lots) - 1} lots (there are {len(lots)}), got {n_baseline}"
+        )
     names = [lot.lot_id for lot in lots]
     feats = extract_features(maps, model=model)
 
