@@ -104,6 +104,8 @@ def distil(
         "mixup": args.mixup,
         "hard_weight": args.hard_weight,
         "temperature": args.temperature,
+        "attention_weight": args.attention_weight,
+        "init": None if args.student_init is None else str(args.student_init),
     }
     t0, load0 = time.time(), os.getloadavg()
     d = WaferDistiller(teacher, size=size, n_threads=args.train_threads, **recipe)
@@ -214,6 +216,8 @@ def main() -> None:
     p.add_argument("--mixup", type=float, default=0.0)
     p.add_argument("--hard-weight", type=float, default=0.0)
     p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--attention-weight", type=float, default=0.0)
+    p.add_argument("--student-init", type=Path, help="student directory to continue distilling from")
     p.add_argument("--mixed-teacher", type=Path, default=Path("/tmp/fabsight-models/wafer-mixed"))
     p.add_argument("--mixed-size", default="tiny", choices=["tiny", "small"])
     p.add_argument("--mixed-unlabelled", type=int, default=3800, help="unlabelled mixed maps (all combinations)")

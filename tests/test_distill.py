@@ -89,6 +89,21 @@ def test_student_is_a_calibrated_model_directory(distilled, tmp_path, test_maps)
     assert card["backbone"]["parameters"] == distilled.compression_["student"]["parameters"]
 
 
+def test_continuing_a_student_with_attention_transfer(distilled, test_maps) -> None:
+    teacher, before = distilled.teacher_, distilled.student_
+    unlabelled = [m.grid for m in generate_dataset(20, classes=SINGLE, shapes=((44, 44),), seed=8)]
+    d = WaferDistiller(teacher, size="tiny", epochs=1, batch_size=32, attention_weight=2.0, init=before)
+    after = d.fit(unlabelled).student_
+    recipe = after.training_["distillation"]
+    assert recipe["continued_from"] and recipe["final_losses"]["attention"] > 0
+    # Eight more steps keep what the earlier imitation learnt.
+    agree = np.mean(np.array(after.predict(test_maps)) == np.array(teacher.predict(test_maps)))
+    assert agree >= 0.8
+    assert not any(layer._forward_hooks for layer in teacher.net_.features)  # no hook left behind
+    with pytest.raises(FabsightError, match="is not a small student"):
+        WaferDistiller(teacher, size="small", init=before).fit(unlabelled)
+
+
 def test_mixed_type_teacher_with_labelled_holdout(tmp_path) -> None:
     train = generate_dataset(25, classes=MIXED, shapes=((30, 30), (52, 52)), seed=1)
     teacher = WaferClassifier(multilabel=True, **FAST).fit(train)

@@ -100,6 +100,10 @@ def register(app: typer.Typer) -> None:
         hard_weight: Annotated[
             float, typer.Option(min=0.0, help="Weight of a loss to the teacher's decisions, beside the soft one.")
         ] = 0.0,
+        attention_weight: Annotated[
+            float, typer.Option(min=0.0, help="Weight of matching where each conv stage fires (0 = off).")
+        ] = 0.0,
+        init: Annotated[Path | None, typer.Option(help="A student directory to continue distilling from.")] = None,
         holdout: Annotated[
             Path | None, typer.Option(help="Labelled maps to calibrate on (default: the teacher's predictions).")
         ] = None,
@@ -117,7 +121,13 @@ def register(app: typer.Typer) -> None:
                 synthetic,
                 epochs,
                 temperature,
-                {"synthetic_per_epoch": synthetic_per_epoch, "mixup": mixup, "hard_weight": hard_weight},
+                {
+                    "synthetic_per_epoch": synthetic_per_epoch,
+                    "mixup": mixup,
+                    "hard_weight": hard_weight,
+                    "attention_weight": attention_weight,
+                    "init": init,
+                },
                 holdout,
                 seed,
                 threads,

@@ -52,6 +52,13 @@ STUDENT_SIZES: tuple[str, ...] = ("tiny", "small")
 MIN_MAPS = 16
 
 
+def _attention(features: Any) -> Any:
+    """Where a stage's features fire: channel mean of squared activations, L2-normalised per map."""
+    from torch.nn import functional as F
+
+    return F.normalize(features.pow(2).mean(dim=1).flatten(1), dim=1)
+
+
 def synthetic_classes(teacher: WaferClassifier) -> list[str | tuple[str, ...]]:
     """Generator patterns (mixed-type: combinations) made only of what ``teacher`` knows.
 
@@ -85,6 +92,13 @@ class WaferDistiller(BaseEstimator):
         generator labels are discarded. 0: the given maps only.
     mixup : Beta(``mixup``, ``mixup``) parameter for mixing each map with another of its
         batch (0 turns it off); teacher and student see the same mixed map.
+    attention_weight : weight of attention transfer (Zagoruyko & Komodakis 2017) after each
+        conv stage: the student's spatial map of where its features fire (channel mean of
+        squared activations, L2-normalised) is pulled towards the teacher's. Teaches *where*
+        to look, which the pooled outputs say little about for thin patterns (scratches).
+        0 turns it off.
+    init : a student model directory or fitted student to continue distilling from (same
+        classes, input size and ``size`` as this run); ``None`` starts from random weights.
     epochs, batch_size, learning_rate, weight_decay : optimisation (AdamW, one-cycle).
         An epoch is ``max(n_train + synthetic_per_epoch, 8 * batch_size)`` draws; the given
         maps are drawn balanced over the teacher's predicted classes so rare patterns in
@@ -113,6 +127,8 @@ class WaferDistiller(BaseEstimator):
         hard_weight: float = 0.0,
         synthetic_per_epoch: int = 0,
         mixup: float = 0.0,
+        attention_weight: float = 0.0,
+        init: str | os.PathLike[str] | WaferClassifier | None = None,
         epochs: int = 10,
         batch_size: int = 64,
         learning_rate: float = 3e-3,
@@ -131,6 +147,8 @@ class WaferDistiller(BaseEstimator):
         self.hard_weight = hard_weight
         self.synthetic_per_epoch = synthetic_per_epoch
         self.mixup = mixup
+        self.attention_weight = attention_weight
+        self.init = init
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -204,6 +222,13 @@ class WaferDistiller(BaseEstimator):
 
         s_net, t_net = student.net_, teacher.net_
         t_net.eval()
+        stage_outputs: dict[str, list[Any]] = {"teacher": [], "student": []}
+        hooks = [
+            layer.register_forward_hook(lambda _m, _i, out, role=role: stage_outputs[role].append(out))
+            for role, net in (("teacher", t_net), ("student", s_net))
+            for layer in net.features
+            if isinstance(layer, nn.MaxPool2d)
+        ]
         projection = nn.Linear(s_net.config["embed_dim"], t_net.config["embed_dim"])
         params = list(s_net.parameters()) + list(projection.parameters())
         n_synthetic = 0
@@ -222,56 +247,80 @@ class WaferDistiller(BaseEstimator):
         pool, synthetic, draws = x, None, np.empty(0, dtype=np.int64)
         s_net.train()
         last: dict[str, float] = {}
-        for step in track(range(total), f"distilling into {self.size}", total=total):
-            if step % steps == 0:  # a new epoch: fresh generated maps, new draws
-                if n_synthetic:
-                    synthetic = self._synthetic_inputs(teacher, step // steps, seed)
-                    pool = np.concatenate([x, synthetic])
-                p = np.concatenate([weights * (len(x) / per_epoch), np.full(n_synthetic, 1.0 / per_epoch)])
-                draws = rng.choice(len(pool), size=steps * self.batch_size, p=p / p.sum())
-            b = draws[(step % steps) * self.batch_size : (step % steps + 1) * self.batch_size]
-            xb = augment(
-                torch.from_numpy(pool[b].astype(np.float32)),
-                gen,
-                rotate=self.rotate,
-                flip=self.flip,
-                max_noise=self.max_noise,
-            )
-            if self.mixup > 0:
-                lam = torch.from_numpy(rng.beta(self.mixup, self.mixup, size=(len(b), 1, 1, 1)).astype(np.float32))
-                xb = lam * xb + (1.0 - lam) * xb[torch.randperm(len(b), generator=gen)]
-            with torch.no_grad():
-                z_t = t_net.embed(xb)
-                logits_t = t_net.classify(z_t)
-            z_s = s_net.embed(xb)
-            logits_s = s_net.classify(z_s)
-            if teacher.multilabel:
-                soft = torch.sigmoid(logits_t / T)
-                kd = F.binary_cross_entropy_with_logits(logits_s / T, soft) * T * T
-            else:
-                kd = F.kl_div(
-                    F.log_softmax(logits_s / T, dim=1),
-                    F.log_softmax(logits_t / T, dim=1),
-                    reduction="batchmean",
-                    log_target=True,
-                ) * (T * T)
-            feat = (1.0 - F.cosine_similarity(projection(z_s), z_t, dim=1)).mean()
-            loss = kd + self.feature_weight * feat
-            last = {"kd": kd.item(), "feature": feat.item()}
-            if self.hard_weight > 0:
+        try:
+            for step in track(range(total), f"distilling into {self.size}", total=total):
+                if step % steps == 0:  # a new epoch: fresh generated maps, new draws
+                    if n_synthetic:
+                        synthetic = self._synthetic_inputs(teacher, step // steps, seed)
+                        pool = np.concatenate([x, synthetic])
+                    p = np.concatenate([weights * (len(x) / per_epoch), np.full(n_synthetic, 1.0 / per_epoch)])
+                    draws = rng.choice(len(pool), size=steps * self.batch_size, p=p / p.sum())
+                b = draws[(step % steps) * self.batch_size : (step % steps + 1) * self.batch_size]
+                xb = augment(
+                    torch.from_numpy(pool[b].astype(np.float32)),
+                    gen,
+                    rotate=self.rotate,
+                    flip=self.flip,
+                    max_noise=self.max_noise,
+                )
+                if self.mixup > 0:
+                    lam = torch.from_numpy(rng.beta(self.mixup, self.mixup, size=(len(b), 1, 1, 1)).astype(np.float32))
+                    xb = lam * xb + (1.0 - lam) * xb[torch.randperm(len(b), generator=gen)]
+                stage_outputs["teacher"].clear()
+                stage_outputs["student"].clear()
+                with torch.no_grad():
+                    z_t = t_net.embed(xb)
+                    logits_t = t_net.classify(z_t)
+                z_s = s_net.embed(xb)
+                logits_s = s_net.classify(z_s)
                 if teacher.multilabel:
-                    decided = (torch.sigmoid(logits_t / teacher.temperature_) >= thresholds).float()
-                    hard = F.binary_cross_entropy_with_logits(logits_s, decided)
+                    soft = torch.sigmoid(logits_t / T)
+                    kd = F.binary_cross_entropy_with_logits(logits_s / T, soft) * T * T
                 else:
-                    hard = F.cross_entropy(logits_s, logits_t.argmax(dim=1))
-                loss = loss + self.hard_weight * hard
-                last["hard"] = hard.item()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+                    kd = F.kl_div(
+                        F.log_softmax(logits_s / T, dim=1),
+                        F.log_softmax(logits_t / T, dim=1),
+                        reduction="batchmean",
+                        log_target=True,
+                    ) * (T * T)
+                feat = (1.0 - F.cosine_similarity(projection(z_s), z_t, dim=1)).mean()
+                loss = kd + self.feature_weight * feat
+                last = {"kd": kd.item(), "feature": feat.item()}
+                if self.attention_weight > 0:
+                    att = sum(
+                        (_attention(f_s) - _attention(f_t)).pow(2).sum(dim=1).mean()
+                        for f_s, f_t in zip(stage_outputs["student"], stage_outputs["teacher"], strict=True)
+                    )
+                    loss = loss + self.attention_weight * att
+                    last["attention"] = float(att.detach())
+                if self.hard_weight > 0:
+                    if teacher.multilabel:
+                        decided = (torch.sigmoid(logits_t / teacher.temperature_) >= thresholds).float()
+                        hard = F.binary_cross_entropy_with_logits(logits_s, decided)
+                    else:
+                        hard = F.cross_entropy(logits_s, logits_t.argmax(dim=1))
+                    loss = loss + self.hard_weight * hard
+                    last["hard"] = hard.item()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        finally:  # the teacher may be the caller's model: leave no hook on it
+            for hook in hooks:
+                hook.remove()
         s_net.eval()
         return last, synthetic
+
+    def _initial_student(self, teacher: WaferClassifier, widths: tuple[int, ...]) -> WaferClassifier:
+        """The ``init`` student, checked to fit this teacher and size."""
+        base = self.init if isinstance(self.init, WaferClassifier) else load_model(self.init)
+        check_is_fitted(base)
+        where = None if isinstance(self.init, WaferClassifier) else str(self.init)
+        if base.classes_ != teacher.classes_ or base.multilabel != teacher.multilabel:
+            raise FabsightError(where, f"init student has classes {base.classes_}, the teacher {teacher.classes_}")
+        if base.input_size_ != teacher.input_size_ or tuple(base.net_.config["widths"]) != tuple(widths):
+            raise FabsightError(where, f"init student is not a {self.size} student of {teacher.input_size_}px input")
+        return base
 
     # --------------------------------------------------------------------- fit
     def fit(
@@ -295,7 +344,7 @@ class WaferDistiller(BaseEstimator):
             raise ValueError(f"size must be one of {list(ARCHITECTURES)}, got {self.size!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        for name in ("hard_weight", "synthetic_per_epoch", "mixup"):
+        for name in ("hard_weight", "synthetic_per_epoch", "mixup", "attention_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if len(maps) < MIN_MAPS:
@@ -330,6 +379,8 @@ class WaferDistiller(BaseEstimator):
         student.head_ = "distilled"
         torch.manual_seed(seed)
         student.net_ = WaferNet(len(student.classes_), widths, embed_dim)
+        if self.init is not None:
+            student.net_.load_state_dict(self._initial_student(teacher, widths).net_.state_dict())
 
         x = maps_to_array(maps, teacher.input_size_)
         t_probs = cal.probabilities(teacher._run(x, "teacher predictions")[0], teacher.temperature_, teacher.multilabel)
@@ -392,6 +443,8 @@ class WaferDistiller(BaseEstimator):
                 "hard_weight": self.hard_weight,
                 "synthetic_per_epoch": self.synthetic_per_epoch,
                 "mixup": self.mixup,
+                "attention_weight": self.attention_weight,
+                "continued_from": None if self.init is None else str(self.init),
                 "final_losses": losses,
             },
             "compression": self.compression_,
