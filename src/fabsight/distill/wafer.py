@@ -59,6 +59,11 @@ def _attention(features: Any) -> Any:
     return F.normalize(features.pow(2).mean(dim=1).flatten(1), dim=1)
 
 
+def _describe(model: str | os.PathLike[str] | WaferClassifier) -> str:
+    """A model as the card names it: its directory, or that it was passed in memory."""
+    return "in-memory model" if isinstance(model, WaferClassifier) else str(model)
+
+
 def synthetic_classes(teacher: WaferClassifier) -> list[str | tuple[str, ...]]:
     """Generator patterns (mixed-type: combinations) made only of what ``teacher`` knows.
 
@@ -222,12 +227,13 @@ class WaferDistiller(BaseEstimator):
 
         s_net, t_net = student.net_, teacher.net_
         t_net.eval()
+        # Attention transfer reads each conv stage's output (after its pooling) through hooks.
         stage_outputs: dict[str, list[Any]] = {"teacher": [], "student": []}
         hooks = [
             layer.register_forward_hook(lambda _m, _i, out, role=role: stage_outputs[role].append(out))
             for role, net in (("teacher", t_net), ("student", s_net))
             for layer in net.features
-            if isinstance(layer, nn.MaxPool2d)
+            if isinstance(layer, nn.MaxPool2d) and self.attention_weight > 0
         ]
         projection = nn.Linear(s_net.config["embed_dim"], t_net.config["embed_dim"])
         params = list(s_net.parameters()) + list(projection.parameters())
@@ -432,7 +438,7 @@ class WaferDistiller(BaseEstimator):
             "n_train": len(x_tr),
             "n_validation": len(x_val),
             "teacher_predicted_classes": dict(sorted(Counter(groups.tolist()).items())),
-            "distilled_from": str(self.teacher) if not isinstance(self.teacher, WaferClassifier) else "in-memory model",
+            "distilled_from": _describe(self.teacher),
             "distillation": {
                 "temperature": self.temperature,
                 "soft_target_loss": "binary cross-entropy to sigmoid(teacher/T)"
@@ -444,7 +450,7 @@ class WaferDistiller(BaseEstimator):
                 "synthetic_per_epoch": self.synthetic_per_epoch,
                 "mixup": self.mixup,
                 "attention_weight": self.attention_weight,
-                "continued_from": None if self.init is None else str(self.init),
+                "continued_from": None if self.init is None else _describe(self.init),
                 "final_losses": losses,
             },
             "compression": self.compression_,
