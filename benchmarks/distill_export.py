@@ -18,12 +18,14 @@
    and batch 1 (median latency), on ``--threads`` threads. The machine is shared, so the
    load average is reported beside the numbers.
 
-Example (the numbers in docs/benchmarks.md)::
+Examples (the exact session-2 commands, with their numbers, are in docs/benchmarks.md)::
 
     PYTHONPATH=src python -P benchmarks/distill_export.py --workdir /tmp/fabsight-distill-bench \
-        --size small --student-epochs 8 --synthetic-per-epoch 3000 --mixup 1 --sections quality
+        --size small --student-dir student-small-v2 --student-epochs 30 --unlabelled-per-class 150 \
+        --synthetic-per-epoch 1800 --mixup 0.2 --sections quality
     PYTHONPATH=src python -P benchmarks/distill_export.py --workdir /tmp/fabsight-distill-bench \
-        --mixed-teacher /tmp/fabsight-models/wafer-mixed --sections mixed
+        --mixed-teacher /tmp/fabsight-models/wafer-mixed --student-epochs 20 --synthetic-per-epoch 1900 \
+        --mixup 0.2 --sections mixed
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ def mixed(args: argparse.Namespace) -> dict[str, Any]:
     """Distil the multi-label ``--mixed-teacher`` and score both on the mixed test set."""
     teacher = load_model(args.mixed_teacher)
     teacher.n_threads = args.threads
-    path = args.workdir / f"mixed-student-{args.mixed_size}"
+    path = args.workdir / (args.mixed_student_dir or f"mixed-student-{args.mixed_size}")
     if (path / "card.json").is_file():
         log(f"reusing mixed student {path}")
         student, info = load_model(path), {"reused": str(path)}
@@ -220,6 +222,7 @@ def main() -> None:
     p.add_argument("--student-init", type=Path, help="student directory to continue distilling from")
     p.add_argument("--mixed-teacher", type=Path, default=Path("/tmp/fabsight-models/wafer-mixed"))
     p.add_argument("--mixed-size", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--mixed-student-dir", help="mixed student folder name in --workdir (default mixed-student-SIZE)")
     p.add_argument("--mixed-unlabelled", type=int, default=3800, help="unlabelled mixed maps (all combinations)")
     p.add_argument("--mixed-test-per-class", type=int, default=60)
     p.add_argument("--test-per-class", type=int, default=40)
