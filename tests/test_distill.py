@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fabsight.cli.main import app
-from fabsight.distill import WaferDistiller
+from fabsight.distill import WaferDistiller, synthetic_classes
 from fabsight.errors import FabsightError
 from fabsight.io import write_folder
 from fabsight.synth import generate_dataset
@@ -37,9 +37,10 @@ def teacher(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def distilled(teacher) -> WaferDistiller:
-    # Plain grids: the distiller never sees a label.
+    # Plain grids: the distiller never sees a label; fresh generated maps and mixup on top.
     unlabelled = [m.grid for m in generate_dataset(40, classes=SINGLE, shapes=((36, 36), (60, 48)), seed=3)]
-    return WaferDistiller(str(teacher), size="tiny", epochs=4, batch_size=32).fit(unlabelled)
+    d = WaferDistiller(str(teacher), size="tiny", epochs=4, batch_size=32, synthetic_per_epoch=60, mixup=0.2)
+    return d.fit(unlabelled)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,22 @@ def test_student_is_ten_times_smaller_and_imitates_the_teacher(distilled, test_m
     assert agree >= 0.85
     assert evaluate(student, test_maps)["accuracy"] >= 0.85  # chance is 1/3; no label was used
     assert distilled.predict(test_maps[:3]) == student.predict(test_maps[:3])
+    recipe = student.training_["distillation"]
+    assert recipe["synthetic_per_epoch"] == 60 and recipe["mixup"] == 0.2 and "hard" not in recipe["final_losses"]
+
+
+def test_generated_maps_are_fresh_each_epoch_and_only_of_known_patterns(teacher) -> None:
+    clf = load_model(teacher)
+    assert synthetic_classes(clf) == list(SINGLE)  # in WM-811K order, nothing the teacher lacks
+    mixed = WaferClassifier(multilabel=True)
+    mixed.classes_ = ["Center", "Edge-Ring"]
+    assert {"+".join(c) for c in synthetic_classes(mixed)} == set(MIXED)
+    d = WaferDistiller(clf, synthetic_per_epoch=7)
+    first, again, second = (d._synthetic_inputs(clf, e, seed=0) for e in (0, 0, 1))
+    assert first.shape == (9, 3, 32, 32) and first.dtype == np.float16  # 3 per pattern
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, second)
+    np.testing.assert_allclose(first.astype(np.float32).sum(axis=1), 1.0, atol=3e-3)
 
 
 def test_student_is_a_calibrated_model_directory(distilled, tmp_path, test_maps) -> None:
@@ -72,12 +89,27 @@ def test_student_is_a_calibrated_model_directory(distilled, tmp_path, test_maps)
     assert card["backbone"]["parameters"] == distilled.compression_["student"]["parameters"]
 
 
+def test_continuing_a_student_with_attention_transfer(distilled, test_maps) -> None:
+    teacher, before = distilled.teacher_, distilled.student_
+    unlabelled = [m.grid for m in generate_dataset(20, classes=SINGLE, shapes=((44, 44),), seed=8)]
+    d = WaferDistiller(teacher, size="tiny", epochs=1, batch_size=32, attention_weight=2.0, init=before)
+    after = d.fit(unlabelled).student_
+    recipe = after.training_["distillation"]
+    assert recipe["continued_from"] and recipe["final_losses"]["attention"] > 0
+    # Eight more steps keep what the earlier imitation learnt.
+    agree = np.mean(np.array(after.predict(test_maps)) == np.array(teacher.predict(test_maps)))
+    assert agree >= 0.8
+    assert not any(layer._forward_hooks for layer in teacher.net_.features)  # no hook left behind
+    with pytest.raises(FabsightError, match="is not a small student"):
+        WaferDistiller(teacher, size="small", init=before).fit(unlabelled)
+
+
 def test_mixed_type_teacher_with_labelled_holdout(tmp_path) -> None:
     train = generate_dataset(25, classes=MIXED, shapes=((30, 30), (52, 52)), seed=1)
     teacher = WaferClassifier(multilabel=True, **FAST).fit(train)
     unlabelled = [m.grid for m in generate_dataset(30, classes=MIXED, shapes=((40, 40),), seed=4)]
     holdout = generate_dataset(5, classes=MIXED, shapes=((44, 44),), seed=5)
-    d = WaferDistiller(teacher, size="tiny", epochs=3, batch_size=32).fit(unlabelled, holdout=holdout)
+    d = WaferDistiller(teacher, size="tiny", epochs=3, batch_size=32, hard_weight=0.5).fit(unlabelled, holdout=holdout)
     student = d.student_
     assert student.multilabel and student.classes_ == ["Center", "Edge-Ring"]
     assert student.metrics_["validation"]["measured_on"] == "20 labelled holdout maps (true labels)"
@@ -85,6 +117,7 @@ def test_mixed_type_teacher_with_labelled_holdout(tmp_path) -> None:
     agree = np.mean([a == b for a, b in zip(student.predict(test), teacher.predict(test), strict=True)])
     assert agree >= 0.75 and d.agreement_ is not None
     assert d.student_.training_["distillation"]["soft_target_loss"].startswith("binary cross-entropy")
+    assert d.student_.training_["distillation"]["final_losses"]["hard"] > 0
 
 
 def test_bad_parameters(teacher) -> None:
@@ -93,6 +126,8 @@ def test_bad_parameters(teacher) -> None:
         WaferDistiller(str(teacher)).fit(maps[:5])
     with pytest.raises(ValueError, match="size must be one of"):
         WaferDistiller(str(teacher), size="huge").fit(maps)
+    with pytest.raises(ValueError, match="mixup must be >= 0"):
+        WaferDistiller(str(teacher), mixup=-1).fit(maps)
 
 
 def run(*args: object) -> tuple[int, str, str]:
@@ -111,6 +146,10 @@ def test_cli_distills_from_a_folder_plus_synthetic_maps(teacher, tmp_path) -> No
         tmp_path / "maps",
         "--synthetic",
         4,
+        "--synthetic-per-epoch",
+        9,
+        "--hard-weight",
+        0.3,
         "--epochs",
         1,
         "--out",
@@ -121,6 +160,8 @@ def test_cli_distills_from_a_folder_plus_synthetic_maps(teacher, tmp_path) -> No
     r = json.loads(out)
     assert r["compression"]["flop_ratio"] >= 10 and r["training"]["n_maps"] == 24 + 12
     assert r["training"]["distilled_from"] == str(teacher)
+    assert r["training"]["distillation"]["synthetic_per_epoch"] == 9
+    assert r["training"]["distillation"]["hard_weight"] == 0.3
     assert load_model(tmp_path / "s").classes_ == list(SINGLE)
     code, _, err = run("distill", teacher, "--out", tmp_path / "x")
     assert code == 2 and "--unlabeled" in err

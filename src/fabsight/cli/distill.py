@@ -24,11 +24,12 @@ def _distill(
     synthetic: int,
     epochs: int,
     temperature: float,
+    recipe: dict[str, Any],
     holdout: Path | None,
     seed: int,
     threads: int,
 ) -> dict[str, Any]:
-    from fabsight.distill import STUDENT_SIZES, WaferDistiller
+    from fabsight.distill import STUDENT_SIZES, WaferDistiller, synthetic_classes
     from fabsight.io import iter_maps, read_maps
     from fabsight.wafer import load_model
 
@@ -42,18 +43,15 @@ def _distill(
     if unlabeled and not maps:
         raise FabsightError(unlabeled[0], "holds no wafer maps")
     if synthetic > 0:
-        from fabsight.synth import MIXED_COMBINATIONS, generate_dataset
-        from fabsight.types import WM811K_CLASSES
-        from fabsight.wafer.classifier import SYNTH_SHAPES, label_tuple
+        from fabsight.synth import generate_dataset
+        from fabsight.wafer.classifier import SYNTH_SHAPES
 
-        known = set(teacher.classes_) | ({"none"} if teacher.multilabel else set())
-        pool = MIXED_COMBINATIONS if teacher.multilabel else WM811K_CLASSES
-        classes = [c for c in pool if set(label_tuple(c)) <= known] or list(pool)
+        classes = synthetic_classes(teacher)
         maps += generate_dataset(synthetic, shapes=SYNTH_SHAPES, classes=classes, mixed=teacher.multilabel, seed=seed)
         described.append(f"{synthetic} synthetic maps x {len(classes)} patterns (labels ignored, seed {seed})")
     held = read_maps(holdout) if holdout is not None else None
     distiller = WaferDistiller(
-        teacher, size=size, epochs=epochs, temperature=temperature, n_threads=threads, random_state=seed
+        teacher, size=size, epochs=epochs, temperature=temperature, n_threads=threads, random_state=seed, **recipe
     )
     try:
         distiller.fit(maps, holdout=held, data="; ".join(described))
@@ -95,6 +93,17 @@ def register(app: typer.Typer) -> None:
         synthetic: Annotated[int, typer.Option(min=0, help="Add N generated maps per pattern (labels ignored).")] = 0,
         epochs: Annotated[int, typer.Option(min=1)] = 10,
         temperature: Annotated[float, typer.Option(help="Distillation temperature T.")] = 4.0,
+        synthetic_per_epoch: Annotated[
+            int, typer.Option(min=0, help="Fresh generated maps added to every epoch (labels ignored).")
+        ] = 0,
+        mixup: Annotated[float, typer.Option(min=0.0, help="Mix pairs of maps, Beta(a, a) weights; 0 = off.")] = 0.0,
+        hard_weight: Annotated[
+            float, typer.Option(min=0.0, help="Weight of a loss to the teacher's decisions, beside the soft one.")
+        ] = 0.0,
+        attention_weight: Annotated[
+            float, typer.Option(min=0.0, help="Weight of matching where each conv stage fires (0 = off).")
+        ] = 0.0,
+        init: Annotated[Path | None, typer.Option(help="A student directory to continue distilling from.")] = None,
         holdout: Annotated[
             Path | None, typer.Option(help="Labelled maps to calibrate on (default: the teacher's predictions).")
         ] = None,
@@ -105,7 +114,23 @@ def register(app: typer.Typer) -> None:
         """Train a small student to imitate a wafer-pattern teacher on unlabelled maps."""
         emit(
             _distill(
-                teacher_dir, unlabeled or [], out_dir, size, synthetic, epochs, temperature, holdout, seed, threads
+                teacher_dir,
+                unlabeled or [],
+                out_dir,
+                size,
+                synthetic,
+                epochs,
+                temperature,
+                {
+                    "synthetic_per_epoch": synthetic_per_epoch,
+                    "mixup": mixup,
+                    "hard_weight": hard_weight,
+                    "attention_weight": attention_weight,
+                    "init": init,
+                },
+                holdout,
+                seed,
+                threads,
             ),
             as_json,
             _print,

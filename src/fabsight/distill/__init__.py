@@ -9,6 +9,6 @@ Public API::
     d.compression_                          # parameters / FLOPs of teacher and student
 """
 
-from fabsight.distill.wafer import STUDENT_SIZES, WaferDistiller
+from fabsight.distill.wafer import STUDENT_SIZES, WaferDistiller, synthetic_classes
 
-__all__ = ["STUDENT_SIZES", "WaferDistiller"]
+__all__ = ["STUDENT_SIZES", "WaferDistiller", "synthetic_classes"]

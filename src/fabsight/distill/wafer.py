@@ -10,6 +10,16 @@ geometry the OOD detector and few-shot heads rely on). Both networks see the sam
 augmented views (rotation, mirroring, extra failing dies), so the teacher's knowledge of
 those invariances transfers too.
 
+Session 1 showed where a student loses accuracy: not capacity first, but too little
+imitation (a few hundred steps on ~1,000 maps left the student agreeing with the teacher
+on only 95 % of maps like its own training data). Following Beyer et al. (2022, "Knowledge
+distillation: a good teacher is patient and consistent"), distillation is treated as
+*function matching*: teacher and student see the very same view (consistent), the schedule
+is long (patient), and the inputs cover the space between the training maps: fresh
+generated maps every epoch (``synthetic_per_epoch``; their labels are never read) and
+mixup of two maps (``mixup``; a convex mix of the fraction channels is still a valid
+input, and the teacher says what it makes of it).
+
 The student is an ordinary :class:`~fabsight.wafer.WaferClassifier` of the same network
 family (:data:`fabsight.wafer.net.ARCHITECTURES`), calibrated, saved, exported and served
 exactly like a supervised one. Its calibration (temperature, review threshold, label
@@ -33,13 +43,39 @@ from fabsight.errors import FabsightError
 from fabsight.types import WaferMap
 from fabsight.utils.progress import track
 from fabsight.wafer import calibration as cal
-from fabsight.wafer.classifier import WaferClassifier, load_model
+from fabsight.wafer.classifier import SYNTH_SHAPES, WaferClassifier, label_tuple, load_model
 from fabsight.wafer.preprocess import maps_to_array
 
 #: Student sizes ``fabsight distill --size`` offers (both ≥10× smaller than ``wide``).
 STUDENT_SIZES: tuple[str, ...] = ("tiny", "small")
 #: Below this many maps there is nothing meaningful to imitate.
 MIN_MAPS = 16
+
+
+def _attention(features: Any) -> Any:
+    """Where a stage's features fire: channel mean of squared activations, L2-normalised per map."""
+    from torch.nn import functional as F
+
+    return F.normalize(features.pow(2).mean(dim=1).flatten(1), dim=1)
+
+
+def _describe(model: str | os.PathLike[str] | WaferClassifier) -> str:
+    """A model as the card names it: its directory, or that it was passed in memory."""
+    return "in-memory model" if isinstance(model, WaferClassifier) else str(model)
+
+
+def synthetic_classes(teacher: WaferClassifier) -> list[str | tuple[str, ...]]:
+    """Generator patterns (mixed-type: combinations) made only of what ``teacher`` knows.
+
+    Generated maps of a pattern the teacher has never heard of would only teach the
+    student the teacher's confusion; when nothing matches, every pattern is used.
+    """
+    from fabsight.synth import MIXED_COMBINATIONS
+    from fabsight.types import WM811K_CLASSES
+
+    known = set(teacher.classes_) | ({"none"} if teacher.multilabel else set())
+    pool = MIXED_COMBINATIONS if teacher.multilabel else WM811K_CLASSES
+    return [c for c in pool if set(label_tuple(c)) <= known] or list(pool)
 
 
 class WaferDistiller(BaseEstimator):
@@ -53,9 +89,25 @@ class WaferDistiller(BaseEstimator):
     temperature : distillation temperature ``T``; softened targets carry the teacher's
         "dark knowledge" (which wrong classes look alike). Losses are scaled by ``T²``.
     feature_weight : weight of the embedding-matching loss (0 turns it off).
+    hard_weight : weight of a cross-entropy (multi-label: binary cross-entropy) to the
+        teacher's *decisions*, added to the soft loss; it pulls the student's top-1 towards
+        the teacher's where the softened targets are nearly flat (0 turns it off).
+    synthetic_per_epoch : fresh generated maps (patterns the teacher knows, grids of
+        :data:`~fabsight.wafer.classifier.SYNTH_SHAPES`) added to every epoch; their
+        generator labels are discarded. 0: the given maps only.
+    mixup : Beta(``mixup``, ``mixup``) parameter for mixing each map with another of its
+        batch (0 turns it off); teacher and student see the same mixed map.
+    attention_weight : weight of attention transfer (Zagoruyko & Komodakis 2017) after each
+        conv stage: the student's spatial map of where its features fire (channel mean of
+        squared activations, L2-normalised) is pulled towards the teacher's. Teaches *where*
+        to look, which the pooled outputs say little about for thin patterns (scratches).
+        0 turns it off.
+    init : a student model directory or fitted student to continue distilling from (same
+        classes, input size and ``size`` as this run); ``None`` starts from random weights.
     epochs, batch_size, learning_rate, weight_decay : optimisation (AdamW, one-cycle).
-        An epoch is ``max(n_train, 8 * batch_size)`` draws, balanced over the teacher's
-        predicted classes so rare patterns in unlabelled data are not drowned out.
+        An epoch is ``max(n_train + synthetic_per_epoch, 8 * batch_size)`` draws; the given
+        maps are drawn balanced over the teacher's predicted classes so rare patterns in
+        unlabelled data are not drowned out (generated maps are balanced already).
     rotate, flip, max_noise : augmentation shared by teacher and student.
     validation_fraction : share of the unlabelled maps held out for calibration when no
         labelled holdout is given.
@@ -77,6 +129,11 @@ class WaferDistiller(BaseEstimator):
         size: str = "tiny",
         temperature: float = 4.0,
         feature_weight: float = 1.0,
+        hard_weight: float = 0.0,
+        synthetic_per_epoch: int = 0,
+        mixup: float = 0.0,
+        attention_weight: float = 0.0,
+        init: str | os.PathLike[str] | WaferClassifier | None = None,
         epochs: int = 10,
         batch_size: int = 64,
         learning_rate: float = 3e-3,
@@ -92,6 +149,11 @@ class WaferDistiller(BaseEstimator):
         self.size = size
         self.temperature = temperature
         self.feature_weight = feature_weight
+        self.hard_weight = hard_weight
+        self.synthetic_per_epoch = synthetic_per_epoch
+        self.mixup = mixup
+        self.attention_weight = attention_weight
+        self.init = init
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -141,9 +203,22 @@ class WaferDistiller(BaseEstimator):
         ]
         return float(np.mean([a == b for a, b in zip(*decided, strict=True)]))
 
+    def _synthetic_inputs(self, teacher: WaferClassifier, epoch: int, seed: int) -> np.ndarray:
+        """This epoch's fresh generated maps, preprocessed (float16); their labels are dropped."""
+        from fabsight.synth import generate_dataset
+
+        classes = synthetic_classes(teacher)
+        per_class = math.ceil(self.synthetic_per_epoch / len(classes))
+        epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+        maps = generate_dataset(
+            per_class, shapes=SYNTH_SHAPES, classes=classes, mixed=teacher.multilabel, seed=epoch_seed
+        )
+        return maps_to_array([m.grid for m in maps], teacher.input_size_).astype(np.float16)
+
     def _train(
         self, student: WaferClassifier, teacher: WaferClassifier, x: np.ndarray, weights: np.ndarray, seed: int
-    ) -> dict[str, float]:
+    ) -> tuple[dict[str, float], np.ndarray | None]:
+        """Imitation loop; returns the last losses and the last epoch's generated maps (or None)."""
         import torch
         from torch import nn
         from torch.nn import functional as F
@@ -152,51 +227,106 @@ class WaferDistiller(BaseEstimator):
 
         s_net, t_net = student.net_, teacher.net_
         t_net.eval()
+        # Attention transfer reads each conv stage's output (after its pooling) through hooks.
+        stage_outputs: dict[str, list[Any]] = {"teacher": [], "student": []}
+        hooks = [
+            layer.register_forward_hook(lambda _m, _i, out, role=role: stage_outputs[role].append(out))
+            for role, net in (("teacher", t_net), ("student", s_net))
+            for layer in net.features
+            if isinstance(layer, nn.MaxPool2d) and self.attention_weight > 0
+        ]
         projection = nn.Linear(s_net.config["embed_dim"], t_net.config["embed_dim"])
         params = list(s_net.parameters()) + list(projection.parameters())
-        steps = math.ceil(max(len(x), 8 * self.batch_size) / self.batch_size)
+        n_synthetic = 0
+        if self.synthetic_per_epoch > 0:
+            n_classes = len(synthetic_classes(teacher))
+            n_synthetic = math.ceil(self.synthetic_per_epoch / n_classes) * n_classes
+        per_epoch = len(x) + n_synthetic
+        steps = math.ceil(max(per_epoch, 8 * self.batch_size) / self.batch_size)
         total = steps * self.epochs
         opt = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.learning_rate, total_steps=total)
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
-        draws = rng.choice(len(x), size=total * self.batch_size, p=weights)
         T = float(self.temperature)
+        thresholds = torch.from_numpy(np.asarray(teacher.label_thresholds_, dtype=np.float32))
+        pool, synthetic, draws = x, None, np.empty(0, dtype=np.int64)
         s_net.train()
         last: dict[str, float] = {}
-        for step in track(range(total), f"distilling into {self.size}", total=total):
-            b = draws[step * self.batch_size : (step + 1) * self.batch_size]
-            xb = augment(
-                torch.from_numpy(x[b].astype(np.float32)),
-                gen,
-                rotate=self.rotate,
-                flip=self.flip,
-                max_noise=self.max_noise,
-            )
-            with torch.no_grad():
-                z_t = t_net.embed(xb)
-                logits_t = t_net.classify(z_t)
-            z_s = s_net.embed(xb)
-            logits_s = s_net.classify(z_s)
-            if teacher.multilabel:
-                soft = torch.sigmoid(logits_t / T)
-                kd = F.binary_cross_entropy_with_logits(logits_s / T, soft) * T * T
-            else:
-                kd = F.kl_div(
-                    F.log_softmax(logits_s / T, dim=1),
-                    F.log_softmax(logits_t / T, dim=1),
-                    reduction="batchmean",
-                    log_target=True,
-                ) * (T * T)
-            feat = (1.0 - F.cosine_similarity(projection(z_s), z_t, dim=1)).mean()
-            loss = kd + self.feature_weight * feat
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            last = {"kd": kd.item(), "feature": feat.item()}
+        try:
+            for step in track(range(total), f"distilling into {self.size}", total=total):
+                if step % steps == 0:  # a new epoch: fresh generated maps, new draws
+                    if n_synthetic:
+                        synthetic = self._synthetic_inputs(teacher, step // steps, seed)
+                        pool = np.concatenate([x, synthetic])
+                    p = np.concatenate([weights * (len(x) / per_epoch), np.full(n_synthetic, 1.0 / per_epoch)])
+                    draws = rng.choice(len(pool), size=steps * self.batch_size, p=p / p.sum())
+                b = draws[(step % steps) * self.batch_size : (step % steps + 1) * self.batch_size]
+                xb = augment(
+                    torch.from_numpy(pool[b].astype(np.float32)),
+                    gen,
+                    rotate=self.rotate,
+                    flip=self.flip,
+                    max_noise=self.max_noise,
+                )
+                if self.mixup > 0:
+                    lam = torch.from_numpy(rng.beta(self.mixup, self.mixup, size=(len(b), 1, 1, 1)).astype(np.float32))
+                    xb = lam * xb + (1.0 - lam) * xb[torch.randperm(len(b), generator=gen)]
+                stage_outputs["teacher"].clear()
+                stage_outputs["student"].clear()
+                with torch.no_grad():
+                    z_t = t_net.embed(xb)
+                    logits_t = t_net.classify(z_t)
+                z_s = s_net.embed(xb)
+                logits_s = s_net.classify(z_s)
+                if teacher.multilabel:
+                    soft = torch.sigmoid(logits_t / T)
+                    kd = F.binary_cross_entropy_with_logits(logits_s / T, soft) * T * T
+                else:
+                    kd = F.kl_div(
+                        F.log_softmax(logits_s / T, dim=1),
+                        F.log_softmax(logits_t / T, dim=1),
+                        reduction="batchmean",
+                        log_target=True,
+                    ) * (T * T)
+                feat = (1.0 - F.cosine_similarity(projection(z_s), z_t, dim=1)).mean()
+                loss = kd + self.feature_weight * feat
+                last = {"kd": kd.item(), "feature": feat.item()}
+                if self.attention_weight > 0:
+                    att = sum(
+                        (_attention(f_s) - _attention(f_t)).pow(2).sum(dim=1).mean()
+                        for f_s, f_t in zip(stage_outputs["student"], stage_outputs["teacher"], strict=True)
+                    )
+                    loss = loss + self.attention_weight * att
+                    last["attention"] = float(att.detach())
+                if self.hard_weight > 0:
+                    if teacher.multilabel:
+                        decided = (torch.sigmoid(logits_t / teacher.temperature_) >= thresholds).float()
+                        hard = F.binary_cross_entropy_with_logits(logits_s, decided)
+                    else:
+                        hard = F.cross_entropy(logits_s, logits_t.argmax(dim=1))
+                    loss = loss + self.hard_weight * hard
+                    last["hard"] = hard.item()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        finally:  # the teacher may be the caller's model: leave no hook on it
+            for hook in hooks:
+                hook.remove()
         s_net.eval()
-        return last
+        return last, synthetic
+
+    def _initial_student(self, teacher: WaferClassifier, widths: tuple[int, ...]) -> WaferClassifier:
+        """The ``init`` student, checked to fit this teacher and size."""
+        base = self.init if isinstance(self.init, WaferClassifier) else load_model(self.init)
+        check_is_fitted(base)
+        where = None if isinstance(self.init, WaferClassifier) else str(self.init)
+        if base.classes_ != teacher.classes_ or base.multilabel != teacher.multilabel:
+            raise FabsightError(where, f"init student has classes {base.classes_}, the teacher {teacher.classes_}")
+        if base.input_size_ != teacher.input_size_ or tuple(base.net_.config["widths"]) != tuple(widths):
+            raise FabsightError(where, f"init student is not a {self.size} student of {teacher.input_size_}px input")
+        return base
 
     # --------------------------------------------------------------------- fit
     def fit(
@@ -220,6 +350,9 @@ class WaferDistiller(BaseEstimator):
             raise ValueError(f"size must be one of {list(ARCHITECTURES)}, got {self.size!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        for name in ("hard_weight", "synthetic_per_epoch", "mixup", "attention_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if len(maps) < MIN_MAPS:
             raise FabsightError(None, f"need at least {MIN_MAPS} unlabelled maps to distil on, got {len(maps)}")
         torch.set_num_threads(self.n_threads)
@@ -252,6 +385,8 @@ class WaferDistiller(BaseEstimator):
         student.head_ = "distilled"
         torch.manual_seed(seed)
         student.net_ = WaferNet(len(student.classes_), widths, embed_dim)
+        if self.init is not None:
+            student.net_.load_state_dict(self._initial_student(teacher, widths).net_.state_dict())
 
         x = maps_to_array(maps, teacher.input_size_)
         t_probs = cal.probabilities(teacher._run(x, "teacher predictions")[0], teacher.temperature_, teacher.multilabel)
@@ -266,14 +401,22 @@ class WaferDistiller(BaseEstimator):
         weights = np.array([1.0 / counts[g] for g in g_tr])
         weights /= weights.sum()
 
-        losses = self._train(student, teacher, x_tr, weights, seed)
+        losses, synthetic = self._train(student, teacher, x_tr, weights, seed)
+        x_fit, g_fit = x_tr, g_tr
+        if synthetic is not None:
+            # The OOD statistics should know the generated maps the student learnt from too.
+            s_probs = cal.probabilities(
+                teacher._run(synthetic, "teacher on generated maps")[0], teacher.temperature_, teacher.multilabel
+            )
+            x_fit = np.concatenate([x_tr, synthetic])
+            g_fit = np.concatenate([g_tr, self._pseudo_targets(teacher, s_probs)[1]])
         if holdout is None:
             x_val, t_val = x[val_mask], targets[val_mask]
             measured_on = f"{len(x_val)} unlabelled maps held out, scored against the teacher's predictions"
         else:
             x_val, t_val = maps_to_array(holdout, teacher.input_size_), self._label_targets(student, holdout)
             measured_on = f"{len(x_val)} labelled holdout maps (true labels)"
-        student._calibrate(x_val, t_val, x_tr, g_tr, seed)
+        student._calibrate(x_val, t_val, x_fit, g_fit, seed)
         if student.metrics_.get("validation"):
             student.metrics_["validation"]["measured_on"] = measured_on
 
@@ -295,7 +438,7 @@ class WaferDistiller(BaseEstimator):
             "n_train": len(x_tr),
             "n_validation": len(x_val),
             "teacher_predicted_classes": dict(sorted(Counter(groups.tolist()).items())),
-            "distilled_from": str(self.teacher) if not isinstance(self.teacher, WaferClassifier) else "in-memory model",
+            "distilled_from": _describe(self.teacher),
             "distillation": {
                 "temperature": self.temperature,
                 "soft_target_loss": "binary cross-entropy to sigmoid(teacher/T)"
@@ -303,6 +446,11 @@ class WaferDistiller(BaseEstimator):
                 else "KL(teacher/T || student/T)",
                 "feature_weight": self.feature_weight,
                 "feature_loss": "cosine distance, linear projection of the student embedding to the teacher's",
+                "hard_weight": self.hard_weight,
+                "synthetic_per_epoch": self.synthetic_per_epoch,
+                "mixup": self.mixup,
+                "attention_weight": self.attention_weight,
+                "continued_from": None if self.init is None else _describe(self.init),
                 "final_losses": losses,
             },
             "compression": self.compression_,
