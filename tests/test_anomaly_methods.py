@@ -7,6 +7,7 @@ the good ones and put its anomaly-map peak inside the disc.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import cv2
@@ -17,7 +18,7 @@ import torch
 from fabsight.anomaly import PaDiM, PatchCore, ReconDetector, load_model, save_model
 from fabsight.anomaly.base import NotFittedError
 from fabsight.anomaly.metrics import image_auroc
-from fabsight.errors import FabsightError
+from fabsight.errors import FabsightError, ModelError
 
 
 def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -162,6 +163,14 @@ def test_save_load_round_trip(patchcore, data, tmp_path) -> None:
     assert card.extra["threshold"]["method"] == "good-quantile"
     np.testing.assert_allclose(loaded.score_samples(data["bad"]), patchcore.score_samples(data["bad"]), rtol=1e-5)
     assert loaded.threshold_ == patchcore.threshold_
+    # A bank of features aggregated another way (cards written before zero padding counted)
+    # would be compared with differently computed test features: loading refuses it.
+    card_path = tmp_path / "m" / "card.json"
+    doc = json.loads(card_path.read_text())
+    del doc["extra"]["fitted"]["local_aggregation"]
+    card_path.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="older fabsight"):
+        load_model(tmp_path / "m", device="cpu")
 
 
 def test_user_mistakes_are_clear_errors(data) -> None:
