@@ -98,6 +98,7 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys, 
     ev = json.loads(out)
     assert ev["image_auroc"] == 1.0 and ev["aupro"] > 0.5
     assert ev["threshold"] == pytest.approx(fit["threshold"]["value"])
+    assert ev["region_recall"] == 1.0  # each planted spot reaches the threshold
 
     preds = tmp_path / "preds"
     code, out, err = run_cli(["anomaly", "predict", str(model), str(dataset / "test" / "spot"),

@@ -171,8 +171,9 @@ def _fmt(v: Any) -> str:
 
 def _print_eval(m: dict[str, Any]) -> None:
     out.print(f"{m['n_images']} test images ({m['n_anomalous']} anomalous): image AUROC {_fmt(m['image_auroc'])}, "
-              f"pixel AUROC {_fmt(m['pixel_auroc'])}, AUPRO {_fmt(m['aupro'])}, F1 {_fmt(m['f1'])} at threshold "
-              f"{_fmt(m['threshold'])}, {m['ms_per_image']:.1f} ms/image", markup=False)
+              f"pixel AUROC {_fmt(m['pixel_auroc'])}, AUPRO {_fmt(m['aupro'])}, F1 {_fmt(m['f1'])} and "
+              f"defect regions found {_fmt(m.get('region_recall'))} at threshold {_fmt(m['threshold'])}, "
+              f"{m['ms_per_image']:.1f} ms/image", markup=False)
 
 
 @sub.command("eval")
