@@ -9,7 +9,8 @@ code (image AUROC, pixel AUROC, AUPRO to FPR 0.3, F1 at the threshold, ms/image 
 reading excluded). anomalib's PatchCore runs on the same images and the same input
 (resized to the same size, normalised for the same EfficientNet-Lite0 weights, which are
 loaded into its timm feature extractor; the same resize), so only the algorithm and its
-implementation differ. Each run records the machine's load average at its start and end. Prints one JSON document.
+implementation differ. Each run records the machine's 1-minute load average at its start
+and end. Prints one JSON document (and each run's result on stderr as it finishes).
 """
 
 from __future__ import annotations
