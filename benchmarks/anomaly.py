@@ -8,14 +8,16 @@ threshold at a 1 % false-alarm target), and is measured on ``test`` with the sam
 code (image AUROC, pixel AUROC, AUPRO to FPR 0.3, F1 at the threshold, ms/image with file
 reading excluded). anomalib's PatchCore runs on the same images and the same input
 (resized to the same size, normalised for the same EfficientNet-Lite0 weights, which are
-loaded into its timm feature extractor), so only the algorithm and its implementation
-differ. Prints one JSON document.
+loaded into its timm feature extractor; the same resize), so only the algorithm and its
+implementation differ. Each run records the machine's 1-minute load average at its start
+and end. Prints one JSON document (and each run's result on stderr as it finishes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -30,6 +32,7 @@ from fabsight.anomaly import evaluate, load_model, load_split, make_model, read_
 from fabsight.anomaly.datasets import AnomalyRecord
 from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc
 from fabsight.anomaly.thresholds import threshold_best_f1, threshold_from_good
+from fabsight.anomaly.tiling import Tiler
 
 
 def _split(root: Path, args: argparse.Namespace) -> tuple[list, list, list]:
@@ -53,8 +56,14 @@ def _images(records: list[AnomalyRecord]) -> list[np.ndarray]:
     return [read_image(r.path) for r in records]
 
 
+def _load() -> float:
+    """1-minute load average: speed figures on a shared machine mean little without it."""
+    return round(os.getloadavg()[0], 1)
+
+
 def run_fabsight(method: str, backbone: str | None, args: argparse.Namespace, fit: list, hold: list,
-                 test: list, recon_dir: str | None) -> dict[str, Any]:
+                 test: list, recon_dir: str | None, max_bank: int | None = None) -> dict[str, Any]:
+    load_start = _load()
     if recon_dir is not None:
         model, card = load_model(recon_dir, device="cpu")
         fit_s = float(card.training.get("fit_seconds", float("nan")))
@@ -63,7 +72,7 @@ def run_fabsight(method: str, backbone: str | None, args: argparse.Namespace, fi
         if backbone:
             params["backbone"] = backbone
         if method == "patchcore":
-            params.update(max_bank=args.max_bank, reweight=args.reweight)
+            params.update(max_bank=max_bank, reweight=args.reweight)
         if method == "recon":
             params.update(steps=args.recon_steps, width=args.recon_width, train_crop=args.recon_crop)
         model = make_model(method, **params)
@@ -75,7 +84,7 @@ def run_fabsight(method: str, backbone: str | None, args: argparse.Namespace, fi
     return {"tool": "fabsight", "method": method, "backbone": backbone or "none (own UNet)",
             "input_size": model.input_size, "tile": model.tile, "fit_seconds": round(fit_s, 1),
             "params": model.get_params(), "fitted": model._fitted_info(),
-            "threshold_meaning": model.threshold_.describe(), **m}
+            "threshold_meaning": model.threshold_.describe(), **m, "load_average": [load_start, _load()]}
 
 
 def run_anomalib(args: argparse.Namespace, fit: list, hold: list, test: list) -> dict[str, Any]:
@@ -86,7 +95,9 @@ def run_anomalib(args: argparse.Namespace, fit: list, hold: list, test: list) ->
 
     from fabsight.backbones import create_backbone
 
+    load_start = _load()
     s = args.input_size
+    tiler = Tiler(s)
     ours = create_backbone("efficientnet_lite0", device="cpu", input_size=(s, s))
     layers = ["blocks.2", "blocks.4"]
     model = PatchcoreModel(layers=layers, backbone="tf_efficientnet_lite0", pre_trained=False, num_neighbors=9)
@@ -98,7 +109,8 @@ def run_anomalib(args: argparse.Namespace, fit: list, hold: list, test: list) ->
     def batches(records: list[AnomalyRecord]) -> Any:
         for k in range(0, len(records), 8):
             imgs = _images(records[k : k + 8])
-            yield imgs, ours.preprocess(imgs)  # same resize + normalisation as fabsight's
+            # the same network input as fabsight's: Tiler's resize, then the backbone's normalisation
+            yield imgs, ours.preprocess([tiler.split(img)[0][0] for img in imgs])
 
     t0 = time.perf_counter()
     model.train()
@@ -144,7 +156,8 @@ def run_anomalib(args: argparse.Namespace, fit: list, hold: list, test: list) ->
             "pixel_auroc": pixel_auroc(px_maps, px_masks), "aupro": aupro(px_maps, px_masks),
             "threshold": thr.value, "threshold_meaning": thr.describe(), "f1": f1_at(labels, s_arr, thr.value),
             "f1_max": threshold_best_f1(labels, s_arr).details["f1"],
-            "ms_per_image": 1000 * elapsed / len(test), "torch_threads": torch.get_num_threads()}
+            "ms_per_image": 1000 * elapsed / len(test), "torch_threads": torch.get_num_threads(),
+            "load_average": [load_start, _load()]}
 
 
 def main() -> int:
@@ -153,7 +166,8 @@ def main() -> int:
     ap.add_argument("--methods", default="patchcore,padim", help="comma list of patchcore, padim, recon")
     ap.add_argument("--backbones", default="efficientnet_lite0", help="comma list, for patchcore/padim")
     ap.add_argument("--recon-model", help="evaluate this trained recon model directory (e.g. trained on a GPU)")
-    ap.add_argument("--max-bank", type=int, default=10_000, help="fabsight PatchCore memory-bank cap")
+    ap.add_argument("--max-bank", default="10000", help="fabsight PatchCore memory-bank cap; a comma list runs "
+                    "one PatchCore per value")
     ap.add_argument("--reweight", action="store_true", help="fabsight PatchCore: the paper's score reweighting")
     ap.add_argument("--recon-steps", type=int, default=1500)
     ap.add_argument("--recon-width", type=int, default=16)
@@ -177,10 +191,12 @@ def main() -> int:
             runs.append(run_fabsight("recon", None, args, fit, hold, test, args.recon_model))
             continue
         for bb in args.backbones.split(","):
-            runs.append(run_fabsight(method, bb, args, fit, hold, test, None))
-        print(json.dumps(runs[-1], default=str), file=sys.stderr)
+            for cap in args.max_bank.split(",") if method == "patchcore" else ["0"]:
+                runs.append(run_fabsight(method, bb, args, fit, hold, test, None, int(cap)))
+                print(json.dumps(runs[-1], default=str), file=sys.stderr)
     if args.anomalib:
         runs.append(run_anomalib(args, fit, hold, test))
+        print(json.dumps(runs[-1], default=str), file=sys.stderr)
     doc = {"dataset": str(args.root), "n_train": len(fit), "n_threshold_holdout": len(hold), "n_test": len(test),
            "threads": args.threads, "cpu": platform.processor() or platform.machine(), "runs": runs}
     print(json.dumps(doc, indent=2, default=str))

@@ -98,6 +98,7 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys, 
     ev = json.loads(out)
     assert ev["image_auroc"] == 1.0 and ev["aupro"] > 0.5
     assert ev["threshold"] == pytest.approx(fit["threshold"]["value"])
+    assert ev["region_recall"] == 1.0  # each planted spot reaches the threshold
 
     preds = tmp_path / "preds"
     code, out, err = run_cli(["anomaly", "predict", str(model), str(dataset / "test" / "spot"),
@@ -121,6 +122,15 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys, 
     over = json.loads(out)
     assert over["threshold_source"] == "--threshold" and over["n_anomalous"] == 0
     assert cv2.imread(str(tmp_path / "p2" / "s0_mask.png"), cv2.IMREAD_GRAYSCALE).max() == 0
+
+
+def test_cli_recon_on_cpu_warns_and_still_fits(dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    code, out, err = run_cli(["anomaly", "fit", str(dataset), "--out", str(tmp_path / "r"), "--method", "recon",
+                              "--steps", "2", "--input-size", "32", "--device", "cpu", "--no-eval", "--json"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    assert "warning: recon is training on the CPU" in err
+    assert json.loads(out)["method"] == "recon" and (tmp_path / "r" / "card.json").is_file()
 
 
 def test_cli_user_mistakes_exit_2_with_one_line(dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:

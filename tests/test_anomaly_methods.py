@@ -7,6 +7,7 @@ the good ones and put its anomaly-map peak inside the disc.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import cv2
@@ -17,7 +18,7 @@ import torch
 from fabsight.anomaly import PaDiM, PatchCore, ReconDetector, load_model, save_model
 from fabsight.anomaly.base import NotFittedError
 from fabsight.anomaly.metrics import image_auroc
-from fabsight.errors import FabsightError
+from fabsight.errors import FabsightError, ModelError
 
 
 def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -91,6 +92,28 @@ def test_patchcore_reweighting_keeps_the_ranking(patchcore, data) -> None:
     assert s_good[0] < plain_good[0]  # the factor is in (0, 1)
 
 
+@pytest.mark.slow  # importing anomalib alone takes 10-30 s
+def test_patch_features_and_distances_equal_anomalibs(patchcore, data) -> None:
+    """Same weights and layers → the same embedding and nearest-neighbour distances as
+    anomalib 2.7's PatchcoreModel (3×3 average with zero padding, bilinear upsampling)."""
+    pytest.importorskip("anomalib", reason="anomalib (bench extra) not installed")
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    theirs = PatchcoreModel(layers=list(patchcore.layers_), backbone="tf_efficientnet_lite0", pre_trained=False)
+    missing, _ = theirs.feature_extractor.feature_extractor.load_state_dict(
+        patchcore.backbone_.model.state_dict(), strict=False)
+    assert not missing
+    crops = [patchcore._tiler().split(img)[0][0] for img in data["bad"][:3]]
+    theirs.train()  # in train mode forward returns the flat patch embedding
+    emb = theirs(patchcore.backbone_.preprocess(crops))
+    ours = patchcore._patch_features(crops)
+    torch.testing.assert_close(ours.permute(0, 2, 3, 1).reshape(-1, ours.shape[1]), emb)
+    theirs.memory_bank = patchcore.memory_bank_.clone()
+    their_dist, _ = theirs.nearest_neighbors(emb, n_neighbors=1)
+    dist2, _ = patchcore._index().search(np.ascontiguousarray(emb.numpy()), 1)
+    np.testing.assert_allclose(np.sqrt(np.maximum(dist2[:, 0], 0)), their_dist.numpy(), rtol=1e-3, atol=1e-3)
+
+
 def test_padim_detects_and_localises(data) -> None:
     model = PaDiM(input_size=96, n_features=40, device="cpu").fit(data["train"])
     assert model.mean_.shape == (24 * 24, 40)  # stride-4 grid of a 96-px input, 40 channels kept
@@ -140,6 +163,14 @@ def test_save_load_round_trip(patchcore, data, tmp_path) -> None:
     assert card.extra["threshold"]["method"] == "good-quantile"
     np.testing.assert_allclose(loaded.score_samples(data["bad"]), patchcore.score_samples(data["bad"]), rtol=1e-5)
     assert loaded.threshold_ == patchcore.threshold_
+    # A bank of features aggregated another way (cards written before zero padding counted)
+    # would be compared with differently computed test features: loading refuses it.
+    card_path = tmp_path / "m" / "card.json"
+    doc = json.loads(card_path.read_text())
+    del doc["extra"]["fitted"]["local_aggregation"]
+    card_path.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="older fabsight"):
+        load_model(tmp_path / "m", device="cpu")
 
 
 def test_user_mistakes_are_clear_errors(data) -> None:

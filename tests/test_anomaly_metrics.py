@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fabsight.anomaly.coreset import bank_size, greedy_coreset
-from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc
+from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc, region_recall
 from fabsight.anomaly.thresholds import Threshold, threshold_best_f1, threshold_from_good
 from fabsight.anomaly.tiling import Tiler
 from fabsight.errors import FabsightError
@@ -22,6 +22,18 @@ def test_image_auroc_and_f1_by_hand() -> None:
     # At 0.3: predicted {0.4, 0.35, 0.8}, TP 2 → F1 = 2·2 / (3 + 2).
     assert f1_at(labels, scores, 0.3) == pytest.approx(0.8)
     assert np.isnan(image_auroc([1, 1], [0.2, 0.3]))
+
+
+def test_region_recall_counts_regions_not_pixels() -> None:
+    mask = np.zeros((20, 20), bool)
+    mask[1:3, 1:3] = True  # a 4-pixel region
+    mask[8:18, 8:18] = True  # a 100-pixel region
+    amap = np.zeros((20, 20))
+    amap[2, 2] = 0.9  # one pixel of the small region reaches the threshold
+    amap[8:18, 8:18] = 0.4  # the whole big region stays below it
+    assert region_recall([amap], [mask], 0.5) == pytest.approx(0.5)
+    assert region_recall([amap, amap], [mask, np.zeros_like(mask)], 0.3) == pytest.approx(1.0)
+    assert np.isnan(region_recall([amap], [np.zeros_like(mask)], 0.5))
 
 
 def test_pixel_auroc_matches_sklearn_exact_and_binned() -> None:

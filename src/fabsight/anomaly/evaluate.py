@@ -14,7 +14,7 @@ import torch
 
 from fabsight.anomaly.base import AnomalyModel
 from fabsight.anomaly.datasets import AnomalyRecord, read_mask
-from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc
+from fabsight.anomaly.metrics import aupro, f1_at, image_auroc, pixel_auroc, region_recall
 from fabsight.anomaly.thresholds import threshold_best_f1
 from fabsight.die.data import read_image
 from fabsight.utils.progress import track
@@ -33,7 +33,7 @@ def evaluate(
     threshold: float | None = None,
     fpr_limit: float = 0.3,
 ) -> dict[str, Any]:
-    """Image AUROC, pixel AUROC, AUPRO and F1 at the model's (or the given) threshold.
+    """Image AUROC, pixel AUROC, AUPRO, and F1 and region recall at the model's (or the given) threshold.
 
     Pixel metrics use every image with a known mask (good images count as all-normal);
     they are None when no defect image has a mask. ``ms_per_image`` times the model only
@@ -96,6 +96,8 @@ def evaluate(
         "f1_max": None if labels.all() or not labels.any() else threshold_best_f1(labels, s).details["f1"],
         "false_alarm_rate": None if t_value is None or labels.all() else float(np.mean(s[~labels] >= t_value)),
         "recall": None if t_value is None or not labels.any() else float(np.mean(s[labels] >= t_value)),
+        # defect regions (connected mask components) whose map maximum reaches the threshold
+        "region_recall": None if t_value is None or not has_pixels else region_recall(maps, masks, t_value),
         "image_auroc_per_type": per_type,
         "ms_per_image": 1000.0 * elapsed / max(1, len(records)),
         "peak_python_heap_mib": py_peak / 2**20,

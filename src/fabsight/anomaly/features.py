@@ -2,8 +2,11 @@
 
 Mid-level layers describe local texture and structure; the deepest ones are biased to
 ImageNet classes. Like PatchCore (Roth et al. 2022, §3.1), each layer's map is averaged
-over a 3×3 neighbourhood ("locally aware" features: a patch knows its surroundings),
-deeper maps are upsampled to the finest chosen layer's grid, and all are concatenated.
+over a 3×3 neighbourhood ("locally aware" features: a patch knows its surroundings; zero
+padding counted, as in the paper's code and anomalib), deeper maps are upsampled
+(bilinear) to the finest chosen layer's grid, and all are concatenated. With the same
+weights and layers these features equal anomalib's PatchCore embedding exactly
+(tests/test_anomaly_methods.py checks it when anomalib is installed).
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ def default_layers(method: str, name: str, layers: dict[str, tuple[int, int]]) -
         if at_stride:
             chosen.append(at_stride[-1])
     return tuple(chosen) or tuple(body[-2:])
+
+
+#: Names the local aggregation written into cards: a bank built with another one (models
+#: fitted before session 2 averaged border patches over valid pixels only) would be
+#: compared with differently computed test features, so loading refuses it.
+LOCAL_AGGREGATION = "avg3x3, zero padding counted"
 
 
 @functools.lru_cache(maxsize=4)
@@ -95,7 +104,11 @@ class FeatureModel(AnomalyModel):
         parts = []
         for name in self.layers_:
             m = maps[name].float()
-            m = F.avg_pool2d(m, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+            # Zero padding counted in the average, as the paper's AvgPool2d(3, 1, 1) and
+            # anomalib: border patches shrink toward 0, so they match only border patches
+            # of the bank. Averaging over valid pixels only made border patches look like
+            # interior ones and cost 0.11 image AUROC on magnetic tile (docs/benchmarks.md).
+            m = F.avg_pool2d(m, kernel_size=3, stride=1, padding=1, count_include_pad=True)
             if m.shape[-2:] != size:
                 m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
             parts.append(m)
@@ -136,7 +149,11 @@ class FeatureModel(AnomalyModel):
         if want and have and want != have:
             raise ModelError(None, f"backbone '{self.backbone}' weights differ from the ones this model was trained "
                                    f"with (hash {have}, card says {want})")
+        if info.get("local_aggregation") != LOCAL_AGGREGATION:
+            raise ModelError(None, "model written by an older fabsight with another patch-feature aggregation "
+                                   f"({info.get('local_aggregation', 'avg3x3 over valid pixels')!r}): fit it again")
         self.layers_ = tuple(info["layers"])
 
     def _backbone_info(self) -> dict[str, Any]:
-        return {"backbone_weights_hash": self.backbone_.cfg.weights_hash, "layers": list(self.layers_)}
+        return {"backbone_weights_hash": self.backbone_.cfg.weights_hash, "layers": list(self.layers_),
+                "local_aggregation": LOCAL_AGGREGATION}

@@ -128,3 +128,21 @@ def aupro(
         p_end = np.interp(fpr_limit, fpr[j - 1 : j + 1], pro[j - 1 : j + 1])
         f, p = np.append(f, fpr_limit), np.append(p, p_end)
     return float(np.trapezoid(p, f) / fpr_limit)
+
+
+def region_recall(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], threshold: float) -> float:
+    """Share of ground-truth defect regions that the threshold finds (their map maximum reaches it).
+
+    The question an inspector asks ("how many of the defects did it flag?"), counting a
+    5-pixel pin-hole the same as a large stain; AUPRO answers it over all thresholds,
+    this at the chosen one. NaN when no mask has a defect region.
+    """
+    found = total = 0
+    for amap, m in zip(maps, masks, strict=True):
+        lab, n = ndimage.label(np.asarray(m).astype(bool), structure=_STRUCTURE)
+        if n == 0:
+            continue
+        peaks = ndimage.maximum(np.asarray(amap), labels=lab, index=np.arange(1, n + 1))
+        found += int(np.count_nonzero(np.asarray(peaks) >= threshold))
+        total += n
+    return found / total if total else float("nan")

@@ -129,6 +129,13 @@ def fit(
         params["steps"] = steps
         if layers or backbone_weights or backbone != "efficientnet_lite0":
             warn("--backbone, --backbone-weights and --layers do not apply to --method recon (it has its own UNet)")
+        from fabsight.utils.device import resolve_device
+
+        if resolve_device(device) == "cpu":
+            # Measured (docs/benchmarks.md): even a width-8 UNet took ~0.8 s a step on a
+            # shared 2-core CPU, and 1,000 steps gave only image AUROC 0.67 on magnetic tile.
+            warn(f"recon is training on the CPU: {steps} steps can take tens of minutes and gave weak models in "
+                 "CPU budgets (docs/benchmarks.md); train it on a GPU (--device cuda) or use --method patchcore")
     else:
         params.update(backbone=backbone, backbone_weights=None if backbone_weights is None else str(backbone_weights),
                       layers=list(layers) if layers else None)
@@ -171,8 +178,9 @@ def _fmt(v: Any) -> str:
 
 def _print_eval(m: dict[str, Any]) -> None:
     out.print(f"{m['n_images']} test images ({m['n_anomalous']} anomalous): image AUROC {_fmt(m['image_auroc'])}, "
-              f"pixel AUROC {_fmt(m['pixel_auroc'])}, AUPRO {_fmt(m['aupro'])}, F1 {_fmt(m['f1'])} at threshold "
-              f"{_fmt(m['threshold'])}, {m['ms_per_image']:.1f} ms/image", markup=False)
+              f"pixel AUROC {_fmt(m['pixel_auroc'])}, AUPRO {_fmt(m['aupro'])}, F1 {_fmt(m['f1'])} and "
+              f"defect regions found {_fmt(m.get('region_recall'))} at threshold {_fmt(m['threshold'])}, "
+              f"{m['ms_per_image']:.1f} ms/image", markup=False)
 
 
 @sub.command("eval")
