@@ -113,3 +113,23 @@ def test_timm_with_local_weights_and_directory_roundtrip(effnet, tmp_path):
     assert loaded.cfg.default_layers == effnet.cfg.default_layers
     assert torch.allclose(loaded.embed(x), effnet.embed(x), atol=1e-6)
     assert load_backbone_dir(out).cfg.weights_hash != ""
+
+
+@pytest.mark.parametrize("fixture, early, late", [("effnet", "blocks.2", "blocks.6"),
+                                                 ("dinov2", "blocks.3", "blocks.11")])
+def test_features_stop_after_the_last_requested_layer(fixture, early, late, request):
+    """An intermediate layer alone runs only the network up to it, with the same values as a full pass."""
+    bb = request.getfixturevalue(fixture)
+    x = bb.preprocess([skdata.coins()])
+    calls = []
+    handle = dict(bb.model.named_modules())[late].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        alone = bb.features(x, [early])[early]
+        assert calls == []  # the later block never ran
+        with_head = bb.features(x, [early, "head"])
+        assert calls == [1]
+    finally:
+        handle.remove()
+    assert torch.allclose(alone, with_head[early], atol=1e-6)
+    width = bb.embed_dim_for([early])
+    assert torch.allclose(bb.embed(x, [early]), bb.embed(x, [early, "head"])[:, :width], atol=1e-6)

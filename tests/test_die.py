@@ -229,3 +229,79 @@ def test_discover_separates_clear_groups(small_bb, tmp_path):
     assert res["n_images"] == 16 and res["agreement"]["adjusted_rand"] > 0.8
     html = (tmp_path / "sheet.html").read_text()
     assert html.count("<section>") == res["n_clusters"] and "data:image/png;base64," in html
+
+
+def _stripes_and_dots(root, n: int, seed: int, size: int = 40):
+    """Two texture classes that no flip, 90° turn or brightness change turns into each other."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for cls in ("stripes", "dots"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = np.full((size, size), 30, np.uint8)
+            if cls == "stripes":
+                period = int(rng.integers(5, 9))
+                img[:, (np.arange(size) + i) % period < period // 2] = 220
+            else:
+                for x, y in rng.integers(3, size - 3, size=(10, 2)):
+                    cv2.circle(img, (int(x), int(y)), 2, 220, -1)
+            cv2.imwrite(str(root / cls / f"{seed}_{i}.png"), img)
+    return root
+
+
+def test_finetune_augmentation_is_a_dihedral_turn_plus_gain():
+    from fabsight.die.finetune import augment_batch
+
+    x = torch.zeros(64, 3, 8, 8)
+    x[:, :, 0, 1] = 1.0  # one marked pixel next to a corner
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    marked = {(int(i), int(j)) for i, j in zip(*np.unravel_index(out[:, 0].flatten(1).argmax(1).numpy(), (8, 8)),
+                                                strict=True)}
+    dihedral = {(0, 1), (1, 0), (0, 6), (6, 0), (1, 7), (7, 1), (6, 7), (7, 6)}
+    assert marked <= dihedral and len(marked) >= 6  # every turn/flip shows up in 64 draws
+    background = out[:, :, 3, 3]
+    assert background.std() > 0.05 and background.abs().max() <= 0.2  # offsets of up to ±0.2 σ
+
+
+def test_finetune_learns_end_to_end_and_round_trips(tmp_path, monkeypatch, capsys):
+    """Fine-tuning through the public train(): a held-out set is classified, and the saved
+    model predicts exactly what the in-memory one did, through DieModel and the CLI."""
+    from fabsight.die.model import DieModel, train
+
+    data = _stripes_and_dots(tmp_path / "train", 14, seed=0)
+    test = _stripes_and_dots(tmp_path / "test", 8, seed=1)
+    result = train(data, tmp_path / "model", backbone="efficientnet_lite0", method="finetune", input_size=32,
+                   epochs=4, batch_size=8)
+    card = result.card
+    assert card.files["network"] == "finetuned.safetensors" and card.training["best_epoch"] >= 1
+    assert "validation split" in card.metrics["measured_on"] and card.metrics["n"] == 4
+    model = DieModel(tmp_path / "model")
+    metrics = model.evaluate(test)
+    assert metrics["accuracy"] >= 0.9, metrics
+    decisions = model.predict(scan_folder(test).paths[:3])
+    assert all(np.isclose(sum(t["p"] for t in d["top"]), 1.0) for d in decisions)
+    assert model.features(scan_folder(test).paths[:2]).shape == (2, 1280)
+
+    code, stdout, stderr = _cli(monkeypatch, capsys, "die", "predict", str(tmp_path / "model"),
+                                str(test / "dots"), "--json", "--device", "cpu")
+    assert code == 0, stderr
+    cli = json.loads(stdout)
+    again = model.predict(scan_folder(test).subset(np.flatnonzero(scan_folder(test).labels == 0)).paths)
+    assert [r["label"] for r in cli] == [d["label"] for d in again]
+    assert [r["confidence"] for r in cli] == pytest.approx([d["confidence"] for d in again], abs=1e-5)
+
+    weights = tmp_path / "model" / "finetuned.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    code, stdout, stderr = _cli(monkeypatch, capsys, "die", "eval", str(tmp_path / "model"), str(test), "--json")
+    assert code == 2 and stdout == "" and "do not match the hash in card.json" in stderr
+
+
+def test_finetune_rejects_too_few_images(tmp_path):
+    from fabsight.die.finetune import FinetuneClassifier
+
+    data = _stripes_and_dots(tmp_path, 1, seed=0)
+    with pytest.raises(FabsightError, match="at least two classes with ≥ 2 images"):
+        FinetuneClassifier(input_size=32).fit(scan_folder(data).paths, ["stripes", "dots"])
+    with pytest.raises(NotFittedError):
+        FinetuneClassifier().predict(scan_folder(data).paths)

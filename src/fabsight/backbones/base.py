@@ -103,6 +103,10 @@ def _as_float_rgb(image: np.ndarray, index: int) -> torch.Tensor:
     return t[None].expand(3, -1, -1) if t.ndim == 2 else t.permute(2, 0, 1)
 
 
+class _Stop(Exception):
+    """Raised by a forward hook to end a pass once every requested layer has been captured."""
+
+
 class Backbone:
     """A frozen pretrained network with its preprocessing (see module docstring).
 
@@ -149,18 +153,29 @@ class Backbone:
 
     @torch.no_grad()
     def _raw(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Layer outputs as the network produces them (ViT: B×N×C tokens incl. prefix)."""
+        """Layer outputs as the network produces them (ViT: B×N×C tokens incl. prefix).
+
+        Without ``head`` among ``layers`` the forward pass stops once the last requested
+        layer has run: PatchCore on ``blocks.2`` / ``blocks.4`` skips most of the network.
+        """
         self.check_layers(layers)
         captured: dict[str, torch.Tensor] = {}
         modules = dict(self.model.named_modules())
-        handles = []
-        for name in layers:
-            if name == HEAD:
-                continue
-            handles.append(modules[name].register_forward_hook(
-                lambda _m, _i, out, name=name: captured.__setitem__(name, out)))
+        wanted = {name for name in layers if name != HEAD}
+        stop_early = HEAD not in layers
+
+        def hook(name: str, out: torch.Tensor) -> None:
+            captured[name] = out
+            if stop_early and wanted <= captured.keys():
+                raise _Stop
+
+        handles = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: hook(name, out))
+                   for name in wanted]
+        final = None
         try:
             final = self.model.forward_features(x.to(self.device))
+        except _Stop:
+            pass
         finally:
             for h in handles:
                 h.remove()

@@ -39,7 +39,7 @@ def train(
     backbone: BackboneOpt = "dinov2_vits14",
     weights: WeightsOpt = None,
     method: Annotated[
-        str, typer.Option("--method", help="probe, hybrid (deep+GLCM+Zernike) or hierarchical.")
+        str, typer.Option("--method", help="probe, hybrid (deep+GLCM+Zernike), hierarchical or finetune.")
     ] = "probe",
     layers: Annotated[list[str] | None, typer.Option("--layers", help="Backbone layer(s) to pool; repeat.")] = None,
     augment: Annotated[bool, typer.Option("--augment", help="Add flipped/rotated/brightness variants.")] = False,
@@ -53,11 +53,15 @@ def train(
     ok_class: Annotated[str | None, typer.Option("--ok-class", help="The no-defect class (hierarchical).")] = None,
     cv: Annotated[int, typer.Option("--cv", min=0, help="Folds for the card's cross-validated metrics (0: none).")] = 5,
     c: Annotated[float, typer.Option("--C", min=1e-6, help="Inverse regularisation of the probes.")] = 0.5,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Most fine-tuning epochs (finetune).")] = 15,
+    max_minutes: Annotated[
+        float | None, typer.Option("--max-minutes", min=0.1, help="Fine-tuning time budget (finetune).")
+    ] = None,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a die defect classifier on frozen backbone features."""
+    """Train a die defect classifier on frozen backbone features, or fine-tune the backbone."""
     from fabsight.die.model import load_groups
     from fabsight.die.model import train as train_model
 
@@ -65,7 +69,7 @@ def train(
         data, out_dir, backbone=backbone, weights=weights, method=method, layers=layers, augment=augment,
         handcrafted=handcrafted,
         groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
-        device=resolve_device(device),
+        device=resolve_device(device), epochs=epochs, max_minutes=max_minutes,
     )
     card = result.card
     summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,

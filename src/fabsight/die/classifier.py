@@ -34,6 +34,33 @@ def _logits(model: Any, X: np.ndarray) -> np.ndarray:
     return np.stack([np.zeros_like(d), d], axis=1) if d.ndim == 1 else d
 
 
+def nearest_centroid_distance(Xs: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """RMS distance of each standardised row to its nearest class centroid (the OOD score's numerator)."""
+    d2 = (Xs ** 2).sum(1)[:, None] - 2 * Xs @ centroids.T + (centroids ** 2).sum(1)[None]
+    return np.sqrt(np.maximum(d2.min(axis=1), 0.0) / Xs.shape[1])
+
+
+def review_decisions(proba: np.ndarray, labels: Sequence[str], ood: np.ndarray, classes: Sequence[str], *,
+                     min_confidence: float, top_k: int = 3) -> list[dict[str, Any]]:
+    """Per image: label, confidence, top-k, ood_score, needs_review and why (one format for every method)."""
+    col = {str(c): i for i, c in enumerate(classes)}
+    results = []
+    for p, label, o in zip(proba, labels, ood, strict=True):
+        order = np.argsort(-p)[:top_k]
+        confidence = float(p[col[str(label)]])
+        reasons = []
+        if confidence < min_confidence:
+            reasons.append("low_confidence")
+        if o > 1.0:
+            reasons.append("out_of_distribution")
+        results.append({
+            "label": str(label), "confidence": confidence,
+            "top": [{"label": str(classes[i]), "p": float(p[i])} for i in order],
+            "ood_score": float(o), "needs_review": bool(reasons), "review_reasons": reasons,
+        })
+    return results
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """Temperature T minimising the negative log-likelihood of softmax(logits / T)."""
     from scipy.optimize import minimize_scalar
@@ -307,8 +334,7 @@ class DieClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _nearest_distance(self, Xs: np.ndarray) -> np.ndarray:
-        d2 = (Xs ** 2).sum(1)[:, None] - 2 * Xs @ self.centroids_.T + (self.centroids_ ** 2).sum(1)[None]
-        return np.sqrt(np.maximum(d2.min(axis=1), 0.0) / Xs.shape[1])
+        return nearest_centroid_distance(Xs, self.centroids_)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self)
@@ -326,22 +352,5 @@ class DieClassifier(ClassifierMixin, BaseEstimator):
 
     def decide(self, X: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
         """Per image: label, confidence, top-k, needs_review and why."""
-        proba = self.predict_proba(X)
-        labels = self.predict(X)
-        ood = self.ood_score(X)
-        col = {c: i for i, c in enumerate(self.classes_)}
-        results = []
-        for p, label, o in zip(proba, labels, ood, strict=True):
-            order = np.argsort(-p)[:top_k]
-            confidence = float(p[col[label]])
-            reasons = []
-            if confidence < self.min_confidence:
-                reasons.append("low_confidence")
-            if o > 1.0:
-                reasons.append("out_of_distribution")
-            results.append({
-                "label": str(label), "confidence": confidence,
-                "top": [{"label": str(self.classes_[i]), "p": float(p[i])} for i in order],
-                "ood_score": float(o), "needs_review": bool(reasons), "review_reasons": reasons,
-            })
-        return results
+        return review_decisions(self.predict_proba(X), self.predict(X), self.ood_score(X), self.classes_,
+                                min_confidence=self.min_confidence, top_k=top_k)

@@ -1,9 +1,11 @@
 """Train, save, load, evaluate and apply die classifiers (what the CLI and services call).
 
-A die model directory holds ``classifier.joblib`` (a fitted :class:`DieClassifier`) and a
-``card.json`` naming the backbone (registered name or adapted directory, with its weights
-hash so a different backbone is refused), the layers and hand-crafted features used, the
-preprocessing, the training data and cross-validated metrics.
+A die model directory holds ``classifier.joblib`` (a fitted :class:`DieClassifier`; for
+``finetune`` a :class:`~fabsight.die.finetune.FinetuneClassifier` whose network weights sit
+beside it in ``finetuned.safetensors``) and a ``card.json`` naming the backbone (registered
+name or adapted directory, with its weights hash so a different backbone is refused), the
+layers and hand-crafted features used, the preprocessing, the training data and
+cross-validated metrics.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from fabsight.utils.atomic import atomic_dir
 
 TASK = "die-classifier"
 CLASSIFIER_FILE = "classifier.joblib"
-METHODS = ("probe", "hybrid", "hierarchical")
+METHODS = ("probe", "hybrid", "hierarchical", "finetune")
 OK_NAMES = ("ok", "good", "none", "free", "no_defect", "nodefect", "pass")
 
 
@@ -92,19 +94,25 @@ def train(
     device: str = "cpu",
     batch_size: int = 32,
     cache: str | os.PathLike[str] | None = None,
+    epochs: int = 15,
+    max_minutes: float | None = None,
 ) -> TrainResult:
     """Train a die classifier on ``ROOT/CLASS`` images and write the model directory atomically.
 
     ``method``: probe (deep features), hybrid (deep ⊕ GLCM ⊕ Zernike) or hierarchical
-    (hybrid features, stacked ok → group → class probes). ``handcrafted`` overrides the
-    method's feature choice. ``cv_folds`` > 1 records cross-validated metrics in the card
-    (augmented copies stay in the fold of their original).
+    (hybrid features, stacked ok → group → class probes) or finetune (the whole backbone
+    trained end to end, see :mod:`fabsight.die.finetune`; ``epochs``, ``max_minutes``).
+    ``handcrafted`` overrides the method's feature choice. ``cv_folds`` > 1 records
+    cross-validated metrics in the card (augmented copies stay in the fold of their original).
     """
     if method not in METHODS:
         raise FabsightError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     folder = scan_folder(data_dir, min_per_class=1)
     if len(folder.classes) < 2:
         raise FabsightError(data_dir, "needs at least two class folders to train a classifier")
+    if method == "finetune":
+        return _train_finetune(folder, out_dir, backbone=backbone, weights=weights, input_size=input_size,
+                               device=device, batch_size=batch_size, epochs=epochs, max_minutes=max_minutes)
     bb = create_backbone(backbone, device=device, weights=weights, input_size=input_size)
     use_layers = tuple(layers or bb.cfg.default_layers)
     bb.check_layers(use_layers)
@@ -156,6 +164,42 @@ def train(
     return TrainResult(Path(out_dir), card)
 
 
+def _train_finetune(folder: ImageFolder, out_dir: str | os.PathLike[str], *, backbone: str,
+                    weights: str | os.PathLike[str] | None, input_size: int | None, device: str, batch_size: int,
+                    epochs: int, max_minutes: float | None) -> TrainResult:
+    """Fine-tune end to end; the card's metrics are the validation split's (early stopping used it)."""
+    from fabsight.die import finetune
+
+    clf = finetune.FinetuneClassifier(
+        backbone=str(backbone), weights=None if weights is None else str(Path(weights).resolve()),
+        input_size=input_size, epochs=epochs, batch_size=batch_size, max_minutes=max_minutes, device=device)
+    clf.fit(folder.paths, np.asarray(folder.classes)[folder.labels])
+    bb = clf.backbone_
+    metrics = dict(clf.validation_)
+    metrics["measured_on"] = (f"the {clf.validation_['n']}-image stratified validation split held out from training "
+                              "(also used for early stopping and the temperature)")
+    card = ModelCard(
+        task=TASK,
+        classes=[str(c) for c in clf.classes_],
+        input=_input_section(bb),
+        backbone={"name": str(backbone), "weights": clf.weights, "architecture": bb.cfg.architecture,
+                  "weights_source": f"fine-tuned from {bb.cfg.weights_source}", "license": bb.cfg.license,
+                  "layers": ["head"], "input_size": list(bb.cfg.input_size)},
+        training={"data": str(Path(folder.root).resolve()), "counts": folder.counts(), "n_images": len(folder),
+                  "method": "finetune", "handcrafted": False, "augment": ["flips", "rot90", "brightness", "contrast"],
+                  "epochs_run": len(clf.history_), "best_epoch": clf.best_epoch_, "history": clf.history_,
+                  "params": {k: v for k, v in clf.get_params().items() if k not in ("backbone", "weights")}},
+        metrics=metrics,
+        files={"classifier": CLASSIFIER_FILE, "network": finetune.NETWORK_FILE},
+        extra={"temperature": clf.temperature_, "ood_threshold": clf.ood_threshold_,
+               "min_confidence": clf.min_confidence},
+    )
+    with atomic_dir(out_dir) as tmp:
+        card.extra["network_sha256"] = finetune.save(clf, tmp, CLASSIFIER_FILE)
+        save_card(tmp, card)
+    return TrainResult(Path(out_dir), card)
+
+
 def _input_section(bb: Backbone) -> dict[str, Any]:
     c = bb.cfg
     return {"size": list(c.input_size), "mean": list(c.mean), "std": list(c.std), "interpolation": c.interpolation,
@@ -191,6 +235,14 @@ class DieModel:
 
         self.dir = Path(model_dir)
         self.card = load_card(self.dir, task=TASK)
+        self.finetuned = self.card.training.get("method") == "finetune"
+        if self.finetuned:  # the network itself was trained: weights and head come from the model dir
+            from fabsight.die import finetune
+
+            self.classifier = finetune.load(self.dir, self.card.files, self.card.extra.get("network_sha256"),
+                                            device=device)
+            self.backbone, self.layers, self.handcrafted = self.classifier.backbone_, ("head",), False
+            return
         self.classifier: DieClassifier = joblib.load(self.dir / self.card.files["classifier"])
         info = self.card.backbone or {}
         self.backbone = create_backbone(info["name"], device=device, weights=info.get("weights"),
@@ -206,11 +258,15 @@ class DieModel:
         return list(self.card.classes)
 
     def features(self, items: Sequence[Item], cache: str | os.PathLike[str] | None = None) -> np.ndarray:
+        if self.finetuned:
+            return self.classifier.embed(items)
         return features(self.backbone, items, layers=self.layers, handcrafted=self.handcrafted, cache=cache)
 
     def predict(self, items: Sequence[Item], cache: str | os.PathLike[str] | None = None,
                 top_k: int = 3) -> list[dict[str, Any]]:
         """Per image: label, calibrated confidence, top-k, needs_review (+ reasons, ood_score)."""
+        if self.finetuned:
+            return self.classifier.decide(items, top_k=top_k)
         return self.classifier.decide(self.features(items, cache), top_k=top_k)
 
     def evaluate(self, data_dir: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:

@@ -1,0 +1,338 @@
+"""End-to-end fine-tuning of a backbone with a linear head (``fabsight die train --method finetune``).
+
+A frozen probe on ImageNet or DINOv2 features tops out near 80 % on DeepPCB defect crops
+(docs/benchmarks.md): PCB line scans are far from both training sets. NVIDIA TAO closes the
+gap by training the network itself; this module does the same on CPU-scale hardware —
+the whole backbone plus a linear head, cross-entropy, AdamW with a cosine schedule, random
+flips / 90° turns / brightness and contrast shifts (inspection images have no canonical
+orientation or exposure), early stopping on a stratified validation split, and a softmax
+temperature fitted on that split so confidences are calibrated. The ``needs_review`` gate
+is the probe's: distance to the nearest class centroid of the fine-tuned embedding.
+
+Images are resized once (``Backbone.preprocess``, exactly as at prediction time) and held
+as float16 tensors, so an epoch costs only the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from fabsight.backbones import Backbone, create_backbone
+from fabsight.backbones.base import file_sha256, state_dict_sha256
+from fabsight.die.classifier import _softmax, fit_temperature, nearest_centroid_distance, review_decisions
+from fabsight.die.embeddings import Item, load_item
+from fabsight.die.metrics import classification_metrics
+from fabsight.errors import FabsightError, ModelError
+from fabsight.utils.progress import track
+
+NETWORK_FILE = "finetuned.safetensors"
+
+
+def pooled(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """The ``head`` embedding of :meth:`Backbone.embed`, with gradients: mean-pooled CNN map,
+    or ViT CLS token ⊕ mean patch token."""
+    out = backbone.model.forward_features(x)
+    if out.ndim == 4:
+        return out.mean(dim=(2, 3))
+    return torch.cat([out[:, 0], out[:, backbone.model.num_prefix_tokens:].mean(dim=1)], dim=1)
+
+
+class _Network(nn.Module):
+    """Backbone body + dropout + linear head; returns (logits, pooled embedding)."""
+
+    def __init__(self, backbone: Backbone, n_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.body = backbone.model  # registered so state_dict() holds body.* and head.*
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.embed_dim_for(["head"]), n_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = pooled(self.backbone, x)
+        return self.head(self.drop(z)), z
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random flips, 90° turns (square inputs) and gain/offset per image of a normalised batch.
+
+    Gain/offset act on normalised values, i.e. a contrast and brightness change of ±20 %
+    and ±0.2 σ; the geometric ones keep every defect label valid on inspection images.
+    """
+    n = x.shape[0]
+    out = x.clone()
+    r = torch.rand(n, 4, generator=generator)
+    for i in range(n):
+        img = out[i]
+        if r[i, 0] < 0.5:
+            img = img.flip(-1)
+        if r[i, 1] < 0.5:
+            img = img.flip(-2)
+        if img.shape[-1] == img.shape[-2]:
+            img = torch.rot90(img, int(r[i, 2] * 4), dims=(-2, -1))
+        out[i] = img
+    gain = 1.0 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.4
+    offset = (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.4
+    return out * gain + offset
+
+
+class FinetuneClassifier(ClassifierMixin, BaseEstimator):
+    """Fine-tune ``backbone`` end to end on labelled images (``X``: paths or uint8 arrays).
+
+    Parameters
+    ----------
+    backbone, weights, input_size : the starting network (see ``create_backbone``).
+    epochs : most passes over the training part; early stopping usually ends sooner.
+    batch_size, lr, head_lr_scale, weight_decay : AdamW (the new head learns ``head_lr_scale`` × faster).
+    val_fraction : stratified share held out for early stopping and the temperature.
+    patience : epochs without a better validation accuracy before stopping.
+    augment : random flips, 90° turns and brightness/contrast during training.
+    dropout : before the linear head.
+    max_minutes : wall-clock budget; training stops after the epoch that exceeds it.
+    device, seed : where to train; the seed fixes the split, the order and the augmentation.
+    min_confidence, review_quantile : the ``needs_review`` gate (as in :class:`DieClassifier`).
+
+    Attributes
+    ----------
+    classes_ : labels in logit order.
+    network_ : the fine-tuned ``nn.Module`` (body.* = backbone, head.* = linear head).
+    backbone_ : a :class:`Backbone` sharing the fine-tuned body (for ``embed`` / caches).
+    temperature_ : softmax temperature fitted on the validation split.
+    embed_mean_, embed_std_, centroids_, ood_threshold_ : the out-of-distribution gate.
+    history_ : per epoch train loss, validation loss and accuracy, seconds.
+    best_epoch_ : the epoch whose weights were kept (1-based).
+    validation_ : classification metrics of the kept weights on the validation split.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = None,
+                 input_size: int | None = None, epochs: int = 15, batch_size: int = 32, lr: float = 3e-4,
+                 head_lr_scale: float = 10.0, weight_decay: float = 1e-4, val_fraction: float = 0.15,
+                 patience: int = 3, augment: bool = True, dropout: float = 0.2, max_minutes: float | None = None,
+                 device: str = "cpu", seed: int = 0, min_confidence: float = 0.5,
+                 review_quantile: float = 0.99) -> None:
+        self.backbone = backbone
+        self.weights = weights
+        self.input_size = input_size
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.head_lr_scale = head_lr_scale
+        self.weight_decay = weight_decay
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.augment = augment
+        self.dropout = dropout
+        self.max_minutes = max_minutes
+        self.device = device
+        self.seed = seed
+        self.min_confidence = min_confidence
+        self.review_quantile = review_quantile
+
+    # data ------------------------------------------------------------------------------
+    def _tensors(self, bb: Backbone, X: Sequence[Item], what: str) -> torch.Tensor:
+        """Every image preprocessed once, kept as float16 on the CPU (N×3×H×W)."""
+        batches = [X[i:i + 64] for i in range(0, len(X), 64)]
+        parts = [bb.preprocess([load_item(it) for it in batch]).to("cpu", torch.float16)
+                 for batch in track(batches, f"reading {what}", total=len(batches))]
+        return torch.cat(parts)
+
+    def _split(self, yi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.model_selection import train_test_split
+
+        idx = np.arange(len(yi))
+        n_val = max(len(self.classes_), round(self.val_fraction * len(yi)))
+        return train_test_split(idx, test_size=n_val, stratify=yi, random_state=self.seed)
+
+    # training --------------------------------------------------------------------------
+    def fit(self, X: Sequence[Item], y: Sequence[str]) -> FinetuneClassifier:
+        if not 0.0 < self.val_fraction < 0.5:
+            raise FabsightError(None, f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise FabsightError(None, "epochs must be ≥ 1 and batch_size ≥ 2")
+        y = np.asarray(y).astype(str)
+        if len(X) != len(y):
+            raise FabsightError(None, f"{len(X)} images but {len(y)} labels")
+        self.classes_, yi = np.unique(y, return_inverse=True)
+        counts = np.bincount(yi)
+        if len(self.classes_) < 2 or counts.min() < 2:
+            raise FabsightError(None, "fine-tuning needs at least two classes with ≥ 2 images each "
+                                f"(counts: {dict(zip(self.classes_.tolist(), counts.tolist(), strict=True))})")
+        torch.manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        bb = create_backbone(self.backbone, device="cpu", weights=self.weights, input_size=self.input_size)
+        images = self._tensors(bb, X, "training images")
+        tr, va = self._split(yi)
+        net = _Network(bb, len(self.classes_), self.dropout).to(self.device)
+        for p in net.parameters():
+            p.requires_grad_(True)
+        bb.device = torch.device(self.device)
+        opt = torch.optim.AdamW([
+            {"params": net.body.parameters(), "lr": self.lr},
+            {"params": net.head.parameters(), "lr": self.lr * self.head_lr_scale},
+        ], weight_decay=self.weight_decay)
+        steps_per_epoch = max(1, len(tr) // self.batch_size)
+        total = steps_per_epoch * self.epochs
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        weight = torch.tensor(len(yi) / (len(counts) * counts), dtype=torch.float32, device=self.device)
+        loss_fn = nn.CrossEntropyLoss(weight=weight)  # balanced, as the probes' class_weight
+        y_t = torch.from_numpy(yi).long()
+        best: tuple[float, float] = (-1.0, math.inf)
+        best_state, self.history_, self.best_epoch_ = None, [], 0
+        started, stale = time.perf_counter(), 0
+        for epoch in range(self.epochs):
+            t0 = time.perf_counter()
+            net.train()
+            order = tr[torch.randperm(len(tr), generator=gen).numpy()]
+            batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(steps_per_epoch)]
+            losses = []
+            for batch in track(batches, f"fine-tune epoch {epoch + 1}/{self.epochs}"):
+                x = images[batch].float()
+                if self.augment:
+                    x = augment_batch(x, gen)
+                logits, _ = net(x.to(self.device))
+                loss = loss_fn(logits, y_t[batch].to(self.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+            val_logits, _ = self._run(net, images[va])
+            val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), y_t[va]))
+            val_acc = float((val_logits.argmax(1) == yi[va]).mean())
+            self.history_.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                                  "val_accuracy": val_acc, "seconds": time.perf_counter() - t0})
+            if (val_acc, -val_loss) > (best[0], -best[1]):
+                best, best_state, self.best_epoch_, stale = (val_acc, val_loss), copy.deepcopy(net.state_dict()), \
+                    epoch + 1, 0
+            else:
+                stale += 1
+            over_budget = self.max_minutes is not None and time.perf_counter() - started > 60 * self.max_minutes
+            if stale >= self.patience or over_budget:
+                break
+        assert best_state is not None
+        net.load_state_dict(best_state)
+        self._finish(net, bb, images, yi, tr, va)
+        return self
+
+    def _finish(self, net: _Network, bb: Backbone, images: torch.Tensor, yi: np.ndarray, tr: np.ndarray,
+                va: np.ndarray) -> None:
+        """Temperature on the validation split; OOD centroids from the un-augmented training part."""
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        val_logits, _ = self._run(net, images[va])
+        self.temperature_ = fit_temperature(val_logits, yi[va])
+        self.validation_ = classification_metrics(self.classes_[yi[va]], self.classes_[val_logits.argmax(1)],
+                                                  self.classes_)
+        _, z = self._run(net, images[tr])
+        self.embed_mean_, self.embed_std_ = z.mean(axis=0), z.std(axis=0) + 1e-6
+        zs = (z - self.embed_mean_) / self.embed_std_
+        self.centroids_ = np.stack([zs[yi[tr] == c].mean(axis=0) for c in range(len(self.classes_))])
+        self.ood_threshold_ = float(np.quantile(nearest_centroid_distance(zs, self.centroids_),
+                                                self.review_quantile))
+        self.network_ = net
+        bb.cfg.weights_hash = state_dict_sha256(net.body.state_dict())  # no cache mixes it with the base
+        self.backbone_ = bb
+
+    @torch.no_grad()
+    def _run(self, net: _Network, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled embeddings in eval mode (no augmentation), batched."""
+        was_training = net.training
+        net.eval()
+        logits, emb = [], []
+        for i in range(0, len(images), 64):
+            lo, z = net(images[i:i + 64].float().to(self.device))
+            logits.append(lo.cpu())
+            emb.append(z.cpu())
+        net.train(was_training)
+        return torch.cat(logits).numpy(), torch.cat(emb).numpy()
+
+    # prediction ------------------------------------------------------------------------
+    def _logits_and_embedding(self, X: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+        check_is_fitted(self)
+        if len(X) == 0:
+            raise FabsightError(None, "no images to classify")
+        return self._run(self.network_, self._tensors(self.backbone_, X, "images"))
+
+    def predict_proba(self, X: Sequence[Item]) -> np.ndarray:
+        logits, _ = self._logits_and_embedding(X)
+        return _softmax(logits / self.temperature_)
+
+    def predict(self, X: Sequence[Item]) -> np.ndarray:
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
+
+    def embed(self, X: Sequence[Item]) -> np.ndarray:
+        """Pooled embeddings of the fine-tuned network (for discovery, OOD, probes)."""
+        return self._logits_and_embedding(X)[1]
+
+    def decide(self, X: Sequence[Item], top_k: int = 3) -> list[dict[str, Any]]:
+        """Per image: label, calibrated confidence, top-k, needs_review and why."""
+        logits, z = self._logits_and_embedding(X)
+        proba = _softmax(logits / self.temperature_)
+        ood = nearest_centroid_distance((z - self.embed_mean_) / self.embed_std_, self.centroids_)
+        return review_decisions(proba, self.classes_[proba.argmax(1)], ood / max(self.ood_threshold_, 1e-12),
+                                self.classes_, min_confidence=self.min_confidence, top_k=top_k)
+
+    # persistence -----------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the network: its weights go to ``finetuned.safetensors`` (see :func:`save`)."""
+        state = dict(self.__dict__)
+        state.pop("network_", None)
+        state.pop("backbone_", None)
+        return state
+
+
+def save(clf: FinetuneClassifier, out_dir: str | os.PathLike[str], classifier_file: str) -> str:
+    """Write the network weights (safetensors) and the rest of the fitted estimator (joblib);
+    returns the weights' hash for the card."""
+    import joblib
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    check_is_fitted(clf)
+    state = {k: v.detach().cpu().contiguous() for k, v in clf.network_.state_dict().items()}
+    save_file(state, str(out / NETWORK_FILE))
+    joblib.dump(clf, out / classifier_file)
+    return file_sha256(out / NETWORK_FILE)
+
+
+def load(model_dir: str | os.PathLike[str], files: dict[str, str], network_sha256: str | None, *,
+         device: str = "cpu") -> FinetuneClassifier:
+    """Rebuild a saved :class:`FinetuneClassifier`: base architecture, then the fine-tuned weights."""
+    import joblib
+    from safetensors.torch import load_file
+
+    d = Path(model_dir)
+    path = d / files["network"]
+    if not path.is_file():
+        raise ModelError(path, "fine-tuned network weights are missing from the model directory")
+    digest = file_sha256(path)
+    if network_sha256 and digest != network_sha256:
+        raise ModelError(path, "fine-tuned weights do not match the hash in card.json (file replaced or damaged)")
+    clf: FinetuneClassifier = joblib.load(d / files["classifier"])
+    bb = create_backbone(clf.backbone, device="cpu", weights=clf.weights, input_size=clf.input_size)
+    net = _Network(bb, len(clf.classes_), clf.dropout)
+    try:
+        net.load_state_dict(load_file(str(path)))
+    except RuntimeError as exc:
+        raise ModelError(path, f"weights do not fit '{clf.backbone}': {str(exc).splitlines()[0]}") from None
+    for p in net.parameters():
+        p.requires_grad_(False)
+    clf.device = device
+    clf.network_ = net.eval().to(device)
+    bb.device = torch.device(device)
+    bb.cfg.weights_hash = digest  # embeddings of the fine-tuned body are never mixed with the base's
+    clf.backbone_ = bb
+    return clf
