@@ -29,6 +29,12 @@ from fabsight.wafer.classifier import WEIGHTS_FILE, WaferClassifier, card_params
 RUNTIMES: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 
 
+def check_runtime(runtime: str) -> None:
+    """A one-line user error for a runtime that is not one of :data:`RUNTIMES`."""
+    if runtime not in RUNTIMES:
+        raise FabsightError(None, f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+
+
 def session(path: str | os.PathLike[str], n_threads: int) -> Any:
     """An ONNX Runtime CPU session using ``n_threads`` threads for each operator."""
     import onnxruntime as ort
@@ -110,8 +116,7 @@ def load_predictor(model_dir: str | os.PathLike[str], runtime: str = "torch", *,
     All runtimes return objects with the same ``predict`` / ``predict_proba`` /
     ``predict_details`` / ``embed`` methods and the same fitted attributes.
     """
-    if runtime not in RUNTIMES:
-        raise FabsightError(None, f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    check_runtime(runtime)
     card = load_card(model_dir)
     if card.task != WAFER_TASK:
         raise ModelError(model_dir, f"'{card.task}' models have no {runtime} predictor here; wafer-pattern models do")
