@@ -32,7 +32,7 @@ from fabsight.deploy.runtime import check_runtime, onnx_section, session
 from fabsight.errors import FabsightError, ModelError
 from fabsight.utils.atomic import atomic_path
 
-TASK = "anomaly"
+TASK = "anomaly"  # fabsight.anomaly.persist.TASK, which cannot be imported here: that module loads torch
 ONNX_FILE = "network.onnx"
 INT8_FILE = "network.int8.onnx"
 INPUT_NAME = "crops"

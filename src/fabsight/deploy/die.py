@@ -25,10 +25,10 @@ import numpy as np
 from fabsight.artifacts import ModelCard, load_card, save_card
 from fabsight.deploy.preprocess import preprocess
 from fabsight.deploy.runtime import onnx_section, session
+from fabsight.die.model import TASK
 from fabsight.errors import FabsightError, ModelError
 from fabsight.utils.atomic import atomic_path
 
-TASK = "die-classifier"
 ONNX_FILE = "backbone.onnx"
 INT8_FILE = "backbone.int8.onnx"
 INPUT_NAME = "images"

@@ -289,14 +289,13 @@ def export_onnx(
     kw: dict[str, Any] = {"int8": int8, "opset": opset, "n_threads": n_threads, "seed": seed}
     if card.task == WAFER_TASK:
         return _export_wafer(d, sample=sample, **kw)
-    if card.task == "die-classifier":
-        from fabsight.deploy.die import export_die
+    from fabsight.deploy import anomaly, die
 
-        return export_die(d, sample=sample, **kw)
-    if card.task == "anomaly":
-        from fabsight.deploy.anomaly import export_anomaly
+    if card.task == die.TASK:
+        return die.export_die(d, sample=sample, **kw)
+    if card.task == anomaly.TASK:
         from fabsight.die.data import read_image
 
         images = None if sample is None else [read_image(s) if isinstance(s, str | os.PathLike) else s for s in sample]
-        return export_anomaly(d, sample=images, **kw)
+        return anomaly.export_anomaly(d, sample=images, **kw)
     raise ModelError(d, f"export to ONNX is implemented for wafer-pattern, die and anomaly models, not '{card.task}'")
