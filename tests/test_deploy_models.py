@@ -201,6 +201,14 @@ def test_die_predict_and_eval_take_runtime_onnx(die) -> None:
     assert json.loads(result.stdout)["n"] == 12
 
 
+def test_export_sample_folders_are_searched_recursively(die) -> None:
+    from fabsight.cli.deploy import _read_sample
+
+    model_dir, _, test = die
+    assert len(_read_sample(model_dir, test)) == 12  # class sub-folders
+    assert len(_read_sample(model_dir, test / "disc")) == 6
+
+
 @pytest.mark.slow  # the anomaly fixture fits and exports three models (~60 s on 2 cores)
 @pytest.mark.parametrize("method", list(METHODS))
 def test_anomaly_export_matches_torch(anomaly, anomaly_images, method) -> None:

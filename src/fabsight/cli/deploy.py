@@ -52,7 +52,8 @@ def _print_export(result: dict[str, Any]) -> None:
 
 
 def _read_sample(model_dir: Path, sample: Path) -> list[Any]:
-    """Wafer maps for a wafer model; image paths (files or a folder of them) for die and anomaly models."""
+    """Wafer maps for a wafer model; image paths for die and anomaly models (an image, a folder of
+    them, or a folder of class / MVTec sub-folders, searched recursively)."""
     from fabsight.artifacts import load_card
     from fabsight.wafer.classifier import TASK as WAFER_TASK
 
@@ -60,8 +61,14 @@ def _read_sample(model_dir: Path, sample: Path) -> list[Any]:
         from fabsight.io import read_maps
 
         return read_maps(sample)
+    from fabsight.die.data import IMAGE_SUFFIXES
     from fabsight.die.model import expand_inputs
 
+    if sample.is_dir() and any(p.is_dir() for p in sample.iterdir()):
+        found = sorted(p for p in sample.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise FabsightError(sample, "contains no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff)")
+        return found
     return list(expand_inputs([sample]))
 
 

@@ -1,4 +1,7 @@
-"""Run an exported model in ONNX Runtime with the same API as the PyTorch model.
+"""Run an exported wafer model in ONNX Runtime with the same API as the PyTorch model.
+
+(Die and anomaly models: :mod:`fabsight.deploy.die`, :mod:`fabsight.deploy.anomaly`; the
+session, runtime names and card lookup here are shared by all three.)
 
 ``load_predictor(model_dir, runtime="onnx")`` returns an object with ``predict``,
 ``predict_proba``, ``predict_details`` and ``embed``, so every ``predict`` / ``eval``
@@ -119,7 +122,9 @@ def load_predictor(model_dir: str | os.PathLike[str], runtime: str = "torch", *,
     check_runtime(runtime)
     card = load_card(model_dir)
     if card.task != WAFER_TASK:
-        raise ModelError(model_dir, f"'{card.task}' models have no {runtime} predictor here; wafer-pattern models do")
+        raise ModelError(model_dir, f"is a '{card.task}' model, not a wafer-pattern model (die models load with "
+                                    "fabsight.die.model.DieModel(dir, runtime=...), anomaly models with "
+                                    "fabsight.deploy.load_anomaly_model)")
     if runtime == "torch":
         from fabsight.wafer import load_model
 
