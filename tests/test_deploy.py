@@ -200,3 +200,36 @@ def test_wafer_predict_and_eval_take_runtime_onnx(single, tmp_path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["n"] == 18
+
+
+def test_every_wafer_model_command_takes_runtime_onnx(single, tmp_path) -> None:
+    """drift (and monitor, which loads the model the same way), autolabel, explain and serve."""
+    from fabsight.deploy.runtime import OnnxWaferClassifier
+    from fabsight.serve.state import load_service
+
+    write_folder(generate_dataset(5, classes=SINGLE, shapes=((44, 44),), seed=31), tmp_path / "a")
+    write_folder(generate_dataset(5, classes=("Center",), shapes=((44, 44),), seed=32), tmp_path / "b")
+    runs: dict[str, dict[str, object]] = {}
+    for runtime in ("torch", "onnx"):
+        model = ["--model", str(single), "--runtime", runtime, "--json"]
+        commands = {
+            "drift": ["drift", str(tmp_path / "a"), str(tmp_path / "b"), "--embeddings", "--permutations", "50",
+                      "--projections", "16", *model],
+            "autolabel": ["autolabel", str(tmp_path / "a"), "--out", str(tmp_path / f"al-{runtime}"), *model],
+            "explain": ["explain", str(tmp_path / "b"), *model],
+        }
+        for name, args in commands.items():
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, (name, result.output)
+            runs.setdefault(name, {})[runtime] = json.loads(result.stdout)
+    drift = runs["drift"]
+    assert drift["onnx"]["p_value"] == drift["torch"]["p_value"]
+    assert abs(drift["onnx"]["distance"] - drift["torch"]["distance"]) <= 1e-3 * max(drift["torch"]["distance"], 1e-9)
+    assert {k: runs["autolabel"]["onnx"][k] for k in ("labeled", "review")} == {
+        k: runs["autolabel"]["torch"][k] for k in ("labeled", "review")}
+    assert [e["explanation"] for e in runs["explain"]["onnx"]] == [e["explanation"] for e in runs["explain"]["torch"]]
+    service = load_service(tmp_path / "store.sqlite", single, runtime="onnx")
+    try:
+        assert isinstance(service.classifier, OnnxWaferClassifier) and service.classes == list(SINGLE)
+    finally:
+        service.store.close()

@@ -10,6 +10,11 @@ Methods: :class:`PatchCore` (memory bank), :class:`PaDiM` (per-position Gaussian
 directories with a card (:func:`save_model` / :func:`load_model`).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from fabsight.anomaly.base import AnomalyModel, NotFittedError
 from fabsight.anomaly.datasets import (
     AnomalyRecord,
@@ -18,12 +23,22 @@ from fabsight.anomaly.datasets import (
     read_mask,
 )
 from fabsight.anomaly.evaluate import evaluate
-from fabsight.anomaly.padim import PaDiM
-from fabsight.anomaly.patchcore import PatchCore
-from fabsight.anomaly.persist import METHODS, load_model, make_model, save_model
-from fabsight.anomaly.recon import ReconDetector
 from fabsight.anomaly.thresholds import Threshold
 from fabsight.die.data import read_image
+
+# The PyTorch methods load on first use (PEP 562), so the torch-free parts above can be
+# imported without PyTorch: the ONNX runtime (fabsight.deploy.anomaly) relies on it.
+_TORCH_EXPORTS = {
+    "PaDiM": "padim", "PatchCore": "patchcore", "ReconDetector": "recon",
+    "METHODS": "persist", "load_model": "persist", "make_model": "persist", "save_model": "persist",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _TORCH_EXPORTS:
+        raise AttributeError(f"module 'fabsight.anomaly' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fabsight.anomaly.{_TORCH_EXPORTS[name]}"), name)
+
 
 __all__ = [
     "METHODS",

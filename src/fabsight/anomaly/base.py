@@ -17,16 +17,18 @@ import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
-import torch
 
 from fabsight.anomaly.thresholds import Threshold, manual_threshold, threshold_best_f1, threshold_from_good
 from fabsight.anomaly.tiling import Placement, Tiler
 from fabsight.errors import FabsightError
 from fabsight.utils.device import resolve_device
+
+if TYPE_CHECKING:  # torch is imported where a method needs it, so the ONNX runtime can subclass this
+    import torch
 
 
 class NotFittedError(FabsightError):
@@ -115,6 +117,8 @@ class AnomalyModel(ABC):
             raise FabsightError(None, str(exc)) from None
 
     def _torch_device(self) -> torch.device:
+        import torch
+
         return torch.device(resolve_device(str(self.device)))
 
     def _check_fitted(self) -> None:

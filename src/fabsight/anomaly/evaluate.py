@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from fabsight.anomaly.base import AnomalyModel
 from fabsight.anomaly.datasets import AnomalyRecord, read_mask
@@ -56,7 +55,9 @@ def evaluate(
             read_s += time.perf_counter() - t0
             yield img
 
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")  # None for an ONNX model in a torch-free deployment
+    cuda = torch is not None and torch.cuda.is_available()
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     tracemalloc.start()
     start = time.perf_counter()
@@ -102,8 +103,8 @@ def evaluate(
         "ms_per_image": 1000.0 * elapsed / max(1, len(records)),
         "peak_python_heap_mib": py_peak / 2**20,
         "peak_rss_mib": peak_rss_mib(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": None if torch is None else torch.get_num_threads(),
     }
-    if torch.cuda.is_available():
+    if cuda:
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result

@@ -98,7 +98,10 @@ class FeatureModel(AnomalyModel):
         """B×D×h×w locally aware features (float32, on CPU) of B network inputs."""
         if not hasattr(self, "backbone_"):
             raise NotFittedError(None, "backbone not loaded: call fit or load the model")
-        x = self.backbone_.preprocess(crops)
+        return self._locally_aware(self.backbone_.preprocess(crops)).cpu()
+
+    def _locally_aware(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed B×3×S×S inputs → B×D×h×w features: the part ``fabsight export`` turns into a graph."""
         maps = self.backbone_.features(x, self.layers_)
         size = max((m.shape[-2:] for m in maps.values()), key=lambda hw: hw[0] * hw[1])
         parts = []
@@ -112,7 +115,7 @@ class FeatureModel(AnomalyModel):
             if m.shape[-2:] != size:
                 m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
             parts.append(m)
-        return torch.cat(parts, dim=1).cpu()
+        return torch.cat(parts, dim=1)
 
     def _iter_features(self, crops: list[np.ndarray], description: str) -> Iterator[torch.Tensor]:
         bs = max(1, int(self.batch_size))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fabsight.errors import FabsightError
+from fabsight.utils.imaging import as_float_image
 
 HEAD = "head"
 """Layer name for the network's final feature output (``forward_features``)."""
@@ -84,22 +85,7 @@ def state_dict_sha256(state: dict[str, torch.Tensor], length: int = 16) -> str:
 
 def _as_float_rgb(image: np.ndarray, index: int) -> torch.Tensor:
     """One image (grey, grey+alpha, RGB, RGBA; uint8/uint16/bool/float in [0, 1]) → 3×H×W in [0, 1]."""
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[2] in (2, 4):
-        arr = arr[..., :-1]  # drop alpha
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3) or min(arr.shape[:2]) < 1:
-        raise FabsightError(f"image #{index}", f"expected H×W grey or H×W×3 RGB, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        scaled = arr.astype(np.float32) / 255.0
-    elif arr.dtype == np.uint16:
-        scaled = arr.astype(np.float32) / 65535.0
-    elif arr.dtype == bool or np.issubdtype(arr.dtype, np.floating):
-        scaled = arr.astype(np.float32)
-    else:
-        raise FabsightError(f"image #{index}", f"unsupported pixel type {arr.dtype} (use uint8, uint16 or float)")
-    t = torch.from_numpy(np.ascontiguousarray(scaled))
+    t = torch.from_numpy(np.ascontiguousarray(as_float_image(image, index)))
     return t[None].expand(3, -1, -1) if t.ndim == 2 else t.permute(2, 0, 1)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
 sub = typer.Typer(help="Anomaly detection and localisation from good images only (PatchCore, PaDiM, recon).",
@@ -189,18 +190,28 @@ def eval_(
     root: Annotated[Path, typer.Argument(help="MVTec-layout dataset whose test split is measured.")],
     threshold: Annotated[float | None, typer.Option(help="Use this threshold instead of the card's.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch (or ONNX Runtime) CPU threads.")] = None,
+    runtime: RuntimeOpt = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Image AUROC, pixel AUROC, AUPRO, F1 at the threshold, ms/image and peak memory on ROOT/test."""
     from fabsight.anomaly.datasets import load_split
     from fabsight.anomaly.evaluate import evaluate
-    from fabsight.anomaly.persist import load_model
 
-    _set_threads(threads)
-    model, _ = load_model(model_dir, device=device)
+    model = _load(model_dir, runtime, device, threads)
     records = load_split(root, "test")
     emit(evaluate(model, records, threshold=threshold), as_json, _print_eval)
+
+
+def _load(model_dir: Path, runtime: str, device: str, threads: int | None) -> Any:
+    """The model on ``runtime``; torch's thread count is set only when torch runs it."""
+    from fabsight.deploy.anomaly import load_anomaly_model
+
+    if runtime == "torch":
+        _set_threads(threads)
+    elif threads is not None and threads < 1:
+        raise FabsightError(None, f"--threads must be at least 1, got {threads}")
+    return load_anomaly_model(model_dir, runtime, device=device, n_threads=threads or 2)
 
 
 def _expand(inputs: list[Path]) -> list[Path]:
@@ -227,18 +238,17 @@ def predict(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for heat maps, masks and predictions.json.")],
     threshold: Annotated[float | None, typer.Option(help="Override the card's threshold.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch (or ONNX Runtime) CPU threads.")] = None,
+    runtime: RuntimeOpt = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Score images; write <stem>_heatmap.png and <stem>_mask.png per image and predictions.json."""
-    from fabsight.anomaly.persist import load_model
     from fabsight.anomaly.render import write_heatmap, write_mask
     from fabsight.die.data import read_image
     from fabsight.utils.atomic import write_json
     from fabsight.utils.progress import track
 
-    _set_threads(threads)
-    model, _ = load_model(model_dir, device=device)
+    model = _load(model_dir, runtime, device, threads)
     t = model.resolve_threshold(threshold)
     files = _expand(images)
     stems = [f.stem for f in files]

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
 ModelOpt = Annotated[
@@ -47,12 +48,12 @@ def _load_maps(inputs: list[str]) -> list[Any]:
     return maps
 
 
-def _predict(model: Path | None, maps: list[Any]) -> list[dict[str, Any]] | None:
+def _predict(model: Path | None, maps: list[Any], runtime: str) -> list[dict[str, Any]] | None:
     if model is None:
         return None
-    from fabsight.wafer import load_model
+    from fabsight.deploy import load_predictor
 
-    return load_model(model).predict_details(maps)
+    return load_predictor(model, runtime).predict_details(maps)
 
 
 def _vlm(url: str | None, name: str | None, timeout: float) -> Any:
@@ -76,6 +77,7 @@ def _say(text: str) -> None:
 def explain_cmd(
     inputs: Annotated[list[str], typer.Argument(help="Wafer data: KLARF, STDF, G85, LSWMD, npz, folders, globs.")],
     model: ModelOpt = None,
+    runtime: RuntimeOpt = "torch",
     kb: KbOpt = None,
     vlm: VlmOpt = None,
     vlm_model: VlmModelOpt = None,
@@ -90,7 +92,7 @@ def explain_cmd(
     config = _vlm(vlm, vlm_model, vlm_timeout)
     knowledge = load_kb(kb)
     maps = _load_maps(inputs)
-    explanations = explain_maps(maps, knowledge, _predict(model, maps))
+    explanations = explain_maps(maps, knowledge, _predict(model, maps, runtime))
     if config is not None:
         question = "Explain this wafer map: the defect pattern, where it is, how large, and likely root causes."
         for m, e in zip(maps, explanations, strict=True):
@@ -113,6 +115,7 @@ def ask_cmd(
     input: Annotated[str, typer.Argument(help="One wafer or a lot: any readable file, folder or glob.")],
     question: Annotated[str, typer.Argument(help="The question, e.g. \"which wafers show edge-ring?\".")],
     model: ModelOpt = None,
+    runtime: RuntimeOpt = "torch",
     kb: KbOpt = None,
     vlm: VlmOpt = None,
     vlm_model: VlmModelOpt = None,
@@ -131,7 +134,7 @@ def ask_cmd(
     config = _vlm(vlm, vlm_model, vlm_timeout)
     knowledge = load_kb(kb)
     maps = _load_maps([input])
-    preds = _predict(model, maps) or [None] * len(maps)
+    preds = _predict(model, maps, runtime) or [None] * len(maps)
     facts = [wafer_facts(m, p) for m, p in track(list(zip(maps, preds, strict=True)), "measuring")]
     answer = ask(question, Lot(facts, knowledge))
     if config is not None and answer.answered:
@@ -153,6 +156,7 @@ def compare_cmd(
         list[str], typer.Option("--golden", help="Golden map, or good wafers / a previous lot for a baseline.")
     ],
     model: ModelOpt = None,
+    runtime: RuntimeOpt = "torch",
     vlm: VlmOpt = None,
     vlm_model: VlmModelOpt = None,
     vlm_timeout: VlmTimeoutOpt = 60.0,
@@ -169,7 +173,7 @@ def compare_cmd(
     baseline = build_baseline(reference, source=", ".join(golden))
     maps = _load_maps(inputs)
     diffs = [difference_map(m, baseline) for m in maps]
-    preds = _predict(model, diffs) or [None] * len(maps)
+    preds = _predict(model, diffs, runtime) or [None] * len(maps)
     results = [compare_map(m, baseline, difference_prediction=p)
                for m, p in track(list(zip(maps, preds, strict=True)), "comparing")]
     if config is not None:
@@ -199,6 +203,7 @@ def export_sft_cmd(
     model: Annotated[
         Path | None, typer.Option("--model", help="Label unlabelled maps with this classifier (confident ones only).")
     ] = None,
+    runtime: RuntimeOpt = "torch",
     kb: KbOpt = None,
     size: Annotated[int, typer.Option("--size", min=32, max=2048, help="Picture side in pixels.")] = 448,
     seed: Annotated[int, typer.Option(help="Seed for the wrong classes of the 'no' questions.")] = 0,
@@ -215,7 +220,7 @@ def export_sft_cmd(
     if model is not None:
         todo = [m for m in maps if not m.labels]
         labelled = 0
-        for m, p in zip(todo, _predict(model, todo) if todo else [], strict=True):
+        for m, p in zip(todo, _predict(model, todo, runtime) if todo else [], strict=True):
             if not p["needs_review"]:
                 m.labels, labelled = tuple(p["label"].split("+")), labelled + 1
         skipped = len(todo) - labelled

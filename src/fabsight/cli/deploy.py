@@ -1,4 +1,4 @@
-"""``fabsight export MODEL_DIR --onnx [--int8]``: deployable graphs next to the model card.
+"""``fabsight export MODEL_DIR --onnx [--int8]``: deployable graphs next to the model card (wafer, die, anomaly).
 
 A thin layer over :func:`fabsight.deploy.export_onnx`; the export is checked against
 PyTorch before anything is written, and the numbers of that check are printed.
@@ -27,32 +27,62 @@ RuntimeOpt = Annotated[
 def _print_export(result: dict[str, Any]) -> None:
     info = result["onnx"]
     check = info["check"]
-    out.print(f"{result['model']}: {', '.join(f for r, f in result['files'].items() if r.startswith('onnx'))}")
-    out.print(
-        f"  opset {info['opset']}, input {info['input']} {info['input_shape']}, outputs {', '.join(info['outputs'])}"
-    )
-    out.print(
-        f"  fp32 vs PyTorch on {check['n_maps']} maps: max |Δprob| {check['max_abs_prob_diff']:.1e} "
-        f"(tolerance {check['tolerance']:.0e}), predictions equal"
-    )
-    if info["int8"]:
-        q = info["int8"]
+    out.print(f"{result['model']}: {', '.join(f for r, f in result['files'].items() if r.startswith('onnx'))}",
+              markup=False)
+    out.print(f"  opset {info['opset']}, input {info['input']} {info['input_shape']}, "
+              f"outputs {', '.join(info['outputs'])}", markup=False)
+    q = info["int8"]
+    if "max_abs_score_diff" in check:  # anomaly: scores have the model's own scale
+        out.print(f"  fp32 vs PyTorch on {check['n_images']} images: max |Δscore| {check['max_abs_score_diff']:.1e} "
+                  f"(tolerance {check['relative_tolerance']:.0e} × {check['score_scale']:.3g})", markup=False)
+        if q:
+            agree = "" if q["decision_agreement"] is None else f", same decision {q['decision_agreement']:.1%}"
+            auc = "" if q["image_auroc_int8"] is None else \
+                f", image AUROC {q['image_auroc_fp32']:.4f} → {q['image_auroc_int8']:.4f}"
+            out.print(f"  int8: max |Δscore| {q['max_abs_score_diff']:.3g} "
+                      f"({q['max_relative_score_diff']:.1%} of the scale){agree}{auc}", markup=False)
+        return
+    n = check.get("n_maps", check.get("n_images"))
+    out.print(f"  fp32 vs PyTorch on {n} inputs: max |Δprob| {check['max_abs_prob_diff']:.1e} "
+              f"(tolerance {check['tolerance']:.0e})", markup=False)
+    if q:
         acc = "" if q["accuracy_int8"] is None else f", accuracy {q['accuracy_fp32']:.4f} → {q['accuracy_int8']:.4f}"
-        out.print(
-            f"  int8: max |Δprob| {q['max_abs_prob_diff']:.3f}, same prediction {q['prediction_agreement']:.1%}{acc}"
-        )
+        out.print(f"  int8: max |Δprob| {q['max_abs_prob_diff']:.3f}, same prediction {q['prediction_agreement']:.1%}"
+                  f"{acc}", markup=False)
+
+
+def _read_sample(model_dir: Path, sample: Path) -> list[Any]:
+    """Wafer maps for a wafer model; image paths for die and anomaly models (an image, a folder of
+    them, or a folder of class / MVTec sub-folders, searched recursively)."""
+    from fabsight.artifacts import load_card
+    from fabsight.wafer.classifier import TASK as WAFER_TASK
+
+    if load_card(model_dir).task == WAFER_TASK:
+        from fabsight.io import read_maps
+
+        return read_maps(sample)
+    from fabsight.die.data import IMAGE_SUFFIXES
+    from fabsight.die.model import expand_inputs
+
+    if sample.is_dir() and any(p.is_dir() for p in sample.iterdir()):
+        found = sorted(p for p in sample.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise FabsightError(sample, "contains no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff)")
+        return found
+    return list(expand_inputs([sample]))
 
 
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
         model_dir: Annotated[Path, typer.Argument(help="Model directory (card.json + weights).")],
-        onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (the only format so far).")] = False,
-        int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (static quantization).")] = False,
+        onnx: Annotated[bool, typer.Option("--onnx", help="Write the ONNX graph (the only format so far).")] = False,
+        int8: Annotated[bool, typer.Option("--int8", help="Also write an INT8 graph (static quantization).")] = False,
         opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 18,
         sample: Annotated[
             Path | None,
-            typer.Option(help="Maps to check the export and calibrate INT8 on (default: generated maps)."),
+            typer.Option(help="Maps (wafer models) or images (die, anomaly models) to check the export and calibrate "
+                         "INT8 on (default: generated maps, or images from the model's training data)."),
         ] = None,
         threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads.")] = 2,
         as_json: JsonOpt = False,
@@ -62,9 +92,5 @@ def register(app: typer.Typer) -> None:
 
         if not onnx:
             raise FabsightError(model_dir, "choose an export format: --onnx")
-        maps = None
-        if sample is not None:
-            from fabsight.io import read_maps
-
-            maps = read_maps(sample)
-        emit(export_onnx(model_dir, int8=int8, opset=opset, sample=maps, n_threads=threads), as_json, _print_export)
+        items = None if sample is None else _read_sample(model_dir, sample)
+        emit(export_onnx(model_dir, int8=int8, opset=opset, sample=items, n_threads=threads), as_json, _print_export)

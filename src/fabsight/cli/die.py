@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from fabsight.cli.common import JsonOpt, emit, out
+from fabsight.cli.deploy import RuntimeOpt
 from fabsight.utils.device import resolve_device
 
 BackboneOpt = Annotated[
@@ -88,14 +89,23 @@ def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="Model directory from 'fabsight die train'.")],
     data: Annotated[Path, typer.Argument(help="Labelled test images: DATA/CLASS/*.")],
     device: DeviceOpt = "auto",
+    runtime: RuntimeOpt = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy, balanced accuracy, macro-F1, per-class scores and confusion on labelled images."""
     from fabsight.die.embeddings import default_cache
+
+    result = _load(model_dir, device, runtime).evaluate(data, cache=default_cache())
+    emit(result, as_json, lambda m: _metrics_table(f"{model_dir} on {data}", m))
+
+
+def _load(model_dir: Path, device: str, runtime: str) -> Any:
+    """A die model on ``runtime``; the ONNX runtimes run on the CPU without torch (no device to resolve)."""
     from fabsight.die.model import DieModel
 
-    result = DieModel(model_dir, device=resolve_device(device)).evaluate(data, cache=default_cache())
-    emit(result, as_json, lambda m: _metrics_table(f"{model_dir} on {data}", m))
+    if runtime == "torch":
+        return DieModel(model_dir, device=resolve_device(device))
+    return DieModel(model_dir, runtime=runtime)
 
 
 def predict(
@@ -103,13 +113,14 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
     top: Annotated[int, typer.Option("--top", min=1, help="How many ranked labels to report.")] = 3,
     device: DeviceOpt = "auto",
+    runtime: RuntimeOpt = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Label, calibrated confidence, top-k and needs_review for each image."""
-    from fabsight.die.model import DieModel, expand_inputs
+    from fabsight.die.model import expand_inputs
 
     paths = expand_inputs(images)
-    model = DieModel(model_dir, device=resolve_device(device))
+    model = _load(model_dir, device, runtime)
     decisions = [{"path": str(p), **d} for p, d in zip(paths, model.predict(paths, top_k=top), strict=True)]
 
     def human(rows: list[dict[str, Any]]) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fabsight.cli.common import JsonOpt, emit, err, out
+from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
 if TYPE_CHECKING:
@@ -27,13 +28,14 @@ def autolabel(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder (labeled/, pending/, queue.sqlite).")],
     threshold: Annotated[float, typer.Option("--threshold", help="Least calibrated probability to auto-label.")] = 0.9,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    runtime: RuntimeOpt = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Label maps with a calibrated model; queue uncertain and novel maps for review, most useful first."""
     from fabsight.cli.monitor import load_classifier, read_wafers
     from fabsight.labeling import autolabel as run
 
-    clf = load_classifier(model)
+    clf = load_classifier(model, runtime)
     maps = read_wafers(unlabeled, what="unlabeled maps")
     res = asdict(run(maps, clf, out_dir, threshold=threshold, overwrite=overwrite))
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fabsight.cli.common import JsonOpt, emit, out
+from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
 if TYPE_CHECKING:
@@ -43,12 +44,13 @@ def read_wafers(paths: list[str], lots: str | None = None, what: str = "input") 
     return maps
 
 
-def load_classifier(model: Path | None) -> Any:
+def load_classifier(model: Path | None, runtime: str = "torch") -> Any:
+    """The wafer classifier at ``model`` on ``runtime`` (see ``fabsight.deploy.load_predictor``), or None."""
     if model is None:
         return None
-    from fabsight.wafer import load_model
+    from fabsight.deploy import load_predictor
 
-    return load_model(model)
+    return load_predictor(model, runtime)
 
 
 def _drift_human(res: dict[str, Any]) -> None:
@@ -90,6 +92,7 @@ def drift(
     lots_a: Annotated[str | None, typer.Option("--lots-a", help="Only these lots of A (comma-separated).")] = None,
     lots_b: Annotated[str | None, typer.Option("--lots-b", help="Only these lots of B (comma-separated).")] = None,
     model: ModelOpt = None,
+    runtime: RuntimeOpt = "torch",
     embeddings: Annotated[bool, typer.Option("--embeddings", help="Also compare the model's embeddings.")] = False,
     projections: Annotated[int, typer.Option("--projections", help="Random projection directions.")] = 128,
     permutations: Annotated[int, typer.Option("--permutations", help="Permutations for the p-value.")] = 1000,
@@ -102,7 +105,7 @@ def drift(
 
     if embeddings and model is None:
         raise FabsightError(None, "--embeddings needs --model")
-    clf = load_classifier(model)
+    clf = load_classifier(model, runtime)
     set_a = read_wafers([a], lots_a, "set A")
     set_b = read_wafers([b], lots_b, "set B")
     res = drift_test(
@@ -143,6 +146,7 @@ def _monitor_human(res: dict[str, Any]) -> None:
 def monitor(
     history: Annotated[list[str], typer.Argument(help="Wafer files/folders/globs over time (KLARF, STDF, ...).")],
     model: ModelOpt = None,
+    runtime: RuntimeOpt = "torch",
     baseline: Annotated[int, typer.Option("--baseline", help="The first N lots in time set the limits.")] = 5,
     chart: Annotated[str, typer.Option("--chart", help="'laney' (p′, robust to clustered fails) or 'p'.")] = "laney",
     alpha: AlphaOpt = 0.05,
@@ -159,7 +163,7 @@ def monitor(
     kind: ChartKind = "laney" if chart == "laney" else "p"
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise FabsightError(report, "the report is an HTML file: give a .html path")
-    clf = load_classifier(model)
+    clf = load_classifier(model, runtime)
     maps = read_wafers(history, what="history")
     res = monitor_lots(
         maps,

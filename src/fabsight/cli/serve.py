@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fabsight.cli.common import JsonOpt, emit, err
+from fabsight.cli.deploy import RuntimeOpt
 
 DEFAULT_DB = "fabsight-store/store.sqlite"
 
@@ -23,6 +24,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Upload size limit.")] = 64.0,
+    runtime: RuntimeOpt = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Serve the dashboard (/) and REST API (/api, docs at /docs) until Ctrl-C.
@@ -34,7 +36,7 @@ def serve(
     from fabsight.serve.state import load_service
 
     limit = int(max_upload_mb * 1024 * 1024)
-    service = load_service(db, models, files_dir=files, max_upload_bytes=limit)  # fail fast on user mistakes
+    service = load_service(db, models, files_dir=files, max_upload_bytes=limit, runtime=runtime)  # fail fast
     info = {
         "url": f"http://{host}:{port}/",
         "store": service.store.engine.url.render_as_string(hide_password=True),
@@ -43,7 +45,7 @@ def serve(
     }
     service.store.close()
     emit(info, as_json, lambda i: err.print(f"fabsight dashboard on {i['url']} (API: {i['url']}docs)", markup=False))
-    run(create_app(db, models, files_dir=files, max_upload_bytes=limit), host, port)
+    run(create_app(db, models, files_dir=files, max_upload_bytes=limit, runtime=runtime), host, port)
 
 
 def register(app: typer.Typer) -> None:

@@ -45,6 +45,10 @@ MIN_OPSET = 18
 FP32_TOLERANCE = 1e-4
 INPUT_NAME = "maps"
 OUTPUT_NAMES = ("logits", "embedding")
+INT8_METHOD = (
+    "onnxruntime static quantization: QDQ, per-channel int8 weights, uint8 activations, MinMax calibration "
+    "on the export sample"
+)
 #: Sample maps drawn from the synthetic generator when the user gives none.
 DEFAULT_SAMPLE = 256
 
@@ -81,6 +85,46 @@ def _accuracy(clf: WaferClassifier, maps: Sequence[WaferMap], probs: np.ndarray)
     return float(np.mean(right))
 
 
+def export_module(
+    module: Any, example: Any, path: Path, opset: int, *, input_name: str, output_names: Sequence[str]
+) -> None:
+    """Write ``module`` (one batched input, ``output_names`` outputs) as an ONNX graph with a dynamic batch axis.
+
+    Shared by every model type: the torch.export-based exporter, one self-contained file
+    (moved into place atomically by the caller), the exporter's notices silenced.
+    """
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own notices; failures still raise
+        try:
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=[input_name],
+                output_names=list(output_names),
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        finally:
+            module.eval()  # the exporter may leave submodules in training mode
+
+
+def checked_opset(model_dir: Path, path: Path, opset: int) -> int:
+    """The opset the exporter wrote; a ModelError when it is not the one asked for."""
+    import onnx
+
+    got = max(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+    if got != opset:
+        raise ModelError(model_dir, f"the exporter wrote opset {got}, not the requested {opset}")
+    return got
+
+
 def _export_graph(clf: WaferClassifier, path: Path, opset: int, example: np.ndarray) -> None:
     import torch
 
@@ -96,24 +140,11 @@ def _export_graph(clf: WaferClassifier, path: Path, opset: int, example: np.ndar
             return self.net.classify(z), z
 
     graph = Graph(clf.net_).eval()
-    batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's own notices; failures still raise
-        try:
-            torch.onnx.export(
-                graph,
-                (torch.from_numpy(example[:2]),),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=({0: batch},),
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,  # one self-contained file, moved into place atomically
-                verbose=False,
-            )
-        finally:
-            clf.net_.eval()  # the exporter may leave submodules in training mode
+    try:
+        export_module(graph, torch.from_numpy(example[:2]), path, opset, input_name=INPUT_NAME,
+                      output_names=OUTPUT_NAMES)
+    finally:
+        clf.net_.eval()
 
 
 def _run(sess: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,16 +153,17 @@ def _run(sess: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _SampleReader:
-    """``onnxruntime.quantization.CalibrationDataReader`` over preprocessed sample maps."""
+    """``onnxruntime.quantization.CalibrationDataReader`` over a preprocessed sample batch."""
 
-    def __init__(self, x: np.ndarray, batch: int = 32) -> None:
-        self._batches = iter([{INPUT_NAME: x[s : s + batch]} for s in range(0, len(x), batch)])
+    def __init__(self, x: np.ndarray, input_name: str, batch: int = 32) -> None:
+        self._batches = iter([{input_name: x[s : s + batch]} for s in range(0, len(x), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
 
-def _quantize(fp32: Path, out: Path, x: np.ndarray, work: Path) -> None:
+def quantize(fp32: Path, out: Path, x: np.ndarray, work: Path, input_name: str = INPUT_NAME) -> None:
+    """Static INT8 quantization (QDQ, per-channel weights) with activations calibrated on ``x``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -140,7 +172,7 @@ def _quantize(fp32: Path, out: Path, x: np.ndarray, work: Path) -> None:
     quantize_static(
         str(prepared),
         str(out),
-        _SampleReader(x),
+        _SampleReader(x, input_name),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
@@ -152,7 +184,6 @@ def _quantize(fp32: Path, out: Path, x: np.ndarray, work: Path) -> None:
 def _export_wafer(
     model_dir: Path, *, int8: bool, opset: int, sample: Sequence[WaferMap] | None, n_threads: int, seed: int
 ) -> dict[str, Any]:
-    import onnx
     import onnxruntime as ort
     import torch
 
@@ -170,9 +201,7 @@ def _export_wafer(
         work = Path(tmp)
         fp32 = work / ONNX_FILE
         _export_graph(clf, fp32, opset, x)
-        got = max(o.version for o in onnx.load(str(fp32)).opset_import if o.domain in ("", "ai.onnx"))
-        if got != opset:
-            raise ModelError(model_dir, f"the exporter wrote opset {got}, not the requested {opset}")
+        got = checked_opset(model_dir, fp32, opset)
         logits_o, emb_o = _run(session(fp32, n_threads), x)
         probs_o = cal.probabilities(logits_o, clf.temperature_, clf.multilabel)
         dprob = float(np.abs(probs_o - probs_t).max())
@@ -193,13 +222,12 @@ def _export_wafer(
         int8_info = None
         if int8:
             q = work / INT8_FILE
-            _quantize(fp32, q, x, work)
+            quantize(fp32, q, x, work)
             probs_q = cal.probabilities(_run(session(q, n_threads), x)[0], clf.temperature_, clf.multilabel)
             agree = [a == b for a, b in zip(clf._decode(probs_q), clf._decode(probs_t), strict=True)]
             int8_info = {
                 "file": INT8_FILE,
-                "method": "onnxruntime static quantization: QDQ, per-channel int8 weights, uint8 activations, "
-                "MinMax calibration on the sample maps",
+                "method": INT8_METHOD,
                 "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
                 "prediction_agreement": float(np.mean(agree)),
                 "accuracy_int8": _accuracy(clf, maps, probs_q),
@@ -242,20 +270,32 @@ def export_onnx(
     *,
     int8: bool = False,
     opset: int = DEFAULT_OPSET,
-    sample: Sequence[WaferMap] | None = None,
+    sample: Sequence[Any] | None = None,
     n_threads: int = 2,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Write ``model.onnx`` (and ``model.int8.onnx``) into ``model_dir`` and record them in its card.
+    """Export the network of a wafer, die or anomaly model directory to ONNX and record it in its card.
 
-    ``sample``: maps to check the export on (and to calibrate INT8 activations with);
-    default: generated maps of the model's classes. Returns the card's new ``onnx``
-    section with the files written.
+    Wafer models write ``model.onnx`` (``model.int8.onnx``), die models ``backbone.onnx``,
+    anomaly models ``network.onnx``; each export is checked against PyTorch on ``sample``
+    (wafer maps, or die/anomaly images as paths or arrays; default: generated maps or
+    images from the model's training data) before anything is written. Returns the
+    card's new ``onnx`` section with the files written.
     """
     if opset < MIN_OPSET:
         raise FabsightError(None, f"--opset must be ≥ {MIN_OPSET} (the torch.export-based exporter), got {opset}")
     d = Path(model_dir)
     card = load_card(d)
-    if card.task != WAFER_TASK:
-        raise ModelError(d, f"export to ONNX is implemented for wafer-pattern models, not '{card.task}'")
-    return _export_wafer(d, int8=int8, opset=opset, sample=sample, n_threads=n_threads, seed=seed)
+    kw: dict[str, Any] = {"int8": int8, "opset": opset, "n_threads": n_threads, "seed": seed}
+    if card.task == WAFER_TASK:
+        return _export_wafer(d, sample=sample, **kw)
+    from fabsight.deploy import anomaly, die
+
+    if card.task == die.TASK:
+        return die.export_die(d, sample=sample, **kw)
+    if card.task == anomaly.TASK:
+        from fabsight.die.data import read_image
+
+        images = None if sample is None else [read_image(s) if isinstance(s, str | os.PathLike) else s for s in sample]
+        return anomaly.export_anomaly(d, sample=images, **kw)
+    raise ModelError(d, f"export to ONNX is implemented for wafer-pattern, die and anomaly models, not '{card.task}'")

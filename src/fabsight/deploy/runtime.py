@@ -1,4 +1,7 @@
-"""Run an exported model in ONNX Runtime with the same API as the PyTorch model.
+"""Run an exported wafer model in ONNX Runtime with the same API as the PyTorch model.
+
+(Die and anomaly models: :mod:`fabsight.deploy.die`, :mod:`fabsight.deploy.anomaly`; the
+session, runtime names and card lookup here are shared by all three.)
 
 ``load_predictor(model_dir, runtime="onnx")`` returns an object with ``predict``,
 ``predict_proba``, ``predict_details`` and ``embed``, so every ``predict`` / ``eval``
@@ -27,6 +30,12 @@ from fabsight.wafer.classifier import WEIGHTS_FILE, WaferClassifier, card_params
 
 #: ``torch``: the trained PyTorch model; ``onnx``: the fp32 graph; ``onnx-int8``: the quantized one.
 RUNTIMES: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+
+
+def check_runtime(runtime: str) -> None:
+    """A one-line user error for a runtime that is not one of :data:`RUNTIMES`."""
+    if runtime not in RUNTIMES:
+        raise FabsightError(None, f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
 
 
 def session(path: str | os.PathLike[str], n_threads: int) -> Any:
@@ -110,11 +119,12 @@ def load_predictor(model_dir: str | os.PathLike[str], runtime: str = "torch", *,
     All runtimes return objects with the same ``predict`` / ``predict_proba`` /
     ``predict_details`` / ``embed`` methods and the same fitted attributes.
     """
-    if runtime not in RUNTIMES:
-        raise FabsightError(None, f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    check_runtime(runtime)
     card = load_card(model_dir)
     if card.task != WAFER_TASK:
-        raise ModelError(model_dir, f"'{card.task}' models have no {runtime} predictor here; wafer-pattern models do")
+        raise ModelError(model_dir, f"is a '{card.task}' model, not a wafer-pattern model (die models load with "
+                                    "fabsight.die.model.DieModel(dir, runtime=...), anomaly models with "
+                                    "fabsight.deploy.load_anomaly_model)")
     if runtime == "torch":
         from fabsight.wafer import load_model
 

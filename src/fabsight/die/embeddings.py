@@ -13,14 +13,17 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fabsight.backbones import Backbone
 from fabsight.die.data import augment, read_image
 from fabsight.utils.atomic import atomic_path
 from fabsight.utils.cache import cache_dir
 from fabsight.utils.progress import track
+
+if TYPE_CHECKING:  # the ONNX runtime embeds through this module without importing torch
+    from fabsight.backbones import Backbone
 
 Item = str | os.PathLike[str] | np.ndarray
 
@@ -153,7 +156,7 @@ def extract_layers(
     widths = [backbone.embed_dim_for([name]) for name in layers]
 
     def one_pass(images: list[np.ndarray]) -> dict[str, np.ndarray]:
-        raw = backbone.embed(backbone.preprocess(images), layers).numpy()
+        raw = np.asarray(backbone.embed(backbone.preprocess(images), layers))  # torch tensor or ONNX array
         bounds = np.cumsum([0, *widths])
         return {name: raw[:, bounds[i]:bounds[i + 1]] for i, name in enumerate(layers)}
 

@@ -15,12 +15,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fabsight.artifacts import ModelCard, load_card, save_card
-from fabsight.backbones import Backbone, create_backbone
 from fabsight.die.classifier import DieClassifier
 from fabsight.die.data import DEFAULT_AUGMENT, ImageFolder, list_images, scan_folder
 from fabsight.die.embeddings import Item, default_cache, extract
@@ -33,6 +32,9 @@ TASK = "die-classifier"
 CLASSIFIER_FILE = "classifier.joblib"
 METHODS = ("probe", "hybrid", "hierarchical", "finetune")
 OK_NAMES = ("ok", "good", "none", "free", "no_defect", "nodefect", "pass")
+
+if TYPE_CHECKING:  # torch loads only where a backbone is built: the ONNX runtime never builds one
+    from fabsight.backbones import Backbone
 
 
 def features(backbone: Backbone, items: Sequence[Item], *, layers: Sequence[str], handcrafted: bool,
@@ -105,6 +107,8 @@ def train(
     ``handcrafted`` overrides the method's feature choice. ``cv_folds`` > 1 records
     cross-validated metrics in the card (augmented copies stay in the fold of their original).
     """
+    from fabsight.backbones import create_backbone
+
     if method not in METHODS:
         raise FabsightError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     folder = scan_folder(data_dir, min_per_class=1)
@@ -228,11 +232,19 @@ def _cross_validate(clf: DieClassifier, X: np.ndarray, y: np.ndarray, groups: np
 
 
 class DieModel:
-    """A loaded die model: its card, classifier and backbone (checked to be the one trained with)."""
+    """A loaded die model: its card, classifier and backbone (checked to be the one trained with).
 
-    def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu") -> None:
+    ``runtime``: ``torch``, or ``onnx`` / ``onnx-int8`` for the graph written by ``fabsight
+    export`` (:mod:`fabsight.deploy.die`), which needs no PyTorch.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", runtime: str = "torch",
+                 n_threads: int = 2) -> None:
         import joblib
 
+        from fabsight.deploy.runtime import check_runtime
+
+        check_runtime(runtime)
         self.dir = Path(model_dir)
         self.card = load_card(self.dir, task=TASK)
         self.finetuned = self.card.training.get("method") == "finetune"
@@ -245,13 +257,21 @@ class DieModel:
             return
         self.classifier: DieClassifier = joblib.load(self.dir / self.card.files["classifier"])
         info = self.card.backbone or {}
+        self.layers = tuple(info["layers"])
+        self.handcrafted = bool(self.card.training.get("handcrafted"))
+        self.backbone: Any
+        if runtime != "torch":
+            from fabsight.deploy.die import onnx_backbone
+
+            self.backbone = onnx_backbone(self.dir, self.card, runtime, n_threads)
+            return
+        from fabsight.backbones import create_backbone
+
         self.backbone = create_backbone(info["name"], device=device, weights=info.get("weights"),
                                         input_size=tuple(info["input_size"]))
         if self.backbone.cfg.weights_hash != info.get("weights_hash"):
             raise ModelError(self.dir, f"backbone '{info['name']}' now has different weights than the model was "
                              "trained with; retrain or restore the original weights")
-        self.layers = tuple(info["layers"])
-        self.handcrafted = bool(self.card.training.get("handcrafted"))
 
     @property
     def classes(self) -> list[str]:

@@ -50,17 +50,20 @@ def create_app(
     *,
     files_dir: str | os.PathLike[str] | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    runtime: str = "torch",
 ) -> FastAPI:
     """The service over the store at ``db_url`` (a SQLite file path or a database URL).
 
     ``models_dir`` holds the wafer-pattern model (the folder itself or a sub-folder); without
     it wafers are stored and explained but not classified, and all go to the review queue.
-    ``files_dir`` keeps the uploaded files (default: beside the SQLite file).
+    ``files_dir`` keeps the uploaded files (default: beside the SQLite file). ``runtime``
+    ``onnx`` / ``onnx-int8`` runs exported models in ONNX Runtime (see :mod:`fabsight.deploy`).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = load_service(db_url, models_dir, files_dir=files_dir, max_upload_bytes=max_upload_bytes)
+        service = load_service(db_url, models_dir, files_dir=files_dir, max_upload_bytes=max_upload_bytes,
+                               runtime=runtime)
         app.state.service = service
         try:
             yield

@@ -67,8 +67,9 @@ def load_service(
     *,
     files_dir: str | os.PathLike[str] | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    runtime: str = "torch",
 ) -> Service:
-    """Open the store (migrating it) and load the models; user mistakes raise FabsightError."""
+    """Open the store (migrating it) and load the models on ``runtime``; user mistakes raise FabsightError."""
     from fabsight.assist.knowledge import load_kb
 
     if max_upload_bytes < 1:
@@ -86,14 +87,14 @@ def load_service(
             if path is None and anomaly is None:
                 raise ModelError(models_dir, "no wafer-pattern or anomaly model in this folder (fabsight wafer train)")
             if path is not None:
-                from fabsight.wafer import load_model
+                from fabsight.deploy import load_predictor
 
-                service.classifier = load_model(path)
+                service.classifier = load_predictor(path, runtime)
                 service.model_name = f"{path.name} ({load_card(path).created})"
             if anomaly is not None:
-                from fabsight.anomaly import load_model as load_anomaly
+                from fabsight.deploy import load_anomaly_model
 
-                service.anomaly_model = load_anomaly(anomaly, device="cpu")[0]
+                service.anomaly_model = load_anomaly_model(anomaly, runtime, device="cpu")
                 service.anomaly_model.resolve_threshold()  # a model without a threshold cannot label images
         service.files_dir.mkdir(parents=True, exist_ok=True)
     except BaseException:

@@ -1,0 +1,227 @@
+"""Die classifiers in ONNX: the backbone's pooled embedding as a graph, the scikit-learn heads unchanged.
+
+A die model is a frozen backbone (EfficientNet-Lite0, DINOv2, an adapted directory) whose
+pooled layer outputs feed a probe / hybrid / hierarchical scikit-learn classifier. Only
+the backbone needs PyTorch, so only it becomes a graph (``backbone.onnx``: normalised
+B×3×H×W images in, the B×D embedding of the model's layers out). The classifier stays
+``classifier.joblib`` with its temperature and review thresholds; GLCM + Zernike features
+are numpy already. :class:`OnnxBackbone` offers the few ``Backbone`` methods the die
+pipeline calls, with the preprocessing in numpy (:mod:`fabsight.deploy.preprocess`), so
+``DieModel(..., runtime="onnx")`` predicts and evaluates without importing torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fabsight.artifacts import ModelCard, load_card, save_card
+from fabsight.deploy.preprocess import preprocess
+from fabsight.deploy.runtime import onnx_section, session
+from fabsight.die.model import TASK
+from fabsight.errors import FabsightError, ModelError
+from fabsight.utils.atomic import atomic_path
+
+ONNX_FILE = "backbone.onnx"
+INT8_FILE = "backbone.int8.onnx"
+INPUT_NAME = "images"
+OUTPUT_NAME = "embedding"
+#: Largest |calibrated probability difference| between the ONNX and PyTorch pipelines that export accepts.
+PROB_TOLERANCE = 1e-3
+#: Images checked (and INT8-calibrated) on when the sample comes from the training folder.
+MAX_SAMPLE = 96
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    """The part of ``BackboneConfig`` the die pipeline reads (name, default layers)."""
+
+    name: str
+    default_layers: tuple[str, ...]
+
+
+class OnnxBackbone:
+    """The exported backbone graph behind the ``Backbone`` methods die embedding extraction uses."""
+
+    def __init__(self, graph: Path, card: ModelCard, info: dict[str, Any], n_threads: int) -> None:
+        bb = card.backbone or {}
+        self.layers = tuple(bb["layers"])
+        self.cfg = _Cfg(str(bb["name"]), self.layers)
+        self.input = card.input
+        self.widths = {str(k): int(v) for k, v in info["layer_widths"].items()}
+        self.info = info
+        self.session = session(graph, n_threads)
+        with open(graph, "rb") as fh:
+            self._graph_hash = hashlib.sha256(fh.read()).hexdigest()[:16]
+        self._weights_hash = bb.get("weights_hash")
+
+    def __repr__(self) -> str:
+        return f"OnnxBackbone({self.cfg.name!r}, layers={self.layers})"
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        i = self.input
+        return preprocess(images, size=i["size"], mean=i["mean"], std=i["std"], interpolation=i["interpolation"])
+
+    def check_layers(self, layers: Sequence[str]) -> None:
+        unknown = [n for n in layers if n not in self.widths]
+        if unknown or not layers:
+            raise FabsightError(self.cfg.name, f"the exported graph gives layers {', '.join(self.layers)} only")
+
+    def embed_dim_for(self, layers: Sequence[str] | None = None) -> int:
+        layers = tuple(layers or self.layers)
+        self.check_layers(layers)
+        return sum(self.widths[n] for n in layers)
+
+    def embed(self, x: np.ndarray, layers: Sequence[str] | None = None) -> np.ndarray:
+        """B×D embedding of the exported layers (all of them: the graph computes them together)."""
+        if tuple(layers or self.layers) != self.layers:
+            raise FabsightError(self.cfg.name, f"the exported graph gives exactly layers {', '.join(self.layers)}")
+        (emb,) = self.session.run([self.info["output"]], {self.info["input"]: x})
+        return emb
+
+    def fingerprint(self) -> str:
+        """Cache key: ONNX embeddings are cached apart from PyTorch's (they differ in the last digits)."""
+        return f"{self.cfg.name}|{self._weights_hash}|{self.input['size']}|onnx:{self._graph_hash}"
+
+
+def onnx_backbone(model_dir: str | os.PathLike[str], card: ModelCard, runtime: str, n_threads: int = 2) -> OnnxBackbone:
+    """The exported backbone of a die model directory for ``runtime`` ``onnx`` or ``onnx-int8``."""
+    graph, info = onnx_section(model_dir, card, runtime == "onnx-int8")
+    return OnnxBackbone(graph, card, info, n_threads)
+
+
+def _sample(model: Any, sample: Sequence[Any] | None, seed: int) -> tuple[list[Any], list[str] | None, str]:
+    """Images to check on, their labels when known, and how they were chosen."""
+    from fabsight.die.data import scan_folder
+
+    if sample is not None:
+        if len(sample) == 0:
+            raise FabsightError(None, "the export sample holds no images")
+        return list(sample), None, f"{len(sample)} images given by the user"
+    data = model.card.training.get("data")
+    if data and Path(data).is_dir():
+        try:
+            folder = scan_folder(data, classes=model.classes)
+        except FabsightError:
+            folder = None
+        if folder is not None:
+            pick = np.linspace(0, len(folder) - 1, min(MAX_SAMPLE, len(folder))).round().astype(int)
+            labels = [model.classes[i] for i in folder.labels[pick]]
+            return [folder.paths[i] for i in pick], labels, f"{len(pick)} training images of {data}"
+    rng = np.random.default_rng(seed)
+    size = tuple(model.card.input["size"])
+    images = [(rng.random(size) * 255).astype(np.uint8) for _ in range(16)]
+    return images, None, f"16 random-noise images (seed {seed}): the training folder {data} is not here"
+
+
+def _accuracy(pred: np.ndarray, labels: list[str] | None) -> float | None:
+    return None if labels is None else float(np.mean(pred == np.asarray(labels)))
+
+
+def export_die(
+    model_dir: Path, *, int8: bool, opset: int, sample: Sequence[Any] | None, n_threads: int, seed: int
+) -> dict[str, Any]:
+    """Export the backbone of a die model, check the whole pipeline against PyTorch, update the card."""
+    import onnxruntime as ort
+    import torch
+
+    from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, quantize
+    from fabsight.die.embeddings import load_item
+    from fabsight.die.model import DieModel
+
+    torch_model = DieModel(model_dir, device="cpu")
+    bb = torch_model.backbone
+    if bb.cfg.interpolation not in ("bilinear", "bicubic"):
+        raise ModelError(model_dir, f"backbone interpolation '{bb.cfg.interpolation}' has no numpy twin for ONNX")
+    items, labels, described = _sample(torch_model, sample, seed)
+    images = [load_item(it) for it in items]
+    layers = torch_model.layers
+    x = bb.preprocess(images).numpy()
+
+    class Graph(torch.nn.Module):
+        """Normalised images in, the die model's pooled embedding out."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = bb.model
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return bb.embed(images, layers)
+
+    clf = torch_model.classifier
+    feats_t = torch_model.features(images)
+    probs_t, pred_t = clf.predict_proba(feats_t), clf.predict(feats_t)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=model_dir) as tmp:
+        work = Path(tmp)
+        fp32 = work / ONNX_FILE
+        export_module(Graph().eval(), torch.from_numpy(x[:2]), fp32, opset, input_name=INPUT_NAME,
+                      output_names=[OUTPUT_NAME])
+        got = checked_opset(model_dir, fp32, opset)
+        info: dict[str, Any] = {
+            "opset": got, "input": INPUT_NAME, "output": OUTPUT_NAME, "outputs": [OUTPUT_NAME],
+            "input_shape": ["batch", 3, *bb.cfg.input_size],
+            "layer_widths": {n: bb.embed_dim_for([n]) for n in layers},
+            "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}},
+        }
+        card = load_card(model_dir, task=TASK)
+
+        def run(graph: Path) -> tuple[np.ndarray, np.ndarray]:
+            """Probabilities and labels of the whole die pipeline with ``graph`` as its backbone."""
+            torch_model.backbone = OnnxBackbone(graph, card, info, n_threads)
+            try:
+                feats = torch_model.features(images)
+            finally:
+                torch_model.backbone = bb
+            return clf.predict_proba(feats), clf.predict(feats)
+
+        probs_o, pred_o = run(fp32)
+        dprob = float(np.abs(probs_o - probs_t).max())
+        if dprob > PROB_TOLERANCE:
+            raise ModelError(model_dir, f"ONNX Runtime differs from PyTorch by {dprob:.2e} in probability "
+                                        f"(> {PROB_TOLERANCE})")
+        emb_t = bb.embed(bb.preprocess(images[:8]), layers).numpy()
+        emb_o = OnnxBackbone(fp32, card, info, n_threads).embed(x[:8])
+        info["check"] = {
+            "sample": described, "n_images": len(images), "max_abs_prob_diff": dprob,
+            "max_abs_embedding_diff": float(np.abs(emb_o - emb_t).max()), "tolerance": PROB_TOLERANCE,
+            "prediction_agreement": float(np.mean(pred_o == pred_t)), "accuracy_torch": _accuracy(pred_t, labels),
+        }
+        info["int8"] = None
+        if int8:
+            q = work / INT8_FILE
+            quantize(fp32, q, x, work, INPUT_NAME)
+            probs_q, pred_q = run(q)
+            info["int8"] = {
+                "file": INT8_FILE, "method": INT8_METHOD, "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
+                "prediction_agreement": float(np.mean(pred_q == pred_t)), "accuracy_int8": _accuracy(pred_q, labels),
+                "accuracy_fp32": info["check"]["accuracy_torch"],
+            }
+        info.update({
+            "preprocessing": "NOT in the graph: card.input (RGB, /255, antialiased resize to size, mean/std); "
+                             "fabsight.deploy.preprocess reproduces it in numpy",
+            "postprocessing": "NOT in the graph: ⊕ GLCM + Zernike when training.handcrafted, then classifier.joblib "
+                              "(scikit-learn, with its temperature and the review thresholds in extra)",
+            "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+            "onnxruntime": ort.__version__,
+        })
+        with atomic_path(model_dir / ONNX_FILE) as dst:
+            os.replace(fp32, dst)
+        card.files["onnx"] = ONNX_FILE
+        if int8:
+            with atomic_path(model_dir / INT8_FILE) as dst:
+                os.replace(work / INT8_FILE, dst)
+            card.files["onnx_int8"] = INT8_FILE
+        else:
+            card.files.pop("onnx_int8", None)
+        card.extra["onnx"] = info
+        save_card(model_dir, card)
+    if not int8:
+        (model_dir / INT8_FILE).unlink(missing_ok=True)
+    return {"model": str(model_dir), "task": card.task, "files": dict(card.files), "onnx": info}

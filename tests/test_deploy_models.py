@@ -1,0 +1,347 @@
+"""ONNX export and the torch-free runtime for die classifiers and anomaly models.
+
+The models are tiny and trained in seconds on generated images: die classes a bright disc
+vs a dark line, anomaly images a regular texture with or without a dark disc. The
+backbone is timm's ``test_efficientnet`` with seeded random weights (a real multi-stage
+EfficientNet graph that exports like the big one, at a fraction of the cost; random
+features make no anomaly detector, so detection quality is not asserted here, only that
+both runtimes agree). Every check compares ONNX Runtime with the PyTorch model on images
+the export never saw, so a wrong preprocessing, layer, scorer or threshold shows up as a
+difference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fabsight.cli.main import app
+from fabsight.deploy import anomaly as deploy_anomaly
+from fabsight.deploy import export_onnx, load_anomaly_model
+from fabsight.deploy.preprocess import preprocess
+from fabsight.die.data import read_image
+from fabsight.die.model import DieModel
+from fabsight.errors import FabsightError, ModelError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_anomaly_methods import plant, texture
+
+REPO = Path(__file__).resolve().parents[1]
+BACKBONE = "timm:test_efficientnet"
+
+
+def _die_image(rng: np.random.Generator, kind: str) -> np.ndarray:
+    h, w = int(rng.integers(40, 72)), int(rng.integers(40, 72))
+    img = rng.normal(120, 12, (h, w)).clip(0, 255).astype(np.uint8)
+    if kind == "disc":
+        centre = (int(rng.integers(14, w - 14)), int(rng.integers(14, h - 14)))
+        cv2.circle(img, centre, int(rng.integers(5, 9)), 235, -1)
+    else:
+        cv2.line(img, (0, int(rng.integers(0, h))), (w - 1, int(rng.integers(0, h))), 15, 3)
+    return img
+
+
+def _write_die_folder(root: Path, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for kind in ("disc", "line"):
+        (root / kind).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(root / kind / f"{kind}{i}.png"), _die_image(rng, kind))
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    import timm
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "test_efficientnet.pth"
+    torch.save(timm.create_model("test_efficientnet").state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def die(tmp_path_factory, weights) -> tuple[Path, dict, Path]:
+    """A hybrid (deep + GLCM + Zernike) die model exported with INT8 through the CLI, and unseen test images."""
+    from fabsight.die.model import train
+
+    root = tmp_path_factory.mktemp("die")
+    train(_write_die_folder(root / "train", 10, 0), root / "model", backbone=BACKBONE, weights=weights,
+          method="hybrid", input_size=64, cv_folds=0, cache=None)
+    result = CliRunner().invoke(app, ["export", str(root / "model"), "--onnx", "--int8", "--json"])
+    assert result.exit_code == 0, result.output
+    return root / "model", json.loads(result.stdout), _write_die_folder(root / "test", 6, 1)
+
+
+def _mvtec(root: Path, seed: int) -> Path:
+    """ROOT/train/good, ROOT/test/{good,hole} + ground_truth masks, images 64×80."""
+    rng = np.random.default_rng(seed)
+    for sub in ("train/good", "test/good", "test/hole", "ground_truth/hole"):
+        (root / sub).mkdir(parents=True)
+    for i in range(8):
+        cv2.imwrite(str(root / "train/good" / f"{i}.png"), texture(rng, 64, 80))
+    for i in range(4):
+        cv2.imwrite(str(root / "test/good" / f"{i}.png"), texture(rng, 64, 80))
+        img, mask = plant(rng, texture(rng, 64, 80), radius=7)
+        cv2.imwrite(str(root / "test/hole" / f"{i}.png"), img)
+        cv2.imwrite(str(root / "ground_truth/hole" / f"{i}_mask.png"), mask.astype(np.uint8) * 255)
+    return root
+
+
+METHODS = {
+    # PatchCore tiles (stitching, batching across images) and reweights its scores.
+    "patchcore": {"tile": 48, "input_size": 48, "reweight": True},
+    "padim": {"input_size": 64, "n_features": 24},
+    "recon": {"input_size": 64, "steps": 12, "width": 4, "depth": 2, "train_crop": 32, "batch_size": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def anomaly(tmp_path_factory, weights) -> dict[str, tuple[Path, dict]]:
+    """One exported model per method (INT8 too), fitted on the train split with a threshold from test/good."""
+    from fabsight.anomaly import load_split, make_model, save_model
+
+    root = _mvtec(tmp_path_factory.mktemp("anomaly") / "data", 3)
+    train = [read_image(r.path) for r in load_split(root, "train")]
+    good = [read_image(r.path) for r in load_split(root, "test") if not r.is_anomalous]
+    models = {}
+    for method, params in METHODS.items():
+        extra = {} if method == "recon" else {"backbone": BACKBONE, "backbone_weights": str(weights)}
+        model = make_model(method, device="cpu", **params, **extra).fit(train).calibrate_good(good)
+        d = save_model(model, root.parent / method, training={"root": str(root)})
+        models[method] = (d, export_onnx(d, int8=True))
+    return models
+
+
+@pytest.fixture(scope="module")
+def anomaly_images() -> list[np.ndarray]:
+    """Unseen images of another size than training: 4 good, 4 with a disc."""
+    rng = np.random.default_rng(9)
+    return [texture(rng, 72, 60) for _ in range(4)] + [plant(rng, texture(rng, 72, 60), radius=7)[0] for _ in range(4)]
+
+
+def test_numpy_preprocessing_matches_the_backbone(weights) -> None:
+    from fabsight.backbones import create_backbone
+
+    bb = create_backbone(BACKBONE, weights=weights, input_size=(48, 40))
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 256, (640, 480), dtype=np.uint8),  # strong down-scaling (antialiased)
+        rng.integers(0, 256, (17, 23, 3), dtype=np.uint8),  # up-scaling, colour
+        rng.integers(0, 65536, (48, 40), dtype=np.uint16),  # no resize, 16 bit
+        rng.integers(0, 256, (100, 30, 4), dtype=np.uint8),  # alpha dropped, mixed scaling
+        rng.random((33, 200)).astype(np.float32),
+    ]
+    for mode in ("bicubic", "bilinear"):
+        bb.cfg = dataclasses.replace(bb.cfg, interpolation=mode)
+        for img in images:
+            want = bb.preprocess([img]).numpy()
+            got = preprocess([img], size=bb.cfg.input_size, mean=bb.cfg.mean, std=bb.cfg.std, interpolation=mode)
+            assert got.shape == want.shape == (1, 3, 48, 40)
+            assert np.abs(got - want).max() < 2e-5, (mode, img.shape)
+    with pytest.raises(FabsightError, match="expected H×W grey"):
+        preprocess([np.zeros((4, 4, 5), np.uint8)], size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1),
+                   interpolation="bilinear")
+
+
+def test_die_export_card(die) -> None:
+    model_dir, result, _ = die
+    card = json.loads((model_dir / "card.json").read_text())
+    info = card["extra"]["onnx"]
+    assert card["files"]["onnx"] == "backbone.onnx" and card["files"]["onnx_int8"] == "backbone.int8.onnx"
+    assert (model_dir / "backbone.onnx").is_file() and (model_dir / "classifier.joblib").is_file()
+    assert info["input_shape"] == ["batch", 3, 64, 64] and info["opset"] == 18
+    check = info["check"]
+    assert check["sample"] == "20 training images of " + str(model_dir.parent / "train")
+    assert check["max_abs_prob_diff"] <= check["tolerance"] == 1e-3
+    assert check["prediction_agreement"] == 1.0 and check["accuracy_torch"] == 1.0
+    assert info["int8"]["accuracy_int8"] is not None and result["onnx"] == info
+    # review thresholds stay in the card, outside the graph
+    assert {"ood_threshold", "min_confidence"} <= set(card["extra"])
+
+
+def test_die_onnx_runtime_matches_torch_on_unseen_images(die) -> None:
+    model_dir, _, test = die
+    paths = sorted(test.rglob("*.png"))
+    torch_dec = DieModel(model_dir).predict(paths)
+    onnx_model = DieModel(model_dir, runtime="onnx")
+    onnx_dec = onnx_model.predict(paths)
+    assert [d["label"] for d in onnx_dec] == [d["label"] for d in torch_dec]
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(onnx_dec, torch_dec, strict=True)) <= 1e-4
+    assert [d["needs_review"] for d in onnx_dec] == [d["needs_review"] for d in torch_dec]
+    assert np.mean([d["label"] == p.parent.name for d, p in zip(onnx_dec, paths, strict=True)]) >= 0.9
+    # dynamic batch: one image alone gives the same embedding as inside a batch of 12
+    x = onnx_model.backbone.preprocess([read_image(p) for p in paths])
+    np.testing.assert_allclose(onnx_model.backbone.embed(x[:1]), onnx_model.backbone.embed(x)[:1], atol=1e-5)
+    int8 = DieModel(model_dir, runtime="onnx-int8").predict(paths)
+    assert np.mean([a["label"] == b["label"] for a, b in zip(int8, torch_dec, strict=True)]) >= 0.9
+
+
+def test_die_predict_and_eval_take_runtime_onnx(die) -> None:
+    model_dir, _, test = die
+    rows = {}
+    for runtime in ("torch", "onnx"):
+        result = CliRunner().invoke(app, ["die", "predict", str(model_dir), str(test / "disc"), "--runtime", runtime,
+                                          "--device", "cpu", "--json"])
+        assert result.exit_code == 0, result.output
+        rows[runtime] = json.loads(result.stdout)
+    assert [r["label"] for r in rows["onnx"]] == [r["label"] for r in rows["torch"]] == ["disc"] * 6
+    result = CliRunner().invoke(app, ["die", "eval", str(model_dir), str(test), "--runtime", "onnx-int8", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n"] == 12
+
+
+def test_export_sample_folders_are_searched_recursively(die) -> None:
+    from fabsight.cli.deploy import _read_sample
+
+    model_dir, _, test = die
+    assert len(_read_sample(model_dir, test)) == 12  # class sub-folders
+    assert len(_read_sample(model_dir, test / "disc")) == 6
+
+
+@pytest.mark.slow  # the anomaly fixture fits and exports three models (~60 s on 2 cores)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_anomaly_export_matches_torch(anomaly, anomaly_images, method) -> None:
+    model_dir, _ = anomaly[method]
+    card = json.loads((model_dir / "card.json").read_text())
+    info = card["extra"]["onnx"]
+    assert card["files"]["onnx"] == "network.onnx" and (model_dir / "network.int8.onnx").is_file()
+    assert info["check"]["max_abs_score_diff"] <= 1e-3 * info["check"]["score_scale"]
+    assert info["check"]["image_auroc_torch"] is not None and info["int8"]["image_auroc_int8"] is not None
+    assert "threshold" not in json.dumps(info["outputs"]) and card["extra"]["threshold"]["value"] > 0
+    images = anomaly_images
+    torch_model = load_anomaly_model(model_dir, "torch", device="cpu")
+    onnx_model = load_anomaly_model(model_dir, "onnx")
+    assert onnx_model.method == method and onnx_model.resolve_threshold() == torch_model.resolve_threshold()
+    (s_t, m_t), (s_o, m_o) = zip(*torch_model.iter_maps(images), strict=True), zip(*onnx_model.iter_maps(images),
+                                                                                      strict=True)
+    scale = max(np.abs(s_t).max(), 1e-9)
+    assert np.abs(np.array(s_o) - np.array(s_t)).max() <= 1e-4 * scale
+    assert all(a.shape == b.shape == (72, 60) for a, b in zip(m_o, m_t, strict=True))
+    assert max(np.abs(a - b).max() for a, b in zip(m_o, m_t, strict=True)) <= 1e-4 * scale
+    assert list(onnx_model.predict(images)) == list(torch_model.predict(images))
+    int8 = load_anomaly_model(model_dir, "onnx-int8").score_samples(images)
+    assert np.abs(int8 - np.array(s_t)).max() <= 0.25 * scale
+    with pytest.raises(FabsightError, match="inference only"):
+        onnx_model.fit(images)
+
+
+@pytest.mark.slow
+def test_anomaly_predict_and_eval_take_runtime_onnx(anomaly, tmp_path) -> None:
+    model_dir, _ = anomaly["padim"]
+    root = Path(json.loads((model_dir / "card.json").read_text())["training"]["root"])
+    out = {}
+    for runtime in ("torch", "onnx"):
+        result = CliRunner().invoke(app, ["anomaly", "predict", str(model_dir), str(root / "test" / "hole"),
+                                          "--out", str(tmp_path / runtime), "--runtime", runtime, "--json"])
+        assert result.exit_code == 0, result.output
+        out[runtime] = json.loads(result.stdout)
+    assert [p["anomalous"] for p in out["onnx"]["predictions"]] == [p["anomalous"] for p in out["torch"]["predictions"]]
+    assert (tmp_path / "onnx" / "0_heatmap.png").is_file()
+    result = CliRunner().invoke(app, ["anomaly", "eval", str(model_dir), str(root), "--runtime", "onnx", "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["n_images"] == 8 and metrics["n_anomalous"] == 4 and metrics["pixel_auroc"] is not None
+
+
+@pytest.mark.slow
+def test_failed_anomaly_check_writes_nothing(anomaly, tmp_path, monkeypatch) -> None:
+    src, _ = anomaly["recon"]
+    d = tmp_path / "m"
+    d.mkdir()
+    for name in ("card.json", "model.safetensors"):
+        (d / name).write_bytes((src / name).read_bytes())
+    card = json.loads((d / "card.json").read_text())
+    card["extra"].pop("onnx")
+    card["files"] = {"weights": "model.safetensors"}
+    (d / "card.json").write_text(json.dumps(card))
+    before = (d / "card.json").read_bytes()
+
+    def reuse_graph(module, example, path, opset, **kw) -> None:  # the slow exporter is not what is tested
+        path.write_bytes((src / "network.onnx").read_bytes())
+
+    monkeypatch.setattr("fabsight.deploy.export.export_module", reuse_graph)
+    monkeypatch.setattr(deploy_anomaly, "SCORE_TOLERANCE", -1.0)  # any difference fails the check
+    with pytest.raises(ModelError, match="differs from PyTorch"):
+        export_onnx(d)
+    assert sorted(p.name for p in d.iterdir()) == ["card.json", "model.safetensors"]
+    assert (d / "card.json").read_bytes() == before
+
+
+_NO_TORCH = """
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+from typer.testing import CliRunner
+from fabsight.cli.main import app
+die, test, anomaly, images, out = sys.argv[1:]
+results = {}
+for name, args in {
+    "die": ["die", "predict", die, test, "--runtime", "onnx", "--json"],
+    "anomaly": ["anomaly", "predict", anomaly, images, "--out", out, "--runtime", "onnx-int8", "--json"],
+}.items():
+    r = CliRunner().invoke(app, args)
+    results[name] = {"code": r.exit_code, "stdout": r.stdout, "error": repr(r.exception)}
+results["torch_loaded"] = "torch" in sys.modules
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_die_and_anomaly_onnx_run_without_torch(die, anomaly, tmp_path) -> None:
+    model_dir, _, test = die
+    pc, _ = anomaly["patchcore"]
+    root = Path(json.loads((pc / "card.json").read_text())["training"]["root"])
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    args = [str(model_dir), str(test / "line"), str(pc), str(root / "test" / "hole"), str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *args], capture_output=True, text=True, env=env,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not res["torch_loaded"]
+    assert res["die"]["code"] == 0, res["die"]
+    assert [r["label"] for r in json.loads(res["die"]["stdout"])] == ["line"] * 6
+    assert res["anomaly"]["code"] == 0, res["anomaly"]
+    scores = [p["score"] for p in json.loads(res["anomaly"]["stdout"])["predictions"]]
+    want = load_anomaly_model(pc, "onnx-int8").score_samples([read_image(p) for p in
+                                                               sorted((root / "test" / "hole").glob("*.png"))])
+    np.testing.assert_allclose(scores, want, rtol=1e-5)
+
+
+def test_user_mistakes_are_one_line_errors(die, anomaly, tmp_path, weights) -> None:
+    model_dir, _, _ = die
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in ("card.json", "classifier.joblib"):
+        (plain / f).write_bytes((model_dir / f).read_bytes())
+    card = json.loads((plain / "card.json").read_text())
+    card["files"] = {"classifier": "classifier.joblib"}
+    card["extra"].pop("onnx")
+    (plain / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="fabsight export"):
+        DieModel(plain, runtime="onnx")
+    with pytest.raises(FabsightError, match="runtime must be one of"):
+        DieModel(model_dir, runtime="tensorrt")
+    with pytest.raises(FabsightError, match="runtime must be one of"):
+        load_anomaly_model(anomaly["padim"][0], "openvino")
+    with pytest.raises(ModelError, match="is a 'die-classifier' model, expected 'anomaly'"):
+        load_anomaly_model(plain, "onnx")
+    # a backbone directory is not a model that predicts: export refuses it by name
+    from fabsight.backbones import create_backbone, save_backbone_dir
+
+    save_backbone_dir(tmp_path, create_backbone(BACKBONE, weights=weights), training={})
+    with pytest.raises(ModelError, match="not 'backbone'"):
+        export_onnx(tmp_path)
