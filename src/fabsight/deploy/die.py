@@ -137,6 +137,9 @@ def export_die(
     from fabsight.die.model import DieModel
 
     torch_model = DieModel(model_dir, device="cpu")
+    if torch_model.finetuned:
+        raise ModelError(model_dir, "ONNX export of finetune models is not implemented yet: they run with "
+                                    "--runtime torch (probe, hybrid and hierarchical models export)")
     bb = torch_model.backbone
     if bb.cfg.interpolation not in ("bilinear", "bicubic"):
         raise ModelError(model_dir, f"backbone interpolation '{bb.cfg.interpolation}' has no numpy twin for ONNX")

@@ -249,6 +249,9 @@ class DieModel:
         self.card = load_card(self.dir, task=TASK)
         self.finetuned = self.card.training.get("method") == "finetune"
         if self.finetuned:  # the network itself was trained: weights and head come from the model dir
+            if runtime != "torch":
+                raise ModelError(self.dir, "finetune models run in PyTorch only: their ONNX export is not "
+                                           "implemented yet (use --runtime torch, or a probe/hybrid model)")
             from fabsight.die import finetune
 
             self.classifier = finetune.load(self.dir, self.card.files, self.card.extra.get("network_sha256"),
