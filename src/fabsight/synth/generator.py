@@ -82,7 +82,7 @@ _SOLITARY = frozenset({"Near-full", "Random"})
 #: already fails (dies where the others together fail with probability below ``COVERED``),
 #: and at least ``VISIBLE_SHARE`` of its own footprint, or it is redrawn.
 MIN_VISIBLE_DIES = 6
-VISIBLE_SHARE = 0.25
+VISIBLE_SHARE = 0.5
 COVERED = 0.2
 #: Bound on the redraws of hidden patterns per batch; every ``REDRAW_ALL_EVERY``-th try
 #: redraws the whole combination of the maps still hiding one.
