@@ -246,10 +246,12 @@ def fewshot_section(args: argparse.Namespace, base: WaferClassifier) -> dict[str
 
 
 def sits_on_another_pattern(m: WaferMap, name: str) -> bool:
-    """Whether the Loc blob or Scratch ``name`` of a generated mixed map lies on the failing
-    area of another of its patterns (a Center blob, a Donut ring, an Edge-Ring band), judged
-    from the generator's truth geometry. There the small pattern's dies fail anyway, so
-    the map itself cannot show it: such misses are not the model's to fix."""
+    """Whether the Loc blob or Scratch ``name`` of a generated mixed map lies on or near the
+    failing area of another of its patterns (a Center blob, a Donut ring, an Edge-Ring band),
+    judged from the generator's truth geometry. Before the generator kept every pattern
+    visible, such a pattern's dies often failed anyway and the map could not show it; now
+    it shows at least part of itself (truth ``visible_dies``), and this split says how much
+    the overlap still costs."""
     patterns = m.extras["patterns"]
     r = patterns[name]["radius"]  # distance of its centre / midpoint from the wafer centre
     reach = 1.3 * patterns[name]["size"] if name == "Loc" else 0.05
@@ -272,21 +274,36 @@ def mixed_section(args: argparse.Namespace) -> dict[str, Any]:
         log(f"mixed: training on {len(train)} maps")
         t0 = time.time()
         widths, embed_dim = ARCHITECTURES[args.mixed_arch]
-        clf = WaferClassifier(
-            multilabel=True,
-            widths=widths,
-            embed_dim=embed_dim,
-            epochs=args.epochs,
-            n_threads=args.train_threads,
-            random_state=0,
-        )
+        epochs = args.mixed_epochs or args.epochs
+        if args.mixed_init:  # fine-tune a trained mixed model (all weights) on these maps
+            clf = WaferClassifier(
+                multilabel=True,
+                init=args.mixed_init,
+                head="finetune",
+                epochs=epochs,
+                n_threads=args.train_threads,
+                random_state=0,
+            )
+        else:
+            clf = WaferClassifier(
+                multilabel=True,
+                widths=widths,
+                embed_dim=embed_dim,
+                epochs=epochs,
+                n_threads=args.train_threads,
+                random_state=0,
+            )
         desc = f"fabsight.synth mixed: {args.mixed_per_class} maps x 38 MixedWM38 combinations, 52x52, seed 0"
+        load_before = os.getloadavg()
         clf.fit(train, data=desc)
         train_info = {
             "maps": len(train),
+            "epochs": epochs,
             "seconds": time.time() - t0,
             "threads": args.train_threads,
-            "arch": args.mixed_arch,
+            "arch": "from --mixed-init" if args.mixed_init else args.mixed_arch,
+            "init": str(args.mixed_init) if args.mixed_init else None,
+            "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
         }
         clf.save(args.mixed_model_out)
@@ -307,6 +324,13 @@ def mixed_section(args: argparse.Namespace) -> dict[str, Any]:
             for m, p in zip(test, pred, strict=True)
             if name in m.labels
         ]
+        # dies of the pattern no other pattern fails (mixed maps only), missed vs found
+        shown = [
+            (m.extras["patterns"][name]["visible_dies"], name not in p)
+            for m, p in zip(test, pred, strict=True)
+            if name in m.labels and len(m.labels) > 1
+        ]
+        missed_shown = [v for v, miss in shown if miss]
         covered = [miss for cov, miss in rows if cov]
         clear = [miss for cov, miss in rows if not cov]
         small[name] = {
@@ -316,6 +340,8 @@ def mixed_section(args: argparse.Namespace) -> dict[str, Any]:
             "missed_on_another_pattern": int(sum(covered)),
             "miss_rate_on_another_pattern": float(np.mean(covered)) if covered else None,
             "miss_rate_clear": float(np.mean(clear)) if clear else None,
+            "visible_dies_median_missed": float(np.median(missed_shown)) if missed_shown else None,
+            "visible_dies_median_found": float(np.median([v for v, miss in shown if not miss])),
         }
     decidable = [
         ok
@@ -421,6 +447,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--mixed-per-class", type=int, default=500)
     ap.add_argument("--mixed-arch", choices=list(ARCHITECTURES), default="medium")
+    ap.add_argument("--mixed-epochs", type=int, default=None, help="mixed: epochs (default --epochs)")
+    ap.add_argument("--mixed-init", type=Path, default=None, help="mixed: fine-tune this model, not from scratch")
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fewshot-test-per-class", type=int, default=40)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -23,6 +25,9 @@ from fabsight.synth import (
     rim_mask,
     wafer_mask,
 )
+from fabsight.synth.generator import COVERED, MIN_VISIBLE_DIES, VISIBLE_SHARE, _visible_dies
+from fabsight.synth.geometry import geometry
+from fabsight.synth.patterns import Field
 from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES
 
 SHAPES = [(15, 15), (26, 26), (52, 52), (25, 27), (40, 64), (300, 300)]
@@ -254,6 +259,57 @@ def test_mixed_maps_contain_each_constituent() -> None:
         if len(names) > 1:
             for name in names:
                 assert _shows(name, m.grid, m.extras["patterns"][name]), (m.labels, name)
+
+
+def test_visible_dies_counts_what_no_other_pattern_fails() -> None:
+    g = geometry((20, 20))
+    big = np.zeros((1, 20, 20), np.float32)
+    big[0, 4:16, 4:16] = 1.0  # 144 dies, all on the wafer
+    small = np.zeros((1, 20, 20), np.float32)
+    small[0, 8:11, 14:18] = 0.9  # 12 dies: columns 14-15 inside the big square, 16-17 outside
+    one = {"density": np.array([1.0])}
+    counts = _visible_dies({"A": Field(big, one), "B": Field(small, {"density": np.array([0.9])})}, g)
+    assert [int(v[0]) for v in counts["B"]] == [6, 12] and [int(v[0]) for v in counts["A"]] == [138, 144]
+    # a covering pattern that fails its dies with probability below COVERED hides nothing
+    faint = Field(big * (COVERED / 2), {"density": np.array([COVERED / 2])})
+    counts = _visible_dies({"A": faint, "B": Field(small, {"density": np.array([0.9])})}, g)
+    assert int(counts["B"][0][0]) == 12
+
+
+def test_every_pattern_of_a_mixed_map_shows_itself() -> None:
+    """A Loc blob or Scratch on top of a Center, Donut ring or Edge-Ring band would fail dies
+    that fail anyway: the generator redraws it, so every label of a mixed map is visible."""
+    maps = generate_dataset(3, mixed=True, shapes=((20, 20), (26, 26), (52, 52), (40, 64)), seed=5)
+    checked = 0
+    for m in maps:
+        patterns = m.extras["patterns"]
+        if len(patterns) < 2:
+            assert not any("visible_dies" in t for t in patterns.values())
+            continue
+        on_wafer = np.count_nonzero(m.grid)
+        for name, t in patterns.items():
+            assert t["visible_dies"] >= MIN_VISIBLE_DIES, (m.labels, name, t["visible_dies"])
+            # extent is the footprint's share of the wafer, rounded to 4 decimals
+            assert t["visible_dies"] >= VISIBLE_SHARE * t["extent"] * on_wafer - 1, (m.labels, name)
+            checked += 1
+    assert checked == 3 * sum(len(c) for c in MIXED_COMBINATIONS if len(c) > 1)
+
+
+def test_mixed_dataset_stays_balanced_and_reproducible() -> None:
+    a = generate_dataset(4, mixed=True, seed=3)
+    b = generate_dataset(4, mixed=True, seed=3)
+    assert Counter(m.labels for m in a) == dict.fromkeys(MIXED_COMBINATIONS, 4)
+    assert all(np.array_equal(x.grid, y.grid) and x.extras == y.extras for x, y in zip(a, b, strict=True))
+
+
+def test_single_type_maps_are_unchanged_by_the_visibility_redraws() -> None:
+    """Only mixed maps are redrawn: single-type datasets (and the models trained on them)
+    stay bit-identical to the generator before the redraws (digest taken from it)."""
+    h = hashlib.sha256()
+    for m in generate_dataset(4, shapes=((26, 26), (52, 52), (45, 60)), seed=11):
+        h.update(m.grid.tobytes())
+        h.update(json.dumps(m.extras, sort_keys=True).encode())
+    assert h.hexdigest() == "105e107c90d2a19c951c1c2ac203e2c9e2b91bef6d2e81afb535f8191f1925c2"
 
 
 def test_mixed_requests_are_checked() -> None:

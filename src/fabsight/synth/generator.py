@@ -26,7 +26,12 @@ Truth kept in ``WaferMap.extras`` (all positions in die coordinates, sizes in wa
     - the generating parameters of :data:`fabsight.synth.patterns.PARAMS` for that pattern
       (``density``, ``size``, ``width``, ``span_deg``, ``depth``, ``length``, ``curvature``…),
       plus ``orientation_deg``, ``broken`` and ``midpoint`` (``[row, col]`` of a point on the
-      line) for Scratch and ``aspect`` for Loc.
+      line) for Scratch and ``aspect`` for Loc;
+    - mixed maps only, ``visible_dies``: how many dies of its footprint no other pattern of
+      the map already fails. Every pattern of a mixed map is redrawn until this is at least
+      :data:`MIN_VISIBLE_DIES` and :data:`VISIBLE_SHARE` of its footprint, so a label always
+      means "visible on the map" (as in the real MixedWM38, labelled by looking at the maps).
+      Single-type maps are drawn exactly as before this rule existed.
 """
 
 from __future__ import annotations
@@ -72,6 +77,17 @@ MIXED_COMBINATIONS: tuple[tuple[str, ...], ...] = tuple(
     for code in _MIXEDWM38_CODES.split()
 )
 _SOLITARY = frozenset({"Near-full", "Random"})
+
+#: A pattern of a mixed map must fail at least this many dies that no other pattern
+#: already fails (dies where the others together fail with probability below ``COVERED``),
+#: and at least ``VISIBLE_SHARE`` of its own footprint, or it is redrawn.
+MIN_VISIBLE_DIES = 6
+VISIBLE_SHARE = 0.5
+COVERED = 0.2
+#: Bound on the redraws of hidden patterns per batch; every ``REDRAW_ALL_EVERY``-th try
+#: redraws the whole combination of the maps still hiding one.
+MAX_TRIES = 40
+REDRAW_ALL_EVERY = 8
 
 # Cells drawn per batch: bounds memory (~5 arrays of this many float32) whatever the grid size.
 _BATCH_CELLS = 2_000_000
@@ -161,6 +177,81 @@ def _summarise(g: Geometry, name: str, f: Field) -> dict[str, list[Any]]:
     return out
 
 
+def _draw_field(
+    name: str, g: Geometry, n: int, rng: np.random.Generator, params: Mapping[str, tuple[float, float]]
+) -> Field:
+    """Parameters and fail-probability field of one pattern for ``n`` maps."""
+    drawn = {k: rng.uniform(*params.get(k, default), n) for k, default in PARAMS[name].items()}
+    return FIELDS[name](g, n, rng, drawn)
+
+
+def _visible_dies(fields: Mapping[str, Field], g: Geometry) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per pattern, (dies it fails that no other pattern already fails, its footprint), per map.
+
+    A die is the pattern's footprint where its fail probability is at least half its peak
+    (as ``extent``), and its own where, in addition, the other patterns together fail it
+    with probability below :data:`COVERED`: there the map shows the pattern, not the others.
+    """
+    spared = {name: 1 - f.p for name, f in fields.items()}
+    out = {}
+    for name, f in fields.items():
+        others = np.ones_like(f.p)
+        for other, s in spared.items():
+            if other != name:
+                others *= s
+        peak = np.asarray(f.params["density"], dtype=np.float32)[:, None, None]
+        footprint = (f.p >= 0.5 * peak) & g.mask
+        own = footprint & (others > 1 - COVERED)
+        out[name] = (own.sum(axis=(1, 2)), footprint.sum(axis=(1, 2)))
+    return out
+
+
+def _hidden(own: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Maps on which a pattern shows too little of itself to be seen (see :data:`MIN_VISIBLE_DIES`)."""
+    return (own < MIN_VISIBLE_DIES) | (own < VISIBLE_SHARE * footprint)
+
+
+def _splice(f: Field, rows: np.ndarray, new: Field) -> None:
+    """Replace maps ``rows`` of field ``f`` by the redrawn ``new`` (in place)."""
+    f.p[rows] = new.p
+    for group, fresh in ((f.params, new.params), (f.extra, new.extra)):
+        for key, values in fresh.items():
+            group[key][rows] = values
+    if f.anchor is not None and new.anchor is not None:
+        f.anchor[rows] = new.anchor
+
+
+def _keep_visible(
+    fields: dict[str, Field], g: Geometry, rng: np.random.Generator, params: Mapping[str, tuple[float, float]]
+) -> dict[str, np.ndarray]:
+    """Redraw the patterns of a mixed map that another pattern hides, until each shows itself.
+
+    A Loc blob or a Scratch drawn on top of a Center blob, a Donut ring or an Edge-Ring
+    band fails dies that fail anyway: the map cannot show it, yet its label would claim
+    it. Real MixedWM38 labels were assigned by looking at the maps, so every label is
+    visible there. Each try redraws (new position, size and shape) only the hidden
+    patterns of the maps that have one; every :data:`REDRAW_ALL_EVERY`-th try redraws
+    every pattern of those maps, since a large Center can leave no room for a Loc. After
+    :data:`MAX_TRIES` tries the remaining maps keep their last draw (all rng-driven, so
+    the result still depends only on the seed; only grids of about 15×15 dies are too
+    small for some four-pattern combinations). Returns the own-die count of every pattern
+    per map, which the truth reports as ``visible_dies``.
+    """
+    names = list(fields)
+    for attempt in range(1, MAX_TRIES + 1):
+        counts = _visible_dies(fields, g)
+        hidden = {name: _hidden(*counts[name]) for name in names}
+        bad = np.logical_or.reduce(list(hidden.values()))
+        if not bad.any():
+            break
+        whole = attempt % REDRAW_ALL_EVERY == 0
+        for name in names:
+            rows = np.flatnonzero(bad if whole else hidden[name])
+            if rows.size:
+                _splice(fields[name], rows, _draw_field(name, g, rows.size, rng, params))
+    return {name: own for name, (own, _) in _visible_dies(fields, g).items()}
+
+
 def _batch(
     names: tuple[str, ...],
     g: Geometry,
@@ -172,15 +263,18 @@ def _batch(
     """``n`` maps of one pattern combination and shape: (n, H, W) uint8 grids and their truth.
 
     Works in place on a few (n, H, W) buffers: at 52×52 the full-grid passes, not the
-    Python around them, are what limits maps per second.
+    Python around them, are what limits maps per second. Mixed maps first go through
+    :func:`_keep_visible`; single-pattern maps draw nothing more (same maps as before it).
     """
+    fields = {name: _draw_field(name, g, n, rng, params) for name in names}
+    visible = _keep_visible(fields, g, rng, params) if len(names) > 1 else {}
     survive: np.ndarray | None = None  # probability that no pattern fails a die
     anchors: list[np.ndarray] = []
     columns: dict[str, dict[str, list[Any]]] = {}
-    for name in names:
-        drawn = {k: rng.uniform(*params.get(k, default), n) for k, default in PARAMS[name].items()}
-        f = FIELDS[name](g, n, rng, drawn)
+    for name, f in fields.items():
         columns[name] = _summarise(g, name, f)
+        if name in visible:
+            columns[name]["visible_dies"] = visible[name].tolist()
         if f.anchor is not None:
             anchors.append(f.anchor)
         spared = np.subtract(1, f.p, out=f.p)
