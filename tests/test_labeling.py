@@ -139,7 +139,7 @@ def test_cli_autolabel_and_review(tmp_path, batch, monkeypatch) -> None:
         def embed(self, maps):
             return super().embed([WaferMap(m.grid, extras=by_grid[m.grid.tobytes()]) for m in maps])
 
-    monkeypatch.setattr("fabsight.cli.monitor.load_classifier", lambda path: FromFiles())
+    monkeypatch.setattr("fabsight.cli.monitor.load_classifier", lambda path, runtime="torch": FromFiles())
     runner = CliRunner()
     out = tmp_path / "al"
     r = runner.invoke(app, ["autolabel", str(src), "--model", str(tmp_path), "--out", str(out), "--json"])

@@ -148,7 +148,7 @@ class Backbone:
         captured: dict[str, torch.Tensor] = {}
         modules = dict(self.model.named_modules())
         wanted = {name for name in layers if name != HEAD}
-        stop_early = HEAD not in layers
+        stop_early = HEAD not in layers and not torch.compiler.is_exporting()  # torch.export cannot trace the raise
 
         def hook(name: str, out: torch.Tensor) -> None:
             captured[name] = out
