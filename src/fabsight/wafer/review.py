@@ -113,7 +113,11 @@ def grid_checks(grids: Sequence[np.ndarray]) -> list[str | None]:
         fail = (stack == 2).astype(np.float64)
         n_dies = wafer.sum(axis=(1, 2))
         n_fail = fail.sum(axis=(1, 2))
-        share, period = _periodic_power(fail, wafer)
+        share, period = np.zeros(len(idx)), np.zeros(len(idx))
+        # only maps that could be called periodic pay for the FFT (most real wafers fail few dies)
+        sel = np.flatnonzero((n_fail >= MIN_FAILING_FOR_PERIODICITY) & (n_fail < ALL_FAIL_FRACTION * n_dies))
+        if sel.size:
+            share[sel], period[sel] = _periodic_power(fail[sel], wafer[sel])
         for j, i in enumerate(idx):
             if n_dies[j] == 0:
                 out[i] = "no dies on the wafer: every cell is off-wafer"
