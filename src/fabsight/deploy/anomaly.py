@@ -26,11 +26,10 @@ import numpy as np
 
 from fabsight.anomaly.base import AnomalyModel, gaussian_smooth
 from fabsight.anomaly.thresholds import Threshold
-from fabsight.artifacts import ModelCard, load_card, save_card
+from fabsight.artifacts import ModelCard, load_card
 from fabsight.deploy.preprocess import preprocess, resize
 from fabsight.deploy.runtime import check_runtime, onnx_section, session
 from fabsight.errors import FabsightError, ModelError
-from fabsight.utils.atomic import atomic_path
 
 TASK = "anomaly"  # fabsight.anomaly.persist.TASK, which cannot be imported here: that module loads torch
 ONNX_FILE = "network.onnx"
@@ -303,7 +302,7 @@ def export_anomaly(
     import torch
 
     from fabsight.anomaly.persist import load_model
-    from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, quantize
+    from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, install_graphs, quantize
 
     model, card = load_model(model_dir, device="cpu")
     images, labels, described = _sample(card, sample, seed)
@@ -367,17 +366,5 @@ def export_anomaly(
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
             "onnxruntime": ort.__version__,
         })
-        with atomic_path(model_dir / ONNX_FILE) as dst:
-            os.replace(fp32, dst)
-        card.files["onnx"] = ONNX_FILE
-        if int8:
-            with atomic_path(model_dir / INT8_FILE) as dst:
-                os.replace(work / INT8_FILE, dst)
-            card.files["onnx_int8"] = INT8_FILE
-        else:
-            card.files.pop("onnx_int8", None)
-        card.extra["onnx"] = info
-        save_card(model_dir, card)
-    if not int8:
-        (model_dir / INT8_FILE).unlink(missing_ok=True)
+        install_graphs(model_dir, card, info, fp32, work / INT8_FILE if int8 else None, ONNX_FILE, INT8_FILE)
     return {"model": str(model_dir), "task": card.task, "files": dict(card.files), "onnx": info}

@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from fabsight.artifacts import ModelCard, load_card, save_card
+from fabsight.artifacts import ModelCard, load_card
 from fabsight.deploy.preprocess import preprocess
 from fabsight.deploy.runtime import onnx_section, session
 from fabsight.die.model import TASK
 from fabsight.errors import FabsightError, ModelError
-from fabsight.utils.atomic import atomic_path
 
 ONNX_FILE = "backbone.onnx"
 INT8_FILE = "backbone.int8.onnx"
@@ -132,7 +131,7 @@ def export_die(
     import onnxruntime as ort
     import torch
 
-    from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, quantize
+    from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, install_graphs, quantize
     from fabsight.die.embeddings import load_item
     from fabsight.die.model import DieModel
 
@@ -214,17 +213,5 @@ def export_die(
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
             "onnxruntime": ort.__version__,
         })
-        with atomic_path(model_dir / ONNX_FILE) as dst:
-            os.replace(fp32, dst)
-        card.files["onnx"] = ONNX_FILE
-        if int8:
-            with atomic_path(model_dir / INT8_FILE) as dst:
-                os.replace(work / INT8_FILE, dst)
-            card.files["onnx_int8"] = INT8_FILE
-        else:
-            card.files.pop("onnx_int8", None)
-        card.extra["onnx"] = info
-        save_card(model_dir, card)
-    if not int8:
-        (model_dir / INT8_FILE).unlink(missing_ok=True)
+        install_graphs(model_dir, card, info, fp32, work / INT8_FILE if int8 else None, ONNX_FILE, INT8_FILE)
     return {"model": str(model_dir), "task": card.task, "files": dict(card.files), "onnx": info}

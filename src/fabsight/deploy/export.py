@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fabsight.artifacts import load_card, save_card
+from fabsight.artifacts import ModelCard, load_card, save_card
 from fabsight.errors import FabsightError, ModelError
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_path
@@ -234,16 +234,7 @@ def _export_wafer(
                 "accuracy_fp32": check["accuracy_torch"],
             }
         card = load_card(model_dir, task=WAFER_TASK)
-        with atomic_path(model_dir / ONNX_FILE) as dst:
-            os.replace(fp32, dst)
-        card.files["onnx"] = ONNX_FILE
-        if int8:
-            with atomic_path(model_dir / INT8_FILE) as dst:
-                os.replace(work / INT8_FILE, dst)
-            card.files["onnx_int8"] = INT8_FILE
-        else:
-            card.files.pop("onnx_int8", None)
-        card.extra["onnx"] = {
+        info = {
             "opset": got,
             "input": INPUT_NAME,
             "input_shape": ["batch", 3, clf.input_size_, clf.input_size_],
@@ -259,10 +250,31 @@ def _export_wafer(
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
             "onnxruntime": ort.__version__,
         }
-        save_card(model_dir, card)
-    if not int8:
-        (model_dir / INT8_FILE).unlink(missing_ok=True)
+        install_graphs(model_dir, card, info, fp32, work / INT8_FILE if int8 else None, ONNX_FILE, INT8_FILE)
     return {"model": str(model_dir), "task": card.task, "files": dict(card.files), "onnx": card.extra["onnx"]}
+
+
+def install_graphs(model_dir: Path, card: ModelCard, info: dict[str, Any], fp32: Path, int8: Path | None,
+                   onnx_file: str, int8_file: str) -> None:
+    """Move checked graphs from the work folder into the model directory and record them in the card.
+
+    Called only after the ONNX-vs-PyTorch check passed, so a failed export leaves the model
+    directory as it was; without a new INT8 graph a stale one from an earlier export is removed
+    (it would no longer match the fp32 graph the card describes).
+    """
+    with atomic_path(model_dir / onnx_file) as dst:
+        os.replace(fp32, dst)
+    card.files["onnx"] = onnx_file
+    if int8 is not None:
+        with atomic_path(model_dir / int8_file) as dst:
+            os.replace(int8, dst)
+        card.files["onnx_int8"] = int8_file
+    else:
+        card.files.pop("onnx_int8", None)
+    card.extra["onnx"] = info
+    save_card(model_dir, card)
+    if int8 is None:
+        (model_dir / int8_file).unlink(missing_ok=True)
 
 
 def export_onnx(
