@@ -35,6 +35,7 @@ import importlib.util
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from fabsight.deploy import export_onnx, load_predictor
 from fabsight.distill import WaferDistiller, synthetic_classes
 from fabsight.synth import generate_dataset
 from fabsight.types import WaferMap
+from fabsight.utils.timing import median_times
 from fabsight.wafer import WaferClassifier, evaluate, load_model
 from fabsight.wafer.classifier import SYNTH_SHAPES
 from fabsight.wafer.net import ARCHITECTURES
@@ -135,36 +137,20 @@ def quality(clf: WaferClassifier, sets: dict[str, list[WaferMap]]) -> dict[str, 
     return out
 
 
-def _time(fn: Any, x: Any, rounds: int) -> tuple[float, float]:
-    """Median wall seconds and median process CPU seconds of ``fn(x)`` after one warm-up.
-
-    CPU seconds count every thread of this process, so on a shared machine
-    ``threads × len(x) / cpu`` estimates what ``threads`` idle cores would do.
-    """
-    fn(x)
-    wall, cpu = [], []
-    for _ in range(rounds):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn(x)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return float(np.median(wall)), float(np.median(cpu))
-
-
 def speed(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
     maps = generate_dataset(29, shapes=((52, 52),), seed=5)[:256]
     out: dict[str, Any] = {"loadavg_before": os.getloadavg()}
-    wall, cpu = _time(lambda m: maps_to_array(m, 64), maps, args.rounds)
+    wall, cpu = median_times(partial(maps_to_array, maps, 64), args.rounds)
     out["preprocessing_only"] = {"maps_per_s_batch256": len(maps) / wall, "maps_per_cpu_s_batch256": len(maps) / cpu}
     for runtime in ("torch", "onnx", "onnx-int8"):
         clf = load_predictor(model_dir, runtime, n_threads=args.threads)
         x = maps_to_array(maps, clf.input_size_)
-        wall, cpu = _time(clf._forward, x, args.rounds)
-        wall1, _ = _time(clf._forward, x[:1], args.rounds * 20)
-        wall_e2e, cpu_e2e = _time(clf.predict_details, maps, args.rounds)
+        wall, cpu = median_times(partial(clf._forward, x), args.rounds)
+        wall1, _ = median_times(partial(clf._forward, x[:1]), args.rounds * 20)
+        wall_e2e, cpu_e2e = median_times(partial(clf.predict_details, maps), args.rounds)
         out[runtime] = {
             "network_maps_per_s_batch256": len(x) / wall,
             "network_maps_per_cpu_s_batch256": len(x) / cpu,

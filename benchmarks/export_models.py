@@ -28,35 +28,25 @@ import os
 import random
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fabsight.deploy import export_onnx, load_anomaly_model
+from fabsight.utils.timing import median_times
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _time(fn: Any, x: np.ndarray, rounds: int) -> tuple[float, float]:
-    """Median wall seconds and median process CPU seconds of ``fn(x)`` after one warm-up."""
-    fn(x)
-    wall, cpu = [], []
-    for _ in range(rounds):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn(x)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return float(np.median(wall)), float(np.median(cpu))
-
-
 def _speed(fns: dict[str, Any], x: np.ndarray, rounds: int) -> dict[str, Any]:
     out: dict[str, Any] = {"batch": len(x), "loadavg_before": os.getloadavg()}
     for name, fn in fns.items():
-        wall, cpu = _time(fn, x, rounds)
-        wall1, _ = _time(fn, x[:1], rounds * 3)
+        wall, cpu = median_times(partial(fn, x), rounds)
+        wall1, _ = median_times(partial(fn, x[:1]), rounds * 3)
         out[name] = {"images_per_s": len(x) / wall, "images_per_cpu_s": len(x) / cpu, "latency_ms_batch1": 1000 * wall1}
     out["loadavg_after"] = os.getloadavg()
     return out

@@ -19,28 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from fabsight.deploy import load_predictor
 from fabsight.synth import generate_dataset
+from fabsight.utils.timing import median_times
 from fabsight.wafer.classifier import SYNTH_SHAPES
 from fabsight.wafer.preprocess import maps_to_array
 
 
 def _rates(fn: Callable[[], object], n: int, rounds: int) -> dict[str, float]:
     """Median maps/s (wall) and maps per CPU-second of ``fn`` over ``rounds`` after a warm-up."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(rounds):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return {"maps_per_s": n / float(np.median(wall)), "maps_per_cpu_s": n / float(np.median(cpu))}
+    wall, cpu = median_times(fn, rounds)
+    return {"maps_per_s": n / wall, "maps_per_cpu_s": n / cpu}
 
 
 def main() -> None:
