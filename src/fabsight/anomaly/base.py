@@ -53,6 +53,15 @@ def gaussian_smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([cv2.GaussianBlur(m, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT) for m in maps])
 
 
+def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """``image`` with the channel count a reconstruction network was fitted on (grey ↔ RGB)."""
+    if channels == 1 and image.ndim == 3:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    if channels == 3 and image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    return image
+
+
 class AnomalyModel(ABC):
     """Base estimator: ``fit`` on good images, then ``anomaly_maps`` / ``score_samples`` / ``predict``.
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fabsight.anomaly.base import AnomalyModel, gaussian_smooth
+from fabsight.anomaly.base import AnomalyModel, gaussian_smooth, match_channels
 from fabsight.anomaly.synth import add_synthetic_defect
 from fabsight.utils.progress import track
 
@@ -124,11 +123,7 @@ class ReconDetector(AnomalyModel):
         self.smoothing_sigma = smoothing_sigma
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
-        if self.channels_ == 1 and image.ndim == 3:
-            return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        if self.channels_ == 3 and image.ndim == 2:
-            return np.repeat(image[:, :, None], 3, axis=2)
-        return image
+        return match_channels(image, self.channels_)
 
     @staticmethod
     def _as_float(crops: list[np.ndarray]) -> np.ndarray:

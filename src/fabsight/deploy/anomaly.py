@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fabsight.anomaly.base import AnomalyModel, gaussian_smooth
+from fabsight.anomaly.base import AnomalyModel, gaussian_smooth, match_channels
 from fabsight.anomaly.thresholds import Threshold
 from fabsight.artifacts import ModelCard, load_card
 from fabsight.deploy.preprocess import preprocess, resize
@@ -131,13 +131,7 @@ class OnnxRecon(_OnnxAnomaly):
     method = "recon"
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
-        import cv2
-
-        if self.channels_ == 1 and image.ndim == 3:
-            return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        if self.channels_ == 3 and image.ndim == 2:
-            return np.repeat(image[:, :, None], 3, axis=2)
-        return image
+        return match_channels(image, self.channels_)
 
     def _map_batch(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         _, prob = self._run(_recon_input(crops))
