@@ -49,6 +49,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--max-minutes", type=float, default=20.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -64,7 +67,8 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     clf = FinetuneClassifier(backbone=args.backbone, input_size=args.input_size, epochs=args.epochs,
-                             max_minutes=args.max_minutes, seed=args.seed).fit(train.paths, names[train.labels])
+                             batch_size=args.batch_size, patience=args.patience, max_minutes=args.max_minutes,
+                             device=args.device, seed=args.seed).fit(train.paths, names[train.labels])
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     decisions = clf.decide(test.paths)

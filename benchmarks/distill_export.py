@@ -68,11 +68,13 @@ def teacher_model(args: argparse.Namespace) -> tuple[WaferClassifier, dict[str, 
     train = generate_dataset(args.teacher_per_class, shapes=SYNTH_SHAPES, seed=0)
     widths, embed_dim = ARCHITECTURES["wide"]
     t0 = time.time()
-    clf = WaferClassifier(widths=widths, embed_dim=embed_dim, epochs=args.teacher_epochs, n_threads=args.threads)
+    clf = WaferClassifier(
+        widths=widths, embed_dim=embed_dim, epochs=args.teacher_epochs, n_threads=args.threads, device=args.device
+    )
     clf.fit(train, data=f"fabsight.synth: {args.teacher_per_class} maps/class x 9 WM-811K classes, seed 0")
     clf.save(path)
     log(f"teacher trained in {time.time() - t0:.0f}s -> {path}")
-    return clf, {"maps": len(train), "epochs": args.teacher_epochs, "seconds": time.time() - t0}
+    return clf, {"maps": len(train), "epochs": args.teacher_epochs, "device": args.device, "seconds": time.time() - t0}
 
 
 def student_model(args: argparse.Namespace, teacher: WaferClassifier) -> tuple[WaferClassifier, dict[str, Any]]:
@@ -112,7 +114,7 @@ def distil(
         "init": None if args.student_init is None else str(args.student_init),
     }
     t0, load0 = time.time(), os.getloadavg()
-    d = WaferDistiller(teacher, size=size, n_threads=args.train_threads, **recipe)
+    d = WaferDistiller(teacher, size=size, n_threads=args.train_threads, device=args.device, **recipe)
     d.fit(unlabelled, data=data)
     d.student_.training_["distilled_from"] = str(teacher_dir)
     d.student_.save(path)
@@ -121,6 +123,7 @@ def distil(
         "unlabelled_maps": len(unlabelled),
         **recipe,
         "train_threads": args.train_threads,
+        "device": args.device,
         "seconds": time.time() - t0,
         "loadavg_before_after": [load0, os.getloadavg()],
         "agreement": d.agreement_,
@@ -214,6 +217,7 @@ def main() -> None:
     p.add_argument("--test-per-class", type=int, default=40)
     p.add_argument("--threads", type=int, default=2, help="threads for evaluation and timing")
     p.add_argument("--train-threads", type=int, default=1, help="torch threads while distilling")
+    p.add_argument("--device", default="cpu", help="where the teacher trains and distillation runs (cpu, cuda, auto)")
     p.add_argument("--rounds", type=int, default=10)
     args = p.parse_args()
     args.student_dir = args.student_dir or f"student-{args.size}"

@@ -81,7 +81,7 @@ def synthetic_section(args: argparse.Namespace) -> tuple[dict[str, Any], WaferCl
         review = shifted_maps(args.review_per_class, WM811K_CLASSES, seed=REVIEW_SEED)
         log(f"training on {len(train)} maps, review threshold on {len(review)} shifted maps")
         t0 = time.time()
-        clf = WaferClassifier(epochs=args.epochs, n_threads=args.train_threads, random_state=0)
+        clf = WaferClassifier(epochs=args.epochs, n_threads=args.train_threads, device=args.device, random_state=0)
         desc = f"fabsight.synth: {args.per_class} maps/class x 9 WM-811K classes, seed 0, grids {SYNTH_SHAPES}"
         clf.fit(train, data=desc, review_maps=review)
         clf.save(args.model_out)
@@ -90,6 +90,7 @@ def synthetic_section(args: argparse.Namespace) -> tuple[dict[str, Any], WaferCl
             "epochs": args.epochs,
             "seconds": time.time() - t0,
             "threads": args.train_threads,
+            "device": args.device,
         }
         log(f"trained in {train_info['seconds']:.0f}s -> {args.model_out}")
     clf.n_threads = args.threads
@@ -282,6 +283,7 @@ def mixed_section(args: argparse.Namespace) -> dict[str, Any]:
                 head="finetune",
                 epochs=epochs,
                 n_threads=args.train_threads,
+                device=args.device,
                 random_state=0,
             )
         else:
@@ -291,6 +293,7 @@ def mixed_section(args: argparse.Namespace) -> dict[str, Any]:
                 embed_dim=embed_dim,
                 epochs=epochs,
                 n_threads=args.train_threads,
+                device=args.device,
                 random_state=0,
             )
         desc = f"fabsight.synth mixed: {args.mixed_per_class} maps x 38 MixedWM38 combinations, 52x52, seed 0"
@@ -301,6 +304,7 @@ def mixed_section(args: argparse.Namespace) -> dict[str, Any]:
             "epochs": epochs,
             "seconds": time.time() - t0,
             "threads": args.train_threads,
+            "device": args.device,
             "arch": "from --mixed-init" if args.mixed_init else args.mixed_arch,
             "init": str(args.mixed_init) if args.mixed_init else None,
             "loadavg_before": load_before,
@@ -455,6 +459,7 @@ def main() -> None:
     ap.add_argument("--fewshot-epochs", type=int, default=8)
     ap.add_argument("--methods", nargs="+", default=["prototype", "probe", "finetune", "scratch"])
     ap.add_argument("--train-threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where models train (cpu, cuda, auto); inference stays on the CPU")
     ap.add_argument("--threads", type=int, default=2, help="threads for inference and the speed section")
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--model-out", type=Path, default=Path("/tmp/fabsight-models/wafer-synth"))

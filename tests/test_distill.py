@@ -170,3 +170,34 @@ def test_cli_distills_from_a_folder_plus_synthetic_maps(teacher, tmp_path) -> No
     code, _, err = run("distill", tmp_path, "--synthetic", 2, "--out", tmp_path / "x")
     assert code == 2 and "card.json" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_training_device_is_history_not_a_setting(teacher, distilled, tmp_path) -> None:
+    # Where a model trained goes to the card's training record; the hyper-parameters a
+    # loaded model is rebuilt from never carry it, so a GPU-trained model loads on a CPU.
+    assert distilled.student_.training_["device"] == "cpu"
+    distilled.student_.save(tmp_path / "s")
+    card = json.loads((tmp_path / "s" / "card.json").read_text())
+    assert card["training"]["device"] == "cpu" and "device" not in card["extra"]["hyperparameters"]
+    assert json.loads((teacher / "card.json").read_text())["training"]["device"] == "cpu"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_asking_for_a_missing_gpu_fails_before_any_work(teacher) -> None:
+    maps = [m.grid for m in generate_dataset(10, classes=SINGLE, seed=2)]
+    with pytest.raises(FabsightError, match="no CUDA GPU"):
+        WaferDistiller(str(teacher), device="cuda").fit(maps)
+    with pytest.raises(FabsightError, match="no CUDA GPU"):
+        WaferClassifier(device="cuda", **FAST).fit(generate_dataset(5, classes=SINGLE, seed=1))
+    code, _, err = run("wafer", "train", "--synthetic", 5, "--device", "cuda", "--out", teacher.parent / "x")
+    assert code == 2 and "no CUDA GPU" in err and not (teacher.parent / "x").exists()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_training_gives_a_cpu_model_of_the_same_quality(teacher, test_maps) -> None:
+    unlabelled = [m.grid for m in generate_dataset(40, classes=SINGLE, shapes=((36, 36), (60, 48)), seed=3)]
+    d = WaferDistiller(str(teacher), size="tiny", epochs=4, batch_size=32, device="cuda").fit(unlabelled)
+    assert next(d.student_.net_.parameters()).device.type == "cpu"
+    assert next(d.teacher_.net_.parameters()).device.type == "cpu"
+    assert d.student_.training_["device"] == "cuda"
+    assert evaluate(d.student_, test_maps)["accuracy"] >= 0.8

@@ -13,6 +13,7 @@ from rich.console import Console
 from fabsight.utils.atomic import to_jsonable
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda (or cuda:N) or auto (a GPU when present).")]
 
 out = Console()
 err = Console(stderr=True)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out
+from fabsight.cli.common import DeviceOpt, JsonOpt, emit, out
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.utils.device import resolve_device
 
@@ -15,7 +15,6 @@ BackboneOpt = Annotated[
     str, typer.Option("--backbone", help="efficientnet_lite0, dinov2_vits14, timm:<model> (with --weights) or a dir.")
 ]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local checkpoint for the backbone.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
 InputSizeOpt = Annotated[
     int | None, typer.Option("--input-size", min=16, help="Square input size (default: the backbone's).")
 ]

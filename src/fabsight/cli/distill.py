@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out
+from fabsight.cli.common import DeviceOpt, JsonOpt, emit, out
 from fabsight.errors import FabsightError
 
 
@@ -28,6 +28,7 @@ def _distill(
     holdout: Path | None,
     seed: int,
     threads: int,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     from fabsight.distill import STUDENT_SIZES, WaferDistiller, synthetic_classes
     from fabsight.io import iter_maps, read_maps
@@ -51,7 +52,14 @@ def _distill(
         described.append(f"{synthetic} synthetic maps x {len(classes)} patterns (labels ignored, seed {seed})")
     held = read_maps(holdout) if holdout is not None else None
     distiller = WaferDistiller(
-        teacher, size=size, epochs=epochs, temperature=temperature, n_threads=threads, random_state=seed, **recipe
+        teacher,
+        size=size,
+        epochs=epochs,
+        temperature=temperature,
+        n_threads=threads,
+        device=device,
+        random_state=seed,
+        **recipe,
     )
     try:
         distiller.fit(maps, holdout=held, data="; ".join(described))
@@ -109,6 +117,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         seed: int = 0,
         threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch.")] = 2,
+        device: DeviceOpt = "auto",
         as_json: JsonOpt = False,
     ) -> None:
         """Train a small student to imitate a wafer-pattern teacher on unlabelled maps."""
@@ -131,6 +140,7 @@ def register(app: typer.Typer) -> None:
                 holdout,
                 seed,
                 threads,
+                device,
             ),
             as_json,
             _print,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.cli.common import DeviceOpt, JsonOpt, emit, out, warn
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
@@ -66,6 +66,7 @@ def _train(
     threads: int,
     arch: str = "compact",
     review_per_class: int = 0,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     from fabsight.synth import MIXED_COMBINATIONS, generate_dataset
     from fabsight.types import WM811K_CLASSES
@@ -122,6 +123,7 @@ def _train(
         init=init,
         head=head,
         n_threads=threads,
+        device=device,
         random_state=seed,
     )
     try:
@@ -210,12 +212,25 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(help="Network size: compact (default), medium (mixed-type), wide (teacher), small, tiny."),
         ] = "compact",
+        device: DeviceOpt = "auto",
         as_json: JsonOpt = False,
     ) -> None:
         """Train (or fine-tune) a wafer-pattern classifier and write a model directory."""
         emit(
             _train(
-                data, out_dir, synthetic, epochs, input_size, init, head, multilabel, seed, threads, arch, review_maps
+                data,
+                out_dir,
+                synthetic,
+                epochs,
+                input_size,
+                init,
+                head,
+                multilabel,
+                seed,
+                threads,
+                arch,
+                review_maps,
+                device,
             ),
             as_json,
             _print_training,

@@ -112,6 +112,9 @@ class WaferDistiller(BaseEstimator):
     validation_fraction : share of the unlabelled maps held out for calibration when no
         labelled holdout is given.
     n_threads : torch CPU threads.
+    device : where teacher and student run during imitation (``cpu``, ``cuda``, ``cuda:N`` or
+        ``auto``); augmentation and generated maps stay on the CPU, and both networks come
+        back to the CPU afterwards, so calibration and the saved student do not depend on it.
     random_state : seed.
 
     Attributes
@@ -143,6 +146,7 @@ class WaferDistiller(BaseEstimator):
         max_noise: float = 0.05,
         validation_fraction: float = 0.2,
         n_threads: int = 2,
+        device: str = "cpu",
         random_state: int | None = 0,
     ) -> None:
         self.teacher = teacher
@@ -163,6 +167,7 @@ class WaferDistiller(BaseEstimator):
         self.max_noise = max_noise
         self.validation_fraction = validation_fraction
         self.n_threads = n_threads
+        self.device = device
         self.random_state = random_state
 
     # ------------------------------------------------------------------ helpers
@@ -223,9 +228,11 @@ class WaferDistiller(BaseEstimator):
         from torch import nn
         from torch.nn import functional as F
 
+        from fabsight.utils.device import resolve_device
         from fabsight.wafer.net import augment
 
-        s_net, t_net = student.net_, teacher.net_
+        dev = torch.device(resolve_device(self.device))
+        s_net, t_net = student.net_.to(dev), teacher.net_.to(dev)
         t_net.eval()
         # Attention transfer reads each conv stage's output (after its pooling) through hooks.
         stage_outputs: dict[str, list[Any]] = {"teacher": [], "student": []}
@@ -235,7 +242,7 @@ class WaferDistiller(BaseEstimator):
             for layer in net.features
             if isinstance(layer, nn.MaxPool2d) and self.attention_weight > 0
         ]
-        projection = nn.Linear(s_net.config["embed_dim"], t_net.config["embed_dim"])
+        projection = nn.Linear(s_net.config["embed_dim"], t_net.config["embed_dim"]).to(dev)
         params = list(s_net.parameters()) + list(projection.parameters())
         n_synthetic = 0
         if self.synthetic_per_epoch > 0:
@@ -249,7 +256,7 @@ class WaferDistiller(BaseEstimator):
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
         T = float(self.temperature)
-        thresholds = torch.from_numpy(np.asarray(teacher.label_thresholds_, dtype=np.float32))
+        thresholds = torch.from_numpy(np.asarray(teacher.label_thresholds_, dtype=np.float32)).to(dev)
         pool, synthetic, draws = x, None, np.empty(0, dtype=np.int64)
         s_net.train()
         last: dict[str, float] = {}
@@ -272,6 +279,7 @@ class WaferDistiller(BaseEstimator):
                 if self.mixup > 0:
                     lam = torch.from_numpy(rng.beta(self.mixup, self.mixup, size=(len(b), 1, 1, 1)).astype(np.float32))
                     xb = lam * xb + (1.0 - lam) * xb[torch.randperm(len(b), generator=gen)]
+                xb = xb.to(dev, non_blocking=True)
                 stage_outputs["teacher"].clear()
                 stage_outputs["student"].clear()
                 with torch.no_grad():
@@ -311,9 +319,10 @@ class WaferDistiller(BaseEstimator):
                 loss.backward()
                 opt.step()
                 sched.step()
-        finally:  # the teacher may be the caller's model: leave no hook on it
+        finally:  # the teacher may be the caller's model: leave no hook on it, and leave it on the CPU
             for hook in hooks:
                 hook.remove()
+            student.net_, teacher.net_ = s_net.cpu(), t_net.cpu()
         s_net.eval()
         return last, synthetic
 
@@ -355,6 +364,9 @@ class WaferDistiller(BaseEstimator):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if len(maps) < MIN_MAPS:
             raise FabsightError(None, f"need at least {MIN_MAPS} unlabelled maps to distil on, got {len(maps)}")
+        from fabsight.utils.device import resolve_device
+
+        device = resolve_device(self.device)  # an unavailable device fails before any work
         torch.set_num_threads(self.n_threads)
         seed = 0 if self.random_state is None else int(self.random_state)
         teacher = self.teacher if isinstance(self.teacher, WaferClassifier) else load_model(self.teacher)
@@ -458,6 +470,7 @@ class WaferDistiller(BaseEstimator):
             "augmentation": {"rotate": self.rotate, "flip": self.flip, "max_noise": self.max_noise},
             "class_balanced_sampling": "by the teacher's predicted class",
             "seed": seed,
+            "device": device,
         }
         self.teacher_ = teacher
         self.student_ = student

@@ -106,6 +106,10 @@ class WaferClassifier(BaseEstimator):
         embedding), ``prototype`` (cosine nearest class mean, no gradient steps) or ``auto``
         (``FEW_SHOT_HEAD`` when the rarest class has ≤ 20 maps, else ``finetune``).
     n_threads : torch CPU threads.
+    device : where the gradient steps run (``cpu``, ``cuda``, ``cuda:N`` or ``auto``). Only
+        training uses it: augmentation stays on the CPU with its seeded generator, and the
+        fitted network comes back to the CPU, so calibration, saving and prediction are the
+        same whichever device trained it.
     random_state : seed for weights, split, sampling and augmentation.
 
     Attributes
@@ -144,6 +148,7 @@ class WaferClassifier(BaseEstimator):
         init: str | os.PathLike[str] | WaferClassifier | None = None,
         head: str = "auto",
         n_threads: int = 2,
+        device: str = "cpu",
         random_state: int | None = 0,
     ) -> None:
         self.input_size = input_size
@@ -164,6 +169,7 @@ class WaferClassifier(BaseEstimator):
         self.init = init
         self.head = head
         self.n_threads = n_threads
+        self.device = device
         self.random_state = random_state
 
     # ------------------------------------------------------------------ labels
@@ -270,9 +276,11 @@ class WaferClassifier(BaseEstimator):
         import torch
         from torch import nn
 
+        from fabsight.utils.device import resolve_device
         from fabsight.wafer.net import augment
 
-        net = self.net_
+        dev = torch.device(resolve_device(self.device))
+        net = self.net_.to(dev)
         params = list(net.head.parameters()) if head_only else list(net.parameters())
         for p in net.parameters():
             p.requires_grad_(not head_only)
@@ -286,7 +294,7 @@ class WaferClassifier(BaseEstimator):
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
         draws = rng.choice(len(x), size=total * self.batch_size, p=weights)
-        y_all = torch.from_numpy(targets.astype(np.float32) if self.multilabel else targets.astype(np.int64))
+        y_all = torch.from_numpy(targets.astype(np.float32) if self.multilabel else targets.astype(np.int64)).to(dev)
         # A frozen backbone keeps its batch-norm statistics: eval mode for the whole net.
         net.train(not head_only)
         for step in track(range(total), f"training ({self.head_})", total=total):
@@ -297,15 +305,15 @@ class WaferClassifier(BaseEstimator):
                 rotate=self.rotate,
                 flip=self.flip,
                 max_noise=self.max_noise,
-            )
-            loss = loss_fn(net(xb), y_all[b])
+            ).to(dev, non_blocking=True)
+            loss = loss_fn(net(xb), y_all[torch.from_numpy(b).to(dev)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         for p in net.parameters():
             p.requires_grad_(True)
-        net.eval()
+        self.net_ = net.cpu().eval()
 
     def _fit_prototypes(self, x: np.ndarray, targets: np.ndarray, seed: int, views: int = 8) -> None:
         """Cosine head whose weights are the mean normalised embedding of each class."""
@@ -384,6 +392,9 @@ class WaferClassifier(BaseEstimator):
             raise ValueError(f"head={self.head!r} needs init (a trained model to take embeddings from)")
         if self.head == "prototype" and self.multilabel:
             raise ValueError("head='prototype' is single-label only")
+        from fabsight.utils.device import resolve_device
+
+        resolve_device(self.device)  # an unavailable device fails now, not after preprocessing
         torch.set_num_threads(self.n_threads)
         seed = 0 if self.random_state is None else int(self.random_state)
         base = self.init if isinstance(self.init, WaferClassifier) or self.init is None else load_model(self.init)
@@ -447,6 +458,7 @@ class WaferClassifier(BaseEstimator):
             "augmentation": {"rotate": self.rotate, "flip": self.flip, "max_noise": self.max_noise},
             "class_balanced_sampling": True,
             "seed": seed,
+            "device": resolve_device(self.device),
         }
         return self
 
@@ -651,7 +663,8 @@ class WaferClassifier(BaseEstimator):
         tensors = {f"net.{k}": v.detach().contiguous() for k, v in self.net_.state_dict().items()}
         tensors["ood.means"] = torch.from_numpy(self.ood_.means)
         tensors["ood.precision"] = torch.from_numpy(self.ood_.precision)
-        params = {k: v for k, v in self.get_params().items() if k != "init"}
+        # where it was trained is history (training_), not a setting to carry to another machine
+        params = {k: v for k, v in self.get_params().items() if k not in ("init", "device")}
         params["widths"] = list(params["widths"])
         params["classes"] = None if params["classes"] is None else list(params["classes"])
         card = ModelCard(
