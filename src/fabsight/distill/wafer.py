@@ -228,11 +228,10 @@ class WaferDistiller(BaseEstimator):
         from torch import nn
         from torch.nn import functional as F
 
-        from fabsight.utils.device import resolve_device
         from fabsight.wafer.net import augment
 
-        dev = torch.device(resolve_device(self.device))
-        s_net, t_net = student.net_.to(dev), teacher.net_.to(dev)
+        s_net, t_net = student.net_, teacher.net_
+        dev = next(s_net.parameters()).device
         t_net.eval()
         # Attention transfer reads each conv stage's output (after its pooling) through hooks.
         stage_outputs: dict[str, list[Any]] = {"teacher": [], "student": []}
@@ -319,10 +318,9 @@ class WaferDistiller(BaseEstimator):
                 loss.backward()
                 opt.step()
                 sched.step()
-        finally:  # the teacher may be the caller's model: leave no hook on it, and leave it on the CPU
+        finally:  # the teacher may be the caller's model: leave no hook on it
             for hook in hooks:
                 hook.remove()
-            student.net_, teacher.net_ = s_net.cpu(), t_net.cpu()
         s_net.eval()
         return last, synthetic
 
@@ -400,37 +398,47 @@ class WaferDistiller(BaseEstimator):
         if self.init is not None:
             student.net_.load_state_dict(self._initial_student(teacher, widths).net_.state_dict())
 
-        x = maps_to_array(maps, teacher.input_size_)
-        t_probs = cal.probabilities(teacher._run(x, "teacher predictions")[0], teacher.temperature_, teacher.multilabel)
-        targets, groups = self._pseudo_targets(teacher, t_probs)
-        rng = np.random.default_rng(seed)
-        if holdout is None:
-            val_mask = rng.random(len(x)) < self.validation_fraction
-        else:
-            val_mask = np.zeros(len(x), dtype=bool)
-        x_tr, g_tr = x[~val_mask].astype(np.float16), groups[~val_mask]
-        counts = Counter(g_tr.tolist())
-        weights = np.array([1.0 / counts[g] for g in g_tr])
-        weights /= weights.sum()
-
-        losses, synthetic = self._train(student, teacher, x_tr, weights, seed)
-        x_fit, g_fit = x_tr, g_tr
-        if synthetic is not None:
-            # The OOD statistics should know the generated maps the student learnt from too.
-            s_probs = cal.probabilities(
-                teacher._run(synthetic, "teacher on generated maps")[0], teacher.temperature_, teacher.multilabel
+        # Both networks work on the device until the student is calibrated; the teacher may be
+        # the caller's model, so it goes back to the CPU even if something fails.
+        student.net_.to(device)
+        teacher.net_.to(device)
+        try:
+            x = maps_to_array(maps, teacher.input_size_)
+            t_probs = cal.probabilities(
+                teacher._run(x, "teacher predictions")[0], teacher.temperature_, teacher.multilabel
             )
-            x_fit = np.concatenate([x_tr, synthetic])
-            g_fit = np.concatenate([g_tr, self._pseudo_targets(teacher, s_probs)[1]])
-        if holdout is None:
-            x_val, t_val = x[val_mask], targets[val_mask]
-            measured_on = f"{len(x_val)} unlabelled maps held out, scored against the teacher's predictions"
-        else:
-            x_val, t_val = maps_to_array(holdout, teacher.input_size_), self._label_targets(student, holdout)
-            measured_on = f"{len(x_val)} labelled holdout maps (true labels)"
-        student._calibrate(x_val, t_val, x_fit, g_fit, seed)
-        if student.metrics_.get("validation"):
-            student.metrics_["validation"]["measured_on"] = measured_on
+            targets, groups = self._pseudo_targets(teacher, t_probs)
+            rng = np.random.default_rng(seed)
+            if holdout is None:
+                val_mask = rng.random(len(x)) < self.validation_fraction
+            else:
+                val_mask = np.zeros(len(x), dtype=bool)
+            x_tr, g_tr = x[~val_mask].astype(np.float16), groups[~val_mask]
+            counts = Counter(g_tr.tolist())
+            weights = np.array([1.0 / counts[g] for g in g_tr])
+            weights /= weights.sum()
+
+            losses, synthetic = self._train(student, teacher, x_tr, weights, seed)
+            x_fit, g_fit = x_tr, g_tr
+            if synthetic is not None:
+                # The OOD statistics should know the generated maps the student learnt from too.
+                s_probs = cal.probabilities(
+                    teacher._run(synthetic, "teacher on generated maps")[0], teacher.temperature_, teacher.multilabel
+                )
+                x_fit = np.concatenate([x_tr, synthetic])
+                g_fit = np.concatenate([g_tr, self._pseudo_targets(teacher, s_probs)[1]])
+            if holdout is None:
+                x_val, t_val = x[val_mask], targets[val_mask]
+                measured_on = f"{len(x_val)} unlabelled maps held out, scored against the teacher's predictions"
+            else:
+                x_val, t_val = maps_to_array(holdout, teacher.input_size_), self._label_targets(student, holdout)
+                measured_on = f"{len(x_val)} labelled holdout maps (true labels)"
+            student._calibrate(x_val, t_val, x_fit, g_fit, seed)
+            if student.metrics_.get("validation"):
+                student.metrics_["validation"]["measured_on"] = measured_on
+        finally:
+            student.net_.cpu()
+            teacher.net_.cpu()
 
         teacher_p, student_p = n_parameters(teacher.net_), n_parameters(student.net_)
         teacher_f, student_f = n_flops(teacher.net_, teacher.input_size_), n_flops(student.net_, teacher.input_size_)

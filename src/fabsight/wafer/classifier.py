@@ -258,6 +258,7 @@ class WaferClassifier(BaseEstimator):
 
         gen = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
         self.net_.eval()
+        device = next(self.net_.parameters()).device  # the training device while fitting, else the CPU
         logits, embeddings = [], []
         starts = range(0, len(x), _BATCH)
         with torch.inference_mode():
@@ -265,9 +266,9 @@ class WaferClassifier(BaseEstimator):
                 xb = torch.from_numpy(np.ascontiguousarray(x[s : s + _BATCH], dtype=np.float32))
                 if gen is not None:
                     xb = augment(xb, gen, rotate=self.rotate, flip=self.flip, max_noise=self.max_noise)
-                z = self.net_.embed(xb)
-                embeddings.append(z.numpy())
-                logits.append(self.net_.classify(z).numpy())
+                z = self.net_.embed(xb.to(device))
+                embeddings.append(z.cpu().numpy())
+                logits.append(self.net_.classify(z).cpu().numpy())
         return np.concatenate(logits), np.concatenate(embeddings)
 
     def _train(
@@ -276,11 +277,10 @@ class WaferClassifier(BaseEstimator):
         import torch
         from torch import nn
 
-        from fabsight.utils.device import resolve_device
         from fabsight.wafer.net import augment
 
-        dev = torch.device(resolve_device(self.device))
-        net = self.net_.to(dev)
+        net = self.net_
+        dev = next(net.parameters()).device
         params = list(net.head.parameters()) if head_only else list(net.parameters())
         for p in net.parameters():
             p.requires_grad_(not head_only)
@@ -313,7 +313,7 @@ class WaferClassifier(BaseEstimator):
             sched.step()
         for p in net.parameters():
             p.requires_grad_(True)
-        self.net_ = net.cpu().eval()
+        net.eval()
 
     def _fit_prototypes(self, x: np.ndarray, targets: np.ndarray, seed: int, views: int = 8) -> None:
         """Cosine head whose weights are the mean normalised embedding of each class."""
@@ -324,14 +324,15 @@ class WaferClassifier(BaseEstimator):
 
         gen = torch.Generator().manual_seed(seed)
         self.net_.eval()
-        sums = torch.zeros(len(self.classes_), self.net_.config["embed_dim"])
+        device = next(self.net_.parameters()).device
+        sums = torch.zeros(len(self.classes_), self.net_.config["embed_dim"], device=device)
         with torch.inference_mode():
             for s in range(0, len(x), _BATCH):
                 xb = torch.from_numpy(x[s : s + _BATCH].astype(np.float32))
-                yb = torch.from_numpy(targets[s : s + _BATCH].astype(np.int64))
+                yb = torch.from_numpy(targets[s : s + _BATCH].astype(np.int64)).to(device)
                 for v in range(views):
                     xv = xb if v == 0 else augment(xb, gen, rotate=self.rotate, flip=self.flip, max_noise=0.0)
-                    sums.index_add_(0, yb, F.normalize(self.net_.embed(xv), dim=1))
+                    sums.index_add_(0, yb, F.normalize(self.net_.embed(xv.to(device)), dim=1))
             self.net_.head.weight.copy_(F.normalize(sums, dim=1) * PROTOTYPE_SCALE)
             self.net_.head.bias.zero_()
 
@@ -394,7 +395,7 @@ class WaferClassifier(BaseEstimator):
             raise ValueError("head='prototype' is single-label only")
         from fabsight.utils.device import resolve_device
 
-        resolve_device(self.device)  # an unavailable device fails now, not after preprocessing
+        device = resolve_device(self.device)  # an unavailable device fails now, not after preprocessing
         torch.set_num_threads(self.n_threads)
         seed = 0 if self.random_state is None else int(self.random_state)
         base = self.init if isinstance(self.init, WaferClassifier) or self.init is None else load_model(self.init)
@@ -438,6 +439,7 @@ class WaferClassifier(BaseEstimator):
         weights /= weights.sum()
 
         self._build_net(base, head)
+        self.net_.to(device)
         if head == "prototype":
             self._fit_prototypes(x_tr, t_tr, seed)
         else:
@@ -445,6 +447,7 @@ class WaferClassifier(BaseEstimator):
             self._train(x_tr, t_tr, weights, lr=lr, head_only=head == "probe", seed=seed)
 
         self._calibrate(x[val_mask], targets[val_mask], x_tr, g_tr, seed, review)
+        self.net_.cpu()  # a fitted model predicts, saves and exports on the CPU, wherever it trained
         self.training_ = {
             "data": data,
             "n_maps": len(labels),
@@ -458,7 +461,7 @@ class WaferClassifier(BaseEstimator):
             "augmentation": {"rotate": self.rotate, "flip": self.flip, "max_noise": self.max_noise},
             "class_balanced_sampling": True,
             "seed": seed,
-            "device": resolve_device(self.device),
+            "device": device,
         }
         return self
 
