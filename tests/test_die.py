@@ -291,13 +291,11 @@ def test_finetune_learns_end_to_end_and_round_trips(tmp_path, monkeypatch, capsy
     assert [r["label"] for r in cli] == [d["label"] for d in again]
     assert [r["confidence"] for r in cli] == pytest.approx([d["confidence"] for d in again], abs=1e-5)
 
-    # no silent fallback to PyTorch: ONNX is refused in one line until finetune models export
+    # no silent fallback to PyTorch: before `fabsight export`, ONNX is refused in one line
     code, stdout, stderr = _cli(monkeypatch, capsys, "die", "predict", str(tmp_path / "model"),
                                 str(test / "dots"), "--json", "--runtime", "onnx")
-    assert code == 2 and stdout == "" and "run in PyTorch only" in stderr
-    code, stdout, stderr = _cli(monkeypatch, capsys, "export", str(tmp_path / "model"), "--onnx")
-    assert code == 2 and "ONNX export of finetune models is not implemented" in stderr
-    assert not (tmp_path / "model" / "backbone.onnx").exists()
+    assert code == 2 and stdout == "" and stderr.strip() == (f"error: {tmp_path / 'model'}: has no ONNX graph: run "
+                                                             f"`fabsight export {tmp_path / 'model'} --onnx`")
 
     weights = tmp_path / "model" / "finetuned.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)

@@ -248,21 +248,26 @@ class DieModel:
         self.dir = Path(model_dir)
         self.card = load_card(self.dir, task=TASK)
         self.finetuned = self.card.training.get("method") == "finetune"
+        self.classifier: Any  # DieClassifier, FinetuneClassifier or its ONNX twin (same predict / decide)
+        self.backbone: Any
         if self.finetuned:  # the network itself was trained: weights and head come from the model dir
-            if runtime != "torch":
-                raise ModelError(self.dir, "finetune models run in PyTorch only: their ONNX export is not "
-                                           "implemented yet (use --runtime torch, or a probe/hybrid model)")
+            self.layers, self.handcrafted = ("head",), False
+            if runtime != "torch":  # classifier.joblib needs torch to unpickle: the export wrote decision.npz
+                from fabsight.deploy.die import onnx_finetune
+
+                self.classifier = onnx_finetune(self.dir, self.card, runtime, n_threads)
+                self.backbone = None
+                return
             from fabsight.die import finetune
 
             self.classifier = finetune.load(self.dir, self.card.files, self.card.extra.get("network_sha256"),
                                             device=device)
-            self.backbone, self.layers, self.handcrafted = self.classifier.backbone_, ("head",), False
+            self.backbone = self.classifier.backbone_
             return
-        self.classifier: DieClassifier = joblib.load(self.dir / self.card.files["classifier"])
+        self.classifier = joblib.load(self.dir / self.card.files["classifier"])
         info = self.card.backbone or {}
         self.layers = tuple(info["layers"])
         self.handcrafted = bool(self.card.training.get("handcrafted"))
-        self.backbone: Any
         if runtime != "torch":
             from fabsight.deploy.die import onnx_backbone
 
@@ -304,12 +309,13 @@ class DieModel:
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given; directories expanded to the images directly inside them."""
+    """Files as given; directories expanded to the images inside them, sub-folders included
+    (a folder of class folders, or of lots, is predicted whole)."""
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = list_images(p)
+            found = list_images(p, recursive=True)
             if not found:
                 raise FabsightError(p, "contains no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff)")
             paths += found
