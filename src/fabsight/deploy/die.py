@@ -33,7 +33,7 @@ import numpy as np
 from fabsight.artifacts import ModelCard, load_card
 from fabsight.deploy.preprocess import preprocess
 from fabsight.deploy.runtime import onnx_section, session
-from fabsight.die.classifier import NetworkDecisionsMixin
+from fabsight.die.classifier import NetworkDecisionsMixin, _softmax
 from fabsight.die.embeddings import Item, load_item
 from fabsight.die.model import TASK
 from fabsight.errors import FabsightError, ModelError
@@ -328,7 +328,8 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
     held = clf._tensors(bb, images, "export sample")  # float16, exactly what the network sees
     logits_t, emb_t = clf._run(clf.network_, held)
     x = held.float().numpy()
-    probs_t, dec_t = clf.predict_proba(images), clf.decide(images)
+    probs_t = _softmax(logits_t / clf.temperature_)
+    dec_t = clf.decide_outputs(logits_t, emb_t)
     pred_t = np.asarray([d["label"] for d in dec_t])
 
     class Graph(torch.nn.Module):
@@ -356,22 +357,25 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
             "dynamic_axes": {n: {"0": "batch"} for n in (INPUT_NAME, *NETWORK_OUTPUTS)},
         }
 
-        def run(graph: Path) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], OnnxFinetuneClassifier]:
-            """Probabilities, labels and decisions of the torch-free pipeline on ``graph``."""
+        def run(graph: Path) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], np.ndarray]:
+            """Probabilities, labels, decisions, logits of the torch-free pipeline (its own preprocessing)."""
             onnx_clf = OnnxFinetuneClassifier(graph, work / DECISION_FILE, card, info, n_threads)
-            dec = onnx_clf.decide(images)
-            return onnx_clf.predict_proba(images), np.asarray([d["label"] for d in dec]), dec, onnx_clf
+            logits, z = onnx_clf._logits_and_embedding(images)
+            dec = onnx_clf.decide_outputs(logits, z)
+            return _softmax(logits / onnx_clf.temperature_), np.asarray([d["label"] for d in dec]), dec, logits
 
-        probs_o, pred_o, dec_o, onnx_clf = run(fp32)
+        probs_o, pred_o, dec_o, logits_o = run(fp32)
         dprob = float(np.abs(probs_o - probs_t).max())
         if dprob > PROB_TOLERANCE:
             raise ModelError(model_dir, f"ONNX Runtime differs from PyTorch by {dprob:.2e} in probability "
                                         f"(> {PROB_TOLERANCE})")
-        logits_o, emb_o = onnx_clf.run(x)
+        same_input = OnnxFinetuneClassifier(fp32, work / DECISION_FILE, card, info, n_threads).run(x)
         info["check"] = {
             "sample": described, "n_images": len(images), "max_abs_prob_diff": dprob,
             "max_abs_logit_diff": float(np.abs(logits_o - logits_t).max()),
-            "max_abs_embedding_diff": float(np.abs(emb_o - emb_t).max()), "tolerance": PROB_TOLERANCE,
+            "max_abs_logit_diff_same_input": float(np.abs(same_input[0] - logits_t).max()),
+            "max_abs_embedding_diff_same_input": float(np.abs(same_input[1] - emb_t).max()),
+            "tolerance": PROB_TOLERANCE,
             "prediction_agreement": float(np.mean(pred_o == pred_t)),
             "review_agreement": float(np.mean([a["needs_review"] == b["needs_review"]
                                                for a, b in zip(dec_o, dec_t, strict=True)])),
@@ -381,11 +385,11 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
         if int8:
             q = work / NETWORK_INT8_FILE
             quantize(fp32, q, x, work, INPUT_NAME)
-            probs_q, pred_q, _, q_clf = run(q)
+            probs_q, pred_q, _, logits_q = run(q)
             info["int8"] = {
                 "file": NETWORK_INT8_FILE, "method": INT8_METHOD,
                 "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
-                "max_abs_logit_diff": float(np.abs(q_clf.run(x)[0] - logits_t).max()),
+                "max_abs_logit_diff": float(np.abs(logits_q - logits_t).max()),
                 "prediction_agreement": float(np.mean(pred_q == pred_t)), "accuracy_int8": _accuracy(pred_q, labels),
                 "accuracy_fp32": info["check"]["accuracy_torch"],
             }

@@ -97,7 +97,10 @@ class NetworkDecisionsMixin:
 
     def decide(self, X: Sequence[Any], top_k: int = 3) -> list[dict[str, Any]]:
         """Per image: label, calibrated confidence, top-k, needs_review and why."""
-        logits, z = self._logits_and_embedding(X)
+        return self.decide_outputs(*self._logits_and_embedding(X), top_k=top_k)
+
+    def decide_outputs(self, logits: np.ndarray, z: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
+        """:meth:`decide` from network outputs already computed (one forward pass serves several uses)."""
         proba = _softmax(logits / self.temperature_)
         ood = nearest_centroid_distance((z - self.embed_mean_) / self.embed_std_, self.centroids_)
         return review_decisions(proba, self.classes_[proba.argmax(1)], ood / max(self.ood_threshold_, 1e-12),
