@@ -229,7 +229,7 @@ def test_finetune_export_writes_one_checked_graph_and_plain_arrays(finetuned) ->
     assert card["files"]["onnx"] == "network.onnx" and card["files"]["onnx_int8"] == "network.int8.onnx"
     assert card["files"]["decision"] == "decision.npz" and not (model_dir / "backbone.onnx").exists()
     assert info["outputs"] == ["logits", "embedding"] and info["input_shape"] == ["batch", 3, 48, 48]
-    assert info["input_dtype"] == "float16" and info["opset"] == 18 and result["onnx"] == info
+    assert info["opset"] == 18 and result["onnx"] == info
     check = info["check"]
     assert check["sample"] == "32 training images of " + str(model_dir.parent / "train")
     assert check["max_abs_prob_diff"] <= check["tolerance"] == 1e-3 and check["max_abs_logit_diff"] < 1e-3
@@ -261,8 +261,7 @@ def test_finetune_onnx_runtime_reproduces_decide(finetuned) -> None:
     assert [d["review_reasons"] for d in got] == [d["review_reasons"] for d in want]
     assert [[t["label"] for t in d["top"]] for d in got] == [[t["label"] for t in d["top"]] for d in want]
     np.testing.assert_allclose([d["ood_score"] for d in got], [d["ood_score"] for d in want], rtol=1e-4)
-    # numpy and torch resizes differ in the last float32 bit, which can move a pixel by one float16 step
-    np.testing.assert_allclose(onnx_model.features(paths[:4]), torch_model.features(paths[:4]), atol=1e-3)
+    np.testing.assert_allclose(onnx_model.features(paths[:4]), torch_model.features(paths[:4]), atol=1e-4)
     # dynamic batch: one image alone gets the decision it got inside the batch of 15
     alone = onnx_model.predict(items[-1:], top_k=2)[0]
     assert alone["label"] == got[-1]["label"] and abs(alone["confidence"] - got[-1]["confidence"]) < 1e-6
@@ -314,6 +313,19 @@ def test_failed_finetune_check_writes_nothing(finetuned, tmp_path, monkeypatch) 
         export_onnx(d)
     assert sorted(p.name for p in d.iterdir()) == ["card.json", "classifier.joblib", "finetuned.safetensors"]
     assert (d / "card.json").read_bytes() == before
+
+
+def test_damaged_decision_state_is_a_one_line_error(finetuned, tmp_path) -> None:
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(finetuned[0], d)
+    (d / "decision.npz").write_bytes((d / "decision.npz").read_bytes()[:200])
+    with pytest.raises(ModelError, match="unreadable fine-tuned decision state"):
+        DieModel(d, runtime="onnx")
+    (d / "decision.npz").unlink()
+    with pytest.raises(ModelError, match=r"card lists decision file 'decision\.npz' but it is missing"):
+        DieModel(d, runtime="onnx")
 
 
 @pytest.mark.slow  # the anomaly fixture fits and exports three models (~60 s on 2 cores)

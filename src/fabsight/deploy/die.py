@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,11 +121,8 @@ def onnx_backbone(model_dir: str | os.PathLike[str], card: ModelCard, runtime: s
 class OnnxFinetuneClassifier(NetworkDecisionsMixin):
     """A fine-tuned die classifier whose network runs in ONNX Runtime (inference only).
 
-    Preprocessing is the numpy twin of ``Backbone.preprocess`` followed by the rounding to
-    ``extra.onnx.input_dtype`` (float16: :class:`~fabsight.die.finetune.FinetuneClassifier`
-    holds its preprocessed images in half precision, so the network only ever saw those
-    values); probabilities, top-k and ``needs_review`` come from the shared
-    :class:`~fabsight.die.classifier.NetworkDecisionsMixin`.
+    Preprocessing is the numpy twin of ``Backbone.preprocess``; probabilities, top-k and
+    ``needs_review`` come from the shared :class:`~fabsight.die.classifier.NetworkDecisionsMixin`.
 
     Attributes
     ----------
@@ -140,7 +138,7 @@ class OnnxFinetuneClassifier(NetworkDecisionsMixin):
         try:
             with np.load(decision, allow_pickle=False) as z:
                 state = {k: z[k] for k in DECISION_KEYS}
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise ModelError(decision, f"unreadable fine-tuned decision state ({exc}); export the model again") \
                 from None
         self.temperature_ = float(state["temperature_"])
@@ -155,8 +153,7 @@ class OnnxFinetuneClassifier(NetworkDecisionsMixin):
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         i = self.input
-        x = preprocess(images, size=i["size"], mean=i["mean"], std=i["std"], interpolation=i["interpolation"])
-        return x.astype(self.onnx_.get("input_dtype", "float32")).astype(np.float32)
+        return preprocess(images, size=i["size"], mean=i["mean"], std=i["std"], interpolation=i["interpolation"])
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and pooled embedding of a preprocessed batch."""
@@ -325,9 +322,8 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
     _check_interpolation(model_dir, bb)
     items, labels, described = _sample(torch_model, sample, seed)
     images = [load_item(it) for it in items]
-    held = clf._tensors(bb, images, "export sample")  # float16, exactly what the network sees
-    logits_t, emb_t = clf._run(clf.network_, held)
-    x = held.float().numpy()
+    logits_t, emb_t = clf._logits_and_embedding(images)
+    x = bb.preprocess(images).numpy()
     probs_t = _softmax(logits_t / clf.temperature_)
     dec_t = clf.decide_outputs(logits_t, emb_t)
     pred_t = np.asarray([d["label"] for d in dec_t])
@@ -353,7 +349,7 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
         info: dict[str, Any] = {
             "opset": checked_opset(model_dir, fp32, opset), "input": INPUT_NAME, "output": NETWORK_OUTPUTS[0],
             "outputs": list(NETWORK_OUTPUTS), "input_shape": ["batch", 3, *bb.cfg.input_size],
-            "input_dtype": "float16", "embedding_dim": int(emb_t.shape[1]),
+            "embedding_dim": int(emb_t.shape[1]),
             "dynamic_axes": {n: {"0": "batch"} for n in (INPUT_NAME, *NETWORK_OUTPUTS)},
         }
 
@@ -394,9 +390,8 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
                 "accuracy_fp32": info["check"]["accuracy_torch"],
             }
         info.update({
-            "preprocessing": "NOT in the graph: card.input (RGB, /255, antialiased resize to size, mean/std), then "
-                             "rounded to float16 as FinetuneClassifier holds its inputs; fabsight.deploy.preprocess "
-                             "reproduces it in numpy",
+            "preprocessing": "NOT in the graph: card.input (RGB, /255, antialiased resize to size, mean/std); "
+                             "fabsight.deploy.preprocess reproduces it in numpy",
             "postprocessing": f"NOT in the graph: {DECISION_FILE} holds {', '.join(DECISION_KEYS)}; probabilities = "
                               "softmax(logits / temperature_), needs_review from min_confidence and the embedding's "
                               "nearest-centroid distance (fabsight.die.classifier.NetworkDecisionsMixin)",

@@ -141,7 +141,8 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
 
     # data ------------------------------------------------------------------------------
     def _tensors(self, bb: Backbone, X: Sequence[Item], what: str) -> torch.Tensor:
-        """Every image preprocessed once, kept as float16 on the CPU (N×3×H×W)."""
+        """Every training image preprocessed once, kept as float16 on the CPU (N×3×H×W): an epoch then
+        costs only the network, and a 224-px training set fits in memory."""
         batches = [X[i:i + 64] for i in range(0, len(X), 64)]
         parts = [bb.preprocess([load_item(it) for it in batch]).to("cpu", torch.float16)
                  for batch in track(batches, f"reading {what}", total=len(batches))]
@@ -260,10 +261,15 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
 
     # prediction ------------------------------------------------------------------------
     def _logits_and_embedding(self, X: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+        """Streamed in float32 batches: unlike the training set, nothing is held in half precision, so
+        the ONNX twin (numpy preprocessing, float32) sees the same values up to the last bit."""
         check_is_fitted(self)
         if len(X) == 0:
             raise FabsightError(None, "no images to classify")
-        return self._run(self.network_, self._tensors(self.backbone_, X, "images"))
+        batches = [X[i:i + 64] for i in range(0, len(X), 64)]
+        parts = [self._run(self.network_, self.backbone_.preprocess([load_item(it) for it in batch]))
+                 for batch in track(batches, "images", total=len(batches))]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     # persistence -----------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:

@@ -5,7 +5,8 @@ A die model directory holds ``classifier.joblib`` (a fitted :class:`DieClassifie
 beside it in ``finetuned.safetensors``) and a ``card.json`` naming the backbone (registered
 name or adapted directory, with its weights hash so a different backbone is refused), the
 layers and hand-crafted features used, the preprocessing, the training data and
-cross-validated metrics.
+cross-validated metrics. ``fabsight export --onnx`` adds the graphs (and, for ``finetune``,
+``decision.npz``) that :class:`DieModel` runs without PyTorch (:mod:`fabsight.deploy.die`).
 """
 
 from __future__ import annotations
@@ -235,7 +236,9 @@ class DieModel:
     """A loaded die model: its card, classifier and backbone (checked to be the one trained with).
 
     ``runtime``: ``torch``, or ``onnx`` / ``onnx-int8`` for the graph written by ``fabsight
-    export`` (:mod:`fabsight.deploy.die`), which needs no PyTorch.
+    export`` (:mod:`fabsight.deploy.die`), which needs no PyTorch: the backbone graph under
+    the probe / hybrid / hierarchical classifier, or for a fine-tuned model the whole network
+    with its decision state (``classifier`` is then an ``OnnxFinetuneClassifier``, ``backbone`` None).
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", runtime: str = "torch",
