@@ -12,12 +12,18 @@ held-out images:
   and after (the machine is shared: wall-clock numbers are depressed by others' jobs; the
   per-CPU-second figures are less so).
 
+``--finetune`` adds a fine-tuned die model (``die train --method finetune`` on all the
+training crops, a short budget on one thread): max |Δ logits|, accuracy and decisions of
+PyTorch vs ONNX Runtime fp32 vs INT8 on every test crop, and the network's speed.
+
 Data: DeepPCB defect crops (``benchmarks/prepare_deeppcb_crops.py`` → ``--die-data``,
 a ``train``/``test`` ROOT/CLASS tree) and magnetic tile in the MVTec layout
 (``fabsight anomaly layout`` → ``--mvtec``). Example (the numbers in docs/benchmarks.md)::
 
     PYTHONPATH=src python -P benchmarks/export_models.py --die-data /tmp/pcb --mvtec /tmp/mt \\
         --workdir /tmp/export-bench --threads 2 > export_models.json
+    PYTHONPATH=src python -P benchmarks/export_models.py --die-data /tmp/die_data/deeppcb --die-backbones \\
+        --finetune --workdir /tmp/export-bench --threads 2 > export_finetune.json
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from fabsight.deploy import export_onnx, load_anomaly_model
+from fabsight.die.data import read_image
 from fabsight.utils.timing import median_times
 
 
@@ -125,6 +132,75 @@ def die_benchmark(args: argparse.Namespace, backbone: str) -> dict[str, Any]:
     }
 
 
+def finetune_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """A fine-tuned die model (``die train --method finetune``, short budget) exported and scored on every test crop.
+
+    Trained on all ``--die-data/train`` crops with ``--finetune-threads`` torch threads (the
+    training the README shows); one forward pass per runtime over ``--die-data/test`` gives
+    logits, accuracy and the same decisions ``die predict`` would print.
+    """
+    import torch
+
+    from fabsight.die.data import scan_folder
+    from fabsight.die.metrics import classification_metrics
+    from fabsight.die.model import DieModel, train
+
+    model_dir = args.workdir / "die-finetune" / "model"
+    train_info: dict[str, Any] = {"reused": True}
+    if not (model_dir / "card.json").is_file():
+        torch.set_num_threads(args.finetune_threads)
+        load, t0 = os.getloadavg(), time.perf_counter()
+        train(args.die_data / "train", model_dir, backbone="efficientnet_lite0", method="finetune",
+              input_size=args.finetune_size, epochs=args.finetune_epochs, max_minutes=args.finetune_minutes)
+        train_info = {"reused": False, "train_s": round(time.perf_counter() - t0, 1), "loadavg_before": load,
+                      "loadavg_after": os.getloadavg(), "threads": args.finetune_threads}
+        torch.set_num_threads(args.threads)
+    exported, export_s = _export(args, model_dir)
+    log(f"die finetune: exported in {export_s} s")
+    models = {rt: DieModel(model_dir, runtime=rt, n_threads=args.threads) for rt in ("torch", "onnx", "onnx-int8")}
+    card = models["torch"].card
+    folder = scan_folder(args.die_data / "test", classes=card.classes)
+    truth = np.asarray(card.classes)[folder.labels]
+    outputs, quality, decisions = {}, {}, {}
+    for rt, m in models.items():
+        t0, load = time.perf_counter(), os.getloadavg()
+        outputs[rt] = m.classifier._logits_and_embedding(folder.paths)
+        wall = time.perf_counter() - t0
+        decisions[rt] = m.classifier.decide_outputs(*outputs[rt])
+        r = classification_metrics(truth, [d["label"] for d in decisions[rt]], card.classes)
+        quality[rt] = {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
+                       "needs_review_rate": float(np.mean([d["needs_review"] for d in decisions[rt]])),
+                       "crops_per_s_end_to_end": round(len(folder) / wall, 1), "loadavg_before": load}
+        log(f"die finetune {rt}: {quality[rt]}")
+    agreement = {}
+    for rt in ("onnx", "onnx-int8"):
+        pairs = list(zip(decisions[rt], decisions["torch"], strict=True))
+        agreement[rt] = {
+            "max_abs_logit_diff": float(np.abs(outputs[rt][0] - outputs["torch"][0]).max()),
+            "max_abs_confidence_diff": max(abs(a["confidence"] - b["confidence"]) for a, b in pairs),
+            "same_label": float(np.mean([a["label"] == b["label"] for a, b in pairs])),
+            "same_needs_review": float(np.mean([a["needs_review"] == b["needs_review"] for a, b in pairs])),
+        }
+    clf_t, clf_o, clf_q = (models[rt].classifier for rt in ("torch", "onnx", "onnx-int8"))
+    x = clf_o.preprocess([read_image(p) for p in folder.paths[: args.batch]])
+
+    def torch_fn(b: np.ndarray) -> Any:
+        with torch.no_grad():
+            return clf_t.network_(torch.from_numpy(b))
+
+    speed = _speed({"torch": torch_fn, "onnx": clf_o.run, "onnx-int8": clf_q.run}, x, args.rounds)
+    return {
+        "model": str(model_dir), "input_size": card.input["size"], "n_train": card.training["n_images"],
+        "epochs_run": card.training["epochs_run"], "best_epoch": card.training["best_epoch"],
+        "validation": {k: card.metrics[k] for k in ("accuracy", "macro_f1", "n")}, "training": train_info,
+        "n_test": len(folder), "export_s": export_s,
+        "graph_mib": round((model_dir / "network.onnx").stat().st_size / 2**20, 1),
+        "int8_graph_mib": round((model_dir / "network.int8.onnx").stat().st_size / 2**20, 1),
+        "export_check": exported["onnx"]["check"], "export_int8": exported["onnx"]["int8"],
+        "test_agreement": agreement, "test_quality": quality, "speed_network": speed,
+    }
+
+
 def anomaly_benchmark(args: argparse.Namespace, method: str) -> dict[str, Any]:
     import torch
 
@@ -197,6 +273,11 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=["patchcore", "padim", "recon"])
     ap.add_argument("--die-train", type=int, default=40, help="training images per class")
     ap.add_argument("--die-test", type=int, default=25, help="test images per class")
+    ap.add_argument("--finetune", action="store_true", help="also a fine-tuned die model (all --die-data crops)")
+    ap.add_argument("--finetune-size", type=int, default=64)
+    ap.add_argument("--finetune-epochs", type=int, default=5)
+    ap.add_argument("--finetune-minutes", type=float, default=7.5, help="training budget (stops after that epoch)")
+    ap.add_argument("--finetune-threads", type=int, default=1)
     ap.add_argument("--anomaly-train", type=int, default=60)
     ap.add_argument("--anomaly-test", type=int, default=80)
     ap.add_argument("--holdout", type=int, default=20, help="good images that set the threshold")
@@ -220,6 +301,10 @@ def main() -> None:
             log(f"die {bb}")
             report["die"].append(die_benchmark(args, bb))
             log(json.dumps(report["die"][-1], default=float))  # partial results survive an interrupted run
+        if args.finetune:
+            log("die finetune")
+            report["die_finetune"] = finetune_benchmark(args)
+            log(json.dumps(report["die_finetune"], default=float))
     if args.mvtec:
         for method in args.methods:
             log(f"anomaly {method}")

@@ -83,6 +83,19 @@ def die(tmp_path_factory, weights) -> tuple[Path, dict, Path]:
     return root / "model", json.loads(result.stdout), _write_die_folder(root / "test", 6, 1)
 
 
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, weights) -> tuple[Path, dict, Path]:
+    """A fine-tuned die model (the whole backbone + linear head) exported with INT8 through the CLI, unseen images."""
+    from fabsight.die.model import train
+
+    root = tmp_path_factory.mktemp("finetune")
+    train(_write_die_folder(root / "train", 16, 0), root / "model", backbone=BACKBONE, weights=weights,
+          method="finetune", input_size=48, epochs=12, batch_size=4)
+    result = CliRunner().invoke(app, ["export", str(root / "model"), "--onnx", "--int8", "--json"])
+    assert result.exit_code == 0, result.output
+    return root / "model", json.loads(result.stdout), _write_die_folder(root / "test", 6, 1)
+
+
 def _mvtec(root: Path, seed: int) -> Path:
     """ROOT/train/good, ROOT/test/{good,hole} + ground_truth masks, images 64×80."""
     rng = np.random.default_rng(seed)
@@ -209,6 +222,112 @@ def test_export_sample_folders_are_searched_recursively(die) -> None:
     assert len(_read_sample(model_dir, test / "disc")) == 6
 
 
+def test_finetune_export_writes_one_checked_graph_and_plain_arrays(finetuned) -> None:
+    model_dir, result, _ = finetuned
+    card = json.loads((model_dir / "card.json").read_text())
+    info = card["extra"]["onnx"]
+    assert card["files"]["onnx"] == "network.onnx" and card["files"]["onnx_int8"] == "network.int8.onnx"
+    assert card["files"]["decision"] == "decision.npz" and not (model_dir / "backbone.onnx").exists()
+    assert info["outputs"] == ["logits", "embedding"] and info["input_shape"] == ["batch", 3, 48, 48]
+    assert info["opset"] == 18 and result["onnx"] == info
+    check = info["check"]
+    assert check["sample"] == "32 training images of " + str(model_dir.parent / "train")
+    assert check["max_abs_prob_diff"] <= check["tolerance"] == 1e-3 and check["max_abs_logit_diff"] < 1e-3
+    assert check["prediction_agreement"] == check["review_agreement"] == 1.0 and check["accuracy_torch"] >= 0.8
+    assert info["int8"]["accuracy_int8"] is not None and info["int8"]["max_abs_logit_diff"] > 0
+    # the decision state is plain arrays (no pickle, no torch), equal to the fitted estimator's
+    clf = DieModel(model_dir).classifier
+    with np.load(model_dir / "decision.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["centroids_"], clf.centroids_)
+        np.testing.assert_array_equal(z["embed_std_"], clf.embed_std_)
+        assert float(z["temperature_"]) == clf.temperature_ and float(z["ood_threshold_"]) == clf.ood_threshold_
+
+
+def test_finetune_onnx_runtime_reproduces_decide(finetuned) -> None:
+    model_dir, _, test = finetuned
+    paths = sorted(test.rglob("*.png"))
+    rng = np.random.default_rng(3)
+    noise = [rng.integers(0, 256, (56, 56), dtype=np.uint8) for _ in range(3)]  # far from both classes
+    items = [*paths, *noise]
+    torch_model = DieModel(model_dir)
+    want = torch_model.predict(items, top_k=2)
+    assert sum(d["needs_review"] for d in want[-3:]) >= 1  # so needs_review is compared on both outcomes
+    assert np.mean([d["label"] == p.parent.name for d, p in zip(want, paths, strict=False)]) >= 0.8
+    onnx_model = DieModel(model_dir, runtime="onnx")
+    got = onnx_model.predict(items, top_k=2)
+    assert [d["label"] for d in got] == [d["label"] for d in want]
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(got, want, strict=True)) <= 1e-4
+    assert [d["needs_review"] for d in got] == [d["needs_review"] for d in want]
+    assert [d["review_reasons"] for d in got] == [d["review_reasons"] for d in want]
+    assert [[t["label"] for t in d["top"]] for d in got] == [[t["label"] for t in d["top"]] for d in want]
+    np.testing.assert_allclose([d["ood_score"] for d in got], [d["ood_score"] for d in want], rtol=1e-4)
+    np.testing.assert_allclose(onnx_model.features(paths[:4]), torch_model.features(paths[:4]), atol=1e-4)
+    # dynamic batch: one image alone gets the decision it got inside the batch of 15
+    alone = onnx_model.predict(items[-1:], top_k=2)[0]
+    assert alone["label"] == got[-1]["label"] and abs(alone["confidence"] - got[-1]["confidence"]) < 1e-6
+    int8 = DieModel(model_dir, runtime="onnx-int8").predict(paths)
+    assert np.mean([a["label"] == b["label"] for a, b in zip(int8, want, strict=False)]) >= 0.9
+    with pytest.raises(FabsightError, match="inference only"):
+        onnx_model.classifier.fit(paths, [p.parent.name for p in paths])
+
+
+def test_finetune_predict_and_eval_take_runtime_onnx(finetuned) -> None:
+    model_dir, _, test = finetuned
+    rows = {}
+    for runtime in ("torch", "onnx"):  # the folder holds only class sub-folders: found recursively
+        result = CliRunner().invoke(app, ["die", "predict", str(model_dir), str(test), "--runtime", runtime,
+                                          "--device", "cpu", "--json"])
+        assert result.exit_code == 0, result.output
+        rows[runtime] = json.loads(result.stdout)
+    assert [r["path"] for r in rows["onnx"]] == [str(p) for p in sorted(test.rglob("*.png"))]
+    assert [r["label"] for r in rows["onnx"]] == [r["label"] for r in rows["torch"]]
+    for runtime in ("onnx", "onnx-int8"):
+        result = CliRunner().invoke(app, ["die", "eval", str(model_dir), str(test), "--runtime", runtime, "--json"])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(result.stdout)
+        assert metrics["n"] == 12 and metrics["accuracy"] >= 0.8
+
+
+def test_failed_finetune_check_writes_nothing(finetuned, tmp_path, monkeypatch) -> None:
+    from fabsight.deploy import die as deploy_die
+
+    src, _, _ = finetuned
+    d = tmp_path / "m"
+    d.mkdir()
+    for name in ("classifier.joblib", "finetuned.safetensors"):
+        (d / name).write_bytes((src / name).read_bytes())
+    card = json.loads((src / "card.json").read_text())
+    card["extra"].pop("onnx")
+    card["files"] = {"classifier": "classifier.joblib", "network": "finetuned.safetensors"}
+    (d / "card.json").write_text(json.dumps(card))
+    before = (d / "card.json").read_bytes()
+    with pytest.raises(ModelError, match="fabsight export"):
+        DieModel(d, runtime="onnx")
+
+    def reuse_graph(module, example, path, opset, **kw) -> None:  # the slow exporter is not what is tested
+        path.write_bytes((src / "network.onnx").read_bytes())
+
+    monkeypatch.setattr("fabsight.deploy.export.export_module", reuse_graph)
+    monkeypatch.setattr(deploy_die, "PROB_TOLERANCE", -1.0)  # any difference fails the check
+    with pytest.raises(ModelError, match="differs from PyTorch"):
+        export_onnx(d)
+    assert sorted(p.name for p in d.iterdir()) == ["card.json", "classifier.joblib", "finetuned.safetensors"]
+    assert (d / "card.json").read_bytes() == before
+
+
+def test_damaged_decision_state_is_a_one_line_error(finetuned, tmp_path) -> None:
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(finetuned[0], d)
+    (d / "decision.npz").write_bytes((d / "decision.npz").read_bytes()[:200])
+    with pytest.raises(ModelError, match="unreadable fine-tuned decision state"):
+        DieModel(d, runtime="onnx")
+    (d / "decision.npz").unlink()
+    with pytest.raises(ModelError, match=r"card lists decision file 'decision\.npz' but it is missing"):
+        DieModel(d, runtime="onnx")
+
+
 @pytest.mark.slow  # the anomaly fixture fits and exports three models (~60 s on 2 cores)
 @pytest.mark.parametrize("method", list(METHODS))
 def test_anomaly_export_matches_torch(anomaly, anomaly_images, method) -> None:
@@ -287,10 +406,11 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 from typer.testing import CliRunner
 from fabsight.cli.main import app
-die, test, anomaly, images, out = sys.argv[1:]
+die, test, finetuned, ft_test, anomaly, images, out = sys.argv[1:]
 results = {}
 for name, args in {
     "die": ["die", "predict", die, test, "--runtime", "onnx", "--json"],
+    "finetune": ["die", "predict", finetuned, ft_test, "--runtime", "onnx", "--json"],
     "anomaly": ["anomaly", "predict", anomaly, images, "--out", out, "--runtime", "onnx-int8", "--json"],
 }.items():
     r = CliRunner().invoke(app, args)
@@ -301,12 +421,14 @@ print(json.dumps(results))
 
 
 @pytest.mark.slow
-def test_die_and_anomaly_onnx_run_without_torch(die, anomaly, tmp_path) -> None:
+def test_die_and_anomaly_onnx_run_without_torch(die, finetuned, anomaly, tmp_path) -> None:
     model_dir, _, test = die
+    ft_dir, _, ft_test = finetuned
     pc, _ = anomaly["patchcore"]
     root = Path(json.loads((pc / "card.json").read_text())["training"]["root"])
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    args = [str(model_dir), str(test / "line"), str(pc), str(root / "test" / "hole"), str(tmp_path / "out")]
+    args = [str(model_dir), str(test / "line"), str(ft_dir), str(ft_test), str(pc), str(root / "test" / "hole"),
+            str(tmp_path / "out")]
     proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *args], capture_output=True, text=True, env=env,
                           timeout=180)
     assert proc.returncode == 0, proc.stderr
@@ -314,6 +436,11 @@ def test_die_and_anomaly_onnx_run_without_torch(die, anomaly, tmp_path) -> None:
     assert not res["torch_loaded"]
     assert res["die"]["code"] == 0, res["die"]
     assert [r["label"] for r in json.loads(res["die"]["stdout"])] == ["line"] * 6
+    assert res["finetune"]["code"] == 0, res["finetune"]
+    want = DieModel(ft_dir).predict(sorted(ft_test.rglob("*.png")))
+    got = json.loads(res["finetune"]["stdout"])
+    assert [r["label"] for r in got] == [d["label"] for d in want]
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(got, want, strict=True)) <= 1e-4
     assert res["anomaly"]["code"] == 0, res["anomaly"]
     scores = [p["score"] for p in json.loads(res["anomaly"]["stdout"])["predictions"]]
     want = load_anomaly_model(pc, "onnx-int8").score_samples([read_image(p) for p in

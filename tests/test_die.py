@@ -68,6 +68,23 @@ def test_folder_errors_name_the_file(tmp_path):
         scan_folder(tmp_path, classes=["open", "short"])
 
 
+def test_image_folders_given_to_predict_are_searched_recursively(tmp_path):
+    """`die predict MODEL FOLDER` (and export --sample) on class folders, lots, nested runs; hidden ones skipped."""
+    from fabsight.die.model import expand_inputs
+
+    for rel in ("lot1/a.png", "lot1/run2/b.jpg", "lot2/c.tif", ".ipynb_checkpoints/d.png", "lot2/.e.png",
+                "lot2/notes.txt", "top.bmp"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in expand_inputs([tmp_path])]
+    assert found == ["lot1/a.png", "lot1/run2/b.jpg", "lot2/c.tif", "top.bmp"]
+    assert [p.name for p in expand_inputs([tmp_path / "lot2" / "c.tif", tmp_path / "lot1"])] == ["c.tif", "a.png",
+                                                                                                 "b.jpg"]
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(FabsightError, match="contains no images"):
+        expand_inputs([tmp_path / "empty"])
+
+
 def test_probe_is_a_calibrated_sklearn_estimator():
     X, y = _blobs()
     probe = ProbeClassifier(C=0.5)
@@ -291,13 +308,11 @@ def test_finetune_learns_end_to_end_and_round_trips(tmp_path, monkeypatch, capsy
     assert [r["label"] for r in cli] == [d["label"] for d in again]
     assert [r["confidence"] for r in cli] == pytest.approx([d["confidence"] for d in again], abs=1e-5)
 
-    # no silent fallback to PyTorch: ONNX is refused in one line until finetune models export
+    # no silent fallback to PyTorch: before `fabsight export`, ONNX is refused in one line
     code, stdout, stderr = _cli(monkeypatch, capsys, "die", "predict", str(tmp_path / "model"),
                                 str(test / "dots"), "--json", "--runtime", "onnx")
-    assert code == 2 and stdout == "" and "run in PyTorch only" in stderr
-    code, stdout, stderr = _cli(monkeypatch, capsys, "export", str(tmp_path / "model"), "--onnx")
-    assert code == 2 and "ONNX export of finetune models is not implemented" in stderr
-    assert not (tmp_path / "model" / "backbone.onnx").exists()
+    assert code == 2 and stdout == "" and stderr.strip() == (f"error: {tmp_path / 'model'}: has no ONNX graph: run "
+                                                             f"`fabsight export {tmp_path / 'model'} --onnx`")
 
     weights = tmp_path / "model" / "finetuned.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)

@@ -61,15 +61,9 @@ def _read_sample(model_dir: Path, sample: Path) -> list[Any]:
         from fabsight.io import read_maps
 
         return read_maps(sample)
-    from fabsight.die.data import IMAGE_SUFFIXES
     from fabsight.die.model import expand_inputs
 
-    if sample.is_dir() and any(p.is_dir() for p in sample.iterdir()):
-        found = sorted(p for p in sample.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise FabsightError(sample, "contains no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff)")
-        return found
-    return list(expand_inputs([sample]))
+    return expand_inputs([sample])
 
 
 def register(app: typer.Typer) -> None:

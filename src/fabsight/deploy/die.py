@@ -8,6 +8,14 @@ B×3×H×W images in, the B×D embedding of the model's layers out). The classif
 are numpy already. :class:`OnnxBackbone` offers the few ``Backbone`` methods the die
 pipeline calls, with the preprocessing in numpy (:mod:`fabsight.deploy.preprocess`), so
 ``DieModel(..., runtime="onnx")`` predicts and evaluates without importing torch.
+
+A fine-tuned model (``--method finetune``) has no frozen backbone: the network *is* the
+classifier, and its ``classifier.joblib`` cannot be unpickled without torch. Its export is
+one graph, ``network.onnx`` (normalised images in; ``logits`` and the pooled ``embedding``
+out), and ``decision.npz`` holds the rest of the fitted decision in plain arrays
+(temperature, embedding mean / std, class centroids, OOD threshold, min_confidence).
+:class:`OnnxFinetuneClassifier` runs them with the same post-processing code as the PyTorch
+classifier (:class:`fabsight.die.classifier.NetworkDecisionsMixin`).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +34,12 @@ import numpy as np
 from fabsight.artifacts import ModelCard, load_card
 from fabsight.deploy.preprocess import preprocess
 from fabsight.deploy.runtime import onnx_section, session
+from fabsight.die.classifier import NetworkDecisionsMixin, _softmax
+from fabsight.die.embeddings import Item, load_item
 from fabsight.die.model import TASK
 from fabsight.errors import FabsightError, ModelError
+from fabsight.utils.atomic import atomic_path
+from fabsight.utils.progress import track
 
 ONNX_FILE = "backbone.onnx"
 INT8_FILE = "backbone.int8.onnx"
@@ -36,6 +49,15 @@ OUTPUT_NAME = "embedding"
 PROB_TOLERANCE = 1e-3
 #: Images checked (and INT8-calibrated) on when the sample comes from the training folder.
 MAX_SAMPLE = 96
+#: Fine-tuned models: the whole network as one graph, and the fitted decision state beside it.
+NETWORK_ONNX_FILE = "network.onnx"
+NETWORK_INT8_FILE = "network.int8.onnx"
+DECISION_FILE = "decision.npz"
+NETWORK_OUTPUTS = ("logits", "embedding")
+#: Arrays of ``decision.npz``: the :class:`NetworkDecisionsMixin` state, named as its attributes.
+DECISION_KEYS = ("temperature_", "embed_mean_", "embed_std_", "centroids_", "ood_threshold_", "min_confidence")
+#: Images per ONNX Runtime call of a fine-tuned network (as ``FinetuneClassifier`` batches them).
+BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,69 @@ def onnx_backbone(model_dir: str | os.PathLike[str], card: ModelCard, runtime: s
     return OnnxBackbone(graph, card, info, n_threads)
 
 
+class OnnxFinetuneClassifier(NetworkDecisionsMixin):
+    """A fine-tuned die classifier whose network runs in ONNX Runtime (inference only).
+
+    Preprocessing is the numpy twin of ``Backbone.preprocess``; probabilities, top-k and
+    ``needs_review`` come from the shared :class:`~fabsight.die.classifier.NetworkDecisionsMixin`.
+
+    Attributes
+    ----------
+    classes_, temperature_, embed_mean_, embed_std_, centroids_, ood_threshold_, min_confidence :
+        the fitted decision, from the card's classes and ``decision.npz``.
+    session_ : the ``onnxruntime.InferenceSession``.  onnx_ : the card's ``onnx`` section.
+    """
+
+    def __init__(self, graph: Path, decision: Path, card: ModelCard, info: dict[str, Any], n_threads: int) -> None:
+        self.input = card.input
+        self.onnx_ = info
+        self.classes_ = np.asarray(card.classes)
+        try:
+            with np.load(decision, allow_pickle=False) as z:
+                state = {k: z[k] for k in DECISION_KEYS}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise ModelError(decision, f"unreadable fine-tuned decision state ({exc}); export the model again") \
+                from None
+        self.temperature_ = float(state["temperature_"])
+        self.embed_mean_, self.embed_std_ = state["embed_mean_"], state["embed_std_"]
+        self.centroids_ = state["centroids_"]
+        self.ood_threshold_ = float(state["ood_threshold_"])
+        self.min_confidence = float(state["min_confidence"])
+        if self.centroids_.shape[0] != len(self.classes_):
+            raise ModelError(decision, f"holds {self.centroids_.shape[0]} class centroids but the card names "
+                                       f"{len(self.classes_)} classes; export the model again")
+        self.session_ = session(graph, n_threads)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        i = self.input
+        return preprocess(images, size=i["size"], mean=i["mean"], std=i["std"], interpolation=i["interpolation"])
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled embedding of a preprocessed batch."""
+        io = self.onnx_
+        logits, embedding = self.session_.run(io["outputs"], {io["input"]: x})
+        return logits, embedding
+
+    def _logits_and_embedding(self, X: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+        if len(X) == 0:
+            raise FabsightError(None, "no images to classify")
+        batches = [X[i:i + BATCH] for i in range(0, len(X), BATCH)]
+        parts = [self.run(self.preprocess([load_item(it) for it in b])) for b in track(batches, "images")]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def fit(self, *args: Any, **kwargs: Any) -> OnnxFinetuneClassifier:
+        raise FabsightError(None, "an ONNX model is for inference only: fine-tune in PyTorch, then export again")
+
+
+def onnx_finetune(model_dir: str | os.PathLike[str], card: ModelCard, runtime: str,
+                  n_threads: int = 2) -> OnnxFinetuneClassifier:
+    """The exported network and decision state of a fine-tuned die model for ``onnx`` / ``onnx-int8``."""
+    graph, info = onnx_section(model_dir, card, runtime == "onnx-int8")
+    if "decision" not in card.files:
+        raise ModelError(model_dir, f"has no {DECISION_FILE}: run `fabsight export {model_dir} --onnx` again")
+    return OnnxFinetuneClassifier(graph, Path(model_dir) / card.files["decision"], card, info, n_threads)
+
+
 def _sample(model: Any, sample: Sequence[Any] | None, seed: int) -> tuple[list[Any], list[str] | None, str]:
     """Images to check on, their labels when known, and how they were chosen."""
     from fabsight.die.data import scan_folder
@@ -124,6 +209,11 @@ def _accuracy(pred: np.ndarray, labels: list[str] | None) -> float | None:
     return None if labels is None else float(np.mean(pred == np.asarray(labels)))
 
 
+def _check_interpolation(model_dir: Path, bb: Any) -> None:
+    if bb.cfg.interpolation not in ("bilinear", "bicubic"):
+        raise ModelError(model_dir, f"backbone interpolation '{bb.cfg.interpolation}' has no numpy twin for ONNX")
+
+
 def export_die(
     model_dir: Path, *, int8: bool, opset: int, sample: Sequence[Any] | None, n_threads: int, seed: int
 ) -> dict[str, Any]:
@@ -132,16 +222,14 @@ def export_die(
     import torch
 
     from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, install_graphs, quantize
-    from fabsight.die.embeddings import load_item
     from fabsight.die.model import DieModel
 
     torch_model = DieModel(model_dir, device="cpu")
     if torch_model.finetuned:
-        raise ModelError(model_dir, "ONNX export of finetune models is not implemented yet: they run with "
-                                    "--runtime torch (probe, hybrid and hierarchical models export)")
+        return _export_finetune(model_dir, torch_model, int8=int8, opset=opset, sample=sample, n_threads=n_threads,
+                                seed=seed)
     bb = torch_model.backbone
-    if bb.cfg.interpolation not in ("bilinear", "bicubic"):
-        raise ModelError(model_dir, f"backbone interpolation '{bb.cfg.interpolation}' has no numpy twin for ONNX")
+    _check_interpolation(model_dir, bb)
     items, labels, described = _sample(torch_model, sample, seed)
     images = [load_item(it) for it in items]
     layers = torch_model.layers
@@ -214,4 +302,105 @@ def export_die(
             "onnxruntime": ort.__version__,
         })
         install_graphs(model_dir, card, info, fp32, work / INT8_FILE if int8 else None, ONNX_FILE, INT8_FILE)
+    return {"model": str(model_dir), "task": card.task, "files": dict(card.files), "onnx": info}
+
+
+def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: int, sample: Sequence[Any] | None,
+                     n_threads: int, seed: int) -> dict[str, Any]:
+    """Export a fine-tuned die model: the network as one graph, its decision state as ``decision.npz``.
+
+    The whole pipeline (numpy preprocessing, graph, shared post-processing) is checked
+    against ``FinetuneClassifier`` on the sample before anything enters the model directory.
+    """
+    import onnxruntime as ort
+    import torch
+
+    from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, install_graphs, quantize
+
+    clf = torch_model.classifier
+    bb = clf.backbone_
+    _check_interpolation(model_dir, bb)
+    items, labels, described = _sample(torch_model, sample, seed)
+    images = [load_item(it) for it in items]
+    logits_t, emb_t = clf._logits_and_embedding(images)
+    x = bb.preprocess(images).numpy()
+    probs_t = _softmax(logits_t / clf.temperature_)
+    dec_t = clf.decide_outputs(logits_t, emb_t)
+    pred_t = np.asarray([d["label"] for d in dec_t])
+
+    class Graph(torch.nn.Module):
+        """Normalised images in; the linear head's logits and the pooled embedding out."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = clf.network_
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.net(images)
+
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=model_dir) as tmp:
+        work = Path(tmp)
+        fp32 = work / NETWORK_ONNX_FILE
+        export_module(Graph().eval(), torch.from_numpy(x[:2]), fp32, opset, input_name=INPUT_NAME,
+                      output_names=NETWORK_OUTPUTS)
+        with open(work / DECISION_FILE, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(getattr(clf, k)) for k in DECISION_KEYS})
+        card = load_card(model_dir, task=TASK)
+        info: dict[str, Any] = {
+            "opset": checked_opset(model_dir, fp32, opset), "input": INPUT_NAME, "output": NETWORK_OUTPUTS[0],
+            "outputs": list(NETWORK_OUTPUTS), "input_shape": ["batch", 3, *bb.cfg.input_size],
+            "embedding_dim": int(emb_t.shape[1]),
+            "dynamic_axes": {n: {"0": "batch"} for n in (INPUT_NAME, *NETWORK_OUTPUTS)},
+        }
+
+        def run(graph: Path) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], np.ndarray]:
+            """Probabilities, labels, decisions, logits of the torch-free pipeline (its own preprocessing)."""
+            onnx_clf = OnnxFinetuneClassifier(graph, work / DECISION_FILE, card, info, n_threads)
+            logits, z = onnx_clf._logits_and_embedding(images)
+            dec = onnx_clf.decide_outputs(logits, z)
+            return _softmax(logits / onnx_clf.temperature_), np.asarray([d["label"] for d in dec]), dec, logits
+
+        probs_o, pred_o, dec_o, logits_o = run(fp32)
+        dprob = float(np.abs(probs_o - probs_t).max())
+        if dprob > PROB_TOLERANCE:
+            raise ModelError(model_dir, f"ONNX Runtime differs from PyTorch by {dprob:.2e} in probability "
+                                        f"(> {PROB_TOLERANCE})")
+        same_input = OnnxFinetuneClassifier(fp32, work / DECISION_FILE, card, info, n_threads).run(x)
+        info["check"] = {
+            "sample": described, "n_images": len(images), "max_abs_prob_diff": dprob,
+            "max_abs_logit_diff": float(np.abs(logits_o - logits_t).max()),
+            "max_abs_logit_diff_same_input": float(np.abs(same_input[0] - logits_t).max()),
+            "max_abs_embedding_diff_same_input": float(np.abs(same_input[1] - emb_t).max()),
+            "tolerance": PROB_TOLERANCE,
+            "prediction_agreement": float(np.mean(pred_o == pred_t)),
+            "review_agreement": float(np.mean([a["needs_review"] == b["needs_review"]
+                                               for a, b in zip(dec_o, dec_t, strict=True)])),
+            "accuracy_torch": _accuracy(pred_t, labels),
+        }
+        info["int8"] = None
+        if int8:
+            q = work / NETWORK_INT8_FILE
+            quantize(fp32, q, x, work, INPUT_NAME)
+            probs_q, pred_q, _, logits_q = run(q)
+            info["int8"] = {
+                "file": NETWORK_INT8_FILE, "method": INT8_METHOD,
+                "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
+                "max_abs_logit_diff": float(np.abs(logits_q - logits_t).max()),
+                "prediction_agreement": float(np.mean(pred_q == pred_t)), "accuracy_int8": _accuracy(pred_q, labels),
+                "accuracy_fp32": info["check"]["accuracy_torch"],
+            }
+        info.update({
+            "preprocessing": "NOT in the graph: card.input (RGB, /255, antialiased resize to size, mean/std); "
+                             "fabsight.deploy.preprocess reproduces it in numpy",
+            "postprocessing": f"NOT in the graph: {DECISION_FILE} holds {', '.join(DECISION_KEYS)}; probabilities = "
+                              "softmax(logits / temperature_), needs_review from min_confidence and the embedding's "
+                              "nearest-centroid distance (fabsight.die.classifier.NetworkDecisionsMixin)",
+            "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+            "onnxruntime": ort.__version__,
+        })
+        with atomic_path(model_dir / DECISION_FILE) as dst:
+            os.replace(work / DECISION_FILE, dst)
+        card.files["decision"] = DECISION_FILE
+        install_graphs(model_dir, card, info, fp32, work / NETWORK_INT8_FILE if int8 else None, NETWORK_ONNX_FILE,
+                       NETWORK_INT8_FILE)
     return {"model": str(model_dir), "task": card.task, "files": dict(card.files), "onnx": info}

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fabsight.backbones import Backbone, create_backbone, save_backbone_dir
-from fabsight.die.data import IMAGE_SUFFIXES, read_image
+from fabsight.die.data import list_images, read_image
 from fabsight.errors import FabsightError
 from fabsight.utils.atomic import atomic_dir
 from fabsight.utils.device import resolve_device
@@ -107,7 +107,7 @@ def unlabeled_images(root: str | os.PathLike[str]) -> list[Path]:
     r = Path(root)
     if not r.is_dir():
         raise FabsightError(r, "is not a directory of images")
-    files = sorted(p for p in r.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(r, recursive=True)
     if len(files) < 2:
         raise FabsightError(r, f"has {len(files)} image(s); self-distillation needs at least 2")
     return files

@@ -61,6 +61,52 @@ def review_decisions(proba: np.ndarray, labels: Sequence[str], ood: np.ndarray, 
     return results
 
 
+class NetworkDecisionsMixin:
+    """Calibrated probabilities and review decisions from a network's logits and pooled embedding.
+
+    The fine-tuned PyTorch classifier (:class:`fabsight.die.finetune.FinetuneClassifier`) and
+    its ONNX Runtime twin (:class:`fabsight.deploy.die.OnnxFinetuneClassifier`) differ only in
+    ``_logits_and_embedding``; everything after the forward pass lives here, in a module
+    without torch, so the two runtimes cannot drift apart. Needs the fitted ``classes_``,
+    ``temperature_``, ``embed_mean_``, ``embed_std_``, ``centroids_``, ``ood_threshold_``
+    and the ``min_confidence`` gate.
+    """
+
+    classes_: np.ndarray
+    temperature_: float
+    embed_mean_: np.ndarray
+    embed_std_: np.ndarray
+    centroids_: np.ndarray
+    ood_threshold_: float
+    min_confidence: float
+
+    def _logits_and_embedding(self, X: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def predict_proba(self, X: Sequence[Any]) -> np.ndarray:
+        logits, _ = self._logits_and_embedding(X)
+        return _softmax(logits / self.temperature_)
+
+    def predict(self, X: Sequence[Any]) -> np.ndarray:
+        proba = self.predict_proba(X)  # first: an unfitted estimator raises NotFittedError there
+        return self.classes_[proba.argmax(axis=1)]
+
+    def embed(self, X: Sequence[Any]) -> np.ndarray:
+        """Pooled embeddings of the network (for discovery, OOD, probes)."""
+        return self._logits_and_embedding(X)[1]
+
+    def decide(self, X: Sequence[Any], top_k: int = 3) -> list[dict[str, Any]]:
+        """Per image: label, calibrated confidence, top-k, needs_review and why."""
+        return self.decide_outputs(*self._logits_and_embedding(X), top_k=top_k)
+
+    def decide_outputs(self, logits: np.ndarray, z: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
+        """:meth:`decide` from network outputs already computed (one forward pass serves several uses)."""
+        proba = _softmax(logits / self.temperature_)
+        ood = nearest_centroid_distance((z - self.embed_mean_) / self.embed_std_, self.centroids_)
+        return review_decisions(proba, self.classes_[proba.argmax(1)], ood / max(self.ood_threshold_, 1e-12),
+                                self.classes_, min_confidence=self.min_confidence, top_k=top_k)
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """Temperature T minimising the negative log-likelihood of softmax(logits / T)."""
     from scipy.optimize import minimize_scalar

@@ -66,14 +66,21 @@ class ImageFolder:
         return ImageFolder(self.root, [self.paths[i] for i in idx], self.labels[idx], self.classes)
 
 
-def list_images(root: str | os.PathLike[str]) -> list[Path]:
-    """Image files directly under ``root`` or, for a file, the file itself (sorted)."""
+def list_images(root: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+    """Image files directly under ``root`` or, for a file, the file itself (sorted).
+
+    ``recursive`` searches every sub-folder too (class folders, an MVTec tree, a tool's
+    per-lot folders), leaving out hidden files and folders such as ``.ipynb_checkpoints``.
+    """
     p = Path(root)
     if p.is_file():
         return [p]
     if not p.is_dir():
         raise FabsightError(p, "does not exist")
-    return sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not recursive:
+        return sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in f.relative_to(p).parts))
 
 
 def scan_folder(root: str | os.PathLike[str], *, classes: Sequence[str] | None = None,

@@ -31,7 +31,7 @@ from torch import nn
 
 from fabsight.backbones import Backbone, create_backbone
 from fabsight.backbones.base import file_sha256, state_dict_sha256
-from fabsight.die.classifier import _softmax, fit_temperature, nearest_centroid_distance, review_decisions
+from fabsight.die.classifier import NetworkDecisionsMixin, fit_temperature, nearest_centroid_distance
 from fabsight.die.embeddings import Item, load_item
 from fabsight.die.metrics import classification_metrics
 from fabsight.errors import FabsightError, ModelError
@@ -87,7 +87,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out * gain + offset
 
 
-class FinetuneClassifier(ClassifierMixin, BaseEstimator):
+class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
     """Fine-tune ``backbone`` end to end on labelled images (``X``: paths or uint8 arrays).
 
     Parameters
@@ -141,7 +141,8 @@ class FinetuneClassifier(ClassifierMixin, BaseEstimator):
 
     # data ------------------------------------------------------------------------------
     def _tensors(self, bb: Backbone, X: Sequence[Item], what: str) -> torch.Tensor:
-        """Every image preprocessed once, kept as float16 on the CPU (N×3×H×W)."""
+        """Every training image preprocessed once, kept as float16 on the CPU (N×3×H×W): an epoch then
+        costs only the network, and a 224-px training set fits in memory."""
         batches = [X[i:i + 64] for i in range(0, len(X), 64)]
         parts = [bb.preprocess([load_item(it) for it in batch]).to("cpu", torch.float16)
                  for batch in track(batches, f"reading {what}", total=len(batches))]
@@ -260,30 +261,15 @@ class FinetuneClassifier(ClassifierMixin, BaseEstimator):
 
     # prediction ------------------------------------------------------------------------
     def _logits_and_embedding(self, X: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+        """Streamed in float32 batches: unlike the training set, nothing is held in half precision, so
+        the ONNX twin (numpy preprocessing, float32) sees the same values up to the last bit."""
         check_is_fitted(self)
         if len(X) == 0:
             raise FabsightError(None, "no images to classify")
-        return self._run(self.network_, self._tensors(self.backbone_, X, "images"))
-
-    def predict_proba(self, X: Sequence[Item]) -> np.ndarray:
-        logits, _ = self._logits_and_embedding(X)
-        return _softmax(logits / self.temperature_)
-
-    def predict(self, X: Sequence[Item]) -> np.ndarray:
-        proba = self.predict_proba(X)
-        return self.classes_[proba.argmax(axis=1)]
-
-    def embed(self, X: Sequence[Item]) -> np.ndarray:
-        """Pooled embeddings of the fine-tuned network (for discovery, OOD, probes)."""
-        return self._logits_and_embedding(X)[1]
-
-    def decide(self, X: Sequence[Item], top_k: int = 3) -> list[dict[str, Any]]:
-        """Per image: label, calibrated confidence, top-k, needs_review and why."""
-        logits, z = self._logits_and_embedding(X)
-        proba = _softmax(logits / self.temperature_)
-        ood = nearest_centroid_distance((z - self.embed_mean_) / self.embed_std_, self.centroids_)
-        return review_decisions(proba, self.classes_[proba.argmax(1)], ood / max(self.ood_threshold_, 1e-12),
-                                self.classes_, min_confidence=self.min_confidence, top_k=top_k)
+        batches = [X[i:i + 64] for i in range(0, len(X), 64)]
+        parts = [self._run(self.network_, self.backbone_.preprocess([load_item(it) for it in batch]))
+                 for batch in track(batches, "images", total=len(batches))]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     # persistence -----------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:

@@ -5,7 +5,8 @@ A die model directory holds ``classifier.joblib`` (a fitted :class:`DieClassifie
 beside it in ``finetuned.safetensors``) and a ``card.json`` naming the backbone (registered
 name or adapted directory, with its weights hash so a different backbone is refused), the
 layers and hand-crafted features used, the preprocessing, the training data and
-cross-validated metrics.
+cross-validated metrics. ``fabsight export --onnx`` adds the graphs (and, for ``finetune``,
+``decision.npz``) that :class:`DieModel` runs without PyTorch (:mod:`fabsight.deploy.die`).
 """
 
 from __future__ import annotations
@@ -235,7 +236,9 @@ class DieModel:
     """A loaded die model: its card, classifier and backbone (checked to be the one trained with).
 
     ``runtime``: ``torch``, or ``onnx`` / ``onnx-int8`` for the graph written by ``fabsight
-    export`` (:mod:`fabsight.deploy.die`), which needs no PyTorch.
+    export`` (:mod:`fabsight.deploy.die`), which needs no PyTorch: the backbone graph under
+    the probe / hybrid / hierarchical classifier, or for a fine-tuned model the whole network
+    with its decision state (``classifier`` is then an ``OnnxFinetuneClassifier``, ``backbone`` None).
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", runtime: str = "torch",
@@ -248,21 +251,26 @@ class DieModel:
         self.dir = Path(model_dir)
         self.card = load_card(self.dir, task=TASK)
         self.finetuned = self.card.training.get("method") == "finetune"
+        self.classifier: Any  # DieClassifier, FinetuneClassifier or its ONNX twin (same predict / decide)
+        self.backbone: Any
         if self.finetuned:  # the network itself was trained: weights and head come from the model dir
-            if runtime != "torch":
-                raise ModelError(self.dir, "finetune models run in PyTorch only: their ONNX export is not "
-                                           "implemented yet (use --runtime torch, or a probe/hybrid model)")
+            self.layers, self.handcrafted = ("head",), False
+            if runtime != "torch":  # classifier.joblib needs torch to unpickle: the export wrote decision.npz
+                from fabsight.deploy.die import onnx_finetune
+
+                self.classifier = onnx_finetune(self.dir, self.card, runtime, n_threads)
+                self.backbone = None
+                return
             from fabsight.die import finetune
 
             self.classifier = finetune.load(self.dir, self.card.files, self.card.extra.get("network_sha256"),
                                             device=device)
-            self.backbone, self.layers, self.handcrafted = self.classifier.backbone_, ("head",), False
+            self.backbone = self.classifier.backbone_
             return
-        self.classifier: DieClassifier = joblib.load(self.dir / self.card.files["classifier"])
+        self.classifier = joblib.load(self.dir / self.card.files["classifier"])
         info = self.card.backbone or {}
         self.layers = tuple(info["layers"])
         self.handcrafted = bool(self.card.training.get("handcrafted"))
-        self.backbone: Any
         if runtime != "torch":
             from fabsight.deploy.die import onnx_backbone
 
@@ -304,12 +312,13 @@ class DieModel:
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given; directories expanded to the images directly inside them."""
+    """Files as given; directories expanded to the images inside them, sub-folders included
+    (a folder of class folders, or of lots, is predicted whole)."""
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = list_images(p)
+            found = list_images(p, recursive=True)
             if not found:
                 raise FabsightError(p, "contains no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff)")
             paths += found
