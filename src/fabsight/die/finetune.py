@@ -69,21 +69,23 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
     Gain/offset act on normalised values, i.e. a contrast and brightness change of ±20 %
     and ±0.2 σ; the geometric ones keep every defect label valid on inspection images.
+    Whole-batch tensor operations on ``x``'s device (a GPU batch never visits the CPU); the
+    random draws come from the CPU ``generator``, so a seed gives the same views anywhere.
     """
     n = x.shape[0]
-    out = x.clone()
-    r = torch.rand(n, 4, generator=generator)
-    for i in range(n):
-        img = out[i]
-        if r[i, 0] < 0.5:
-            img = img.flip(-1)
-        if r[i, 1] < 0.5:
-            img = img.flip(-2)
-        if img.shape[-1] == img.shape[-2]:
-            img = torch.rot90(img, int(r[i, 2] * 4), dims=(-2, -1))
-        out[i] = img
-    gain = 1.0 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.4
-    offset = (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.4
+    r = torch.rand(n, 4, generator=generator).to(x.device)
+    gain = (1.0 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.4).to(x.device)
+    offset = ((torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.4).to(x.device)
+    out = torch.where((r[:, 0] < 0.5).view(n, 1, 1, 1), x.flip(-1), x)
+    out = torch.where((r[:, 1] < 0.5).view(n, 1, 1, 1), out.flip(-2), out)
+    if out.shape[-1] == out.shape[-2]:
+        quarter = (r[:, 2] * 4).long()
+        turned = out.clone()
+        for k in (1, 2, 3):
+            m = quarter == k
+            if m.any():
+                turned[m] = torch.rot90(out[m], k, dims=(-2, -1))
+        out = turned
     return out * gain + offset
 
 
@@ -198,10 +200,10 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
             batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(steps_per_epoch)]
             losses = []
             for batch in track(batches, f"fine-tune epoch {epoch + 1}/{self.epochs}"):
-                x = images[batch].float()
+                x = images[batch].to(self.device, non_blocking=True).float()
                 if self.augment:
                     x = augment_batch(x, gen)
-                logits, _ = net(x.to(self.device))
+                logits, _ = net(x)
                 loss = loss_fn(logits, y_t[batch].to(self.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
