@@ -114,13 +114,16 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys, 
     assert cv2.imread(str(preds / "s0_heatmap.png")).shape == (96, 96, 3)
     assert json.loads((preds / "predictions.json").read_text())["n_images"] == 4
 
-    # Threshold override: nothing reaches a huge threshold, and masks come out empty.
-    code, out, err = run_cli(["anomaly", "predict", str(model), str(dataset / "test" / "spot"), "--out",
+    # Threshold override: nothing reaches a huge threshold, and masks come out empty. The
+    # folder given holds only sub-folders (good/, spot/): their images are all scored.
+    code, out, err = run_cli(["anomaly", "predict", str(model), str(dataset / "test"), "--out",
                               str(tmp_path / "p2"), "--threshold", "1e9", "--device", "cpu", "--json"],
                              capsys, monkeypatch)
     assert code == 0, err
     over = json.loads(out)
     assert over["threshold_source"] == "--threshold" and over["n_anomalous"] == 0
+    assert sorted(Path(p["image"]).name for p in over["predictions"]) == ["g0.png", "g1.png", "g2.png",
+                                                                          "s0.png", "s1.png", "s2.png"]
     assert cv2.imread(str(tmp_path / "p2" / "s0_mask.png"), cv2.IMREAD_GRAYSCALE).max() == 0
 
 

@@ -70,7 +70,7 @@ def test_folder_errors_name_the_file(tmp_path):
 
 def test_image_folders_given_to_predict_are_searched_recursively(tmp_path):
     """`die predict MODEL FOLDER` (and export --sample) on class folders, lots, nested runs; hidden ones skipped."""
-    from fabsight.die.model import expand_inputs
+    from fabsight.die.data import expand_inputs
 
     for rel in ("lot1/a.png", "lot1/run2/b.jpg", "lot2/c.tif", ".ipynb_checkpoints/d.png", "lot2/.e.png",
                 "lot2/notes.txt", "top.bmp"):

@@ -214,23 +214,6 @@ def _load(model_dir: Path, runtime: str, device: str, threads: int | None) -> An
     return load_anomaly_model(model_dir, runtime, device=device, n_threads=threads or 2)
 
 
-def _expand(inputs: list[Path]) -> list[Path]:
-    from fabsight.anomaly.datasets import list_images
-
-    files: list[Path] = []
-    for p in inputs:
-        if p.is_dir():
-            found = list_images(p)
-            if not found:
-                raise FabsightError(p, "folder holds no images")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FabsightError(p, "no such image or folder")
-    return files
-
-
 @sub.command("predict")
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="Model directory written by 'fabsight anomaly fit'.")],
@@ -244,13 +227,13 @@ def predict(
 ) -> None:
     """Score images; write <stem>_heatmap.png and <stem>_mask.png per image and predictions.json."""
     from fabsight.anomaly.render import write_heatmap, write_mask
-    from fabsight.die.data import read_image
+    from fabsight.die.data import expand_inputs, read_image
     from fabsight.utils.atomic import write_json
     from fabsight.utils.progress import track
 
     model = _load(model_dir, runtime, device, threads)
     t = model.resolve_threshold(threshold)
-    files = _expand(images)
+    files = expand_inputs(images)
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):
         warn("several inputs share a file name; outputs are numbered to keep them apart")

@@ -61,7 +61,7 @@ def _read_sample(model_dir: Path, sample: Path) -> list[Any]:
         from fabsight.io import read_maps
 
         return read_maps(sample)
-    from fabsight.die.model import expand_inputs
+    from fabsight.die.data import expand_inputs
 
     return expand_inputs([sample])
 

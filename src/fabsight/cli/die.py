@@ -116,7 +116,7 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Label, calibrated confidence, top-k and needs_review for each image."""
-    from fabsight.die.model import expand_inputs
+    from fabsight.die.data import expand_inputs
 
     paths = expand_inputs(images)
     model = _load(model_dir, device, runtime)

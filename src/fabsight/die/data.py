@@ -83,6 +83,26 @@ def list_images(root: str | os.PathLike[str], *, recursive: bool = False) -> lis
                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
 
 
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; directories expanded to the images inside them, sub-folders included
+    (a folder of class folders, or of lots, is predicted whole)."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = list_images(p, recursive=True)
+            if not found:
+                raise FabsightError(p, "contains no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff)")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise FabsightError(p, "does not exist")
+    if not paths:
+        raise FabsightError(None, "no images given")
+    return paths
+
+
 def scan_folder(root: str | os.PathLike[str], *, classes: Sequence[str] | None = None,
                 min_per_class: int = 1) -> ImageFolder:
     """Read the class structure of ``ROOT/CLASS/*``; ``classes`` fixes the order (e.g. a model's).

@@ -22,7 +22,7 @@ import numpy as np
 
 from fabsight.artifacts import ModelCard, load_card, save_card
 from fabsight.die.classifier import DieClassifier
-from fabsight.die.data import DEFAULT_AUGMENT, ImageFolder, list_images, scan_folder
+from fabsight.die.data import DEFAULT_AUGMENT, ImageFolder, scan_folder
 from fabsight.die.embeddings import Item, default_cache, extract
 from fabsight.die.handcrafted import extract_handcrafted
 from fabsight.die.metrics import classification_metrics
@@ -309,23 +309,3 @@ class DieModel:
         result["needs_review_rate"] = float(np.mean([d["needs_review"] for d in decisions]))
         result["data"] = str(Path(data_dir).resolve())
         return result
-
-
-def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given; directories expanded to the images inside them, sub-folders included
-    (a folder of class folders, or of lots, is predicted whole)."""
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = list_images(p, recursive=True)
-            if not found:
-                raise FabsightError(p, "contains no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff)")
-            paths += found
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise FabsightError(p, "does not exist")
-    if not paths:
-        raise FabsightError(None, "no images given")
-    return paths
