@@ -223,6 +223,13 @@ def test_adapt_one_epoch_then_resume(crops, tmp_path):
     x = base.preprocess([read_image(next(images.iterdir()))])
     assert adapted.cfg.input_size == (32, 32)
     assert not torch.allclose(adapted.embed(x), base.embed(x))  # the teacher moved
+    # Crops made by worker processes: same number of steps, a finite loss, the count recorded.
+    par = adapt(images, tmp_path / "par", backbone="efficientnet_lite0", epochs=1, batch_size=3, n_local=1,
+                input_size=32, device="cpu", lr=1e-3, workers=2)
+    assert par["crop_workers"] == 2 and len(par["loss_per_epoch"]) == 1 and np.isfinite(par["loss_per_epoch"][0])
+    assert json.loads((tmp_path / "par" / "card.json").read_text())["training"]["crop_workers"] == 2
+    with pytest.raises(FabsightError, match="--workers"):
+        adapt(images, tmp_path / "bad", backbone="efficientnet_lite0", device="cpu", workers=-1)
 
 
 def test_discover_separates_clear_groups(small_bb, tmp_path):

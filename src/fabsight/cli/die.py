@@ -142,13 +142,18 @@ def adapt(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run checkpointed in --out.")] = False,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=0, help="Processes making the crops (default: most cores on a GPU, 0 on CPU)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """DINO self-distillation of a backbone on unlabeled images (domain adaptation)."""
     from fabsight.die.adapt import adapt as run_adapt
 
     result = run_adapt(unlabeled, out_dir, backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size,
-                       n_local=local_crops, lr=lr, resume=resume, input_size=input_size, device=resolve_device(device))
+                       n_local=local_crops, lr=lr, resume=resume, input_size=input_size, device=resolve_device(device),
+                       workers=workers)
     emit(result, as_json, lambda r: out.print(
         f"wrote {r['out']}: {r['epochs']} epochs on {r['n_images']} images ({r['device']}), "
         f"loss {r['loss_per_epoch'][0]:.3f} → {r['loss_per_epoch'][-1]:.3f}", markup=False))

@@ -98,6 +98,31 @@ class MultiCrop:
         return [self.global_t(t), self.global_t(t)] + [self.local_t(t) for _ in range(self.n_local)]
 
 
+class _Views(torch.utils.data.Dataset):
+    """The multi-crop views of each image, made wherever the loader runs it (worker processes)."""
+
+    def __init__(self, files: list[Path], crops: MultiCrop) -> None:
+        self.files, self.crops = files, crops
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> list[torch.Tensor]:
+        return self.crops(read_image(self.files[i]))
+
+
+def _stack_views(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """One tensor per view position (global 1, global 2, locals) across the batch."""
+    return [torch.stack([views[k] for views in batch]) for k in range(len(batch[0]))]
+
+
+def default_workers(device: str) -> int:
+    """Crop-making processes beside the training loop: on a GPU the crops, not the network,
+    set the pace (one image's views cost ~4 ms of CPU), so use most cores; on a CPU they
+    would only compete with the training for the same cores."""
+    return 0 if device == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
 def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
@@ -131,11 +156,18 @@ def adapt(
     device: str = "auto",
     seed: int = 0,
     max_images: int | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Run DINO self-distillation; write the teacher backbone + checkpoint to ``out_dir`` after every epoch."""
+    """Run DINO self-distillation; write the teacher backbone + checkpoint to ``out_dir`` after every epoch.
+
+    ``workers``: processes making the crops (``None``: :func:`default_workers`; 0 = in this process).
+    """
     if epochs < 1 or batch_size < 2:
         raise FabsightError(None, "--epochs must be ≥ 1 and --batch-size ≥ 2")
+    if workers is not None and workers < 0:
+        raise FabsightError(None, f"--workers must be ≥ 0, got {workers}")
     dev = resolve_device(device)
+    n_workers = default_workers(dev) if workers is None else workers
     files = unlabeled_images(unlabeled_dir)
     if max_images:
         files = files[:max_images]
@@ -173,17 +205,18 @@ def adapt(
         start_epoch, history = state["epoch"], state["history"]
         # map_location moved every tensor to the device; the CPU generator's state must stay on the CPU
         torch.set_rng_state(state["rng"].cpu())
-    crops = MultiCrop(base, n_local)
-    steps_per_epoch = max(1, len(files) // batch_size)
+    # Shuffling and the workers' seeds come from the global generator, which the checkpoint
+    # saves, so a resumed run draws what an uninterrupted one would have.
+    loader = torch.utils.data.DataLoader(
+        _Views(files, MultiCrop(base, n_local)), batch_size=min(batch_size, len(files)), shuffle=True,
+        drop_last=True, num_workers=n_workers, collate_fn=_stack_views, pin_memory=dev.startswith("cuda"))
+    steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * epochs
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        order = torch.randperm(len(files)).tolist()
-        batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(steps_per_epoch)]
         losses = []
-        for step, batch in enumerate(track(batches, f"adapt epoch {epoch + 1}/{epochs}")):
-            views = [crops(read_image(files[i])) for i in batch]
-            stacked = [torch.stack([v[k] for v in views]).to(dev) for k in range(len(views[0]))]
+        for step, views in enumerate(track(loader, f"adapt epoch {epoch + 1}/{epochs}", total=steps_per_epoch)):
+            stacked = [v.to(dev, non_blocking=True) for v in views]
             with torch.no_grad():
                 t_out = [t_head(_pooled(teacher, x)) for x in stacked[:2]]
             s_out = [s_head(_pooled(student, x)) for x in stacked]
@@ -209,9 +242,10 @@ def adapt(
         }, training={"method": "DINO self-distillation", "unlabeled": str(Path(unlabeled_dir).resolve()),
                      "n_images": len(files), "epochs": epoch + 1, "batch_size": batch_size, "local_crops": n_local,
                      "lr": lr, "ema_momentum": momentum, "loss_per_epoch": history, "device": dev,
+                     "crop_workers": n_workers,
                      "base_backbone": backbone, "base_weights": base.cfg.weights_source})
     return {"out": str(out), "epochs": len(history), "loss_per_epoch": history, "n_images": len(files),
-            "device": dev, "seconds": time.perf_counter() - t0}
+            "device": dev, "crop_workers": n_workers, "seconds": time.perf_counter() - t0}
 
 
 def _save(out: Path, base: Backbone, teacher: nn.Module, state: dict[str, Any], training: dict[str, Any]) -> None:
