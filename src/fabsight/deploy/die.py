@@ -131,7 +131,8 @@ def export_die(
     import onnxruntime as ort
     import torch
 
-    from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, install_graphs, quantize
+    from fabsight.deploy.export import checked_opset, export_module, install_graphs
+    from fabsight.deploy.quantize import FEATURE_RECIPE, quantize
     from fabsight.die.embeddings import load_item
     from fabsight.die.model import DieModel
 
@@ -143,6 +144,9 @@ def export_die(
     if bb.cfg.interpolation not in ("bilinear", "bicubic"):
         raise ModelError(model_dir, f"backbone interpolation '{bb.cfg.interpolation}' has no numpy twin for ONNX")
     items, labels, described = _sample(torch_model, sample, seed)
+    if int8 and sample is None and labels is None:
+        raise FabsightError(torch_model.card.training.get("data"), "INT8 calibration needs real images and the "
+                            "training folder is not here: pass --sample with images of this kind")
     images = [load_item(it) for it in items]
     layers = torch_model.layers
     x = bb.preprocess(images).numpy()
@@ -198,10 +202,11 @@ def export_die(
         info["int8"] = None
         if int8:
             q = work / INT8_FILE
-            quantize(fp32, q, x, work, INPUT_NAME)
+            how = quantize(fp32, q, x, work, INPUT_NAME, FEATURE_RECIPE)
             probs_q, pred_q = run(q)
             info["int8"] = {
-                "file": INT8_FILE, "method": INT8_METHOD, "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
+                "file": INT8_FILE, **how, "calibration": described,
+                "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
                 "prediction_agreement": float(np.mean(pred_q == pred_t)), "accuracy_int8": _accuracy(pred_q, labels),
                 "accuracy_fp32": info["check"]["accuracy_torch"],
             }
