@@ -318,7 +318,7 @@ def export_anomaly(
 
     from fabsight.anomaly.persist import load_model
     from fabsight.deploy.export import checked_opset, export_module, install_graphs
-    from fabsight.deploy.quantize import FEATURE_RECIPE, quantize
+    from fabsight.deploy.quantize import FEATURE_RECIPE, quantize, speed_vs_fp32
 
     model, card = load_model(model_dir, device="cpu")
     images, labels, described = _sample(card, sample, seed)
@@ -365,6 +365,7 @@ def export_anomaly(
             scores_q, _ = run(q)
             info["int8"] = {
                 "file": INT8_FILE, **how, "calibration": calib_described,
+                "speed_vs_fp32": speed_vs_fp32(fp32, q, x, INPUT_NAME, n_threads),
                 "max_abs_score_diff": float(np.abs(scores_q - scores_t).max()),
                 "max_relative_score_diff": float(np.abs(scores_q - scores_t).max() / scale),
                 "decision_agreement": None if threshold is None else

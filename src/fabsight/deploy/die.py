@@ -132,7 +132,7 @@ def export_die(
     import torch
 
     from fabsight.deploy.export import checked_opset, export_module, install_graphs
-    from fabsight.deploy.quantize import FEATURE_RECIPE, quantize
+    from fabsight.deploy.quantize import FEATURE_RECIPE, quantize, speed_vs_fp32
     from fabsight.die.embeddings import load_item
     from fabsight.die.model import DieModel
 
@@ -206,6 +206,7 @@ def export_die(
             probs_q, pred_q = run(q)
             info["int8"] = {
                 "file": INT8_FILE, **how, "calibration": described,
+                "speed_vs_fp32": speed_vs_fp32(fp32, q, x, INPUT_NAME, n_threads),
                 "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
                 "prediction_agreement": float(np.mean(pred_q == pred_t)), "accuracy_int8": _accuracy(pred_q, labels),
                 "accuracy_fp32": info["check"]["accuracy_torch"],

@@ -6,17 +6,21 @@ so small int8 errors rarely change a decision; die and anomaly models use backbo
 distances in feature space), so errors in low-variance channels are amplified.
 
 The recipes here were measured on real data (``benchmarks/int8_recipes.py``,
-docs/benchmarks.md "INT8 recipes"). The main finding: on x86 CPUs without VNNI (AVX2 /
-AVX-512 only, like the reference machine), ONNX Runtime's u8×s8 kernels add pairs of
-products in 16 bits, which saturates with full 8-bit weights; 7-bit weights
-(``reduce_range``) avoid it, as the onnxruntime ``quantize_static`` documentation
-advises for such CPUs. Every recipe is static QDQ with activations calibrated on real
-images of the model's own data, except ``dynamic`` (weights only, activation ranges
-computed per batch at run time).
+docs/benchmarks.md "INT8 recipes"). On x86 CPUs without VNNI (AVX2 / AVX-512 only, like
+the reference machine) ONNX Runtime's fast u8×s8 kernels add pairs of products in 16
+bits, which saturates with full 8-bit weights; 7-bit weights (``reduce_range``, what the
+onnxruntime ``quantize_static`` documentation advises there) halve the damage but still
+cost the die probe 4–5 points. Only uint8 weights (u8u8, another kernel without that
+shortcut) kept die accuracy and anomaly AUROC within a point, and that kernel is slower
+than fp32 on such CPUs: INT8 there buys size, not speed. Every recipe is static QDQ with
+activations calibrated on real images of the model's own data, except ``dynamic``
+(weights only, activation ranges computed per batch at run time).
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,10 @@ class Int8Recipe:
     reduce_range : 7-bit weights: no u8×s8 saturation on CPUs without VNNI.
     calibration : ``"minmax"``, ``"percentile"`` (99.999th) or ``"entropy"``.
     keep_float : node groups of :data:`NODE_GROUPS` left in float.
+    op_types : quantize only these operator types (None: every type onnxruntime can).
+        ``("Conv",)`` keeps residual adds, pooling and the concatenated embedding in float:
+        by default the embedding itself is rounded to 8 bits with one scale for all its
+        dimensions, which a probe or a feature-space distance cannot afford.
     """
 
     name: str
@@ -52,6 +60,7 @@ class Int8Recipe:
     reduce_range: bool = False
     calibration: str = "minmax"
     keep_float: tuple[str, ...] = ()
+    op_types: tuple[str, ...] | None = None
 
     def describe(self) -> str:
         """One line for the card: what a reader needs to reproduce the graph."""
@@ -63,6 +72,8 @@ class Int8Recipe:
         parts = [head, "per-channel" if self.per_channel else "per-tensor"]
         if self.reduce_range:
             parts.append("7-bit weights (reduce_range: no u8×s8 saturation on CPUs without VNNI)")
+        if self.op_types is not None:
+            parts.append("only " + ", ".join(self.op_types) + " quantized (adds, pooling, outputs stay float)")
         if self.keep_float:
             parts.append("kept in float: " + ", ".join(self.keep_float))
         return "; ".join(parts)
@@ -75,12 +86,22 @@ RECIPES: dict[str, Int8Recipe] = {r.name: r for r in (
     Int8Recipe("u8s8-reduce-percentile", reduce_range=True, calibration="percentile"),
     Int8Recipe("u8s8-reduce-keep-first-last", reduce_range=True, keep_float=("first_conv", "last")),
     Int8Recipe("u8s8-keep-depthwise", keep_float=("depthwise",)),
+    Int8Recipe("u8s8-reduce-keep-depthwise", reduce_range=True, keep_float=("depthwise",)),
+    Int8Recipe("u8s8-reduce-keep-sensitive", reduce_range=True, keep_float=("first_conv", "depthwise", "last")),
     Int8Recipe("s8s8", activations="int8"),
     Int8Recipe("u8u8", weights="uint8"),
     Int8Recipe("dynamic-u8", dynamic=True, weights="uint8"),
+    Int8Recipe("conv-u8s8", op_types=("Conv",)),
+    Int8Recipe("conv-u8s8-reduce", reduce_range=True, op_types=("Conv",)),
+    Int8Recipe("conv-u8s8-reduce-keep-last", reduce_range=True, op_types=("Conv",), keep_float=("last",)),
+    Int8Recipe("conv-u8s8-reduce-keep-first-last", reduce_range=True, op_types=("Conv",),
+               keep_float=("first_conv", "last")),
 )}
+#: Wafer CNNs: every recipe measured kept their decisions (99.2–100 % agreement), u8s8 is the fastest of them.
 WAFER_RECIPE = RECIPES["u8s8"]
-FEATURE_RECIPE = RECIPES["u8s8-reduce"]
+#: Die and anomaly feature graphs: the only recipe within a point of fp32 on real data (DeepPCB
+#: crops, magnetic tile); on CPUs without VNNI it is *slower* than fp32 and saves only size.
+FEATURE_RECIPE = RECIPES["u8u8"]
 
 
 def _group(node: Any) -> int:
@@ -153,14 +174,36 @@ def quantize(fp32: Path, out: Path, x: np.ndarray, work: Path, input_name: str, 
     keep = sensitive_nodes(onnx.load(str(prepared)).graph, recipe.keep_float)
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     common: dict[str, Any] = {"per_channel": recipe.per_channel, "reduce_range": recipe.reduce_range,
-                              "weight_type": types[recipe.weights], "nodes_to_exclude": keep}
-    if recipe.dynamic:
-        quantize_dynamic(str(prepared), str(out), **common)
-    else:
-        methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                   "entropy": CalibrationMethod.Entropy}
-        quantize_static(str(prepared), str(out), _SampleReader(x, input_name), quant_format=QuantFormat.QDQ,
-                        activation_type=types[recipe.activations], calibrate_method=methods[recipe.calibration],
-                        **common)
+                              "weight_type": types[recipe.weights], "nodes_to_exclude": keep,
+                              "op_types_to_quantize": None if recipe.op_types is None else list(recipe.op_types)}
+    # onnxruntime's calibrators print progress to stdout, which belongs to `--json` output
+    with contextlib.redirect_stdout(sys.stderr):
+        if recipe.dynamic:
+            quantize_dynamic(str(prepared), str(out), **common)
+        else:
+            methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                       "entropy": CalibrationMethod.Entropy}
+            quantize_static(str(prepared), str(out), _SampleReader(x, input_name), quant_format=QuantFormat.QDQ,
+                            activation_type=types[recipe.activations], calibrate_method=methods[recipe.calibration],
+                            **common)
     return {"recipe": recipe.name, "method": recipe.describe(), "nodes_kept_float": len(keep),
             "calibration_inputs": 0 if recipe.dynamic else len(x)}
+
+
+def speed_vs_fp32(fp32: Path, int8: Path, x: np.ndarray, input_name: str, n_threads: int, batch: int = 16) -> float:
+    """Throughput of the INT8 graph ÷ that of the fp32 one on ``batch`` inputs of ``x``, on this machine.
+
+    Measured in process CPU time (steadier than wall time on a shared machine): > 1 means
+    the INT8 graph is faster.
+    Recorded in the card because whether INT8 is faster depends on the CPU: without VNNI
+    the accurate recipe for feature models is several times slower than fp32.
+    """
+    from fabsight.deploy.runtime import session
+    from fabsight.utils.timing import median_times
+
+    xb = x[:batch]
+    cpu = []
+    for graph in (fp32, int8):
+        sess = session(graph, n_threads)
+        cpu.append(median_times(lambda s=sess: s.run(None, {input_name: xb}), 3)[1])
+    return round(cpu[0] / max(cpu[1], 1e-9), 2)
