@@ -85,7 +85,8 @@ def register(app: typer.Typer) -> None:
     def export(
         model_dir: Annotated[Path, typer.Argument(help="Model directory (card.json + weights).")],
         onnx: Annotated[bool, typer.Option("--onnx", help="Write the ONNX graph (the only format so far).")] = False,
-        int8: Annotated[bool, typer.Option("--int8", help="Also write an INT8 graph (static quantization).")] = False,
+        int8: Annotated[bool, typer.Option("--int8", help="Also write an INT8 graph (the recipe measured best for the "
+                                           "model type, calibrated on real images; see README).")] = False,
         opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 18,
         sample: Annotated[
             Path | None,
