@@ -128,3 +128,64 @@ def test_recipe_description_names_what_matters() -> None:
     text = Int8Recipe("r", reduce_range=True, keep_float=("first_conv",), calibration="percentile").describe()
     assert "7-bit weights" in text and "first_conv" in text and "percentile" in text and "QDQ" in text
     assert "dynamic" in Int8Recipe("d", dynamic=True, weights="uint8").describe()
+
+
+def _deeppcb_windows(root: Path, list_name: str, n: int, seed: int) -> list[np.ndarray]:
+    """160-px windows at random places of the first ``n`` test scans of a DeepPCB list."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for line in (root / list_name).read_text().split()[::2][:n]:
+        img = cv2.imread(str(root / line.replace(".jpg", "_test.jpg")), cv2.IMREAD_GRAYSCALE)
+        y, x = rng.integers(0, np.array(img.shape) - 160)
+        out.append(img[y : y + 160, x : x + 160])
+    return out
+
+
+def _has_vnni() -> bool:
+    try:
+        return "vnni" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # exports the real EfficientNet-Lite0 (~35 s on 2 loaded cores)
+def test_feature_recipe_keeps_real_efficientnet_features_on_deeppcb(shared, tmp_path) -> None:
+    """The die/anomaly recipe on the real backbone and real PCB scans: calibrated on trainval
+    windows, compared with fp32 on test windows. Without VNNI the fast u8s8 recipe of
+    session 2 saturates and bends the features; the chosen recipe must not."""
+    import torch
+
+    from fabsight.backbones import create_backbone
+    from fabsight.deploy.export import export_module
+    from fabsight.deploy.quantize import FEATURE_RECIPE
+
+    root = shared / "data" / "deeppcb"
+    bb = create_backbone("efficientnet_lite0", device="cpu", input_size=64)
+    calib = bb.preprocess(_deeppcb_windows(root, "trainval.txt", 32, 0)).numpy()
+    test = bb.preprocess(_deeppcb_windows(root, "test.txt", 32, 1)).numpy()
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = bb.model
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return bb.embed(images, ("blocks.6", "head"))
+
+    export_module(Graph().eval(), torch.from_numpy(calib[:2]), tmp_path / "f.onnx", 18, input_name="images",
+                  output_names=["embedding"])
+    want = session(tmp_path / "f.onnx", 2).run(None, {"images": test})[0]
+
+    def cosine(recipe: Int8Recipe) -> float:
+        (tmp_path / recipe.name).mkdir()
+        quantize(tmp_path / "f.onnx", tmp_path / f"{recipe.name}.onnx", calib, tmp_path / recipe.name, "images",
+                 recipe)
+        got = session(tmp_path / f"{recipe.name}.onnx", 2).run(None, {"images": test})[0]
+        return float(np.mean(np.sum(got * want, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)))
+
+    kept = cosine(FEATURE_RECIPE)
+    assert kept > 0.97  # measured 0.990 on the reference machine
+    if not _has_vnni():
+        assert cosine(RECIPES["u8s8"]) < kept - 0.2  # measured 0.65: 16-bit saturation of u8×s8
