@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fabsight.artifacts import ModelCard, load_card, save_card
-from fabsight.deploy.quantize import WAFER_RECIPE, quantize, speed_vs_fp32
+from fabsight.deploy.quantize import FEATURE_RECIPE, WAFER_RECIPE, quantize, speed_vs_fp32
 from fabsight.errors import FabsightError, ModelError
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_path
@@ -39,6 +39,9 @@ from fabsight.wafer.preprocess import maps_to_array
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+#: What ``quantize`` does without a recipe (the die / anomaly feature-model recipe), for
+#: exporters that record the method string rather than ``quantize``'s returned description.
+INT8_METHOD = FEATURE_RECIPE.describe()
 #: The torch.export-based exporter writes opset 18 natively; older opsets need a version
 #: conversion that fails on this network's reductions, so they are refused up front.
 DEFAULT_OPSET = 18

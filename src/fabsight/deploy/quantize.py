@@ -153,7 +153,8 @@ class _SampleReader:
         return next(self._batches, None)
 
 
-def quantize(fp32: Path, out: Path, x: np.ndarray, work: Path, input_name: str, recipe: Int8Recipe) -> dict[str, Any]:
+def quantize(fp32: Path, out: Path, x: np.ndarray, work: Path, input_name: str,
+             recipe: Int8Recipe = FEATURE_RECIPE) -> dict[str, Any]:
     """Write the INT8 graph of ``fp32`` to ``out`` following ``recipe``; activations calibrated on ``x``.
 
     ``x`` must be real preprocessed inputs of the model's own data: ranges calibrated on
