@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from fabsight.cli.main import app
 from fabsight.deploy import export as export_module
 from fabsight.deploy import export_onnx, load_predictor
+from fabsight.deploy.quantize import WAFER_RECIPE
 from fabsight.errors import FabsightError, ModelError
 from fabsight.io import write_folder, write_mixedwm38
 from fabsight.synth import generate_dataset
@@ -76,6 +77,10 @@ def test_card_records_the_checked_export(single) -> None:
     check = info["check"]
     assert check["n_maps"] == 30 and check["max_abs_prob_diff"] <= check["tolerance"] == 1e-4
     assert 0.0 <= info["int8"]["prediction_agreement"] <= 1.0 and info["int8"]["accuracy_int8"] is not None
+    # the recipe and its speed on this CPU are in the card, so nobody has to guess either
+    q = info["int8"]
+    assert q["recipe"] == WAFER_RECIPE.name and q["method"] == WAFER_RECIPE.describe() and q["speed_vs_fp32"] > 0
+    assert q["calibration"] == check["sample"] and q["calibration_inputs"] == 30
     # thresholds stay in the card, outside the graph
     assert {"temperature", "review_threshold", "ood"} <= set(card["extra"])
 

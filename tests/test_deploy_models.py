@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from fabsight.cli.main import app
 from fabsight.deploy import anomaly as deploy_anomaly
 from fabsight.deploy import export_onnx, load_anomaly_model
 from fabsight.deploy.preprocess import preprocess
+from fabsight.deploy.quantize import FEATURE_RECIPE
 from fabsight.die.data import read_image
 from fabsight.die.model import DieModel
 from fabsight.errors import FabsightError, ModelError
@@ -179,8 +181,29 @@ def test_die_export_card(die) -> None:
     assert check["max_abs_prob_diff"] <= check["tolerance"] == 1e-3
     assert check["prediction_agreement"] == 1.0 and check["accuracy_torch"] == 1.0
     assert info["int8"]["accuracy_int8"] is not None and result["onnx"] == info
+    # INT8: the feature-model recipe, calibrated on the same real training images
+    assert info["int8"]["recipe"] == FEATURE_RECIPE.name and info["int8"]["method"] == FEATURE_RECIPE.describe()
+    assert info["int8"]["calibration"] == check["sample"] and info["int8"]["calibration_inputs"] == 20
     # review thresholds stay in the card, outside the graph
     assert {"ood_threshold", "min_confidence"} <= set(card["extra"])
+
+
+def _without_training_data(src: Path, dst: Path, key: str) -> Path:
+    """A copy of model ``src`` whose card points ``training[key]`` at a folder that is not there."""
+    shutil.copytree(src, dst)
+    card = json.loads((dst / "card.json").read_text())
+    card["training"][key] = str(dst.parent / "gone")
+    (dst / "card.json").write_text(json.dumps(card))
+    return dst
+
+
+def test_die_int8_needs_real_calibration_images(die, tmp_path) -> None:
+    """Without its training folder a die model still exports fp32 (checked on noise) but refuses INT8."""
+    d = _without_training_data(die[0], tmp_path / "m", "data")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    with pytest.raises(FabsightError, match="INT8 calibration needs real images"):
+        export_onnx(d, int8=True)
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
 
 
 def test_die_onnx_runtime_matches_torch_on_unseen_images(die) -> None:
@@ -371,6 +394,18 @@ def test_anomaly_predict_and_eval_take_runtime_onnx(anomaly, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["n_images"] == 8 and metrics["n_anomalous"] == 4 and metrics["pixel_auroc"] is not None
+
+
+@pytest.mark.slow
+def test_anomaly_int8_is_calibrated_on_good_training_images(anomaly, tmp_path) -> None:
+    model_dir, result = anomaly["padim"]
+    q = result["onnx"]["int8"]
+    root = json.loads((model_dir / "card.json").read_text())["training"]["root"]
+    assert q["recipe"] == FEATURE_RECIPE.name and q["calibration"] == f"8 good training images of {root}/train"
+    d = _without_training_data(model_dir, tmp_path / "m", "root")
+    with pytest.raises(FabsightError, match="INT8 calibration needs real images"):
+        export_onnx(d, int8=True)
+    assert (d / "network.int8.onnx").read_bytes() == (model_dir / "network.int8.onnx").read_bytes()
 
 
 @pytest.mark.slow

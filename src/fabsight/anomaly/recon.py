@@ -11,6 +11,7 @@ runs at native resolution, on CPU or GPU, and exports to ONNX as a plain graph.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -64,6 +65,23 @@ class ReconUNet(nn.Module):
         return recon[..., :h, :w], logits[..., :h, :w]
 
 
+def lr_factor(step: int, steps: int, warmup: float = 0.1, div: float = 25.0, final_div: float = 1e4) -> float:
+    """Learning-rate multiplier at ``step`` (0-based) of ``steps``: a one-cycle schedule.
+
+    Cosine warm-up from ``1/div`` to 1 until step ``warmup × steps − 1``, then cosine
+    decay to ``1/(div·final_div)`` at the last step: exactly the curve of torch's
+    ``OneCycleLR`` (without its momentum cycling), written out because that class divides
+    by zero when ``warmup × steps`` is 1 (``steps=10`` crashed) and runs past the end of
+    its curve for fewer steps. Here the warm-up lasts at least one step.
+    """
+    up = max(1.0, warmup * steps - 1.0)
+    lo, end = 1.0 / div, 1.0 / (div * final_div)
+    if step <= up:
+        return lo + (1.0 - lo) * (1.0 - math.cos(math.pi * step / up)) / 2.0
+    t = min(1.0, (step - up) / max(1.0, steps - 1.0 - up))
+    return end + (1.0 - end) * (1.0 + math.cos(math.pi * t)) / 2.0
+
+
 def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = torch.sigmoid(logits)
     inter = (p * target).sum(dim=(1, 2, 3))
@@ -78,7 +96,7 @@ class ReconDetector(AnomalyModel):
     ----------
     width : channels of the first UNet level (doubling per level); 16 ≈ 0.5 M parameters.
     depth : down-sampling levels.
-    steps : optimiser steps; lr : Adam learning rate (one-cycle schedule).
+    steps : optimiser steps (any number ≥ 1); lr : peak Adam learning rate (one-cycle schedule, :func:`lr_factor`).
     train_crop : train on random square crops of this size cut from the network inputs
         (None: whole inputs). The network is fully convolutional, so it still runs on whole
         inputs at test time; crops make a CPU step several times cheaper and add variety.
@@ -140,7 +158,7 @@ class ReconDetector(AnomalyModel):
         net = ReconUNet(self.channels_, int(self.width), int(self.depth)).to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=float(self.lr))
         steps = max(1, int(self.steps))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(self.lr), total_steps=steps, pct_start=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps))
         bs = max(2, int(self.batch_size))
         losses: list[float] = []
         history: list[float] = []

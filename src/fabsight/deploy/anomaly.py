@@ -236,6 +236,27 @@ def _sample(card: ModelCard, sample: list[np.ndarray] | None, seed: int) -> tupl
     return images, None, f"8 random-noise images (seed {seed}): the training root {root} is not here"
 
 
+def _calibration_images(card: ModelCard, sample: list[np.ndarray] | None) -> tuple[list[np.ndarray], str]:
+    """Real images the INT8 activation ranges are calibrated on: the user's sample, else good training images.
+
+    Not the check sample (test images, some anomalous: calibrating on the data the INT8
+    change is then measured on would flatter it) and never noise (its ranges clip real
+    activations); without real images an INT8 export is refused.
+    """
+    from fabsight.anomaly.datasets import load_split
+    from fabsight.die.data import read_image
+
+    if sample is not None:
+        return list(sample), f"{len(sample)} images given by the user"
+    root = card.training.get("root")
+    if root and (Path(root) / "train").is_dir():
+        records = load_split(root, "train")
+        pick = np.linspace(0, len(records) - 1, min(MAX_SAMPLE, len(records))).round().astype(int)
+        return [read_image(records[i].path) for i in pick], f"{len(pick)} good training images of {root}/train"
+    raise FabsightError(root, "INT8 calibration needs real images and the training root is not here: "
+                              "pass --sample with good images of this surface")
+
+
 def _scores(model: AnomalyModel, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     pairs = list(model.iter_maps(images))
     return np.array([s for s, _ in pairs]), [m for _, m in pairs]
@@ -296,10 +317,12 @@ def export_anomaly(
     import torch
 
     from fabsight.anomaly.persist import load_model
-    from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, install_graphs, quantize
+    from fabsight.deploy.export import checked_opset, export_module, install_graphs
+    from fabsight.deploy.quantize import FEATURE_RECIPE, quantize, speed_vs_fp32
 
     model, card = load_model(model_dir, device="cpu")
     images, labels, described = _sample(card, sample, seed)
+    calib, calib_described = _calibration_images(card, sample) if int8 else ([], "")  # fails before any work
     x = _network_input(model, images)
     module, outputs = _graph(model)
     scores_t, maps_t = _scores(model, images)
@@ -338,10 +361,11 @@ def export_anomaly(
         info["int8"] = None
         if int8:
             q = work / INT8_FILE
-            quantize(fp32, q, x, work, INPUT_NAME)
+            how = quantize(fp32, q, _network_input(model, calib), work, INPUT_NAME, FEATURE_RECIPE)
             scores_q, _ = run(q)
             info["int8"] = {
-                "file": INT8_FILE, "method": INT8_METHOD,
+                "file": INT8_FILE, **how, "calibration": calib_described,
+                "speed_vs_fp32": speed_vs_fp32(fp32, q, x, INPUT_NAME, n_threads),
                 "max_abs_score_diff": float(np.abs(scores_q - scores_t).max()),
                 "max_relative_score_diff": float(np.abs(scores_q - scores_t).max() / scale),
                 "decision_agreement": None if threshold is None else

@@ -221,7 +221,8 @@ def export_die(
     import onnxruntime as ort
     import torch
 
-    from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, install_graphs, quantize
+    from fabsight.deploy.export import checked_opset, export_module, install_graphs
+    from fabsight.deploy.quantize import FEATURE_RECIPE, quantize, speed_vs_fp32
     from fabsight.die.model import DieModel
 
     torch_model = DieModel(model_dir, device="cpu")
@@ -231,6 +232,9 @@ def export_die(
     bb = torch_model.backbone
     _check_interpolation(model_dir, bb)
     items, labels, described = _sample(torch_model, sample, seed)
+    if int8 and sample is None and labels is None:
+        raise FabsightError(torch_model.card.training.get("data"), "INT8 calibration needs real images and the "
+                            "training folder is not here: pass --sample with images of this kind")
     images = [load_item(it) for it in items]
     layers = torch_model.layers
     x = bb.preprocess(images).numpy()
@@ -286,10 +290,12 @@ def export_die(
         info["int8"] = None
         if int8:
             q = work / INT8_FILE
-            quantize(fp32, q, x, work, INPUT_NAME)
+            how = quantize(fp32, q, x, work, INPUT_NAME, FEATURE_RECIPE)
             probs_q, pred_q = run(q)
             info["int8"] = {
-                "file": INT8_FILE, "method": INT8_METHOD, "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
+                "file": INT8_FILE, **how, "calibration": described,
+                "speed_vs_fp32": speed_vs_fp32(fp32, q, x, INPUT_NAME, n_threads),
+                "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
                 "prediction_agreement": float(np.mean(pred_q == pred_t)), "accuracy_int8": _accuracy(pred_q, labels),
                 "accuracy_fp32": info["check"]["accuracy_torch"],
             }
@@ -315,7 +321,8 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
     import onnxruntime as ort
     import torch
 
-    from fabsight.deploy.export import INT8_METHOD, checked_opset, export_module, install_graphs, quantize
+    from fabsight.deploy.export import checked_opset, export_module, install_graphs
+    from fabsight.deploy.quantize import FEATURE_RECIPE, quantize, speed_vs_fp32
 
     clf = torch_model.classifier
     bb = clf.backbone_
@@ -380,10 +387,11 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
         info["int8"] = None
         if int8:
             q = work / NETWORK_INT8_FILE
-            quantize(fp32, q, x, work, INPUT_NAME)
+            how = quantize(fp32, q, x, work, INPUT_NAME, FEATURE_RECIPE)
             probs_q, pred_q, _, logits_q = run(q)
             info["int8"] = {
-                "file": NETWORK_INT8_FILE, "method": INT8_METHOD,
+                "file": NETWORK_INT8_FILE, **how, "calibration": described,
+                "speed_vs_fp32": speed_vs_fp32(fp32, q, x, INPUT_NAME, n_threads),
                 "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
                 "max_abs_logit_diff": float(np.abs(logits_q - logits_t).max()),
                 "prediction_agreement": float(np.mean(pred_q == pred_t)), "accuracy_int8": _accuracy(pred_q, labels),
