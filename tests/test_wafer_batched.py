@@ -210,3 +210,25 @@ def test_predict_details_batched_equals_one_by_one_and_the_previous_loop(model, 
     assert_same_details([model.predict_details([g])[0] for g in lot], batched)
     assert reference_details(model, lot) == batched  # same batches: bit for bit
     assert all(type(d["probability"]) is float and type(d["top3"][0][1]) is float for d in batched)
+
+
+def test_inference_network_matches_the_trained_one_and_follows_its_weights(model, lot) -> None:
+    # Prediction runs a copy with batch norms folded in, in channels-last memory: same
+    # outputs as the trained network up to float32 rounding, and never stale.
+    import torch
+
+    from fabsight.wafer.preprocess import maps_to_array
+
+    x = maps_to_array(lot, model.input_size_)
+    with torch.inference_mode():
+        z = model.net_.eval().embed(torch.from_numpy(x))
+        plain = (model.net_.classify(z).numpy(), z.numpy())
+    fast = model._forward(x)
+    for got, expected in zip(fast, plain, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert model._inference_net() is model._inference_net()  # built once
+    with torch.no_grad():
+        model.net_.head.bias += 1.0  # every logit moves by one
+    np.testing.assert_allclose(model._forward(x)[0], fast[0] + 1.0, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        model.net_.head.bias -= 1.0

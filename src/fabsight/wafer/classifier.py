@@ -570,10 +570,24 @@ class WaferClassifier(BaseEstimator):
         import torch
 
         torch.set_num_threads(self.n_threads)
-        self.net_.eval()
+        net = self._inference_net()
         with torch.inference_mode():
-            z = self.net_.embed(torch.from_numpy(x))
-            return self.net_.classify(z).numpy(), z.numpy()
+            z = net.embed(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+            return net.classify(z).numpy(), z.numpy()
+
+    def _inference_net(self) -> Any:
+        """:func:`~fabsight.wafer.net.inference_copy` of ``net_``, kept while ``net_`` is the
+        same object with every tensor unchanged (torch counts in-place writes in each
+        tensor's ``_version``), so training, fine-tuning or loading new weights rebuilds it."""
+        from itertools import chain
+
+        from fabsight.wafer.net import inference_copy
+
+        versions = tuple(t._version for t in chain(self.net_.parameters(), self.net_.buffers()))
+        cached = getattr(self, "_inference", None)
+        if cached is None or cached[0] is not self.net_ or cached[1] != versions:
+            self._inference = (self.net_, versions, inference_copy(self.net_))
+        return self._inference[2]
 
     def _outputs(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities and embeddings, converting maps batch by batch."""
