@@ -25,7 +25,7 @@ from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
 from fabsight.utils.atomic import atomic_dir
 from fabsight.utils.progress import track
 from fabsight.wafer import calibration as cal
-from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array
+from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array, single_blas_thread
 from fabsight.wafer.review import grid_checks
 
 TASK = "wafer-pattern"
@@ -630,7 +630,8 @@ class WaferClassifier(BaseEstimator):
         """
         probs, emb = self._outputs(maps)  # also checks every grid
         reasons = grid_checks([m.grid if isinstance(m, WaferMap) else np.asarray(m) for m in maps])
-        ood = self.ood_.score(emb)
+        with single_blas_thread():  # not two BLAS threads beside the network's spinning ones
+            ood = self.ood_.score(emb)
         confidence = self._confidence(probs)
         far = ood > self.ood_.threshold
         unsure = confidence < self.review_threshold_
