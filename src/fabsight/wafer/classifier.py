@@ -25,7 +25,7 @@ from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
 from fabsight.utils.atomic import atomic_dir
 from fabsight.utils.progress import track
 from fabsight.wafer import calibration as cal
-from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array
+from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array, single_blas_thread
 from fabsight.wafer.review import grid_checks
 
 TASK = "wafer-pattern"
@@ -585,10 +585,24 @@ class WaferClassifier(BaseEstimator):
         import torch
 
         torch.set_num_threads(self.n_threads)
-        self.net_.eval()
+        net = self._inference_net()
         with torch.inference_mode():
-            z = self.net_.embed(torch.from_numpy(x))
-            return self.net_.classify(z).numpy(), z.numpy()
+            z = net.embed(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+            return net.classify(z).numpy(), z.numpy()
+
+    def _inference_net(self) -> Any:
+        """:func:`~fabsight.wafer.net.inference_copy` of ``net_``, kept while ``net_`` is the
+        same object with every tensor unchanged (torch counts in-place writes in each
+        tensor's ``_version``), so training, fine-tuning or loading new weights rebuilds it."""
+        from itertools import chain
+
+        from fabsight.wafer.net import inference_copy
+
+        versions = tuple(t._version for t in chain(self.net_.parameters(), self.net_.buffers()))
+        cached = getattr(self, "_inference", None)
+        if cached is None or cached[0] is not self.net_ or cached[1] != versions:
+            self._inference = (self.net_, versions, inference_copy(self.net_))
+        return self._inference[2]
 
     def _outputs(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities and embeddings, converting maps batch by batch."""
@@ -630,28 +644,38 @@ class WaferClassifier(BaseEstimator):
         class, or a confidence below the learnt review threshold.
         """
         probs, emb = self._outputs(maps)  # also checks every grid
-        rules = grid_checks([m.grid if isinstance(m, WaferMap) else np.asarray(m) for m in maps])
-        ood = self.ood_.score(emb)
+        reasons = grid_checks([m.grid if isinstance(m, WaferMap) else np.asarray(m) for m in maps])
+        with single_blas_thread():  # not two BLAS threads beside the network's spinning ones
+            ood = self.ood_.score(emb)
         confidence = self._confidence(probs)
-        out = []
-        for p, label, conf, d, rule in zip(probs, self._decode(probs), confidence, ood, rules, strict=True):
-            order = np.argsort(-p)[:3]
-            reason = rule
-            if reason is None and d > self.ood_.threshold:
-                reason = f"out of distribution: embedding distance {d:.1f} > {self.ood_.threshold:.1f}"
-            elif reason is None and conf < self.review_threshold_:
-                reason = f"low confidence: {conf:.2f} < {self.review_threshold_:.2f} ({self._doubt(p)})"
-            out.append(
-                {
-                    "label": label if isinstance(label, str) else "+".join(label),
-                    "probability": float(conf),
-                    "top3": [[self.classes_[j], float(p[j])] for j in order],
-                    "needs_review": reason is not None,
-                    "review_reason": reason,
-                    "ood_score": float(d),
-                }
+        far = ood > self.ood_.threshold
+        unsure = confidence < self.review_threshold_
+        # Decisions are made on whole arrays; only the maps that get a reason pay for its text.
+        for i in np.flatnonzero(far | unsure).tolist():
+            if reasons[i] is not None:
+                continue
+            if far[i]:
+                reasons[i] = f"out of distribution: embedding distance {ood[i]:.1f} > {self.ood_.threshold:.1f}"
+            else:
+                th = self.review_threshold_
+                reasons[i] = f"low confidence: {confidence[i]:.2f} < {th:.2f} ({self._doubt(probs[i])})"
+        top = np.argsort(-probs, axis=1)[:, :3]
+        names = [[self.classes_[j] for j in row] for row in top.tolist()]
+        top_p = np.take_along_axis(probs, top, axis=1).tolist()
+        labels = [label if isinstance(label, str) else "+".join(label) for label in self._decode(probs)]
+        return [
+            {
+                "label": label,
+                "probability": conf,
+                "top3": [list(pair) for pair in zip(n, p, strict=True)],
+                "needs_review": reason is not None,
+                "review_reason": reason,
+                "ood_score": d,
+            }
+            for label, conf, n, p, reason, d in zip(
+                labels, confidence.tolist(), names, top_p, reasons, ood.tolist(), strict=True
             )
-        return out
+        ]
 
     # ------------------------------------------------------------- save/load
     def save(self, model_dir: str | os.PathLike[str]) -> Path:

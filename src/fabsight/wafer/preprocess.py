@@ -85,9 +85,13 @@ def _blas_controller() -> Any:
     return ThreadpoolController()
 
 
-def _single_blas_thread() -> Any:
+def single_blas_thread() -> Any:
     """A context running BLAS on one thread: the resampling products are too small to split
-    (two OpenBLAS threads made them 2-10× slower in CPU time than one). ~50 µs a call."""
+    (two OpenBLAS threads made them 2-10× slower in CPU time than one). ~50 µs a call.
+
+    Also used for the OOD distance right after the network: the network runtime's own
+    threads are still spinning then, and a second OpenBLAS thread fighting them made a
+    batch's OOD product up to 10× slower than the network itself on a loaded machine."""
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
@@ -103,7 +107,7 @@ def _resample(grids: np.ndarray, size: int) -> np.ndarray:
     step = max(1, _CHUNK_CELLS // (h * max(w, size)))
     # Good and fail only: off is what is left, since the three fractions sum to 1.
     states = np.empty((min(step, n), 2, h, w), dtype=np.float32)
-    with _single_blas_thread():
+    with single_blas_thread():
         for s in range(0, n, step):
             g = grids[s : s + step]
             m = len(g)

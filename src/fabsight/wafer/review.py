@@ -63,45 +63,83 @@ SHIFTED_SHAPES: tuple[tuple[int, int], ...] = ((26, 26), (200, 200))
 SHIFTED_NOISE: tuple[float, float] = (0.03, 0.06)
 
 
-def _periodic_power(fail: np.ndarray, wafer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per map of an ``(n, H, W)`` stack: the largest share of power in one frequency and
-    its mirror image (a real pattern's power is symmetric), each summed over its 3×3
-    neighbourhood of bins, which holds the leakage of the round wafer edge, among
+#: Grid cells per chunk of :func:`_periodic_power` (about 0.5 MB per float64 working array):
+#: chunks whose FFT, power and neighbourhood sums stay in cache beat whole-stack passes,
+#: which for a lot of 1,000 maps are tens of MB per temporary (the same reason as
+#: :data:`fabsight.wafer.preprocess._CHUNK_CELLS`).
+_CHUNK_CELLS = 1 << 16
+#: The 3×3 neighbourhood of a frequency bin, row offsets then column offsets.
+_DY, _DX = (a.ravel() for a in np.mgrid[-1:2, -1:2])
+
+
+def _mirror_padded_index(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each bin of the full spectrum's rows ``-1 … h`` and columns ``-1 … w//2 + 1``
+    (one bin of wrap-around on every side of the half that ``rfft2`` returns) is found in
+    that half: the power of a real signal is point-symmetric, ``P[-r, -c] = P[r, c]``, so a
+    column past ``w // 2`` is read from the mirrored bin."""
+    rows = (np.arange(-1, h + 1) % h)[:, None]
+    cols = (np.arange(-1, w // 2 + 2) % w)[None, :]
+    mirrored = cols > w // 2
+    return np.where(mirrored, (-rows) % h, rows), np.where(mirrored, w - cols, cols)
+
+
+def _periodic_power(grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per map of an ``(n, H, W)`` stack of die grids: the largest share of power in one
+    frequency and its mirror image (a real pattern's power is symmetric), each summed over
+    its 3×3 neighbourhood of bins, which holds the leakage of the round wafer edge, among
     frequencies repeating ≥ :data:`MIN_REPEATS` times; and its period in dies (from the
     power-weighted frequency of that neighbourhood, finer than one bin). For narrow
     stripes the second harmonic can be the strongest frequency: the period is then half
-    the pattern's."""
-    n, h, w = fail.shape
-    counts = wafer.sum(axis=(1, 2))
-    mean = fail.sum(axis=(1, 2)) / np.maximum(counts, 1)
-    centred = np.where(wafer, fail - mean[:, None, None], 0.0)
-    power = np.abs(np.fft.fft2(centred)) ** 2
-    total = np.maximum(power.sum(axis=(1, 2)), 1e-12)
-    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    near = sum(np.roll(power, (-dy, -dx), axis=(1, 2)) for dy, dx in offsets)  # near[r, c] = Σ P[r+dy, c+dx]
-    ky, kx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
-    candidates = np.where(np.hypot(ky * h, kx * w) >= MIN_REPEATS, near, 0.0)
-    best = candidates.reshape(n, -1).argmax(axis=1)
-    maps = np.arange(n)
-    r, c = np.unravel_index(best, (h, w))
-    cells = np.stack([power[maps, (r + dy) % h, (c + dx) % w] for dy, dx in offsets], axis=1)  # (n, 9)
+    the pattern's.
+
+    Because of that symmetry only half the spectrum is computed (``rfft2``) and searched:
+    a frequency's neighbourhood sum equals its mirror's. Maps go through in chunks that
+    fit in cache; only the winning bin's nine neighbours leave the loop.
+    """
+    n, h, w = grids.shape
+    ky, kx = np.fft.fftfreq(h), np.fft.fftfreq(w)
+    half = w // 2 + 1
+    far = np.hypot(ky[:, None] * h, kx[None, :half] * w) >= MIN_REPEATS
+    pad_rows, pad_cols = _mirror_padded_index(h, w)
+    r, c = np.empty(n, dtype=np.intp), np.empty(n, dtype=np.intp)
+    near_best, total, cells = np.empty(n), np.empty(n), np.empty((n, _DY.size))
+    step = max(1, _CHUNK_CELLS // (h * w))
+    for s in range(0, n, step):
+        g = grids[s : s + step]
+        m = len(g)
+        wafer = g > 0
+        fail = (g == 2).astype(np.float64)
+        mean = fail.sum(axis=(1, 2)) / np.maximum(wafer.sum(axis=(1, 2)), 1)
+        centred = np.where(wafer, fail - mean[:, None, None], 0.0)
+        total[s : s + m] = h * w * np.square(centred).sum(axis=(1, 2))  # Parseval: Σ|F|² = HW·Σx²
+        power = np.abs(np.fft.rfft2(centred)) ** 2
+        padded = power[:, pad_rows, pad_cols]  # (m, h + 2, half + 2)
+        # near[r, c] = Σ P[r+dy, c+dx], as a sum over columns, then over rows
+        across = padded[:, :, :half] + padded[:, :, 1 : half + 1] + padded[:, :, 2:]
+        near = across[:, :h] + across[:, 1 : h + 1] + across[:, 2:]
+        best = np.where(far, near, 0.0).reshape(m, -1).argmax(axis=1)
+        rr, cc = np.unravel_index(best, (h, half))
+        idx = np.arange(m)
+        near_best[s : s + m] = near[idx, rr, cc]
+        cells[s : s + m] = padded[idx[:, None], rr[:, None] + 1 + _DY, cc[:, None] + 1 + _DX]
+        r[s : s + m], c[s : s + m] = rr, cc
     # Bin r+dy of the neighbourhood is also in the mirror's (-r+ey) when 2r+dy-ey ≡ 0: counted once.
-    shared = np.zeros((n, len(offsets)), dtype=bool)
-    for j, (dy, dx) in enumerate(offsets):
-        for ey, ex in offsets:
-            shared[:, j] |= ((2 * r + dy - ey) % h == 0) & ((2 * c + dx - ex) % w == 0)
-    both = near[maps, r, c] + near[maps, (-r) % h, (-c) % w] - (cells * shared).sum(axis=1)
+    shared = (
+        ((2 * r[:, None, None] + _DY[:, None] - _DY[None, :]) % h == 0)
+        & ((2 * c[:, None, None] + _DX[:, None] - _DX[None, :]) % w == 0)
+    ).any(axis=2)
+    both = 2 * near_best - (cells * shared).sum(axis=1)
     weights = cells / np.maximum(cells.sum(axis=1, keepdims=True), 1e-12)
-    dy, dx = (np.array(d, dtype=np.float64) for d in zip(*offsets, strict=True))
-    fy, fx = ky[r, 0] + weights @ dy / h, kx[0, c] + weights @ dx / w
-    return both / total, 1.0 / np.maximum(np.hypot(fy, fx), 1e-12)
+    fy, fx = ky[r] + weights @ _DY / h, kx[c] + weights @ _DX / w
+    return both / np.maximum(total, 1e-12), 1.0 / np.maximum(np.hypot(fy, fx), 1e-12)
 
 
 def grid_checks(grids: Sequence[np.ndarray]) -> list[str | None]:
     """For each checked die grid (0 off / 1 good / 2 fail): why it needs review, or ``None``.
 
-    Grids sharing a shape are checked together (one batched FFT), so the checks cost little
-    next to the network on a large lot.
+    Grids sharing a shape are checked together (batched, cache-sized FFTs), and a reason is
+    written only for the maps that get one, so the checks cost little next to the network
+    on a large lot.
     """
     out: list[str | None] = [None] * len(grids)
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -109,22 +147,23 @@ def grid_checks(grids: Sequence[np.ndarray]) -> list[str | None]:
         by_shape.setdefault(np.shape(g), []).append(i)
     for idx in by_shape.values():
         stack = np.stack([grids[i] for i in idx])
-        wafer = stack > 0
-        fail = (stack == 2).astype(np.float64)
-        n_dies = wafer.sum(axis=(1, 2))
-        n_fail = fail.sum(axis=(1, 2))
+        n_dies = np.count_nonzero(stack > 0, axis=(1, 2))
+        n_fail = np.count_nonzero(stack == 2, axis=(1, 2))
+        all_fail = n_fail >= ALL_FAIL_FRACTION * n_dies
         share, period = np.zeros(len(idx)), np.zeros(len(idx))
         # only maps that could be called periodic pay for the FFT (most real wafers fail few dies)
-        sel = np.flatnonzero((n_fail >= MIN_FAILING_FOR_PERIODICITY) & (n_fail < ALL_FAIL_FRACTION * n_dies))
+        sel = np.flatnonzero((n_fail >= MIN_FAILING_FOR_PERIODICITY) & ~all_fail)
         if sel.size:
-            share[sel], period[sel] = _periodic_power(fail[sel], wafer[sel])
-        for j, i in enumerate(idx):
+            share[sel], period[sel] = _periodic_power(stack if sel.size == len(idx) else stack[sel])
+        for j in np.flatnonzero(all_fail | (share >= PERIODIC_POWER)).tolist():
             if n_dies[j] == 0:
-                out[i] = "no dies on the wafer: every cell is off-wafer"
-            elif n_fail[j] >= ALL_FAIL_FRACTION * n_dies[j]:
-                out[i] = f"whole-wafer failure: {n_fail[j] / n_dies[j]:.0%} of the dies fail (test or probe problem?)"
-            elif n_fail[j] >= MIN_FAILING_FOR_PERIODICITY and share[j] >= PERIODIC_POWER:
-                out[i] = (
+                out[idx[j]] = "no dies on the wafer: every cell is off-wafer"
+            elif all_fail[j]:
+                out[idx[j]] = (
+                    f"whole-wafer failure: {n_fail[j] / n_dies[j]:.0%} of the dies fail (test or probe problem?)"
+                )
+            else:
+                out[idx[j]] = (
                     f"periodic failures: {share[j]:.0%} of the fail pattern repeats every "
                     f"{period[j]:.1f} dies (reticle or prober stepping?), not a process signature"
                 )
