@@ -214,6 +214,18 @@ def _check_interpolation(model_dir: Path, bb: Any) -> None:
         raise ModelError(model_dir, f"backbone interpolation '{bb.cfg.interpolation}' has no numpy twin for ONNX")
 
 
+def _int8_entry(file: str, how: dict[str, Any], calibration: str, speed: float,
+                probs: tuple[np.ndarray, np.ndarray], preds: tuple[np.ndarray, np.ndarray], labels: Any,
+                accuracy_fp32: float | None) -> dict[str, Any]:
+    """The card's ``onnx.int8`` record: recipe, calibration, speed and the change against fp32
+    (``probs`` / ``preds`` are (INT8, PyTorch) pairs on the export sample)."""
+    (probs_q, probs_t), (pred_q, pred_t) = probs, preds
+    return {"file": file, **how, "calibration": calibration, "speed_vs_fp32": speed,
+            "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
+            "prediction_agreement": float(np.mean(pred_q == pred_t)), "accuracy_int8": _accuracy(pred_q, labels),
+            "accuracy_fp32": accuracy_fp32}
+
+
 def export_die(
     model_dir: Path, *, int8: bool, opset: int, sample: Sequence[Any] | None, n_threads: int, seed: int
 ) -> dict[str, Any]:
@@ -292,13 +304,8 @@ def export_die(
             q = work / INT8_FILE
             how = quantize(fp32, q, x, work, INPUT_NAME, FEATURE_RECIPE)
             probs_q, pred_q = run(q)
-            info["int8"] = {
-                "file": INT8_FILE, **how, "calibration": described,
-                "speed_vs_fp32": speed_vs_fp32(fp32, q, x, INPUT_NAME, n_threads),
-                "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
-                "prediction_agreement": float(np.mean(pred_q == pred_t)), "accuracy_int8": _accuracy(pred_q, labels),
-                "accuracy_fp32": info["check"]["accuracy_torch"],
-            }
+            info["int8"] = _int8_entry(INT8_FILE, how, described, speed_vs_fp32(fp32, q, x, INPUT_NAME, n_threads),
+                                       (probs_q, probs_t), (pred_q, pred_t), labels, info["check"]["accuracy_torch"])
         info.update({
             "preprocessing": "NOT in the graph: card.input (RGB, /255, antialiased resize to size, mean/std); "
                              "fabsight.deploy.preprocess reproduces it in numpy",
@@ -389,14 +396,10 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
             q = work / NETWORK_INT8_FILE
             how = quantize(fp32, q, x, work, INPUT_NAME, FEATURE_RECIPE)
             probs_q, pred_q, _, logits_q = run(q)
-            info["int8"] = {
-                "file": NETWORK_INT8_FILE, **how, "calibration": described,
-                "speed_vs_fp32": speed_vs_fp32(fp32, q, x, INPUT_NAME, n_threads),
-                "max_abs_prob_diff": float(np.abs(probs_q - probs_t).max()),
-                "max_abs_logit_diff": float(np.abs(logits_q - logits_t).max()),
-                "prediction_agreement": float(np.mean(pred_q == pred_t)), "accuracy_int8": _accuracy(pred_q, labels),
-                "accuracy_fp32": info["check"]["accuracy_torch"],
-            }
+            info["int8"] = _int8_entry(NETWORK_INT8_FILE, how, described,
+                                       speed_vs_fp32(fp32, q, x, INPUT_NAME, n_threads), (probs_q, probs_t),
+                                       (pred_q, pred_t), labels, info["check"]["accuracy_torch"])
+            info["int8"]["max_abs_logit_diff"] = float(np.abs(logits_q - logits_t).max())
         info.update({
             "preprocessing": "NOT in the graph: card.input (RGB, /255, antialiased resize to size, mean/std); "
                              "fabsight.deploy.preprocess reproduces it in numpy",
