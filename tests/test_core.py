@@ -74,3 +74,12 @@ def test_resolve_device_rules() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(FabsightError, match="no CUDA GPU"):
             resolve_device("cuda:0")
+
+
+def test_error_messages_stay_on_one_line() -> None:
+    # A message quoting a damaged file may carry its line breaks; the CLI prints one line.
+    from fabsight.errors import FormatError
+
+    exc = FormatError("lot.klarf", 'expected \'{\' in Field "DieOrigin 2 {0, 0}\nField Orientation\r\n"')
+    assert "\n" not in str(exc) and "\r" not in str(exc)
+    assert str(exc) == 'lot.klarf: expected \'{\' in Field "DieOrigin 2 {0, 0}\\nField Orientation\\r\\n"'

@@ -15,7 +15,9 @@ class FabsightError(Exception):
 
     def __init__(self, path: str | PathLike[str] | None, message: str) -> None:
         self.path = None if path is None else str(path)
-        self.message = message
+        # Messages quote the user's file, which may hold line breaks: shown escaped, so the
+        # CLI's report stays one line whatever the input.
+        self.message = message.replace("\r", "\\r").replace("\n", "\\n")
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
