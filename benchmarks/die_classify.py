@@ -35,6 +35,7 @@ from fabsight.die.data import DEFAULT_AUGMENT, ImageFolder, read_image, scan_fol
 from fabsight.die.embeddings import default_cache, extract, extract_layers
 from fabsight.die.handcrafted import extract_handcrafted
 from fabsight.die.metrics import classification_metrics
+from fabsight.utils.atomic import to_jsonable, write_json
 
 SCAN_LAYERS = {
     "efficientnet_lite0": ["blocks.2", "blocks.4", "blocks.6", "head"],
@@ -226,12 +227,9 @@ def main() -> None:
         report[name] = run_backbone(name, sizes, data, args)
         torch.set_num_threads(args.threads)
     report["loadavg_after"] = os.getloadavg()
-    text = json.dumps(report, indent=2, default=str)
     if args.out:
-        from fabsight.utils.atomic import write_text
-
-        write_text(args.out, text + "\n")
-    print(text)
+        write_json(args.out, report)
+    print(json.dumps(report, indent=2, default=to_jsonable))
 
 
 if __name__ == "__main__":

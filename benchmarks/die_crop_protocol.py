@@ -27,6 +27,7 @@ from fabsight.die.data import scan_folder
 from fabsight.die.datasets import prepare_deeppcb_crops
 from fabsight.die.embeddings import default_cache, extract
 from fabsight.die.metrics import classification_metrics
+from fabsight.utils.atomic import to_jsonable, write_json
 
 
 def main() -> None:
@@ -64,12 +65,9 @@ def main() -> None:
                                           "macro_f1": m["macro_f1"], "n_train": len(tr), "n_test": len(te)})
                 print(json.dumps(report["results"][-1]), flush=True)
     report["loadavg_after"] = os.getloadavg()
-    text = json.dumps(report, indent=2)
     if args.out:
-        from fabsight.utils.atomic import write_text
-
-        write_text(args.out, text + "\n")
-    print(text)
+        write_json(args.out, report)
+    print(json.dumps(report, indent=2, default=to_jsonable))
 
 
 if __name__ == "__main__":

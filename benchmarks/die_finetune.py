@@ -27,6 +27,7 @@ import torch
 from fabsight.die.data import scan_folder
 from fabsight.die.finetune import FinetuneClassifier
 from fabsight.die.metrics import classification_metrics
+from fabsight.utils.atomic import to_jsonable, write_json
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -92,12 +93,9 @@ def main() -> None:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
-    text = json.dumps(report, indent=2)
     if args.out:
-        from fabsight.utils.atomic import write_text
-
-        write_text(args.out, text + "\n")
-    print(text)
+        write_json(args.out, report)
+    print(json.dumps(report, indent=2, default=to_jsonable))
 
 
 if __name__ == "__main__":
