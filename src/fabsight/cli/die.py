@@ -138,7 +138,11 @@ def adapt(
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 32,
     local_crops: Annotated[int, typer.Option("--local-crops", min=0, help="Local crops per image.")] = 4,
-    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-5,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate of the backbone.")] = 2e-5,
+    head_lr: Annotated[float, typer.Option("--head-lr", min=0.0, help="Learning rate of the projection head.")] = 1e-3,
+    head_warmup: Annotated[
+        float, typer.Option("--head-warmup", min=0.0, max=0.49, help="Share of steps that train the head alone.")
+    ] = 0.2,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run checkpointed in --out.")] = False,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
@@ -152,8 +156,8 @@ def adapt(
     from fabsight.die.adapt import adapt as run_adapt
 
     result = run_adapt(unlabeled, out_dir, backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size,
-                       n_local=local_crops, lr=lr, resume=resume, input_size=input_size, device=resolve_device(device),
-                       workers=workers)
+                       n_local=local_crops, lr=lr, head_lr=head_lr, head_warmup=head_warmup, resume=resume,
+                       input_size=input_size, device=resolve_device(device), workers=workers)
     emit(result, as_json, lambda r: out.print(
         f"wrote {r['out']}: {r['epochs']} epochs on {r['n_images']} images ({r['device']}), "
         f"loss {r['loss_per_epoch'][0]:.3f} → {r['loss_per_epoch'][-1]:.3f}", markup=False))

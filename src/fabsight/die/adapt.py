@@ -6,6 +6,15 @@ sharpened softmax over a DINO projection head (Caron et al. 2021, as in NVIDIA T
 ``nvdinov2 train``). The teacher backbone, not the student, is kept: it is the smoother
 average and what DINO evaluates. The output directory is a backbone directory
 (``create_backbone(DIR)``) plus ``checkpoint.pt`` so a run can resume, epoch by epoch.
+
+Three things keep a short run from damaging ImageNet features (measured in docs/benchmarks.md):
+- BatchNorm statistics stay frozen. Re-estimating them on multi-crop batches (small local
+  crops, colour jitter, blur) alone costs a DeepPCB probe 9–15 points, without any weight
+  changing; the probe sees whole, un-jittered images.
+- The projection head is trained alone first (``head_warmup``): a freshly initialised head
+  has nothing to distil, and its gradients only push the backbone around.
+- The backbone's learning rate then warms up linearly and decays with a cosine; norms and
+  biases get no weight decay.
 """
 
 from __future__ import annotations
@@ -123,6 +132,33 @@ def default_workers(device: str) -> int:
     return 0 if device == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+def freeze_batchnorm_stats(model: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: it normalises with the pretrained running
+    statistics and leaves them alone, while its affine weights still train."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def backbone_lr_factor(it: int, total: int, head_steps: int) -> float:
+    """Backbone learning-rate multiplier at step ``it``: 0 while the head warms up, a linear
+    ramp over as many steps again, then a cosine down to 1 % (DINO's schedule, shifted)."""
+    if it < head_steps:
+        return 0.0
+    ramp_end = min(total, 2 * head_steps)
+    if it < ramp_end:
+        return (it - head_steps + 1) / (ramp_end - head_steps)
+    t = (it - ramp_end) / max(1, total - ramp_end)
+    return 0.01 + 0.99 * (math.cos(math.pi * t) + 1) / 2
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices and kernels only (not on norms or biases)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
@@ -148,6 +184,8 @@ def adapt(
     batch_size: int = 32,
     n_local: int = 4,
     lr: float = 2e-5,
+    head_lr: float = 1e-3,
+    head_warmup: float = 0.2,
     weight_decay: float = 0.04,
     momentum: float = 0.996,
     out_dim: int = 1024,
@@ -161,9 +199,13 @@ def adapt(
     """Run DINO self-distillation; write the teacher backbone + checkpoint to ``out_dir`` after every epoch.
 
     ``workers``: processes making the crops (``None``: :func:`default_workers`; 0 = in this process).
+    ``lr`` is the backbone's peak learning rate and ``head_lr`` the projection head's;
+    ``head_warmup`` is the share of all steps during which only the head trains.
     """
     if epochs < 1 or batch_size < 2:
         raise FabsightError(None, "--epochs must be ≥ 1 and --batch-size ≥ 2")
+    if not 0.0 <= head_warmup < 0.5:
+        raise FabsightError(None, f"--head-warmup must be in [0, 0.5), got {head_warmup}")
     if workers is not None and workers < 0:
         raise FabsightError(None, f"--workers must be ≥ 0, got {workers}")
     dev = resolve_device(device)
@@ -181,6 +223,7 @@ def adapt(
     torch.manual_seed(seed)
     base = create_backbone(backbone, device=dev, weights=weights, input_size=input_size)
     student = copy.deepcopy(base.model).train()
+    freeze_batchnorm_stats(student)
     for p in student.parameters():
         p.requires_grad_(True)
     dim = int(_pooled(student, torch.zeros(2, 3, *base.cfg.input_size, device=dev)).shape[1])
@@ -190,7 +233,8 @@ def adapt(
         p.requires_grad_(False)
     loss_fn = DINOLoss(out_dim).to(dev)
     params = [p for p in [*student.parameters(), *s_head.parameters()] if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    backbone_groups = _param_groups(student, weight_decay)
+    opt = torch.optim.AdamW([*backbone_groups, *_param_groups(s_head, weight_decay)], lr=lr)
     start_epoch, history = 0, []
     if resume:
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
@@ -201,7 +245,10 @@ def adapt(
         teacher.load_state_dict(state["teacher"])
         t_head.load_state_dict(state["teacher_head"])
         loss_fn.load_state_dict(state["loss"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except ValueError as e:  # a checkpoint from before the per-group learning rates
+            raise FabsightError(out, f"--resume: the checkpoint's optimizer does not match this version ({e})") from e
         start_epoch, history = state["epoch"], state["history"]
         # map_location moved every tensor to the device; the CPU generator's state must stay on the CPU
         torch.set_rng_state(state["rng"].cpu())
@@ -212,20 +259,28 @@ def adapt(
         drop_last=True, num_workers=n_workers, collate_fn=_stack_views, pin_memory=dev.startswith("cuda"))
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * epochs
+    head_steps = int(head_warmup * total_steps)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         losses = []
         for step, views in enumerate(track(loader, f"adapt epoch {epoch + 1}/{epochs}", total=steps_per_epoch)):
+            it = epoch * steps_per_epoch + step
             stacked = [v.to(dev, non_blocking=True) for v in views]
             with torch.no_grad():
                 t_out = [t_head(_pooled(teacher, x)) for x in stacked[:2]]
-            s_out = [s_head(_pooled(student, x)) for x in stacked]
+            head_only = it < head_steps
+            with torch.set_grad_enabled(not head_only):  # the frozen backbone needs no graph
+                features = [_pooled(student, x) for x in stacked]
+            s_out = [s_head(f) for f in features]
             loss = loss_fn(s_out, t_out)
+            factor = backbone_lr_factor(it, total_steps, head_steps)
+            head_factor = 0.01 + 0.99 * (math.cos(math.pi * it / total_steps) + 1) / 2
+            for i, group in enumerate(opt.param_groups):
+                group["lr"] = lr * factor if i < len(backbone_groups) else head_lr * head_factor
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, 3.0)
             opt.step()
-            it = epoch * steps_per_epoch + step
             m = 1 - (1 - momentum) * (math.cos(math.pi * it / total_steps) + 1) / 2  # cosine to 1
             with torch.no_grad():
                 for pt, ps in zip([*teacher.parameters(), *t_head.parameters()],
@@ -241,7 +296,8 @@ def adapt(
             "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
         }, training={"method": "DINO self-distillation", "unlabeled": str(Path(unlabeled_dir).resolve()),
                      "n_images": len(files), "epochs": epoch + 1, "batch_size": batch_size, "local_crops": n_local,
-                     "lr": lr, "ema_momentum": momentum, "loss_per_epoch": history, "device": dev,
+                     "lr": lr, "head_lr": head_lr, "head_warmup_steps": head_steps,
+                     "batchnorm_stats": "frozen", "ema_momentum": momentum, "loss_per_epoch": history, "device": dev,
                      "crop_workers": n_workers,
                      "base_backbone": backbone, "base_weights": base.cfg.weights_source})
     return {"out": str(out), "epochs": len(history), "loss_per_epoch": history, "n_images": len(files),
