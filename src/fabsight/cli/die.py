@@ -92,9 +92,12 @@ def train(
                   f"{s['training']['method']} on {s['backbone']['name']} {s['backbone']['layers']}", markup=False)
         for r in (s["training"].get("self_training") or {}).get("rounds", []):
             added = sum(r["pseudo_labelled"].values())
+            if not added:
+                out.print(f"self-training round {r['round']}: too few confident pseudo-labels; the previous model "
+                          "stands", markup=False)
+                continue
             out.print(f"self-training round {r['round']}: {added} of {r['n_pool']} unlabeled images pseudo-labelled "
-                      f"(≤ {r['cap_per_class']} per class)"
-                      + (f", student validation accuracy {r['val_accuracy']:.4f}" if "val_accuracy" in r else ""),
+                      f"(≤ {r['cap_per_class']} per class), student validation accuracy {r['val_accuracy']:.4f}",
                       markup=False)
         if "per_class" in s["metrics"]:
             _metrics_table(s["metrics"]["measured_on"], s["metrics"])

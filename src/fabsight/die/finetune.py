@@ -295,6 +295,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         return pool[rows], labels, proba[rows].max(axis=1), record
 
     def _stage_summary(self, n_train: int) -> dict[str, Any]:
+        """The card's record of the training run just finished (teacher or student)."""
         return {"n_train": n_train, "epochs_run": len(self.history_), "best_epoch": self.best_epoch_,
                 "val_accuracy": self.validation_["accuracy"], "temperature": self.temperature_}
 
