@@ -57,11 +57,22 @@ def train(
     max_minutes: Annotated[
         float | None, typer.Option("--max-minutes", min=0.1, help="Fine-tuning time budget (finetune).")
     ] = None,
+    unlabeled: Annotated[
+        Path | None,
+        typer.Option("--unlabeled", help="Folder of unlabeled images (any depth, sub-folder names ignored) to "
+                     "self-train on with pseudo-labels (finetune)."),
+    ] = None,
+    pseudo_threshold: Annotated[
+        float, typer.Option("--pseudo-threshold",
+                            help="Least calibrated confidence for a pseudo-label (with --unlabeled).")
+    ] = 0.9,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Self-training rounds (with --unlabeled).")] = 1,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a die defect classifier on frozen backbone features, or fine-tune the backbone."""
+    """Train a die defect classifier on frozen backbone features, or fine-tune the backbone
+    (optionally self-training on unlabeled images)."""
     from fabsight.die.model import load_groups
     from fabsight.die.model import train as train_model
 
@@ -69,7 +80,8 @@ def train(
         data, out_dir, backbone=backbone, weights=weights, method=method, layers=layers, augment=augment,
         handcrafted=handcrafted,
         groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
-        device=resolve_device(device), epochs=epochs, max_minutes=max_minutes,
+        device=resolve_device(device), epochs=epochs, max_minutes=max_minutes, unlabeled=unlabeled,
+        pseudo_threshold=pseudo_threshold, rounds=rounds,
     )
     card = result.card
     summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,
@@ -78,6 +90,15 @@ def train(
     def human(s: dict[str, Any]) -> None:
         out.print(f"wrote {s['model']}: {len(s['classes'])} classes, {s['training']['n_images']} images, "
                   f"{s['training']['method']} on {s['backbone']['name']} {s['backbone']['layers']}", markup=False)
+        for r in (s["training"].get("self_training") or {}).get("rounds", []):
+            added = sum(r["pseudo_labelled"].values())
+            if not added:
+                out.print(f"self-training round {r['round']}: too few confident pseudo-labels; the previous model "
+                          "stands", markup=False)
+                continue
+            out.print(f"self-training round {r['round']}: {added} of {r['n_pool']} unlabeled images pseudo-labelled "
+                      f"(≤ {r['cap_per_class']} per class), student validation accuracy {r['val_accuracy']:.4f}",
+                      markup=False)
         if "per_class" in s["metrics"]:
             _metrics_table(s["metrics"]["measured_on"], s["metrics"])
 

@@ -11,6 +11,19 @@ is the probe's: distance to the nearest class centroid of the fine-tuned embeddi
 
 Images are resized once (``Backbone.preprocess``, exactly as at prediction time) and held
 as float16 tensors, so an epoch costs only the network.
+
+Few labels, many unlabeled images (the usual state of a fab): ``fit(X, y, unlabeled=...)``
+self-trains Noisy-Student style. The network trained on the labels (the teacher) labels the
+unlabeled pool; only images whose *temperature-calibrated* confidence reaches
+``pseudo_threshold`` are kept, at most as many per class as the median class has (so the
+dominant defect type cannot swamp the rest); a student is fine-tuned from the pretrained
+backbone on labels + pseudo-labels under the same augmentation and dropout noise, and
+becomes the next round's teacher. The labelled validation split is fixed before the first
+round and never receives a pseudo-label, so early stopping, the temperature and the card's
+metrics stay measured on true labels; unlabeled files identical to a labelled one are dropped.
+A full round of FixMatch-style consistency training would cost a forward pass over unlabeled
+batches at every step, which a 2-core CPU cannot afford; this loop costs one prediction pass
+over the pool and one more training run per round.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +45,7 @@ from torch import nn
 from fabsight.backbones import Backbone, create_backbone
 from fabsight.backbones.base import file_sha256, state_dict_sha256
 from fabsight.die.classifier import NetworkDecisionsMixin, fit_temperature, nearest_centroid_distance
-from fabsight.die.embeddings import Item, load_item
+from fabsight.die.embeddings import Item, content_key, load_item
 from fabsight.die.metrics import classification_metrics
 from fabsight.errors import FabsightError, ModelError
 from fabsight.utils.progress import track
@@ -89,6 +102,24 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out * gain + offset
 
 
+def select_pseudo_labels(proba: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows of ``proba`` (calibrated class probabilities) worth a pseudo-label.
+
+    A row qualifies when its top probability reaches ``threshold``; then each class keeps at
+    most ``cap`` rows, its most confident ones, ``cap`` being the median over *all* classes
+    of the qualifying counts. A class the teacher is rarely sure of thus limits the others
+    instead of being drowned by them. Returns the kept row indices (sorted), the qualifying
+    count per class (before the cap) and the cap.
+    """
+    conf, label = proba.max(axis=1), proba.argmax(axis=1)
+    confident = np.flatnonzero(conf >= threshold)
+    counts = np.bincount(label[confident], minlength=proba.shape[1])
+    cap = int(np.median(counts))
+    keep = [idx[np.argsort(-conf[idx], kind="stable")[:cap]]
+            for idx in (confident[label[confident] == c] for c in range(proba.shape[1]))]
+    return np.sort(np.concatenate(keep)), counts, cap
+
+
 class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
     """Fine-tune ``backbone`` end to end on labelled images (``X``: paths or uint8 arrays).
 
@@ -101,9 +132,15 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
     patience : epochs without a better validation accuracy before stopping.
     augment : random flips, 90° turns and brightness/contrast during training.
     dropout : before the linear head.
-    max_minutes : wall-clock budget; training stops after the epoch that exceeds it.
+    max_minutes : wall-clock budget of the whole fit; training stops after the epoch that exceeds
+        it. With unlabeled images, each training run (teacher, then each student) gets an even
+        share of what is left when it starts.
     device, seed : where to train; the seed fixes the split, the order and the augmentation.
     min_confidence, review_quantile : the ``needs_review`` gate (as in :class:`DieClassifier`).
+    rounds : self-training rounds (teacher → pseudo-labels → student) when ``fit`` gets unlabeled images.
+    pseudo_threshold : least calibrated confidence for a pseudo-label.
+    student_epochs : most epochs of each student (default ``epochs``); a student sees many more
+        images per epoch than the teacher.
 
     Attributes
     ----------
@@ -115,6 +152,9 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
     history_ : per epoch train loss, validation loss and accuracy, seconds.
     best_epoch_ : the epoch whose weights were kept (1-based).
     validation_ : classification metrics of the kept weights on the validation split.
+    self_training_ : with unlabeled images, what each round did (the model card's record).
+    pseudo_labels_ : with unlabeled images, per round the pseudo-labelled positions in ``unlabeled``,
+        their labels and calibrated confidences.
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = None,
@@ -122,7 +162,8 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
                  head_lr_scale: float = 10.0, weight_decay: float = 1e-4, val_fraction: float = 0.15,
                  patience: int = 3, augment: bool = True, dropout: float = 0.2, max_minutes: float | None = None,
                  device: str = "cpu", seed: int = 0, min_confidence: float = 0.5,
-                 review_quantile: float = 0.99) -> None:
+                 review_quantile: float = 0.99, rounds: int = 1, pseudo_threshold: float = 0.9,
+                 student_epochs: int | None = None) -> None:
         self.backbone = backbone
         self.weights = weights
         self.input_size = input_size
@@ -140,6 +181,9 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.min_confidence = min_confidence
         self.review_quantile = review_quantile
+        self.rounds = rounds
+        self.pseudo_threshold = pseudo_threshold
+        self.student_epochs = student_epochs
 
     # data ------------------------------------------------------------------------------
     def _tensors(self, bb: Backbone, X: Sequence[Item], what: str) -> torch.Tensor:
@@ -158,11 +202,20 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         return train_test_split(idx, test_size=n_val, stratify=yi, random_state=self.seed)
 
     # training --------------------------------------------------------------------------
-    def fit(self, X: Sequence[Item], y: Sequence[str]) -> FinetuneClassifier:
+    def fit(self, X: Sequence[Item], y: Sequence[str], *, unlabeled: Sequence[Item] | None = None,
+            callback: Callable[[int, FinetuneClassifier], None] | None = None) -> FinetuneClassifier:
+        """Fine-tune on ``X``/``y``; with ``unlabeled`` images, then self-train for ``rounds`` rounds.
+
+        ``callback(round, self)`` runs after the teacher (round 0) and after each student with
+        the estimator ready to predict, e.g. to score every round on a test set.
+        """
         if not 0.0 < self.val_fraction < 0.5:
             raise FabsightError(None, f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise FabsightError(None, "epochs must be ≥ 1 and batch_size ≥ 2")
+        if self.epochs < 1 or self.batch_size < 2 or (self.student_epochs is not None and self.student_epochs < 1):
+            raise FabsightError(None, "epochs and student_epochs must be ≥ 1 and batch_size ≥ 2")
+        if unlabeled is not None and (self.rounds < 1 or not 0.0 < self.pseudo_threshold < 1.0):
+            raise FabsightError(None, f"self-training needs rounds ≥ 1 and a pseudo-label threshold in (0, 1), "
+                                f"got {self.rounds} and {self.pseudo_threshold}")
         y = np.asarray(y).astype(str)
         if len(X) != len(y):
             raise FabsightError(None, f"{len(X)} images but {len(y)} labels")
@@ -171,11 +224,86 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2 or counts.min() < 2:
             raise FabsightError(None, "fine-tuning needs at least two classes with ≥ 2 images each "
                                 f"(counts: {dict(zip(self.classes_.tolist(), counts.tolist(), strict=True))})")
+        started = time.perf_counter()
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         bb = create_backbone(self.backbone, device="cpu", weights=self.weights, input_size=self.input_size)
         images = self._tensors(bb, X, "training images")
         tr, va = self._split(yi)
+        pool = self._unlabeled_pool(X, unlabeled) if unlabeled is not None else None
+        stages = 1 + (self.rounds if pool is not None else 0)
+        net = self._train_network(bb, images, yi, tr, va, gen, self.epochs, self._budget(started, stages), "fine-tune")
+        self._finish(net, bb, images, yi, tr, va)
+        if callback is not None:
+            callback(0, self)
+        if pool is None:
+            return self
+        self.pseudo_labels_ = []
+        self.self_training_ = {
+            "n_unlabeled": len(unlabeled), "n_duplicates_of_labelled": len(unlabeled) - len(pool),
+            "threshold": self.pseudo_threshold, "rounds_requested": self.rounds,
+            "teacher": self._stage_summary(len(tr)), "rounds": []}
+        for r in range(1, self.rounds + 1):
+            keep, labels, conf, record = self._pseudo_label(r, pool, unlabeled)
+            self.self_training_["rounds"].append(record)
+            if not len(keep):  # nothing confident enough: the last model stands
+                break
+            self.pseudo_labels_.append({"index": keep, "label": self.classes_[labels], "confidence": conf})
+            extra = self._tensors(bb, [unlabeled[i] for i in keep], f"pseudo-labelled images, round {r}")
+            all_images = torch.cat([images, extra])
+            targets = np.concatenate([yi, labels])
+            student_tr = np.concatenate([tr, len(yi) + np.arange(len(keep))])
+            student = create_backbone(self.backbone, device="cpu", weights=self.weights, input_size=self.input_size)
+            net = self._train_network(student, all_images, targets, student_tr, va, gen,
+                                      self.student_epochs or self.epochs,
+                                      self._budget(started, stages - r), f"student {r}")
+            self._finish(net, student, all_images, targets, tr, va)  # OOD centroids from true labels only
+            record.update(self._stage_summary(len(student_tr)))
+            if callback is not None:
+                callback(r, self)
+        return self
+
+    def _budget(self, started: float, stages_left: int) -> float | None:
+        """Seconds for the next training run: an even share of what is left of ``max_minutes``."""
+        if self.max_minutes is None:
+            return None
+        return max(0.0, 60 * self.max_minutes - (time.perf_counter() - started)) / stages_left
+
+    def _unlabeled_pool(self, X: Sequence[Item], unlabeled: Sequence[Item]) -> np.ndarray:
+        """Positions in ``unlabeled`` of the images that are not byte-for-byte a labelled one: a
+        validation image copied into the unlabeled folder would otherwise be trained on."""
+        if len(unlabeled) == 0:
+            raise FabsightError(None, "no unlabeled images given")
+        labelled = {content_key(it) for it in X}
+        return np.asarray([i for i, it in enumerate(unlabeled) if content_key(it) not in labelled], dtype=int)
+
+    def _pseudo_label(self, round_: int, pool: np.ndarray, unlabeled: Sequence[Item]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """The current model labels ``pool``; returns the kept positions in ``unlabeled``, their label
+        indices and calibrated confidences, and the round's record for the card."""
+        if len(pool):
+            proba = self.predict_proba([unlabeled[i] for i in pool])
+        else:
+            proba = np.zeros((0, len(self.classes_)))
+        rows, confident, cap = select_pseudo_labels(proba, self.pseudo_threshold)
+        labels = proba[rows].argmax(axis=1)
+        names = self.classes_.tolist()
+        record = {"round": round_, "n_pool": len(pool),
+                  "confident": dict(zip(names, confident.tolist(), strict=True)), "cap_per_class": cap,
+                  "pseudo_labelled": dict(zip(names, np.bincount(labels, minlength=len(names)).tolist(),
+                                              strict=True))}
+        return pool[rows], labels, proba[rows].max(axis=1), record
+
+    def _stage_summary(self, n_train: int) -> dict[str, Any]:
+        """The card's record of the training run just finished (teacher or student)."""
+        return {"n_train": n_train, "epochs_run": len(self.history_), "best_epoch": self.best_epoch_,
+                "val_accuracy": self.validation_["accuracy"], "temperature": self.temperature_}
+
+    def _train_network(self, bb: Backbone, images: torch.Tensor, targets: np.ndarray, tr: np.ndarray,
+                       va: np.ndarray, gen: torch.Generator, epochs: int, budget_s: float | None,
+                       what: str) -> _Network:
+        """One training run of a fresh head on ``bb`` over ``images[tr]``; early stopping on ``images[va]``.
+        Sets ``history_`` and ``best_epoch_`` and returns the network with the best weights."""
         net = _Network(bb, len(self.classes_), self.dropout).to(self.device)
         for p in net.parameters():
             p.requires_grad_(True)
@@ -185,21 +313,22 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
             {"params": net.head.parameters(), "lr": self.lr * self.head_lr_scale},
         ], weight_decay=self.weight_decay)
         steps_per_epoch = max(1, len(tr) // self.batch_size)
-        total = steps_per_epoch * self.epochs
+        total = steps_per_epoch * epochs
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        weight = torch.tensor(len(yi) / (len(counts) * counts), dtype=torch.float32, device=self.device)
+        counts = np.bincount(targets[tr], minlength=len(self.classes_)).clip(min=1)
+        weight = torch.tensor(len(tr) / (len(counts) * counts), dtype=torch.float32, device=self.device)
         loss_fn = nn.CrossEntropyLoss(weight=weight)  # balanced, as the probes' class_weight
-        y_t = torch.from_numpy(yi).long()
+        y_t = torch.from_numpy(targets).long()
         best: tuple[float, float] = (-1.0, math.inf)
         best_state, self.history_, self.best_epoch_ = None, [], 0
         started, stale = time.perf_counter(), 0
-        for epoch in range(self.epochs):
+        for epoch in range(epochs):
             t0 = time.perf_counter()
             net.train()
             order = tr[torch.randperm(len(tr), generator=gen).numpy()]
             batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(steps_per_epoch)]
             losses = []
-            for batch in track(batches, f"fine-tune epoch {epoch + 1}/{self.epochs}"):
+            for batch in track(batches, f"{what} epoch {epoch + 1}/{epochs}"):
                 x = images[batch].to(self.device, non_blocking=True).float()
                 if self.augment:
                     x = augment_batch(x, gen)
@@ -212,7 +341,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
                 losses.append(float(loss.detach()))
             val_logits, _ = self._run(net, images[va])
             val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), y_t[va]))
-            val_acc = float((val_logits.argmax(1) == yi[va]).mean())
+            val_acc = float((val_logits.argmax(1) == targets[va]).mean())
             self.history_.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
                                   "val_accuracy": val_acc, "seconds": time.perf_counter() - t0})
             if (val_acc, -val_loss) > (best[0], -best[1]):
@@ -220,13 +349,12 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
                     epoch + 1, 0
             else:
                 stale += 1
-            over_budget = self.max_minutes is not None and time.perf_counter() - started > 60 * self.max_minutes
+            over_budget = budget_s is not None and time.perf_counter() - started > budget_s
             if stale >= self.patience or over_budget:
                 break
         assert best_state is not None
         net.load_state_dict(best_state)
-        self._finish(net, bb, images, yi, tr, va)
-        return self
+        return net
 
     def _finish(self, net: _Network, bb: Backbone, images: torch.Tensor, yi: np.ndarray, tr: np.ndarray,
                 va: np.ndarray) -> None:

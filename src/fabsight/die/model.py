@@ -22,7 +22,7 @@ import numpy as np
 
 from fabsight.artifacts import ModelCard, load_card, save_card
 from fabsight.die.classifier import DieClassifier
-from fabsight.die.data import DEFAULT_AUGMENT, ImageFolder, scan_folder
+from fabsight.die.data import DEFAULT_AUGMENT, ImageFolder, expand_inputs, scan_folder
 from fabsight.die.embeddings import Item, default_cache, extract
 from fabsight.die.handcrafted import extract_handcrafted
 from fabsight.die.metrics import classification_metrics
@@ -99,6 +99,9 @@ def train(
     cache: str | os.PathLike[str] | None = None,
     epochs: int = 15,
     max_minutes: float | None = None,
+    unlabeled: str | os.PathLike[str] | None = None,
+    pseudo_threshold: float = 0.9,
+    rounds: int = 1,
 ) -> TrainResult:
     """Train a die classifier on ``ROOT/CLASS`` images and write the model directory atomically.
 
@@ -107,17 +110,23 @@ def train(
     trained end to end, see :mod:`fabsight.die.finetune`; ``epochs``, ``max_minutes``).
     ``handcrafted`` overrides the method's feature choice. ``cv_folds`` > 1 records
     cross-validated metrics in the card (augmented copies stay in the fold of their original).
+    ``unlabeled`` (finetune only): a folder searched recursively for unlabeled images to
+    self-train on (``pseudo_threshold``, ``rounds``); class folders in it are ignored.
     """
     from fabsight.backbones import create_backbone
 
     if method not in METHODS:
         raise FabsightError(None, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if unlabeled is not None and method != "finetune":
+        raise FabsightError(unlabeled, f"unlabeled images are only used by --method finetune (self-training), "
+                            f"not by {method}")
     folder = scan_folder(data_dir, min_per_class=1)
     if len(folder.classes) < 2:
         raise FabsightError(data_dir, "needs at least two class folders to train a classifier")
     if method == "finetune":
         return _train_finetune(folder, out_dir, backbone=backbone, weights=weights, input_size=input_size,
-                               device=device, batch_size=batch_size, epochs=epochs, max_minutes=max_minutes)
+                               device=device, batch_size=batch_size, epochs=epochs, max_minutes=max_minutes,
+                               unlabeled=unlabeled, pseudo_threshold=pseudo_threshold, rounds=rounds)
     bb = create_backbone(backbone, device=device, weights=weights, input_size=input_size)
     use_layers = tuple(layers or bb.cfg.default_layers)
     bb.check_layers(use_layers)
@@ -171,14 +180,18 @@ def train(
 
 def _train_finetune(folder: ImageFolder, out_dir: str | os.PathLike[str], *, backbone: str,
                     weights: str | os.PathLike[str] | None, input_size: int | None, device: str, batch_size: int,
-                    epochs: int, max_minutes: float | None) -> TrainResult:
-    """Fine-tune end to end; the card's metrics are the validation split's (early stopping used it)."""
+                    epochs: int, max_minutes: float | None, unlabeled: str | os.PathLike[str] | None,
+                    pseudo_threshold: float, rounds: int) -> TrainResult:
+    """Fine-tune end to end, self-training on ``unlabeled`` when given; the card's metrics are the
+    validation split's (early stopping used it; it never receives pseudo-labels)."""
     from fabsight.die import finetune
 
+    pool = expand_inputs([unlabeled]) if unlabeled is not None else None  # class sub-folders' names unused
     clf = finetune.FinetuneClassifier(
         backbone=str(backbone), weights=None if weights is None else str(Path(weights).resolve()),
-        input_size=input_size, epochs=epochs, batch_size=batch_size, max_minutes=max_minutes, device=device)
-    clf.fit(folder.paths, np.asarray(folder.classes)[folder.labels])
+        input_size=input_size, epochs=epochs, batch_size=batch_size, max_minutes=max_minutes, device=device,
+        rounds=rounds, pseudo_threshold=pseudo_threshold)
+    clf.fit(folder.paths, np.asarray(folder.classes)[folder.labels], unlabeled=pool)
     bb = clf.backbone_
     metrics = dict(clf.validation_)
     metrics["measured_on"] = (f"the {clf.validation_['n']}-image stratified validation split held out from training "
@@ -193,7 +206,9 @@ def _train_finetune(folder: ImageFolder, out_dir: str | os.PathLike[str], *, bac
         training={"data": str(Path(folder.root).resolve()), "counts": folder.counts(), "n_images": len(folder),
                   "method": "finetune", "handcrafted": False, "augment": ["flips", "rot90", "brightness", "contrast"],
                   "epochs_run": len(clf.history_), "best_epoch": clf.best_epoch_, "history": clf.history_,
-                  "params": {k: v for k, v in clf.get_params().items() if k not in ("backbone", "weights")}},
+                  "params": {k: v for k, v in clf.get_params().items() if k not in ("backbone", "weights")},
+                  "self_training": None if pool is None else {"unlabeled": str(Path(unlabeled).resolve()),
+                                                              **clf.self_training_}},
         metrics=metrics,
         files={"classifier": CLASSIFIER_FILE, "network": finetune.NETWORK_FILE},
         extra={"temperature": clf.temperature_, "ood_threshold": clf.ood_threshold_,

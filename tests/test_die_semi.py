@@ -1,0 +1,130 @@
+"""Self-training of the fine-tuned die classifier on unlabeled images (pseudo-labels)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fabsight.die.data import scan_folder
+from fabsight.die.finetune import FinetuneClassifier, select_pseudo_labels
+from fabsight.errors import FabsightError
+from test_die import _cli, _stripes_and_dots
+
+torch.set_num_threads(1)  # one thread is far faster than two on a shared, oversubscribed box
+
+
+def _hidden(src, dst, seed=0):
+    """Write ``src/CLASS/*`` into ``dst`` under the *wrong* class folders (stripes ↔ dots): a run
+    that read labels from folder names would learn the opposite. Sensor noise (±3 grey levels)
+    makes every image new: the generator repeats some stripe patterns exactly.
+    Returns {written path: true class}."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for cls, wrong in (("stripes", "dots"), ("dots", "stripes")):
+        (dst / wrong).mkdir(parents=True, exist_ok=True)
+        for f in sorted((src / cls).iterdir()):
+            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE).astype(int) + rng.integers(-3, 4, size=(40, 40))
+            target = dst / wrong / f"u_{cls}_{f.name}"
+            cv2.imwrite(str(target), np.clip(img, 0, 255).astype(np.uint8))
+            truth[target] = cls
+    return truth
+
+
+def test_selection_keeps_confident_rows_capped_at_the_median_class():
+    confident = {0: [0.99, 0.95, 0.97, 0.96, 0.98], 1: [0.93, 0.91, 0.92], 2: [0.92]}
+    rows = []
+    for c, ps in confident.items():
+        for p in ps:
+            rows.append(np.roll([p, (1 - p) / 2, (1 - p) / 2], c))
+    rows += [[0.1, 0.05, 0.85], [0.5, 0.5, 0.0]]  # top class below the threshold: never kept
+    proba = np.asarray(rows)
+    keep, counts, cap = select_pseudo_labels(proba, 0.9)
+    assert counts.tolist() == [5, 3, 1] and cap == 3  # median of 5, 3, 1
+    # class 0 keeps its three most confident rows (0.99, 0.98, 0.97 → rows 0, 4, 2); classes 1, 2 keep all
+    assert keep.tolist() == [0, 2, 4, 5, 6, 7, 8]
+    assert (proba[keep].max(axis=1) >= 0.9).all()
+    keep, counts, cap = select_pseudo_labels(proba, 0.995)
+    assert keep.size == 0 and counts.sum() == 0 and cap == 0
+
+
+def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_path):
+    """Two rounds on a pool that also holds every labelled image: those are dropped (so the
+    validation split never gets a pseudo-label), every pseudo-label clears the threshold, the
+    pseudo-labels match the hidden truth, and each round leaves a model that predicts.
+    (Test accuracy per round is the benchmark's business: with 2 validation images, early
+    stopping on toy data is a coin toss.)"""
+    labelled = scan_folder(_stripes_and_dots(tmp_path / "lab", 8, seed=0))
+    truth = _hidden(_stripes_and_dots(tmp_path / "pool", 12, seed=2), tmp_path / "unl")
+    pool = list(truth) + list(labelled.paths)  # 24 new images + copies of all 16 labelled ones
+    test = scan_folder(_stripes_and_dots(tmp_path / "test", 8, seed=1))
+    scores = {}
+
+    def score(round_: int, clf: FinetuneClassifier) -> None:
+        scores[round_] = clf.predict(test.paths)
+
+    y = np.asarray(labelled.classes)[labelled.labels]
+    clf = FinetuneClassifier(input_size=32, epochs=4, student_epochs=2, batch_size=8, rounds=2,
+                             pseudo_threshold=0.8, seed=0)
+    clf.fit(labelled.paths, y, unlabeled=pool, callback=score)
+    st = clf.self_training_
+    assert st["n_unlabeled"] == 40 and st["n_duplicates_of_labelled"] == 16 and st["threshold"] == 0.8
+    assert clf.validation_["n"] == 2 and st["teacher"]["n_train"] == 14
+    assert sorted(scores) == [0, *range(1, len(clf.pseudo_labels_) + 1)] and len(clf.pseudo_labels_) >= 1
+    for record, used in zip(st["rounds"], clf.pseudo_labels_, strict=False):
+        assert (used["index"] < 24).all()  # never a copy of a labelled (train or validation) image
+        assert (used["confidence"] >= 0.8).all()
+        assert record["n_pool"] == 24 and sum(record["pseudo_labelled"].values()) == len(used["index"])
+        assert max(record["pseudo_labelled"].values()) <= record["cap_per_class"]
+        assert record["n_train"] == 14 + len(used["index"])  # the student trained on them
+        hidden = np.asarray([truth[pool[i]] for i in used["index"]])
+        assert (used["label"] == hidden).mean() >= 0.9, (used["label"], hidden)
+    assert all(set(p) <= {"dots", "stripes"} and len(p) == len(test) for p in scores.values())
+    assert [r["round"] for r in st["rounds"]] == [1, 2]
+
+
+def test_cli_trains_with_unlabeled_folder_and_records_it(tmp_path, monkeypatch, capsys):
+    data = _stripes_and_dots(tmp_path / "lab", 4, seed=0)
+    truth = _hidden(_stripes_and_dots(tmp_path / "pool", 10, seed=2), tmp_path / "unl")
+    code, stdout, stderr = _cli(monkeypatch, capsys, "die", "train", str(data), "--out", str(tmp_path / "m"),
+                                "--method", "finetune", "--backbone", "efficientnet_lite0", "--input-size", "32",
+                                "--epochs", "3", "--unlabeled", str(tmp_path / "unl"), "--pseudo-threshold", "0.7",
+                                "--device", "cpu", "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    st = summary["training"]["self_training"]
+    assert st["unlabeled"] == str((tmp_path / "unl").resolve()) and st["n_unlabeled"] == len(truth) == 20
+    assert st["threshold"] == 0.7 and st["rounds_requested"] == 1 and len(st["rounds"]) == 1
+    assert set(st["rounds"][0]["pseudo_labelled"]) == {"dots", "stripes"}
+    assert summary["metrics"]["n"] == 2  # the labelled validation split, unchanged
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["training"]["self_training"] == st
+    assert card["training"]["counts"] == {"dots": 4, "stripes": 4}  # pseudo-labels are not counted as labels
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--method", "probe"], "unlabeled images are only used by --method finetune (self-training), not by probe"),
+    (["--method", "finetune", "--pseudo-threshold", "1.0"], "a pseudo-label threshold in (0, 1)"),
+])
+def test_cli_refuses_unlabeled_misuse_in_one_line(tmp_path, monkeypatch, capsys, extra, message):
+    data = _stripes_and_dots(tmp_path / "lab", 2, seed=0)
+    _stripes_and_dots(tmp_path / "unl", 2, seed=3)
+    code, stdout, stderr = _cli(monkeypatch, capsys, "die", "train", str(data), "--out", str(tmp_path / "m"),
+                                "--unlabeled", str(tmp_path / "unl"), "--json", *extra)
+    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("error: ") and message in stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_empty_unlabeled_folder_is_a_user_error(tmp_path):
+    from fabsight.die.model import train
+
+    data = _stripes_and_dots(tmp_path / "lab", 2, seed=0)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(FabsightError, match="contains no images"):
+        train(data, tmp_path / "m", backbone="efficientnet_lite0", method="finetune", input_size=32,
+              unlabeled=tmp_path / "empty")
