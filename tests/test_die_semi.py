@@ -128,3 +128,21 @@ def test_empty_unlabeled_folder_is_a_user_error(tmp_path):
     with pytest.raises(FabsightError, match="contains no images"):
         train(data, tmp_path / "m", backbone="efficientnet_lite0", method="finetune", input_size=32,
               unlabeled=tmp_path / "empty")
+
+
+def test_max_unlabeled_draws_a_seeded_sample_of_the_pool(tmp_path):
+    """A bounded pool: every round sees the same seeded sample of ``max_unlabeled`` images and
+    pseudo-labels only from it; the bound is recorded."""
+    labelled = scan_folder(_stripes_and_dots(tmp_path / "lab", 6, seed=0))
+    pool = list(_hidden(_stripes_and_dots(tmp_path / "pool", 10, seed=2), tmp_path / "unl"))  # 20 images
+    y = np.asarray(labelled.classes)[labelled.labels]
+    clf = FinetuneClassifier(input_size=32, epochs=2, student_epochs=1, batch_size=8, rounds=2,
+                             pseudo_threshold=0.5, seed=0, max_unlabeled=7)
+    clf.fit(labelled.paths, y, unlabeled=pool)
+    st = clf.self_training_
+    assert st["max_unlabeled"] == 7 and st["n_unlabeled"] == 20
+    assert [r["n_pool"] for r in st["rounds"]] == [7] * len(st["rounds"]) and st["rounds"]
+    sample = set(FinetuneClassifier(seed=0, max_unlabeled=7)._unlabeled_pool(labelled.paths, pool).tolist())
+    assert len(sample) == 7 and all(set(used["index"].tolist()) <= sample for used in clf.pseudo_labels_)
+    with pytest.raises(FabsightError, match="max_unlabeled"):
+        FinetuneClassifier(max_unlabeled=0).fit(labelled.paths, y, unlabeled=pool)

@@ -67,6 +67,10 @@ def train(
                             help="Least calibrated confidence for a pseudo-label (with --unlabeled).")
     ] = 0.9,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Self-training rounds (with --unlabeled).")] = 1,
+    max_unlabeled: Annotated[
+        int | None,
+        typer.Option("--max-unlabeled", min=1, help="Use at most this many unlabeled images (a seeded sample)."),
+    ] = None,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -81,7 +85,7 @@ def train(
         handcrafted=handcrafted,
         groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
         device=resolve_device(device), epochs=epochs, max_minutes=max_minutes, unlabeled=unlabeled,
-        pseudo_threshold=pseudo_threshold, rounds=rounds,
+        pseudo_threshold=pseudo_threshold, rounds=rounds, max_unlabeled=max_unlabeled,
     )
     card = result.card
     summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,

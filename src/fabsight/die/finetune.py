@@ -141,6 +141,9 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
     pseudo_threshold : least calibrated confidence for a pseudo-label.
     student_epochs : most epochs of each student (default ``epochs``); a student sees many more
         images per epoch than the teacher.
+    max_unlabeled : at most this many unlabeled images (a seeded sample) take part. The kept
+        pseudo-labelled images are held in memory like the labelled ones (float16, ≈ 75 kB each
+        at 112 px), so a folder of a whole fab's history needs a bound.
 
     Attributes
     ----------
@@ -163,7 +166,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
                  patience: int = 3, augment: bool = True, dropout: float = 0.2, max_minutes: float | None = None,
                  device: str = "cpu", seed: int = 0, min_confidence: float = 0.5,
                  review_quantile: float = 0.99, rounds: int = 1, pseudo_threshold: float = 0.9,
-                 student_epochs: int | None = None) -> None:
+                 student_epochs: int | None = None, max_unlabeled: int | None = None) -> None:
         self.backbone = backbone
         self.weights = weights
         self.input_size = input_size
@@ -184,6 +187,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         self.rounds = rounds
         self.pseudo_threshold = pseudo_threshold
         self.student_epochs = student_epochs
+        self.max_unlabeled = max_unlabeled
 
     # data ------------------------------------------------------------------------------
     def _tensors(self, bb: Backbone, X: Sequence[Item], what: str) -> torch.Tensor:
@@ -213,6 +217,8 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
             raise FabsightError(None, f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.epochs < 1 or self.batch_size < 2 or (self.student_epochs is not None and self.student_epochs < 1):
             raise FabsightError(None, "epochs and student_epochs must be ≥ 1 and batch_size ≥ 2")
+        if self.max_unlabeled is not None and self.max_unlabeled < 1:
+            raise FabsightError(None, f"max_unlabeled must be ≥ 1, got {self.max_unlabeled}")
         if unlabeled is not None and (self.rounds < 1 or not 0.0 < self.pseudo_threshold < 1.0):
             raise FabsightError(None, f"self-training needs rounds ≥ 1 and a pseudo-label threshold in (0, 1), "
                                 f"got {self.rounds} and {self.pseudo_threshold}")
@@ -241,7 +247,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         self.pseudo_labels_ = []
         self.self_training_ = {
             "n_unlabeled": len(unlabeled), "n_duplicates_of_labelled": len(unlabeled) - len(pool),
-            "threshold": self.pseudo_threshold, "rounds_requested": self.rounds,
+            "max_unlabeled": self.max_unlabeled, "threshold": self.pseudo_threshold, "rounds_requested": self.rounds,
             "teacher": self._stage_summary(len(tr)), "rounds": []}
         for r in range(1, self.rounds + 1):
             keep, labels, conf, record = self._pseudo_label(r, pool, unlabeled)
@@ -270,12 +276,16 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         return max(0.0, 60 * self.max_minutes - (time.perf_counter() - started)) / stages_left
 
     def _unlabeled_pool(self, X: Sequence[Item], unlabeled: Sequence[Item]) -> np.ndarray:
-        """Positions in ``unlabeled`` of the images that are not byte-for-byte a labelled one: a
-        validation image copied into the unlabeled folder would otherwise be trained on."""
+        """Positions in ``unlabeled`` of the images that are not byte-for-byte a labelled one (a
+        validation image copied into the unlabeled folder would otherwise be trained on), at most
+        ``max_unlabeled`` of them, drawn with the seed."""
         if len(unlabeled) == 0:
             raise FabsightError(None, "no unlabeled images given")
+        positions = np.arange(len(unlabeled))
+        if self.max_unlabeled is not None and len(unlabeled) > self.max_unlabeled:
+            positions = np.sort(np.random.default_rng(self.seed).choice(positions, self.max_unlabeled, replace=False))
         labelled = {content_key(it) for it in X}
-        return np.asarray([i for i, it in enumerate(unlabeled) if content_key(it) not in labelled], dtype=int)
+        return np.asarray([i for i in positions if content_key(unlabeled[i]) not in labelled], dtype=int)
 
     def _pseudo_label(self, round_: int, pool: np.ndarray, unlabeled: Sequence[Item]
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
