@@ -311,6 +311,23 @@ def test_finetune_predict_and_eval_take_runtime_onnx(finetuned) -> None:
         assert metrics["n"] == 12 and metrics["accuracy"] >= 0.8
 
 
+def _assert_failed_check_writes_nothing(d, src, monkeypatch, module, tolerance: str) -> None:
+    """Export ``d`` with ``src``'s graph while ``module.<tolerance>`` fails any difference: the
+    export must raise and leave the directory exactly as it was."""
+    before_files = sorted(p.name for p in d.iterdir())
+    before = (d / "card.json").read_bytes()
+
+    def reuse_graph(module, example, path, opset, **kw) -> None:  # the slow exporter is not what is tested
+        path.write_bytes((src / "network.onnx").read_bytes())
+
+    monkeypatch.setattr("fabsight.deploy.export.export_module", reuse_graph)
+    monkeypatch.setattr(module, tolerance, -1.0)  # any difference fails the check
+    with pytest.raises(ModelError, match="differs from PyTorch"):
+        export_onnx(d)
+    assert sorted(p.name for p in d.iterdir()) == before_files
+    assert (d / "card.json").read_bytes() == before
+
+
 def test_failed_finetune_check_writes_nothing(finetuned, tmp_path, monkeypatch) -> None:
     from fabsight.deploy import die as deploy_die
 
@@ -323,19 +340,10 @@ def test_failed_finetune_check_writes_nothing(finetuned, tmp_path, monkeypatch) 
     card["extra"].pop("onnx")
     card["files"] = {"classifier": "classifier.joblib", "network": "finetuned.safetensors"}
     (d / "card.json").write_text(json.dumps(card))
-    before = (d / "card.json").read_bytes()
     with pytest.raises(ModelError, match="fabsight export"):
         DieModel(d, runtime="onnx")
-
-    def reuse_graph(module, example, path, opset, **kw) -> None:  # the slow exporter is not what is tested
-        path.write_bytes((src / "network.onnx").read_bytes())
-
-    monkeypatch.setattr("fabsight.deploy.export.export_module", reuse_graph)
-    monkeypatch.setattr(deploy_die, "PROB_TOLERANCE", -1.0)  # any difference fails the check
-    with pytest.raises(ModelError, match="differs from PyTorch"):
-        export_onnx(d)
     assert sorted(p.name for p in d.iterdir()) == ["card.json", "classifier.joblib", "finetuned.safetensors"]
-    assert (d / "card.json").read_bytes() == before
+    _assert_failed_check_writes_nothing(d, src, monkeypatch, deploy_die, "PROB_TOLERANCE")
 
 
 def test_damaged_decision_state_is_a_one_line_error(finetuned, tmp_path) -> None:
@@ -419,17 +427,8 @@ def test_failed_anomaly_check_writes_nothing(anomaly, tmp_path, monkeypatch) -> 
     card["extra"].pop("onnx")
     card["files"] = {"weights": "model.safetensors"}
     (d / "card.json").write_text(json.dumps(card))
-    before = (d / "card.json").read_bytes()
-
-    def reuse_graph(module, example, path, opset, **kw) -> None:  # the slow exporter is not what is tested
-        path.write_bytes((src / "network.onnx").read_bytes())
-
-    monkeypatch.setattr("fabsight.deploy.export.export_module", reuse_graph)
-    monkeypatch.setattr(deploy_anomaly, "SCORE_TOLERANCE", -1.0)  # any difference fails the check
-    with pytest.raises(ModelError, match="differs from PyTorch"):
-        export_onnx(d)
     assert sorted(p.name for p in d.iterdir()) == ["card.json", "model.safetensors"]
-    assert (d / "card.json").read_bytes() == before
+    _assert_failed_check_writes_nothing(d, src, monkeypatch, deploy_anomaly, "SCORE_TOLERANCE")
 
 
 _NO_TORCH = """
