@@ -67,6 +67,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--pseudo-threshold", type=float, default=0.9)
     ap.add_argument("--student-epochs", type=int, help="default: --epochs")
+    ap.add_argument("--no-pseudo-tta", action="store_true",
+                    help="the teacher labels the unlabeled crops from one view, not 8 flips/turns")
+    ap.add_argument("--test-tta", action="store_true",
+                    help="also score every round with logits averaged over 8 flips/turns (8× the test cost)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,6 +96,9 @@ def main() -> None:
         row = {"round": r, "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"],
                "validation_accuracy": model.validation_["accuracy"], "epochs_run": len(model.history_),
                "best_epoch": model.best_epoch_, "elapsed_s": time.perf_counter() - t0}
+        if args.test_tta:
+            m_tta = classification_metrics(truth, model.predict(test.paths, tta=True), train.classes)
+            row.update({"test_accuracy_tta": m_tta["accuracy"], "test_macro_f1_tta": m_tta["macro_f1"]})
         if r > 0:  # how right the pseudo-labels this student learned from were
             used, hidden = model.pseudo_labels_[r - 1], names[rest.labels]
             right = used["label"] == hidden[used["index"]]
@@ -106,7 +113,8 @@ def main() -> None:
     clf = FinetuneClassifier(backbone=args.backbone, input_size=args.input_size, epochs=args.epochs,
                              batch_size=args.batch_size, patience=args.patience, max_minutes=args.max_minutes,
                              device=args.device, seed=args.seed, rounds=args.rounds,
-                             pseudo_threshold=args.pseudo_threshold, student_epochs=args.student_epochs)
+                             pseudo_threshold=args.pseudo_threshold, student_epochs=args.student_epochs,
+                             pseudo_tta=not args.no_pseudo_tta)
     if args.unlabeled_rest:
         clf.fit(train.paths, names[train.labels], unlabeled=rest.paths, callback=score_round)
     else:

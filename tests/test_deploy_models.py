@@ -311,6 +311,38 @@ def test_finetune_predict_and_eval_take_runtime_onnx(finetuned) -> None:
         assert metrics["n"] == 12 and metrics["accuracy"] >= 0.8
 
 
+def test_finetune_tta_is_turn_invariant_and_the_same_in_both_runtimes(finetuned) -> None:
+    """With --tta a crop and its quarter-turned, mirrored copy get the same decision (the eight
+    views are the same set), and ONNX Runtime averages exactly what PyTorch does."""
+    model_dir, _, test = finetuned
+    paths = sorted(test.rglob("*.png"))
+    images = [read_image(p) for p in paths]
+    turned = [np.ascontiguousarray(np.rot90(im)[:, ::-1]) for im in images]
+    torch_model = DieModel(model_dir)
+    plain, tta = torch_model.predict(images), torch_model.predict(images, tta=True)
+    assert [d["label"] for d in torch_model.predict(turned, tta=True)] == [d["label"] for d in tta]
+    np.testing.assert_allclose([d["confidence"] for d in torch_model.predict(turned, tta=True)],
+                               [d["confidence"] for d in tta], atol=1e-4)
+    assert [d["confidence"] for d in plain] != [d["confidence"] for d in tta]  # the views did change something
+    assert [d["ood_score"] for d in plain] == [d["ood_score"] for d in tta]  # the gate sees the image as it is
+    got = DieModel(model_dir, runtime="onnx").predict(images, tta=True)
+    assert [d["label"] for d in got] == [d["label"] for d in tta]
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(got, tta, strict=True)) <= 1e-4
+    result = CliRunner().invoke(app, ["die", "eval", str(model_dir), str(test), "--tta", "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["tta"] is True and metrics["n"] == 12 and metrics["accuracy"] >= 0.8
+
+
+def test_tta_on_a_probe_model_is_a_one_line_error(die, monkeypatch, capsys) -> None:
+    from test_die import _cli
+
+    model_dir, _, test = die
+    code, stdout, stderr = _cli(monkeypatch, capsys, "die", "predict", str(model_dir), str(test), "--tta")
+    assert code == 2 and stdout == "" and stderr.startswith(f"error: {model_dir}: ")
+    assert "--method finetune" in stderr and len(stderr.strip().splitlines()) == 1
+
+
 def _assert_failed_check_writes_nothing(d, src, monkeypatch, module, tolerance: str) -> None:
     """Export ``d`` with ``src``'s graph while ``module.<tolerance>`` fails any difference: the
     export must raise and leave the directory exactly as it was."""

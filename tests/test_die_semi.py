@@ -62,10 +62,12 @@ def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_pat
     truth = _hidden(_stripes_and_dots(tmp_path / "pool", 12, seed=2), tmp_path / "unl")
     pool = list(truth) + list(labelled.paths)  # 24 new images + copies of all 16 labelled ones
     test = scan_folder(_stripes_and_dots(tmp_path / "test", 8, seed=1))
-    scores = {}
+    scores, teacher = {}, {}
 
     def score(round_: int, clf: FinetuneClassifier) -> None:
         scores[round_] = clf.predict(test.paths)
+        if round_ == 0:  # what the teacher makes of the pool over the 8 flips/turns
+            teacher["proba"] = clf.predict_proba(pool, tta=True)
 
     y = np.asarray(labelled.classes)[labelled.labels]
     clf = FinetuneClassifier(input_size=32, epochs=4, student_epochs=2, batch_size=8, rounds=2,
@@ -73,6 +75,10 @@ def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_pat
     clf.fit(labelled.paths, y, unlabeled=pool, callback=score)
     st = clf.self_training_
     assert st["n_unlabeled"] == 40 and st["n_duplicates_of_labelled"] == 16 and st["threshold"] == 0.8
+    assert st["tta"] is True  # the default: round 1's pseudo-labels are the teacher's TTA predictions
+    first = clf.pseudo_labels_[0]
+    np.testing.assert_allclose(first["confidence"], teacher["proba"][first["index"]].max(axis=1), atol=1e-5)
+    assert (first["label"] == clf.classes_[teacher["proba"][first["index"]].argmax(axis=1)]).all()
     assert clf.validation_["n"] == 2 and st["teacher"]["n_train"] == 14
     assert sorted(scores) == [0, *range(1, len(clf.pseudo_labels_) + 1)] and len(clf.pseudo_labels_) >= 1
     for record, used in zip(st["rounds"], clf.pseudo_labels_, strict=False):
@@ -93,12 +99,12 @@ def test_cli_trains_with_unlabeled_folder_and_records_it(tmp_path, monkeypatch, 
     code, stdout, stderr = _cli(monkeypatch, capsys, "die", "train", str(data), "--out", str(tmp_path / "m"),
                                 "--method", "finetune", "--backbone", "efficientnet_lite0", "--input-size", "32",
                                 "--epochs", "3", "--unlabeled", str(tmp_path / "unl"), "--pseudo-threshold", "0.7",
-                                "--device", "cpu", "--json")
+                                "--no-pseudo-tta", "--device", "cpu", "--json")
     assert code == 0, stderr
     summary = json.loads(stdout)
     st = summary["training"]["self_training"]
     assert st["unlabeled"] == str((tmp_path / "unl").resolve()) and st["n_unlabeled"] == len(truth) == 20
-    assert st["threshold"] == 0.7 and st["rounds_requested"] == 1 and len(st["rounds"]) == 1
+    assert st["threshold"] == 0.7 and st["rounds_requested"] == 1 and len(st["rounds"]) == 1 and st["tta"] is False
     assert set(st["rounds"][0]["pseudo_labelled"]) == {"dots", "stripes"}
     assert summary["metrics"]["n"] == 2  # the labelled validation split, unchanged
     card = json.loads((tmp_path / "m" / "card.json").read_text())

@@ -19,6 +19,9 @@ InputSizeOpt = Annotated[
     int | None, typer.Option("--input-size", min=16, help="Square input size (default: the backbone's).")
 ]
 
+TtaOpt = Annotated[bool, typer.Option(
+    "--tta", help="Fine-tuned models: average the logits over 8 flips/turns of each image (8× slower).")]
+
 
 def _metrics_table(title: str, m: dict[str, Any]) -> None:
     from rich.table import Table
@@ -71,6 +74,10 @@ def train(
         int | None,
         typer.Option("--max-unlabeled", min=1, help="Use at most this many unlabeled images (a seeded sample)."),
     ] = None,
+    pseudo_tta: Annotated[
+        bool, typer.Option("--pseudo-tta/--no-pseudo-tta",
+                           help="Pseudo-label from logits averaged over 8 flips/turns (with --unlabeled).")
+    ] = True,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -85,7 +92,7 @@ def train(
         handcrafted=handcrafted,
         groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
         device=resolve_device(device), epochs=epochs, max_minutes=max_minutes, unlabeled=unlabeled,
-        pseudo_threshold=pseudo_threshold, rounds=rounds, max_unlabeled=max_unlabeled,
+        pseudo_threshold=pseudo_threshold, rounds=rounds, max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta,
     )
     card = result.card
     summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,
@@ -114,12 +121,13 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="Labelled test images: DATA/CLASS/*.")],
     device: DeviceOpt = "auto",
     runtime: RuntimeOpt = "torch",
+    tta: TtaOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy, balanced accuracy, macro-F1, per-class scores and confusion on labelled images."""
     from fabsight.die.embeddings import default_cache
 
-    result = _load(model_dir, device, runtime).evaluate(data, cache=default_cache())
+    result = _load(model_dir, device, runtime).evaluate(data, cache=default_cache(), tta=tta)
     emit(result, as_json, lambda m: _metrics_table(f"{model_dir} on {data}", m))
 
 
@@ -138,6 +146,7 @@ def predict(
     top: Annotated[int, typer.Option("--top", min=1, help="How many ranked labels to report.")] = 3,
     device: DeviceOpt = "auto",
     runtime: RuntimeOpt = "torch",
+    tta: TtaOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Label, calibrated confidence, top-k and needs_review for each image."""
@@ -145,7 +154,7 @@ def predict(
 
     paths = expand_inputs(images)
     model = _load(model_dir, device, runtime)
-    decisions = [{"path": str(p), **d} for p, d in zip(paths, model.predict(paths, top_k=top), strict=True)]
+    decisions = [{"path": str(p), **d} for p, d in zip(paths, model.predict(paths, top_k=top, tta=tta), strict=True)]
 
     def human(rows: list[dict[str, Any]]) -> None:
         for r in rows:

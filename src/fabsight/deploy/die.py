@@ -37,6 +37,7 @@ from fabsight.deploy.runtime import onnx_section, session
 from fabsight.die.classifier import NetworkDecisionsMixin, _softmax
 from fabsight.die.embeddings import Item, load_item
 from fabsight.die.model import TASK
+from fabsight.die.views import forward_views
 from fabsight.errors import FabsightError, ModelError
 from fabsight.utils.atomic import atomic_path
 from fabsight.utils.progress import track
@@ -161,11 +162,12 @@ class OnnxFinetuneClassifier(NetworkDecisionsMixin):
         logits, embedding = self.session_.run(io["outputs"], {io["input"]: x})
         return logits, embedding
 
-    def _logits_and_embedding(self, X: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+    def _logits_and_embedding(self, X: Sequence[Item], tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         if len(X) == 0:
             raise FabsightError(None, "no images to classify")
         batches = [X[i:i + BATCH] for i in range(0, len(X), BATCH)]
-        parts = [self.run(self.preprocess([load_item(it) for it in b])) for b in track(batches, "images")]
+        parts = [forward_views(self.run, self.preprocess([load_item(it) for it in b]), tta)
+                 for b in track(batches, "images")]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def fit(self, *args: Any, **kwargs: Any) -> OnnxFinetuneClassifier:

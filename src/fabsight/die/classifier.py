@@ -80,24 +80,26 @@ class NetworkDecisionsMixin:
     ood_threshold_: float
     min_confidence: float
 
-    def _logits_and_embedding(self, X: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _logits_and_embedding(self, X: Sequence[Any], tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Network outputs; with ``tta`` the logits are averaged over flips and turns
+        (:func:`fabsight.die.views.forward_views`)."""
         raise NotImplementedError
 
-    def predict_proba(self, X: Sequence[Any]) -> np.ndarray:
-        logits, _ = self._logits_and_embedding(X)
+    def predict_proba(self, X: Sequence[Any], tta: bool = False) -> np.ndarray:
+        logits, _ = self._logits_and_embedding(X, tta=tta)
         return _softmax(logits / self.temperature_)
 
-    def predict(self, X: Sequence[Any]) -> np.ndarray:
-        proba = self.predict_proba(X)  # first: an unfitted estimator raises NotFittedError there
+    def predict(self, X: Sequence[Any], tta: bool = False) -> np.ndarray:
+        proba = self.predict_proba(X, tta=tta)  # first: an unfitted estimator raises NotFittedError there
         return self.classes_[proba.argmax(axis=1)]
 
     def embed(self, X: Sequence[Any]) -> np.ndarray:
         """Pooled embeddings of the network (for discovery, OOD, probes)."""
         return self._logits_and_embedding(X)[1]
 
-    def decide(self, X: Sequence[Any], top_k: int = 3) -> list[dict[str, Any]]:
+    def decide(self, X: Sequence[Any], top_k: int = 3, tta: bool = False) -> list[dict[str, Any]]:
         """Per image: label, calibrated confidence, top-k, needs_review and why."""
-        return self.decide_outputs(*self._logits_and_embedding(X), top_k=top_k)
+        return self.decide_outputs(*self._logits_and_embedding(X, tta=tta), top_k=top_k)
 
     def decide_outputs(self, logits: np.ndarray, z: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
         """:meth:`decide` from network outputs already computed (one forward pass serves several uses)."""

@@ -47,6 +47,7 @@ from fabsight.backbones.base import file_sha256, state_dict_sha256
 from fabsight.die.classifier import NetworkDecisionsMixin, fit_temperature, nearest_centroid_distance
 from fabsight.die.embeddings import Item, content_key, load_item
 from fabsight.die.metrics import classification_metrics
+from fabsight.die.views import forward_views
 from fabsight.errors import FabsightError, ModelError
 from fabsight.utils.progress import track
 
@@ -139,6 +140,8 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
     min_confidence, review_quantile : the ``needs_review`` gate (as in :class:`DieClassifier`).
     rounds : self-training rounds (teacher → pseudo-labels → student) when ``fit`` gets unlabeled images.
     pseudo_threshold : least calibrated confidence for a pseudo-label.
+    pseudo_tta : the teacher labels the unlabeled images averaging its logits over their flips and
+        quarter turns (8 forward passes each, once per round): fewer wrong pseudo-labels.
     student_epochs : most epochs of each student (default ``epochs``); a student sees many more
         images per epoch than the teacher.
     max_unlabeled : at most this many unlabeled images (a seeded sample) take part. The kept
@@ -166,7 +169,8 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
                  patience: int = 3, augment: bool = True, dropout: float = 0.2, max_minutes: float | None = None,
                  device: str = "cpu", seed: int = 0, min_confidence: float = 0.5,
                  review_quantile: float = 0.99, rounds: int = 1, pseudo_threshold: float = 0.9,
-                 student_epochs: int | None = None, max_unlabeled: int | None = None) -> None:
+                 student_epochs: int | None = None, max_unlabeled: int | None = None,
+                 pseudo_tta: bool = True) -> None:
         self.backbone = backbone
         self.weights = weights
         self.input_size = input_size
@@ -188,6 +192,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         self.pseudo_threshold = pseudo_threshold
         self.student_epochs = student_epochs
         self.max_unlabeled = max_unlabeled
+        self.pseudo_tta = pseudo_tta
 
     # data ------------------------------------------------------------------------------
     def _tensors(self, bb: Backbone, X: Sequence[Item], what: str) -> torch.Tensor:
@@ -247,7 +252,8 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         self.pseudo_labels_ = []
         self.self_training_ = {
             "n_unlabeled": len(unlabeled), "n_duplicates_of_labelled": len(unlabeled) - len(pool),
-            "max_unlabeled": self.max_unlabeled, "threshold": self.pseudo_threshold, "rounds_requested": self.rounds,
+            "max_unlabeled": self.max_unlabeled, "threshold": self.pseudo_threshold, "tta": self.pseudo_tta,
+            "rounds_requested": self.rounds,
             "teacher": self._stage_summary(len(tr)), "rounds": []}
         for r in range(1, self.rounds + 1):
             keep, labels, conf, record = self._pseudo_label(r, pool, unlabeled)
@@ -292,7 +298,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         """The current model labels ``pool``; returns the kept positions in ``unlabeled``, their label
         indices and calibrated confidences, and the round's record for the card."""
         if len(pool):
-            proba = self.predict_proba([unlabeled[i] for i in pool])
+            proba = self.predict_proba([unlabeled[i] for i in pool], tta=self.pseudo_tta)
         else:
             proba = np.zeros((0, len(self.classes_)))
         rows, confident, cap = select_pseudo_labels(proba, self.pseudo_threshold)
@@ -400,14 +406,18 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         return torch.cat(logits).numpy(), torch.cat(emb).numpy()
 
     # prediction ------------------------------------------------------------------------
-    def _logits_and_embedding(self, X: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+    def _logits_and_embedding(self, X: Sequence[Item], tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Streamed in float32 batches: unlike the training set, nothing is held in half precision, so
         the ONNX twin (numpy preprocessing, float32) sees the same values up to the last bit."""
         check_is_fitted(self)
         if len(X) == 0:
             raise FabsightError(None, "no images to classify")
+
+        def forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return self._run(self.network_, torch.from_numpy(x))
+
         batches = [X[i:i + 64] for i in range(0, len(X), 64)]
-        parts = [self._run(self.network_, self.backbone_.preprocess([load_item(it) for it in batch]))
+        parts = [forward_views(forward, self.backbone_.preprocess([load_item(it) for it in batch]).cpu().numpy(), tta)
                  for batch in track(batches, "images", total=len(batches))]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

@@ -103,6 +103,7 @@ def train(
     pseudo_threshold: float = 0.9,
     rounds: int = 1,
     max_unlabeled: int | None = None,
+    pseudo_tta: bool = True,
 ) -> TrainResult:
     """Train a die classifier on ``ROOT/CLASS`` images and write the model directory atomically.
 
@@ -112,7 +113,8 @@ def train(
     ``handcrafted`` overrides the method's feature choice. ``cv_folds`` > 1 records
     cross-validated metrics in the card (augmented copies stay in the fold of their original).
     ``unlabeled`` (finetune only): a folder searched recursively for unlabeled images to
-    self-train on (``pseudo_threshold``, ``rounds``, ``max_unlabeled``); class folders in it are ignored.
+    self-train on (``pseudo_threshold``, ``rounds``, ``max_unlabeled``, ``pseudo_tta``); class folders in it
+    are ignored.
     """
     from fabsight.backbones import create_backbone
 
@@ -128,7 +130,7 @@ def train(
         return _train_finetune(folder, out_dir, backbone=backbone, weights=weights, input_size=input_size,
                                device=device, batch_size=batch_size, epochs=epochs, max_minutes=max_minutes,
                                unlabeled=unlabeled, pseudo_threshold=pseudo_threshold, rounds=rounds,
-                               max_unlabeled=max_unlabeled)
+                               max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta)
     bb = create_backbone(backbone, device=device, weights=weights, input_size=input_size)
     use_layers = tuple(layers or bb.cfg.default_layers)
     bb.check_layers(use_layers)
@@ -183,7 +185,8 @@ def train(
 def _train_finetune(folder: ImageFolder, out_dir: str | os.PathLike[str], *, backbone: str,
                     weights: str | os.PathLike[str] | None, input_size: int | None, device: str, batch_size: int,
                     epochs: int, max_minutes: float | None, unlabeled: str | os.PathLike[str] | None,
-                    pseudo_threshold: float, rounds: int, max_unlabeled: int | None) -> TrainResult:
+                    pseudo_threshold: float, rounds: int, max_unlabeled: int | None,
+                    pseudo_tta: bool) -> TrainResult:
     """Fine-tune end to end, self-training on ``unlabeled`` when given; the card's metrics are the
     validation split's (early stopping used it; it never receives pseudo-labels)."""
     from fabsight.die import finetune
@@ -192,7 +195,7 @@ def _train_finetune(folder: ImageFolder, out_dir: str | os.PathLike[str], *, bac
     clf = finetune.FinetuneClassifier(
         backbone=str(backbone), weights=None if weights is None else str(Path(weights).resolve()),
         input_size=input_size, epochs=epochs, batch_size=batch_size, max_minutes=max_minutes, device=device,
-        rounds=rounds, pseudo_threshold=pseudo_threshold, max_unlabeled=max_unlabeled)
+        rounds=rounds, pseudo_threshold=pseudo_threshold, max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta)
     clf.fit(folder.paths, np.asarray(folder.classes)[folder.labels], unlabeled=pool)
     bb = clf.backbone_
     metrics = dict(clf.validation_)
@@ -311,18 +314,26 @@ class DieModel:
         return features(self.backbone, items, layers=self.layers, handcrafted=self.handcrafted, cache=cache)
 
     def predict(self, items: Sequence[Item], cache: str | os.PathLike[str] | None = None,
-                top_k: int = 3) -> list[dict[str, Any]]:
-        """Per image: label, calibrated confidence, top-k, needs_review (+ reasons, ood_score)."""
+                top_k: int = 3, tta: bool = False) -> list[dict[str, Any]]:
+        """Per image: label, calibrated confidence, top-k, needs_review (+ reasons, ood_score).
+
+        ``tta`` (fine-tuned models): logits averaged over the image's flips and quarter turns,
+        8 forward passes per image (:mod:`fabsight.die.views`)."""
         if self.finetuned:
-            return self.classifier.decide(items, top_k=top_k)
+            return self.classifier.decide(items, top_k=top_k, tta=tta)
+        if tta:
+            raise FabsightError(self.dir, "test-time augmentation needs a model trained with --method finetune "
+                                          "(a probe sees cached features, not the image)")
         return self.classifier.decide(self.features(items, cache), top_k=top_k)
 
-    def evaluate(self, data_dir: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    def evaluate(self, data_dir: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None,
+                 tta: bool = False) -> dict[str, Any]:
         """Metrics on a labelled ``ROOT/CLASS`` folder whose classes the model knows."""
         folder = scan_folder(data_dir, classes=self.classes)
-        decisions = self.predict(folder.paths, cache)
+        decisions = self.predict(folder.paths, cache, tta=tta)
         truth = np.asarray(self.classes)[folder.labels]
         result = classification_metrics(truth, [d["label"] for d in decisions], self.classes)
         result["needs_review_rate"] = float(np.mean([d["needs_review"] for d in decisions]))
         result["data"] = str(Path(data_dir).resolve())
+        result["tta"] = tta
         return result
