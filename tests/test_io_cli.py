@@ -138,3 +138,27 @@ def test_info_reports_empty_class_folders(tmp_path: Path, run: Callable[..., Res
     assert res.returncode == 0
     assert json.loads(res.stdout)["maps"][0]["labels"] == ["Center"]
     assert "warning:" in res.stderr and "'Donut' holds no .png/.npy maps" in res.stderr
+
+
+@pytest.mark.parametrize(("args", "where", "problem"), [
+    (["die", "adapt", "x", "--out", "y", "--head-warmup", "0.7"], "fabsight die adapt",
+     "Invalid value for '--head-warmup'"),
+    (["die", "predic"], "fabsight die", "No such command 'predic'"),
+    (["die", "predict"], "fabsight die predict", "Missing argument 'model_dir'"),
+    (["info", "--bogus"], "fabsight info", "No such option: --bogus"),
+])
+def test_command_line_mistakes_are_one_line(run: Callable[..., Result], args: list[str], where: str,
+                                            problem: str) -> None:
+    """A mistyped command line ends like a bad file: one line naming the command and the problem, exit 2."""
+    res = run(*args)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith(f"error: {where}: ") and problem in res.stderr
+    assert res.stderr.endswith(f"(see '{where} --help')\n") and res.stderr.count("\n") == 1
+
+
+def test_bare_group_and_help_still_show_help(run: Callable[..., Result]) -> None:
+    bare = run("die")
+    assert bare.returncode == 2 and "predict" in bare.stdout and "adapt" in bare.stdout
+    helped = run("die", "predict", "--help")
+    assert helped.returncode == 0 and "--tta" in helped.stdout and helped.stderr == ""
+    assert run("--version").stdout.startswith("fabsight ")

@@ -6,6 +6,7 @@ import importlib
 import sys
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer ≥ 0.29 vendors click
 
 from fabsight import __version__
 from fabsight.errors import FabsightError
@@ -61,10 +62,30 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _usage_error(exc: UsageError) -> None:
+    """A mistyped command line, in one line like every other user error (typer would draw a box
+    over several lines); a command or group called bare still shows its help."""
+    if isinstance(exc, NoArgsIsHelpError):
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+        sys.exit(exc.exit_code)
+    where = exc.ctx.command_path if exc.ctx is not None else "fabsight"
+    message = " ".join(exc.format_message().split())
+    _fail(f"{where}: {message} (see '{where} --help')")
+
+
 def main() -> None:
     """Entry point: user mistakes end as ``error: FILE: problem`` with exit code 2."""
     try:
-        app()
+        code = app(prog_name="fabsight", standalone_mode=False)  # usage errors reach the handlers below
+    except UsageError as exc:
+        _usage_error(exc)
+    except typer.TyperException as exc:  # typer's other ClickExceptions, e.g. an unreadable file option
+        _fail(" ".join(exc.format_message().split()))
+    except typer.Abort:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
     except FabsightError as exc:
         _fail(str(exc))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
@@ -72,3 +93,4 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
