@@ -16,6 +16,8 @@ and the load average (the machine is shared; speed figures mean little without i
 drawn as a label, its label hidden from the classifier: the benchmark then reports, per
 round, how many pseudo-labels were made per class and how many of them match the hidden
 truth, and the test accuracy / macro-F1 of the teacher (round 0) and of each student.
+Pseudo-labels come from the teacher's logits averaged over 8 flips/turns unless
+``--no-pseudo-tta``; ``--test-tta`` scores every round that way too.
 """
 
 from __future__ import annotations
