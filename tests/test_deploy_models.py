@@ -320,9 +320,9 @@ def test_finetune_tta_is_turn_invariant_and_the_same_in_both_runtimes(finetuned)
     turned = [np.ascontiguousarray(np.rot90(im)[:, ::-1]) for im in images]
     torch_model = DieModel(model_dir)
     plain, tta = torch_model.predict(images), torch_model.predict(images, tta=True)
-    assert [d["label"] for d in torch_model.predict(turned, tta=True)] == [d["label"] for d in tta]
-    np.testing.assert_allclose([d["confidence"] for d in torch_model.predict(turned, tta=True)],
-                               [d["confidence"] for d in tta], atol=1e-4)
+    tta_turned = torch_model.predict(turned, tta=True)
+    assert [d["label"] for d in tta_turned] == [d["label"] for d in tta]
+    np.testing.assert_allclose([d["confidence"] for d in tta_turned], [d["confidence"] for d in tta], atol=1e-4)
     assert [d["confidence"] for d in plain] != [d["confidence"] for d in tta]  # the views did change something
     assert [d["ood_score"] for d in plain] == [d["ood_score"] for d in tta]  # the gate sees the image as it is
     got = DieModel(model_dir, runtime="onnx").predict(images, tta=True)

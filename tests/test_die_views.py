@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fabsight.die.views import dihedral_views, forward_views
+from fabsight.die.views import average_views, dihedral_views
 
 
 def _key(a: np.ndarray) -> bytes:
@@ -32,7 +32,7 @@ def test_non_square_batches_get_the_four_shape_preserving_symmetries():
     np.testing.assert_array_equal(views[3][0, 0], x[0, 0, ::-1, ::-1])
 
 
-def test_forward_views_averages_logits_and_keeps_the_identity_embedding():
+def test_average_views_averages_logits_and_keeps_the_identity_embedding():
     x = np.zeros((1, 1, 4, 4), dtype=np.float32)
     x[0, 0, 0, 0] = 8.0  # one bright corner: each view moves it to one of the four corners
 
@@ -40,8 +40,8 @@ def test_forward_views_averages_logits_and_keeps_the_identity_embedding():
         corners = v[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]]  # logits = the four corner values
         return corners, v.reshape(len(v), -1)
 
-    logits, emb = forward_views(forward, x, tta=False)
+    logits, emb = forward(x)
     np.testing.assert_array_equal(logits, [[8, 0, 0, 0]])
-    logits, emb = forward_views(forward, x, tta=True)
+    logits, emb = average_views(forward, x)
     np.testing.assert_allclose(logits, [[2, 2, 2, 2]])  # 8 views, each corner twice: 8 · 2 / 8
     np.testing.assert_array_equal(emb, x.reshape(1, -1))  # the OOD gate sees the image as it is

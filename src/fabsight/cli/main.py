@@ -83,14 +83,11 @@ def main() -> None:
         _usage_error(exc)
     except typer.TyperException as exc:  # typer's other ClickExceptions, e.g. an unreadable file option
         _fail(" ".join(exc.format_message().split()))
-    except typer.Abort:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
     except FabsightError as exc:
         _fail(str(exc))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         _fail(f"{exc.filename}: {exc.strerror or exc}")
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -37,7 +37,7 @@ from fabsight.deploy.runtime import onnx_section, session
 from fabsight.die.classifier import NetworkDecisionsMixin, _softmax
 from fabsight.die.embeddings import Item, load_item
 from fabsight.die.model import TASK
-from fabsight.die.views import forward_views
+from fabsight.die.views import average_views
 from fabsight.errors import FabsightError, ModelError
 from fabsight.utils.atomic import atomic_path
 from fabsight.utils.progress import track
@@ -166,8 +166,8 @@ class OnnxFinetuneClassifier(NetworkDecisionsMixin):
         if len(X) == 0:
             raise FabsightError(None, "no images to classify")
         batches = [X[i:i + BATCH] for i in range(0, len(X), BATCH)]
-        parts = [forward_views(self.run, self.preprocess([load_item(it) for it in b]), tta)
-                 for b in track(batches, "images")]
+        forward = (lambda x: average_views(self.run, x)) if tta else self.run
+        parts = [forward(self.preprocess([load_item(it) for it in b])) for b in track(batches, "images")]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def fit(self, *args: Any, **kwargs: Any) -> OnnxFinetuneClassifier:

@@ -82,7 +82,7 @@ class NetworkDecisionsMixin:
 
     def _logits_and_embedding(self, X: Sequence[Any], tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Network outputs; with ``tta`` the logits are averaged over flips and turns
-        (:func:`fabsight.die.views.forward_views`)."""
+        (:func:`fabsight.die.views.average_views`)."""
         raise NotImplementedError
 
     def predict_proba(self, X: Sequence[Any], tta: bool = False) -> np.ndarray:

@@ -49,7 +49,7 @@ from fabsight.backbones.base import file_sha256, state_dict_sha256
 from fabsight.die.classifier import NetworkDecisionsMixin, fit_temperature, nearest_centroid_distance
 from fabsight.die.embeddings import Item, content_key, load_item
 from fabsight.die.metrics import classification_metrics
-from fabsight.die.views import forward_views
+from fabsight.die.views import average_views
 from fabsight.errors import FabsightError, ModelError
 from fabsight.utils.progress import track
 
@@ -415,11 +415,13 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         if len(X) == 0:
             raise FabsightError(None, "no images to classify")
 
-        def forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return self._run(self.network_, torch.from_numpy(x))
+        def forward(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            if tta:  # the views are numpy (shared with the ONNX twin); without them the batch stays on the device
+                return average_views(lambda v: self._run(self.network_, torch.from_numpy(v)), x.cpu().numpy())
+            return self._run(self.network_, x)
 
         batches = [X[i:i + 64] for i in range(0, len(X), 64)]
-        parts = [forward_views(forward, self.backbone_.preprocess([load_item(it) for it in batch]).cpu().numpy(), tta)
+        parts = [forward(self.backbone_.preprocess([load_item(it) for it in batch]))
                  for batch in track(batches, "images", total=len(batches))]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

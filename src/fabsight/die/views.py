@@ -28,12 +28,10 @@ def dihedral_views(x: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for v in views]
 
 
-def forward_views(forward: Forward, x: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and pooled embedding of the batch ``x``; with ``tta`` the logits are averaged over
-    :func:`dihedral_views`. The embedding stays the identity view's: the out-of-distribution
-    gate was fitted on single-view embeddings, and an average of views would sit closer to the
-    class centroids than any image the gate was calibrated on."""
-    if not tta:
-        return forward(x)
+def average_views(forward: Forward, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of the batch ``x`` averaged over :func:`dihedral_views`, and its pooled embedding.
+    The embedding stays the identity view's: the out-of-distribution gate was fitted on
+    single-view embeddings, and an average of views would sit closer to the class centroids
+    than any image the gate was calibrated on."""
     outs = [forward(v) for v in dihedral_views(x)]
     return np.mean([o[0] for o in outs], axis=0), outs[0][1]
