@@ -15,7 +15,7 @@ as float16 tensors, so an epoch costs only the network.
 Few labels, many unlabeled images (the usual state of a fab): ``fit(X, y, unlabeled=...)``
 self-trains Noisy-Student style. The network trained on the labels (the teacher) labels the
 unlabeled pool, by default from its logits averaged over each image's flips and quarter
-turns (``pseudo_tta``: 40–60 % fewer wrong pseudo-labels on DeepPCB); only images whose
+turns (``pseudo_tta``: 40–60 % fewer wrong pseudo-labels in one DeepPCB run); only images whose
 *temperature-calibrated* confidence reaches
 ``pseudo_threshold`` are kept, at most as many per class as the median class has (so the
 dominant defect type cannot swamp the rest); a student is fine-tuned from the pretrained
