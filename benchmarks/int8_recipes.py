@@ -167,9 +167,9 @@ def anomaly_recipes(args: argparse.Namespace, model_dir: Path, work: Path) -> di
 
 
 def wafer_recipes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from fabsight import calibration as cal
     from fabsight.deploy.export import _accuracy, _sample_maps
     from fabsight.deploy.runtime import load_onnx_wafer
-    from fabsight.wafer import calibration as cal
     from fabsight.wafer.preprocess import maps_to_array
 
     clf = load_onnx_wafer(args.wafer_model, n_threads=args.threads)

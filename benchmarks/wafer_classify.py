@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from fabsight.calibration import expected_calibration_error
 from fabsight.synth import generate_dataset
 from fabsight.types import WM811K_CLASSES, WaferMap
 from fabsight.utils.timing import median_times
 from fabsight.wafer import WaferClassifier, evaluate, load_model
-from fabsight.wafer.calibration import expected_calibration_error
 from fabsight.wafer.classifier import SYNTH_SHAPES
 from fabsight.wafer.net import ARCHITECTURES
 from fabsight.wafer.review import SHIFTED_NOISE, SHIFTED_PARAMS, SHIFTED_SHAPES, grid_checks, shifted_maps

@@ -71,10 +71,10 @@ def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_pat
 
     y = np.asarray(labelled.classes)[labelled.labels]
     clf = FinetuneClassifier(input_size=32, epochs=4, student_epochs=2, batch_size=8, rounds=2,
-                             pseudo_threshold=0.8, seed=0)
+                             pseudo_threshold=0.6, seed=0)
     clf.fit(labelled.paths, y, unlabeled=pool, callback=score)
     st = clf.self_training_
-    assert st["n_unlabeled"] == 40 and st["n_duplicates_of_labelled"] == 16 and st["threshold"] == 0.8
+    assert st["n_unlabeled"] == 40 and st["n_duplicates_of_labelled"] == 16 and st["threshold"] == 0.6
     assert st["tta"] is True  # the default: round 1's pseudo-labels are the teacher's TTA predictions
     first = clf.pseudo_labels_[0]
     np.testing.assert_allclose(first["confidence"], teacher["proba"][first["index"]].max(axis=1), atol=1e-5)
@@ -83,7 +83,7 @@ def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_pat
     assert sorted(scores) == [0, *range(1, len(clf.pseudo_labels_) + 1)] and len(clf.pseudo_labels_) >= 1
     for record, used in zip(st["rounds"], clf.pseudo_labels_, strict=False):
         assert (used["index"] < 24).all()  # never a copy of a labelled (train or validation) image
-        assert (used["confidence"] >= 0.8).all()
+        assert (used["confidence"] >= 0.6).all()
         assert record["n_pool"] == 24 and sum(record["pseudo_labelled"].values()) == len(used["index"])
         assert max(record["pseudo_labelled"].values()) <= record["cap_per_class"]
         assert record["n_train"] == 14 + len(used["index"])  # the student trained on them

@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from fabsight import calibration as cal
 from fabsight.artifacts import ModelCard, load_card, save_card
 from fabsight.deploy.quantize import WAFER_RECIPE, quantize, speed_vs_fp32
 from fabsight.errors import FabsightError, ModelError
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_path
-from fabsight.wafer import calibration as cal
 from fabsight.wafer.classifier import TASK as WAFER_TASK
 from fabsight.wafer.classifier import WaferClassifier, label_tuple
 from fabsight.wafer.preprocess import maps_to_array

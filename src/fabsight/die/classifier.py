@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
+from fabsight.calibration import fit_temperature
 from fabsight.errors import FabsightError
 
 
@@ -109,17 +110,6 @@ class NetworkDecisionsMixin:
                                 self.classes_, min_confidence=self.min_confidence, top_k=top_k)
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature T minimising the negative log-likelihood of softmax(logits / T)."""
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t: float) -> float:
-        p = _softmax(logits / np.exp(log_t))
-        return float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean())
-
-    return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 4.0), method="bounded").x))
-
-
 class ProbeClassifier(ClassifierMixin, BaseEstimator):
     """Linear probe with calibrated probabilities.
 
@@ -167,7 +157,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             folds = StratifiedKFold(n_splits=min(self.cv, smallest), shuffle=True, random_state=0)
             oof = cross_val_predict(self._new_model(), X, yi, cv=folds, method="decision_function")
             oof = np.stack([np.zeros_like(oof), oof], axis=1) if oof.ndim == 1 else oof
-            self.temperature_ = fit_temperature(oof, yi)
+            self.temperature_ = fit_temperature(oof, yi, multilabel=False)
         self.model_ = self._new_model().fit(X, yi)
         self.scaler_ = self.model_[0]
         return self

@@ -46,7 +46,8 @@ from torch import nn
 
 from fabsight.backbones import Backbone, create_backbone
 from fabsight.backbones.base import file_sha256, state_dict_sha256
-from fabsight.die.classifier import NetworkDecisionsMixin, fit_temperature, nearest_centroid_distance
+from fabsight.calibration import fit_temperature
+from fabsight.die.classifier import NetworkDecisionsMixin, nearest_centroid_distance
 from fabsight.die.embeddings import Item, content_key, load_item
 from fabsight.die.metrics import classification_metrics
 from fabsight.die.views import average_views
@@ -381,7 +382,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         for p in net.parameters():
             p.requires_grad_(False)
         val_logits, _ = self._run(net, images[va])
-        self.temperature_ = fit_temperature(val_logits, yi[va])
+        self.temperature_ = fit_temperature(val_logits, yi[va], multilabel=False)
         self.validation_ = classification_metrics(self.classes_[yi[va]], self.classes_[val_logits.argmax(1)],
                                                   self.classes_)
         _, z = self._run(net, images[tr])

@@ -39,10 +39,10 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from fabsight import calibration as cal
 from fabsight.errors import FabsightError
 from fabsight.types import WaferMap
 from fabsight.utils.progress import track
-from fabsight.wafer import calibration as cal
 from fabsight.wafer.classifier import SYNTH_SHAPES, WaferClassifier, label_tuple, load_model
 from fabsight.wafer.preprocess import maps_to_array
 

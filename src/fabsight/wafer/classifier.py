@@ -19,12 +19,12 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from fabsight import calibration as cal
 from fabsight.artifacts import ModelCard, load_card, save_card
 from fabsight.errors import FabsightError, ModelError
 from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
 from fabsight.utils.atomic import atomic_dir
 from fabsight.utils.progress import track
-from fabsight.wafer import calibration as cal
 from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array, single_blas_thread
 from fabsight.wafer.review import grid_checks
 
@@ -120,7 +120,7 @@ class WaferClassifier(BaseEstimator):
     temperature_ : calibration temperature.
     review_threshold_ : confidence below which ``needs_review`` is set.
     label_thresholds_ : per-label decision thresholds (multi-label; 0.5 otherwise).
-    ood_ : :class:`~fabsight.wafer.calibration.MahalanobisOOD` on the embedding.
+    ood_ : :class:`~fabsight.calibration.MahalanobisOOD` on the embedding.
     head_ : the head actually trained (``scratch``, ``finetune``, ``probe``, ``prototype``).
     metrics_ : held-out metrics (accuracy, macro-F1, ECE before/after calibration, review rates)
         and, with ``review_maps``, the same on those (key ``review``).

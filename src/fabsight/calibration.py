@@ -1,8 +1,9 @@
-"""Post-hoc calibration and the "needs review" decisions, all fitted on held-out maps.
+"""Post-hoc calibration and the "needs review" decisions, all fitted on held-out data.
 
-A network trained to zero loss is over-confident, so its softmax is rescaled by one
-temperature fitted on maps it never trained on (Guo et al. 2017: one parameter cannot
-change the ranking, so accuracy is untouched). The same held-out maps choose the
+Shared by the wafer-map and the die classifiers. A network trained to zero loss is
+over-confident, so its softmax is rescaled by one temperature fitted on examples it never
+trained on (Guo et al. 2017: one parameter cannot change the ranking, so accuracy is
+untouched). For wafer maps, the same held-out maps choose the
 confidence below which a wafer goes to a human and, for multi-label models, the
 per-label decision thresholds. Out-of-distribution maps (a pattern the model never saw,
 a broken map) can still get a confident softmax, so they are caught separately by the

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from fabsight.wafer import calibration as cal
+from fabsight import calibration as cal
 
 
 def _overconfident(n: int, seed: int = 0, true_t: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
