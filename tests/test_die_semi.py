@@ -76,6 +76,7 @@ def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_pat
     st = clf.self_training_
     assert st["n_unlabeled"] == 40 and st["n_duplicates_of_labelled"] == 16 and st["threshold"] == 0.6
     assert st["tta"] is True  # the default: round 1's pseudo-labels are the teacher's TTA predictions
+    assert st["student_epochs"] == 2 and st["student_early_stop"] is False
     first = clf.pseudo_labels_[0]
     np.testing.assert_allclose(first["confidence"], teacher["proba"][first["index"]].max(axis=1), atol=1e-5)
     assert (first["label"] == clf.classes_[teacher["proba"][first["index"]].argmax(axis=1)]).all()
@@ -87,6 +88,7 @@ def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_pat
         assert record["n_pool"] == 24 and sum(record["pseudo_labelled"].values()) == len(used["index"])
         assert max(record["pseudo_labelled"].values()) <= record["cap_per_class"]
         assert record["n_train"] == 14 + len(used["index"])  # the student trained on them
+        assert record["epochs_run"] == record["best_epoch"] == 2  # whole schedule, last weights (the default)
         hidden = np.asarray([truth[pool[i]] for i in used["index"]])
         assert (used["label"] == hidden).mean() >= 0.9, (used["label"], hidden)
     assert all(set(p) <= {"dots", "stripes"} and len(p) == len(test) for p in scores.values())
@@ -99,12 +101,14 @@ def test_cli_trains_with_unlabeled_folder_and_records_it(tmp_path, monkeypatch, 
     code, stdout, stderr = _cli(monkeypatch, capsys, "die", "train", str(data), "--out", str(tmp_path / "m"),
                                 "--method", "finetune", "--backbone", "efficientnet_lite0", "--input-size", "32",
                                 "--epochs", "3", "--unlabeled", str(tmp_path / "unl"), "--pseudo-threshold", "0.7",
-                                "--no-pseudo-tta", "--device", "cpu", "--json")
+                                "--no-pseudo-tta", "--student-epochs", "2", "--student-early-stop", "--device", "cpu",
+                                "--json")
     assert code == 0, stderr
     summary = json.loads(stdout)
     st = summary["training"]["self_training"]
     assert st["unlabeled"] == str((tmp_path / "unl").resolve()) and st["n_unlabeled"] == len(truth) == 20
     assert st["threshold"] == 0.7 and st["rounds_requested"] == 1 and len(st["rounds"]) == 1 and st["tta"] is False
+    assert st["student_epochs"] == 2 and st["student_early_stop"] is True
     assert set(st["rounds"][0]["pseudo_labelled"]) == {"dots", "stripes"}
     assert summary["metrics"]["n"] == 2  # the labelled validation split, unchanged
     card = json.loads((tmp_path / "m" / "card.json").read_text())

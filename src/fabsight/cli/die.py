@@ -78,6 +78,15 @@ def train(
         bool, typer.Option("--pseudo-tta/--no-pseudo-tta",
                            help="Pseudo-label from logits averaged over 8 flips/turns (with --unlabeled).")
     ] = True,
+    student_epochs: Annotated[
+        int | None, typer.Option("--student-epochs", min=1,
+                                 help="Epochs of each self-training student (default: --epochs).")
+    ] = None,
+    student_early_stop: Annotated[
+        bool, typer.Option("--student-early-stop/--student-full-schedule",
+                           help="Stop students on the labelled validation split, or run their whole "
+                                "schedule and keep the last weights (with --unlabeled).")
+    ] = False,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -93,6 +102,7 @@ def train(
         groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
         device=resolve_device(device), epochs=epochs, max_minutes=max_minutes, unlabeled=unlabeled,
         pseudo_threshold=pseudo_threshold, rounds=rounds, max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta,
+        student_epochs=student_epochs, student_early_stop=student_early_stop,
     )
     card = result.card
     summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,

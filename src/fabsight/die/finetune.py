@@ -145,8 +145,12 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
     pseudo_threshold : least calibrated confidence for a pseudo-label.
     pseudo_tta : the teacher labels the unlabeled images averaging its logits over their flips and
         quarter turns (8 forward passes each, once per round): fewer wrong pseudo-labels.
-    student_epochs : most epochs of each student (default ``epochs``); a student sees many more
+    student_epochs : epochs of each student (default ``epochs``); a student sees many more
         images per epoch than the teacher.
+    student_early_stop : stop a student on the labelled validation split like the teacher. Off by
+        default: a student runs its whole cosine schedule and keeps its last weights, because a
+        split of a few dozen labelled images is too small to pick among students that all score
+        near 100 % on it (it stopped DeepPCB students at epoch 2–6 of 10, learning rate still high).
     max_unlabeled : at most this many unlabeled images (a seeded sample) take part. The kept
         pseudo-labelled images are held in memory like the labelled ones (float16, ≈ 75 kB each
         at 112 px), so a folder of a whole fab's history needs a bound.
@@ -173,7 +177,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
                  device: str = "cpu", seed: int = 0, min_confidence: float = 0.5,
                  review_quantile: float = 0.99, rounds: int = 1, pseudo_threshold: float = 0.9,
                  student_epochs: int | None = None, max_unlabeled: int | None = None,
-                 pseudo_tta: bool = True) -> None:
+                 pseudo_tta: bool = True, student_early_stop: bool = False) -> None:
         self.backbone = backbone
         self.weights = weights
         self.input_size = input_size
@@ -196,6 +200,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         self.student_epochs = student_epochs
         self.max_unlabeled = max_unlabeled
         self.pseudo_tta = pseudo_tta
+        self.student_early_stop = student_early_stop
 
     # data ------------------------------------------------------------------------------
     def _tensors(self, bb: Backbone, X: Sequence[Item], what: str) -> torch.Tensor:
@@ -256,7 +261,8 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         self.self_training_ = {
             "n_unlabeled": len(unlabeled), "n_duplicates_of_labelled": len(unlabeled) - len(pool),
             "max_unlabeled": self.max_unlabeled, "threshold": self.pseudo_threshold, "tta": self.pseudo_tta,
-            "rounds_requested": self.rounds,
+            "rounds_requested": self.rounds, "student_epochs": self.student_epochs or self.epochs,
+            "student_early_stop": self.student_early_stop,
             "teacher": self._stage_summary(len(tr)), "rounds": []}
         for r in range(1, self.rounds + 1):
             keep, labels, conf, record = self._pseudo_label(r, pool, unlabeled)
@@ -271,7 +277,8 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
             student = create_backbone(self.backbone, device="cpu", weights=self.weights, input_size=self.input_size)
             net = self._train_network(student, all_images, targets, student_tr, va, gen,
                                       self.student_epochs or self.epochs,
-                                      self._budget(started, stages - r), f"student {r}")
+                                      self._budget(started, stages - r), f"student {r}",
+                                      early_stop=self.student_early_stop)
             self._finish(net, student, all_images, targets, tr, va)  # OOD centroids from true labels only
             record.update(self._stage_summary(len(student_tr)))
             if callback is not None:
@@ -320,9 +327,10 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
 
     def _train_network(self, bb: Backbone, images: torch.Tensor, targets: np.ndarray, tr: np.ndarray,
                        va: np.ndarray, gen: torch.Generator, epochs: int, budget_s: float | None,
-                       what: str) -> _Network:
-        """One training run of a fresh head on ``bb`` over ``images[tr]``; early stopping on ``images[va]``.
-        Sets ``history_`` and ``best_epoch_`` and returns the network with the best weights."""
+                       what: str, early_stop: bool = True) -> _Network:
+        """One training run of a fresh head on ``bb`` over ``images[tr]``. With ``early_stop``, stops on
+        ``images[va]`` and keeps the best epoch's weights; without, runs every epoch (or until the
+        budget) and keeps the last. Sets ``history_`` and ``best_epoch_``."""
         net = _Network(bb, len(self.classes_), self.dropout).to(self.device)
         for p in net.parameters():
             p.requires_grad_(True)
@@ -363,16 +371,18 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
             val_acc = float((val_logits.argmax(1) == targets[va]).mean())
             self.history_.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
                                   "val_accuracy": val_acc, "seconds": time.perf_counter() - t0})
-            if (val_acc, -val_loss) > (best[0], -best[1]):
+            if not early_stop:
+                self.best_epoch_ = epoch + 1
+            elif (val_acc, -val_loss) > (best[0], -best[1]):
                 best, best_state, self.best_epoch_, stale = (val_acc, val_loss), copy.deepcopy(net.state_dict()), \
                     epoch + 1, 0
             else:
                 stale += 1
             over_budget = budget_s is not None and time.perf_counter() - started > budget_s
-            if stale >= self.patience or over_budget:
+            if (early_stop and stale >= self.patience) or over_budget:
                 break
-        assert best_state is not None
-        net.load_state_dict(best_state)
+        if best_state is not None:
+            net.load_state_dict(best_state)
         return net
 
     def _finish(self, net: _Network, bb: Backbone, images: torch.Tensor, yi: np.ndarray, tr: np.ndarray,
