@@ -19,8 +19,9 @@ turns (``pseudo_tta``: 40–60 % fewer wrong pseudo-labels in one DeepPCB run); 
 *temperature-calibrated* confidence reaches
 ``pseudo_threshold`` are kept, at most as many per class as the median class has (so the
 dominant defect type cannot swamp the rest); a student is fine-tuned from the pretrained
-backbone on labels + pseudo-labels under the same augmentation and dropout noise, and
-becomes the next round's teacher. The labelled validation split is fixed before the first
+backbone on labels + pseudo-labels under the same augmentation and dropout noise, through
+its whole cosine schedule (a validation split of a few dozen labels cannot rank students
+that all score near 100 % on it), and becomes the next round's teacher. The labelled validation split is fixed before the first
 round and never receives a pseudo-label, so early stopping, the temperature and the card's
 metrics stay measured on true labels; unlabeled files identical to a labelled one are dropped.
 A full round of FixMatch-style consistency training would cost a forward pass over unlabeled
