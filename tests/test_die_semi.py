@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from fabsight.die import finetune
 from fabsight.die.data import scan_folder
-from fabsight.die.finetune import FinetuneClassifier, select_pseudo_labels
+from fabsight.die.finetune import FinetuneClassifier, epochs_within, select_pseudo_labels
 from fabsight.errors import FabsightError
 from test_die import _cli, _stripes_and_dots
 
@@ -93,6 +94,7 @@ def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_pat
         assert (used["label"] == hidden).mean() >= 0.9, (used["label"], hidden)
     assert all(set(p) <= {"dots", "stripes"} and len(p) == len(test) for p in scores.values())
     assert [r["round"] for r in st["rounds"]] == [1, 2]
+    assert clf.history_[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the last student's cosine schedule ran out
 
 
 def test_cli_trains_with_unlabeled_folder_and_records_it(tmp_path, monkeypatch, capsys):
@@ -156,3 +158,25 @@ def test_max_unlabeled_draws_a_seeded_sample_of_the_pool(tmp_path):
     assert len(sample) == 7 and all(set(used["index"].tolist()) <= sample for used in clf.pseudo_labels_)
     with pytest.raises(FabsightError, match="max_unlabeled"):
         FinetuneClassifier(max_unlabeled=0).fit(labelled.paths, y, unlabeled=pool)
+
+
+def test_epochs_within_fits_what_is_left_of_the_budget():
+    assert epochs_within(100.0, 30.0, 1, 10) == 3  # 70 s left at 30 s an epoch: 2 more
+    assert epochs_within(100.0, 60.0, 2, 10) == 3  # mean 30 s, 40 s left: 1 more
+    assert epochs_within(100.0, 10.0, 1, 5) == 5  # room for more than planned: never longer
+    assert epochs_within(10.0, 30.0, 1, 10) == 1  # already over: what is done stands
+
+
+def test_a_budget_shortens_the_schedule_so_the_learning_rate_still_anneals(tmp_path, monkeypatch):
+    """A fake clock (one second per reading) makes every epoch cost the same few seconds: a
+    budget of about 5 of 20 epochs must end the run early, on the annealed end of a cosine
+    schedule fitted to those epochs, not half-way down the 20-epoch one."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr(finetune, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: next(clock))}))
+    labelled = scan_folder(_stripes_and_dots(tmp_path / "lab", 6, seed=0))
+    y = np.asarray(labelled.classes)[labelled.labels]
+    clf = FinetuneClassifier(input_size=32, epochs=20, batch_size=8, patience=100, max_minutes=0.3, seed=0)
+    clf.fit(labelled.paths, y)
+    lrs = [h["lr"] for h in clf.history_]
+    assert 2 <= len(lrs) < 20
+    assert lrs[-1] < 0.05 * clf.lr and lrs == sorted(lrs, reverse=True)

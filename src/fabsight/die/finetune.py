@@ -15,15 +15,15 @@ as float16 tensors, so an epoch costs only the network.
 Few labels, many unlabeled images (the usual state of a fab): ``fit(X, y, unlabeled=...)``
 self-trains Noisy-Student style. The network trained on the labels (the teacher) labels the
 unlabeled pool, by default from its logits averaged over each image's flips and quarter
-turns (``pseudo_tta``: 40–60 % fewer wrong pseudo-labels in one DeepPCB run); only images whose
-*temperature-calibrated* confidence reaches
-``pseudo_threshold`` are kept, at most as many per class as the median class has (so the
-dominant defect type cannot swamp the rest); a student is fine-tuned from the pretrained
-backbone on labels + pseudo-labels under the same augmentation and dropout noise, through
-its whole cosine schedule (a validation split of a few dozen labels cannot rank students
-that all score near 100 % on it), and becomes the next round's teacher. The labelled validation split is fixed before the first
-round and never receives a pseudo-label, so early stopping, the temperature and the card's
-metrics stay measured on true labels; unlabeled files identical to a labelled one are dropped.
+turns (``pseudo_tta``: 40–60 % fewer wrong pseudo-labels in one DeepPCB run); only images
+whose *temperature-calibrated* confidence reaches ``pseudo_threshold`` are kept, at most as
+many per class as the median class has (so the dominant defect type cannot swamp the rest);
+a student is fine-tuned from the pretrained backbone on labels + pseudo-labels under the same
+augmentation and dropout noise, through its whole cosine schedule (a validation split of a
+few dozen labels cannot rank students that all score near 100 % on it), and becomes the next
+round's teacher. The labelled validation split is fixed before the first round and never
+receives a pseudo-label, so early stopping, the temperature and the card's metrics stay
+measured on true labels; unlabeled files identical to a labelled one are dropped.
 A full round of FixMatch-style consistency training would cost a forward pass over unlabeled
 batches at every step, which a 2-core CPU cannot afford; this loop costs one prediction pass
 over the pool and one more training run per round.
@@ -125,6 +125,15 @@ def select_pseudo_labels(proba: np.ndarray, threshold: float) -> tuple[np.ndarra
     return np.sort(np.concatenate(keep)), counts, cap
 
 
+def epochs_within(budget_s: float, elapsed_s: float, done: int, planned: int) -> int:
+    """How many epochs the run should have in all, after ``done`` of them took ``elapsed_s``: as many
+    of the ``planned`` as the rest of ``budget_s`` fits at the mean epoch time so far, at least ``done``.
+    The cosine schedule is stretched over that many, so a run cut by its budget still ends on a
+    small learning rate instead of stopping half-way down the schedule."""
+    fits = done + int(max(0.0, budget_s - elapsed_s) // (elapsed_s / done))
+    return max(done, min(planned, fits))
+
+
 class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
     """Fine-tune ``backbone`` end to end on labelled images (``X``: paths or uint8 arrays).
 
@@ -137,9 +146,10 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
     patience : epochs without a better validation accuracy before stopping.
     augment : random flips, 90° turns and brightness/contrast during training.
     dropout : before the linear head.
-    max_minutes : wall-clock budget of the whole fit; training stops after the epoch that exceeds
-        it. With unlabeled images, each training run (teacher, then each student) gets an even
-        share of what is left when it starts.
+    max_minutes : wall-clock budget of the whole fit. With unlabeled images, each training run
+        (teacher, then each student) gets an even share of what is left when it starts. After each
+        epoch a run shortens its cosine schedule to the epochs its share still fits, so it ends
+        annealed; it stops after the epoch that exceeds the share.
     device, seed : where to train; the seed fixes the split, the order and the augmentation.
     min_confidence, review_quantile : the ``needs_review`` gate (as in :class:`DieClassifier`).
     rounds : self-training rounds (teacher → pseudo-labels → student) when ``fit`` gets unlabeled images.
@@ -163,7 +173,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
     backbone_ : a :class:`Backbone` sharing the fine-tuned body (for ``embed`` / caches).
     temperature_ : softmax temperature fitted on the validation split.
     embed_mean_, embed_std_, centroids_, ood_threshold_ : the out-of-distribution gate.
-    history_ : per epoch train loss, validation loss and accuracy, seconds.
+    history_ : per epoch train loss, validation loss and accuracy, seconds, learning rate at its end.
     best_epoch_ : the epoch whose weights were kept (1-based).
     validation_ : classification metrics of the kept weights on the validation split.
     self_training_ : with unlabeled images, what each round did (the model card's record).
@@ -341,7 +351,8 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
             {"params": net.head.parameters(), "lr": self.lr * self.head_lr_scale},
         ], weight_decay=self.weight_decay)
         steps_per_epoch = max(1, len(tr) // self.batch_size)
-        total = steps_per_epoch * epochs
+        planned = epochs  # shrinks to what the budget allows, so the learning rate still anneals
+        total = steps_per_epoch * planned
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         counts = np.bincount(targets[tr], minlength=len(self.classes_)).clip(min=1)
         weight = torch.tensor(len(tr) / (len(counts) * counts), dtype=torch.float32, device=self.device)
@@ -350,13 +361,14 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         best: tuple[float, float] = (-1.0, math.inf)
         best_state, self.history_, self.best_epoch_ = None, [], 0
         started, stale = time.perf_counter(), 0
-        for epoch in range(epochs):
+        epoch = 0
+        while epoch < planned:
             t0 = time.perf_counter()
             net.train()
             order = tr[torch.randperm(len(tr), generator=gen).numpy()]
             batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(steps_per_epoch)]
             losses = []
-            for batch in track(batches, f"{what} epoch {epoch + 1}/{epochs}"):
+            for batch in track(batches, f"{what} epoch {epoch + 1}/{planned}"):
                 x = images[batch].to(self.device, non_blocking=True).float()
                 if self.augment:
                     x = augment_batch(x, gen)
@@ -371,7 +383,8 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
             val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), y_t[va]))
             val_acc = float((val_logits.argmax(1) == targets[va]).mean())
             self.history_.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                                  "val_accuracy": val_acc, "seconds": time.perf_counter() - t0})
+                                  "val_accuracy": val_acc, "seconds": time.perf_counter() - t0,
+                                  "lr": opt.param_groups[0]["lr"]})
             if not early_stop:
                 self.best_epoch_ = epoch + 1
             elif (val_acc, -val_loss) > (best[0], -best[1]):
@@ -379,8 +392,14 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
                     epoch + 1, 0
             else:
                 stale += 1
-            over_budget = budget_s is not None and time.perf_counter() - started > budget_s
-            if (early_stop and stale >= self.patience) or over_budget:
+            epoch += 1
+            if budget_s is not None:
+                elapsed = time.perf_counter() - started
+                planned = epochs_within(budget_s, elapsed, epoch, planned)
+                total = steps_per_epoch * planned
+                if elapsed > budget_s:
+                    break
+            if early_stop and stale >= self.patience:
                 break
         if best_state is not None:
             net.load_state_dict(best_state)
