@@ -269,10 +269,11 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         if pool is None:
             return self
         self.pseudo_labels_ = []
+        student_epochs = self.student_epochs or self.epochs
         self.self_training_ = {
             "n_unlabeled": len(unlabeled), "n_duplicates_of_labelled": len(unlabeled) - len(pool),
             "max_unlabeled": self.max_unlabeled, "threshold": self.pseudo_threshold, "tta": self.pseudo_tta,
-            "rounds_requested": self.rounds, "student_epochs": self.student_epochs or self.epochs,
+            "rounds_requested": self.rounds, "student_epochs": student_epochs,
             "student_early_stop": self.student_early_stop,
             "teacher": self._stage_summary(len(tr)), "rounds": []}
         for r in range(1, self.rounds + 1):
@@ -286,8 +287,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
             targets = np.concatenate([yi, labels])
             student_tr = np.concatenate([tr, len(yi) + np.arange(len(keep))])
             student = create_backbone(self.backbone, device="cpu", weights=self.weights, input_size=self.input_size)
-            net = self._train_network(student, all_images, targets, student_tr, va, gen,
-                                      self.student_epochs or self.epochs,
+            net = self._train_network(student, all_images, targets, student_tr, va, gen, student_epochs,
                                       self._budget(started, stages - r), f"student {r}",
                                       early_stop=self.student_early_stop)
             self._finish(net, student, all_images, targets, tr, va)  # OOD centroids from true labels only
@@ -393,12 +393,9 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
             else:
                 stale += 1
             epoch += 1
-            if budget_s is not None:
-                elapsed = time.perf_counter() - started
-                planned = epochs_within(budget_s, elapsed, epoch, planned)
+            if budget_s is not None:  # past the budget this plans no further epoch
+                planned = epochs_within(budget_s, time.perf_counter() - started, epoch, planned)
                 total = steps_per_epoch * planned
-                if elapsed > budget_s:
-                    break
             if early_stop and stale >= self.patience:
                 break
         if best_state is not None:
