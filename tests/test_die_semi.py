@@ -36,21 +36,25 @@ def _hidden(src, dst, seed=0):
     return truth
 
 
-def test_selection_keeps_confident_rows_capped_at_the_median_class():
-    confident = {0: [0.99, 0.95, 0.97, 0.96, 0.98], 1: [0.93, 0.91, 0.92], 2: [0.92]}
+def test_selection_keeps_confident_rows_capped_at_the_median_share():
+    """Class 0 (8 predicted, all confident) is cut to the median class's share, 3/4 of its 8;
+    class 1 (2 of 4 confident) and class 2 (3 of 4, the median share) keep every confident row.
+    A cap at the median class's *count* (3) would have left the majority class 3 rows."""
+    confident = {0: [0.99, 0.95, 0.97, 0.96, 0.98, 0.94, 0.93, 0.92], 1: [0.93, 0.91], 2: [0.92, 0.95, 0.91]}
+    unsure = {1: [0.6, 0.7], 2: [0.8]}  # predicted as the class, below the threshold: never kept
     rows = []
-    for c, ps in confident.items():
-        for p in ps:
-            rows.append(np.roll([p, (1 - p) / 2, (1 - p) / 2], c))
-    rows += [[0.1, 0.05, 0.85], [0.5, 0.5, 0.0]]  # top class below the threshold: never kept
+    for group in (confident, unsure):
+        for c, ps in group.items():
+            for p in ps:
+                rows.append(np.roll([p, (1 - p) / 2, (1 - p) / 2], c))
     proba = np.asarray(rows)
-    keep, counts, cap = select_pseudo_labels(proba, 0.9)
-    assert counts.tolist() == [5, 3, 1] and cap == 3  # median of 5, 3, 1
-    # class 0 keeps its three most confident rows (0.99, 0.98, 0.97 → rows 0, 4, 2); classes 1, 2 keep all
-    assert keep.tolist() == [0, 2, 4, 5, 6, 7, 8]
+    keep, counts, caps = select_pseudo_labels(proba, 0.9)
+    assert counts.tolist() == [8, 2, 3] and caps.tolist() == [6, 3, 3]  # rint(0.75 × [8, 4, 4])
+    # class 0 keeps its six most confident rows (all but 0.93 and 0.92 → rows 6, 7)
+    assert keep.tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12]
     assert (proba[keep].max(axis=1) >= 0.9).all()
-    keep, counts, cap = select_pseudo_labels(proba, 0.995)
-    assert keep.size == 0 and counts.sum() == 0 and cap == 0
+    keep, counts, caps = select_pseudo_labels(proba, 0.995)
+    assert keep.size == 0 and counts.sum() == 0 and caps.sum() == 0
 
 
 def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_path):
@@ -87,13 +91,19 @@ def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_pat
         assert (used["index"] < 24).all()  # never a copy of a labelled (train or validation) image
         assert (used["confidence"] >= 0.6).all()
         assert record["n_pool"] == 24 and sum(record["pseudo_labelled"].values()) == len(used["index"])
-        assert max(record["pseudo_labelled"].values()) <= record["cap_per_class"]
+        assert all(n <= record["cap_per_class"][c] for c, n in record["pseudo_labelled"].items())
         assert record["n_train"] == 14 + len(used["index"])  # the student trained on them
         assert record["epochs_run"] == record["best_epoch"] == 2  # whole schedule, last weights (the default)
         hidden = np.asarray([truth[pool[i]] for i in used["index"]])
         assert (used["label"] == hidden).mean() >= 0.9, (used["label"], hidden)
     assert all(set(p) <= {"dots", "stripes"} and len(p) == len(test) for p in scores.values())
     assert [r["round"] for r in st["rounds"]] == [1, 2]
+    # the share of the pool whose pseudo-label (or lack of one) changed between the rounds
+    assert st["rounds"][0]["changed_since_last_round"] is None
+    if len(clf.pseudo_labels_) == 2:
+        given = [dict(zip(u["index"].tolist(), u["label"].tolist(), strict=True)) for u in clf.pseudo_labels_]
+        changed = np.mean([given[0].get(i) != given[1].get(i) for i in range(24)])
+        assert st["rounds"][1]["changed_since_last_round"] == pytest.approx(changed)
     assert clf.history_[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the last student's cosine schedule ran out
 
 

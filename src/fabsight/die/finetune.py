@@ -16,8 +16,9 @@ Few labels, many unlabeled images (the usual state of a fab): ``fit(X, y, unlabe
 self-trains Noisy-Student style. The network trained on the labels (the teacher) labels the
 unlabeled pool, by default from its logits averaged over each image's flips and quarter
 turns (``pseudo_tta``: 40–60 % fewer wrong pseudo-labels in one DeepPCB run); only images
-whose *temperature-calibrated* confidence reaches ``pseudo_threshold`` are kept, at most as
-many per class as the median class has (so the dominant defect type cannot swamp the rest);
+whose *temperature-calibrated* confidence reaches ``pseudo_threshold`` are kept, at most the
+median class's share of each class's predicted images (so the classes the teacher finds easy
+cannot swamp the rest, and a lot's majority defect type is not cut down to a minority's count);
 a student is fine-tuned from the pretrained backbone on labels + pseudo-labels under the same
 augmentation and dropout noise, through its whole cosine schedule (a validation split of a
 few dozen labels cannot rank students that all score near 100 % on it), and becomes the next
@@ -107,22 +108,27 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out * gain + offset
 
 
-def select_pseudo_labels(proba: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
+def select_pseudo_labels(proba: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of ``proba`` (calibrated class probabilities) worth a pseudo-label.
 
-    A row qualifies when its top probability reaches ``threshold``; then each class keeps at
-    most ``cap`` rows, its most confident ones, ``cap`` being the median over *all* classes
-    of the qualifying counts. A class the teacher is rarely sure of thus limits the others
-    instead of being drowned by them. Returns the kept row indices (sorted), the qualifying
-    count per class (before the cap) and the cap.
+    A row qualifies when its top probability reaches ``threshold``. Classes are then balanced
+    by *share*, not by count: each class keeps at most the median class's share of the rows
+    predicted as it (its most confident ones). A class the teacher is rarely sure of thus
+    cannot be drowned by the easy ones, while a common defect type keeps its weight in the
+    pool; a cap at the median class's *count* would throw away most of the majority class
+    of a real, imbalanced lot (the loss is class-balanced anyway). Returns the kept row
+    indices (sorted), the qualifying count per class and the cap per class.
     """
     conf, label = proba.max(axis=1), proba.argmax(axis=1)
+    predicted = np.bincount(label, minlength=proba.shape[1])
     confident = np.flatnonzero(conf >= threshold)
     counts = np.bincount(label[confident], minlength=proba.shape[1])
-    cap = int(np.median(counts))
-    keep = [idx[np.argsort(-conf[idx], kind="stable")[:cap]]
-            for idx in (confident[label[confident] == c] for c in range(proba.shape[1]))]
-    return np.sort(np.concatenate(keep)), counts, cap
+    seen = predicted > 0
+    share = float(np.median(counts[seen] / predicted[seen])) if seen.any() else 0.0
+    caps = np.rint(share * predicted).astype(int)
+    keep = [idx[np.argsort(-conf[idx], kind="stable")[:caps[c]]]
+            for c, idx in enumerate(confident[label[confident] == c] for c in range(proba.shape[1]))]
+    return np.sort(np.concatenate(keep)), counts, caps
 
 
 def epochs_within(budget_s: float, elapsed_s: float, done: int, planned: int) -> int:
@@ -276,8 +282,9 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
             "rounds_requested": self.rounds, "student_epochs": student_epochs,
             "student_early_stop": self.student_early_stop,
             "teacher": self._stage_summary(len(tr)), "rounds": []}
+        assigned = None
         for r in range(1, self.rounds + 1):
-            keep, labels, conf, record = self._pseudo_label(r, pool, unlabeled)
+            keep, labels, conf, assigned, record = self._pseudo_label(r, pool, unlabeled, assigned)
             self.self_training_["rounds"].append(record)
             if not len(keep):  # nothing confident enough: the last model stands
                 break
@@ -314,22 +321,27 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         labelled = {content_key(it) for it in X}
         return np.asarray([i for i in positions if content_key(unlabeled[i]) not in labelled], dtype=int)
 
-    def _pseudo_label(self, round_: int, pool: np.ndarray, unlabeled: Sequence[Item]
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def _pseudo_label(self, round_: int, pool: np.ndarray, unlabeled: Sequence[Item], previous: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """The current model labels ``pool``; returns the kept positions in ``unlabeled``, their label
-        indices and calibrated confidences, and the round's record for the card."""
+        indices and calibrated confidences, every pool image's pseudo-label (-1: not kept) and the
+        round's record for the card, which says what share of the pool changed since ``previous``."""
         if len(pool):
             proba = self.predict_proba([unlabeled[i] for i in pool], tta=self.pseudo_tta)
         else:
             proba = np.zeros((0, len(self.classes_)))
-        rows, confident, cap = select_pseudo_labels(proba, self.pseudo_threshold)
+        rows, confident, caps = select_pseudo_labels(proba, self.pseudo_threshold)
         labels = proba[rows].argmax(axis=1)
         names = self.classes_.tolist()
+        assigned = np.full(len(pool), -1)  # each pool image's pseudo-label, -1 where none was kept
+        assigned[rows] = labels
         record = {"round": round_, "n_pool": len(pool),
-                  "confident": dict(zip(names, confident.tolist(), strict=True)), "cap_per_class": cap,
+                  "confident": dict(zip(names, confident.tolist(), strict=True)),
+                  "cap_per_class": dict(zip(names, caps.tolist(), strict=True)),
+                  "changed_since_last_round": None if previous is None else float(np.mean(assigned != previous)),
                   "pseudo_labelled": dict(zip(names, np.bincount(labels, minlength=len(names)).tolist(),
                                               strict=True))}
-        return pool[rows], labels, proba[rows].max(axis=1), record
+        return pool[rows], labels, proba[rows].max(axis=1), assigned, record
 
     def _stage_summary(self, n_train: int) -> dict[str, Any]:
         """The card's record of the training run just finished (teacher or student)."""
