@@ -100,10 +100,10 @@ def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_pat
     assert [r["round"] for r in st["rounds"]] == [1, 2]
     # the share of the pool whose pseudo-label (or lack of one) changed between the rounds
     assert st["rounds"][0]["changed_since_last_round"] is None
-    if len(clf.pseudo_labels_) == 2:
-        given = [dict(zip(u["index"].tolist(), u["label"].tolist(), strict=True)) for u in clf.pseudo_labels_]
-        changed = np.mean([given[0].get(i) != given[1].get(i) for i in range(24)])
-        assert st["rounds"][1]["changed_since_last_round"] == pytest.approx(changed)
+    assert len(clf.pseudo_labels_) == 2
+    given = [dict(zip(u["index"].tolist(), u["label"].tolist(), strict=True)) for u in clf.pseudo_labels_]
+    changed = np.mean([given[0].get(i) != given[1].get(i) for i in range(24)])
+    assert st["rounds"][1]["changed_since_last_round"] == pytest.approx(changed)
     assert clf.history_[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the last student's cosine schedule ran out
 
 

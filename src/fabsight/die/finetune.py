@@ -126,8 +126,8 @@ def select_pseudo_labels(proba: np.ndarray, threshold: float) -> tuple[np.ndarra
     seen = predicted > 0
     share = float(np.median(counts[seen] / predicted[seen])) if seen.any() else 0.0
     caps = np.rint(share * predicted).astype(int)
-    keep = [idx[np.argsort(-conf[idx], kind="stable")[:caps[c]]]
-            for c, idx in enumerate(confident[label[confident] == c] for c in range(proba.shape[1]))]
+    by_class = [confident[label[confident] == c] for c in range(proba.shape[1])]
+    keep = [idx[np.argsort(-conf[idx], kind="stable")[:cap]] for idx, cap in zip(by_class, caps, strict=True)]
     return np.sort(np.concatenate(keep)), counts, caps
 
 
