@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--student-epochs", type=int, help="default: --epochs")
     ap.add_argument("--student-early-stop", action="store_true",
                     help="stop students on the labelled validation split (default: whole schedule, last weights)")
+    ap.add_argument("--min-change", type=float,
+                    help="stop self-training once the pseudo-labels change on less than this share of the pool")
     ap.add_argument("--no-pseudo-tta", action="store_true",
                     help="the teacher labels the unlabeled crops from one view, not 8 flips/turns")
     ap.add_argument("--test-tta", action="store_true",
@@ -118,7 +120,8 @@ def main() -> None:
                              batch_size=args.batch_size, patience=args.patience, max_minutes=args.max_minutes,
                              device=args.device, seed=args.seed, rounds=args.rounds,
                              pseudo_threshold=args.pseudo_threshold, student_epochs=args.student_epochs,
-                             pseudo_tta=not args.no_pseudo_tta, student_early_stop=args.student_early_stop)
+                             pseudo_tta=not args.no_pseudo_tta, student_early_stop=args.student_early_stop,
+                             min_change=args.min_change)
     if args.unlabeled_rest:
         clf.fit(train.paths, names[train.labels], unlabeled=rest.paths, callback=score_round)
     else:

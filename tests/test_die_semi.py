@@ -82,6 +82,7 @@ def test_self_training_library_rounds_threshold_and_untouched_validation(tmp_pat
     assert st["n_unlabeled"] == 40 and st["n_duplicates_of_labelled"] == 16 and st["threshold"] == 0.6
     assert st["tta"] is True  # the default: round 1's pseudo-labels are the teacher's TTA predictions
     assert st["student_epochs"] == 2 and st["student_early_stop"] is False
+    assert st["min_change"] is None and st["stopped"] is None  # by default every round runs
     first = clf.pseudo_labels_[0]
     np.testing.assert_allclose(first["confidence"], teacher["proba"][first["index"]].max(axis=1), atol=1e-5)
     assert (first["label"] == clf.classes_[teacher["proba"][first["index"]].argmax(axis=1)]).all()
@@ -128,9 +129,36 @@ def test_cli_trains_with_unlabeled_folder_and_records_it(tmp_path, monkeypatch, 
     assert card["training"]["counts"] == {"dots": 4, "stripes": 4}  # pseudo-labels are not counted as labels
 
 
+def test_min_change_stops_self_training_once_the_pseudo_labels_settle(tmp_path, monkeypatch, capsys):
+    """With ``--min-change 1`` any round whose pseudo-labels are not all new is "settled": round 2
+    labels the pool, finds it changed on less than 100 %, trains no student, and student 1 stands
+    (the card says so, and so does the human summary). A threshold of 0.5 lets the toy teacher's
+    two-class argmax through, so round 1 always has pseudo-labels to train on."""
+    data = _stripes_and_dots(tmp_path / "lab", 4, seed=0)
+    _hidden(_stripes_and_dots(tmp_path / "pool", 10, seed=2), tmp_path / "unl")
+    code, stdout, stderr = _cli(monkeypatch, capsys, "die", "train", str(data), "--out", str(tmp_path / "m"),
+                                "--method", "finetune", "--backbone", "efficientnet_lite0", "--input-size", "32",
+                                "--epochs", "3", "--unlabeled", str(tmp_path / "unl"), "--pseudo-threshold", "0.5",
+                                "--no-pseudo-tta", "--student-epochs", "2", "--rounds", "3", "--min-change", "1",
+                                "--device", "cpu")
+    assert code == 0, stderr
+    st = json.loads((tmp_path / "m" / "card.json").read_text())["training"]["self_training"]
+    assert st["min_change"] == 1.0 and st["rounds_requested"] == 3
+    assert [r["round"] for r in st["rounds"]] == [1, 2]
+    first, second = st["rounds"]
+    assert sum(first["pseudo_labelled"].values()) > 0 and first["n_train"] > 6  # student 1 trained
+    assert 0.0 <= second["changed_since_last_round"] < 1.0 and "n_train" not in second  # no student 2
+    assert st["stopped"] == (f"round 2: pseudo-labels changed on {second['changed_since_last_round']:.1%} "
+                             "of the pool (< 100.0%), settled")
+    said = " ".join(stdout.split())  # rich wraps long lines at the test console's width
+    assert "self-training round 1:" in said and "self-training round 2:" not in said
+    assert f"self-training stopped at {st['stopped']}; the previous model stands" in said
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--method", "probe"], "unlabeled images are only used by --method finetune (self-training), not by probe"),
     (["--method", "finetune", "--pseudo-threshold", "1.0"], "a pseudo-label threshold in (0, 1)"),
+    (["--method", "finetune", "--min-change", "0"], "min_change must be in (0, 1], got 0.0"),
 ])
 def test_cli_refuses_unlabeled_misuse_in_one_line(tmp_path, monkeypatch, capsys, extra, message):
     data = _stripes_and_dots(tmp_path / "lab", 2, seed=0)

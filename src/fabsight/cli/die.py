@@ -87,6 +87,12 @@ def train(
                            help="Stop students on the labelled validation split, or run their whole "
                                 "schedule and keep the last weights (with --unlabeled).")
     ] = False,
+    min_change: Annotated[
+        float | None, typer.Option("--min-change", min=0.0, max=1.0,
+                                   help="Stop self-training once a round's pseudo-labels differ from the "
+                                        "previous round's on less than this share of the pool, e.g. 0.04 "
+                                        "(with --unlabeled; default: run every round).")
+    ] = None,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -102,7 +108,7 @@ def train(
         groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
         device=resolve_device(device), epochs=epochs, max_minutes=max_minutes, unlabeled=unlabeled,
         pseudo_threshold=pseudo_threshold, rounds=rounds, max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta,
-        student_epochs=student_epochs, student_early_stop=student_early_stop,
+        student_epochs=student_epochs, student_early_stop=student_early_stop, min_change=min_change,
     )
     card = result.card
     summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,
@@ -111,15 +117,15 @@ def train(
     def human(s: dict[str, Any]) -> None:
         out.print(f"wrote {s['model']}: {len(s['classes'])} classes, {s['training']['n_images']} images, "
                   f"{s['training']['method']} on {s['backbone']['name']} {s['backbone']['layers']}", markup=False)
-        for r in (s["training"].get("self_training") or {}).get("rounds", []):
-            added = sum(r["pseudo_labelled"].values())
-            if not added:
-                out.print(f"self-training round {r['round']}: too few confident pseudo-labels; the previous model "
-                          "stands", markup=False)
+        self_training = s["training"].get("self_training") or {}
+        for r in self_training.get("rounds", []):
+            if "val_accuracy" not in r:  # no student this round: "stopped" says why
                 continue
-            out.print(f"self-training round {r['round']}: {added} of {r['n_pool']} unlabeled images pseudo-labelled "
-                      f"(≤ {r['cap_per_class']} per class), student validation accuracy {r['val_accuracy']:.4f}",
-                      markup=False)
+            out.print(f"self-training round {r['round']}: {sum(r['pseudo_labelled'].values())} of {r['n_pool']} "
+                      f"unlabeled images pseudo-labelled (≤ {r['cap_per_class']} per class), student validation "
+                      f"accuracy {r['val_accuracy']:.4f}", markup=False)
+        if self_training.get("stopped"):
+            out.print(f"self-training stopped at {self_training['stopped']}; the previous model stands", markup=False)
         if "per_class" in s["metrics"]:
             _metrics_table(s["metrics"]["measured_on"], s["metrics"])
 

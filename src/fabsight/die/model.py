@@ -106,6 +106,7 @@ def train(
     pseudo_tta: bool = True,
     student_epochs: int | None = None,
     student_early_stop: bool = False,
+    min_change: float | None = None,
 ) -> TrainResult:
     """Train a die classifier on ``ROOT/CLASS`` images and write the model directory atomically.
 
@@ -116,7 +117,7 @@ def train(
     cross-validated metrics in the card (augmented copies stay in the fold of their original).
     ``unlabeled`` (finetune only): a folder searched recursively for unlabeled images to
     self-train on (``pseudo_threshold``, ``rounds``, ``max_unlabeled``, ``pseudo_tta``, ``student_epochs``,
-    ``student_early_stop``); class folders in it are ignored.
+    ``student_early_stop``, ``min_change``); class folders in it are ignored.
     """
     from fabsight.backbones import create_backbone
 
@@ -133,7 +134,7 @@ def train(
                                device=device, batch_size=batch_size, epochs=epochs, max_minutes=max_minutes,
                                unlabeled=unlabeled, pseudo_threshold=pseudo_threshold, rounds=rounds,
                                max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta, student_epochs=student_epochs,
-                               student_early_stop=student_early_stop)
+                               student_early_stop=student_early_stop, min_change=min_change)
     bb = create_backbone(backbone, device=device, weights=weights, input_size=input_size)
     use_layers = tuple(layers or bb.cfg.default_layers)
     bb.check_layers(use_layers)
@@ -189,7 +190,8 @@ def _train_finetune(folder: ImageFolder, out_dir: str | os.PathLike[str], *, bac
                     weights: str | os.PathLike[str] | None, input_size: int | None, device: str, batch_size: int,
                     epochs: int, max_minutes: float | None, unlabeled: str | os.PathLike[str] | None,
                     pseudo_threshold: float, rounds: int, max_unlabeled: int | None,
-                    pseudo_tta: bool, student_epochs: int | None, student_early_stop: bool) -> TrainResult:
+                    pseudo_tta: bool, student_epochs: int | None, student_early_stop: bool,
+                    min_change: float | None) -> TrainResult:
     """Fine-tune end to end, self-training on ``unlabeled`` when given; the card's metrics are the
     validation split's (early stopping used it; it never receives pseudo-labels)."""
     from fabsight.die import finetune
@@ -199,7 +201,7 @@ def _train_finetune(folder: ImageFolder, out_dir: str | os.PathLike[str], *, bac
         backbone=str(backbone), weights=None if weights is None else str(Path(weights).resolve()),
         input_size=input_size, epochs=epochs, batch_size=batch_size, max_minutes=max_minutes, device=device,
         rounds=rounds, pseudo_threshold=pseudo_threshold, max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta,
-        student_epochs=student_epochs, student_early_stop=student_early_stop)
+        student_epochs=student_epochs, student_early_stop=student_early_stop, min_change=min_change)
     clf.fit(folder.paths, np.asarray(folder.classes)[folder.labels], unlabeled=pool)
     bb = clf.backbone_
     metrics = dict(clf.validation_)
