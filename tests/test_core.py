@@ -76,6 +76,31 @@ def test_resolve_device_rules() -> None:
             resolve_device("cuda:0")
 
 
+def test_reproducible_cudnn_is_scoped_and_restores_the_callers_flags() -> None:
+    import torch
+
+    from fabsight.utils.device import reproducible_cudnn
+
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    try:
+        cudnn.deterministic, cudnn.benchmark = False, True  # what a caller tuned for speed would have
+        seen = []
+
+        @reproducible_cudnn()
+        def train() -> None:
+            seen.append((cudnn.deterministic, cudnn.benchmark))
+            raise RuntimeError("a training step failed")
+
+        for _ in range(2):  # reusable as a decorator, and restored even when training raises
+            with pytest.raises(RuntimeError, match="training step failed"):
+                train()
+            assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+        assert seen == [(True, False), (True, False)]
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
+
+
 def test_error_messages_stay_on_one_line() -> None:
     # A message quoting a damaged file may carry its line breaks; the CLI prints one line.
     from fabsight.errors import FormatError

@@ -22,6 +22,7 @@ from torch import nn
 
 from fabsight.anomaly.base import AnomalyModel, gaussian_smooth, match_channels
 from fabsight.anomaly.synth import add_synthetic_defect
+from fabsight.utils.device import reproducible_cudnn
 from fabsight.utils.progress import track
 
 
@@ -148,6 +149,7 @@ class ReconDetector(AnomalyModel):
         a = np.stack(crops).astype(np.float32) / 255.0
         return a[..., None] if a.ndim == 3 else a  # N×H×W×C
 
+    @reproducible_cudnn()
     def _fit_crops(self, crops: list[np.ndarray], n_images: int) -> None:
         self.channels_ = 3 if any(c.ndim == 3 for c in crops) else 1
         crops = [self._prepare(c) for c in crops]

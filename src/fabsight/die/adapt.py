@@ -34,7 +34,7 @@ from fabsight.backbones import Backbone, create_backbone, save_backbone_dir
 from fabsight.die.data import list_images, read_image
 from fabsight.errors import FabsightError
 from fabsight.utils.atomic import atomic_dir
-from fabsight.utils.device import resolve_device
+from fabsight.utils.device import reproducible_cudnn, resolve_device
 from fabsight.utils.progress import track
 
 CHECKPOINT = "checkpoint.pt"
@@ -174,6 +174,7 @@ def unlabeled_images(root: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
+@reproducible_cudnn()
 def adapt(
     unlabeled_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],

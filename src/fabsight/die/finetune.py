@@ -54,6 +54,7 @@ from fabsight.die.embeddings import Item, content_key, load_item
 from fabsight.die.metrics import classification_metrics
 from fabsight.die.views import average_views
 from fabsight.errors import FabsightError, ModelError
+from fabsight.utils.device import reproducible_cudnn
 from fabsight.utils.progress import track
 
 NETWORK_FILE = "finetuned.safetensors"
@@ -364,6 +365,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         return {"n_train": n_train, "epochs_run": len(self.history_), "best_epoch": self.best_epoch_,
                 "val_accuracy": self.validation_["accuracy"], "temperature": self.temperature_}
 
+    @reproducible_cudnn()
     def _train_network(self, bb: Backbone, images: torch.Tensor, targets: np.ndarray, tr: np.ndarray,
                        va: np.ndarray, gen: torch.Generator, epochs: int, budget_s: float | None,
                        what: str, early_stop: bool = True) -> _Network:

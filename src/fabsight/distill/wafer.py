@@ -42,6 +42,7 @@ from sklearn.utils.validation import check_is_fitted
 from fabsight import calibration as cal
 from fabsight.errors import FabsightError
 from fabsight.types import WaferMap
+from fabsight.utils.device import reproducible_cudnn
 from fabsight.utils.progress import track
 from fabsight.wafer.classifier import SYNTH_SHAPES, WaferClassifier, label_tuple, load_model
 from fabsight.wafer.preprocess import maps_to_array
@@ -220,6 +221,7 @@ class WaferDistiller(BaseEstimator):
         )
         return maps_to_array([m.grid for m in maps], teacher.input_size_).astype(np.float16)
 
+    @reproducible_cudnn()
     def _train(
         self, student: WaferClassifier, teacher: WaferClassifier, x: np.ndarray, weights: np.ndarray, seed: int
     ) -> tuple[dict[str, float], np.ndarray | None]:

@@ -24,6 +24,7 @@ from fabsight.artifacts import ModelCard, load_card, save_card
 from fabsight.errors import FabsightError, ModelError
 from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
 from fabsight.utils.atomic import atomic_dir
+from fabsight.utils.device import reproducible_cudnn
 from fabsight.utils.progress import track
 from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array, single_blas_thread
 from fabsight.wafer.review import grid_checks
@@ -271,6 +272,7 @@ class WaferClassifier(BaseEstimator):
                 logits.append(self.net_.classify(z).cpu().numpy())
         return np.concatenate(logits), np.concatenate(embeddings)
 
+    @reproducible_cudnn()
     def _train(
         self, x: np.ndarray, targets: np.ndarray, weights: np.ndarray, *, lr: float, head_only: bool, seed: int
     ) -> None:
