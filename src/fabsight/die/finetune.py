@@ -22,7 +22,8 @@ cannot swamp the rest, and a lot's majority defect type is not cut down to a min
 a student is fine-tuned from the pretrained backbone on labels + pseudo-labels under the same
 augmentation and dropout noise, through its whole cosine schedule (a validation split of a
 few dozen labels cannot rank students that all score near 100 % on it), and becomes the next
-round's teacher. The labelled validation split is fixed before the first round and never
+round's teacher. ``min_change`` ends the rounds early once the pseudo-labels stop changing.
+The labelled validation split is fixed before the first round and never
 receives a pseudo-label, so early stopping, the temperature and the card's metrics stay
 measured on true labels; unlabeled files identical to a labelled one are dropped.
 A full round of FixMatch-style consistency training would cost a forward pass over unlabeled
