@@ -86,6 +86,37 @@ def test_dinov2_recovered_weights_match_onnx_original(dinov2):
     assert np.abs(expected).max() > 1.0  # not trivially zero
 
 
+def test_dinov2_recovery_writes_from_an_empty_cache(tmp_path, monkeypatch):
+    """A machine that never recovered the weights writes them (the recovered matrices are
+    transposes of the ONNX ones; safetensors refuses such views unless they are copied)."""
+    from safetensors.torch import load_file
+
+    from fabsight.backbones.onnx_dinov2 import recovered_dinov2_path
+
+    monkeypatch.setenv("FABSIGHT_CACHE", str(tmp_path))
+    path = recovered_dinov2_path()
+    assert path.parent == tmp_path / "weights" and path.is_file()
+    state = load_file(str(path))
+    assert state["blocks.0.attn.proj.weight"].shape == (384, 384)
+    assert state["blocks.11.attn.qkv.weight"].shape == (1152, 384)
+    assert state["blocks.0.mlp.fc1.weight"].shape == (1536, 384)
+
+
+def test_save_tensors_writes_views_and_foreign_memory_orders(tmp_path):
+    from safetensors.torch import load_file
+
+    from fabsight.utils.tensors import save_tensors
+
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    fortran = torch.from_numpy(np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)))
+    tensors = {"t": base.T, "slice": base[:, 1::2], "fortran": fortran, "grad": base.clone().requires_grad_()}
+    assert not tensors["t"].is_contiguous() and not tensors["fortran"].is_contiguous()
+    save_tensors(tensors, tmp_path / "w.safetensors")
+    back = load_file(str(tmp_path / "w.safetensors"))
+    for name, t in tensors.items():
+        assert torch.equal(back[name], t.detach()), name
+
+
 def test_dinov2_features_on_patch_grid_and_cache(dinov2):
     from fabsight.backbones.onnx_dinov2 import recovered_dinov2_path
 

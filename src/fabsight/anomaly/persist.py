@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fabsight.anomaly.base import AnomalyModel
 from fabsight.anomaly.padim import PaDiM
@@ -23,6 +23,7 @@ from fabsight.anomaly.thresholds import Threshold
 from fabsight.artifacts import ModelCard, load_card, save_card
 from fabsight.errors import ModelError
 from fabsight.utils.atomic import atomic_dir
+from fabsight.utils.tensors import save_tensors
 
 TASK = "anomaly"
 WEIGHTS = "model.safetensors"
@@ -84,7 +85,7 @@ def save_model(
     )
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
-        save_file({k: v.contiguous() for k, v in model._state().items()}, str(tmp / WEIGHTS))
+        save_tensors(model._state(), tmp / WEIGHTS)
         save_card(tmp, card)
     return out
 

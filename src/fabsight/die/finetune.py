@@ -497,12 +497,12 @@ def save(clf: FinetuneClassifier, out_dir: str | os.PathLike[str], classifier_fi
     """Write the network weights (safetensors) and the rest of the fitted estimator (joblib);
     returns the weights' hash for the card."""
     import joblib
-    from safetensors.torch import save_file
+
+    from fabsight.utils.tensors import save_tensors
 
     out = Path(out_dir)
     check_is_fitted(clf)
-    state = {k: v.detach().cpu().contiguous() for k, v in clf.network_.state_dict().items()}
-    save_file(state, str(out / NETWORK_FILE))
+    save_tensors(clf.network_.state_dict(), out / NETWORK_FILE)
     joblib.dump(clf, out / classifier_file)
     return file_sha256(out / NETWORK_FILE)
 

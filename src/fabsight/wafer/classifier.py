@@ -682,14 +682,13 @@ class WaferClassifier(BaseEstimator):
     # ------------------------------------------------------------- save/load
     def save(self, model_dir: str | os.PathLike[str]) -> Path:
         """Write weights + card.json atomically (an existing model is replaced only on success)."""
-        from safetensors.torch import save_file
-
+        from fabsight.utils.tensors import save_tensors
         from fabsight.wafer.net import n_parameters
 
         check_is_fitted(self)
         import torch
 
-        tensors = {f"net.{k}": v.detach().contiguous() for k, v in self.net_.state_dict().items()}
+        tensors = {f"net.{k}": v for k, v in self.net_.state_dict().items()}
         tensors["ood.means"] = torch.from_numpy(self.ood_.means)
         tensors["ood.precision"] = torch.from_numpy(self.ood_.precision)
         # where it was trained is history (training_), not a setting to carry to another machine
@@ -724,7 +723,7 @@ class WaferClassifier(BaseEstimator):
             },
         )
         with atomic_dir(model_dir) as tmp:
-            save_file(tensors, str(tmp / WEIGHTS_FILE))
+            save_tensors(tensors, tmp / WEIGHTS_FILE)
             save_card(tmp, card)
         return Path(model_dir)
 
