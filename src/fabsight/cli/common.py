@@ -51,7 +51,7 @@ def _print(result: Any, as_json: bool, human: Callable[[Any], None] | None) -> N
 
 
 def warn(message: str) -> None:
-    err.print(f"warning: {message}", markup=False, highlight=False)
+    err.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _error_lines(errors: list[dict[str, Any]], shown: int | None = None) -> None:
