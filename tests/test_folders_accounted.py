@@ -177,6 +177,23 @@ def test_strict_stops_at_the_first_unreadable_file(
     assert not [p for p in tmp_path.iterdir() if p.name in ("conv", "r.png", "sft", "al")]  # nothing written
 
 
+@pytest.mark.parametrize("command", ["wafer train", "distill", "export"])
+def test_strict_stops_before_training_or_exporting(
+    command: str, lot: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The commands too slow to run here in full read through the same ReadLog; --strict shows it."""
+    args = {
+        "wafer train": ["wafer", "train", lot, "--out", tmp_path / "m", "--epochs", 1],
+        "distill": ["distill", model, "--unlabeled", lot, "--out", tmp_path / "m", "--epochs", 1],
+        "export": ["export", model, "--onnx", "--sample", lot],
+    }[command]
+    card = (model / "card.json").read_bytes()
+    code, out, err = _cli(monkeypatch, capsys, *args, "--strict")
+    assert code == 2 and out == "" and err.startswith(f"error: {lot / BAD[0]}: not a readable .npy")
+    assert err.count("\n") == 1 and not (tmp_path / "m").exists() and (model / "card.json").read_bytes() == card
+
+
 def test_human_output_lists_each_bad_file(lot: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _cli(monkeypatch, capsys, "info", lot)
