@@ -285,8 +285,9 @@ def test_a_torn_manifest_resumes_to_the_uninterrupted_rows(batch_inputs: Path, m
     lines = manifest.splitlines(keepends=True)
     assert len(lines) == 12 + 2  # one line per finished input; the README failed and is retried
     ends = np.cumsum([len(x) for x in lines])
-    # nothing, mid-line, every line boundary (a commit cut between two of its lines), last byte gone
-    cuts = sorted({0, 7, *ends[:-1].tolist(), int(ends[1] + 20), int(ends[7] + 3), len(manifest) - 1})
+    # nothing, mid-line, every line boundary (a commit cut between two of its lines), inside the last line
+    cuts = sorted({0, 7, *ends[:-1].tolist(), int(ends[1] + 20), int(ends[7] + 3), len(manifest) - 5})
+    assert len(cuts) == 18
     for cut in cuts:
         out = tmp_path / f"cut{cut}"
         shutil.copytree(full, out)
