@@ -101,6 +101,24 @@ def test_globs_missing_paths_and_nested_folders_are_accounted_for(lot: Path, tmp
         "a folder inside a class folder is not read", "the pattern matches no files", "no such file or folder"]
 
 
+def test_a_file_that_cannot_be_opened_is_reported(lot: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No permission (or an I/O error) on one file of a share: that file is reported, the rest read."""
+    import builtins
+
+    import fabsight.io
+
+    def guarded(path: object, *args: object, **kwargs: object) -> object:
+        if Path(str(path)).name == "lot.000":
+            raise PermissionError(13, "Permission denied")
+        return builtins.open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(fabsight.io, "open", guarded, raising=False)  # detect_format's open only
+    log = ReadLog()
+    assert len(list(iter_maps([lot], log))) == GOOD - 2  # lot.000 held two wafers
+    assert [(e.path, e.message) for e in log.errors if e.path.endswith("lot.000")] == [
+        (str(lot / "lot.000"), "cannot be read (Permission denied)")]
+
+
 def test_a_bug_is_never_taken_for_a_bad_file(lot: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only FabsightError means 'this file is unreadable'; any other exception propagates."""
     import fabsight.io.folder as folder

@@ -83,8 +83,11 @@ def detect_format(path: str | Path) -> str:
         return "folder"
     if not path.exists():
         raise FabsightError(path, "no such file or folder")
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:  # no permission, an I/O error: this file cannot be read, others may
+        raise FabsightError(path, f"cannot be read ({exc.strerror or exc})") from None
     if not head.strip():
         raise FormatError(path, "empty file")
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -191,17 +194,17 @@ def _read_entry(entry: FolderEntry) -> Iterable[WaferMap]:
     return _read_file(entry.path)
 
 
-def _units(item: str | Path) -> list[tuple[Path, Callable[[], Iterable[WaferMap]]]]:
-    """The files an input stands for (a glob's matches, a folder's entries), each with its reader.
+def _units(item: str | Path) -> list[Callable[[], Iterable[WaferMap]]]:
+    """A reader for each file an input stands for (a glob's matches, a folder's entries).
 
-    Each is read, and may fail, on its own: one bad file never hides the others.
+    Each file is read, and may fail, on its own: one bad file never hides the others.
     """
-    units: list[tuple[Path, Callable[[], Iterable[WaferMap]]]] = []
+    units: list[Callable[[], Iterable[WaferMap]]] = []
     for path in expand_paths(item):
         if path.is_dir():
-            units += [(e.path, partial(_read_entry, e)) for e in folder_entries(path)]
+            units += [partial(_read_entry, e) for e in folder_entries(path)]
         else:
-            units.append((path, partial(_read_file, path)))
+            units.append(partial(_read_file, path))
     return units
 
 
@@ -220,7 +223,7 @@ def iter_maps(paths: Iterable[str | Path], log: ReadLog | None = None) -> Iterat
         except FabsightError as exc:
             log.record(exc)
             continue
-        for _, read in units:
+        for read in units:
             try:
                 yield from read()
             except FabsightError as exc:
