@@ -55,7 +55,7 @@ def test_explain_real_fixtures_json(shared) -> None:
     f = shared / "fixtures"
     code, out, err = run("explain", f / "klarf" / "QUU_NUU.000", f / "stdf" / "lot2.stdf", "--json")
     assert code == 0, err
-    records = json.loads(out)
+    records = json.loads(out)["results"]
     maps = read_maps(f / "klarf" / "QUU_NUU.000") + read_maps(f / "stdf" / "lot2.stdf")
     assert [r["wafer_id"] for r in records] == [m.wafer_id for m in maps]
     for r, m in zip(records, maps, strict=True):
@@ -72,7 +72,7 @@ def test_explain_real_fixtures_json(shared) -> None:
 def test_explain_with_a_model_names_patterns_where_they_are(data, model) -> None:
     code, out, err = run("explain", data["test"], "--model", model, "--json")
     assert code == 0, err
-    records = json.loads(out)
+    records = json.loads(out)["results"]
     truth = [m.labels[0] for m in read_maps(data["test"])]
     named = 0
     for r, label in zip(records, truth, strict=True):
@@ -101,7 +101,7 @@ def test_ask_over_a_lot_and_refusal(shared) -> None:
 def test_compare_finds_the_new_edge_pattern(data) -> None:
     code, out, err = run("compare", data["edgeloc"], "--golden", data["golden"], "--json")
     assert code == 0, err
-    (r,) = json.loads(out)
+    (r,) = json.loads(out)["results"]
     assert r["differs"] and r["reference"]["wafers"] == 8
     fine = [x for x in r["regions"] if not x["region"].endswith("zone")]
     assert min(fine, key=lambda x: x["p_value"])["region"].startswith("edge")
@@ -109,7 +109,7 @@ def test_compare_finds_the_new_edge_pattern(data) -> None:
     assert r["difference"]["location"]["location"] == "edge"
     one = sorted(data["golden"].rglob("*.npy"))[0]
     code, out, err = run("compare", one, "--golden", one, "--json")
-    (same,) = json.loads(out)
+    (same,) = json.loads(out)["results"]
     assert code == 0 and not same["differs"] and same["new_fails"] == 0 and same["reference"]["wafers"] == 1
 
 
@@ -120,7 +120,7 @@ def test_vlm_answer_beside_the_grounded_one_and_fallback(data) -> None:
     url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
     try:
         code, out, err = run("explain", data["edgeloc"], "--vlm", url, "--vlm-model", "cosmos-reason1", "--json")
-        (r,) = json.loads(out)
+        (r,) = json.loads(out)["results"]
         assert code == 0 and r["vlm"]["answer"] == "Edge ring; check EBR." and r["explanation"]
         srv.behaviour = "slow"  # type: ignore[attr-defined]
         code, out, err = run("ask", data["edgeloc"], "How many dies fail?", "--vlm", url, "--vlm-model",
@@ -172,7 +172,7 @@ def test_export_sft_cli(data, tmp_path) -> None:
 def test_compare_classifies_the_difference_map_with_a_model(data, model) -> None:
     code, out, err = run("compare", data["edgeloc"], "--golden", data["golden"], "--model", model, "--json")
     assert code == 0, err
-    (r,) = json.loads(out)
+    (r,) = json.loads(out)["results"]
     pattern = r["difference"]["pattern"]
     assert pattern["status"] != "unclassified" and pattern["top3"]
     assert (pattern["status"] == "pattern") == ("the classifier reads it as" in r["summary"])

@@ -196,7 +196,7 @@ def test_wafer_predict_and_eval_take_runtime_onnx(single, tmp_path) -> None:
         args = ["wafer", "predict", str(single), str(tmp_path / "maps"), "--runtime", runtime, "--json"]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
-        rows[runtime] = json.loads(result.stdout)
+        rows[runtime] = json.loads(result.stdout)["results"]
     assert [r["label"] for r in rows["onnx"]] == [r["label"] for r in rows["torch"]]
     assert (
         max(abs(a["probability"] - b["probability"]) for a, b in zip(rows["onnx"], rows["torch"], strict=True)) <= 1e-4
@@ -232,7 +232,8 @@ def test_every_wafer_model_command_takes_runtime_onnx(single, tmp_path) -> None:
     assert abs(drift["onnx"]["distance"] - drift["torch"]["distance"]) <= 1e-3 * max(drift["torch"]["distance"], 1e-9)
     assert {k: runs["autolabel"]["onnx"][k] for k in ("labeled", "review")} == {
         k: runs["autolabel"]["torch"][k] for k in ("labeled", "review")}
-    assert [e["explanation"] for e in runs["explain"]["onnx"]] == [e["explanation"] for e in runs["explain"]["torch"]]
+    assert [e["explanation"] for e in runs["explain"]["onnx"]["results"]] == [
+        e["explanation"] for e in runs["explain"]["torch"]["results"]]
     service = load_service(tmp_path / "store.sqlite", single, runtime="onnx")
     try:
         assert isinstance(service.classifier, OnnxWaferClassifier) and service.classes == list(SINGLE)

@@ -58,7 +58,9 @@ def test_info_json_on_real_files(shared: Path, run: Callable[..., Result]) -> No
         "info", str(shared / "fixtures/klarf/QUU_NUU.000"), str(shared / "fixtures/g85/SEMI_G85_1101_ALL.xml"), "--json"
     )
     assert res.returncode == 0, res.stderr
-    klarf, g85 = json.loads(res.stdout)
+    report = json.loads(res.stdout)
+    assert report["errors"] == []
+    klarf, g85 = report["files"]
     assert (klarf["format"], klarf["wafers"]) == ("klarf", 3)
     assert [w["defects"] for w in klarf["maps"]] == [56, 36, 95]
     assert g85["format"] == "g85" and g85["maps"][0]["good"] == 2765
@@ -80,7 +82,7 @@ def test_convert_keeps_every_die(shared: Path, tmp_path: Path, to: str, run: Cal
     res = run("convert", str(shared / "fixtures/klarf/QUU_NUU.000"), "--to", to, "--out", str(out), "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["wafers"] == 3
-    info = json.loads(run("info", str(out), "--json").stdout)
+    (info,) = json.loads(run("info", str(out), "--json").stdout)["files"]
     assert info["wafers"] == 3
     assert sorted((w["good"], w["failing"], w["off"]) for w in info["maps"]) == [
         (4584, 58, 1278),
@@ -136,7 +138,7 @@ def test_info_reports_empty_class_folders(tmp_path: Path, run: Callable[..., Res
     np.save(tmp_path / "Center" / "a.npy", np.array([[0, 1], [2, 1]]))
     res = run("info", str(tmp_path), "--json")
     assert res.returncode == 0
-    assert json.loads(res.stdout)["maps"][0]["labels"] == ["Center"]
+    assert json.loads(res.stdout)["files"][0]["maps"][0]["labels"] == ["Center"]
     assert "warning:" in res.stderr and "'Donut' holds no .png/.npy maps" in res.stderr
 
 

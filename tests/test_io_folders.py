@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fabsight.errors import FabsightError, FormatError
-from fabsight.io import detect_format, iter_maps, read_maps, write_folder
+from fabsight.io import ReadLog, detect_format, iter_maps, read_maps, write_folder
 from fabsight.io.folder import EmptyClassFolderWarning
 from fabsight.types import WaferMap
 
@@ -65,8 +65,10 @@ def test_empty_class_folder_is_reported(tmp_path: Path) -> None:
 
 
 def test_folder_without_maps(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(FormatError, match=r"no \.png/\.npy wafer maps"):
+        read_maps(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello")  # every file is accounted for: a note is not wafer data
+    with pytest.raises(FormatError, match=r"notes\.txt: unrecognised wafer data"):
         read_maps(tmp_path)
 
 
@@ -103,9 +105,16 @@ def test_globs_expand(tmp_path: Path) -> None:
 
 @pytest.mark.shared
 def test_folder_of_tool_files(shared: Path, tmp_path: Path) -> None:
-    """A folder straight from a tool: wafer files are read, a README is skipped."""
+    """A folder straight from a tool: wafer files are read, a README is reported (strict: it stops)."""
     (tmp_path / "README.txt").write_text("lot notes")
     (tmp_path / "lot.000").write_bytes((shared / "fixtures/klarf/QUU_NUU.000").read_bytes())
     (tmp_path / "sort.xml").write_bytes((shared / "fixtures/g85/SEMI_G85_1101_MIN.xml").read_bytes())
-    maps = read_maps(tmp_path)
+    log = ReadLog()
+    maps = read_maps(tmp_path, log=log)
     assert [m.format for m in maps] == ["klarf"] * 3 + ["g85"]
+    assert [(e.path, e.message.split(" (")[0]) for e in log.errors] == [
+        (str(tmp_path / "README.txt"), "unrecognised wafer data")
+    ]
+    assert log.files_read == 2
+    with pytest.raises(FormatError, match=r"README\.txt: unrecognised"):
+        read_maps(tmp_path)

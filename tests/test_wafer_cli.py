@@ -66,7 +66,7 @@ def test_predict_on_folder_and_real_fixtures(folders, shared) -> None:
     inputs = [test, fx / "klarf" / "QUU_NUU.000", fx / "stdf" / "lot2.stdf", fx / "g85" / "SEMI_G85_1101_ALL.xml"]
     code, out, _ = run("wafer", "predict", model, *inputs, "--json", "--threads", "1")
     assert code == 0
-    rows = json.loads(out)
+    rows = json.loads(out)["results"]
     assert len(rows) == 30 + 3 + 1 + 1  # QUU_NUU.000 holds three wafers
     real = rows[30:]
     assert [r["lot_id"] for r in real[:3]] == ["QUU"] * 3
@@ -85,7 +85,7 @@ def test_predict_flags_what_only_the_raw_grid_shows(folders, tmp_path) -> None:
     np.save(tmp_path / "dead.npy", np.where(inside, 2, 0).astype(np.uint8))
     code, out, _ = run("wafer", "predict", model, tmp_path / "checker.npy", tmp_path / "dead.npy", "--json")
     assert code == 0
-    checker, dead = json.loads(out)
+    checker, dead = json.loads(out)["results"]
     assert checker["needs_review"] and checker["review_reason"].startswith("periodic failures: 9")
     assert dead["needs_review"] and dead["review_reason"].startswith("whole-wafer failure: 100% of the dies fail")
 

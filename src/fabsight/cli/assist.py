@@ -4,13 +4,16 @@ golden-reference comparison and VLM fine-tuning data for wafer maps."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read, warn
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
+
+if TYPE_CHECKING:
+    from fabsight.io import ReadLog
 
 ModelOpt = Annotated[
     Path | None,
@@ -34,14 +37,14 @@ VlmTimeoutOpt = Annotated[
 ]
 
 
-def _load_maps(inputs: list[str]) -> list[Any]:
-    """All maps of the inputs; wafers without an id are numbered from 1 so answers can name them."""
+def _load_maps(inputs: list[str], log: ReadLog, what: str = "wafer maps") -> list[Any]:
+    """All maps of the inputs (unreadable files go to ``log``); wafers without an id are
+    numbered from 1 so answers can name them."""
     from fabsight.io import iter_maps
     from fabsight.utils.progress import track
 
-    maps = list(track(iter_maps(inputs), "reading wafer maps"))
-    if not maps:
-        raise FabsightError(inputs[0], "no wafer maps found")
+    maps = list(track(iter_maps(inputs, log), f"reading {what}"))
+    require_read(bool(maps), log, inputs[0], f"no {what} found")
     for i, m in enumerate(maps):
         if not str(m.wafer_id):
             m.wafer_id = str(i + 1)
@@ -82,24 +85,27 @@ def explain_cmd(
     vlm: VlmOpt = None,
     vlm_model: VlmModelOpt = None,
     vlm_timeout: VlmTimeoutOpt = 60.0,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Explain each wafer from measured facts: pattern, location, extent, yield, severity, root causes."""
     from fabsight.assist.explain import explain_maps
     from fabsight.assist.knowledge import load_kb
     from fabsight.assist.vlm import ask_or_fallback, png_bytes
+    from fabsight.io import ReadLog
 
     config = _vlm(vlm, vlm_model, vlm_timeout)
     knowledge = load_kb(kb)
-    maps = _load_maps(inputs)
+    log = ReadLog(strict=strict)
+    maps = _load_maps(inputs, log)
     explanations = explain_maps(maps, knowledge, _predict(model, maps, runtime))
     if config is not None:
         question = "Explain this wafer map: the defect pattern, where it is, how large, and likely root causes."
         for m, e in zip(maps, explanations, strict=True):
             e.vlm = ask_or_fallback(config, png_bytes(m), question, e.facts.to_dict(), warn)
 
-    def human(result: list[dict[str, Any]]) -> None:
-        for r in result:
+    def human(result: dict[str, Any]) -> None:
+        for r in result["results"]:
             _say(f"wafer {r['wafer_id']}" + (f" (lot {r['lot_id']})" if r["lot_id"] else ""))
             _say(f"  {r['explanation']}")
             for label, causes in r["root_causes"].items():
@@ -108,7 +114,7 @@ def explain_cmd(
             if r.get("vlm", {}).get("answer"):
                 _say(f"  VLM ({r['vlm']['model']}): {r['vlm']['answer']}")
 
-    emit([e.to_dict() for e in explanations], as_json, human)
+    emit({"results": [e.to_dict() for e in explanations]}, as_json, human, log)
 
 
 def ask_cmd(
@@ -120,6 +126,7 @@ def ask_cmd(
     vlm: VlmOpt = None,
     vlm_model: VlmModelOpt = None,
     vlm_timeout: VlmTimeoutOpt = 60.0,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question about a wafer or lot offline, from measured facts (refuses what the data cannot answer)."""
@@ -127,13 +134,15 @@ def ask_cmd(
     from fabsight.assist.knowledge import load_kb
     from fabsight.assist.qa import Lot, ask
     from fabsight.assist.vlm import ask_or_fallback, png_bytes
+    from fabsight.io import ReadLog
     from fabsight.utils.progress import track
 
     if not question.strip():
         raise FabsightError(None, "the question is empty")
     config = _vlm(vlm, vlm_model, vlm_timeout)
     knowledge = load_kb(kb)
-    maps = _load_maps([input])
+    log = ReadLog(strict=strict)
+    maps = _load_maps([input], log)
     preds = _predict(model, maps, runtime) or [None] * len(maps)
     facts = [wafer_facts(m, p) for m, p in track(list(zip(maps, preds, strict=True)), "measuring")]
     answer = ask(question, Lot(facts, knowledge))
@@ -147,7 +156,7 @@ def ask_cmd(
         if r.get("vlm", {}).get("answer"):
             _say(f"VLM ({r['vlm']['model']}): {r['vlm']['answer']}")
 
-    emit(answer.to_dict(), as_json, human)
+    emit(answer.to_dict(), as_json, human, log)
 
 
 def compare_cmd(
@@ -160,18 +169,20 @@ def compare_cmd(
     vlm: VlmOpt = None,
     vlm_model: VlmModelOpt = None,
     vlm_timeout: VlmTimeoutOpt = 60.0,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare wafers with a golden reference: differing dies and regions, significance, new pattern."""
     from fabsight.assist.compare import build_baseline, compare_map, difference_map
     from fabsight.assist.vlm import ask_or_fallback, png_bytes
-    from fabsight.io import iter_maps
+    from fabsight.io import ReadLog
     from fabsight.utils.progress import track
 
     config = _vlm(vlm, vlm_model, vlm_timeout)
-    reference = list(iter_maps(golden))
+    golden_log, log = ReadLog(strict=strict), ReadLog(strict=strict)
+    reference = _load_maps(golden, golden_log, "golden maps")
     baseline = build_baseline(reference, source=", ".join(golden))
-    maps = _load_maps(inputs)
+    maps = _load_maps(inputs, log)
     diffs = [difference_map(m, baseline) for m in maps]
     preds = _predict(model, diffs, runtime) or [None] * len(maps)
     results = [compare_map(m, baseline, difference_prediction=p)
@@ -185,13 +196,13 @@ def compare_cmd(
             pictures = [m, reference[0]] if single else [m]
             r.vlm = ask_or_fallback(config, png_bytes(pictures), question, r.to_dict(), warn)
 
-    def human(rs: list[dict[str, Any]]) -> None:
-        for r in rs:
+    def human(rs: dict[str, Any]) -> None:
+        for r in rs["results"]:
             _say(r["summary"])
             if r.get("vlm", {}).get("answer"):
                 _say(f"  VLM ({r['vlm']['model']}): {r['vlm']['answer']}")
 
-    emit([r.to_dict() for r in results], as_json, human)
+    emit({"results": [r.to_dict() for r in results]}, as_json, human, golden_log + log)
 
 
 def export_sft_cmd(
@@ -207,16 +218,18 @@ def export_sft_cmd(
     kb: KbOpt = None,
     size: Annotated[int, typer.Option("--size", min=32, max=2048, help="Picture side in pixels.")] = 448,
     seed: Annotated[int, typer.Option(help="Seed for the wrong classes of the 'no' questions.")] = 0,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a VLM fine-tuning set (LLaVA / Cosmos-cookbook conversations) from labelled maps."""
     from fabsight.assist.compare import build_baseline
     from fabsight.assist.knowledge import load_kb
     from fabsight.assist.sft import export_sft
-    from fabsight.io import iter_maps
+    from fabsight.io import ReadLog
 
     knowledge = load_kb(kb)
-    maps = _load_maps(inputs)
+    log = ReadLog(strict=strict)
+    maps = _load_maps(inputs, log)
     if model is not None:
         todo = [m for m in maps if not m.labels]
         labelled = 0
@@ -231,15 +244,17 @@ def export_sft_cmd(
             raise FabsightError(inputs[0], "no labelled maps left to export")
     reference = None
     if golden:
-        ref_maps = list(iter_maps(golden))
+        golden_log = ReadLog(strict=strict)
+        ref_maps = _load_maps(golden, golden_log, "golden maps")
         reference = (ref_maps[0], build_baseline(ref_maps, source=", ".join(golden)))
+        log += golden_log
     result = export_sft(maps, out_dir, knowledge, golden=reference, seed=seed, size=size)
 
     def human(r: dict[str, Any]) -> None:
         kinds = ", ".join(f"{v} {k}" for k, v in r["by_kind"].items())
         _say(f"wrote {r['conversations']} conversations about {r['maps']} maps ({kinds}) to {r['out']}")
 
-    emit(result, as_json, human)
+    emit(result, as_json, human, log)
 
 
 def register(app: typer.Typer) -> None:

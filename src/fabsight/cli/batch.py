@@ -11,7 +11,11 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, report_errors
+from fabsight.errors import FabsightError
+
+#: Unreadable inputs named on stderr; all of them are in the summary and OUT/_errors.jsonl.
+_SHOWN_ERRORS = 20
 
 
 def _print_summary(result: dict[str, Any]) -> None:
@@ -56,6 +60,7 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="torch, onnx or onnx-int8 (needs `fabsight export --onnx`)."),
         ] = "torch",
         overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming into --out.")] = False,
+        strict: StrictOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Process many inputs into OUT (Parquet parts); a rerun resumes, failed files go to OUT/_errors.jsonl."""
@@ -63,6 +68,10 @@ def register(app: typer.Typer) -> None:
 
         result = run_batch(
             inputs or [], out_dir, model=model, backbone=backbone, list_file=list_file, ray=ray, workers=workers,
-            batch_size=batch_size, explain=explain, embed=embed, runtime=runtime, overwrite=overwrite,
+            batch_size=batch_size, explain=explain, embed=embed, runtime=runtime, overwrite=overwrite, strict=strict,
         )
         emit(result, as_json, _print_summary)
+        if result["errors"]:
+            report_errors(result["errors"], result["processed"], shown=_SHOWN_ERRORS)
+        if result["failed"] and not result["processed"] and not result["skipped_done"]:
+            raise FabsightError(None, f"none of the inputs could be read ({result['failed']} unreadable files)")

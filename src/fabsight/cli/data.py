@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read, warn
 
 _HUMAN_ROWS = 50  # per file; --json always lists every wafer
 
@@ -18,28 +18,34 @@ def info(
         list[Path],
         typer.Argument(help="Wafer data files or folders (KLARF, STDF, G85, LSWMD.pkl, .npz, PNG/NPY, ROOT/CLASS/)."),
     ],
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Per file: detected format, number of wafers and per wafer ids, grid, good/failing/off dies, yield, defects."""
-    from fabsight.io import detect_format, iter_maps
+    from fabsight.io import ReadLog, iter_maps
     from fabsight.utils.progress import track
 
+    log = ReadLog(strict=strict)
     results: list[dict[str, Any]] = []
     for path in files:
-        fmt = detect_format(path)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            wafers = [{"format": m.format, **m.summary()} for m in track(iter_maps([path]), f"reading {path.name}")]
+            maps = track(iter_maps([path], log), f"reading {path.name}")
+            wafers = [{"format": m.format, **m.summary()} for m in maps]
         for w in caught:
             warn(str(w.message))
+        fmt = "folder" if path.is_dir() else (wafers[0]["format"] if wafers else None)
         results.append({"file": str(path), "format": fmt, "wafers": len(wafers), "maps": wafers})
-    emit(results if len(results) > 1 else results[0], as_json, lambda _: _print_info(results))
+    require_read(log.files_read > 0, log, files[0], "nothing to read")
+    emit({"files": results}, as_json, lambda _: _print_info(results), log)
 
 
 def _print_info(results: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     for res in results:
+        if res["format"] is None:  # nothing read: its error line follows
+            continue
         table = Table(title=f"{res['file']}  ({res['format']}, {res['wafers']} wafer(s))", title_justify="left")
         for col in ("lot", "wafer", "grid", "good", "failing", "off", "yield", "defects", "labels"):
             table.add_column(col, justify="left" if col in ("lot", "wafer", "labels") else "right", overflow="fold")
@@ -64,19 +70,23 @@ def convert(
     input: Annotated[Path, typer.Argument(help="A wafer data file or folder in any readable format.")],
     to: Annotated[str, typer.Option("--to", help="Target: g85, folder, klarf, stdf, npz (MixedWM38) or lswmd.")],
     out_path: Annotated[Path, typer.Option("--out", help="Output file (folder for --to folder).")],
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Read every wafer of INPUT and write them in another format (written atomically)."""
     from fabsight.errors import FabsightError
-    from fabsight.io import WRITERS, iter_maps
+    from fabsight.io import WRITERS, ReadLog, iter_maps
     from fabsight.utils.progress import track
 
     if to not in WRITERS:
         raise FabsightError(None, f"--to must be one of {', '.join(WRITERS)}, not {to!r}")
-    maps = list(track(iter_maps([input]), f"reading {input.name}"))
+    log = ReadLog(strict=strict)
+    maps = list(track(iter_maps([input], log), f"reading {input.name}"))
+    require_read(bool(maps), log, input, "no wafer maps found")
     WRITERS[to](maps, out_path)
     result = {"input": str(input), "format": maps[0].format, "to": to, "out": str(out_path), "wafers": len(maps)}
-    emit(result, as_json, lambda r: out.print(f"wrote {r['wafers']} wafer(s) from {r['input']} to {r['out']} ({to})"))
+    emit(result, as_json, lambda r: out.print(f"wrote {r['wafers']} wafer(s) from {r['input']} to {r['out']} ({to})"),
+         log)
 
 
 def register(app: typer.Typer) -> None:

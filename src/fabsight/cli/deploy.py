@@ -7,12 +7,15 @@ PyTorch before anything is written, and the numbers of that check are printed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read
 from fabsight.errors import FabsightError
+
+if TYPE_CHECKING:
+    from fabsight.io import ReadLog
 
 #: ``--runtime`` option for every ``predict`` / ``eval`` command that can use an exported graph.
 RuntimeOpt = Annotated[
@@ -59,16 +62,19 @@ def _print_recipe(q: dict[str, Any]) -> None:
     out.print(f"  int8 recipe {q['recipe']}: {speed:.2f}× the fp32 throughput on this CPU ({verdict})", markup=False)
 
 
-def _read_sample(model_dir: Path, sample: Path) -> list[Any]:
-    """Wafer maps for a wafer model; image paths for die and anomaly models (an image, a folder of
-    them, or a folder of class / MVTec sub-folders, searched recursively)."""
+def _read_sample(model_dir: Path, sample: Path, log: ReadLog) -> list[Any]:
+    """Wafer maps for a wafer model (unreadable files go to ``log``); image paths for die and
+    anomaly models (an image, a folder of them, or a folder of class / MVTec sub-folders,
+    searched recursively)."""
     from fabsight.artifacts import load_card
     from fabsight.wafer.classifier import TASK as WAFER_TASK
 
     if load_card(model_dir).task == WAFER_TASK:
         from fabsight.io import read_maps
 
-        return read_maps(sample)
+        maps = read_maps(sample, log=log)
+        require_read(bool(maps), log, sample, "holds no wafer maps")
+        return maps
     from fabsight.die.data import expand_inputs
 
     return expand_inputs([sample])
@@ -88,12 +94,16 @@ def register(app: typer.Typer) -> None:
                          "INT8 on (default: generated maps, or images from the model's training data)."),
         ] = None,
         threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads.")] = 2,
+        strict: StrictOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Export a model to ONNX, checked against PyTorch, and record it in the model card."""
         from fabsight.deploy import export_onnx
+        from fabsight.io import ReadLog
 
         if not onnx:
             raise FabsightError(model_dir, "choose an export format: --onnx")
-        items = None if sample is None else _read_sample(model_dir, sample)
-        emit(export_onnx(model_dir, int8=int8, opset=opset, sample=items, n_threads=threads), as_json, _print_export)
+        log = ReadLog(strict=strict)
+        items = None if sample is None else _read_sample(model_dir, sample, log)
+        emit(export_onnx(model_dir, int8=int8, opset=opset, sample=items, n_threads=threads), as_json, _print_export,
+             log)

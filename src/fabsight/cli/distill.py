@@ -8,12 +8,15 @@ maps, distil, save the student as an ordinary wafer-pattern model directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fabsight.cli.common import DeviceOpt, JsonOpt, emit, out
+from fabsight.cli.common import DeviceOpt, JsonOpt, StrictOpt, emit, out, require_read
 from fabsight.errors import FabsightError
+
+if TYPE_CHECKING:
+    from fabsight.io import ReadLog
 
 
 def _distill(
@@ -29,9 +32,11 @@ def _distill(
     seed: int,
     threads: int,
     device: str = "cpu",
+    *,
+    log: ReadLog,
 ) -> dict[str, Any]:
     from fabsight.distill import STUDENT_SIZES, WaferDistiller, synthetic_classes
-    from fabsight.io import iter_maps, read_maps
+    from fabsight.io import ReadLog, iter_maps, read_maps
     from fabsight.wafer import load_model
 
     if size not in STUDENT_SIZES:
@@ -39,10 +44,10 @@ def _distill(
     if not unlabeled and synthetic <= 0:
         raise FabsightError(None, "give unlabelled maps (--unlabeled DATA), --synthetic N, or both")
     teacher = load_model(teacher_dir)
-    maps = list(iter_maps(unlabeled)) if unlabeled else []
+    maps = list(iter_maps(unlabeled, log)) if unlabeled else []
     described = [f"{p} (unlabelled use)" for p in unlabeled]
-    if unlabeled and not maps:
-        raise FabsightError(unlabeled[0], "holds no wafer maps")
+    if unlabeled:
+        require_read(bool(maps), log, unlabeled[0], "holds no wafer maps")
     if synthetic > 0:
         from fabsight.synth import generate_dataset
         from fabsight.wafer.classifier import SYNTH_SHAPES
@@ -50,7 +55,13 @@ def _distill(
         classes = synthetic_classes(teacher)
         maps += generate_dataset(synthetic, shapes=SYNTH_SHAPES, classes=classes, mixed=teacher.multilabel, seed=seed)
         described.append(f"{synthetic} synthetic maps x {len(classes)} patterns (labels ignored, seed {seed})")
-    held = read_maps(holdout) if holdout is not None else None
+    held = None
+    if holdout is not None:
+        held_log = ReadLog(strict=log.strict)
+        held = read_maps(holdout, log=held_log)
+        require_read(bool(held), held_log, holdout, "holds no wafer maps")
+        log.errors += held_log.errors
+        log.files_read += held_log.files_read
     distiller = WaferDistiller(
         teacher,
         size=size,
@@ -118,9 +129,13 @@ def register(app: typer.Typer) -> None:
         seed: int = 0,
         threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch.")] = 2,
         device: DeviceOpt = "auto",
+        strict: StrictOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Train a small student to imitate a wafer-pattern teacher on unlabelled maps."""
+        from fabsight.io import ReadLog
+
+        log = ReadLog(strict=strict)
         emit(
             _distill(
                 teacher_dir,
@@ -141,7 +156,9 @@ def register(app: typer.Typer) -> None:
                 seed,
                 threads,
                 device,
+                log=log,
             ),
             as_json,
             _print,
+            log,
         )

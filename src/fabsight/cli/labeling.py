@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, err, out
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, err, out
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
@@ -29,14 +29,17 @@ def autolabel(
     threshold: Annotated[float, typer.Option("--threshold", help="Least calibrated probability to auto-label.")] = 0.9,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
     runtime: RuntimeOpt = "torch",
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Label maps with a calibrated model; queue uncertain and novel maps for review, most useful first."""
     from fabsight.cli.monitor import load_classifier, read_wafers
+    from fabsight.io import ReadLog
     from fabsight.labeling import autolabel as run
 
     clf = load_classifier(model, runtime)
-    maps = read_wafers(unlabeled, what="unlabeled maps")
+    log = ReadLog(strict=strict)
+    maps = read_wafers(unlabeled, log, what="unlabeled maps")
     res = asdict(run(maps, clf, out_dir, threshold=threshold, overwrite=overwrite))
 
     def human(r: dict[str, Any]) -> None:
@@ -47,7 +50,7 @@ def autolabel(
             markup=False,
         )
 
-    emit(res, as_json, human)
+    emit(res, as_json, human, log)
 
 
 def _preview(grid: np.ndarray) -> str:

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
 if TYPE_CHECKING:
+    from fabsight.io import ReadLog
     from fabsight.monitor.charts import ChartKind
     from fabsight.types import WaferMap
 
@@ -23,12 +24,16 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of projections and pe
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Significance level of the drift test.")]
 
 
-def read_wafers(paths: list[str], lots: str | None = None, what: str = "input") -> list[WaferMap]:
-    """Maps of files/folders/globs, optionally only the lots named in a comma-separated list."""
+def read_wafers(paths: list[str], log: ReadLog, lots: str | None = None, what: str = "input") -> list[WaferMap]:
+    """Maps of files/folders/globs, optionally only the lots named in a comma-separated list.
+
+    Unreadable files go to ``log``; when nothing was readable this stops (exit 2).
+    """
     from fabsight.io import iter_maps
     from fabsight.utils.progress import track
 
-    maps = list(track(iter_maps(paths), f"reading {what}"))
+    maps = list(track(iter_maps(paths, log), f"reading {what}"))
+    require_read(bool(maps), log, paths[0] if paths else None, f"{what}: no wafer maps found")
     if lots:
         wanted = {s.strip() for s in lots.split(",") if s.strip()}
         found = {m.lot_id for m in maps}
@@ -39,8 +44,6 @@ def read_wafers(paths: list[str], lots: str | None = None, what: str = "input") 
                 f"no lot {', '.join(missing)} in {what} (lots there: {', '.join(sorted(found)[:10]) or 'none'})",
             )
         maps = [m for m in maps if m.lot_id in wanted]
-    if not maps:
-        raise FabsightError(paths[0] if paths else None, f"{what}: no wafer maps found")
     return maps
 
 
@@ -98,16 +101,19 @@ def drift(
     permutations: Annotated[int, typer.Option("--permutations", help="Permutations for the p-value.")] = 1000,
     alpha: AlphaOpt = 0.05,
     seed: SeedOpt = 0,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Do two sets of wafers differ? Sliced-Wasserstein permutation test on wafer features."""
+    from fabsight.io import ReadLog
     from fabsight.monitor import drift_test, extract_features
 
     if embeddings and model is None:
         raise FabsightError(None, "--embeddings needs --model")
     clf = load_classifier(model, runtime)
-    set_a = read_wafers([a], lots_a, "set A")
-    set_b = read_wafers([b], lots_b, "set B")
+    log_a, log_b = ReadLog(strict=strict), ReadLog(strict=strict)
+    set_a = read_wafers([a], log_a, lots_a, "set A")
+    set_b = read_wafers([b], log_b, lots_b, "set B")
     res = drift_test(
         extract_features(set_a, model=clf, embeddings=embeddings),
         extract_features(set_b, model=clf, embeddings=embeddings),
@@ -116,7 +122,7 @@ def drift(
         seed=seed,
         alpha=alpha,
     )
-    emit(res.to_dict(), as_json, _drift_human)
+    emit(res.to_dict(), as_json, _drift_human, log_a + log_b)
 
 
 def _monitor_human(res: dict[str, Any]) -> None:
@@ -153,9 +159,11 @@ def monitor(
     permutations: Annotated[int, typer.Option("--permutations", help="Permutations per lot drift test.")] = 500,
     seed: SeedOpt = 0,
     report: Annotated[Path | None, typer.Option("--report", help="Write an HTML lot report here.")] = None,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Per-lot yield and pattern mix, control charts, and alarms against baseline lots."""
+    from fabsight.io import ReadLog
     from fabsight.monitor import monitor_lots
 
     if chart not in ("laney", "p"):
@@ -164,7 +172,8 @@ def monitor(
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise FabsightError(report, "the report is an HTML file: give a .html path")
     clf = load_classifier(model, runtime)
-    maps = read_wafers(history, what="history")
+    log = ReadLog(strict=strict)
+    maps = read_wafers(history, log, what="history")
     res = monitor_lots(
         maps,
         model=clf,
@@ -179,7 +188,7 @@ def monitor(
         from fabsight.monitor.report import write_report
 
         result["report"] = str(write_report(res, maps, report))
-    emit(result, as_json, _monitor_human)
+    emit(result, as_json, _monitor_human, log)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read, warn
 from fabsight.errors import FabsightError
 
 
@@ -24,21 +24,22 @@ def render(
         bool,
         typer.Option("--clusters", help="Outline spatial clusters: of KLARF defects (µm), else of failing dies."),
     ] = False,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Draw wafer maps: round outline, notch, failing dies, bin colours or defect counts."""
-    from fabsight.io import iter_maps
+    from fabsight.io import ReadLog, iter_maps
     from fabsight.report.render import render_png
 
     if color_by not in ("auto", "state", "bins", "counts"):
         raise FabsightError("--color-by", f"{color_by!r} is not auto, state, bins or counts")
     if png.suffix.lower() != ".png":
         raise FabsightError(png, "output picture must be a .png file")
-    maps = list(islice(iter_maps(files), limit + 1))
+    log = ReadLog(strict=strict)
+    maps = list(islice(iter_maps(files, log), limit + 1))
     truncated = len(maps) > limit
     maps = maps[:limit]
-    if not maps:
-        raise FabsightError(files[0], "no wafer maps found")
+    require_read(bool(maps), log, files[0], "no wafer maps found")
     if truncated:
         warn(f"drawing only the first {limit} maps (raise --limit to draw more)")
     labels = None
@@ -64,7 +65,7 @@ def render(
         more = " (more were left out)" if r["truncated"] else ""
         out.print(f"drew {r['maps']} maps{more} to {r['out']}", markup=False, highlight=False)
 
-    emit(result, as_json, human)
+    emit(result, as_json, human, log)
 
 
 def register(app: typer.Typer) -> None:

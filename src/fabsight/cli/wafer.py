@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fabsight.cli.common import DeviceOpt, JsonOpt, emit, out, warn
+from fabsight.cli.common import DeviceOpt, JsonOpt, StrictOpt, emit, out, require_read, warn
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
 if TYPE_CHECKING:
+    from fabsight.io import ReadLog
     from fabsight.types import WaferMap
 
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch.")]
@@ -39,16 +40,18 @@ def _warnings_as_lines() -> Iterator[None]:
         warn(str(w.message))
 
 
-def _read_labelled(path: Path) -> tuple[list[WaferMap], int, str]:
+def _read_labelled(path: Path, log: ReadLog) -> tuple[list[WaferMap], int, str]:
     """Labelled maps of ``path``, how many unlabelled ones were skipped, and the format.
 
-    Reader warnings (an empty class folder) become one ``warning:`` line each.
+    Reader warnings (an empty class folder) become one ``warning:`` line each; unreadable
+    files of a folder go to ``log`` (nothing readable at all stops here, exit 2).
     """
     from fabsight.io import detect_format, read_maps
 
     fmt = detect_format(path)
     with _warnings_as_lines():
-        maps = read_maps(path)
+        maps = read_maps(path, log=log)
+    require_read(log.files_read > 0, log, path, "holds no wafer data")
     labelled = [m for m in maps if m.labels]
     return labelled, len(maps) - len(labelled), fmt
 
@@ -67,6 +70,8 @@ def _train(
     arch: str = "compact",
     review_per_class: int = 0,
     device: str = "cpu",
+    *,
+    log: ReadLog,
 ) -> dict[str, Any]:
     from fabsight.synth import MIXED_COMBINATIONS, generate_dataset
     from fabsight.types import WM811K_CLASSES
@@ -84,7 +89,7 @@ def _train(
     described = []
     fmt = None
     if data is not None:
-        maps, skipped, fmt = _read_labelled(data)
+        maps, skipped, fmt = _read_labelled(data, log)
         if not maps and synthetic <= 0:
             raise FabsightError(data, f"no labelled maps ({skipped} unlabelled maps are not used for training)")
         if skipped:
@@ -165,11 +170,11 @@ def _print_eval(result: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _print_predictions(rows: list[dict[str, Any]]) -> None:
+def _print_predictions(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table("source", "lot", "wafer", "label", "p", "review")
-    for r in rows:
+    for r in result["results"]:
         table.add_row(
             Path(r["source"]).name if r["source"] else "",
             r["lot_id"],
@@ -213,9 +218,13 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Network size: compact (default), medium (mixed-type), wide (teacher), small, tiny."),
         ] = "compact",
         device: DeviceOpt = "auto",
+        strict: StrictOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Train (or fine-tune) a wafer-pattern classifier and write a model directory."""
+        from fabsight.io import ReadLog
+
+        log = ReadLog(strict=strict)
         emit(
             _train(
                 data,
@@ -231,9 +240,11 @@ def register(app: typer.Typer) -> None:
                 arch,
                 review_maps,
                 device,
+                log=log,
             ),
             as_json,
             _print_training,
+            log,
         )
 
     @wafer.command("eval")
@@ -242,19 +253,22 @@ def register(app: typer.Typer) -> None:
         data: Annotated[Path, typer.Argument(help="Labelled maps (folder, LSWMD.pkl, .npz).")],
         threads: ThreadsOpt = 2,
         runtime: RuntimeOpt = "torch",
+        strict: StrictOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Score a model on labelled maps: accuracy, macro-F1, per class, confusion matrix."""
         from fabsight.deploy import load_predictor
+        from fabsight.io import ReadLog
         from fabsight.wafer import evaluate
 
         clf = load_predictor(model_dir, runtime, n_threads=threads)
-        maps, skipped, _ = _read_labelled(data)
+        log = ReadLog(strict=strict)
+        maps, skipped, _ = _read_labelled(data, log)
         if not maps:
             raise FabsightError(data, "no labelled maps to evaluate on")
         result = evaluate(clf, maps)
         result["n_unlabelled_skipped"] = skipped
-        emit(result, as_json, _print_eval)
+        emit(result, as_json, _print_eval, log)
 
     @wafer.command("predict")
     def predict(
@@ -262,24 +276,25 @@ def register(app: typer.Typer) -> None:
         inputs: Annotated[list[Path], typer.Argument(help="KLARF, STDF, G85, LSWMD.pkl, .npz, PNG/NPY or folders.")],
         threads: ThreadsOpt = 2,
         runtime: RuntimeOpt = "torch",
+        strict: StrictOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Classify every wafer in the inputs; uncertain or unusual ones are marked for review."""
         from itertools import islice
 
         from fabsight.deploy import load_predictor
-        from fabsight.io import iter_maps
+        from fabsight.io import ReadLog, iter_maps
 
         clf = load_predictor(model_dir, runtime, n_threads=threads)
         rows = []
-        stream = iter_maps(inputs)
+        log = ReadLog(strict=strict)
+        stream = iter_maps(inputs, log)
         while maps := list(islice(stream, PREDICT_CHUNK)):
             rows += [
                 {"source": m.source, "lot_id": m.lot_id, "wafer_id": m.wafer_id, "shape": list(m.shape), **d}
                 for m, d in zip(maps, clf.predict_details(maps), strict=True)
             ]
-        if not rows:
-            raise FabsightError(None, "the inputs hold no wafer maps")
-        emit(rows, as_json, _print_predictions)
+        require_read(bool(rows), log, None, "the inputs hold no wafer maps")
+        emit({"results": rows}, as_json, _print_predictions, log)
 
     app.add_typer(wafer, name="wafer")

@@ -4,6 +4,9 @@
 (:func:`detect_format`), not its name, so a renamed ``.txt`` KLARF or an ``.xml`` that is
 really something else is handled (or refused) correctly. Every reader turns a bad file
 into :class:`fabsight.errors.FormatError` naming the file and the problem.
+
+Reading many files, a :class:`ReadLog` lets one unreadable file be recorded instead of
+stopping the rest: this is the one place where commands skip and account for bad files.
 """
 
 from __future__ import annotations
@@ -11,10 +14,20 @@ from __future__ import annotations
 import glob
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from fabsight.errors import FabsightError, FormatError
-from fabsight.io.folder import MAP_SUFFIXES, iter_folder, read_npy, read_png, write_folder
+from fabsight.io.folder import (
+    MAP_SUFFIXES,
+    FolderEntry,
+    folder_entries,
+    read_map_file,
+    read_npy,
+    read_png,
+    write_folder,
+)
 from fabsight.io.g85 import read_g85, write_g85
 from fabsight.io.klarf import read_klarf, write_klarf
 from fabsight.io.mixedwm38 import read_mixedwm38, write_mixedwm38
@@ -25,6 +38,7 @@ from fabsight.types import WaferMap
 __all__ = [
     "FORMATS",
     "WRITERS",
+    "ReadLog",
     "detect_format",
     "expand_paths",
     "iter_maps",
@@ -44,7 +58,7 @@ _READERS: dict[str, Callable[[Path], Iterable[WaferMap]]] = {
     "g85": read_g85,
     "lswmd": iter_lswmd,
     "mixedwm38": read_mixedwm38,
-    "folder": lambda p: _iter_dir(p),  # defined below: it needs detect_format
+    "folder": lambda p: iter_maps([p]),  # defined below: a folder's files each go through detection
     "npy": lambda p: [read_npy(p)],
     "png": lambda p: [read_png(p)],
 }
@@ -69,8 +83,11 @@ def detect_format(path: str | Path) -> str:
         return "folder"
     if not path.exists():
         raise FabsightError(path, "no such file or folder")
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:  # no permission, an I/O error: this file cannot be read, others may
+        raise FabsightError(path, f"cannot be read ({exc.strerror or exc})") from None
     if not head.strip():
         raise FormatError(path, "empty file")
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -100,30 +117,6 @@ def detect_format(path: str | Path) -> str:
     raise FormatError(path, "unrecognised wafer data (not KLARF, STDF, G85, LSWMD pickle, MixedWM38 npz, PNG or NPY)")
 
 
-def _iter_dir(root: Path) -> Iterator[WaferMap]:
-    """A folder: its ``ROOT/CLASS/*.png|*.npy`` maps plus every wafer-data file directly in it.
-
-    Files that are not wafer data (a README, a licence) are skipped, so a folder of KLARF
-    or STDF files from a tool can be given as is.
-    """
-    files = [p for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    wafer_files: list[tuple[Path, str]] = []
-    for p in files:
-        if p.suffix.lower() in MAP_SUFFIXES:
-            continue
-        try:
-            wafer_files.append((p, detect_format(p)))
-        except FormatError:
-            continue
-    has_images = any(p.suffix.lower() in MAP_SUFFIXES for p in files) or any(
-        d.is_dir() and not d.name.startswith(".") for d in root.iterdir()
-    )
-    if has_images or not wafer_files:
-        yield from iter_folder(root)
-    for p, name in wafer_files:
-        yield from _READERS[name](p)
-
-
 def _resolve(path: Path, format: str | None) -> str:
     if format is None:
         return detect_format(path)
@@ -135,9 +128,15 @@ def _resolve(path: Path, format: str | None) -> str:
     return name
 
 
-def read_maps(path: str | Path, format: str | None = None) -> list[WaferMap]:
-    """Every wafer map in one file or folder layout (``format`` overrides detection)."""
+def read_maps(path: str | Path, format: str | None = None, log: ReadLog | None = None) -> list[WaferMap]:
+    """Every wafer map in one file or folder layout (``format`` overrides detection).
+
+    With a lenient ``log`` (see :class:`ReadLog`), unreadable files of a folder are recorded
+    there and the others are read; without one the first unreadable file raises.
+    """
     p = Path(path)
+    if format is None:
+        return list(iter_maps([p], log))
     return list(_READERS[_resolve(p, format)](p))
 
 
@@ -152,13 +151,82 @@ def expand_paths(item: str | Path) -> list[Path]:
     return [Path(text)]
 
 
-def iter_maps(paths: Iterable[str | Path]) -> Iterator[WaferMap]:
+@dataclass
+class ReadLog:
+    """The files a many-file read could not read, so a command can report every one.
+
+    Reading goes on past an unreadable file (one that raises :class:`FabsightError`: a
+    corrupt or truncated file, a README in a folder, a pattern matching nothing); ``errors``
+    keeps each in order and ``files_read`` counts the files that were read. ``strict=True``
+    raises the first error instead, which is also what reading without a log does. Any other
+    exception is a bug in fabsight and is never caught here.
+    """
+
+    strict: bool = False
+    errors: list[FabsightError] = field(default_factory=list)
+    files_read: int = 0
+
+    def record(self, exc: FabsightError) -> None:
+        """Keep ``exc`` (or raise it when strict)."""
+        if self.strict:
+            raise exc
+        self.errors.append(exc)
+
+    def __add__(self, other: ReadLog) -> ReadLog:
+        """Both logs in one (a command that reads two sets reports them together)."""
+        return ReadLog(self.strict, [*self.errors, *other.errors], self.files_read + other.files_read)
+
+    def to_json(self) -> list[dict[str, str | None]]:
+        """``[{"file", "error"}]``: the shape of ``errors`` in every command's ``--json`` output."""
+        return [{"file": e.path, "error": e.message} for e in self.errors]
+
+
+def _read_file(path: Path) -> Iterable[WaferMap]:
+    return _READERS[detect_format(path)](path)
+
+
+def _read_entry(entry: FolderEntry) -> Iterable[WaferMap]:
+    """One file of a folder: a ``.png``/``.npy`` map by its suffix, anything else detected by content."""
+    if entry.problem is not None:
+        raise FormatError(entry.path, entry.problem)
+    if entry.path.suffix.lower() in MAP_SUFFIXES:
+        return [read_map_file(entry.path, entry.label)]
+    return _read_file(entry.path)
+
+
+def _units(item: str | Path) -> list[Callable[[], Iterable[WaferMap]]]:
+    """A reader for each file an input stands for (a glob's matches, a folder's entries).
+
+    Each file is read, and may fail, on its own: one bad file never hides the others.
+    """
+    units: list[Callable[[], Iterable[WaferMap]]] = []
+    for path in expand_paths(item):
+        if path.is_dir():
+            units += [partial(_read_entry, e) for e in folder_entries(path)]
+        else:
+            units.append(partial(_read_file, path))
+    return units
+
+
+def iter_maps(paths: Iterable[str | Path], log: ReadLog | None = None) -> Iterator[WaferMap]:
     """Stream the maps of many files, folders and glob patterns, one map at a time.
 
     A folder is a ``ROOT/CLASS/*.png|*.npy`` layout and/or a folder of wafer-data files;
-    LSWMD pickles yield row by row.
+    LSWMD pickles yield row by row. Every file is read on its own: with a lenient ``log``
+    an unreadable one is recorded there and the next file is read (maps a file yielded
+    before its problem showed are kept); without one, the first unreadable file raises.
     """
+    log = log if log is not None else ReadLog(strict=True)
     for item in paths:
-        for path in expand_paths(item):
-            name = detect_format(path)
-            yield from _READERS[name](path)
+        try:
+            units = _units(item)
+        except FabsightError as exc:
+            log.record(exc)
+            continue
+        for read in units:
+            try:
+                yield from read()
+            except FabsightError as exc:
+                log.record(exc)
+            else:
+                log.files_read += 1

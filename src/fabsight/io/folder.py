@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -88,49 +89,73 @@ def _single(path: Path, grid: np.ndarray, fmt: str, label: str | None) -> WaferM
     )
 
 
-def _read_one(path: Path, label: str | None) -> WaferMap:
+def read_map_file(path: str | Path, label: str | None = None) -> WaferMap:
+    """One ``.png`` or ``.npy`` map of a folder, by its suffix (the folder convention)."""
+    path = Path(path)
     return read_png(path, label) if path.suffix.lower() == ".png" else read_npy(path, label)
 
 
-def folder_files(root: str | Path) -> list[tuple[Path, str | None]]:
-    """``(file, label)`` for every map under ``ROOT`` (unlabelled) and ``ROOT/CLASS/``.
+@dataclass(frozen=True)
+class FolderEntry:
+    """One thing in a map folder that a reader must account for.
 
-    Empty class folders are reported with :class:`EmptyClassFolderWarning`; a folder
-    without any map is a :class:`FormatError`.
+    ``label`` is CLASS for ``ROOT/CLASS/file``. ``problem`` says why the entry cannot be
+    read (a file of another kind in a class folder, a folder nested deeper, a device file),
+    so it is reported like an unreadable file instead of being passed over in silence.
+    """
+
+    path: Path
+    label: str | None = None
+    problem: str | None = None
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _class_entries(folder: Path) -> list[FolderEntry]:
+    """Entries of ``ROOT/CLASS/``: its maps, and every other file or folder with its problem."""
+    found = []
+    for p in _visible(folder):
+        if p.is_dir():
+            found.append(FolderEntry(p, folder.name, "a folder inside a class folder is not read (maps are "
+                                                     "ROOT/CLASS/*.png|*.npy)"))
+        elif not p.is_file():
+            found.append(FolderEntry(p, folder.name, "not a regular file (a broken link or a device)"))
+        elif p.suffix.lower() in MAP_SUFFIXES:
+            found.append(FolderEntry(p, folder.name))
+        else:
+            found.append(FolderEntry(p, folder.name, "not a .png/.npy map (a class folder holds map files only)"))
+    if not any(e.problem is None for e in found):
+        warnings.warn(
+            f"{folder}: class folder '{folder.name}' holds no .png/.npy maps",
+            EmptyClassFolderWarning,
+            stacklevel=3,
+        )
+    return found
+
+
+def folder_entries(root: str | Path) -> list[FolderEntry]:
+    """Every visible file of ``ROOT`` and ``ROOT/CLASS/`` (hidden ones, ``.*``, are left out).
+
+    Files directly in ROOT may be maps or any wafer-data file (the caller detects which);
+    sub-folders are class folders. Class folders without a map are reported with
+    :class:`EmptyClassFolderWarning`; a folder with nothing in it is a :class:`FormatError`.
     """
     root = Path(root)
     if not root.is_dir():
         raise FabsightError(root, "not a folder")
-    found: list[tuple[Path, str | None]] = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
+    found: list[FolderEntry] = []
+    for entry in _visible(root):
         if entry.is_dir():
-            files = sorted(
-                p for p in entry.iterdir() if p.suffix.lower() in MAP_SUFFIXES and not p.name.startswith(".")
-            )
-            if not files:
-                warnings.warn(
-                    f"{entry}: class folder '{entry.name}' holds no .png/.npy maps",
-                    EmptyClassFolderWarning,
-                    stacklevel=2,
-                )
-            found += [(p, entry.name) for p in files]
-        elif entry.suffix.lower() in MAP_SUFFIXES:
-            found.append((entry, None))
+            found += _class_entries(entry)
+        elif entry.is_file():
+            found.append(FolderEntry(entry))
+        else:
+            found.append(FolderEntry(entry, None, "not a regular file (a broken link or a device)"))
     if not found:
         raise FormatError(root, "no .png/.npy wafer maps in ROOT or ROOT/CLASS/, and no other wafer data files")
     return found
-
-
-def iter_folder(root: str | Path) -> Iterator[WaferMap]:
-    """Stream the maps of a ``ROOT/CLASS/*.png|*.npy`` folder, labelled by CLASS."""
-    for path, label in folder_files(root):
-        yield _read_one(path, label)
-
-
-def read_folder(root: str | Path) -> list[WaferMap]:
-    return list(iter_folder(root))
 
 
 def write_folder(maps: Sequence[WaferMap], root: str | Path, *, image_format: str = "npy") -> Path:

@@ -80,11 +80,28 @@ def _prepare_out(out: Path, ident: dict[str, Any], overwrite: bool) -> None:
         write_json(job_file, ident)
 
 
+def _torn_parts(out: Path, manifest: Manifest) -> set[str]:
+    """Parts whose manifest lines are not all there: a crash cut the commit short (or the part is gone).
+
+    Each entry says how many rows its input has in its part; a part holding more rows than its
+    entries add up to also holds inputs the manifest lost, which would otherwise be redone
+    into a second part.
+    """
+    torn = set()
+    for part, rows in manifest.claimed_rows().items():
+        path = out / part
+        if not path.is_file() or (rows is not None and pq.read_metadata(path).num_rows != rows):
+            torn.add(part)
+    return torn
+
+
 def _resume(out: Path, manifest: Manifest, files: Sequence[str]) -> set[str]:
-    """Inputs already done; parts holding a changed input, and parts no manifest line names, are removed."""
+    """Inputs already done. Parts holding a changed input, parts a crash left half-committed and
+    parts no manifest line names are removed, so their inputs are redone exactly once."""
     stale = {manifest.entries[f]["part"] for f in files if f in manifest.entries and not manifest.is_done(f)}
     stale.discard(None)
-    if stale:
+    stale |= _torn_parts(out, manifest)
+    if stale or manifest.damaged:
         manifest.forget_parts(stale)
     keep = manifest.parts()
     for part in out.glob("part-*.parquet"):
@@ -176,10 +193,11 @@ def _ray(units: Sequence[WorkUnit], spec: JobSpec, address: str, workers: int) -
 class _Sink:
     """Collects result blocks per unit; writes a unit's part and commits its inputs once it is complete."""
 
-    def __init__(self, out: Path, manifest: Manifest, stamps: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, out: Path, manifest: Manifest, stamps: dict[str, tuple[int, int]], strict: bool = False) -> None:
         self.out = out
         self.manifest = manifest
         self.stamps = stamps
+        self.strict = strict
         self.pending: dict[str, list[pa.Table]] = {}
         self.errors: list[dict[str, str]] = []
         self.rows = 0
@@ -209,6 +227,8 @@ class _Sink:
                 self.errors.append({"file": src, "error": err})
             if bad.num_rows:
                 write_text(self.out / ERRORS_FILE, "".join(json.dumps(e) + "\n" for e in self.errors))
+                if self.strict:  # nothing of this unit is committed: a rerun starts from it
+                    raise FabsightError(self.errors[-bad.num_rows]["file"], self.errors[-bad.num_rows]["error"])
             good = table.filter(pc.is_null(table.column("error"))).drop_columns(
                 ["unit", "unit_rows", "error"])
             if good.num_rows:
@@ -262,12 +282,15 @@ def run_batch(
     embed: bool = False,
     runtime: str = "torch",
     overwrite: bool = False,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Classify (or embed) every input and write ``out`` as a Parquet dataset; returns a summary.
 
     ``ray=None`` runs in this process (``workers`` torch threads); ``ray="local"`` starts a
     local Ray, any other value is a Ray address (``auto``, ``ray://host:10001``); ``workers``
-    is then the number of actors, each holding one model.
+    is then the number of actors, each holding one model. An input that cannot be read is
+    listed in the summary's ``errors`` (and ``OUT/_errors.jsonl``) and the job goes on;
+    ``strict`` stops it there with that file's :class:`FabsightError` (what is done stays done).
     """
     if workers < 1 or batch_size < 1:
         raise FabsightError(None, "--workers and --batch-size must be at least 1")
@@ -297,7 +320,7 @@ def run_batch(
     units = make_units(todo, group=batch_size)
     stamps = {f.path: stamp(f.path) for f in todo}
     by_id = {u.uid: u for u in units}
-    sink = _Sink(out, manifest, stamps)
+    sink = _Sink(out, manifest, stamps, strict)
 
     t0 = time.perf_counter()
     if local is not None:
@@ -332,4 +355,5 @@ def run_batch(
         "first_results_after_s": round(first[0], 3) if first else None,
         "driver_peak_rss_mb": round(_peak_rss_mb(), 1),
         "errors_file": str(out / ERRORS_FILE) if sink.errors else None,
+        "errors": sink.errors,
     }

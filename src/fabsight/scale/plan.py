@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from fabsight.die.data import IMAGE_SUFFIXES
-from fabsight.errors import FabsightError, FormatError
-from fabsight.io import detect_format, expand_paths
+from fabsight.errors import FabsightError
+from fabsight.io import expand_paths
 from fabsight.io.folder import MAP_SUFFIXES
 from fabsight.scale.work import WorkUnit
 from fabsight.utils.atomic import atomic_open
@@ -55,7 +55,12 @@ def read_list_file(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _walk(root: Path, mode: str) -> list[InputFile]:
-    """Every input under a folder, sorted; files that are not wafer data (or images) are left out."""
+    """Every input under a folder, sorted; hidden files and folders (``.*``) are left out.
+
+    For wafer jobs every other file is an input, so one that is not wafer data (a README, a
+    KLARF cut before its header) is reported with an error row, never dropped in silence.
+    Image jobs take the files with an image suffix (annotations beside the images are not inputs).
+    """
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -69,14 +74,9 @@ def _walk(root: Path, mode: str) -> list[InputFile]:
             if mode == "image":
                 if suffix in IMAGE_SUFFIXES:
                     found.append(InputFile(str(path), label, True))
-            elif suffix in MAP_SUFFIXES:
-                found.append(InputFile(str(path), label, True))
             else:
-                try:
-                    detect_format(path)
-                except FormatError:
-                    continue  # a README or a licence beside the data
-                found.append(InputFile(str(path), None, False))
+                single = suffix in MAP_SUFFIXES
+                found.append(InputFile(str(path), label if single else None, single))
     return found
 
 
@@ -136,20 +136,27 @@ def stamp(path: str) -> tuple[int, int]:
 class Manifest:
     """Finished inputs of an output dataset, read from and appended to ``OUT/_manifest.jsonl``.
 
-    Lines are appended (and fsynced) after a part is in place; a line cut short by a crash
-    is ignored on the next load, which only means that input is redone.
+    Lines are appended (and fsynced) after a part is in place. A crash can cut the last
+    lines short or leave them out: a line that does not parse is dropped and ``damaged`` is
+    set, so the file is rewritten whole before anything is appended after it (a new line
+    glued to the torn one would be lost too). Which parts lost lines is for the caller to
+    tell (the job compares each part's rows with the rows its entries claim) and to
+    :meth:`forget_parts`, so their inputs are redone without a duplicate row.
     """
 
     def __init__(self, out: Path) -> None:
         self.path = out / MANIFEST
         self.entries: dict[str, dict[str, Any]] = {}
+        self.damaged = False
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+            self.damaged = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
                 try:
                     entry = json.loads(line)
                     self.entries[entry["file"]] = entry
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+                    self.damaged = True
 
     def is_done(self, path: str) -> bool:
         entry = self.entries.get(path)
@@ -165,9 +172,20 @@ class Manifest:
         self.entries = {k: e for k, e in self.entries.items() if e.get("part") not in parts}
         with atomic_open(self.path, "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(e) + "\n" for e in self.entries.values())
+        self.damaged = False
 
     def parts(self) -> set[str]:
         return {e["part"] for e in self.entries.values() if e.get("part")}
+
+    def claimed_rows(self) -> dict[str, int | None]:
+        """Rows each part should hold by its entries (``None`` where an entry predates the count)."""
+        claimed: dict[str, int | None] = {}
+        for e in self.entries.values():
+            part = e.get("part")
+            if part:
+                rows, before = e.get("rows"), claimed.get(part, 0)
+                claimed[part] = None if rows is None or before is None else before + rows
+        return claimed
 
     def commit(self, entries: list[dict[str, Any]]) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
