@@ -56,13 +56,13 @@ def announce(service: Service, url: str, as_json: bool) -> None:
     if service.token_new:
         info["token"] = service.token
 
-    def human(i: dict[str, Any]) -> None:
-        err.print(f"fabsight dashboard on {i['url']} (API: {i['url']}docs)", markup=False)
+    def human(i: dict[str, Any]) -> None:  # soft_wrap: a path or token cut across lines cannot be pasted
+        err.print(f"fabsight dashboard on {i['url']} (API: {i['url']}docs)", markup=False, soft_wrap=True)
         if "token" in i:
             err.print(f"access token (shown once; kept in {i['token_source']}, mode 0600): {i['token']}",
-                      markup=False)
+                      markup=False, soft_wrap=True)
         else:
-            err.print(f"access token: from {i['token_source']}", markup=False)
+            err.print(f"access token: from {i['token_source']}", markup=False, soft_wrap=True)
 
     emit(info, as_json, human)
 
