@@ -99,3 +99,27 @@ def test_generated_token_is_shown_once_and_kept_private(tmp_path: Path, monkeypa
     code, err = _run(monkeypatch, capsys, "--db", str(tmp_path / "s.sqlite"), "--token-file", str(given))
     assert code == 2 and err == f"error: {given}: the access token must be at least 16 printable characters " \
                                 "without spaces\n"
+
+
+def test_demo_serve_shows_its_token_and_keeps_to_loopback(tmp_path: Path, monkeypatch, capsys,
+                                                          wafer_models_dir: Path) -> None:
+    monkeypatch.delenv("FABSIGHT_TOKEN", raising=False)
+    started = _fake_run(monkeypatch)
+    out = tmp_path / "demo"
+    monkeypatch.setattr(sys, "argv", ["fabsight", "demo", "--out", str(out), "--serve", "--host", "0.0.0.0"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: --host 0.0.0.0: not a loopback address") and not out.exists()
+    monkeypatch.setattr(sys, "argv", ["fabsight", "demo", "--out", str(out), "--models", str(wafer_models_dir),
+                                      "--serve"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert not exc.value.code
+    token = (out / "store-files" / ".fabsight-token").read_text().strip()
+    assert f"mode 0600): {token}\n" in capsys.readouterr().err
+    from fastapi.testclient import TestClient
+
+    with TestClient(started["app"]) as c:
+        assert c.get("/api/health", headers={"Authorization": f"Bearer {token}"}).json()["counts"]["wafers"] > 0
+        assert c.get("/api/health").status_code == 401

@@ -52,10 +52,10 @@ def demo(
         from fabsight.serve.state import Policy, load_service
 
         files = Path(out_dir) / FILES_NAME
-        service = load_service(summary["store"], models, files_dir=files)  # a new demo store: a new token
+        service = load_service(summary["store"], models, files_dir=files)  # the demo store's own token
         service.store.close()
-        announce(service, f"http://{host}:{port}/", False)
-        err.print("Ctrl-C stops it", markup=False)
+        announce(service, f"http://{host}:{port}/", False, show_token=True)
+        err.print("log in with that token; Ctrl-C stops the server", markup=False)
         run(create_app(summary["store"], models, files_dir=files, policy=Policy(token=service.token)), host, port,
             log_level="warning")
 

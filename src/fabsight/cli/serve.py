@@ -43,8 +43,9 @@ def check_host(host: str, *, token_given: bool, public_read: bool, allow_remote:
                                               "(FABSIGHT_TOKEN or --token-file) or add --allow-remote")
 
 
-def announce(service: Service, url: str, as_json: bool) -> None:
-    """The start-up line(s): where the service listens and where its token is; a new token is shown once."""
+def announce(service: Service, url: str, as_json: bool, *, show_token: bool = False) -> None:
+    """The start-up line(s): where the service listens and where its token is; a new token is shown
+    once (``show_token``: always, as the demo does for its throw-away store)."""
     info: dict[str, Any] = {
         "url": url,
         "store": service.store.engine.url.render_as_string(hide_password=True),
@@ -53,13 +54,14 @@ def announce(service: Service, url: str, as_json: bool) -> None:
         "token_source": service.token_source,
         "public_read": service.public_read,
     }
-    if service.token_new:
+    if service.token_new or show_token:
         info["token"] = service.token
 
     def human(i: dict[str, Any]) -> None:  # soft_wrap: a path or token cut across lines cannot be pasted
         err.print(f"fabsight dashboard on {i['url']} (API: {i['url']}docs)", markup=False, soft_wrap=True)
         if "token" in i:
-            err.print(f"access token (shown once; kept in {i['token_source']}, mode 0600): {i['token']}",
+            once = "shown once; " if service.token_new else ""
+            err.print(f"access token ({once}kept in {i['token_source']}, mode 0600): {i['token']}",
                       markup=False, soft_wrap=True)
         else:
             err.print(f"access token: from {i['token_source']}", markup=False, soft_wrap=True)
