@@ -42,7 +42,10 @@ PARSE_SECONDS = 120.0
 PARSE_CONCURRENT = 2
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["fabsight.io", "fabsight.die.data", "fabsight.serve.worker"])
+# Imported once in the fork server, not in every child (pandas alone takes a second or more to import).
+_CONTEXT.set_forkserver_preload(
+    ["fabsight.io", "fabsight.die.data", "fabsight.serve.worker", "pandas", "PIL.Image", "cv2"]
+)
 
 
 class ParseLimitError(FabsightError):
