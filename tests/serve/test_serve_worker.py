@@ -12,18 +12,18 @@ import pytest
 from fabsight.errors import FormatError
 from fabsight.serve.worker import ParseLimitError, ParseLimits, ParseWorker, read_wafers
 
-LIMITS = ParseLimits(memory_bytes=512 << 20, seconds=20)
+LIMITS = ParseLimits(memory_bytes=1024 << 20, seconds=20)  # ~350 MB of it are libraries
 
 
 def test_memory_cap_stops_a_greedy_parse() -> None:
     worker = ParseWorker(LIMITS)
     assert worker.run(np.zeros, 64 << 20, np.uint8).nbytes == 64 << 20  # under the cap: the array comes back
-    with pytest.raises(ParseLimitError, match=r"needs more than 512 MB \(the parser's memory cap\)"):
-        worker.run(np.ones, 1 << 30, np.uint8)  # 1 GiB: refused in the child, this process untouched
+    with pytest.raises(ParseLimitError, match=r"needs more than 1024 MB \(the parser's memory cap\)"):
+        worker.run(np.ones, 1 << 31, np.uint8)  # 2 GiB: refused in the child, this process untouched
 
 
 def test_time_limit_kills_the_child() -> None:
-    worker = ParseWorker(ParseLimits(memory_bytes=512 << 20, seconds=1))
+    worker = ParseWorker(ParseLimits(memory_bytes=1024 << 20, seconds=1))
     t0 = time.monotonic()
     with pytest.raises(ParseLimitError, match=r"took longer than 1 s"):
         worker.run(time.sleep, 60)

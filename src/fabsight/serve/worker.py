@@ -34,7 +34,7 @@ from fabsight.types import WaferMap
 
 log = logging.getLogger("fabsight.serve")
 
-#: Default address-space cap of a parsing child (libraries included: about 0.3–0.6 GB at rest).
+#: Default address-space cap of a parsing child (libraries included: about 0.35 GB at rest).
 PARSE_MEMORY_BYTES = 2 << 30
 #: Default time one upload may take to parse.
 PARSE_SECONDS = 120.0
@@ -43,9 +43,8 @@ PARSE_CONCURRENT = 2
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 # Imported once in the fork server, not in every child (pandas alone takes a second or more to import).
-_CONTEXT.set_forkserver_preload(
-    ["fabsight.io", "fabsight.die.data", "fabsight.serve.worker", "pandas", "PIL.Image", "cv2"]
-)
+# Not OpenCV: its 300 MB of address space would count against every child's cap; die images import it.
+_CONTEXT.set_forkserver_preload(["fabsight.io", "fabsight.die.data", "fabsight.serve.worker", "pandas", "PIL.Image"])
 
 
 class ParseLimitError(FabsightError):
