@@ -8,10 +8,13 @@ apps side by side.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fabsight.artifacts import load_card
 from fabsight.errors import FabsightError, ModelError
@@ -70,7 +73,7 @@ class Service:
         """How uploads are read: in the capped worker, under the pickle rule of the policy."""
         return partial(self.worker.run, partial(read_wafers, allow_pickle=self.policy.allow_pickle))
 
-    def image_reader(self) -> Any:
+    def image_reader(self) -> Callable[[Path], np.ndarray]:
         """How die images are decoded: in the capped worker."""
         return partial(self.worker.run, read_die_image)
 
