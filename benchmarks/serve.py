@@ -8,7 +8,8 @@ classify, explain, store in one transaction):
 * ``lot``: 25-wafer KLARF lots, ``--clients`` clients at once.
 
 Each file is distinct (its own lot id), so the duplicate shortcut never answers. Reported:
-uploads/s and wafers/s over the wall-clock time, and p50/p99 latency per upload.
+uploads/s and wafers/s over the wall-clock time, and p50/p99 latency per upload. The server
+gets a fresh access token through ``FABSIGHT_TOKEN`` and every request sends it.
 
     PYTHONPATH=src python -P benchmarks/serve.py --models MODEL_DIR --single 40 --lots 16 --clients 4
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -37,7 +39,7 @@ from fabsight.synth import generate_dataset
 from fabsight.types import WM811K_CLASSES
 
 
-def _files(folder: Path, n: int, wafers: int, prefix: str, seed: int) -> list[bytes]:
+def klarf_files(folder: Path, n: int, wafers: int, prefix: str, seed: int) -> list[bytes]:
     """``n`` distinct KLARF files of ``wafers`` 52×52 wafers each (patterns cycle through the classes)."""
     per_class = -(-n * wafers // len(WM811K_CLASSES))
     pool = generate_dataset(per_class, shapes=((52, 52),), seed=seed)
@@ -51,16 +53,45 @@ def _files(folder: Path, n: int, wafers: int, prefix: str, seed: int) -> list[by
     return out
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _run(url: str, files: list[bytes], clients: int, name: str) -> dict[str, float]:
+def start_server(db: Path, models: str | None, port: int, token: str) -> subprocess.Popen:
+    """``fabsight serve`` on 127.0.0.1:``port`` in a subprocess with ``token`` as its access token; its log
+    (access lines included) goes to ``DB.log``, never to a pipe nobody reads (a full pipe stalls the server)."""
+    cmd = [sys.executable, "-m", "fabsight", "serve", "--db", str(db), "--port", str(port)]
+    cmd += ["--models", models] if models else []
+    env = {**os.environ, "FABSIGHT_TOKEN": token}
+    with open(db.with_suffix(".log"), "ab") as log:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+
+
+def wait_ready(url: str, server: subprocess.Popen, token: str, timeout: float = 300) -> None:
+    """Until ``/api/health`` answers 200 (or the server died / ``timeout`` passed: RuntimeError with its log)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", headers=auth(token), timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            log = Path(server.args[server.args.index("--db") + 1]).with_suffix(".log")
+            raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _run(url: str, files: list[bytes], clients: int, name: str, token: str) -> dict[str, float]:
     def send(args: tuple[int, bytes]) -> float:
         i, data = args
-        with httpx.Client(base_url=url, timeout=600) as c:
+        with httpx.Client(base_url=url, timeout=600, headers=auth(token)) as c:
             t0 = time.perf_counter()
             r = c.post("/api/uploads", files={"file": (f"{name}{i}.klarf", data, "text/plain")})
             took = time.perf_counter() - t0
@@ -88,30 +119,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        singles = _files(folder, args.single, 1, "S", seed=1)
-        lots = _files(folder, args.lots, 25, "L", seed=2)
-        port = _free_port()
-        cmd = [sys.executable, "-m", "fabsight", "serve", "--db", str(folder / "bench.sqlite"),
-               "--models", args.models, "--port", str(port)]
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+        singles = klarf_files(folder, args.single, 1, "S", seed=1)
+        lots = klarf_files(folder, args.lots, 25, "L", seed=2)
+        port, token = free_port(), secrets.token_urlsafe(24)
+        server = start_server(folder / "bench.sqlite", args.models, port, token)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {server.stderr.read().decode()[-2000:]}")
-                time.sleep(0.2)
-            with httpx.Client(base_url=url, timeout=600) as c:  # warm-up: first-request imports
-                c.post("/api/uploads", files={"file": ("warm.klarf", _files(folder, 1, 1, "W", 3)[0])})
-            single = _run(url, singles, 1, "s")
-            lot = _run(url, lots, args.clients, "l")
+            wait_ready(url, server, token)
+            with httpx.Client(base_url=url, timeout=600, headers=auth(token)) as c:  # warm-up: first-request imports
+                c.post("/api/uploads", files={"file": ("warm.klarf", klarf_files(folder, 1, 1, "W", 3)[0])})
+            single = _run(url, singles, 1, "s", token)
+            lot = _run(url, lots, args.clients, "l", token)
             lot["wafers_per_s"] = round(25 * lot["uploads_per_s"], 2)
-            counts = httpx.get(f"{url}/api/health").json()["counts"]
+            counts = httpx.get(f"{url}/api/health", headers=auth(token)).json()["counts"]
         finally:
             server.terminate()
             server.wait(timeout=30)

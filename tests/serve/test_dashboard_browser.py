@@ -1,4 +1,5 @@
-"""The dashboard in a real headless Chromium: lots, gallery, a wafer page with Q&A, review keys, upload.
+"""The dashboard in a real headless Chromium: login, lots, gallery, a wafer page with Q&A, review keys,
+upload, the local API docs, and a page of another origin that tries to write with the person's session.
 
 Runs uvicorn in a thread of the test process (so the session's tiny model and the Q&A
 encoder are loaded once) and drives Debian's Chromium through Playwright; nothing is
@@ -7,12 +8,12 @@ downloaded. Screenshots go to ``test-artifacts/dashboard/`` for a person to look
 
 from __future__ import annotations
 
+import json
 import shutil
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ import pytest
 from fabsight.demo import example_files
 from fabsight.io import write_klarf
 from fabsight.synth import generate_dataset
+from servekit import AUTH, TOKEN, uvicorn_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
@@ -30,40 +32,23 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, wafer_models_dir: Path) -> Iterator[str]:
-    import uvicorn
-
     from fabsight.serve import create_app
+    from fabsight.serve.state import Policy
 
     tmp = tmp_path_factory.mktemp("dash")
-    port = _free_port()
-    app = create_app(tmp / "store.sqlite", wafer_models_dir)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    with httpx.Client(base_url=url, timeout=120) as c:
-        for f in example_files():
-            assert c.post("/api/uploads", files={"file": (f.name, f.read_bytes())}).status_code == 201
-    yield url
-    srv.should_exit = True
-    thread.join(timeout=10)
+    app = create_app(tmp / "store.sqlite", wafer_models_dir, policy=Policy(token=TOKEN))
+    with uvicorn_server(app) as url:
+        with httpx.Client(base_url=url, timeout=120, headers=AUTH) as c:
+            for f in example_files():
+                assert c.post("/api/uploads", files={"file": (f.name, f.read_bytes())}).status_code == 201
+        yield url
 
 
 @pytest.fixture(scope="module")
 def page(server: str) -> Iterator[object]:
+    """A browser page logged in through the login form (a wrong token first)."""
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -71,6 +56,17 @@ def page(server: str) -> Iterator[object]:
         )
         pg = browser.new_page(viewport={"width": 1280, "height": 900}, base_url=server)
         pg.set_default_timeout(60_000)
+        pg.goto("/review")  # not logged in: sent to the login form, which comes back here
+        pg.wait_for_url("**/login?next=%2Freview")
+        pg.fill("#login-form input[name=token]", "not-the-token-at-all")
+        pg.click("#login-form button")
+        assert "wrong access token" in pg.inner_text("#login-error")
+        pg.fill("#login-form input[name=token]", TOKEN)
+        pg.click("#login-form button")
+        pg.wait_for_url("**/review")
+        cookie = next(c for c in pg.context.cookies() if c["name"] == "fabsight_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
+        assert pg.evaluate("document.cookie") == ""  # page scripts never see the session
         yield pg
         browser.close()
 
@@ -81,19 +77,19 @@ def _images_loaded(page) -> bool:
 
 def test_dashboard_end_to_end(page, server: str, tmp_path: Path) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    api = httpx.Client(base_url=server, timeout=120)
+    api = httpx.Client(base_url=server, timeout=120, headers=AUTH)
 
     # lots page: one row per lot, trend chart drawn
     page.goto("/")
     assert page.locator("#lots tr").count() == 1 + 3
-    page.wait_for_function("document.getElementById('trend').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('trend').naturalWidth > 0")
     page.screenshot(path=SHOTS / "lots.png", full_page=True)
 
     # gallery of lot A101: eight rendered maps
     page.click("text=A101")
     page.wait_for_url("**/wafers?lot=A101")
     assert page.locator("#gallery .card").count() == 8
-    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
     assert _images_loaded(page)
     page.screenshot(path=SHOTS / "gallery.png", full_page=True)
 
@@ -106,9 +102,9 @@ def test_dashboard_end_to_end(page, server: str, tmp_path: Path) -> None:
     assert page.inner_text("#explanation") == stored["explanation"]["text"]
     page.fill("#ask-form input[name=question]", "What is the yield of this wafer?")
     page.click("#ask-form button")
-    page.wait_for_function("document.getElementById('ask-answer').dataset.answered !== undefined")
+    page.wait_for_function("() => document.getElementById('ask-answer').dataset.answered !== undefined")
     assert f"{100 * stored['yield']:.1f}%" in page.inner_text("#ask-answer")
-    page.wait_for_function("document.getElementById('wafer-map').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('wafer-map').naturalWidth > 0")
     page.screenshot(path=SHOTS / "wafer.png", full_page=True)
 
     # review queue: 'a' accepts the current item, '2' labels the next one with the second class
@@ -121,7 +117,7 @@ def test_dashboard_end_to_end(page, server: str, tmp_path: Path) -> None:
     page.keyboard.press("a")
     page.wait_for_selector("#queue .card.done")
     page.keyboard.press("2")
-    page.wait_for_function("document.querySelectorAll('#queue .card.done').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#queue .card.done').length === 2")
     first = api.get(f"/api/wafers/{queue[0]['wafer']}").json()["review_item"]
     second = api.get(f"/api/wafers/{queue[1]['wafer']}").json()["review_item"]
     assert first["state"] == "accepted" and first["label"] == queue[0]["predicted"]
@@ -150,4 +146,109 @@ def test_dashboard_end_to_end(page, server: str, tmp_path: Path) -> None:
     page.wait_for_selector("#upload-result.error")
     assert "unrecognised wafer data" in page.inner_text("#upload-result")
     page.screenshot(path=SHOTS / "upload-error.png", full_page=True)
+    api.close()
+
+
+def test_api_docs_load_from_this_service_only(page, server: str) -> None:
+    """Swagger UI asks nothing of another host; ReDoc's bundle wants its vendor's logo, and the page's
+    Content-Security-Policy stops that request in the browser."""
+    pytest.importorskip("fastapi_offline", reason="the fastapi-offline package (local Swagger UI files) is missing")
+    elsewhere: list[str] = []
+    failed: dict[str, str] = {}
+    page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else elsewhere.append(r.url))
+    page.on("requestfailed", lambda r: failed.update({r.url: r.failure}))
+    page.goto("/docs")
+    page.wait_for_selector(".swagger-ui .info .title")
+    assert "fabsight" in page.inner_text(".swagger-ui .info .title")
+    page.get_by_text("/api/uploads", exact=True).first.wait_for()
+    page.screenshot(path=SHOTS / "docs.png")
+    assert elsewhere == []
+    page.goto("/redoc")
+    page.wait_for_selector("h1:has-text('fabsight')")
+    page.wait_for_timeout(500)
+    assert all(failed.get(url) == "csp" for url in elsewhere), (elsewhere, failed)
+    page.screenshot(path=SHOTS / "redoc.png")
+
+
+_EVIL = """<!doctype html><html><body>
+<iframe name="f1"></iframe><iframe name="f2"></iframe>
+<form id="up" method="post" enctype="multipart/form-data" action="{svc}/api/uploads" target="f1">
+ <input type="file" name="file"></form>
+<form id="acc" method="post" enctype="text/plain" action="{svc}/api/reviews/{review}/accept" target="f2">
+ <input name='{{"reviewer": "x", "y": "' value='"}}'></form>
+<script>
+const klarf = {klarf};
+async function attack() {{
+  const results = [];
+  const fd = new FormData();
+  fd.append("file", new File([klarf], "evil.klarf", {{type: "text/plain"}}));
+  const tries = [
+    ["{svc}/api/uploads", {{method: "POST", body: fd, mode: "no-cors", credentials: "include"}}],
+    ["{svc}/api/reviews/{review}/accept", {{method: "POST", body: "{{}}", mode: "no-cors", credentials: "include",
+                                            headers: {{"Content-Type": "text/plain"}}}}],
+    ["{svc}/api/reviews/{review}/accept", {{method: "POST", body: "{{}}", credentials: "include",
+                                            headers: {{"Content-Type": "application/json"}}}}],
+  ];
+  for (const [url, opts] of tries) {{
+    try {{ const r = await fetch(url, opts); results.push(r.type + " " + r.status); }}
+    catch (e) {{ results.push("blocked"); }}
+  }}
+  const dt = new DataTransfer();
+  dt.items.add(new File([klarf], "evil.klarf", {{type: "text/plain"}}));
+  document.querySelector("#up input").files = dt.files;
+  document.getElementById("up").submit();
+  document.getElementById("acc").submit();
+  document.title = "done " + results.join(", ");
+}}
+attack();
+</script></body></html>"""
+
+
+def test_page_of_another_origin_cannot_write_with_the_session(page, server: str, tmp_path: Path) -> None:
+    """Another port of the same host is the same *site*: the browser sends the session cookie with
+    these requests, and only the Origin check stands between that page and the store."""
+    api = httpx.Client(base_url=server, timeout=120, headers=AUTH)
+    review = api.get("/api/reviews", params={"state": "pending"}).json()[0]["id"]
+    before = api.get("/api/health").json()["counts"]
+    maps = generate_dataset(1, classes=("Scratch",), shapes=((30, 30),), seed=99)
+    maps[0].lot_id, maps[0].wafer_id = "EVIL1", "01"
+    klarf = write_klarf(maps, tmp_path / "evil.klarf").read_text()
+    html = _EVIL.format(svc=server, review=review, klarf=json.dumps(klarf)).encode()
+
+    class Evil(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    seen: list[tuple[str, int]] = []  # what reached the service, as the browser saw it
+
+    def record(r) -> None:
+        if r.url.startswith(server) and r.request.method == "POST":
+            seen.append((r.url.removeprefix(server), r.status))
+
+    page.on("response", record)
+    try:
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        page.wait_for_function("() => document.title.startsWith('done')")
+        assert page.title() == "done opaque 0, opaque 0, blocked"  # no CORS: the JSON one never leaves
+        page.wait_for_timeout(200)
+        deadline = 100
+        while len(seen) < 4 and deadline:  # two fetches and two form posts
+            page.wait_for_timeout(100)
+            deadline -= 1
+    finally:
+        page.remove_listener("response", record)
+        evil.shutdown()
+    accept = f"/api/reviews/{review}/accept"
+    assert sorted(seen) == sorted([("/api/uploads", 403)] * 2 + [(accept, 403)] * 2)
+    assert api.get("/api/health").json()["counts"] == before
+    assert api.get("/api/lots/EVIL1").status_code == 404
+    assert api.get("/api/reviews", params={"state": "pending"}).json()[0]["id"] == review
     api.close()

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fabsight.demo import example_files
-from fabsight.io import read_maps, write_folder, write_g85, write_klarf, write_lswmd, write_mixedwm38, write_stdf
+from fabsight.io import read_maps, write_folder, write_g85, write_klarf, write_mixedwm38, write_stdf
 from fabsight.synth import generate_dataset
 from fabsight.types import WaferMap
 from servekit import CLASSES, files_in
@@ -64,8 +64,7 @@ WRITERS = {
     "stdf": (write_stdf, "lot.stdf"),
     "g85": (write_g85, "lot.xml"),
     "mixedwm38": (write_mixedwm38, "lot.npz"),
-    "lswmd": (write_lswmd, "LSWMD.pkl"),
-}
+}  # LSWMD pickles are refused unless --allow-pickle (test_serve_security)
 
 
 @pytest.mark.parametrize("fmt", list(WRITERS))

@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from fabsight.serve import create_app
-from servekit import files_in
+from fabsight.serve.state import Policy
+from servekit import AUTH, TOKEN, files_in
 
 
 def texture(rng: np.random.Generator, size: int = 96) -> np.ndarray:
@@ -44,8 +45,8 @@ def anomaly_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def dies(tmp_path: Path, anomaly_models: Path) -> Iterator[TestClient]:
-    app = create_app(tmp_path / "s.sqlite", anomaly_models, files_dir=tmp_path / "files")
-    with TestClient(app, raise_server_exceptions=False) as c:
+    app = create_app(tmp_path / "s.sqlite", anomaly_models, files_dir=tmp_path / "files", policy=Policy(token=TOKEN))
+    with TestClient(app, raise_server_exceptions=False, headers=AUTH) as c:
         yield c
 
 

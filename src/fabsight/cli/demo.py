@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,13 +21,18 @@ def demo(
         typer.Option("--models", help="Wafer-pattern model (default: a small synthetic one, trained once and cached)."),
     ] = None,
     serve: Annotated[bool, typer.Option("--serve", help="Then serve the dashboard over the demo's store.")] = False,
-    host: Annotated[str, typer.Option("--host", help="With --serve: interface to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="With --serve: interface to listen on (loopback unless "
+                                                     "FABSIGHT_TOKEN is set).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="With --serve: TCP port.")] = 8000,
     as_json: JsonOpt = False,
 ) -> None:
     """Read the example lot (or FILES); classify, explain and store every wafer; write an HTML report."""
     from fabsight.demo import FILES_NAME, demo_model, run_demo
 
+    if serve:  # before the work, so a refused --host costs nothing
+        from fabsight.cli.serve import check_host
+
+        check_host(host, token_given=bool(os.environ.get("FABSIGHT_TOKEN")), public_read=False, allow_remote=False)
     if models is None:
         err.print("wafer model: the cached demo model (trained on synthetic maps on the first run)", markup=False)
         models = demo_model()
@@ -41,10 +47,17 @@ def demo(
 
     emit(summary, as_json, human)
     if serve:
+        from fabsight.cli.serve import announce
         from fabsight.serve import create_app, run
+        from fabsight.serve.state import Policy, load_service
 
-        err.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)", markup=False)
-        run(create_app(summary["store"], models, files_dir=Path(out_dir) / FILES_NAME), host, port, log_level="warning")
+        files = Path(out_dir) / FILES_NAME
+        service = load_service(summary["store"], models, files_dir=files)  # the demo store's own token
+        service.store.close()
+        announce(service, f"http://{host}:{port}/", False, show_token=True)
+        err.print("log in with that token; Ctrl-C stops the server", markup=False)
+        run(create_app(summary["store"], models, files_dir=files, policy=Policy(token=service.token)), host, port,
+            log_level="warning")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,10 +1,13 @@
-"""The FastAPI application: wiring only (routers, error handlers, lifespan).
+"""The FastAPI application: wiring only (routers, error handlers, lifespan, the front door).
 
 ``create_app(db_url, models_dir)`` returns an app whose lifespan opens the store (migrating
-its schema to the newest version) and loads the models once; every request then reads them
-from ``app.state.service``. User mistakes (:class:`~fabsight.errors.FabsightError`) become
-4xx responses whose ``detail`` is the one-line reason: 404 for a missing item, 409 for a
-decision on a decided review, 422 for unreadable wafer data, 400 for the rest.
+its schema to the newest version), loads the models once and resolves the access token;
+every request then reads them from ``app.state.service``. Every request passes
+:class:`~fabsight.serve.guard.Guard` first (authentication, same-origin writes, body size,
+security headers, generic 500s). User mistakes (:class:`~fabsight.errors.FabsightError`)
+become 4xx responses whose ``detail`` is the one-line reason: 404 for a missing item, 409
+for a decision on a decided review, 422 for unreadable wafer data (or a parse past the
+worker's limits), 400 for the rest.
 """
 
 from __future__ import annotations
@@ -12,21 +15,23 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request, Security, status
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from fabsight import __version__
 from fabsight.errors import FabsightError, FormatError
-from fabsight.serve.routers import analysis, dashboard, dies, lots, reviews, uploads, wafers
+from fabsight.serve.guard import Guard
+from fabsight.serve.routers import analysis, dashboard, dies, docs, lots, reviews, uploads, wafers
 from fabsight.serve.schemas import Health
-from fabsight.serve.state import MAX_UPLOAD_BYTES, load_service
+from fabsight.serve.state import MAX_UPLOAD_BYTES, Policy, load_service
+from fabsight.serve.worker import ParseLimitError
 from fabsight.store.queries import Conflict, NotFound, counts
 
-#: Bytes a multipart body may exceed the file-size limit by (boundaries, part headers, the lot field).
-_MULTIPART_SLACK = 64 * 1024
+#: Declares the token in the OpenAPI schema (the "Authorize" button of /docs); the Guard checks it.
+_BEARER = HTTPBearer(auto_error=False, description="the access token (see `fabsight serve --help`)")
 
 
 def _status_of(exc: FabsightError) -> int:
@@ -34,7 +39,7 @@ def _status_of(exc: FabsightError) -> int:
         return status.HTTP_404_NOT_FOUND
     if isinstance(exc, Conflict):
         return status.HTTP_409_CONFLICT
-    if isinstance(exc, FormatError):
+    if isinstance(exc, FormatError | ParseLimitError):
         return status.HTTP_422_UNPROCESSABLE_CONTENT
     return status.HTTP_400_BAD_REQUEST
 
@@ -51,6 +56,7 @@ def create_app(
     files_dir: str | os.PathLike[str] | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     runtime: str = "torch",
+    policy: Policy | None = None,
 ) -> FastAPI:
     """The service over the store at ``db_url`` (a SQLite file path or a database URL).
 
@@ -58,12 +64,13 @@ def create_app(
     it wafers are stored and explained but not classified, and all go to the review queue.
     ``files_dir`` keeps the uploaded files (default: beside the SQLite file). ``runtime``
     ``onnx`` / ``onnx-int8`` runs exported models in ONNX Runtime (see :mod:`fabsight.deploy`).
+    ``policy`` sets the access token, public reads, pickles and the parse worker's limits.
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = load_service(db_url, models_dir, files_dir=files_dir, max_upload_bytes=max_upload_bytes,
-                               runtime=runtime)
+                               runtime=runtime, policy=policy)
         app.state.service = service
         try:
             yield
@@ -75,22 +82,19 @@ def create_app(
         version=__version__,
         summary="Automatic defect classification: upload wafer data, browse results, review labels.",
         lifespan=lifespan,
+        docs_url=None,  # served by routers.docs from local files
+        redoc_url=None,
+        dependencies=[Security(_BEARER)],
     )
     app.add_exception_handler(FabsightError, _user_error)
+    app.add_middleware(Guard)
 
-    @app.middleware("http")
-    async def refuse_oversized_uploads(request: Request, call_next: Any) -> Any:
-        """Answer 413 from the Content-Length header, before the multipart parser spools the body."""
-        length = request.headers.get("content-length", "")
-        limit = request.app.state.service.max_upload_bytes
-        if request.method == "POST" and length.isdigit() and int(length) > limit + _MULTIPART_SLACK:
-            detail = f"upload larger than {limit} bytes (Content-Length {length})"
-            return JSONResponse({"detail": detail}, status.HTTP_413_CONTENT_TOO_LARGE)
-        return await call_next(request)
-
-    for module in (uploads, dies, wafers, lots, reviews, analysis, dashboard):
+    for module in (uploads, dies, wafers, lots, reviews, analysis, dashboard, docs):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(packages=[("fabsight.serve", "static")]), name="static")
+    assets = docs.assets()
+    if assets is not None:
+        app.mount(docs.ASSETS, assets, name="docs-assets")
 
     @app.get("/api/health", tags=["service"])
     def health(request: Request) -> Health:

@@ -16,7 +16,7 @@ import hashlib
 import re
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,19 +158,28 @@ def _existing(store: Store, sha: str) -> IngestResult | None:
         return IngestResult(up.id, True, [w.id for w in up.wafers])
 
 
-def _parse(
-    data: bytes, filename: str, scratch: Path, formats: Sequence[str] | None
-) -> tuple[str, list[WaferMap]]:
+#: Reads an upload saved at a path → ``(format, maps)``; the service passes one that runs in a capped child.
+UploadReader = Callable[[Path, Sequence[str] | None], tuple[str, list[WaferMap]]]
+
+
+def read_upload(path: Path, formats: Sequence[str] | None = None) -> tuple[str, list[WaferMap]]:
+    """The format of ``path`` from its content and its maps; ``formats`` restricts what the content may be."""
     from fabsight.io import detect_format, read_maps
 
+    fmt = detect_format(path)
+    if formats is not None and fmt not in formats:
+        raise FormatError(path, f"the content is {fmt}, not the declared kind ({' or '.join(formats)})")
+    return fmt, read_maps(path, fmt)
+
+
+def _parse(
+    data: bytes, filename: str, scratch: Path, formats: Sequence[str] | None, read: UploadReader
+) -> tuple[str, list[WaferMap]]:
     name = safe_name(Path(filename).name, "upload")
     path = scratch / name
     path.write_bytes(data)
     try:
-        fmt = detect_format(path)
-        if formats is not None and fmt not in formats:
-            raise FormatError(path, f"the content is {fmt}, not the declared kind ({' or '.join(formats)})")
-        maps = read_maps(path, fmt)
+        fmt, maps = read(path, formats)
     except FabsightError as exc:
         raise type(exc)(filename, exc.message) from None
     if not maps:
@@ -199,11 +208,13 @@ def ingest_bytes(
     kb: Any = None,
     lot: str | None = None,
     formats: Sequence[str] | None = None,
+    read: UploadReader = read_upload,
 ) -> IngestResult:
     """Store one uploaded file and everything derived from it, or nothing (see module docstring).
 
     ``lot`` names the lot of maps whose file carries no lot id (default: the file's stem);
-    ``formats`` restricts the formats the content may have (e.g. to what the client declared).
+    ``formats`` restricts the formats the content may have (e.g. to what the client declared);
+    ``read`` turns the saved file into maps (the service reads in a capped child process).
     Raises :class:`~fabsight.errors.FabsightError` for anything wrong with the file.
     """
     sha = hashlib.sha256(data).hexdigest()
@@ -213,7 +224,7 @@ def ingest_bytes(
     files = Path(files_dir)
     files.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=files, prefix=".parse-") as scratch:
-        fmt, maps = _parse(data, filename, Path(scratch), formats)
+        fmt, maps = _parse(data, filename, Path(scratch), formats, read)
     analysed = analyse_maps(maps, classifier, kb)
     target = files / _stored_name(sha, filename)
     lot_name = lot or safe_name(Path(filename).stem, "upload")
@@ -281,11 +292,13 @@ def ingest_die_image(
     anomaly_model: Any,
     wafer: int | None = None,
     content_type: str = "application/octet-stream",
+    read: Callable[[Path], np.ndarray] | None = None,
 ) -> DieIngestResult:
     """Score one die image with an anomaly model and store image, heat-map and result, or nothing.
 
     The label is ``anomalous`` when the image's score (the maximum of its anomaly map) is above
     the model's calibrated threshold, else ``good``; every region above the threshold is boxed.
+    ``read`` decodes the saved image (default :func:`fabsight.anomaly.read_image`).
     """
     from fabsight.anomaly import read_image
     from fabsight.anomaly.render import write_heatmap
@@ -304,7 +317,7 @@ def ingest_die_image(
         path = Path(scratch) / safe_name(Path(filename).name, "image")
         path.write_bytes(data)
         try:
-            image = read_image(path)
+            image = (read or read_image)(path)
         except FabsightError as exc:
             raise type(exc)(filename, exc.message) from None
     threshold = anomaly_model.resolve_threshold()
@@ -328,7 +341,8 @@ def ingest_die_image(
     except IntegrityError:
         target.unlink(missing_ok=True)
         heatmap.unlink(missing_ok=True)
-        return ingest_die_image(store, data, filename, files_dir=files, anomaly_model=anomaly_model, wafer=wafer)
+        return ingest_die_image(store, data, filename, files_dir=files, anomaly_model=anomaly_model, wafer=wafer,
+                                read=read)
     except BaseException:
         target.unlink(missing_ok=True)
         heatmap.unlink(missing_ok=True)

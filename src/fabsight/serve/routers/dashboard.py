@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import jinja2
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, Form, Query, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
+from fabsight.serve.auth import COOKIE, SESSION_SECONDS, safe_next, session_cookie, token_matches
 from fabsight.serve.deps import ServiceDep, SessionDep, wafer_detail, wafer_summary
 from fabsight.serve.routers.wafers import wafer_filter
 from fabsight.serve.schemas import DieResultOut
@@ -32,8 +33,37 @@ templates = Jinja2Templates(
 )
 
 
-def _page(request: Request, name: str, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context)
+def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+@router.get("/login")
+def login_page(request: Request, next: str = "/") -> HTMLResponse:
+    return _page(request, "login.html", next=safe_next(next), error=None)
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    svc: ServiceDep,
+    token: Annotated[str, Form(max_length=1000)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+) -> Response:
+    """Check the token and set the session cookie (HttpOnly: page scripts never see it; SameSite=Strict)."""
+    if not token_matches(svc.token, token.strip()):
+        return _page(request, "login.html", status.HTTP_401_UNAUTHORIZED, next=safe_next(next),
+                     error="wrong access token")
+    response = RedirectResponse(safe_next(next), status.HTTP_303_SEE_OTHER)
+    response.set_cookie(COOKIE, session_cookie(svc.token), max_age=SESSION_SECONDS, path="/", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
 
 
 @router.get("/")

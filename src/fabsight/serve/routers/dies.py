@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from fabsight.errors import ModelError
 from fabsight.serve.deps import ServiceDep, SessionDep
-from fabsight.serve.routers.uploads import read_limited
+from fabsight.serve.routers.uploads import clean_filename, read_limited
 from fabsight.serve.schemas import DieImageOut, DieResultOut
 from fabsight.store.ingest import ingest_die_image
 from fabsight.store.models import DieResult
@@ -47,11 +47,12 @@ def upload_die_image(
     result = ingest_die_image(
         svc.store,
         data,
-        file.filename or "image",
+        clean_filename(file.filename, "image"),
         files_dir=svc.files_dir,
         anomaly_model=svc.anomaly_model,
         wafer=wafer,
         content_type=declared or "application/octet-stream",
+        read=svc.image_reader(),
     )
     if result.duplicate:
         response.status_code = status.HTTP_200_OK

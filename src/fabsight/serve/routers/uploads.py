@@ -3,12 +3,16 @@
 The format is recognised from the content (:func:`fabsight.io.detect_format`); the declared
 content type must be one a browser or HTTP client would send for such a file, and when it
 names a specific kind (PNG, XML, text) the content must be that kind. The size limit is
-checked on the ``Content-Length`` header before the body is read (:mod:`fabsight.serve.app`),
-and again while reading the file.
+checked on the ``Content-Length`` header and on the bytes as they arrive
+(:mod:`fabsight.serve.guard`), and again while reading the file. The client's file name is
+cleaned (:func:`clean_filename`), and the file is read in the capped worker process
+(:mod:`fabsight.serve.worker`).
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
@@ -41,6 +45,22 @@ CONTENT_TYPES: dict[str, tuple[str, ...] | None] = {
     "application/vnd.stdf": ("stdf",),
 }
 _CHUNK = 1 << 20
+#: Longest file name kept (the lot of a file without one is named after its stem).
+MAX_FILENAME = 150
+
+
+def clean_filename(name: str | None, default: str) -> str:
+    """A client's file name made safe to store and show: its last path component (``/`` or ``\\``),
+    without control or format characters, at most :data:`MAX_FILENAME` characters (suffix kept)."""
+    base = re.split(r"[/\\]", name or "")[-1]
+    base = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip()
+    if base in ("", ".", ".."):
+        return default
+    if len(base) > MAX_FILENAME:
+        stem, dot, suffix = base.rpartition(".")
+        keep = dot and 0 < len(suffix) <= 10
+        base = f"{stem[: MAX_FILENAME - len(suffix) - 1]}.{suffix}" if keep else base[:MAX_FILENAME]
+    return base
 
 
 def _upload_out(up: Upload, duplicate: bool) -> UploadOut:
@@ -107,13 +127,14 @@ def upload(
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"content type {declared!r} is not wafer data; accepted: {accepted}"
         )
+    filename = clean_filename(file.filename, "upload")
     data = read_limited(file, svc.max_upload_bytes)
     if not data:
-        raise FabsightError(file.filename, "empty file")
+        raise FabsightError(filename, "empty file")
     result = ingest_bytes(
         svc.store,
         data,
-        file.filename or "upload",
+        filename,
         files_dir=svc.files_dir,
         content_type=declared or "application/octet-stream",
         classifier=svc.classifier,
@@ -121,6 +142,7 @@ def upload(
         kb=svc.kb,
         lot=lot,
         formats=CONTENT_TYPES[declared],
+        read=svc.wafer_reader(),
     )
     up = _upload_out(_load(session, result.upload_id), result.duplicate)
     if result.duplicate:

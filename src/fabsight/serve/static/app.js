@@ -1,9 +1,18 @@
 // fabsight dashboard: upload, ask and review call the REST API; everything else is server-rendered.
+// Requests carry the HttpOnly session cookie set by /login (same origin); an expired session
+// sends the person back to the login form.
 "use strict";
+
+function loginAgain(res) {
+  if (res.status !== 401) return;
+  window.location = "/login?next=" + encodeURIComponent(window.location.pathname + window.location.search);
+  throw new Error("the session has expired: log in again");
+}
 
 async function api(path, body) {
   const res = await fetch(path, body === undefined ? {} : {
     method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  loginAgain(res);
   const data = await res.json().catch(() => ({detail: res.statusText}));
   if (!res.ok) {
     const d = data.detail;
@@ -22,6 +31,7 @@ function setupUpload() {
     out.className = "muted";
     try {
       const res = await fetch("/api/uploads", {method: "POST", body: new FormData(form)});
+      loginAgain(res);
       const data = await res.json();
       if (!res.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
       window.location = "/wafers?upload=" + data.id;
