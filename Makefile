@@ -1,6 +1,7 @@
 # Two entry points (see README): `make demo` and `make test`. Both start from nothing and
 # install exactly the versions in requirements/lock.txt (hash-checked, no resolver).
-#   make lock         re-resolve requirements/lock.txt from pyproject.toml (newest allowed versions)
+#   make lock         add to requirements/lock.txt what pyproject.toml newly needs (other pins kept)
+#   make lock-upgrade re-resolve requirements/lock.txt to the newest versions pyproject.toml allows
 #   make test-latest  the tests against the newest versions pyproject.toml allows (a separate venv),
 #                     so a new release that breaks fabsight fails here before it reaches a user
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -10,7 +11,7 @@ LOCK   := requirements/lock.txt
 NODEPS := requirements/no-deps.txt
 LATEST := .venv-latest
 
-.PHONY: demo test test-latest lint install install-test lock clean
+.PHONY: demo test test-latest lint install install-test lock lock-upgrade clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +36,9 @@ test: install-test
 	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
-lock: | $(BIN)/python
+lock lock-upgrade: | $(BIN)/python
 	$(BIN)/python -m pip install --quiet pip-tools
-	$(BIN)/python requirements/lock.py
+	$(BIN)/python requirements/lock.py $(if $(filter lock-upgrade,$@),--upgrade)
 
 test-latest:
 	rm -rf $(LATEST)

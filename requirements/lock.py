@@ -1,4 +1,8 @@
-"""Re-resolve ``requirements/lock.txt`` from ``pyproject.toml`` (``make lock``).
+"""Re-resolve ``requirements/lock.txt`` from ``pyproject.toml``.
+
+``make lock`` keeps every pin the lock already has and resolves only what is new or no
+longer fits ``pyproject.toml``; ``make lock-upgrade`` (``--upgrade``) moves every package to
+the newest version allowed.
 
 Two steps, because each tool does one of them well here:
 
@@ -32,11 +36,15 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def compile_pins(out: Path) -> None:
-    """Resolve the newest allowed versions into ``out`` (pins and "via" notes, no hashes)."""
+def compile_pins(out: Path, *, upgrade: bool) -> None:
+    """Resolve into ``out`` (pins and "via" notes, no hashes): pip-compile starts from the pins
+    already in ``out`` unless ``upgrade``."""
+    if LOCK.is_file() and not upgrade:
+        out.write_text(LOCK.read_text())
     subprocess.run(
         [sys.executable, "-m", "piptools", "compile", "--quiet", "--extra", "test", "--allow-unsafe",
-         "--strip-extras", "--no-emit-index-url", "--no-emit-find-links", "--upgrade", "--no-header",
+         "--strip-extras", "--no-emit-index-url", "--no-emit-find-links", "--no-header",
+         *(["--upgrade"] if upgrade else []),
          "--output-file", str(out), "pyproject.toml"],
         check=True, cwd=REPO,
     )
@@ -80,9 +88,10 @@ def with_hashes(pins_text: str, hashes: dict[str, str]) -> str:
 
 
 def main() -> None:
+    upgrade = "--upgrade" in sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:
         pins = Path(tmp) / "pins.txt"
-        compile_pins(pins)
+        compile_pins(pins, upgrade=upgrade)
         text = pins.read_text()
         LOCK.write_text(with_hashes(text, installed_hashes(pins)))
     print(f"wrote {LOCK.relative_to(REPO)}: {sum(1 for line in text.splitlines() if PIN.match(line))} packages")
