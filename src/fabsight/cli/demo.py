@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, err, out
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, err, out
 
 
 def demo(
@@ -22,15 +22,18 @@ def demo(
     serve: Annotated[bool, typer.Option("--serve", help="Then serve the dashboard over the demo's store.")] = False,
     host: Annotated[str, typer.Option("--host", help="With --serve: interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="With --serve: TCP port.")] = 8000,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Read the example lot (or FILES); classify, explain and store every wafer; write an HTML report."""
     from fabsight.demo import FILES_NAME, demo_model, run_demo
+    from fabsight.io import ReadLog
 
     if models is None:
         err.print("wafer model: the cached demo model (trained on synthetic maps on the first run)", markup=False)
         models = demo_model()
-    summary = run_demo(out_dir, files, models_dir=models)
+    log = ReadLog(strict=strict)
+    summary = run_demo(out_dir, files, models_dir=models, log=log)
 
     def human(s: dict[str, Any]) -> None:
         for lot in s["lots"]:
@@ -39,7 +42,7 @@ def demo(
         out.print("patterns: " + ", ".join(f"{k} {v}" for k, v in s["patterns"].items()), markup=False)
         out.print(f"report: {s['report']}\nstore: {s['store']}", markup=False)
 
-    emit(summary, as_json, human)
+    emit(summary, as_json, human, log)
     if serve:
         from fabsight.serve import create_app, run
 
