@@ -192,7 +192,7 @@ def test_train_eval_predict_end_to_end(crops, tmp_path, monkeypatch, capsys):
     code, stdout, stderr = _cli(monkeypatch, capsys, "die", "predict", str(tmp_path / "model"), str(test_img),
                                 "--json", "--device", "cpu")
     assert code == 0, stderr
-    pred = json.loads(stdout)[0]
+    pred = json.loads(stdout)["results"][0]
     expected = model.predict([test_img])[0]
     assert pred["path"] == str(test_img) and len(pred["top"]) == 3
     assert pred["label"] == expected["label"] and pred["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
@@ -335,7 +335,7 @@ def test_finetune_learns_end_to_end_and_round_trips(tmp_path, monkeypatch, capsy
     code, stdout, stderr = _cli(monkeypatch, capsys, "die", "predict", str(tmp_path / "model"),
                                 str(test / "dots"), "--json", "--device", "cpu")
     assert code == 0, stderr
-    cli = json.loads(stdout)
+    cli = json.loads(stdout)["results"]
     again = model.predict(scan_folder(test).subset(np.flatnonzero(scan_folder(test).labels == 0)).paths)
     assert [r["label"] for r in cli] == [d["label"] for d in again]
     assert [r["confidence"] for r in cli] == pytest.approx([d["confidence"] for d in again], abs=1e-5)
