@@ -71,12 +71,15 @@ def test_folder_errors_name_the_file(tmp_path):
 
 def test_image_folders_given_to_predict_are_searched_recursively(tmp_path):
     """`die predict MODEL FOLDER` (and export --sample) on class folders, lots, nested runs; hidden ones skipped."""
+    import cv2
+
     from fabsight.die.data import expand_inputs
 
     for rel in ("lot1/a.png", "lot1/run2/b.jpg", "lot2/c.tif", ".ipynb_checkpoints/d.png", "lot2/.e.png",
                 "lot2/notes.txt", "top.bmp"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"")
+        suffix = ".png" if rel.endswith(".txt") else rel[rel.rindex("."):]
+        (tmp_path / rel).write_bytes(cv2.imencode(suffix, np.zeros((8, 8), np.uint8))[1].tobytes())
     found = [p.relative_to(tmp_path).as_posix() for p in expand_inputs([tmp_path])]
     assert found == ["lot1/a.png", "lot1/run2/b.jpg", "lot2/c.tif", "top.bmp"]
     assert [p.name for p in expand_inputs([tmp_path / "lot2" / "c.tif", tmp_path / "lot1"])] == ["c.tif", "a.png",
