@@ -239,10 +239,11 @@ def test_die_predict_and_eval_take_runtime_onnx(die) -> None:
 
 def test_export_sample_folders_are_searched_recursively(die) -> None:
     from fabsight.cli.deploy import _read_sample
+    from fabsight.io import ReadLog
 
     model_dir, _, test = die
-    assert len(_read_sample(model_dir, test)) == 12  # class sub-folders
-    assert len(_read_sample(model_dir, test / "disc")) == 6
+    assert len(_read_sample(model_dir, test, ReadLog())) == 12  # class sub-folders
+    assert len(_read_sample(model_dir, test / "disc", ReadLog())) == 6
 
 
 def test_finetune_export_writes_one_checked_graph_and_plain_arrays(finetuned) -> None:
