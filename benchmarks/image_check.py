@@ -6,9 +6,9 @@ Die-image and anomaly commands list a folder, then read its images lazily in bat
 listing checks each image once (:func:`fabsight.die.data.check_image`) and leaves the
 unreadable ones out. For ``--n`` real images of each set (DeepPCB 640×640 JPEGs, magnetic-tile
 JPEGs and PNG masks) this times, per image: the check, a full decode (:func:`read_image`)
-(both with the files in the page cache) and, for scale, embedding with ``efficientnet_lite0`` on the CPU (one thread, batches of 32);
-then it cuts a copy of each image in half and counts how many of the cut copies the check
-refuses (a half JPEG or PNG must never pass).
+(both with the files in the page cache) and, for scale, embedding with ``efficientnet_lite0``
+on the CPU (one thread, batches of 32); then it cuts a copy of each image in half and counts
+how many of the cut copies the check refuses (a half JPEG or PNG must never pass).
 """
 
 from __future__ import annotations
