@@ -230,7 +230,7 @@ def test_die_predict_and_eval_take_runtime_onnx(die) -> None:
         result = CliRunner().invoke(app, ["die", "predict", str(model_dir), str(test / "disc"), "--runtime", runtime,
                                           "--device", "cpu", "--json"])
         assert result.exit_code == 0, result.output
-        rows[runtime] = json.loads(result.stdout)
+        rows[runtime] = json.loads(result.stdout)["results"]
     assert [r["label"] for r in rows["onnx"]] == [r["label"] for r in rows["torch"]] == ["disc"] * 6
     result = CliRunner().invoke(app, ["die", "eval", str(model_dir), str(test), "--runtime", "onnx-int8", "--json"])
     assert result.exit_code == 0, result.output
@@ -239,10 +239,11 @@ def test_die_predict_and_eval_take_runtime_onnx(die) -> None:
 
 def test_export_sample_folders_are_searched_recursively(die) -> None:
     from fabsight.cli.deploy import _read_sample
+    from fabsight.io import ReadLog
 
     model_dir, _, test = die
-    assert len(_read_sample(model_dir, test)) == 12  # class sub-folders
-    assert len(_read_sample(model_dir, test / "disc")) == 6
+    assert len(_read_sample(model_dir, test, ReadLog())) == 12  # class sub-folders
+    assert len(_read_sample(model_dir, test / "disc", ReadLog())) == 6
 
 
 def test_finetune_export_writes_one_checked_graph_and_plain_arrays(finetuned) -> None:
@@ -301,7 +302,7 @@ def test_finetune_predict_and_eval_take_runtime_onnx(finetuned) -> None:
         result = CliRunner().invoke(app, ["die", "predict", str(model_dir), str(test), "--runtime", runtime,
                                           "--device", "cpu", "--json"])
         assert result.exit_code == 0, result.output
-        rows[runtime] = json.loads(result.stdout)
+        rows[runtime] = json.loads(result.stdout)["results"]
     assert [r["path"] for r in rows["onnx"]] == [str(p) for p in sorted(test.rglob("*.png"))]
     assert [r["label"] for r in rows["onnx"]] == [r["label"] for r in rows["torch"]]
     for runtime in ("onnx", "onnx-int8"):
@@ -501,10 +502,10 @@ def test_die_and_anomaly_onnx_run_without_torch(die, finetuned, anomaly, tmp_pat
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not res["torch_loaded"]
     assert res["die"]["code"] == 0, res["die"]
-    assert [r["label"] for r in json.loads(res["die"]["stdout"])] == ["line"] * 6
+    assert [r["label"] for r in json.loads(res["die"]["stdout"])["results"]] == ["line"] * 6
     assert res["finetune"]["code"] == 0, res["finetune"]
     want = DieModel(ft_dir).predict(sorted(ft_test.rglob("*.png")))
-    got = json.loads(res["finetune"]["stdout"])
+    got = json.loads(res["finetune"]["stdout"])["results"]
     assert [r["label"] for r in got] == [d["label"] for d in want]
     assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(got, want, strict=True)) <= 1e-4
     assert res["anomaly"]["code"] == 0, res["anomaly"]

@@ -71,12 +71,15 @@ def test_folder_errors_name_the_file(tmp_path):
 
 def test_image_folders_given_to_predict_are_searched_recursively(tmp_path):
     """`die predict MODEL FOLDER` (and export --sample) on class folders, lots, nested runs; hidden ones skipped."""
+    import cv2
+
     from fabsight.die.data import expand_inputs
 
     for rel in ("lot1/a.png", "lot1/run2/b.jpg", "lot2/c.tif", ".ipynb_checkpoints/d.png", "lot2/.e.png",
                 "lot2/notes.txt", "top.bmp"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"")
+        suffix = ".png" if rel.endswith(".txt") else rel[rel.rindex("."):]
+        (tmp_path / rel).write_bytes(cv2.imencode(suffix, np.zeros((8, 8), np.uint8))[1].tobytes())
     found = [p.relative_to(tmp_path).as_posix() for p in expand_inputs([tmp_path])]
     assert found == ["lot1/a.png", "lot1/run2/b.jpg", "lot2/c.tif", "top.bmp"]
     assert [p.name for p in expand_inputs([tmp_path / "lot2" / "c.tif", tmp_path / "lot1"])] == ["c.tif", "a.png",
@@ -192,7 +195,7 @@ def test_train_eval_predict_end_to_end(crops, tmp_path, monkeypatch, capsys):
     code, stdout, stderr = _cli(monkeypatch, capsys, "die", "predict", str(tmp_path / "model"), str(test_img),
                                 "--json", "--device", "cpu")
     assert code == 0, stderr
-    pred = json.loads(stdout)[0]
+    pred = json.loads(stdout)["results"][0]
     expected = model.predict([test_img])[0]
     assert pred["path"] == str(test_img) and len(pred["top"]) == 3
     assert pred["label"] == expected["label"] and pred["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
@@ -335,7 +338,7 @@ def test_finetune_learns_end_to_end_and_round_trips(tmp_path, monkeypatch, capsy
     code, stdout, stderr = _cli(monkeypatch, capsys, "die", "predict", str(tmp_path / "model"),
                                 str(test / "dots"), "--json", "--device", "cpu")
     assert code == 0, stderr
-    cli = json.loads(stdout)
+    cli = json.loads(stdout)["results"]
     again = model.predict(scan_folder(test).subset(np.flatnonzero(scan_folder(test).labels == 0)).paths)
     assert [r["label"] for r in cli] == [d["label"] for d in again]
     assert [r["confidence"] for r in cli] == pytest.approx([d["confidence"] for d in again], abs=1e-5)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from fabsight.cli.main import main
-from fabsight.errors import FormatError
+from fabsight.errors import FabsightError, FormatError
 from fabsight.io import ReadLog, iter_maps, read_maps, write_folder, write_klarf, write_lswmd
 from fabsight.scale import run_batch
 from fabsight.synth import generate_dataset
@@ -320,3 +320,263 @@ def test_a_torn_manifest_resumes_to_the_uninterrupted_rows(batch_inputs: Path, m
         assert (out / "_manifest.jsonl").read_text().endswith("\n")
         done = run_batch([batch_inputs], out, model=model, batch_size=4)  # the manifest is whole again
         assert (done["skipped_done"], done["rows"]) == (14, 0) and len(_rows(out)) == len(expected)
+
+
+# ------------------------------------------------------------------------------- image folders
+#: The broken images of ``dies``, in the order the folder is listed: a PNG and a JPEG cut in
+#: half, a text file named .png, a zero-byte JPEG and a TIFF whose header is garbage.
+BAD_IMAGES = ["a/cut.png", "a/notes.png", "b/cut.jpg", "b/empty.jpg", "b/scan.tif"]
+IMAGES = 8  # readable: four per class
+TINY = ["--backbone", "efficientnet_lite0", "--input-size", 32, "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> None:
+    """One thread is far faster than two on a shared, oversubscribed box (tiny networks here)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _die_image(kind: str, seed: int, side: int = 48) -> np.ndarray:
+    """A grey die image: random bright dots (``a``) or bright columns (``b``) on a dark floor."""
+    rng = np.random.default_rng(seed)
+    img = np.full((side, side), 40, np.uint8)
+    if kind == "a":
+        img[rng.integers(0, side, 30), rng.integers(0, side, 30)] = 230
+    else:
+        img[:, rng.integers(0, side, 3)] = 230
+    return img
+
+
+def _break_images(folder: Path, good_png: Path, good_jpg: Path, names: list[str]) -> None:
+    """Write the broken images named in ``names`` (by kind) into ``folder``."""
+    import cv2
+
+    makers = {
+        "cut.png": lambda: good_png.read_bytes()[: good_png.stat().st_size // 2],
+        "cut.jpg": lambda: good_jpg.read_bytes()[: good_jpg.stat().st_size // 2],
+        "notes.png": lambda: b"reviewed by J.\n",
+        "empty.jpg": lambda: b"",
+        "scan.tif": lambda: cv2.imencode(".tif", np.zeros((8, 8), np.uint8))[1].tobytes()[:8] + b"\xff" * 40,
+    }
+    for name in names:
+        (folder / name).write_bytes(makers[name]())
+
+
+@pytest.fixture(scope="module")
+def dies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ROOT/{a,b}``: four readable images per class (PNG and JPEG) and the five ``BAD_IMAGES``."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("dies") / "dies"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            cv2.imwrite(str(root / cls / f"{i}.{'png' if i % 2 else 'jpg'}"), _die_image(cls, i))
+    for cls, names in (("a", ["cut.png", "notes.png"]), ("b", ["cut.jpg", "empty.jpg", "scan.tif"])):
+        _break_images(root / cls, root / "a" / "1.png", root / "a" / "0.jpg", names)
+    return root
+
+
+@pytest.fixture(scope="module")
+def mvtec(dies: Path) -> Path:
+    """An MVTec layout of ``dies`` images: train/good (6 + 2 broken), test/good (2 + 1 broken),
+    test/dots (2 + 1 broken, each with a mask)."""
+    import cv2
+
+    root = dies.parent / "mvtec"
+    good, dots, gt = root / "train" / "good", root / "test" / "dots", root / "ground_truth" / "dots"
+    for d in (good, root / "test" / "good", dots, gt):
+        d.mkdir(parents=True)
+    for i in range(8):
+        cv2.imwrite(str((good if i < 6 else root / "test" / "good") / f"{i}.png"), _die_image("b", i))
+    for i in range(2):
+        img = _die_image("b", 10 + i)
+        img[10:20, 10:20] = 255
+        cv2.imwrite(str(dots / f"{i}.png"), img)
+        mask = np.zeros_like(img)
+        mask[10:20, 10:20] = 255
+        cv2.imwrite(str(gt / f"{i}_mask.png"), mask)
+    _break_images(good, good / "0.png", dies / "a" / "0.jpg", ["cut.jpg", "empty.jpg"])
+    _break_images(root / "test" / "good", good / "0.png", dies / "a" / "0.jpg", ["notes.png"])
+    _break_images(dots, good / "0.png", dies / "a" / "0.jpg", ["scan.tif"])
+    return root
+
+
+MVTEC_BAD = ["train/good/cut.jpg", "train/good/empty.jpg", "test/dots/scan.tif", "test/good/notes.png"]
+
+
+@pytest.fixture(scope="module")
+def die_model(dies: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fabsight.die.model import train
+
+    out = tmp_path_factory.mktemp("die-model") / "model"
+    train(dies, out, backbone="efficientnet_lite0", input_size=32, cv_folds=0, log=ReadLog())
+    return out
+
+
+@pytest.fixture(scope="module")
+def anomaly_model(mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("anomaly-model") / "model"
+    code = 0
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sys, "argv", ["fabsight", "anomaly", "fit", str(mvtec), "--out", str(out), "--input-size", "64",
+                                     "--max-bank", "200", "--holdout", "0.3", "--device", "cpu", "--no-eval"])
+            main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    assert code == 0
+    return out
+
+
+def _image_commands(dies: Path, mvtec: Path, die_model: Path, anomaly_model: Path, out: Path,
+                    ) -> dict[str, tuple[list[object], list[Path], int, object]]:
+    """name → (arguments, the bad files it must report in order, how many it reads, a check of --json)."""
+    bad = [dies / b for b in BAD_IMAGES]
+    test_bad = [mvtec / b for b in MVTEC_BAD[2:]]
+    return {
+        "die train": (["die", "train", dies, "--out", out / "m", "--cv", 0, *TINY], bad, IMAGES,
+                      lambda r: r["training"]["n_images"] == IMAGES),
+        "die eval": (["die", "eval", die_model, dies, "--device", "cpu"], bad, IMAGES, lambda r: r["n"] == IMAGES),
+        "die predict": (["die", "predict", die_model, dies, "--device", "cpu"], bad, IMAGES,
+                        lambda r: [x["path"] for x in r["results"]] == [str(p) for p in sorted(dies.rglob("[0-9].*"))]),
+        "die discover": (["die", "discover", dies, "--max-k", 3, *TINY], bad, IMAGES,
+                         lambda r: r["n_images"] == IMAGES),
+        "die adapt": (["die", "adapt", dies, "--out", out / "bb", "--epochs", 1, "--batch-size", 4,
+                       "--local-crops", 0, "--workers", 0, *TINY], bad, IMAGES, lambda r: r["n_images"] == IMAGES),
+        "anomaly fit": (["anomaly", "fit", mvtec, "--out", out / "am", "--input-size", 64, "--max-bank", 200,
+                         "--holdout", 0.3, "--device", "cpu"], [mvtec / b for b in MVTEC_BAD], 6 + 6,
+                        lambda r: r["n_train_images"] == 4 and r["metrics"]["test"]["n_images"] == 4),
+        "anomaly eval": (["anomaly", "eval", anomaly_model, mvtec, "--device", "cpu"], test_bad, 4 + 2,
+                         lambda r: (r["n_images"], r["n_anomalous"], r["n_with_masks"]) == (4, 2, 2)),
+        "anomaly predict": (["anomaly", "predict", anomaly_model, mvtec / "test", "--out", out / "pred"], test_bad, 4,
+                            lambda r: r["n_images"] == 4
+                            and json.loads((out / "pred" / "predictions.json").read_text())["errors"] == r["errors"]),
+    }
+
+
+IMAGE_COMMANDS = ["die train", "die eval", "die predict", "die discover", "die adapt", "anomaly fit", "anomaly eval",
+                  "anomaly predict"]
+
+
+def test_check_image_refuses_exactly_what_read_image_refuses(dies: Path) -> None:
+    from fabsight.die.data import check_image, read_image, readable_images
+
+    for path in sorted(p for p in dies.rglob("*") if p.is_file()):
+        try:
+            read_image(path)
+        except FabsightError as exc:
+            with pytest.raises(FabsightError) as checked:
+                check_image(path)
+            assert str(checked.value) == str(exc)
+        else:
+            check_image(path)
+    log = ReadLog()
+    assert len(readable_images(sorted(dies.rglob("*.*")), log)) == IMAGES and log.files_read == IMAGES
+    assert [e.path for e in log.errors] == [str(dies / b) for b in BAD_IMAGES]
+    assert [e.message for e in log.errors[2:4]] == [
+        "cannot be decoded: not a readable image (corrupt or unsupported format)", "empty file"]
+
+
+@pytest.mark.parametrize("name", IMAGE_COMMANDS)
+def test_image_command_reads_the_good_images_and_reports_the_bad(
+    name: str, dies: Path, mvtec: Path, die_model: Path, anomaly_model: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    args, bad, read, check = _image_commands(dies, mvtec, die_model, anomaly_model, tmp_path)[name]
+    code, out, err = _cli(monkeypatch, capsys, *args, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [e["file"] for e in result["errors"]] == [str(b) for b in bad]
+    assert check(result)  # type: ignore[operator]
+    for b in bad:
+        assert f"error: {b}: " in err
+    assert f"warning: {len(bad)} of {len(bad) + read} files could not be read and were left out" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", IMAGE_COMMANDS)
+def test_image_command_strict_stops_at_the_first_unreadable_image(
+    name: str, dies: Path, mvtec: Path, die_model: Path, anomaly_model: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    args, bad, _, _ = _image_commands(dies, mvtec, die_model, anomaly_model, tmp_path)[name]
+    code, out, err = _cli(monkeypatch, capsys, *args, "--strict")
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {bad[0]}: ") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no model, backbone or prediction written
+
+
+def test_export_sample_of_images_accounts_for_each(dies: Path, die_model: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The export gets the readable images only (the ONNX export itself is tested in test_deploy_models)."""
+    import fabsight.deploy
+
+    model = tmp_path / "model"
+    shutil.copytree(die_model, model)
+    code, out, err = _cli(monkeypatch, capsys, "export", model, "--onnx", "--sample", dies, "--strict")
+    assert code == 2 and err.startswith(f"error: {dies / BAD_IMAGES[0]}: ") and err.count("\n") == 1
+    assert not list(model.glob("*.onnx"))
+    given: list[object] = []
+    monkeypatch.setattr(fabsight.deploy, "export_onnx", lambda *a, sample, **k: given.append(sample) or {"n": 1})
+    code, out, err = _cli(monkeypatch, capsys, "export", model, "--onnx", "--sample", dies, "--json")
+    assert code == 0, err
+    assert given == [sorted(dies.rglob("[0-9].*"))]
+    assert [e["file"] for e in json.loads(out)["errors"]] == [str(dies / b) for b in BAD_IMAGES]
+    assert f"warning: {len(BAD_IMAGES)} of {len(BAD_IMAGES) + IMAGES} files could not be read" in err
+
+
+def test_no_readable_image_exits_2_naming_every_file(dies: Path, die_model: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    for b in BAD_IMAGES[2:]:
+        shutil.copy(dies / b, only_bad / Path(b).name)
+    code, out, err = _cli(monkeypatch, capsys, "die", "predict", die_model, only_bad, "--json")
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert [line.split(": ")[1] for line in lines[:-1]] == [str(only_bad / Path(b).name) for b in BAD_IMAGES[2:]]
+    assert lines[-1] == "error: none of the inputs could be read (3 unreadable files)"
+    # a class whose every image is unreadable: each file named, then why training stopped
+    labelled = tmp_path / "labelled"
+    shutil.copytree(dies / "a", labelled / "a")
+    shutil.copytree(only_bad, labelled / "b")
+    code, out, err = _cli(monkeypatch, capsys, "die", "train", labelled, "--out", tmp_path / "m", *TINY)
+    assert code == 2 and not (tmp_path / "m").exists()
+    assert err.splitlines()[-1] == (f"error: {labelled / 'b'}: has 0 readable images (3 could not be read); "
+                                    "need at least 1")
+    assert len(err.splitlines()) == 1 + 2 + 3  # a's two broken images, b's three, the reason
+
+
+def test_demo_uploads_the_good_files_and_reports_the_bad(lot: Path, wafer_models_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["demo", lot, "--models", wafer_models_dir, "--out", tmp_path / "demo"]
+    code, out, err = _cli(monkeypatch, capsys, *args, "--strict")
+    assert code == 2 and err.startswith(f"error: {lot / BAD[0]}: ") and err.count("\n") == 1
+    assert not (tmp_path / "demo").exists()
+    code, out, err = _cli(monkeypatch, capsys, *args, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [e["file"] for e in result["errors"]] == [str(lot / b) for b in BAD]
+    assert result["wafers"] == GOOD
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["errors"] == result["errors"]
+    assert f"warning: {len(BAD)} of {len(BAD) + FILES} files could not be read" in err
+
+
+@pytest.mark.shared
+def test_real_magnetic_tile_images_beside_broken_copies(shared: Path, tmp_path: Path) -> None:
+    from fabsight.die.data import expand_inputs
+
+    real = sorted((shared / "data" / "magnetic_tile" / "MT_Blowhole" / "Imgs").glob("*.jpg"))[:3]
+    for p in real:
+        shutil.copy(p, tmp_path / p.name)
+    cut = tmp_path / "zz_cut.jpg"
+    cut.write_bytes(real[0].read_bytes()[: real[0].stat().st_size // 3])
+    log = ReadLog()
+    assert expand_inputs([tmp_path], log) == [tmp_path / p.name for p in real]
+    assert [e.path for e in log.errors] == [str(cut)] and log.files_read == 3

@@ -20,6 +20,7 @@ from typing import Any
 
 from fabsight import __version__
 from fabsight.errors import FabsightError
+from fabsight.io import ReadLog
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_dir, write_json
 from fabsight.utils.cache import cache_dir
@@ -83,8 +84,9 @@ def demo_model(cache: str | Path | None = None) -> Path:
     return target
 
 
-def _input_files(paths: Sequence[Path]) -> list[Path]:
-    """The files to upload: each file as given, each folder's non-hidden files (recursively)."""
+def _input_files(paths: Sequence[Path], log: ReadLog) -> list[Path]:
+    """The files to upload: each file as given, each folder's non-hidden files (recursively);
+    a missing one goes to ``log``."""
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -92,14 +94,15 @@ def _input_files(paths: Sequence[Path]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise FabsightError(p, "no such file or folder")
+            log.record(FabsightError(p, "no such file or folder"))
     if not out:
-        raise FabsightError(paths[0] if paths else None, "no files to read")
+        raise log.nothing_read(paths[0] if paths else None, "no files to read")
     return out
 
 
-def _fill_store(store_path: Path, files: Sequence[Path], models_dir: Path | None) -> list[WaferRow]:
-    """Upload every file into a new store (the REST pipeline) and read the wafers back as report rows."""
+def _fill_store(store_path: Path, files: Sequence[Path], models_dir: Path | None, log: ReadLog) -> list[WaferRow]:
+    """Upload every file into a new store (the REST pipeline) and read the wafers back as report rows;
+    a file the pipeline refuses (it stores all of a file or nothing) goes to ``log``."""
     from fabsight.serve.state import load_service
     from fabsight.store.ingest import ingest_bytes
     from fabsight.store.queries import WaferFilter, list_wafers, to_wafer_map
@@ -107,15 +110,13 @@ def _fill_store(store_path: Path, files: Sequence[Path], models_dir: Path | None
     svc = load_service(store_path, models_dir, files_dir=store_path.with_name(FILES_NAME))
     try:
         for f in track(files, "classifying and storing"):
-            ingest_bytes(
-                svc.store,
-                f.read_bytes(),
-                f.name,
-                files_dir=svc.files_dir,
-                classifier=svc.classifier,
-                model_name=svc.model_name,
-                kb=svc.kb,
-            )
+            try:
+                ingest_bytes(svc.store, _file_bytes(f), f.name, files_dir=svc.files_dir, classifier=svc.classifier,
+                             model_name=svc.model_name, kb=svc.kb)
+            except FabsightError as exc:  # the pipeline names the upload, not where it lies: name the file
+                log.record(FabsightError(f, exc.message) if exc.path != str(f) else exc)
+            else:
+                log.files_read += 1
         with svc.store.session() as s:
             rows = []
             for w in list_wafers(s, WaferFilter(), limit=None, newest_first=False):
@@ -132,8 +133,15 @@ def _fill_store(store_path: Path, files: Sequence[Path], models_dir: Path | None
     finally:
         svc.store.close()
     if not rows:
-        raise FabsightError(files[0], "no wafer maps in the given files")
+        raise log.nothing_read(files[0], "no wafer maps in the given files")
     return rows
+
+
+def _file_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:  # no permission, an I/O error: this file cannot be read, others may
+        raise FabsightError(path, f"cannot be read ({exc.strerror or exc})") from None
 
 
 def _pattern_counts(rows: list[WaferRow]) -> dict[str, int]:
@@ -157,23 +165,27 @@ def _lots(rows: list[WaferRow]) -> list[dict[str, Any]]:
 
 
 def run_demo(
-    out_dir: str | Path, files: Sequence[str | Path] | None = None, *, models_dir: str | Path | None = None
+    out_dir: str | Path, files: Sequence[str | Path] | None = None, *, models_dir: str | Path | None = None,
+    log: ReadLog | None = None,
 ) -> dict[str, Any]:
     """Classify, explain, store, render and report; returns the summary also written to ``OUT/summary.json``.
 
     ``models_dir`` holds the wafer-pattern model (without one the wafers are stored and
     explained but not classified). The whole output folder, store included, is built aside and
-    swapped in at the end, so a failed run leaves the previous one intact.
+    swapped in at the end, so a failed run leaves the previous one intact. With a lenient
+    ``log`` a missing input or a file the upload pipeline refuses is recorded there (and in the
+    summary's ``errors``) and the other files go on; without one the first stops the demo.
     """
     import jinja2
 
     from fabsight.report.render import render_png
 
+    log = log if log is not None else ReadLog(strict=True)
     paths = [Path(f) for f in files] if files else example_files()
-    inputs = _input_files(paths)
+    inputs = _input_files(paths, log)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        rows = _fill_store(tmp / STORE_NAME, inputs, None if models_dir is None else Path(models_dir))
+        rows = _fill_store(tmp / STORE_NAME, inputs, None if models_dir is None else Path(models_dir), log)
         for r in track(rows, "rendering"):
             r.picture = _png_data_url(r.wmap)
         summary = {
@@ -183,6 +195,7 @@ def run_demo(
             "lots": _lots(rows),
             "patterns": _pattern_counts(rows),
             "results": [r.to_dict() for r in rows],
+            "errors": log.to_json(),
         }
         env = jinja2.Environment(
             loader=jinja2.PackageLoader("fabsight.report", "templates"), autoescape=jinja2.select_autoescape()

@@ -30,3 +30,13 @@ class FormatError(FabsightError):
 
 class ModelError(FabsightError):
     """A model directory that is missing, incomplete or does not fit the request."""
+
+
+class NothingReadable(FabsightError):
+    """A many-file read that stopped for lack of readable files: it carries every file it could
+    not read (``unreadable``), so the CLI names each one before this line."""
+
+    def __init__(self, path: str | PathLike[str] | None, message: str,
+                 unreadable: list[FabsightError]) -> None:
+        super().__init__(path, message)
+        self.unreadable = list(unreadable)

@@ -23,7 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fabsight.errors import FabsightError, FormatError
+from fabsight.die.data import readable_images
+from fabsight.errors import FabsightError, FormatError, NothingReadable
+from fabsight.io import ReadLog
 from fabsight.utils.atomic import atomic_dir
 
 #: Image file suffixes the loader accepts (case-insensitive).
@@ -69,11 +71,13 @@ def read_mask(path: str | os.PathLike[str], shape: tuple[int, int]) -> np.ndarra
     return m > 127
 
 
-def load_split(root: str | os.PathLike[str], split: str) -> list[AnomalyRecord]:
+def load_split(root: str | os.PathLike[str], split: str, log: ReadLog | None = None) -> list[AnomalyRecord]:
     """The records of ``ROOT/<split>`` (``train`` or ``test``) of an MVTec-layout dataset.
 
     ``train`` may only hold ``good``; every defect image in ``test`` gets its mask path when
-    ``ground_truth/<type>/<stem>_mask.png`` (or ``<stem>.png``) exists.
+    ``ground_truth/<type>/<stem>_mask.png`` (or ``<stem>.png``) exists. With a ``log`` each
+    image and mask is checked once (:func:`~fabsight.die.data.readable_images`): a record with
+    an unreadable file is recorded there and left out, since models read images lazily later.
     """
     root = Path(root)
     if not root.is_dir():
@@ -98,7 +102,22 @@ def load_split(root: str | os.PathLike[str], split: str) -> list[AnomalyRecord]:
         raise FabsightError(folder, f"no images in {split}/*/ (accepted: {', '.join(IMAGE_SUFFIXES)})")
     if split == "train" and not (folder / GOOD).is_dir():
         raise FabsightError(folder, "no train/good folder")
-    return records
+    if log is None:
+        return records
+    readable = _readable(records, log)
+    if not readable:
+        raise NothingReadable(folder, f"none of the {len(records)} images in {split}/*/ could be read", log.errors)
+    return readable
+
+
+def _readable(records: list[AnomalyRecord], log: ReadLog) -> list[AnomalyRecord]:
+    """The records whose image (and mask) can be read; each unreadable file goes to ``log``."""
+    keep = []
+    for r in records:
+        files = [r.path] if r.mask_path is None else [r.path, r.mask_path]
+        if len(readable_images(files, log)) == len(files):
+            keep.append(r)
+    return keep
 
 
 def build_mvtec_layout_from_magnetic_tile(

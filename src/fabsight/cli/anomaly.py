@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, out, warn
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read, warn
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
@@ -103,12 +103,14 @@ def fit(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Learn what good looks like from ROOT/train/good, choose a threshold, save a model directory."""
     from fabsight.anomaly.datasets import load_split
     from fabsight.anomaly.evaluate import evaluate
     from fabsight.anomaly.persist import make_model, save_model
+    from fabsight.io import ReadLog
 
     _set_threads(threads)
     if not 0.0 <= holdout < 1.0:
@@ -117,7 +119,10 @@ def fit(
         raise FabsightError(None, "--threshold-from val needs --val ROOT (an MVTec-layout root with defects)")
     if threshold_from is ThresholdFrom.good and holdout == 0.0:
         raise FabsightError(None, "--threshold-from good needs held-out good images: use --holdout > 0")
-    train = load_split(root, "train")
+    log = ReadLog(strict=strict)
+    train = load_split(root, "train", log)
+    val_records = load_split(val, "test", log) if threshold_from is ThresholdFrom.val else []  # type: ignore[arg-type]
+    test_records = load_split(root, "test", log) if evaluate_test and (root / "test").is_dir() else []
     random.Random(seed).shuffle(train)
     n_hold = max(1, round(holdout * len(train))) if threshold_from is ThresholdFrom.good else 0
     if n_hold >= len(train):
@@ -148,21 +153,20 @@ def fit(
         model.calibrate_good(_read_all(hold_records, "anomaly: reading held-out good images"), false_alarm_rate)
         chosen_on = f"{n_hold} held-out images of {root / 'train' / 'good'} (not used for fitting)"
     else:
-        val_records = load_split(val, "test")  # type: ignore[arg-type]
         model.calibrate_f1(_read_all(val_records, "anomaly: reading validation images"),
                            [int(r.is_anomalous) for r in val_records])
         chosen_on = f"{len(val_records)} images of {Path(val) / 'test'}"  # type: ignore[arg-type]
     model.threshold_.details["chosen_on"] = chosen_on  # type: ignore[union-attr]
     metrics: dict[str, Any] = {}
-    if evaluate_test and (root / "test").is_dir():
-        metrics = {"test": evaluate(model, load_split(root, "test")), "measured_on": str(root / "test")}
+    if test_records:
+        metrics = {"test": evaluate(model, test_records), "measured_on": str(root / "test")}
     training = {"root": str(root), "n_held_out_for_threshold": n_hold, "seed": seed}
     save_model(model, out_dir, training=training, metrics=metrics)
     result = {"model": str(out_dir), "method": method.value, "n_train_images": len(fit_records),
               "threshold": model.threshold_.to_dict(),  # type: ignore[union-attr]
               "threshold_meaning": model.threshold_.describe(),  # type: ignore[union-attr]
               "fit_seconds": round(model.fit_seconds_, 1), "metrics": metrics}
-    emit(result, as_json, _print_fit)
+    emit(result, as_json, _print_fit, log)
 
 
 def _print_fit(r: dict[str, Any]) -> None:
@@ -192,15 +196,18 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Torch (or ONNX Runtime) CPU threads.")] = None,
     runtime: RuntimeOpt = "torch",
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Image AUROC, pixel AUROC, AUPRO, F1 at the threshold, ms/image and peak memory on ROOT/test."""
     from fabsight.anomaly.datasets import load_split
     from fabsight.anomaly.evaluate import evaluate
+    from fabsight.io import ReadLog
 
+    log = ReadLog(strict=strict)
+    records = load_split(root, "test", log)
     model = _load(model_dir, runtime, device, threads)
-    records = load_split(root, "test")
-    emit(evaluate(model, records, threshold=threshold), as_json, _print_eval)
+    emit(evaluate(model, records, threshold=threshold), as_json, _print_eval, log)
 
 
 def _load(model_dir: Path, runtime: str, device: str, threads: int | None) -> Any:
@@ -223,17 +230,21 @@ def predict(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Torch (or ONNX Runtime) CPU threads.")] = None,
     runtime: RuntimeOpt = "torch",
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Score images; write <stem>_heatmap.png and <stem>_mask.png per image and predictions.json."""
     from fabsight.anomaly.render import write_heatmap, write_mask
     from fabsight.die.data import expand_inputs, read_image
+    from fabsight.io import ReadLog
     from fabsight.utils.atomic import write_json
     from fabsight.utils.progress import track
 
     model = _load(model_dir, runtime, device, threads)
     t = model.resolve_threshold(threshold)
-    files = expand_inputs(images)
+    log = ReadLog(strict=strict)
+    files = expand_inputs(images, log)
+    require_read(bool(files), log, None, "no images given")
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):
         warn("several inputs share a file name; outputs are numbered to keep them apart")
@@ -259,9 +270,9 @@ def predict(
     summary = {"model": str(model_dir), "threshold": t,
                "threshold_source": "--threshold" if threshold is not None else "model card",
                "n_images": len(results), "n_anomalous": sum(r["anomalous"] for r in results),
-               "seconds": round(time.perf_counter() - start, 2), "predictions": results}
+               "seconds": round(time.perf_counter() - start, 2), "predictions": results, "errors": log.to_json()}
     write_json(out_dir / "predictions.json", summary)
-    emit(summary, as_json, _print_predict)
+    emit(summary, as_json, _print_predict, log)
 
 
 def _print_predict(s: dict[str, Any]) -> None:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from fabsight.errors import FabsightError
 from fabsight.utils.atomic import to_jsonable
 
 if TYPE_CHECKING:
@@ -79,13 +78,7 @@ def require_read(found: bool, log: ReadLog, path: str | PathLike[str] | None, me
     """Stop (exit 2) when the inputs gave nothing to work on.
 
     When unreadable files are why, they are the error: the one file's own line, or each
-    file's line and then a summary; otherwise ``path: message``.
+    file's line (printed by the CLI's error handler) and then a summary; otherwise ``path: message``.
     """
-    if found:
-        return
-    if len(log.errors) == 1:
-        raise log.errors[0]
-    if log.errors:
-        _error_lines(log.to_json())
-        raise FabsightError(path, f"none of the inputs could be read ({len(log.errors)} unreadable files)")
-    raise FabsightError(path, message)
+    if not found:
+        raise log.nothing_read(path, message)

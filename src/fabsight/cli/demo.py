@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, emit, err, out
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, err, out
 
 
 def demo(
@@ -24,10 +24,12 @@ def demo(
     host: Annotated[str, typer.Option("--host", help="With --serve: interface to listen on (loopback unless "
                                                      "FABSIGHT_TOKEN is set).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="With --serve: TCP port.")] = 8000,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Read the example lot (or FILES); classify, explain and store every wafer; write an HTML report."""
     from fabsight.demo import FILES_NAME, demo_model, run_demo
+    from fabsight.io import ReadLog
 
     if serve:  # before the work, so a refused --host costs nothing
         from fabsight.cli.serve import check_host
@@ -36,7 +38,8 @@ def demo(
     if models is None:
         err.print("wafer model: the cached demo model (trained on synthetic maps on the first run)", markup=False)
         models = demo_model()
-    summary = run_demo(out_dir, files, models_dir=models)
+    log = ReadLog(strict=strict)
+    summary = run_demo(out_dir, files, models_dir=models, log=log)
 
     def human(s: dict[str, Any]) -> None:
         for lot in s["lots"]:
@@ -45,7 +48,7 @@ def demo(
         out.print("patterns: " + ", ".join(f"{k} {v}" for k, v in s["patterns"].items()), markup=False)
         out.print(f"report: {s['report']}\nstore: {s['store']}", markup=False)
 
-    emit(summary, as_json, human)
+    emit(summary, as_json, human, log)
     if serve:
         from fabsight.cli.serve import announce
         from fabsight.serve import create_app, run

@@ -63,9 +63,9 @@ def _print_recipe(q: dict[str, Any]) -> None:
 
 
 def _read_sample(model_dir: Path, sample: Path, log: ReadLog) -> list[Any]:
-    """Wafer maps for a wafer model (unreadable files go to ``log``); image paths for die and
-    anomaly models (an image, a folder of them, or a folder of class / MVTec sub-folders,
-    searched recursively)."""
+    """Wafer maps for a wafer model; the readable image paths for die and anomaly models (an
+    image, a folder of them, or a folder of class / MVTec sub-folders, searched recursively).
+    Unreadable files go to ``log``."""
     from fabsight.artifacts import load_card
     from fabsight.wafer.classifier import TASK as WAFER_TASK
 
@@ -77,7 +77,9 @@ def _read_sample(model_dir: Path, sample: Path, log: ReadLog) -> list[Any]:
         return maps
     from fabsight.die.data import expand_inputs
 
-    return expand_inputs([sample])
+    paths = expand_inputs([sample], log)
+    require_read(bool(paths), log, sample, "holds no images")
+    return paths
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import DeviceOpt, JsonOpt, emit, out
+from fabsight.cli.common import DeviceOpt, JsonOpt, StrictOpt, emit, out, require_read
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.utils.device import resolve_device
 
@@ -95,20 +95,23 @@ def train(
     ] = None,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a die defect classifier on frozen backbone features, or fine-tune the backbone
     (optionally self-training on unlabeled images)."""
     from fabsight.die.model import load_groups
     from fabsight.die.model import train as train_model
+    from fabsight.io import ReadLog
 
+    log = ReadLog(strict=strict)
     result = train_model(
         data, out_dir, backbone=backbone, weights=weights, method=method, layers=layers, augment=augment,
         handcrafted=handcrafted,
         groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
         device=resolve_device(device), epochs=epochs, max_minutes=max_minutes, unlabeled=unlabeled,
         pseudo_threshold=pseudo_threshold, rounds=rounds, max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta,
-        student_epochs=student_epochs, student_early_stop=student_early_stop, min_change=min_change,
+        student_epochs=student_epochs, student_early_stop=student_early_stop, min_change=min_change, log=log,
     )
     card = result.card
     summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,
@@ -129,7 +132,7 @@ def train(
         if "per_class" in s["metrics"]:
             _metrics_table(s["metrics"]["measured_on"], s["metrics"])
 
-    emit(summary, as_json, human)
+    emit(summary, as_json, human, log)
 
 
 def evaluate(
@@ -138,13 +141,16 @@ def evaluate(
     device: DeviceOpt = "auto",
     runtime: RuntimeOpt = "torch",
     tta: TtaOpt = False,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy, balanced accuracy, macro-F1, per-class scores and confusion on labelled images."""
     from fabsight.die.embeddings import default_cache
+    from fabsight.io import ReadLog
 
-    result = _load(model_dir, device, runtime).evaluate(data, cache=default_cache(), tta=tta)
-    emit(result, as_json, lambda m: _metrics_table(f"{model_dir} on {data}", m))
+    log = ReadLog(strict=strict)
+    result = _load(model_dir, device, runtime).evaluate(data, cache=default_cache(), tta=tta, log=log)
+    emit(result, as_json, lambda m: _metrics_table(f"{model_dir} on {data}", m), log)
 
 
 def _load(model_dir: Path, device: str, runtime: str) -> Any:
@@ -163,21 +169,25 @@ def predict(
     device: DeviceOpt = "auto",
     runtime: RuntimeOpt = "torch",
     tta: TtaOpt = False,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Label, calibrated confidence, top-k and needs_review for each image."""
     from fabsight.die.data import expand_inputs
+    from fabsight.io import ReadLog
 
-    paths = expand_inputs(images)
+    log = ReadLog(strict=strict)
+    paths = expand_inputs(images, log)
+    require_read(bool(paths), log, None, "no images given")
     model = _load(model_dir, device, runtime)
     decisions = [{"path": str(p), **d} for p, d in zip(paths, model.predict(paths, top_k=top, tta=tta), strict=True)]
 
-    def human(rows: list[dict[str, Any]]) -> None:
-        for r in rows:
+    def human(s: dict[str, Any]) -> None:
+        for r in s["results"]:
             flag = f"  NEEDS REVIEW ({', '.join(r['review_reasons'])})" if r["needs_review"] else ""
             out.print(f"{r['path']}: {r['label']} {r['confidence']:.2f}{flag}", markup=False)
 
-    emit(decisions, as_json, human)
+    emit({"results": decisions}, as_json, human, log)
 
 
 def adapt(
@@ -200,17 +210,20 @@ def adapt(
         int | None,
         typer.Option("--workers", min=0, help="Processes making the crops (default: most cores on a GPU, 0 on CPU)."),
     ] = None,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """DINO self-distillation of a backbone on unlabeled images (domain adaptation)."""
     from fabsight.die.adapt import adapt as run_adapt
+    from fabsight.io import ReadLog
 
+    log = ReadLog(strict=strict)
     result = run_adapt(unlabeled, out_dir, backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size,
                        n_local=local_crops, lr=lr, head_lr=head_lr, head_warmup=head_warmup, resume=resume,
-                       input_size=input_size, device=resolve_device(device), workers=workers)
+                       input_size=input_size, device=resolve_device(device), workers=workers, log=log)
     emit(result, as_json, lambda r: out.print(
         f"wrote {r['out']}: {r['epochs']} epochs on {r['n_images']} images ({r['device']}), "
-        f"loss {r['loss_per_epoch'][0]:.3f} → {r['loss_per_epoch'][-1]:.3f}", markup=False))
+        f"loss {r['loss_per_epoch'][0]:.3f} → {r['loss_per_epoch'][-1]:.3f}", markup=False), log)
 
 
 def discover(
@@ -223,14 +236,17 @@ def discover(
     html_out: Annotated[Path | None, typer.Option("--out", help="Write an HTML contact sheet here.")] = None,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Cluster images by their embeddings to surface defect types; optional HTML contact sheet."""
     from fabsight.die.discover import discover_folder
+    from fabsight.io import ReadLog
 
+    log = ReadLog(strict=strict)
     result = discover_folder(folder, backbone=backbone, weights=weights, method=method, reduce_with=reduce_with,
                              k_range=range(2, max_k + 1), html_out=html_out, input_size=input_size,
-                             device=resolve_device(device))
+                             device=resolve_device(device), log=log)
 
     def human(r: dict[str, Any]) -> None:
         out.print(f"{r['n_images']} images → {r['n_clusters']} clusters ({r['clustering']['method']})", markup=False)
@@ -239,7 +255,7 @@ def discover(
         if r.get("agreement"):
             out.print(f"agreement with folder names: {r['agreement']}", markup=False)
 
-    emit(result, as_json, human)
+    emit(result, as_json, human, log)
 
 
 def register(app: typer.Typer) -> None:

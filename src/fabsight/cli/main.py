@@ -9,7 +9,7 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer ≥ 0.29 vendors click
 
 from fabsight import __version__
-from fabsight.errors import FabsightError
+from fabsight.errors import FabsightError, NothingReadable
 
 app = typer.Typer(
     name="fabsight",
@@ -84,6 +84,8 @@ def main() -> None:
     except typer.TyperException as exc:  # typer's other ClickExceptions, e.g. an unreadable file option
         _fail(" ".join(exc.format_message().split()))
     except FabsightError as exc:
+        for bad in exc.unreadable if isinstance(exc, NothingReadable) else ():
+            sys.stderr.write(f"error: {bad}\n")
         _fail(str(exc))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         _fail(f"{exc.filename}: {exc.strerror or exc}")

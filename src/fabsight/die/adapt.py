@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from fabsight.backbones import Backbone, create_backbone, save_backbone_dir
-from fabsight.die.data import list_images, read_image
-from fabsight.errors import FabsightError
+from fabsight.die.data import list_images, read_image, readable_images
+from fabsight.errors import FabsightError, NothingReadable
+from fabsight.io import ReadLog
 from fabsight.utils.atomic import atomic_dir
 from fabsight.utils.device import reproducible_cudnn, resolve_device
 from fabsight.utils.progress import track
@@ -163,14 +164,23 @@ def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
-def unlabeled_images(root: str | os.PathLike[str]) -> list[Path]:
-    """All image files under ``root`` (any depth): class folders, if any, are ignored."""
+def unlabeled_images(root: str | os.PathLike[str], log: ReadLog | None = None, *, least: int = 2,
+                     purpose: str = "self-distillation") -> list[Path]:
+    """All image files under ``root`` (any depth): class folders, if any, are ignored.
+
+    With a ``log`` each image is checked once (:func:`~fabsight.die.data.readable_images`) and
+    the unreadable ones are recorded there and left out; fewer than ``least`` is an error.
+    """
     r = Path(root)
     if not r.is_dir():
         raise FabsightError(r, "is not a directory of images")
-    files = list_images(r, recursive=True)
-    if len(files) < 2:
-        raise FabsightError(r, f"has {len(files)} image(s); self-distillation needs at least 2")
+    files = listed = list_images(r, recursive=True)
+    if log is not None:
+        files = readable_images(listed, log)
+    if len(files) < least:
+        detail = f" readable ({len(listed) - len(files)} could not be read)" if len(files) < len(listed) else ""
+        raise NothingReadable(r, f"has {len(files)} image(s){detail}; {purpose} needs at least {least}",
+                              log.errors if log is not None else [])
     return files
 
 
@@ -196,8 +206,11 @@ def adapt(
     seed: int = 0,
     max_images: int | None = None,
     workers: int | None = None,
+    log: ReadLog | None = None,
 ) -> dict[str, Any]:
     """Run DINO self-distillation; write the teacher backbone + checkpoint to ``out_dir`` after every epoch.
+
+    With a lenient ``log`` unreadable images are recorded there and left out of training.
 
     ``workers``: processes making the crops (``None``: :func:`default_workers`; 0 = in this process).
     ``lr`` is the backbone's peak learning rate and ``head_lr`` the projection head's;
@@ -211,7 +224,7 @@ def adapt(
         raise FabsightError(None, f"--workers must be ≥ 0, got {workers}")
     dev = resolve_device(device)
     n_workers = default_workers(dev) if workers is None else workers
-    files = unlabeled_images(unlabeled_dir)
+    files = unlabeled_images(unlabeled_dir, log)
     if max_images:
         files = files[:max_images]
     out = Path(out_dir)

@@ -13,12 +13,15 @@ import html
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fabsight.errors import FabsightError
 from fabsight.utils.atomic import write_text
+
+if TYPE_CHECKING:
+    from fabsight.io import ReadLog
 
 
 def reduce(X: np.ndarray, method: str = "pca", dims: int = 32, seed: int = 0) -> np.ndarray:
@@ -148,16 +151,16 @@ def discover_folder(
     input_size: int | None = None,
     device: str = "cpu",
     cache: str | os.PathLike[str] | None = None,
+    log: ReadLog | None = None,
 ) -> dict[str, Any]:
-    """Embed every image under ``folder``, cluster, pick representatives, optionally write HTML."""
+    """Embed every image under ``folder``, cluster, pick representatives, optionally write HTML
+    (with a lenient ``log``, every readable image: each other one is recorded there)."""
     from fabsight.backbones import create_backbone
     from fabsight.die.adapt import unlabeled_images
     from fabsight.die.embeddings import default_cache, extract
 
     root = Path(folder)
-    paths = unlabeled_images(root)
-    if len(paths) < 4:
-        raise FabsightError(root, f"has {len(paths)} images; clustering needs at least 4")
+    paths = unlabeled_images(root, log, least=4, purpose="clustering")
     bb = create_backbone(backbone, device=device, weights=weights, input_size=input_size)
     X = extract(bb, paths, 32, default_cache() if cache is None else cache)
     Z = reduce(X, reduce_with)

@@ -26,7 +26,7 @@ from fabsight.die.data import DEFAULT_AUGMENT, ImageFolder, expand_inputs, scan_
 from fabsight.die.embeddings import Item, default_cache, extract
 from fabsight.die.handcrafted import extract_handcrafted
 from fabsight.die.metrics import classification_metrics
-from fabsight.errors import FabsightError, ModelError
+from fabsight.errors import FabsightError, ModelError, NothingReadable
 from fabsight.utils.atomic import atomic_dir
 
 TASK = "die-classifier"
@@ -36,6 +36,7 @@ OK_NAMES = ("ok", "good", "none", "free", "no_defect", "nodefect", "pass")
 
 if TYPE_CHECKING:  # torch loads only where a backbone is built: the ONNX runtime never builds one
     from fabsight.backbones import Backbone
+    from fabsight.io import ReadLog
 
 
 def features(backbone: Backbone, items: Sequence[Item], *, layers: Sequence[str], handcrafted: bool,
@@ -107,6 +108,7 @@ def train(
     student_epochs: int | None = None,
     student_early_stop: bool = False,
     min_change: float | None = None,
+    log: ReadLog | None = None,
 ) -> TrainResult:
     """Train a die classifier on ``ROOT/CLASS`` images and write the model directory atomically.
 
@@ -117,7 +119,8 @@ def train(
     cross-validated metrics in the card (augmented copies stay in the fold of their original).
     ``unlabeled`` (finetune only): a folder searched recursively for unlabeled images to
     self-train on (``pseudo_threshold``, ``rounds``, ``max_unlabeled``, ``pseudo_tta``, ``student_epochs``,
-    ``student_early_stop``, ``min_change``); class folders in it are ignored.
+    ``student_early_stop``, ``min_change``); class folders in it are ignored. With a lenient
+    ``log`` unreadable images (labelled or not) are recorded there and trained without.
     """
     from fabsight.backbones import create_backbone
 
@@ -126,7 +129,7 @@ def train(
     if unlabeled is not None and method != "finetune":
         raise FabsightError(unlabeled, f"unlabeled images are only used by --method finetune (self-training), "
                             f"not by {method}")
-    folder = scan_folder(data_dir, min_per_class=1)
+    folder = scan_folder(data_dir, min_per_class=1, log=log)
     if len(folder.classes) < 2:
         raise FabsightError(data_dir, "needs at least two class folders to train a classifier")
     if method == "finetune":
@@ -134,7 +137,7 @@ def train(
                                device=device, batch_size=batch_size, epochs=epochs, max_minutes=max_minutes,
                                unlabeled=unlabeled, pseudo_threshold=pseudo_threshold, rounds=rounds,
                                max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta, student_epochs=student_epochs,
-                               student_early_stop=student_early_stop, min_change=min_change)
+                               student_early_stop=student_early_stop, min_change=min_change, log=log)
     bb = create_backbone(backbone, device=device, weights=weights, input_size=input_size)
     use_layers = tuple(layers or bb.cfg.default_layers)
     bb.check_layers(use_layers)
@@ -191,12 +194,14 @@ def _train_finetune(folder: ImageFolder, out_dir: str | os.PathLike[str], *, bac
                     epochs: int, max_minutes: float | None, unlabeled: str | os.PathLike[str] | None,
                     pseudo_threshold: float, rounds: int, max_unlabeled: int | None,
                     pseudo_tta: bool, student_epochs: int | None, student_early_stop: bool,
-                    min_change: float | None) -> TrainResult:
+                    min_change: float | None, log: ReadLog | None) -> TrainResult:
     """Fine-tune end to end, self-training on ``unlabeled`` when given; the card's metrics are the
     validation split's (early stopping used it; it never receives pseudo-labels)."""
     from fabsight.die import finetune
 
-    pool = expand_inputs([unlabeled]) if unlabeled is not None else None  # class sub-folders' names unused
+    pool = expand_inputs([unlabeled], log) if unlabeled is not None else None  # class sub-folders' names unused
+    if pool is not None and not pool:
+        raise NothingReadable(unlabeled, "none of the unlabeled images could be read", log.errors if log else [])
     clf = finetune.FinetuneClassifier(
         backbone=str(backbone), weights=None if weights is None else str(Path(weights).resolve()),
         input_size=input_size, epochs=epochs, batch_size=batch_size, max_minutes=max_minutes, device=device,
@@ -333,9 +338,10 @@ class DieModel:
         return self.classifier.decide(self.features(items, cache), top_k=top_k)
 
     def evaluate(self, data_dir: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None,
-                 tta: bool = False) -> dict[str, Any]:
-        """Metrics on a labelled ``ROOT/CLASS`` folder whose classes the model knows."""
-        folder = scan_folder(data_dir, classes=self.classes)
+                 tta: bool = False, log: ReadLog | None = None) -> dict[str, Any]:
+        """Metrics on a labelled ``ROOT/CLASS`` folder whose classes the model knows (with a
+        lenient ``log``, on its readable images: each other one is recorded there)."""
+        folder = scan_folder(data_dir, classes=self.classes, log=log)
         decisions = self.predict(folder.paths, cache, tta=tta)
         truth = np.asarray(self.classes)[folder.labels]
         result = classification_metrics(truth, [d["label"] for d in decisions], self.classes)

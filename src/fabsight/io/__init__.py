@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from fabsight.errors import FabsightError, FormatError
+from fabsight.errors import FabsightError, FormatError, NothingReadable
 from fabsight.io.folder import (
     MAP_SUFFIXES,
     FolderEntry,
@@ -175,6 +175,17 @@ class ReadLog:
     def __add__(self, other: ReadLog) -> ReadLog:
         """Both logs in one (a command that reads two sets reports them together)."""
         return ReadLog(self.strict, [*self.errors, *other.errors], self.files_read + other.files_read)
+
+    def nothing_read(self, path: str | Path | None, message: str) -> FabsightError:
+        """The error of a read that left nothing to work on: the one unreadable file's own error,
+        a summary carrying every unreadable file (the CLI names each), or ``path: message``
+        when no file was unreadable."""
+        if len(self.errors) == 1:
+            return self.errors[0]
+        if self.errors:
+            return NothingReadable(path, f"none of the inputs could be read ({len(self.errors)} unreadable files)",
+                                   self.errors)
+        return FabsightError(path, message)
 
     def to_json(self) -> list[dict[str, str | None]]:
         """``[{"file", "error"}]``: the shape of ``errors`` in every command's ``--json`` output."""
