@@ -13,25 +13,12 @@ import pytest
 import torch
 
 from fabsight.anomaly.datasets import build_mvtec_layout_from_magnetic_tile, load_split, read_mask
-from fabsight.cli.main import main
 from fabsight.die.data import read_image
 from fabsight.errors import FabsightError
 
 sys.path.insert(0, str(Path(__file__).parent))
+from clikit import run_cli
 from test_anomaly_methods import plant, texture
-
-
-def run_cli(
-    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["fabsight", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_layout_builder_on_magnetic_tile(shared: Path, tmp_path: Path) -> None:
@@ -76,12 +63,12 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys) -> None:
     torch.set_num_threads(1)
     model = tmp_path / "model"
     code, out, err = run_cli(["anomaly", "fit", str(dataset), "--out", str(model), "--method", "patchcore",
                               "--input-size", "96", "--max-bank", "300", "--holdout", "0.3", "--device", "cpu",
-                              "--json"], capsys, monkeypatch)
+                              "--json"], capsys)
     assert code == 0, err
     fit = json.loads(out)
     assert fit["threshold"]["method"] == "good-quantile" and fit["n_train_images"] == 7
@@ -93,7 +80,7 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys, 
     assert "held-out" in card["extra"]["threshold_meaning"] and card["input"]["size"] == [96, 96]
 
     code, out, err = run_cli(["anomaly", "eval", str(model), str(dataset), "--device", "cpu", "--json"],
-                             capsys, monkeypatch)
+                             capsys)
     assert code == 0, err
     ev = json.loads(out)
     assert ev["image_auroc"] == 1.0 and ev["aupro"] > 0.5
@@ -103,7 +90,7 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys, 
     preds = tmp_path / "preds"
     code, out, err = run_cli(["anomaly", "predict", str(model), str(dataset / "test" / "spot"),
                               str(dataset / "test" / "good" / "g0.png"), "--out", str(preds), "--device", "cpu",
-                              "--json"], capsys, monkeypatch)
+                              "--json"], capsys)
     assert code == 0, err
     result = json.loads(out)
     by_name = {Path(p["image"]).name: p for p in result["predictions"]}
@@ -118,7 +105,7 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys, 
     # folder given holds only sub-folders (good/, spot/): their images are all scored.
     code, out, err = run_cli(["anomaly", "predict", str(model), str(dataset / "test"), "--out",
                               str(tmp_path / "p2"), "--threshold", "1e9", "--device", "cpu", "--json"],
-                             capsys, monkeypatch)
+                             capsys)
     assert code == 0, err
     over = json.loads(out)
     assert over["threshold_source"] == "--threshold" and over["n_anomalous"] == 0
@@ -127,16 +114,16 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys, 
     assert cv2.imread(str(tmp_path / "p2" / "s0_mask.png"), cv2.IMREAD_GRAYSCALE).max() == 0
 
 
-def test_cli_recon_on_cpu_warns_and_still_fits(dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_cli_recon_on_cpu_warns_and_still_fits(dataset: Path, tmp_path: Path, capsys) -> None:
     code, out, err = run_cli(["anomaly", "fit", str(dataset), "--out", str(tmp_path / "r"), "--method", "recon",
                               "--steps", "2", "--input-size", "32", "--device", "cpu", "--no-eval", "--json"],
-                             capsys, monkeypatch)
+                             capsys)
     assert code == 0, err
     assert "warning: recon is training on the CPU" in err
     assert json.loads(out)["method"] == "recon" and (tmp_path / "r" / "card.json").is_file()
 
 
-def test_cli_user_mistakes_exit_2_with_one_line(dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_cli_user_mistakes_exit_2_with_one_line(dataset: Path, tmp_path: Path, capsys) -> None:
     cases = [
         ["anomaly", "fit", str(tmp_path / "missing"), "--out", str(tmp_path / "m")],
         ["anomaly", "fit", str(dataset), "--out", str(tmp_path / "m"), "--threshold-from", "val"],
@@ -144,11 +131,11 @@ def test_cli_user_mistakes_exit_2_with_one_line(dataset: Path, tmp_path: Path, c
         ["anomaly", "predict", str(tmp_path), str(tmp_path / "nope.png"), "--out", str(tmp_path / "o")],
     ]
     for args in cases:
-        code, _, err = run_cli(args, capsys, monkeypatch)
+        code, _, err = run_cli(args, capsys)
         assert code == 2, (args, err)
         assert err.startswith("error: ") and err.count("\n") == 1, err
     (tmp_path / "bad" / "train" / "good").mkdir(parents=True)
     (tmp_path / "bad" / "train" / "good" / "x.png").write_bytes(b"not a png")
     code, _, err = run_cli(["anomaly", "fit", str(tmp_path / "bad"), "--out", str(tmp_path / "m"), "--holdout", "0",
-                            "--threshold-from", "val", "--val", str(dataset)], capsys, monkeypatch)
+                            "--threshold-from", "val", "--val", str(dataset)], capsys)
     assert code == 2 and "x.png" in err and "not a readable image" in err

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from fabsight.cli.main import main
+from clikit import exit_code_of, run_cli
 from fabsight.errors import FabsightError, FormatError
 from fabsight.io import ReadLog, iter_maps, read_maps, write_folder, write_klarf, write_lswmd
 from fabsight.scale import run_batch
@@ -57,18 +56,6 @@ def labelled(lot: Path) -> Path:
 @pytest.fixture(scope="module")
 def model(wafer_models_dir: Path) -> Path:
     return wafer_models_dir / "wafer"
-
-
-def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """``fabsight ARGS`` through ``main()``: exit code, stdout, stderr."""
-    monkeypatch.setattr(sys, "argv", ["fabsight", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ------------------------------------------------------------------------------------------ io
@@ -167,11 +154,11 @@ COMMANDS = ["info", "convert", "render", "explain", "ask", "compare", "drift", "
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_command_reads_the_good_files_and_reports_the_bad(
-    name: str, lot: Path, labelled: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    name: str, lot: Path, labelled: Path, model: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     args, bad, read, check = _commands(lot, labelled, model, tmp_path)[name]
-    code, out, err = _cli(monkeypatch, capsys, *args, "--json")
+    code, out, err = run_cli([*args, "--json"], capsys)
     assert code == 0, err
     result = json.loads(out)
     assert [e["file"] for e in result["errors"]] == [str(b) for b in bad]
@@ -185,11 +172,11 @@ def test_command_reads_the_good_files_and_reports_the_bad(
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_strict_stops_at_the_first_unreadable_file(
-    name: str, lot: Path, labelled: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    name: str, lot: Path, labelled: Path, model: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     args, bad, _, _ = _commands(lot, labelled, model, tmp_path)[name]
-    code, out, err = _cli(monkeypatch, capsys, *args, "--strict")
+    code, out, err = run_cli([*args, "--strict"], capsys)
     assert code == 2 and out == ""
     assert err.startswith(f"error: {bad[0]}: ") and err.count("\n") == 1
     assert not [p for p in tmp_path.iterdir() if p.name in ("conv", "r.png", "sft", "al")]  # nothing written
@@ -197,7 +184,7 @@ def test_strict_stops_at_the_first_unreadable_file(
 
 @pytest.mark.parametrize("command", ["wafer train", "distill", "export"])
 def test_strict_stops_before_training_or_exporting(
-    command: str, lot: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    command: str, lot: Path, model: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The commands too slow to run here in full read through the same ReadLog; --strict shows it."""
@@ -207,14 +194,14 @@ def test_strict_stops_before_training_or_exporting(
         "export": ["export", model, "--onnx", "--sample", lot],
     }[command]
     card = (model / "card.json").read_bytes()
-    code, out, err = _cli(monkeypatch, capsys, *args, "--strict")
+    code, out, err = run_cli([*args, "--strict"], capsys)
     assert code == 2 and out == "" and err.startswith(f"error: {lot / BAD[0]}: not a readable .npy")
     assert err.count("\n") == 1 and not (tmp_path / "m").exists() and (model / "card.json").read_bytes() == card
 
 
-def test_human_output_lists_each_bad_file(lot: Path, monkeypatch: pytest.MonkeyPatch,
+def test_human_output_lists_each_bad_file(lot: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _cli(monkeypatch, capsys, "info", lot)
+    code, out, err = run_cli(["info", lot], capsys)
     assert code == 0 and f"{GOOD} wafer(s)" in out
     lines = err.strip().splitlines()
     assert [line.split(": ")[1] for line in lines[:-1]] == [str(lot / b) for b in BAD]
@@ -222,13 +209,13 @@ def test_human_output_lists_each_bad_file(lot: Path, monkeypatch: pytest.MonkeyP
                          "(--strict stops at the first)")
 
 
-def test_nothing_readable_exits_2_naming_every_file(lot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_nothing_readable_exits_2_naming_every_file(lot: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
     for b in ("README.txt", "cut.000", "empty.stdf"):
         shutil.copy(lot / b, only_bad / b)
-    code, out, err = _cli(monkeypatch, capsys, "explain", only_bad, "--json")
+    code, out, err = run_cli(["explain", only_bad, "--json"], capsys)
     assert code == 2 and out == ""
     assert err.splitlines() == [
         f"error: {only_bad / 'README.txt'}: unrecognised wafer data (not KLARF, STDF, G85, LSWMD pickle, "
@@ -237,18 +224,18 @@ def test_nothing_readable_exits_2_naming_every_file(lot: Path, tmp_path: Path, m
         f"error: {only_bad / 'empty.stdf'}: empty file",
         f"error: {only_bad}: none of the inputs could be read (3 unreadable files)",
     ]
-    code, _, err = _cli(monkeypatch, capsys, "render", only_bad / "empty.stdf", "--out", tmp_path / "x.png")
+    code, _, err = run_cli(["render", only_bad / "empty.stdf", "--out", tmp_path / "x.png"], capsys)
     assert code == 2 and err == f"error: {only_bad / 'empty.stdf'}: empty file\n"  # one file: its own line
 
 
 @pytest.mark.shared
-def test_real_fixtures_beside_a_broken_real_file(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_real_fixtures_beside_a_broken_real_file(shared: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     fx = shared / "fixtures"
     for name in ("QUU_NUU.000", "bad12DefectList.klarf"):
         shutil.copy(fx / "klarf" / name, tmp_path / name)
     shutil.copy(fx / "stdf" / "lot2.stdf", tmp_path / "lot2.stdf")
-    code, out, err = _cli(monkeypatch, capsys, "explain", tmp_path, "--json")
+    code, out, err = run_cli(["explain", tmp_path, "--json"], capsys)
     assert code == 0, err
     result = json.loads(out)
     assert [r["wafer_id"] for r in result["results"]] == [m.wafer_id for m in read_maps(fx / "klarf" / "QUU_NUU.000")
@@ -258,10 +245,9 @@ def test_real_fixtures_beside_a_broken_real_file(shared: Path, tmp_path: Path, m
 
 # --------------------------------------------------------------------------------------- batch
 def test_batch_gives_undetectable_files_an_error_row(lot: Path, model: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b.parquet"
-    code, stdout, err = _cli(monkeypatch, capsys, "batch", lot, "--model", model, "--out", out, "--json")
+    code, stdout, err = run_cli(["batch", lot, "--model", model, "--out", out, "--json"], capsys)
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["inputs"] == FILES + len(BAD) and summary["rows"] == GOOD
@@ -272,8 +258,8 @@ def test_batch_gives_undetectable_files_an_error_row(lot: Path, model: Path, tmp
     assert len(pd.read_parquet(out)) == GOOD
     for b in BAD:
         assert f"error: {lot / b}: " in err
-    code, stdout, err = _cli(monkeypatch, capsys, "batch", lot, "--model", model, "--out", tmp_path / "s",
-                             "--strict")
+    code, stdout, err = run_cli(["batch", lot, "--model", model, "--out", tmp_path / "s",
+                             "--strict"], capsys)
     assert code == 2 and err == f"error: {lot / 'README.txt'}: unrecognised wafer data (not KLARF, STDF, G85, " \
                                 "LSWMD pickle, MixedWM38 npz, PNG or NPY)\n"
 
@@ -419,15 +405,8 @@ def die_model(dies: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def anomaly_model(mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("anomaly-model") / "model"
-    code = 0
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(sys, "argv", ["fabsight", "anomaly", "fit", str(mvtec), "--out", str(out), "--input-size", "64",
-                                     "--max-bank", "200", "--holdout", "0.3", "--device", "cpu", "--no-eval"])
-            main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    assert code == 0
+    assert exit_code_of(["anomaly", "fit", mvtec, "--out", out, "--input-size", "64", "--max-bank", "200",
+                         "--holdout", "0.3", "--device", "cpu", "--no-eval"]) == 0
     return out
 
 
@@ -483,10 +462,10 @@ def test_check_image_refuses_exactly_what_read_image_refuses(dies: Path) -> None
 @pytest.mark.parametrize("name", IMAGE_COMMANDS)
 def test_image_command_reads_the_good_images_and_reports_the_bad(
     name: str, dies: Path, mvtec: Path, die_model: Path, anomaly_model: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     args, bad, read, check = _image_commands(dies, mvtec, die_model, anomaly_model, tmp_path)[name]
-    code, out, err = _cli(monkeypatch, capsys, *args, "--json")
+    code, out, err = run_cli([*args, "--json"], capsys)
     assert code == 0, err
     result = json.loads(out)
     assert [e["file"] for e in result["errors"]] == [str(b) for b in bad]
@@ -500,10 +479,10 @@ def test_image_command_reads_the_good_images_and_reports_the_bad(
 @pytest.mark.parametrize("name", IMAGE_COMMANDS)
 def test_image_command_strict_stops_at_the_first_unreadable_image(
     name: str, dies: Path, mvtec: Path, die_model: Path, anomaly_model: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     args, bad, _, _ = _image_commands(dies, mvtec, die_model, anomaly_model, tmp_path)[name]
-    code, out, err = _cli(monkeypatch, capsys, *args, "--strict")
+    code, out, err = run_cli([*args, "--strict"], capsys)
     assert code == 2 and out == ""
     assert err.startswith(f"error: {bad[0]}: ") and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []  # no model, backbone or prediction written
@@ -517,12 +496,12 @@ def test_export_sample_of_images_accounts_for_each(dies: Path, die_model: Path, 
 
     model = tmp_path / "model"
     shutil.copytree(die_model, model)
-    code, out, err = _cli(monkeypatch, capsys, "export", model, "--onnx", "--sample", dies, "--strict")
+    code, out, err = run_cli(["export", model, "--onnx", "--sample", dies, "--strict"], capsys)
     assert code == 2 and err.startswith(f"error: {dies / BAD_IMAGES[0]}: ") and err.count("\n") == 1
     assert not list(model.glob("*.onnx"))
     given: list[object] = []
     monkeypatch.setattr(fabsight.deploy, "export_onnx", lambda *a, sample, **k: given.append(sample) or {"n": 1})
-    code, out, err = _cli(monkeypatch, capsys, "export", model, "--onnx", "--sample", dies, "--json")
+    code, out, err = run_cli(["export", model, "--onnx", "--sample", dies, "--json"], capsys)
     assert code == 0, err
     assert given == [sorted(dies.rglob("[0-9].*"))]
     assert [e["file"] for e in json.loads(out)["errors"]] == [str(dies / b) for b in BAD_IMAGES]
@@ -530,13 +509,12 @@ def test_export_sample_of_images_accounts_for_each(dies: Path, die_model: Path, 
 
 
 def test_no_readable_image_exits_2_naming_every_file(dies: Path, die_model: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
     for b in BAD_IMAGES[2:]:
         shutil.copy(dies / b, only_bad / Path(b).name)
-    code, out, err = _cli(monkeypatch, capsys, "die", "predict", die_model, only_bad, "--json")
+    code, out, err = run_cli(["die", "predict", die_model, only_bad, "--json"], capsys)
     assert code == 2 and out == ""
     lines = err.splitlines()
     assert [line.split(": ")[1] for line in lines[:-1]] == [str(only_bad / Path(b).name) for b in BAD_IMAGES[2:]]
@@ -545,7 +523,7 @@ def test_no_readable_image_exits_2_naming_every_file(dies: Path, die_model: Path
     labelled = tmp_path / "labelled"
     shutil.copytree(dies / "a", labelled / "a")
     shutil.copytree(only_bad, labelled / "b")
-    code, out, err = _cli(monkeypatch, capsys, "die", "train", labelled, "--out", tmp_path / "m", *TINY)
+    code, out, err = run_cli(["die", "train", labelled, "--out", tmp_path / "m", *TINY], capsys)
     assert code == 2 and not (tmp_path / "m").exists()
     assert err.splitlines()[-1] == (f"error: {labelled / 'b'}: has 0 readable images (3 could not be read); "
                                     "need at least 1")
@@ -553,13 +531,12 @@ def test_no_readable_image_exits_2_naming_every_file(dies: Path, die_model: Path
 
 
 def test_demo_uploads_the_good_files_and_reports_the_bad(lot: Path, wafer_models_dir: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     args = ["demo", lot, "--models", wafer_models_dir, "--out", tmp_path / "demo"]
-    code, out, err = _cli(monkeypatch, capsys, *args, "--strict")
+    code, out, err = run_cli([*args, "--strict"], capsys)
     assert code == 2 and err.startswith(f"error: {lot / BAD[0]}: ") and err.count("\n") == 1
     assert not (tmp_path / "demo").exists()
-    code, out, err = _cli(monkeypatch, capsys, *args, "--json")
+    code, out, err = run_cli([*args, "--json"], capsys)
     assert code == 0, err
     result = json.loads(out)
     assert [e["file"] for e in result["errors"]] == [str(lot / b) for b in BAD]

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fabsight.cli.main import app, main
+from clikit import run_cli
+from fabsight.cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,14 +30,7 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     """``fabsight ARGS`` in-process through ``main()``, which turns FabsightError into one line + exit 2."""
 
     def _run(*args: str) -> Result:
-        monkeypatch.setattr(sys, "argv", ["fabsight", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
+        return Result(*run_cli(args, capsys))
 
     return _run
 
