@@ -4,6 +4,9 @@
 (:func:`detect_format`), not its name, so a renamed ``.txt`` KLARF or an ``.xml`` that is
 really something else is handled (or refused) correctly. Every reader turns a bad file
 into :class:`fabsight.errors.FormatError` naming the file and the problem.
+
+``allow_pickle=False`` (what the service passes unless started with ``--allow-pickle``)
+refuses WM-811K ``LSWMD.pkl`` pickles wherever they turn up, before any byte is unpickled.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from fabsight.types import WaferMap
 
 __all__ = [
     "FORMATS",
+    "PICKLE_REFUSED",
     "WRITERS",
     "detect_format",
     "expand_paths",
@@ -50,6 +54,9 @@ _READERS: dict[str, Callable[[Path], Iterable[WaferMap]]] = {
 }
 FORMATS: tuple[str, ...] = tuple(_READERS)
 _ALIASES = {"npz": "mixedwm38", "wm811k": "lswmd", "pkl": "lswmd", "xml": "g85", "klf": "klarf"}
+
+#: The one-line reason :func:`read_maps` / :func:`iter_maps` give with ``allow_pickle=False``.
+PICKLE_REFUSED = "pickle files are refused: start the service with --allow-pickle to accept WM-811K LSWMD pickles"
 
 #: ``fabsight convert --to`` name → writer ``(maps, path)``.
 WRITERS: dict[str, Callable[[Sequence[WaferMap], Path], Path]] = {
@@ -100,7 +107,16 @@ def detect_format(path: str | Path) -> str:
     raise FormatError(path, "unrecognised wafer data (not KLARF, STDF, G85, LSWMD pickle, MixedWM38 npz, PNG or NPY)")
 
 
-def _iter_dir(root: Path) -> Iterator[WaferMap]:
+def _read(path: Path, name: str, allow_pickle: bool) -> Iterable[WaferMap]:
+    """The maps of ``path`` read as format ``name``; pickles only when they are allowed."""
+    if name == "lswmd" and not allow_pickle:
+        raise FormatError(path, PICKLE_REFUSED)
+    if name == "folder":
+        return _iter_dir(path, allow_pickle)
+    return _READERS[name](path)
+
+
+def _iter_dir(root: Path, allow_pickle: bool = True) -> Iterator[WaferMap]:
     """A folder: its ``ROOT/CLASS/*.png|*.npy`` maps plus every wafer-data file directly in it.
 
     Files that are not wafer data (a README, a licence) are skipped, so a folder of KLARF
@@ -121,7 +137,7 @@ def _iter_dir(root: Path) -> Iterator[WaferMap]:
     if has_images or not wafer_files:
         yield from iter_folder(root)
     for p, name in wafer_files:
-        yield from _READERS[name](p)
+        yield from _read(p, name, allow_pickle)
 
 
 def _resolve(path: Path, format: str | None) -> str:
@@ -135,10 +151,14 @@ def _resolve(path: Path, format: str | None) -> str:
     return name
 
 
-def read_maps(path: str | Path, format: str | None = None) -> list[WaferMap]:
-    """Every wafer map in one file or folder layout (``format`` overrides detection)."""
+def read_maps(path: str | Path, format: str | None = None, *, allow_pickle: bool = True) -> list[WaferMap]:
+    """Every wafer map in one file or folder layout (``format`` overrides detection).
+
+    ``allow_pickle=False`` raises :class:`FormatError` (:data:`PICKLE_REFUSED`) for an
+    LSWMD pickle, also one inside a folder, instead of reading it.
+    """
     p = Path(path)
-    return list(_READERS[_resolve(p, format)](p))
+    return list(_read(p, _resolve(p, format), allow_pickle))
 
 
 def expand_paths(item: str | Path) -> list[Path]:
@@ -152,13 +172,12 @@ def expand_paths(item: str | Path) -> list[Path]:
     return [Path(text)]
 
 
-def iter_maps(paths: Iterable[str | Path]) -> Iterator[WaferMap]:
+def iter_maps(paths: Iterable[str | Path], *, allow_pickle: bool = True) -> Iterator[WaferMap]:
     """Stream the maps of many files, folders and glob patterns, one map at a time.
 
     A folder is a ``ROOT/CLASS/*.png|*.npy`` layout and/or a folder of wafer-data files;
-    LSWMD pickles yield row by row.
+    LSWMD pickles yield row by row (or are refused with ``allow_pickle=False``).
     """
     for item in paths:
         for path in expand_paths(item):
-            name = detect_format(path)
-            yield from _READERS[name](path)
+            yield from _read(path, detect_format(path), allow_pickle)
