@@ -243,8 +243,8 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         if self._budget < 0:
             raise FormatError(
                 self.path,
-                "the pickle builds more array data than "
-                f"{self.limits.expansion:g}× its own size (a corrupt or hostile file; see PickleLimits)",
+                f"the pickle asks for more than {self.limits.expansion:g}× its own size in memory "
+                "(a corrupt or hostile file; the bound is PickleLimits.expansion)",
             )
 
     def fresh(self, obj: Any) -> Any:
