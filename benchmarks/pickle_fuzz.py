@@ -8,9 +8,10 @@ them at opcode bytes and their arguments (the pickle's structure: lengths, shape
 indices), the rest anywhere (mostly inside wafer-map data). A worker process reads mutated
 files one after another under an address-space limit (``RLIMIT_AS``) and reports each
 outcome: ``read`` (the maps came out), ``FormatError`` (one line, naming the file) or
-anything else. A worker that dies (segfault, abort, out of memory) or takes longer than
-``--timeout`` is recorded with its mutation and replaced. The reader passes when every
-outcome is ``read`` or ``FormatError``.
+anything else, including an error numpy or pandas report while freeing the objects. A
+worker that dies (segfault, abort, out of memory) or takes longer than ``--timeout`` is
+recorded with its mutation and replaced. The reader passes when every outcome is ``read``
+or ``FormatError``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def _worker(seed_path: Path, rlimit_gib: float) -> None:
 
     seed = seed_path.read_bytes()
     sum(1 for _ in iter_maps([seed_path]))  # imports and warms up before any read is timed
+    unraisable: list[str] = []  # errors numpy/pandas hit while freeing objects: internal damage
+    sys.unraisablehook = lambda u: unraisable.append(f"{u.exc_type.__name__}: {u.exc_value!s:.200}")
     path = Path(tempfile.mkdtemp()) / "mutated.pkl"
     for line in sys.stdin:
         offset, value = map(int, line.split())
@@ -57,6 +60,9 @@ def _worker(seed_path: Path, rlimit_gib: float) -> None:
             out = "FormatError" if one_line else f"FormatError not one line naming the file: {exc!s:.200}"
         except Exception as exc:  # what the run is looking for
             out = f"{type(exc).__name__}: {exc!s:.200}"
+        if unraisable:
+            out = f"unraisable {unraisable[0]}"
+            unraisable.clear()
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps({"out": out, "s": time.perf_counter() - t0, "rss_mb": rss}), flush=True)
 

@@ -250,6 +250,18 @@ MISUSES = {
         "not a dict",
     ),
     "APPENDS on an array": (_array_state((1,), "u1", _lit(b"\x01")) + MARK + b"Ne", "not a list"),
+    "a dtype given object flags": (
+        _call(_global4("numpy", "dtype"), *map(_lit, ("U3", False, True)))
+        + _lit((3, "<", None, None, None, 12, 4, 63))
+        + b"b",
+        "changes the size or flags of dtype <U3",
+    ),
+    "an object dtype made big-endian": (
+        _call(_global4("numpy", "dtype"), *map(_lit, ("O8", False, True)))
+        + _lit((3, ">", None, None, None, -1, -1, 63))
+        + b"b",
+        "byte order '>' for dtype |O",
+    ),
     "a slice of strings": (_call(_global4("builtins", "slice"), _s("a")), "slice of anything but integers"),
 }
 

@@ -126,6 +126,7 @@ _MAX_NESTING = 100  # open MARKs at once (an LSWMD pickle nests about 6 deep)
 _MAX_DICT = 1024  # entries in one dict (an LSWMD pickle's largest has 6): no hash flooding
 _DTYPE_SPEC = re.compile(r"[biufcOSU]\d{1,6}")  # bool/int/float/complex/object/bytes/str, as numpy pickles them
 _DTYPE_KINDS = "biufcOSU"
+_LABELS = (str, int, float, type(None))  # what the labels of an object index may be (pandas hashes them)
 
 
 def _numpy_core() -> Any:
@@ -183,9 +184,9 @@ def _is_int(value: Any) -> bool:
 
 
 def _named(obj: Any) -> str:
-    """``module.name`` of a function or class, for messages (never the repr of data)."""
-    name = getattr(obj, "__qualname__", None)
-    return _short(f"{getattr(obj, '__module__', '?')}.{name}") if isinstance(name, str) else type(obj).__name__
+    """What ``obj`` is, for messages: its pair in :data:`ALLOWED`, or its type (never its repr)."""
+    names = {id(found): f"{module}.{name}" for (module, name), found in _objects().items()}
+    return names.get(id(obj), f"a {type(obj).__name__}")
 
 
 class _Done(Exception):
@@ -293,6 +294,11 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         self.charge(_CONTAINER_COST)
         self.append([])
 
+    def op_list(self) -> None:
+        items = self.pop_mark()
+        self.charge(_CONTAINER_COST)
+        self.append(items)
+
     def op_empty_dict(self) -> None:
         self.charge(_CONTAINER_COST)
         self.append({})
@@ -387,7 +393,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         args = self.stack.pop()
         cls = self.stack.pop()
         make = self._creatable.get(id(cls))
-        if make is None or args != ():
+        if make is None or type(args) is not tuple or args:
             raise self.refuse(f"creating {_named(cls)} that way")
         self.append(self.fresh(make()))
 
@@ -437,8 +443,12 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
 
     def call_reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
         """An empty array that BUILD then fills: numpy always writes ``(ndarray, (0,), b'b')``."""
-        empty = type(shape) is tuple and len(shape) == 1 and shape[0] == 0 and _is_int(shape[0])
-        if subtype is not np.ndarray or not empty or type(dtype) not in (bytes, str) or dtype not in (b"b", "b"):
+        empty = type(shape) is tuple and len(shape) == 1 and _is_int(shape[0]) and shape[0] == 0
+        if (
+            subtype is not np.ndarray
+            or not empty
+            or not ((type(dtype) is bytes and dtype == b"b") or _is_text(dtype, "b"))
+        ):
             raise self.refuse("an ndarray made other than numpy's own way")
         self.charge(_ARRAY_OVERHEAD)
         return self.fresh(self._objects[("numpy._core.multiarray", "_reconstruct")](np.ndarray, (0,), b"b"))
@@ -451,7 +461,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         return self.fresh(np.dtype(spec, False, True))
 
     def call_frombuffer(self, buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
-        if type(buf) not in (bytes, bytearray) or not isinstance(dtype, np.dtype) or order not in ("C", "F"):
+        if type(buf) not in (bytes, bytearray) or type(order) is not str or order not in ("C", "F"):
             raise self.refuse("a protocol-5 array whose buffer, dtype or order is not numpy's")
         size = self.check_shape(shape, dtype)
         if dtype.kind == "O" or size * dtype.itemsize != len(buf):
@@ -490,7 +500,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
     def block_values(self, values: Any) -> tuple[int, int]:
         """(columns, rows) of a block's values: a 2-D ndarray or one Arrow string column."""
         self.built(values, "block values")
-        if type(values) is np.ndarray and values.ndim == 2:
+        if type(values) is np.ndarray and values.ndim == 2 and values.dtype.kind in "biufcO":
             return values.shape[0], values.shape[1]
         if type(values) is self._objects[("pandas.arrays", "ArrowStringArray")]:
             return 1, len(values)
@@ -558,15 +568,17 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         if not set(d) <= {"data", "name"} or not (
             (type(data) is np.ndarray and data.ndim == 1 and data.dtype.kind in "iufO") or type(data) is strings
         ):
-            raise self.refuse("an index whose data is not one column of numbers, text or objects")
+            raise self.refuse("an index whose data is not one column of numbers or text")
+        if type(data) is np.ndarray and data.dtype.kind == "O" and any(type(v) not in _LABELS for v in data):
+            raise self.refuse("an index of objects that are not text or numbers")
 
     def call_string_dtype(self, storage: Any = "pyarrow", na_value: Any = np.nan) -> Any:
-        if storage != "pyarrow" or type(na_value) is not float or not math.isnan(na_value):
+        if not _is_text(storage, "pyarrow") or type(na_value) is not float or not math.isnan(na_value):
             raise self.refuse("a string dtype other than pandas' Arrow-backed str")
         return self._objects[("pandas", "StringDtype")]("pyarrow", na_value)
 
     def call_arrow_type(self, alias: Any) -> Any:
-        if alias not in ("large_string", "string") or type(alias) is not str:
+        if type(alias) is not str or alias not in ("large_string", "string"):
             raise self.refuse("an Arrow type other than string")
         return self._objects[("pyarrow.lib", "type_for_alias")](alias)
 
@@ -585,8 +597,10 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         if not (isinstance(kind, pa.DataType) and (pa.types.is_string(kind) or pa.types.is_large_string(kind))):
             raise self.refuse("an Arrow array that is not strings")
         ints = all(_is_int(v) for v in (length, nulls, offset)) and length >= 0 and offset >= 0
-        if not ints or length > self.limits.max_elements or children != [] or dictionary is not None:
+        if not ints or length > self.limits.max_elements or type(children) is not list or children:
             raise self.refuse("an Arrow string array of another shape than pyarrow writes")
+        if dictionary is not None:
+            raise self.refuse("a dictionary-encoded Arrow array")
         if type(buffers) is not list or not all(b is None or isinstance(b, pa.Buffer) for b in buffers):
             raise self.refuse("Arrow buffers that are not buffers")
         array = self._objects[("pyarrow.lib", "_restore_array")](state)
@@ -598,7 +612,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
             data = b""
         elif len(args) == 1 and type(args[0]) is bytes:
             data = args[0]
-        elif len(args) == 2 and type(args[0]) is str and args[1] in ("latin-1", "latin1"):
+        elif len(args) == 2 and type(args[0]) is str and (_is_text(args[1], "latin-1") or _is_text(args[1], "latin1")):
             data = args[0].encode("latin-1")  # how protocol 2 writes a bytearray
         else:
             raise self.refuse("a bytearray made from anything but bytes")
@@ -616,7 +630,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         return slice(*args)
 
     def call_encode(self, text: Any, encoding: Any = "utf-8") -> bytes:
-        if type(text) is not str or encoding not in ("latin1", "latin-1"):
+        if type(text) is not str or not (_is_text(encoding, "latin1") or _is_text(encoding, "latin-1")):
             raise self.refuse("_codecs.encode of anything but text to latin1")
         self.charge(len(text))
         return _latin1_encode(text, encoding)
@@ -627,7 +641,9 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
 
 def _build_array(u: _Unpickler, arr: np.ndarray, state: Any) -> None:
     """An array's state ``(1, shape, dtype, fortran, data)``: data must hold exactly ``shape``."""
-    if type(state) is not tuple or len(state) != 5 or state[0] != 1 or type(state[3]) is not bool:
+    if type(state) is not tuple or len(state) != 5 or type(state[0]) is not int or state[0] != 1:
+        raise u.refuse("an array state that is not numpy's")
+    if type(state[3]) is not bool:
         raise u.refuse("an array state that is not numpy's")
     _, shape, dtype, _, data = state
     size = u.check_shape(shape, dtype)
@@ -642,28 +658,38 @@ def _build_array(u: _Unpickler, arr: np.ndarray, state: Any) -> None:
     arr.__setstate__(state)
 
 
+def _is_text(value: Any, text: str) -> bool:
+    return type(value) is str and value == text
+
+
 def _count(data: Any) -> str:
     return str(len(data)) if type(data) in (list, bytes, str) else f"a {type(data).__name__} of"
 
 
 def _build_dtype(u: _Unpickler, dtype: np.dtype, state: Any) -> None:
-    """A dtype's state: byte order and sizes only, no fields, sub-arrays or metadata."""
-    if type(state) is not tuple or len(state) != 8 or state[0] != 3 or state[1] not in ("<", ">", "|", "="):
+    """A dtype's state may set its byte order and nothing else.
+
+    The dtype was made from its spec (``'U6'``, ``'O8'``), which fixes its size, alignment
+    and flags; a state that changes them (an object flag on a str dtype, a bigger item size)
+    would make numpy treat the array's bytes as something they are not.
+    """
+    if type(state) is not tuple or len(state) != 8 or any(type(v) is not int for v in (*state[:1], *state[5:])):
         raise u.refuse("a dtype state that is not numpy's")
-    _, _, subarray, names, fields, size, alignment, flags = state
-    if subarray is not None or names is not None or fields is not None:
+    version, order, subarray, names, fields, size, alignment, flags = state
+    if version != 3 or subarray is not None or names is not None or fields is not None:
         raise u.refuse("a dtype with fields or sub-arrays")
-    if type(size) is not int or type(alignment) is not int or type(flags) is not int:
-        raise u.refuse("a dtype state that is not numpy's")
+    orders = "|" if dtype.byteorder == "|" else "<>="
+    if type(order) is not str or len(order) != 1 or order not in orders:
+        raise u.refuse(f"byte order {_short(repr(order))} for dtype {dtype.str}")
+    if size not in (-1, dtype.itemsize) or alignment not in (-1, dtype.alignment) or flags != dtype.flags:
+        raise u.refuse(f"a state that changes the size or flags of dtype {dtype.str}")
     dtype.__setstate__(state)
-    if dtype.kind not in _DTYPE_KINDS or dtype.fields or dtype.subdtype:
-        raise u.refuse("a dtype that is not a plain number, string or object")
 
 
 def _build_frame(u: _Unpickler, frame: Any, state: Any) -> None:
     """The DataFrame's attributes: its block manager and pandas' bookkeeping, nothing else."""
     known = {"_mgr", "_data", "_typ", "_metadata", "attrs", "_attrs", "_flags"}
-    if type(state) is not dict or not set(state) <= known or state.get("_typ") != "dataframe":
+    if type(state) is not dict or not set(state) <= known or not _is_text(state.get("_typ"), "dataframe"):
         raise u.refuse("a DataFrame state with other attributes than pandas writes")
     manager = state.get("_mgr", state.get("_data"))
     if type(manager) is not u._objects[("pandas.core.internals.managers", "BlockManager")]:
@@ -730,13 +756,14 @@ def _builders() -> dict[type, Callable[[_Unpickler, Any, Any], None]]:
 _STOCK = (  # noqa: SIM905  (one word per opcode reads better than 34 quoted strings)
     "PROTO POP POP_MARK DUP NONE NEWTRUE NEWFALSE INT BININT BININT1 BININT2 LONG LONG1 LONG4 FLOAT BINFLOAT "
     "STRING BINSTRING SHORT_BINSTRING UNICODE BINUNICODE SHORT_BINUNICODE BINUNICODE8 BINBYTES SHORT_BINBYTES "
-    "BINBYTES8 EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3 LIST GLOBAL STACK_GLOBAL"
+    "BINBYTES8 EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3 GLOBAL STACK_GLOBAL"
 ).split()
 _REPLACED = {
     "FRAME": _Unpickler.op_frame,
     "STOP": _Unpickler.op_stop,
     "MARK": _Unpickler.op_mark,
     "EMPTY_LIST": _Unpickler.op_empty_list,
+    "LIST": _Unpickler.op_list,
     "EMPTY_DICT": _Unpickler.op_empty_dict,
     "DICT": _Unpickler.op_dict,
     "SETITEM": _Unpickler.op_setitem,
