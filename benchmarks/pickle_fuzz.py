@@ -116,7 +116,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     mutations = _mutations(seed, args.count, args.structural, np.random.default_rng(args.rng))
     outcomes: Counter[str] = Counter()
     failures: list[dict[str, Any]] = []
-    slowest, max_rss = 0.0, 0.0
+    slowest, max_rss, worker_rss = 0.0, 0.0, 0.0
+    growth: list[dict[str, Any]] = []  # mutations after which a worker's peak memory grew by > 50 MB
     worker = _Worker(args)
     t0 = time.perf_counter()
     for offset, value in mutations:
@@ -125,13 +126,16 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             code = worker.proc.returncode
             outcomes["worker died or hung"] += 1
             failures.append({"offset": offset, "value": value, "returncode": code})
-            worker = _Worker(args)
+            worker, worker_rss = _Worker(args), 0.0
             continue
         out = answer["out"]
         kind = "read" if out.startswith("read ") else "FormatError" if out == "FormatError" else "other"
         outcomes[kind] += 1
         if kind == "other":
             failures.append({"offset": offset, "value": value, "out": out})
+        if worker_rss and answer["rss_mb"] > worker_rss + 50:
+            growth.append({"offset": offset, "value": value, "rss_mb": answer["rss_mb"], "out": out})
+        worker_rss = answer["rss_mb"]
         slowest, max_rss = max(slowest, answer["s"]), max(max_rss, answer["rss_mb"])
     worker.close()
     return {
@@ -143,6 +147,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "failures": failures[:50],
         "slowest_read_s": round(slowest, 3),
         "max_worker_rss_mb": round(max_rss, 1),
+        "memory_growth": growth[:20],
         "rlimit_gib": args.rlimit_gib,
         "wall_s": round(time.perf_counter() - t0, 1),
     }

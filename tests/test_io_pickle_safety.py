@@ -380,6 +380,8 @@ import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 from fabsight.errors import FormatError
 from fabsight.io import read_maps
+unraisable = []  # errors numpy/pandas hit while freeing objects: internal damage
+sys.unraisablehook = lambda u: unraisable.append(f"{u.exc_type.__name__}: {u.exc_value}")
 for path in sys.argv[1:]:
     t = time.perf_counter()
     try:
@@ -389,6 +391,8 @@ for path in sys.argv[1:]:
         out = str(exc)
     except BaseException as exc:
         out = f"{type(exc).__name__}: {exc}"
+    if unraisable:
+        out = "unraisable " + unraisable.pop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"path": path, "out": out, "s": time.perf_counter() - t, "rss_mb": rss}), flush=True)
 """

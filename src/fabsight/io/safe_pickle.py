@@ -213,8 +213,10 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         self._fresh: dict[int, Any] = {}  # objects created here whose state is not yet set
         self._blocks: dict[int, tuple[Any, np.ndarray, int]] = {}  # block → (block, column positions, rows)
         self._objects = _objects()
-        self._calls = self._guards()
-        self._creatable = self._newobj_classes()
+        # Plain functions, not bound methods: the unpickler holds no cycle through itself, so
+        # everything it built is freed as soon as the caller drops it.
+        self._calls = _guards()
+        self._creatable = _creatable()
         self._builders = _builders()
 
     # --- the loop and the opcode table ---------------------------------------------------
@@ -387,7 +389,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
             raise self.refuse(f"calling {_named(func)}")
         if type(args) is not tuple:
             raise self.refuse(f"calling {_named(func)} with a {type(args).__name__} of arguments")
-        self.stack[-1] = guard(*args)
+        self.stack[-1] = guard(self, *args)
 
     def op_newobj(self) -> None:
         args = self.stack.pop()
@@ -408,38 +410,6 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         builder(self, inst, state)
 
     # --- the calls the layout makes, each with its arguments checked ----------------------
-
-    def _guards(self) -> dict[int, Callable[..., Any]]:
-        o = self._objects
-        guards: dict[tuple[str, str], Callable[..., Any]] = {
-            ("numpy._core.multiarray", "_reconstruct"): self.call_reconstruct,
-            ("numpy", "dtype"): self.call_dtype,
-            ("numpy._core.numeric", "_frombuffer"): self.call_frombuffer,
-            ("pandas._libs.internals", "_unpickle_block"): self.call_block,
-            ("pandas.core.internals.managers", "BlockManager"): self.call_manager,
-            ("pandas.core.indexes.base", "_new_Index"): self.call_index,
-            ("pandas", "StringDtype"): self.call_string_dtype,
-            ("pyarrow.lib", "_restore_array"): self.call_arrow_array,
-            ("pyarrow.lib", "type_for_alias"): self.call_arrow_type,
-            ("pyarrow.lib", "py_buffer"): self.call_arrow_buffer,
-            ("builtins", "bytearray"): self.call_bytearray,
-            ("builtins", "bytes"): self.call_bytes,
-            ("builtins", "slice"): self.call_slice,
-            ("_codecs", "encode"): self.call_encode,
-        }
-        return {id(o[key]): guard for key, guard in guards.items()}
-
-    def _newobj_classes(self) -> dict[int, Callable[[], Any]]:
-        o = self._objects
-        manager = o[("pandas.core.internals.managers", "BlockManager")]
-        frame = o[("pandas", "DataFrame")]
-        strings = o[("pandas.arrays", "ArrowStringArray")]
-        return {
-            id(frame): lambda: frame.__new__(frame),
-            id(strings): lambda: strings.__new__(strings),
-            # pandas' own compatibility unpickler makes an empty manager the same way
-            id(manager): lambda: manager.__new__(manager, (), [], False),
-        }
 
     def call_reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
         """An empty array that BUILD then fills: numpy always writes ``(ndarray, (0,), b'b')``."""
@@ -538,8 +508,9 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         columns, rows = len(axes[0]), len(axes[1])
         if any(width != rows for _, width in blocks):
             raise self.refuse(f"a block whose length is not the DataFrame's {rows} rows")
+        # Counted first: a RangeIndex can claim millions of columns without holding them.
         filled = np.sort(np.concatenate([locs for locs, _ in blocks])) if blocks else np.zeros(0, np.intp)
-        if not np.array_equal(filled, np.arange(columns)):
+        if filled.size != columns or not np.array_equal(filled, np.arange(columns)):
             raise self.refuse(f"blocks that do not fill the {columns} columns exactly once")
 
     def call_index(self, cls: Any, d: Any) -> Any:
@@ -738,6 +709,44 @@ def _build_strings(u: _Unpickler, strings: Any, state: Any) -> None:
     if not isinstance(state["_pa_array"], pa.Array) or type(state["_dtype"]) is not dtype or state.get("_cache", {}):
         raise u.refuse("an ArrowStringArray that is not an Arrow array and a string dtype")
     strings.__setstate__(dict(state))
+
+
+@cache
+def _guards() -> dict[int, Callable[..., Any]]:
+    """``id(object)`` → the check that stands between a REDUCE and that object."""
+    o, u = _objects(), _Unpickler
+    guards: dict[tuple[str, str], Callable[..., Any]] = {
+        ("numpy._core.multiarray", "_reconstruct"): u.call_reconstruct,
+        ("numpy", "dtype"): u.call_dtype,
+        ("numpy._core.numeric", "_frombuffer"): u.call_frombuffer,
+        ("pandas._libs.internals", "_unpickle_block"): u.call_block,
+        ("pandas.core.internals.managers", "BlockManager"): u.call_manager,
+        ("pandas.core.indexes.base", "_new_Index"): u.call_index,
+        ("pandas", "StringDtype"): u.call_string_dtype,
+        ("pyarrow.lib", "_restore_array"): u.call_arrow_array,
+        ("pyarrow.lib", "type_for_alias"): u.call_arrow_type,
+        ("pyarrow.lib", "py_buffer"): u.call_arrow_buffer,
+        ("builtins", "bytearray"): u.call_bytearray,
+        ("builtins", "bytes"): u.call_bytes,
+        ("builtins", "slice"): u.call_slice,
+        ("_codecs", "encode"): u.call_encode,
+    }
+    return {id(o[key]): guard for key, guard in guards.items()}
+
+
+@cache
+def _creatable() -> dict[int, Callable[[], Any]]:
+    """``id(class)`` → how NEWOBJ makes an empty one (the only classes it may make)."""
+    o = _objects()
+    manager = o[("pandas.core.internals.managers", "BlockManager")]
+    frame = o[("pandas", "DataFrame")]
+    strings = o[("pandas.arrays", "ArrowStringArray")]
+    return {
+        id(frame): lambda: frame.__new__(frame),
+        id(strings): lambda: strings.__new__(strings),
+        # pandas' own compatibility unpickler makes an empty manager the same way
+        id(manager): lambda: manager.__new__(manager, (), [], False),
+    }
 
 
 @cache
