@@ -125,7 +125,7 @@ _ARRAY_OVERHEAD = 128  # bytes charged per array besides its data (the ndarray o
 _CONTAINER_COST = 64  # bytes charged per empty list or dict an opcode creates
 _MAX_NESTING = 100  # open MARKs at once (an LSWMD pickle nests about 6 deep)
 _MAX_DICT = 1024  # entries in one dict (an LSWMD pickle's largest has 6): no hash flooding
-_DTYPE_SPEC = re.compile(r"[biufcOSU]\d{1,6}")  # bool/int/float/complex/object/bytes/str, as numpy pickles them
+_DTYPE_SPEC = re.compile(r"[biufcOSU][1-9]\d{0,5}")  # bool/int/float/complex/object/bytes/str, as numpy pickles them
 _DTYPE_KINDS = "biufcOSU"
 _LABELS = (str, int, float, type(None))  # what the labels of an object index may be (pandas hashes them)
 
@@ -231,7 +231,7 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         try:
             while True:
                 key = read(1)
-                if key == b"\x94":  # MEMOIZE, a quarter of all opcodes: done here rather than called
+                if key == b"\x94":  # MEMOIZE, a quarter of all opcodes: done here, not through _TABLE
                     remember(self.stack[-1])
                 elif key:
                     table[key[0]](self)
@@ -344,9 +344,6 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
         if type(target) is not list:
             raise self.refuse(f"APPENDS on a {type(target).__name__}, not a list")
         target.extend(items)
-
-    def op_memoize(self) -> None:
-        self.memo.append(self.stack[-1])
 
     def _put(self, index: int) -> None:
         if index != len(self.memo):
@@ -786,7 +783,6 @@ _REPLACED = {
     "SETITEMS": _Unpickler.op_setitems,
     "APPEND": _Unpickler.op_append,
     "APPENDS": _Unpickler.op_appends,
-    "MEMOIZE": _Unpickler.op_memoize,
     "PUT": _Unpickler.op_put,
     "BINPUT": _Unpickler.op_binput,
     "LONG_BINPUT": _Unpickler.op_long_binput,
