@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from fabsight.demo import example_files
 from fabsight.errors import FabsightError
-from fabsight.io import write_lswmd
+from fabsight.io import PICKLE_REFUSED, write_lswmd
 from fabsight.serve import create_app
 from fabsight.serve.auth import COOKIE, TOKEN_NAME, resolve_token, session_cookie
 from fabsight.serve.state import Policy
@@ -216,8 +216,7 @@ def test_pickles_refused_unless_allowed(client: TestClient, tmp_path: Path, wafe
     data = write_lswmd(maps, tmp_path / "LSWMD.pkl").read_bytes()
     r = client.post("/api/uploads", files={"file": ("LSWMD.pkl", data, "application/octet-stream")})
     assert r.status_code == 422
-    assert r.json()["detail"] == ("LSWMD.pkl: a Python pickle (WM-811K LSWMD); this service does not read pickles "
-                                  "unless started with --allow-pickle (convert it first: fabsight convert)")
+    assert r.json()["detail"] == f"LSWMD.pkl: {PICKLE_REFUSED}"
     assert counts(client) == EMPTY
     app = create_app(tmp_path / "p.sqlite", policy=Policy(token=TOKEN, allow_pickle=True))
     with TestClient(app, headers=AUTH) as c:

@@ -7,6 +7,9 @@ into :class:`fabsight.errors.FormatError` naming the file and the problem.
 
 Reading many files, a :class:`ReadLog` lets one unreadable file be recorded instead of
 stopping the rest: this is the one place where commands skip and account for bad files.
+
+``allow_pickle=False`` (what the service passes unless started with ``--allow-pickle``)
+refuses WM-811K ``LSWMD.pkl`` pickles wherever they turn up, before any byte is unpickled.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from fabsight.types import WaferMap
 
 __all__ = [
     "FORMATS",
+    "PICKLE_REFUSED",
     "WRITERS",
     "ReadLog",
     "detect_format",
@@ -64,6 +68,9 @@ _READERS: dict[str, Callable[[Path], Iterable[WaferMap]]] = {
 }
 FORMATS: tuple[str, ...] = tuple(_READERS)
 _ALIASES = {"npz": "mixedwm38", "wm811k": "lswmd", "pkl": "lswmd", "xml": "g85", "klf": "klarf"}
+
+#: The one-line reason :func:`read_maps` / :func:`iter_maps` give with ``allow_pickle=False``.
+PICKLE_REFUSED = "pickle files are refused: start the service with --allow-pickle to accept WM-811K LSWMD pickles"
 
 #: ``fabsight convert --to`` name → writer ``(maps, path)``.
 WRITERS: dict[str, Callable[[Sequence[WaferMap], Path], Path]] = {
@@ -128,16 +135,21 @@ def _resolve(path: Path, format: str | None) -> str:
     return name
 
 
-def read_maps(path: str | Path, format: str | None = None, log: ReadLog | None = None) -> list[WaferMap]:
+def read_maps(
+    path: str | Path, format: str | None = None, log: ReadLog | None = None, *, allow_pickle: bool = True
+) -> list[WaferMap]:
     """Every wafer map in one file or folder layout (``format`` overrides detection).
 
     With a lenient ``log`` (see :class:`ReadLog`), unreadable files of a folder are recorded
     there and the others are read; without one the first unreadable file raises.
+    ``allow_pickle=False`` refuses an LSWMD pickle, also one inside a folder, before reading it.
     """
     p = Path(path)
     if format is None:
-        return list(iter_maps([p], log))
-    return list(_READERS[_resolve(p, format)](p))
+        return list(iter_maps([p], log, allow_pickle=allow_pickle))
+    name = _resolve(p, format)
+    _check_pickle(p, name, allow_pickle)
+    return list(_READERS[name](p))
 
 
 def expand_paths(item: str | Path) -> list[Path]:
@@ -192,20 +204,27 @@ class ReadLog:
         return [{"file": e.path, "error": e.message} for e in self.errors]
 
 
-def _read_file(path: Path) -> Iterable[WaferMap]:
-    return _READERS[detect_format(path)](path)
+def _check_pickle(path: Path, name: str, allow_pickle: bool) -> None:
+    if name == "lswmd" and not allow_pickle:
+        raise FormatError(path, PICKLE_REFUSED)
 
 
-def _read_entry(entry: FolderEntry) -> Iterable[WaferMap]:
+def _read_file(path: Path, allow_pickle: bool) -> Iterable[WaferMap]:
+    name = detect_format(path)
+    _check_pickle(path, name, allow_pickle)
+    return _READERS[name](path)
+
+
+def _read_entry(entry: FolderEntry, allow_pickle: bool) -> Iterable[WaferMap]:
     """One file of a folder: a ``.png``/``.npy`` map by its suffix, anything else detected by content."""
     if entry.problem is not None:
         raise FormatError(entry.path, entry.problem)
     if entry.path.suffix.lower() in MAP_SUFFIXES:
         return [read_map_file(entry.path, entry.label)]
-    return _read_file(entry.path)
+    return _read_file(entry.path, allow_pickle)
 
 
-def _units(item: str | Path) -> list[Callable[[], Iterable[WaferMap]]]:
+def _units(item: str | Path, allow_pickle: bool) -> list[Callable[[], Iterable[WaferMap]]]:
     """A reader for each file an input stands for (a glob's matches, a folder's entries).
 
     Each file is read, and may fail, on its own: one bad file never hides the others.
@@ -213,24 +232,27 @@ def _units(item: str | Path) -> list[Callable[[], Iterable[WaferMap]]]:
     units: list[Callable[[], Iterable[WaferMap]]] = []
     for path in expand_paths(item):
         if path.is_dir():
-            units += [partial(_read_entry, e) for e in folder_entries(path)]
+            units += [partial(_read_entry, e, allow_pickle) for e in folder_entries(path)]
         else:
-            units.append(partial(_read_file, path))
+            units.append(partial(_read_file, path, allow_pickle))
     return units
 
 
-def iter_maps(paths: Iterable[str | Path], log: ReadLog | None = None) -> Iterator[WaferMap]:
+def iter_maps(
+    paths: Iterable[str | Path], log: ReadLog | None = None, *, allow_pickle: bool = True
+) -> Iterator[WaferMap]:
     """Stream the maps of many files, folders and glob patterns, one map at a time.
 
     A folder is a ``ROOT/CLASS/*.png|*.npy`` layout and/or a folder of wafer-data files;
     LSWMD pickles yield row by row. Every file is read on its own: with a lenient ``log``
     an unreadable one is recorded there and the next file is read (maps a file yielded
     before its problem showed are kept); without one, the first unreadable file raises.
+    ``allow_pickle=False`` refuses LSWMD pickles (:data:`PICKLE_REFUSED`) before any byte is unpickled.
     """
     log = log if log is not None else ReadLog(strict=True)
     for item in paths:
         try:
-            units = _units(item)
+            units = _units(item, allow_pickle)
         except FabsightError as exc:
             log.record(exc)
             continue

@@ -4,16 +4,17 @@ Columns: ``waferMap`` (2-D array, 0 off / 1 good / 2 fail), ``dieSize``, ``lotNa
 ``waferIndex``, ``trianTestLabel`` and ``failureType``. The two label columns hold nested
 arrays such as ``[['Center']]``, or an empty array for the ~78 % of wafers nobody labelled
 (→ ``labels=()``). The public file was pickled by pandas 0.x, whose module paths no longer
-exist (``pandas.indexes.*``, ``pandas.core.indexes.numeric.Int64Index``); the unpickler below
-maps them to today's classes. It also refuses everything but numpy/pandas/pyarrow data
-classes and a few plain builtins, so a hostile pickle cannot call ``os.system``, ``eval``
-or a file reader; unpickling is still only as safe as the file's source.
+exist (``pandas.indexes.*``, ``pandas.core.indexes.numeric.Int64Index``).
+
+A pickle can name any function for the unpickler to call, so the file is never given to
+``pickle.load``: :mod:`fabsight.io.safe_pickle` builds the DataFrame from an exact list of
+pandas/numpy/pyarrow names, checks every call's arguments and every object's state, and
+bounds the memory the file can make it allocate (:class:`PickleLimits`, settable per call).
 """
 
 from __future__ import annotations
 
 import pickle
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,101 +23,37 @@ import numpy as np
 
 from fabsight.errors import FormatError
 from fabsight.io._common import check_grid_values
+from fabsight.io.safe_pickle import PickleLimits, load_lswmd_frame
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_open
 from fabsight.utils.progress import track
 
 COLUMNS = ("waferMap", "dieSize", "lotName", "waferIndex", "trianTestLabel", "failureType")
 
-#: Old pandas locations → (module, name) in the installed pandas.
-_RENAMED: dict[tuple[str, str], tuple[str, str]] = {
-    ("pandas.core.indexes.numeric", "Int64Index"): ("pandas", "Index"),
-    ("pandas.core.indexes.numeric", "UInt64Index"): ("pandas", "Index"),
-    ("pandas.core.indexes.numeric", "Float64Index"): ("pandas", "Index"),
-    ("pandas.indexes.numeric", "Int64Index"): ("pandas", "Index"),
-    ("pandas.indexes.numeric", "Float64Index"): ("pandas", "Index"),
-    ("pandas.core.base", "FrozenNDArray"): ("numpy", "ndarray"),
-    ("pandas.indexes.frozen", "FrozenNDArray"): ("numpy", "ndarray"),
-    ("pandas.core.indexes.frozen", "FrozenNDArray"): ("numpy", "ndarray"),
-    ("pandas.core.internals", "BlockManager"): ("pandas.core.internals.managers", "BlockManager"),
-    ("pandas.core.internals", "SingleBlockManager"): ("pandas.core.internals.managers", "SingleBlockManager"),
-}
-_LIBRARIES = ("numpy", "pandas", "pyarrow")
-_SAFE_BUILTINS = {
-    "builtins": {"object", "slice", "range", "complex", "set", "frozenset", "bytearray", "bytes", "list", "dict"}
-    | {"tuple", "str", "int", "float", "bool"},
-    "copyreg": {"_reconstructor"},
-    "_codecs": {"encode"},
-    "collections": {"OrderedDict"},
-    "datetime": {"datetime", "date", "time", "timedelta", "timezone"},
-}
-_UNSAFE_MODULES = re.compile(r"^(numpy\.(f2py|distutils|testing|ctypeslib|lib\._?npyio)|pandas\.(io|testing|util))\b")
-_UNSAFE_NAMES = re.compile(r"^(read_|to_|load|save|fromfile|tofile|eval|exec|system|popen|open)")
 
-
-def _checked_class(module: str, name: str) -> tuple[str, str]:
-    """The current location of an (old) class path, or UnpicklingError when it is not data."""
-    module, name = _RENAMED.get((module, name), (module, name))
-    if module.startswith("pandas.indexes"):
-        module = "pandas.core.indexes" + module[len("pandas.indexes") :]
-    if module == "__builtin__":
-        module = "builtins"
-    if module.split(".")[0] in _LIBRARIES:
-        safe = not _UNSAFE_MODULES.match(module) and not _UNSAFE_NAMES.match(name)
-    else:
-        safe = name in _SAFE_BUILTINS.get(module, ())
-    if not safe:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a plain numpy/pandas object)")
-    return module, name
-
-
-class _FastUnpickler(pickle.Unpickler):
-    """The C unpickler with the class checks: about 5× the pure-Python one on big files."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        return super().find_class(*_checked_class(module, name))
-
-
-def _compat_unpickler() -> type[pickle.Unpickler]:
-    """pandas' pure-Python compatibility unpickler (it also rebuilds old internal states)."""
-    from pandas.compat.pickle_compat import Unpickler
-
-    class _Compat(Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            return super().find_class(*_checked_class(module, name))
-
-    return _Compat
-
-
-def _load_frame(path: Path) -> Any:
+def _load_frame(path: Path, limits: PickleLimits | None) -> Any:
     import pandas as pd
 
     with open(path, "rb") as fh:
         head = fh.read(2)
-        if not head:
-            raise FormatError(path, "empty file")
-        if head[:1] != b"\x80":
-            raise FormatError(path, "not a pickle file (WM-811K LSWMD.pkl is a pandas pickle)")
-        obj = None
-        for unpickler in (_FastUnpickler, _compat_unpickler()):
-            fh.seek(0)
-            try:
-                obj = unpickler(fh, encoding="latin1").load()
-                break
-            except MemoryError:
-                raise FormatError(path, "corrupt pickle (asks for more memory than there is)") from None
-            except pickle.UnpicklingError as exc:
-                if "refusing" in str(exc):
-                    raise FormatError(path, f"cannot unpickle ({exc})") from None
-                error: Exception = exc
-            except Exception as exc:  # a corrupt pickle can raise nearly anything from inside pickle/pandas
-                error = exc
-        else:
-            raise FormatError(path, f"cannot unpickle ({type(error).__name__}: {str(error)[:120]})") from None
+    if not head:
+        raise FormatError(path, "empty file")
+    if head[:1] != b"\x80":
+        raise FormatError(path, "not a pickle file (WM-811K LSWMD.pkl is a pandas pickle)")
+    try:
+        obj = load_lswmd_frame(path, limits)
+    except FormatError:
+        raise
+    except MemoryError:
+        raise FormatError(path, "corrupt pickle (asks for more memory than there is)") from None
+    except Exception as exc:  # a corrupt pickle can raise nearly anything from inside pickle/numpy/pandas
+        raise FormatError(path, f"cannot unpickle ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not isinstance(obj, pd.DataFrame):
         raise FormatError(path, f"pickle holds a {type(obj).__name__}, not a pandas DataFrame")
     if "waferMap" not in obj.columns:
         raise FormatError(path, "DataFrame has no 'waferMap' column: not WM-811K LSWMD")
+    if not obj.columns.is_unique:
+        raise FormatError(path, "DataFrame has repeated column names")
     return obj
 
 
@@ -131,14 +68,22 @@ def _label(value: Any) -> str | None:
     return str(item).strip() or None
 
 
-def iter_lswmd(path: str | Path) -> Iterator[WaferMap]:
+def _die_size(path: Path, value: Any, row: int) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise FormatError(path, f"row {row} dieSize is not a number") from None
+
+
+def iter_lswmd(path: str | Path, limits: PickleLimits | None = None) -> Iterator[WaferMap]:
     """Stream the wafers of an ``LSWMD.pkl`` one row at a time.
 
     The pickle itself must be loaded whole, but WaferMaps are made lazily so 811k maps
-    never exist as objects at once.
+    never exist as objects at once. ``limits`` bounds what the file may make fabsight
+    allocate (default :data:`fabsight.io.safe_pickle.LIMITS`).
     """
     path = Path(path)
-    df = _load_frame(path)
+    df = _load_frame(path, limits)
     cols = {c: (df[c].to_numpy() if c in df.columns else None) for c in COLUMNS}
     lot = path.stem
     for i in range(len(df)):
@@ -153,7 +98,7 @@ def iter_lswmd(path: str | Path) -> Iterator[WaferMap]:
             wafer_id = str(index)
         extras: dict[str, Any] = {"row": i, "split": split}
         if cols["dieSize"] is not None:
-            extras["die_size"] = float(cols["dieSize"][i])
+            extras["die_size"] = _die_size(path, cols["dieSize"][i], i)
         yield WaferMap(
             grid=grid,
             lot_id=lot_name,
@@ -165,9 +110,9 @@ def iter_lswmd(path: str | Path) -> Iterator[WaferMap]:
         )
 
 
-def read_lswmd(path: str | Path) -> list[WaferMap]:
+def read_lswmd(path: str | Path, limits: PickleLimits | None = None) -> list[WaferMap]:
     """All wafers of an ``LSWMD.pkl`` (use :func:`iter_lswmd` for the full 811k file)."""
-    return list(iter_lswmd(path))
+    return list(iter_lswmd(path, limits))
 
 
 def _nested(text: str | None) -> np.ndarray:

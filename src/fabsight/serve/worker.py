@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fabsight.errors import FabsightError, FormatError
+from fabsight.errors import FabsightError
 from fabsight.types import WaferMap
 
 log = logging.getLogger("fabsight.serve")
@@ -123,20 +123,12 @@ class ParseWorker:
             child.close()
 
 
-def refuse_pickle(path: Path, fmt: str, allow_pickle: bool) -> None:
-    """The service's pickle rule, in one place: an LSWMD pickle is read only with ``--allow-pickle``."""
-    if fmt == "lswmd" and not allow_pickle:
-        raise FormatError(path, "a Python pickle (WM-811K LSWMD); this service does not read pickles "
-                                "unless started with --allow-pickle (convert it first: fabsight convert)")
-
-
 def read_wafers(path: Path, formats: Sequence[str] | None, allow_pickle: bool) -> tuple[str, list[WaferMap]]:
-    """What the child does for a wafer-data upload: detect the format, apply the pickle rule, read."""
-    from fabsight.io import detect_format
+    """What the child does for a wafer-data upload: detect the format and read; an LSWMD
+    pickle only with ``--allow-pickle`` (the io layer refuses it before unpickling a byte)."""
     from fabsight.store.ingest import read_upload
 
-    refuse_pickle(path, detect_format(path), allow_pickle)
-    return read_upload(path, formats)
+    return read_upload(path, formats, allow_pickle=allow_pickle)
 
 
 def read_die_image(path: Path) -> np.ndarray:

@@ -162,14 +162,17 @@ def _existing(store: Store, sha: str) -> IngestResult | None:
 UploadReader = Callable[[Path, Sequence[str] | None], tuple[str, list[WaferMap]]]
 
 
-def read_upload(path: Path, formats: Sequence[str] | None = None) -> tuple[str, list[WaferMap]]:
-    """The format of ``path`` from its content and its maps; ``formats`` restricts what the content may be."""
+def read_upload(
+    path: Path, formats: Sequence[str] | None = None, *, allow_pickle: bool = True
+) -> tuple[str, list[WaferMap]]:
+    """The format of ``path`` from its content and its maps; ``formats`` restricts what the content
+    may be; ``allow_pickle=False`` refuses LSWMD pickles (see :func:`fabsight.io.read_maps`)."""
     from fabsight.io import detect_format, read_maps
 
     fmt = detect_format(path)
     if formats is not None and fmt not in formats:
         raise FormatError(path, f"the content is {fmt}, not the declared kind ({' or '.join(formats)})")
-    return fmt, read_maps(path, fmt)
+    return fmt, read_maps(path, fmt, allow_pickle=allow_pickle)
 
 
 def _parse(
