@@ -15,19 +15,27 @@ from pathlib import Path
 import numpy as np
 
 from fabsight.errors import FabsightError, FormatError
+from fabsight.io.limits import check_image_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """One image file → uint8 H×W (grey) or H×W×3 (RGB); 16-bit images are scaled to 8 bits."""
+    """One image file → uint8 H×W (grey) or H×W×3 (RGB); 16-bit images are scaled to 8 bits.
+
+    Images over :mod:`fabsight.io.limits` ``max_image_pixels`` are refused from their header.
+    """
     import cv2
 
     p = Path(path)
     if not p.is_file():
         raise FabsightError(p, "image file does not exist")
+    check_image_file(p)  # width × height from the header, before OpenCV allocates the pixels
     buf = np.fromfile(p, dtype=np.uint8)  # cv2.imread cannot report why it failed
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    except cv2.error:
+        img = None
     if img is None:
         raise FormatError(p, "cannot be decoded: not a readable image (corrupt or unsupported format)")
     if img.dtype == np.uint16:

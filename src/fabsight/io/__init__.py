@@ -9,11 +9,11 @@ into :class:`fabsight.errors.FormatError` naming the file and the problem.
 from __future__ import annotations
 
 import glob
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from fabsight.errors import FabsightError, FormatError
+from fabsight.io._common import load_npz
 from fabsight.io.folder import MAP_SUFFIXES, iter_folder, read_npy, read_png, write_folder
 from fabsight.io.g85 import read_g85, write_g85
 from fabsight.io.klarf import read_klarf, write_klarf
@@ -78,12 +78,8 @@ def detect_format(path: str | Path) -> str:
     if head.startswith(b"\x93NUMPY"):
         return "npy"
     if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = set(zf.namelist())
-        except (zipfile.BadZipFile, OSError):
-            raise FormatError(path, "corrupt zip/.npz archive") from None
-        if "arr_0.npy" in names:
+        names, _ = load_npz(path, ())
+        if "arr_0" in names:
             return "mixedwm38"
         raise FormatError(path, "a zip archive without arr_0.npy: not a MixedWM38 .npz")
     if len(head) >= 6 and head[2:4] == b"\x00\x0a" and head[5] == 4 and head[:2] in (b"\x00\x02", b"\x02\x00"):
