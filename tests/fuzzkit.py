@@ -644,18 +644,22 @@ def replay(fmt: str, path: Path) -> str:
     return "read fine"
 
 
-def _measure_worker(inputs: list[list[str]]) -> None:
+def _measure_worker(inputs: list[list[str]], cap_mib: int | None) -> None:
     """Read each ``[name, format, path, warm-up path]``; one JSON line each: outcome, seconds, RSS
-    before (after reading the warm-up file: the imports and caches a real read needs) and peak."""
+    before (after reading the warm-up file: the imports and caches a real read needs) and peak.
+    ``cap_mib``: the address space the read may add (as in the fuzzer), None for no cap."""
     import resource
     import warnings
 
     warnings.simplefilter("ignore")
     readers = _readers()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     for name, fmt, path, warm in inputs:
         with contextlib.suppress(Exception):
             readers[fmt](Path(warm))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if cap_mib is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (_vm_bytes() + cap_mib * 2**20, hard))
         t0 = time.perf_counter()
         try:
             readers[fmt](Path(path))
@@ -664,6 +668,7 @@ def _measure_worker(inputs: list[list[str]]) -> None:
             finding = _classify(exc)
             outcome = f"{type(exc).__name__}: {exc}" if finding else f"refused: {exc}"
         seconds = time.perf_counter() - t0
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         row = {"input": name, "format": fmt, "bytes": Path(path).stat().st_size, "outcome": outcome[:240]}
         row |= {
@@ -674,9 +679,12 @@ def _measure_worker(inputs: list[list[str]]) -> None:
         print(json.dumps(row), flush=True)
 
 
-def measure(inputs: dict[str, tuple[str, bytes]], *, separate: bool) -> list[dict[str, Any]]:
+def measure(
+    inputs: dict[str, tuple[str, bytes]], *, separate: bool, cap_mib: int | None = None
+) -> list[dict[str, Any]]:
     """Time and peak RSS of reading each input in a fresh worker (``separate``: one worker each,
-    so every peak is that input's own; otherwise one worker for all, peaks are cumulative)."""
+    so every peak is that input's own; otherwise one worker for all, peaks are cumulative),
+    with an address-space cap of ``cap_mib`` over the warmed-up worker when given."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="worst-") as tmp:
         jobs = []
@@ -686,7 +694,7 @@ def measure(inputs: dict[str, tuple[str, bytes]], *, separate: bool) -> list[dic
             warm.write_bytes(_written_seeds("png" if fmt == "image" else fmt, Path(tmp))[0])
             jobs.append([name, fmt, str(path), str(warm)])
         for group in [[j] for j in jobs] if separate else [jobs]:
-            proc = _spawn({"measure": group})
+            proc = _spawn({"measure": group, "cap_mib": cap_mib})
             out, _ = proc.communicate(timeout=600)
             rows += [json.loads(line) for line in out.decode().splitlines()]
     return rows
@@ -695,6 +703,6 @@ def measure(inputs: dict[str, tuple[str, bytes]], *, separate: bool) -> list[dic
 if __name__ == "__main__":
     request = json.loads(sys.argv[1])
     if "measure" in request:
-        _measure_worker(request["measure"])
+        _measure_worker(request["measure"], request["cap_mib"])
     else:
         worker(request)
