@@ -141,8 +141,10 @@ def _image_seeds(fmt: str, grid: Any) -> list[bytes]:
 
 
 def seeds(fmt: str, shared: Path | None, tmp: Path) -> list[bytes]:
-    """The seed files of one format: real fixtures (when ``shared`` has them) + written ones."""
-    return _fixture_seeds(fmt, shared) + _written_seeds(fmt, tmp)
+    """The seed files of one format: real fixtures (when ``shared`` has them), written ones, and the
+    small worst inputs (their mutations probe sizes just inside and outside the limits)."""
+    hostile = [data for f, data in worst_inputs(big=False).values() if f == fmt]
+    return _fixture_seeds(fmt, shared) + _written_seeds(fmt, tmp) + hostile
 
 
 def _prr(x: int, y: int) -> bytes:
@@ -199,12 +201,13 @@ def png_bomb(side: int) -> bytes:
     return png_bytes(side, side, idat)
 
 
-def _zip(members: list[tuple[str, bytes, int, int]]) -> bytes:
-    """A zip of already-deflated members ``(name, data, inflated size, crc)``, ZIP64 sizes."""
+def _zip(members: list[tuple[str, bytes, int, int]], *, claim_compressed: int | None = None) -> bytes:
+    """A zip of already-deflated members ``(name, data, inflated size, crc)``, ZIP64 sizes;
+    ``claim_compressed``: the compressed size every member claims instead of its own."""
     local, central = b"", b""
     for name, data, size, crc in members:
         raw = name.encode()
-        extra = struct.pack("<HHQQ", 1, 16, size, len(data))
+        extra = struct.pack("<HHQQ", 1, 16, size, len(data) if claim_compressed is None else claim_compressed)
         head = struct.pack("<HHHHHIIIHH", 45, 0, 8, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(raw), len(extra))
         offset = len(local)
         local += b"PK\x03\x04" + head + raw + extra + data
@@ -270,6 +273,11 @@ def worst_inputs(*, big: bool) -> dict[str, tuple[str, bytes]]:
         "g85: billion laughs (10^9 entity expansions)": ("g85", _laughs()),
         "npy: header shape 2^20 × 2^20": ("npy", _npy_header("(1048576, 1048576)")),
         "npy: header 1-D, 2^40 bytes": ("npy", _npy_header("(1099511627776,)")),
+        "npy: header length field of 662 MB": (
+            "npy",
+            b"\x93NUMPY\x02\x00" + struct.pack("<I", 662_372_470) + bytes(64),
+        ),
+        "npz: 900 MB claimed by a 400-byte archive": ("npz", _short_npz(900_000_000)),
         "npz: zip directory says 2^40 bytes": (
             "npz",
             _zip([("arr_0.npy", b"\x03\x00", 1 << 40, 0), _deflated_npy(np.zeros((1, 8), np.uint8))]),
@@ -287,6 +295,17 @@ def worst_inputs(*, big: bool) -> dict[str, tuple[str, bytes]]:
         out["npz: 4.2 GB of zeros deflated (real bomb)"] = ("npz", npz_bomb(4_200_000_000))
         out["png: 20000 × 20000 zero pixels (real bomb)"] = ("png", png_bomb(20_000))
     return out
+
+
+def _short_npz(claim: int) -> bytes:
+    """An ``.npz`` whose ``arr_0`` header and zip directory both claim ``claim`` bytes it does not hold."""
+    import numpy as np
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (claim, 1, 1)})
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    arr_0 = ("arr_0.npy", comp.compress(header.getvalue() + bytes(100)) + comp.flush(), claim + 128, 0)
+    return _zip([arr_0, _deflated_npy(np.zeros((1, 8), np.uint8))], claim_compressed=claim)
 
 
 def _npy_header(shape: str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import zipfile
@@ -147,35 +148,53 @@ _ARRAY_ERRORS = (
 )
 
 
+#: Longest ``.npy`` header accepted (numpy itself refuses headers over 10,000 bytes).
+_MAX_NPY_HEADER = 1 << 16
+#: Bytes per read of array data: a file or zip member that is shorter than its header or
+#: directory says never has the full declared size reserved up front.
+_READ_CHUNK = 1 << 24
+
+
+def _npy_header(fh: IO[bytes], what: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and byte size of an ``.npy`` header; its length is checked
+    before the header is read (numpy would read whatever length the file claims)."""
+    from numpy.lib import format as npy_format
+
+    prefix = fh.read(8)
+    version = npy_format.read_magic(io.BytesIO(prefix))
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"{what}: .npy format version {version[0]}.{version[1]} is not supported")
+    size_field = fh.read(2 if version == (1, 0) else 4)
+    length = int.from_bytes(size_field, "little")
+    if length > _MAX_NPY_HEADER:
+        raise ValueError(f"{what}: a header of {length} bytes")
+    header = io.BytesIO(size_field + fh.read(length))
+    read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    shape, fortran, dtype = read(header)
+    return shape, fortran, dtype, len(prefix) + len(size_field) + length
+
+
 def load_npy_stream(path: str | Path, fh: IO[bytes], size: int, what: str, *, grids: bool = False) -> np.ndarray:
     """One array from an ``.npy`` stream of ``size`` bytes, its header checked before any data is read.
 
     The shape and dtype come from the header alone; numeric dtypes only (no pickled
     objects), and the data it declares must fit both the file and the array-byte limit,
     so a damaged shape cannot allocate more than the file holds. ``grids``: the last two
-    axes are die grids, held to the grid limits too. The array is read-only (a view of
-    the bytes read); readers copy what they keep.
+    axes are die grids, held to the grid limits too. A damaged header or short data raises
+    ValueError (the caller words it); a size over a limit, FormatError.
     """
-    from numpy.lib import format as npy_format
-
-    start = fh.tell()
-    version = npy_format.read_magic(fh)
-    if version == (1, 0):
-        shape, fortran, dtype = npy_format.read_array_header_1_0(fh)
-    elif version == (2, 0):
-        shape, fortran, dtype = npy_format.read_array_header_2_0(fh)
-    else:
-        raise ValueError(f"{what}: .npy format version {version[0]}.{version[1]} is not supported")
+    shape, fortran, dtype, header_size = _npy_header(fh, what)
     if dtype.kind not in "biuf" or any(d < 0 for d in shape):
         raise FormatError(path, f"{what}: holds {dtype} values of shape {shape}, not a numeric array")
     if grids and len(shape) >= 2:
         check_grid(path, shape[-2], shape[-1], f"{what}: a map")
     nbytes = math.prod(shape) * dtype.itemsize
     check_array_bytes(path, nbytes, what)
-    left = size - (fh.tell() - start)
-    if nbytes > left:
-        raise ValueError(f"{what}: the header declares {nbytes} bytes of data, the file holds {left}")
-    data = fh.read(nbytes)
+    if nbytes > size - header_size:
+        raise ValueError(f"{what}: the header declares {nbytes} bytes of data, the file holds {size - header_size}")
+    data = bytearray()
+    while len(data) < nbytes and (chunk := fh.read(min(_READ_CHUNK, nbytes - len(data)))):
+        data += chunk
     if len(data) != nbytes:
         raise ValueError(f"{what}: data ends after {len(data)} of {nbytes} bytes")
     arr = np.frombuffer(data, dtype=dtype)

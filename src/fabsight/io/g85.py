@@ -11,9 +11,11 @@ row number and ``x_index`` the column number.
 
 from __future__ import annotations
 
+import contextlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
+from xml.parsers import expat
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -143,12 +145,27 @@ def _map_from(path: Path, map_el: ET.Element) -> WaferMap:
     )
 
 
+def _refuse_entities(path: Path, raw: bytes) -> None:
+    """Refuse XML that declares entities: SEMI G85 maps have none, and expanding them is the
+    "billion laughs" bomb, which expat stops only after megabytes of expansion (and only from
+    expat 2.4 on). A quick expat pass that stops at the first declaration."""
+
+    def refuse(*_: object) -> None:
+        raise FormatError(path, "XML entity declarations are refused (a SEMI G85 map has none)")
+
+    scan = expat.ParserCreate()
+    scan.EntityDeclHandler = refuse
+    with contextlib.suppress(expat.ExpatError, LookupError, ValueError):  # broken XML: ElementTree words it
+        scan.Parse(raw, True)
+
+
 def read_g85(path: str | Path) -> list[WaferMap]:
     """Every ``<Map>`` of a SEMI G85 XML file (usually one)."""
     path = Path(path)
     raw = path.read_bytes()
     if not raw.strip():
         raise FormatError(path, "empty file")
+    _refuse_entities(path, raw)
     try:
         root = ET.fromstring(raw)
     except ET.ParseError as exc:
