@@ -622,36 +622,36 @@ def _watch(
 ) -> tuple[int, dict[str, Any]]:
     """Follow one worker; kill it when a case outlives the alarm (stuck in C code) or it dies.
 
-    Returns the next case to run and the worker's final statistics.
+    Returns the next case to run and the worker's statistics; its peak RSS comes from the
+    kernel (``wait4``), so a worker that crashed counts too.
     """
     lines = _Lines(proc)
-    current, warm = job["start"], True
-    try:
-        while True:
-            line = lines.next(120.0 if warm else case_seconds * 2 + 5)  # warm-up reads every seed
-            if not line:
-                died = line == ""
-                findings.append(
-                    {"case": current, "kind": "crash" if died else "hang", "type": "worker died" if died else "killed"}
-                )
-                if died:
-                    proc.wait(timeout=30)
-                findings[-1]["message"] = f"exit status {proc.poll()}"
-                return current + 1, {}
-            event = json.loads(line)
-            warm = False
-            if "case" in event:
-                current = event["case"]
-            elif "finding" in event:
-                findings.append(event["finding"])
-            else:
-                return event["done"], event
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    current, warm, stats = job["start"], True, {}
+    lost: dict[str, Any] | None = None
+    while lost is None and not stats:
+        line = lines.next(120.0 if warm else case_seconds * 2 + 5)  # warm-up reads every seed
+        if not line:
+            lost = {"case": current, "kind": "crash" if line == "" else "hang"}
+            lost["type"] = "worker died" if line == "" else "killed"
+            break
+        event, warm = json.loads(line), False
+        if "case" in event:
+            current = event["case"]
+        elif "finding" in event:
+            findings.append(event["finding"])
+        else:
+            stats = event
+    if proc.poll() is None and lost is not None:
+        proc.kill()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    stats["peak_rss_kib"] = usage.ru_maxrss
+    if lost is not None:
+        findings.append(lost | {"message": f"exit status {proc.returncode}"})
+        return current + 1, stats
+    return stats["done"], stats
 
 
 def replay(fmt: str, path: Path) -> str:
