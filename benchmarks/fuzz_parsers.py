@@ -2,6 +2,11 @@
 
     PYTHONPATH=src taskset -c 1 python benchmarks/fuzz_parsers.py --cases 100000 --format klarf
     PYTHONPATH=src python benchmarks/fuzz_parsers.py --cases 2000 --format all --keep findings/
+    PYTHONPATH=src python benchmarks/fuzz_parsers.py --worst
+
+``--worst`` instead reads each format's worst inputs (tiny files declaring gigabytes, and
+real decompression bombs: 4.2 GB of zeros in a 4 MB ``.npz``, a 400 Mpixel PNG), each in a
+fresh process under the same address-space cap: outcome, seconds, RSS before and peak.
 
 Each case is a mutated seed read by the real reader in a worker process with an
 address-space cap (``--cap-mib`` above the worker's warmed-up size) and a time limit
@@ -33,7 +38,12 @@ def main() -> None:
     ap.add_argument("--case-seconds", type=float, default=5.0, help="time limit of one case")
     ap.add_argument("--shared", type=Path, default=fuzzkit.SHARED, help="../shared, for real seed files")
     ap.add_argument("--keep", type=Path, default=None, help="folder for the inputs of findings")
+    ap.add_argument("--worst", action="store_true", help="measure the worst inputs instead of fuzzing")
     args = ap.parse_args()
+    if args.worst:
+        rows = fuzzkit.measure(fuzzkit.worst_inputs(big=True), separate=True, cap_mib=args.cap_mib)
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
     formats = fuzzkit.FORMATS if args.format == "all" else (args.format,)
     results = {}
     for fmt in formats:

@@ -50,8 +50,8 @@ def grid_from_dies(
     A span beyond :mod:`fabsight.io.limits` is refused before the grid is allocated.
     Returns ``(grid, x_index, y_index)``.
     """
-    all_x = np.concatenate([on_x, fail_x]).astype(np.int64)
-    all_y = np.concatenate([on_y, fail_y]).astype(np.int64)
+    all_x = np.concatenate([on_x, fail_x]).astype(np.int64, copy=False)
+    all_y = np.concatenate([on_y, fail_y]).astype(np.int64, copy=False)
     if all_x.size == 0:
         return np.zeros((0, 0), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
     x0, x1 = int(all_x.min()), int(all_x.max())

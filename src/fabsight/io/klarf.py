@@ -480,13 +480,13 @@ def _geometry_dies(
     lo_x, hi_x = math.floor(bounds[0]) - 1, math.ceil(bounds[1]) + 1
     lo_y, hi_y = math.floor(bounds[2]) - 1, math.ceil(bounds[3]) + 1
     check_span(path, lo_x, hi_x, lo_y, hi_y, "the dies of the wafer circle (SampleSize, DiePitch)")
-    ix, iy = np.meshgrid(np.arange(lo_x, hi_x + 1), np.arange(lo_y, hi_y + 1))
-    x0 = ix * px - origin[0] - center[0]
-    y0 = iy * py - origin[1] - center[1]
-    far_x = np.maximum(np.abs(x0), np.abs(x0 + px))
+    xs, ys = np.arange(lo_x, hi_x + 1), np.arange(lo_y, hi_y + 1)
+    x0 = xs * px - origin[0] - center[0]
+    y0 = ys * py - origin[1] - center[1]
+    far_x = np.maximum(np.abs(x0), np.abs(x0 + px))  # per column and per row: only the test is 2-D
     far_y = np.maximum(np.abs(y0), np.abs(y0 + py))
-    inside = far_x**2 + far_y**2 <= radius**2
-    return ix[inside], iy[inside]
+    rows, cols = np.nonzero(far_y[:, None] ** 2 + far_x[None, :] ** 2 <= radius**2)
+    return xs[cols], ys[rows]
 
 
 def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
