@@ -30,6 +30,7 @@ import os
 import random
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -289,6 +290,10 @@ def worst_inputs(*, big: bool) -> dict[str, tuple[str, bytes]]:
         ),
         "tiff: header 100000 × 100000": ("tiff", _tiff_header(100_000, 100_000)),
         "tiff: header 9000 × 9000 (under Pillow's own bomb guard)": ("tiff", _tiff_header(9000, 9000)),
+        "die image: a GIMP-brush header claiming a 2 GiB comment": (
+            "image",
+            struct.pack(">5I", 0x7FFFFFF0, 1, 1, 1, 1),
+        ),
         "png die image: header 9000 × 9000": ("image", png_bytes(9000, 9000, zlib.compress(bytes(1000)))),
     }
     if big:
@@ -501,7 +506,6 @@ def _alarm(signum: int, frame: object) -> None:
 def worker(job: dict[str, Any]) -> None:
     """Run cases ``job['start']``.. of one format, one line of JSON per event on stdout."""
     import resource
-    import signal
     import warnings
 
     warnings.simplefilter("ignore")  # readers' warnings are not findings
@@ -641,8 +645,8 @@ def _watch(
             findings.append(event["finding"])
         else:
             stats = event
-    if proc.poll() is None and lost is not None:
-        proc.kill()
+    if lost is not None:  # os.kill, not proc.kill/poll: those would reap the worker before wait4
+        os.kill(proc.pid, signal.SIGKILL)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.stdout is not None:

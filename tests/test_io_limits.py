@@ -150,9 +150,10 @@ def worst() -> dict[str, dict]:
         ("png: header 9000 × 9000 (under Pillow's own bomb guard)", "9000 × 9000 dies"),
         ("tiff: header 9000 × 9000 (under Pillow's own bomb guard)", "FABSIGHT_MAX_IMAGE_PIXELS"),
         ("png die image: header 9000 × 9000", "FABSIGHT_MAX_IMAGE_PIXELS"),
-        ("png: a chunk length of 4 GiB", "not a readable PNG"),  # these three were MemoryErrors under a cap:
+        ("png: a chunk length of 4 GiB", "not a readable PNG"),  # these four were MemoryErrors under a cap:
         ("npy: header length field of 662 MB", "a header of 662372470 bytes"),  # a read reserves the size
         ("npz: 900 MB claimed by a 400-byte archive", "not a readable .npz"),  # a file claims, before reading
+        ("die image: a GIMP-brush header claiming a 2 GiB comment", "cannot be decoded"),  # found as a mutated TIFF
     ],
 )
 def test_worst_inputs_are_refused_from_their_header(worst: dict[str, dict], name: str, problem: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fabsight.errors import FabsightError, FormatError
-from fabsight.io.limits import check_image_file
+from fabsight.io.limits import check_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -30,10 +30,10 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise FabsightError(p, "image file does not exist")
-    check_image_file(p)  # width × height from the header, before OpenCV allocates the pixels
-    buf = np.fromfile(p, dtype=np.uint8)  # cv2.imread cannot report why it failed
+    data = p.read_bytes()  # cv2.imread cannot report why it failed
+    check_image(p, data)  # width × height from the header, before OpenCV allocates the pixels
     try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
         img = None
     if img is None:

@@ -46,7 +46,9 @@ def _png_grid(path: Path) -> np.ndarray:
                 arr = rgb[..., 0]
             else:
                 arr = np.asarray(im)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise FormatError(path, "not a readable PNG (no PNG signature and header)") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise FormatError(path, f"not a readable PNG ({str(exc)[:100]})") from None
     if arr.ndim != 2:
         raise FormatError(path, f"PNG is not a single-channel image (shape {arr.shape})")

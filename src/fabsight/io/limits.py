@@ -17,6 +17,7 @@ environment variable (read at every call, so a service or a test can set it at a
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -109,19 +110,27 @@ def check_array_bytes(path: str | Path, nbytes: int, what: str) -> None:
         )
 
 
-def check_image_file(path: str | Path) -> None:
-    """Refuse an image file whose header declares more pixels than the limit, before any decoding.
+#: The image formats die-image readers accept (what ``fabsight.die.data.IMAGE_SUFFIXES`` names);
+#: no other Pillow plugin gets to parse a file.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 
-    Pillow reads only the header here (PNG, JPEG, BMP, TIFF, ...); a file it cannot
-    identify has no size to check and is refused too.
+
+def check_image(path: str | Path, data: bytes) -> None:
+    """Refuse an image whose header declares more pixels than the limit, before any decoding.
+
+    Pillow reads only the header here, from memory (from a file it would reserve whatever
+    length a damaged field claims), and only as one of :data:`IMAGE_FORMATS`; a file it
+    cannot identify has no size to check and is refused too.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
             width, height = im.size
     except Image.DecompressionBombError as exc:  # Pillow's own guard: far over any limit here
         raise FormatError(path, f"image over the pixel limit ({str(exc)[:120]})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise FormatError(path, f"cannot be decoded: not a {', '.join(IMAGE_FORMATS)} image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise FormatError(path, f"cannot be decoded: not a readable image ({str(exc)[:100]})") from None
     check_pixels(path, width, height)
