@@ -152,7 +152,7 @@ def worst() -> dict[str, dict]:
         ("png die image: header 9000 × 9000", "FABSIGHT_MAX_IMAGE_PIXELS"),
         ("png: a chunk length of 4 GiB", "not a readable PNG"),  # these four were MemoryErrors under a cap:
         ("npy: header length field of 662 MB", "a header of 662372470 bytes"),  # a read reserves the size
-        ("npz: 900 MB claimed by a 400-byte archive", "not a readable .npz"),  # a file claims, before reading
+        ("npz: 900 MB claimed by a 440-byte archive", "not a readable .npz"),  # a file claims, before reading
         ("die image: a GIMP-brush header claiming a 2 GiB comment", "cannot be decoded"),  # found as a mutated TIFF
     ],
 )
