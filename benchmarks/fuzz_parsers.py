@@ -13,7 +13,7 @@ address-space cap (``--cap-mib`` above the worker's warmed-up size) and a time l
 (``--case-seconds``). Reported per format: cases, cases/s, crashes (any exception other
 than a one-line FabsightError), hangs, cases over the memory cap, the worker's peak RSS
 (ru_maxrss) and every finding (case number, exception type, message, fabsight line).
-A finding's input is saved under ``--keep`` to replay it.
+A finding's input is saved under ``--keep``; `fabsight info FILE` replays it.
 """
 
 from __future__ import annotations

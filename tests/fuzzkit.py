@@ -658,15 +658,6 @@ def _watch(
     return stats["done"], stats
 
 
-def replay(fmt: str, path: Path) -> str:
-    """What the reader of ``fmt`` says about one saved case (for reproducing a finding by hand)."""
-    try:
-        _readers()[fmt](path)
-    except BaseException as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return "read fine"
-
-
 def _measure_worker(inputs: list[list[str]], cap_mib: int | None) -> None:
     """Read each ``[name, format, path, warm-up path]``; one JSON line each: outcome, seconds, RSS
     before (after reading the warm-up file: the imports and caches a real read needs) and peak.
