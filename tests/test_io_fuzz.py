@@ -1,4 +1,8 @@
-"""No input, however broken, makes a reader fail with anything but FormatError/FabsightError."""
+"""No input, however broken, makes a reader fail with anything but FormatError/FabsightError.
+
+Random bytes and numpy-made arrays through hypothesis, and a short run of the mutation fuzzer
+(``tests/fuzzkit.py``, the long run is ``benchmarks/fuzz_parsers.py``) per format.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,11 @@ from hypothesis import strategies as st
 from fabsight.errors import FabsightError
 from fabsight.io import detect_format, read_maps
 from fabsight.types import WaferMap
+from fuzzkit import FORMATS as FUZZED
+from fuzzkit import fuzz
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 FORMATS = ["klarf", "stdf", "g85", "lswmd", "mixedwm38", "npy", "png"]
-SEEDS = {
-    "klarf": ["klarf/simple18.klarf", "klarf/klarf12DefectListExample.klarf", "klarf/simple12.klarf"],
-    "stdf": ["stdf/lot2.stdf"],
-    "g85": ["g85/SEMI_G85_1101_MIN.xml"],
-}
-
-
 def _read(path: Path, fmt: str | None) -> None:
     try:
         maps = read_maps(path, format=fmt)
@@ -43,43 +42,13 @@ def test_random_bytes(tmp_path: Path, fmt: str, data: bytes) -> None:
     _read(path, None)
 
 
-@st.composite
-def _mutations(draw: st.DrawFn, raw: bytes) -> bytes:
-    """Truncations, byte flips, deleted and duplicated spans of a real file."""
-    data = bytearray(raw)
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["cut", "flip", "delete", "dup", "digit"]))
-        i = draw(st.integers(0, max(len(data) - 1, 0)))
-        j = min(len(data), i + draw(st.integers(1, 64)))
-        if kind == "cut":
-            del data[i:]
-        elif kind == "flip" and data:
-            data[i] = draw(st.integers(0, 255))
-        elif kind == "delete":
-            del data[i:j]
-        elif kind == "dup":
-            data[i:i] = data[i:j]
-        elif kind == "digit" and data:
-            data[i] = ord(draw(st.sampled_from('0123456789-.;{} \n"NA')))
-    return bytes(data)
-
-
-@pytest.mark.shared
-@pytest.mark.parametrize("seed", [s for v in SEEDS.values() for s in v])
-def test_mutated_real_files(shared: Path, tmp_path: Path, seed: str) -> None:
-    raw = (shared / "fixtures" / seed).read_bytes()
-    if len(raw) > 200_000:  # the big STDF: keep its head so each example stays fast
-        raw = raw[:200_000]
-    fmt = next(k for k, v in SEEDS.items() if seed in v)
-
-    @FUZZ
-    @given(data=_mutations(raw))
-    def check(data: bytes) -> None:
-        path = tmp_path / "m"
-        path.write_bytes(data)
-        _read(path, fmt)
-
-    check()
+@pytest.mark.parametrize("fmt", FUZZED)
+def test_mutation_fuzzer_finds_nothing(fmt: str) -> None:
+    """A few seconds of ``benchmarks/fuzz_parsers.py``: mutated real and written files, each read in
+    a worker with 512 MiB of address space to spare and 5 s per case; any finding fails."""
+    summary = fuzz(fmt, cases=1_000_000, seconds=3)
+    assert summary["cases"] >= 50, summary
+    assert summary["findings"] == [], summary["findings"][:5]
 
 
 @FUZZ

@@ -20,23 +20,35 @@ import numpy as np
 
 from fabsight.errors import FabsightError, FormatError, NothingReadable
 from fabsight.io import ReadLog
+from fabsight.io.limits import check_image_header
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def _file_bytes(p: Path) -> np.ndarray:
+def _file_bytes(p: Path) -> bytes:
     if not p.is_file():
         raise FabsightError(p, "image file does not exist")
     try:
-        return np.fromfile(p, dtype=np.uint8)  # cv2.imread cannot report why it failed
+        return p.read_bytes()  # cv2.imread cannot report why it failed
     except OSError as exc:  # no permission, an I/O error: this image cannot be read, others may
         raise FabsightError(p, f"cannot be read ({exc.strerror or exc})") from None
 
 
-def _decode(buf: np.ndarray, flags: int) -> np.ndarray | None:
+def _check_declared(p: Path, data: bytes) -> None:
+    """Refuse an empty file, or one whose header declares more pixels than the limit
+    (:mod:`fabsight.io.limits`), before OpenCV allocates anything."""
+    if not data:
+        raise FormatError(p, "empty file")
+    check_image_header(p, data)
+
+
+def _decode(data: bytes, flags: int) -> np.ndarray | None:
     import cv2
 
-    return cv2.imdecode(buf, flags) if buf.size else None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
 
 
 def check_image(path: str | os.PathLike[str]) -> None:
@@ -52,11 +64,12 @@ def check_image(path: str | os.PathLike[str]) -> None:
     import cv2
 
     p = Path(path)
-    buf = _file_bytes(p)
-    if buf[:8].tobytes() == b"\x89PNG\r\n\x1a\n":
+    data = _file_bytes(p)
+    _check_declared(p, data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
         ok = _png_intact(p)
     else:
-        ok = _decode(buf, cv2.IMREAD_REDUCED_GRAYSCALE_8) is not None
+        ok = _decode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8) is not None
     if not ok:
         read_image(p)
 
@@ -87,14 +100,16 @@ def readable_images(paths: Iterable[Path], log: ReadLog) -> list[Path]:
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """One image file → uint8 H×W (grey) or H×W×3 (RGB); 16-bit images are scaled to 8 bits."""
+    """One image file → uint8 H×W (grey) or H×W×3 (RGB); 16-bit images are scaled to 8 bits.
+
+    Images over :mod:`fabsight.io.limits` ``max_image_pixels`` are refused from their header.
+    """
     import cv2
 
     p = Path(path)
-    buf = _file_bytes(p)
-    if not buf.size:
-        raise FormatError(p, "empty file")
-    img = _decode(buf, cv2.IMREAD_UNCHANGED)
+    data = _file_bytes(p)
+    _check_declared(p, data)
+    img = _decode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise FormatError(p, "cannot be decoded: not a readable image (corrupt or unsupported format)")
     if img.dtype == np.uint16:

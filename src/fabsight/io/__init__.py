@@ -15,13 +15,13 @@ refuses WM-811K ``LSWMD.pkl`` pickles wherever they turn up, before any byte is 
 from __future__ import annotations
 
 import glob
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from fabsight.errors import FabsightError, FormatError, NothingReadable
+from fabsight.io._common import load_npz
 from fabsight.io.folder import (
     MAP_SUFFIXES,
     FolderEntry,
@@ -102,12 +102,8 @@ def detect_format(path: str | Path) -> str:
     if head.startswith(b"\x93NUMPY"):
         return "npy"
     if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = set(zf.namelist())
-        except (zipfile.BadZipFile, OSError):
-            raise FormatError(path, "corrupt zip/.npz archive") from None
-        if "arr_0.npy" in names:
+        names, _ = load_npz(path, ())
+        if "arr_0" in names:
             return "mixedwm38"
         raise FormatError(path, "a zip archive without arr_0.npy: not a MixedWM38 .npz")
     if len(head) >= 6 and head[2:4] == b"\x00\x0a" and head[5] == 4 and head[:2] in (b"\x00\x02", b"\x02\x00"):

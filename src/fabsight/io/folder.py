@@ -8,8 +8,8 @@ with more than three levels is not a wafer map and is refused, naming the file.
 
 from __future__ import annotations
 
+import io
 import warnings
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from fabsight.errors import FabsightError, FormatError
-from fabsight.io._common import check_grid_values, safe_name
+from fabsight.io._common import check_grid_values, load_npy, safe_name
+from fabsight.io.limits import check_grid
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_dir
 from fabsight.utils.progress import track
@@ -30,10 +31,14 @@ class EmptyClassFolderWarning(UserWarning):
 
 
 def _png_grid(path: Path) -> np.ndarray:
+    """The die grid of a PNG; its size is checked from the header before the pixels are decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        # from memory: Pillow reads a damaged chunk length with fp.read(length), which on a file
+        # reserves that many bytes (up to 4 GiB) before finding the file shorter
+        with Image.open(io.BytesIO(path.read_bytes()), formats=["PNG"]) as im:
+            check_grid(path, im.height, im.width, "the PNG map")
             im.load()
             if im.mode in ("RGB", "RGBA", "P", "LA"):
                 rgb = np.asarray(im.convert("RGB"))
@@ -42,7 +47,9 @@ def _png_grid(path: Path) -> np.ndarray:
                 arr = rgb[..., 0]
             else:
                 arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise FormatError(path, "not a readable PNG (no PNG signature and header)") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise FormatError(path, f"not a readable PNG ({str(exc)[:100]})") from None
     if arr.ndim != 2:
         raise FormatError(path, f"PNG is not a single-channel image (shape {arr.shape})")
@@ -66,16 +73,9 @@ def read_png(path: str | Path, label: str | None = None) -> WaferMap:
 
 
 def read_npy(path: str | Path, label: str | None = None) -> WaferMap:
-    """One wafer map from a ``.npy`` holding a 2-D array of 0/1/2."""
+    """One wafer map from a ``.npy`` holding a 2-D array of 0/1/2 (header checked before the data is read)."""
     path = Path(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise FormatError(path, f"not a readable .npy array ({str(exc)[:100]})") from None
-    if not isinstance(arr, np.ndarray):
-        arr.close()
-        raise FormatError(path, "an .npz archive, not a single .npy array")
-    return _single(path, check_grid_values(path, arr, "array"), "npy", label)
+    return _single(path, check_grid_values(path, load_npy(path, grids=True), "array"), "npy", label)
 
 
 def _single(path: Path, grid: np.ndarray, fmt: str, label: str | None) -> WaferMap:

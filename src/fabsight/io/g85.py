@@ -11,15 +11,18 @@ row number and ``x_index`` the column number.
 
 from __future__ import annotations
 
+import contextlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
+from xml.parsers import expat
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from fabsight.errors import FormatError
 from fabsight.io._common import ANGLE_BY_NOTCH, notch_from_angle, parse_timestamp
+from fabsight.io.limits import check_grid
 from fabsight.types import BinDefinition, DieState, WaferMap
 from fabsight.utils.atomic import atomic_open
 
@@ -33,10 +36,14 @@ def _child(elem: ET.Element, name: str) -> ET.Element | None:
 
 
 def _code(path: Path, text: str, bin_type: str) -> int:
+    """A bin code; it must fit the 32-bit ``bins`` array it is stored in."""
     try:
-        return int(text, 16) if bin_type == "hex" else (ord(text) if bin_type == "ascii" else int(text))
+        code = int(text, 16) if bin_type == "hex" else (ord(text) if bin_type == "ascii" else int(text))
     except (ValueError, TypeError):
         raise FormatError(path, f"bin code {text[:20]!r} is not a valid {bin_type} bin code") from None
+    if not -(2**31) <= code < 2**31:
+        raise FormatError(path, f"bin code {text[:20]!r} does not fit in 32 bits")
+    return code
 
 
 def _bin_type(path: Path, attr: str) -> str:
@@ -79,8 +86,9 @@ def _map_from(path: Path, map_el: ET.Element) -> WaferMap:
     null_text = device.get("NullBin", "FF" if bin_type == "hex" else "255")
     null = _code(path, null_text, bin_type)
     rows, cols = _int_attr(path, device, "Rows"), _int_attr(path, device, "Columns")
-    if not (0 < rows <= 10000 and 0 < cols <= 10000):
-        raise FormatError(path, f"Rows={rows}, Columns={cols} is not a sane map size")
+    if rows <= 0 or cols <= 0:
+        raise FormatError(path, f"Rows={rows}, Columns={cols} is not a map size")
+    check_grid(path, rows, cols, "<Device> Rows × Columns")
     defs: dict[int, BinDefinition] = {}
     for b in device:
         if _local(b.tag) != "Bin":
@@ -91,7 +99,7 @@ def _map_from(path: Path, map_el: ET.Element) -> WaferMap:
             code=code,
             passed=b.get("BinQuality", "").strip().lower() == "pass",
             name=b.get("BinDescription", ""),
-            count=int(count) if count and count.isdigit() else None,
+            count=int(count) if count and count.isascii() and count.isdigit() else None,
         )
     data = _child(device, "Data")
     if data is None:
@@ -137,12 +145,27 @@ def _map_from(path: Path, map_el: ET.Element) -> WaferMap:
     )
 
 
+def _refuse_entities(path: Path, raw: bytes) -> None:
+    """Refuse XML that declares entities: SEMI G85 maps have none, and expanding them is the
+    "billion laughs" bomb, which expat stops only after megabytes of expansion (and only from
+    expat 2.4 on). A quick expat pass that stops at the first declaration."""
+
+    def refuse(*_: object) -> None:
+        raise FormatError(path, "XML entity declarations are refused (a SEMI G85 map has none)")
+
+    scan = expat.ParserCreate()
+    scan.EntityDeclHandler = refuse
+    with contextlib.suppress(expat.ExpatError, LookupError, ValueError):  # broken XML: ElementTree words it
+        scan.Parse(raw, True)
+
+
 def read_g85(path: str | Path) -> list[WaferMap]:
     """Every ``<Map>`` of a SEMI G85 XML file (usually one)."""
     path = Path(path)
     raw = path.read_bytes()
     if not raw.strip():
         raise FormatError(path, "empty file")
+    _refuse_entities(path, raw)
     try:
         root = ET.fromstring(raw)
     except ET.ParseError as exc:

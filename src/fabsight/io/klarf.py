@@ -42,6 +42,7 @@ from fabsight.io._common import (
     notch_from_angle,
     parse_timestamp,
 )
+from fabsight.io.limits import check_defects, check_span
 from fabsight.types import DefectList, DieState, WaferMap
 from fabsight.utils.atomic import atomic_open
 
@@ -51,6 +52,8 @@ _CORE_COLUMNS = ("DEFECTID", "XREL", "YREL", "XINDEX", "YINDEX", "DSIZE", "CLASS
 _LENGTH_COLUMNS = ("XREL", "YREL", "X", "Y", "XSIZE", "YSIZE", "DSIZE")
 _NOTCH_WORDS = {"DOWN": "down", "UP": "up", "LEFT": "left", "RIGHT": "right", "BOTTOM": "down", "TOP": "up"}
 _MAX_DEPTH = 32
+#: Largest die index (XINDEX/YINDEX, SampleTestPlan, the wafer circle) taken as sane.
+_MAX_INDEX = 1_000_000
 
 
 @dataclass
@@ -214,6 +217,8 @@ def _parse_12(path: Path, text: str) -> tuple[dict[str, list[str]], list[_Wafer]
             names = [w.upper() for w in words[1:]]
             if n != len(names) or n == 0:
                 raise FormatError(path, f"DefectRecordSpec declares {n} columns but names {len(names)}")
+            if target.blocks and names != target.columns:
+                raise FormatError(path, "DefectRecordSpec changes the columns after a DefectList of the same wafer")
             target.columns = names
         elif key == "defectlist":
             if target.columns is None:  # a lot may declare its DefectRecordSpec once, for every wafer
@@ -438,12 +443,16 @@ def _defects_from_18(path: Path, w: _Wafer, types: list[str], names: list[str], 
 
 
 def _field_floats(path: Path, fields: dict[str, list[str]], key: str, n: int, divisor: float) -> np.ndarray | None:
+    """The first ``n`` numbers of a geometry field (finite: they place dies), or None when absent."""
     values = fields.get(key)
     if not values:
         return None
     if len(values) < n:
         raise FormatError(path, f"{key} needs {n} numbers, has {len(values)}")
-    return _floats(path, values[:n], key) / divisor
+    numbers = _floats(path, values[:n], key)
+    if not np.all(np.isfinite(numbers)):
+        raise FormatError(path, f"{key} must be finite numbers, got {' '.join(v[:20] for v in values[:n])}")
+    return numbers / divisor
 
 
 def _notch(path: Path, fields: dict[str, list[str]]) -> str:
@@ -456,20 +465,28 @@ def _notch(path: Path, fields: dict[str, list[str]]) -> str:
     return notch_from_angle(path, values[0])
 
 
-def _geometry_dies(pitch: np.ndarray, origin: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
-    """Indices of the dies lying fully inside a wafer circle of ``radius`` µm."""
+def _geometry_dies(
+    path: Path, pitch: np.ndarray, origin: np.ndarray, center: np.ndarray, radius: float
+) -> tuple[np.ndarray, ...]:
+    """Indices of the dies lying fully inside a wafer circle of ``radius`` µm.
+
+    The circle's die range is checked against the grid limits before any array is built.
+    """
     px, py = float(pitch[0]), float(pitch[1])
-    lo_x = math.floor((center[0] + origin[0] - radius) / px) - 1
-    hi_x = math.ceil((center[0] + origin[0] + radius) / px) + 1
-    lo_y = math.floor((center[1] + origin[1] - radius) / py) - 1
-    hi_y = math.ceil((center[1] + origin[1] + radius) / py) + 1
-    ix, iy = np.meshgrid(np.arange(lo_x, hi_x + 1), np.arange(lo_y, hi_y + 1))
-    x0 = ix * px - origin[0] - center[0]
-    y0 = iy * py - origin[1] - center[1]
-    far_x = np.maximum(np.abs(x0), np.abs(x0 + px))
+    cx, cy = float(center[0]) + float(origin[0]), float(center[1]) + float(origin[1])
+    bounds = ((cx - radius) / px, (cx + radius) / px, (cy - radius) / py, (cy + radius) / py)
+    if not all(math.isfinite(b) and abs(b) <= _MAX_INDEX for b in bounds):
+        raise FormatError(path, "SampleSize, DiePitch and SampleCenterLocation put the wafer beyond die index 1e6")
+    lo_x, hi_x = math.floor(bounds[0]) - 1, math.ceil(bounds[1]) + 1
+    lo_y, hi_y = math.floor(bounds[2]) - 1, math.ceil(bounds[3]) + 1
+    check_span(path, lo_x, hi_x, lo_y, hi_y, "the dies of the wafer circle (SampleSize, DiePitch)")
+    xs, ys = np.arange(lo_x, hi_x + 1), np.arange(lo_y, hi_y + 1)
+    x0 = xs * px - origin[0] - center[0]
+    y0 = ys * py - origin[1] - center[1]
+    far_x = np.maximum(np.abs(x0), np.abs(x0 + px))  # per column and per row: only the test is 2-D
     far_y = np.maximum(np.abs(y0), np.abs(y0 + py))
-    inside = far_x**2 + far_y**2 <= radius**2
-    return ix[inside], iy[inside]
+    rows, cols = np.nonzero(far_y[:, None] ** 2 + far_x[None, :] ** 2 <= radius**2)
+    return xs[cols], ys[rows]
 
 
 def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
@@ -502,6 +519,7 @@ def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
             elif name == "DEFECTAREA":
                 values[:, j] /= 1e6
     n = values.shape[0]
+    check_defects(path, n)
     col = {name: j for j, name in enumerate(c for c in cols if c != "IMAGELIST")}
 
     def column(name: str) -> np.ndarray:
@@ -527,29 +545,30 @@ def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
         yrel[missing] = pos_y - yi[missing] * pitch[1]
         if not (np.all(np.isfinite(xi)) and np.all(np.isfinite(yi))):
             raise FormatError(path, f"wafer '{wafer_id}': a defect has neither a die index nor a position")
-    if np.any(xi != np.round(xi)) or np.any(yi != np.round(yi)) or np.any(np.abs(xi) > 1e6) or np.any(np.abs(yi) > 1e6):
+    if (
+        np.any(xi != np.round(xi))
+        or np.any(yi != np.round(yi))
+        or np.any(np.abs(xi) > _MAX_INDEX)
+        or np.any(np.abs(yi) > _MAX_INDEX)
+    ):
         raise FormatError(path, f"wafer '{wafer_id}': XINDEX/YINDEX must be integers of sane size")
     xi_i, yi_i = xi.astype(np.int64), yi.astype(np.int64)
 
     if w.test_plan:
+        if any(abs(v) > _MAX_INDEX for pair in w.test_plan for v in pair):
+            raise FormatError(path, f"wafer '{wafer_id}': SampleTestPlan die indices beyond ±{_MAX_INDEX}")
         plan = np.array(w.test_plan, dtype=np.int64)
         on_x, on_y, source = plan[:, 0], plan[:, 1], "SampleTestPlan"
     elif pitch is not None and center is not None and diameter_um and diameter_um > 0:
-        if diameter_um / min(pitch) > 20000:
-            raise FormatError(path, f"wafer '{wafer_id}': SampleSize/DiePitch give an absurd number of dies")
-        on_x, on_y = _geometry_dies(pitch, origin, center, diameter_um / 2)
+        on_x, on_y = _geometry_dies(path, pitch, origin, center, diameter_um / 2)
         source = "wafer geometry"
-    elif n:
-        ux, uy = np.arange(xi_i.min(), xi_i.max() + 1), np.arange(yi_i.min(), yi_i.max() + 1)
-        gx, gy = np.meshgrid(ux, uy)
-        on_x, on_y, source = gx.ravel(), gy.ravel(), "defect extent"
+    elif n:  # the defects' bounding box: filled in once the grid is built
+        on_x, on_y, source = xi_i[:0], yi_i[:0], "defect extent"
     else:
         raise FormatError(path, f"wafer '{wafer_id}': no SampleTestPlan, no SampleSize/DiePitch and no defects")
-    if on_x.size and (np.ptp(on_x) > 5000 or np.ptp(on_y) > 5000):
-        raise FormatError(path, f"wafer '{wafer_id}': die indices span more than 5000 dies")
-    grid, x_index, y_index = grid_from_dies(on_x, on_y, xi_i, yi_i, y_up=True)
-    if grid.shape[0] > 5001 or grid.shape[1] > 5001:
-        raise FormatError(path, f"wafer '{wafer_id}': die indices span more than 5000 dies")
+    grid, x_index, y_index = grid_from_dies(path, on_x, on_y, xi_i, yi_i, y_up=True)
+    if source == "defect extent":
+        grid[grid == DieState.OFF] = DieState.GOOD
     counts = np.zeros(grid.shape, np.int32)
     if n:
         rows, cc = index_to_cell(yi_i, xi_i, int(x_index[0]), int(y_index[-1]), int(y_index[0]), y_up=True)
@@ -586,7 +605,7 @@ def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
     for j in range(1, len(lookup) - 1, 2):
         try:
             class_names[int(float(lookup[j]))] = lookup[j + 1]
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: "inf"
             raise FormatError(path, f"ClassLookup: {lookup[j][:40]!r} is not a class number") from None
     slot = f.get("slot") or f.get("slotnumber")
     stamp = parse_timestamp(f.get("resulttimestamp") or []) or parse_timestamp(f.get("filetimestamp") or [])

@@ -6,14 +6,13 @@ The label columns follow :data:`fabsight.types.MIXEDWM38_LABELS`; an all-zero ro
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fabsight.errors import FormatError
-from fabsight.io._common import check_grid_values
+from fabsight.io._common import check_grid_values, load_npz
 from fabsight.types import MIXEDWM38_LABELS, WaferMap
 from fabsight.utils.atomic import atomic_open
 
@@ -21,13 +20,10 @@ from fabsight.utils.atomic import atomic_open
 def read_mixedwm38(path: str | Path) -> list[WaferMap]:
     """All maps of a MixedWM38 ``.npz`` with their multi-label tuples."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "arr_0" not in npz.files or "arr_1" not in npz.files:
-                raise FormatError(path, f"needs arrays arr_0 (maps) and arr_1 (labels), has {sorted(npz.files)}")
-            maps, labels = npz["arr_0"], npz["arr_1"]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise FormatError(path, f"not a readable .npz ({type(exc).__name__}: {str(exc)[:100]})") from None
+    names, arrays = load_npz(path, ("arr_0", "arr_1"), grids=("arr_0",))
+    if len(arrays) < 2:
+        raise FormatError(path, f"needs arrays arr_0 (maps) and arr_1 (labels), has {names}")
+    maps, labels = arrays["arr_0"], arrays["arr_1"]
     if maps.ndim != 3:
         raise FormatError(path, f"arr_0 must be N×H×W maps, has shape {maps.shape}")
     if labels.ndim != 2 or labels.shape != (maps.shape[0], len(MIXEDWM38_LABELS)):
@@ -36,7 +32,8 @@ def read_mixedwm38(path: str | Path) -> list[WaferMap]:
         )
     if labels.size and not np.isin(labels, (0, 1)).all():
         raise FormatError(path, "arr_1 must hold only 0/1")
-    grids = check_grid_values(path, maps.reshape(maps.shape[0], -1), "arr_0").reshape(maps.shape)
+    n, rows, cols = maps.shape
+    grids = check_grid_values(path, maps.reshape(n * rows, cols), "arr_0").reshape(maps.shape)
     out = []
     for i in range(maps.shape[0]):
         vec = labels[i].astype(np.uint8)

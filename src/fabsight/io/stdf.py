@@ -248,9 +248,7 @@ def _to_map(
     if wcr.get("pos_x") == "L":
         x = -x
     y_up = wcr.get("pos_y") == "U"
-    if np.ptp(x) > 20000 or np.ptp(y) > 20000:
-        raise FormatError(path, "die X/Y coordinates span more than 20000 dies")
-    grid, x_index, y_index = grid_from_dies(x[ok], y[ok], x[~ok], y[~ok], y_up=y_up)
+    grid, x_index, y_index = grid_from_dies(path, x[ok], y[ok], x[~ok], y[~ok], y_up=y_up)
     rows = (y_index[0] - y) if y_up else (y - y_index[0])
     cols = x - x_index[0]
     bins = np.full(grid.shape, -1, np.int32)
