@@ -20,10 +20,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from fabsight.die.data import readable_images
+from fabsight.die.data import read_grey, readable_images
 from fabsight.errors import FabsightError, FormatError, NothingReadable
 from fabsight.io import ReadLog
 from fabsight.utils.atomic import atomic_dir
@@ -63,9 +62,7 @@ def read_mask(path: str | os.PathLike[str], shape: tuple[int, int]) -> np.ndarra
     rather than ``!= 0``. A mask of another size than its image is a user error.
     """
     p = Path(path)
-    m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise FormatError(p, "not a readable mask image")
+    m = read_grey(p)
     if m.shape != tuple(shape):
         raise FormatError(p, f"mask is {m.shape[1]}×{m.shape[0]} but its image is {shape[1]}×{shape[0]}")
     return m > 127

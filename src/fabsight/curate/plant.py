@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fabsight.curate.scan import scan
+from fabsight.die.data import read_grey
 from fabsight.errors import FabsightError
 
 
@@ -43,15 +44,6 @@ def textured_folder(root: str | os.PathLike[str], classes: tuple[str, ...] = ("a
                     cv2.circle(img, (int(x), int(y)), int(rng.integers(3, size // 6)), val, -1)
             cv2.imwrite(str(root / c / f"{c}_{i:03d}.png"), np.clip(img, 0, 255).astype(np.uint8))
     return root
-
-
-def _read(path: Path) -> np.ndarray:
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise FabsightError(path, "cannot be read as an image")
-    return img
 
 
 def plant(src: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 5, test_fraction: float = 0.3,
@@ -95,7 +87,7 @@ def plant(src: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 
         shutil.copyfile(out / rel[i], out / dst)
         truth["exact"].append(str(dst))
     for i in take(n):  # near: 0.6× resized, +12 brightness, JPEG q80
-        img = _read(out / rel[i])
+        img = read_grey(out / rel[i])
         small = cv2.resize(img, (max(8, int(img.shape[1] * 0.6)), max(8, int(img.shape[0] * 0.6))),
                            interpolation=cv2.INTER_AREA)
         small = np.clip(small.astype(np.int16) + 12, 0, 255).astype(np.uint8)
@@ -103,7 +95,7 @@ def plant(src: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 
         cv2.imwrite(str(out / dst), small, [cv2.IMWRITE_JPEG_QUALITY, 80])
         truth["near"].append(str(dst))
     for i in take(n):  # blurry: the sharp original replaced by a Gaussian-blurred one (σ = 2.5 % of the side)
-        img = _read(out / rel[i])
+        img = read_grey(out / rel[i])
         cv2.imwrite(str(out / rel[i]), cv2.GaussianBlur(img, (0, 0), max(1.5, 0.025 * max(img.shape))))
         truth["blurry"].append(str(rel[i]))
     for i in take(n):  # leakage: a train image also in test (same class)
@@ -118,7 +110,7 @@ def plant(src: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 
         (out / dst.parent).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / rel[i], out / dst)
         truth["label_conflict"] += [str(rel[i]), str(dst)]
-    shape = _read(out / rel[train[0]]).shape
+    shape = read_grey(out / rel[train[0]]).shape
     for k in range(n):  # blank frames: flat grey with sensor noise of σ 0.5 grey level
         dst = Path("train") / classes[k % len(classes)] / f"blank_{k}.png"
         frame = np.clip(rng.normal(20 + 200 * k / max(1, n - 1), 0.5, shape), 0, 255).astype(np.uint8)

@@ -128,6 +128,20 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return img
 
 
+def read_grey(path: str | os.PathLike[str]) -> np.ndarray:
+    """One image file as 8-bit grey H×W, decoded as ``cv2.imread(path, IMREAD_GRAYSCALE)`` would,
+    after the same checks as :func:`read_image` (empty file, pixel limit from the header)."""
+    import cv2
+
+    p = Path(path)
+    data = _file_bytes(p)
+    _check_declared(p, data)
+    img = _decode(data, cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise FormatError(p, "cannot be decoded: not a readable image (corrupt or unsupported format)")
+    return img
+
+
 @dataclass
 class ImageFolder:
     """A labelled image folder: ``paths[i]`` has class ``classes[labels[i]]``."""

@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from fabsight.die.data import read_grey
 from fabsight.errors import FabsightError, FormatError
 
 #: DeepPCB defect types in the order of their numeric codes 1..6.
@@ -48,13 +48,7 @@ class Box:
 
 def read_gray(path: str | os.PathLike[str]) -> np.ndarray:
     """An image as 8-bit grey, or a one-line :class:`FormatError` naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise FabsightError(p, "no such image file")
-    img = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise FormatError(p, "not a readable image (corrupt or unsupported format)")
-    return img
+    return read_grey(path)
 
 
 def read_annotations(path: str | os.PathLike[str]) -> list[Box]:

@@ -130,7 +130,7 @@ def check_image_header(path: str | Path, data: bytes) -> None:
     except Image.DecompressionBombError as exc:  # Pillow's own guard: far over any limit here
         raise FormatError(path, f"image over the pixel limit ({str(exc)[:120]})") from None
     except UnidentifiedImageError:
-        raise FormatError(path, f"cannot be decoded: not a {', '.join(IMAGE_FORMATS)} image") from None
+        raise FormatError(path, f"cannot be decoded: not a readable image (not {', '.join(IMAGE_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise FormatError(path, f"cannot be decoded: not a readable image ({str(exc)[:100]})") from None
     check_pixels(path, width, height)
