@@ -538,3 +538,41 @@ def test_every_real_file_reads(shared: Path, name: str, count: int) -> None:
         Counter(m.labels[0] for m in maps)["none"]
         == {"train_10": 3673, "train_20": 7345, "train_29": 10651, "val": 7346}[name]
     )
+
+
+class _ArrowState:
+    """Pickles as pyarrow's own ``_restore_array(state)`` call, with the state edited."""
+
+    def __init__(self, state: tuple[object, ...]) -> None:
+        self.state = state
+
+    def __reduce__(self) -> tuple[object, ...]:
+        import pyarrow.lib
+
+        return pyarrow.lib._restore_array, (self.state,)
+
+
+def _arrow_cases() -> dict[str, tuple[object, ...]]:
+    import pyarrow as pa
+
+    kind, length, nulls, offset, buffers, children, dictionary = pa.array(["ab", "c", None])._reduce_state() \
+        if hasattr(pa.Array, "_reduce_state") else pa.array(["ab", "c", None]).__reduce__()[1][0]
+    return {
+        "no character buffer": (kind, length, nulls, offset, buffers[:2], children, dictionary),
+        "two buffers missing": (kind, length, nulls, offset, buffers[:1], children, dictionary),
+        "short offsets": (kind, 1000, nulls, offset, buffers, children, dictionary),
+        "offset past the end": (kind, length, nulls, 500, buffers, children, dictionary),
+        "more nulls than values": (kind, length, 99, offset, buffers, children, dictionary),
+    }
+
+
+def test_arrow_arrays_with_damaged_buffers_are_refused_not_crashing(tmp_path: Path) -> None:
+    """Found by the long fuzz run: pyarrow restores a string array from buffers of any size and
+    reads past a short one, which killed the process (SIGSEGV) before its validation ran."""
+    paths = []
+    for i, state in enumerate(_arrow_cases().values()):
+        paths.append(_write(tmp_path, pickle.dumps(_ArrowState(state), protocol=4), f"arrow{i}.pkl"))
+    rc, results = _read_in_child(paths)
+    assert rc == 0, results
+    for path, r in zip(paths, results, strict=True):
+        assert str(r["out"]).startswith(f"{path}: refusing to load this pickle: an Arrow"), r

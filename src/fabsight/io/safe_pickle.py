@@ -578,9 +578,24 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes c
             raise self.refuse("a dictionary-encoded Arrow array")
         if type(buffers) is not list or not all(b is None or isinstance(b, pa.Buffer) for b in buffers):
             raise self.refuse("Arrow buffers that are not buffers")
+        self.check_string_buffers(buffers, length + offset, 8 if pa.types.is_large_string(kind) else 4)
+        if not (nulls == -1 or 0 <= nulls <= length):
+            raise self.refuse("an Arrow array with more nulls than values")
         array = self._objects[("pyarrow.lib", "_restore_array")](state)
         array.validate(full=True)  # offsets inside the data, lengths consistent: else ArrowInvalid
         return array
+
+    def check_string_buffers(self, buffers: list[Any], slots: int, offset_bytes: int) -> None:
+        """Validity, offsets and characters, each large enough for ``slots`` strings: pyarrow
+        restores an array from its buffers without looking at their sizes (a short buffer is
+        read past its end, which crashes the process before ``validate`` can run)."""
+        if len(buffers) != 3 or buffers[1] is None or buffers[2] is None:
+            raise self.refuse("an Arrow string array without its offset and character buffers")
+        validity, offsets, _ = buffers
+        if validity is not None and validity.size < (slots + 7) // 8:
+            raise self.refuse("an Arrow validity buffer shorter than its array")
+        if offsets.size < (slots + 1) * offset_bytes:
+            raise self.refuse("an Arrow offset buffer shorter than its array")
 
     def call_bytearray(self, *args: Any) -> bytearray:
         if not args:

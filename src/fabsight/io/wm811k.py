@@ -94,7 +94,7 @@ def iter_lswmd(path: str | Path, limits: PickleLimits | None = None) -> Iterator
         index = cols["waferIndex"][i] if cols["waferIndex"] is not None else i
         try:
             wafer_id = str(int(float(index)))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # a non-number, NaN or infinity: keep its text
             wafer_id = str(index)
         extras: dict[str, Any] = {"row": i, "split": split}
         if cols["dieSize"] is not None:
