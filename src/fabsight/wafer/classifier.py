@@ -250,7 +250,7 @@ class WaferClassifier(BaseEstimator):
         rotate: bool = True,
         flip: bool = True,
         max_noise: float = 0.05,
-        class_balance: str = "sampling",
+        class_balance: str = "sqrt",
         patience: int = 3,
         max_minutes: float | None = None,
         validation_fraction: float = 0.2,
@@ -462,8 +462,9 @@ class WaferClassifier(BaseEstimator):
             opt.step()
             done = step + 1
             if deadline is not None and done % 10 == 0:
+                # Re-planned from the pace so far, up or down (a shared machine's pace varies).
                 rate = (time.monotonic() - started) / done
-                planned = min(planned, done + max(0, int((deadline - time.monotonic()) / rate)))
+                planned = min(total, done + max(0, int((deadline - time.monotonic()) / rate)))
             if (done % steps == 0 or done == planned) and stopper.check(done / steps):
                 break
             net.train(not head_only)

@@ -18,15 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from fabsight.errors import FabsightError
 from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
 from fabsight.wafer.classifier import SYNTH_SHAPES, WaferClassifier, label_tuple, load_model
-
-#: Model input sides :func:`default_input_size` picks from: the smallest that holds the
-#: typical grid of the data without shrinking it.
-INPUT_SIZES: tuple[int, ...] = (32, 64)
 
 #: Class names a differently spelt label is mapped onto first (``Edge_Loc`` → ``Edge-Loc``).
 KNOWN_NAMES: tuple[str, ...] = (*WM811K_CLASSES, *MIXEDWM38_LABELS)
@@ -119,17 +113,6 @@ def read_sources(paths: Sequence[str | Path], what: str = "training") -> list[La
     return sources
 
 
-def default_input_size(maps: Sequence[WaferMap]) -> int:
-    """The smallest of :data:`INPUT_SIZES` at least as large as the median grid's longer
-    side (the largest when none is): a larger input only interpolates the same dies and
-    costs four times the compute per doubling, while a smaller one merges dies.
-    WM-811K (median 26×27) gets 32, MixedWM38 (52×52) and the synthetic shapes 64."""
-    if not maps:
-        return INPUT_SIZES[-1]
-    side = float(np.median([max(m.grid.shape) for m in maps]))
-    return next((s for s in INPUT_SIZES if s >= side), INPUT_SIZES[-1])
-
-
 def _is_multilabel(sources: Sequence[LabelledSource], maps: Sequence[WaferMap]) -> bool:
     return any(s.format == "mixedwm38" for s in sources) or any(len(label_tuple(m.labels)) > 1 for m in maps)
 
@@ -212,7 +195,7 @@ def train(data: Sequence[str | Path], val: str | Path | None = None, recipe: Rec
         described.append(f"validation: {val_source.describe()}")
     widths, embed_dim = ARCHITECTURES[recipe.arch]
     clf = WaferClassifier(
-        input_size=recipe.input_size or default_input_size(maps),
+        input_size=recipe.input_size or 64,
         multilabel=multilabel,
         widths=widths,
         embed_dim=embed_dim,
