@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fabsight.cli.main import app
-from fabsight.io import write_folder, write_mixedwm38
+from fabsight.io import write_folder, write_lswmd, write_mixedwm38
 from fabsight.synth import generate_dataset
 
 CLASSES = ("Center", "Edge-Ring", "Random")
@@ -154,3 +155,29 @@ def test_class_with_one_example_is_a_warning_line(tmp_path) -> None:
     code, _, err = run("wafer", "train", tmp_path / "few", "--out", tmp_path / "m", "--epochs", "1", *FAST[2:])
     assert code == 0
     assert "warning: class 'Edge-Ring' has a single example" in " ".join(err.split())
+
+
+def test_train_on_several_sources_with_val_and_budget(tmp_path) -> None:
+    # Two sources in two formats spelling a class differently, a val folder in a third spelling.
+    a = generate_dataset(20, classes=CLASSES, shapes=((30, 30),), seed=1)
+    b = generate_dataset(20, classes=CLASSES, shapes=((26, 28),), seed=2)
+    val = generate_dataset(6, classes=CLASSES, shapes=((40, 40),), seed=3)
+    write_folder(a, tmp_path / "a")
+    write_lswmd([replace(m, labels=(m.labels[0].replace("-", "_").lower(),)) for m in b], tmp_path / "b.pkl")
+    write_folder([replace(m, labels=(m.labels[0].upper(),)) for m in val], tmp_path / "val")
+    code, out, err = run(
+        "wafer", "train", tmp_path / "a", tmp_path / "b.pkl", "--val", tmp_path / "val", "--max-minutes", "5",
+        "--class-balance", "sqrt", "--out", tmp_path / "m", *FAST, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "edge_ring -> Edge-Ring" in " ".join(err.split())
+    r = json.loads(out)
+    assert r["classes"] == list(CLASSES) and r["training"]["n_maps"] == 120
+    assert r["training"]["class_balance"] == "sqrt" and r["metrics"]["validation"]["n"] == 18
+    code, out, err = run("wafer", "eval", tmp_path / "m", tmp_path / "val", "--json", "--threads", "1")
+    assert code == 0 and "RANDOM -> Random" in " ".join(err.split())
+    assert json.loads(out)["per_class"]["Random"]["support"] == 6
+    # a source without labels among labelled ones is refused in one line naming it
+    write_lswmd([replace(m, labels=()) for m in val[:3]], tmp_path / "u.pkl")
+    code, _, err = run("wafer", "train", tmp_path / "a", tmp_path / "u.pkl", "--out", tmp_path / "m2", *FAST)
+    assert code == 2 and "u.pkl" in err and "no labelled maps" in err and "\n" not in err.strip()

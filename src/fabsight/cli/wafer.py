@@ -20,7 +20,7 @@ from fabsight.errors import FabsightError
 
 if TYPE_CHECKING:
     from fabsight.io import ReadLog
-    from fabsight.types import WaferMap
+    from fabsight.wafer.recipe import Recipe
 
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch.")]
 
@@ -40,102 +40,11 @@ def _warnings_as_lines() -> Iterator[None]:
         warn(str(w.message))
 
 
-def _read_labelled(path: Path, log: ReadLog) -> tuple[list[WaferMap], int, str]:
-    """Labelled maps of ``path``, how many unlabelled ones were skipped, and the format.
+def _train(data: list[Path], out_dir: Path, val: Path | None, recipe: Recipe, log: ReadLog) -> dict[str, Any]:
+    from fabsight.wafer import train
 
-    Reader warnings (an empty class folder) become one ``warning:`` line each; unreadable
-    files of a folder go to ``log`` (nothing readable at all stops here, exit 2).
-    """
-    from fabsight.io import detect_format, read_maps
-
-    fmt = detect_format(path)
     with _warnings_as_lines():
-        maps = read_maps(path, log=log)
-    require_read(log.files_read > 0, log, path, "holds no wafer data")
-    labelled = [m for m in maps if m.labels]
-    return labelled, len(maps) - len(labelled), fmt
-
-
-def _train(
-    data: Path | None,
-    out_dir: Path,
-    synthetic: int,
-    epochs: int,
-    input_size: int | None,
-    init: Path | None,
-    head: str,
-    multilabel: bool | None,
-    seed: int,
-    threads: int,
-    arch: str = "compact",
-    review_per_class: int = 0,
-    device: str = "cpu",
-    *,
-    log: ReadLog,
-) -> dict[str, Any]:
-    from fabsight.synth import MIXED_COMBINATIONS, generate_dataset
-    from fabsight.types import WM811K_CLASSES
-    from fabsight.wafer import WaferClassifier, load_model
-    from fabsight.wafer.classifier import SYNTH_SHAPES, label_tuple
-    from fabsight.wafer.net import ARCHITECTURES
-    from fabsight.wafer.review import shifted_maps
-
-    if arch not in ARCHITECTURES:
-        raise FabsightError(None, f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-
-    if data is None and synthetic <= 0:
-        raise FabsightError(None, "give training DATA, --synthetic N, or both")
-    maps: list[WaferMap] = []
-    described = []
-    fmt = None
-    if data is not None:
-        maps, skipped, fmt = _read_labelled(data, log)
-        if not maps and synthetic <= 0:
-            raise FabsightError(data, f"no labelled maps ({skipped} unlabelled maps are not used for training)")
-        if skipped:
-            warn(f"{data}: {skipped} unlabelled maps ignored for supervised training")
-        described.append(f"{data} ({fmt}: {len(maps)} labelled maps, {skipped} unlabelled ignored)")
-    if multilabel is None:
-        multilabel = (
-            load_model(init).multilabel
-            if init is not None and not maps
-            else fmt == "mixedwm38" or any(len(label_tuple(m.labels)) > 1 for m in maps)
-        )
-    if synthetic > 0:
-        if multilabel:
-            wanted = {label_tuple(m.labels) for m in maps}
-            classes = [c for c in MIXED_COMBINATIONS if not maps or c in wanted]
-        else:
-            wanted_single = {m.labels[0] for m in maps}
-            classes = [c for c in WM811K_CLASSES if not maps or c in wanted_single]
-        if not classes:
-            raise FabsightError(data, "--synthetic: none of the data's classes is a pattern the generator knows")
-        maps = maps + generate_dataset(synthetic, shapes=SYNTH_SHAPES, classes=classes, mixed=multilabel, seed=seed)
-        described.append(f"{synthetic} synthetic maps per class x {len(classes)} classes (fabsight.synth, seed {seed})")
-    review = None
-    if synthetic > 0 and review_per_class > 0:
-        # Harder maps of the same classes (another seed) set the review threshold; maps
-        # like the training ones would leave it at its floor.
-        review = shifted_maps(review_per_class, classes, mixed=multilabel, seed=seed + 1)
-        described.append(f"review threshold on {len(review)} shifted synthetic maps (fabsight.wafer.review)")
-    widths, embed_dim = ARCHITECTURES[arch]
-    clf = WaferClassifier(
-        input_size=input_size or 64,
-        multilabel=multilabel,
-        widths=widths,
-        embed_dim=embed_dim,
-        epochs=epochs,
-        init=init,
-        head=head,
-        n_threads=threads,
-        device=device,
-        random_state=seed,
-    )
-    try:
-        with _warnings_as_lines():
-            clf.fit(maps, data="; ".join(described), review_maps=review)
-    except ValueError as exc:  # parameter combinations the user chose (e.g. --head probe without --init)
-        raise FabsightError(None, str(exc)) from None
+        clf = train(data, val, recipe, log=log)
     clf.save(out_dir)
     return {
         "model": str(out_dir),
@@ -193,7 +102,24 @@ def register(app: typer.Typer) -> None:
     def train(
         out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
         data: Annotated[
-            Path | None, typer.Argument(help="Labelled folder ROOT/CLASS/, LSWMD.pkl or MixedWM38 .npz.")
+            list[Path] | None,
+            typer.Argument(help="Labelled sources, any number and formats: ROOT/CLASS/ folders, LSWMD .pkl, .npz."),
+        ] = None,
+        val: Annotated[
+            Path | None,
+            typer.Option(
+                "--val",
+                help="Held-out labelled maps for early stopping, calibration and the review threshold "
+                "(default: a stratified 20 % of DATA).",
+            ),
+        ] = None,
+        max_minutes: Annotated[
+            float | None,
+            typer.Option("--max-minutes", min=0.01, help="Wall-clock budget of the training steps (minutes)."),
+        ] = None,
+        class_balance: Annotated[
+            str | None,
+            typer.Option(help="Unequal classes: sampling, sqrt, loss or none (default: the estimator's)."),
         ] = None,
         synthetic: Annotated[int, typer.Option(min=0, help="Add N generated maps per class.")] = 0,
         review_maps: Annotated[
@@ -221,31 +147,27 @@ def register(app: typer.Typer) -> None:
         strict: StrictOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
-        """Train (or fine-tune) a wafer-pattern classifier and write a model directory."""
+        """Train (or fine-tune) a wafer-pattern classifier on every labelled map of DATA and write a model directory."""
         from fabsight.io import ReadLog
+        from fabsight.wafer.recipe import Recipe
 
-        log = ReadLog(strict=strict)
-        emit(
-            _train(
-                data,
-                out_dir,
-                synthetic,
-                epochs,
-                input_size,
-                init,
-                head,
-                multilabel,
-                seed,
-                threads,
-                arch,
-                review_maps,
-                device,
-                log=log,
-            ),
-            as_json,
-            _print_training,
-            log,
+        recipe = Recipe(
+            synthetic=synthetic,
+            review_per_class=review_maps,
+            epochs=epochs,
+            input_size=input_size,
+            init=init,
+            head=head,
+            multilabel=multilabel,
+            seed=seed,
+            threads=threads,
+            arch=arch,
+            device=device,
+            max_minutes=max_minutes,
+            class_balance=class_balance,
         )
+        log = ReadLog(strict=strict)
+        emit(_train(data or [], out_dir, val, recipe, log), as_json, _print_training, log)
 
     @wafer.command("eval")
     def evaluate_cmd(
@@ -260,14 +182,18 @@ def register(app: typer.Typer) -> None:
         from fabsight.deploy import load_predictor
         from fabsight.io import ReadLog
         from fabsight.wafer import evaluate
+        from fabsight.wafer.recipe import KNOWN_NAMES, harmonise, read_labelled
 
         clf = load_predictor(model_dir, runtime, n_threads=threads)
         log = ReadLog(strict=strict)
-        maps, skipped, _ = _read_labelled(data, log)
-        if not maps:
+        with _warnings_as_lines():
+            source = read_labelled(data, log)
+            for line in harmonise([source], [*clf.classes_, "none", *KNOWN_NAMES]):
+                warnings.warn(f"class names harmonised: {line}", stacklevel=1)
+        if not source.maps:
             raise FabsightError(data, "no labelled maps to evaluate on")
-        result = evaluate(clf, maps)
-        result["n_unlabelled_skipped"] = skipped
+        result = evaluate(clf, source.maps)
+        result["n_unlabelled_skipped"] = source.n_unlabelled
         emit(result, as_json, _print_eval, log)
 
     @wafer.command("predict")

@@ -17,18 +17,24 @@ Public API (other areas code against exactly these names)::
     clf.save(model_dir); clf2 = load_model(model_dir)
     to_model_input(grid, size)  # H×W grid → 3×size×size float32 (fractions of off/good/fail)
 
+Training recipe (what ``fabsight wafer train`` runs): ``train([src1, src2, ...], val=path,
+recipe=Recipe(epochs=..., max_minutes=...))`` reads every labelled source, harmonises class
+spellings across them, and fits one model, early-stopped and calibrated on ``val``.
+
 Few-shot adaptation: ``WaferClassifier(init=model_dir_or_classifier, head="auto" |
 "finetune" | "probe" | "prototype").fit(few_maps, y)``. Evaluation: :func:`evaluate`.
 
 Modules: ``preprocess`` (grid → input), ``net`` (the CNN and augmentation),
 ``calibration`` (temperature, thresholds, OOD), ``review`` (rules on the raw die grid and
 the harder maps the review threshold is learnt on: ``fit(maps, review_maps=...)``),
-``classifier`` (the estimator and model directories), ``evaluate`` (metrics for
+``classifier`` (the estimator and model directories), ``recipe`` (labelled sources →
+fitted model), ``evaluate`` (metrics for
 ``fabsight wafer eval``).
 """
 
 from fabsight.wafer.classifier import WaferClassifier, load_model
 from fabsight.wafer.evaluate import evaluate
 from fabsight.wafer.preprocess import to_model_input
+from fabsight.wafer.recipe import Recipe, train
 
-__all__ = ["WaferClassifier", "evaluate", "load_model", "to_model_input"]
+__all__ = ["Recipe", "WaferClassifier", "evaluate", "load_model", "to_model_input", "train"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -63,6 +64,24 @@ SYNTH_SHAPES: tuple[tuple[int, int], ...] = (
 MIN_INPUT_SIZE = 32
 #: Views of each training map (as is + augmented) the OOD statistics are fitted on.
 OOD_VIEWS = 4
+#: Training maps per class the OOD statistics see at most: a 128-D mean and tied
+#: covariance are settled long before that, and four views of all 37k WM-811K maps would
+#: cost minutes of forward passes on two cores.
+OOD_MAX_PER_CLASS = 512
+#: How the training loss copes with unequal classes (``class_balance``): ``sampling``
+#: draws every class equally often, ``sqrt`` draws a class in proportion to the square
+#: root of its size, ``loss`` draws maps uniformly and weights each map's loss by the
+#: inverse of its class size, ``none`` does neither.
+CLASS_BALANCE = ("sampling", "sqrt", "loss", "none")
+#: Share of the one-cycle schedule spent warming up (as torch's ``OneCycleLR``).
+WARMUP = 0.3
+#: Share of the schedule after which early stopping may end a run: the step size has
+#: fallen below half its peak. Before that held-out scores dip while the step is large
+#: and recover as it anneals (20 real maps per class: best epoch 6 of 15, then a dip that
+#: stopped the run at epoch 9 with macro-F1 0.44).
+SETTLED = WARMUP + (1 - WARMUP) / 2
+#: Maps preprocessed at a time by ``fit``: bounds the float32 temporaries for large sets.
+_PREPROCESS_CHUNK = 4096
 
 
 def _canonical_order(names: set[str], multilabel: bool) -> list[str]:
@@ -81,6 +100,94 @@ def _source_of(item: Any, index: int) -> str:
     return (item.source or f"map {index}") if isinstance(item, WaferMap) else f"map {index}"
 
 
+def one_cycle(progress: float) -> float:
+    """Learning-rate factor at ``progress`` ∈ [0, 1] of the run: ``OneCycleLR``'s shape
+    (cosine warm-up from 1/25 over :data:`WARMUP`, cosine anneal to 1/25e4).
+
+    A function of the share done rather than a fixed scheduler, so a time budget that
+    shortens the run mid-way still ends it with a fully annealed step size.
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if p < WARMUP:
+        start, end, t = 1 / 25, 1.0, p / WARMUP
+    else:
+        start, end, t = 1.0, 1 / 25e4, (p - WARMUP) / (1 - WARMUP)
+    return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
+
+
+def balance_weights(groups: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sampling probabilities and per-map loss weights of the training maps for a
+    :data:`CLASS_BALANCE` mode (loss weights average 1 over the maps)."""
+    counts = Counter(groups.tolist())
+    n = np.array([counts[g] for g in groups.tolist()], dtype=np.float64)
+    ones = np.ones_like(n)
+    sampling, loss = {
+        "sampling": (1.0 / n, ones),
+        "sqrt": (1.0 / np.sqrt(n), ones),
+        "loss": (ones, len(n) / (len(counts) * n)),
+        "none": (ones, ones),
+    }[mode]
+    return sampling / sampling.sum(), loss
+
+
+def _inputs(maps: Sequence[Any], size: int) -> np.ndarray:
+    """Model inputs of every map as float16, converted in chunks (no whole-set float32 copy)."""
+    out = np.empty((len(maps), 3, size, size), dtype=np.float16)
+    for s in range(0, len(maps), _PREPROCESS_CHUNK):
+        out[s : s + _PREPROCESS_CHUNK] = maps_to_array(maps[s : s + _PREPROCESS_CHUNK], size)
+    return out
+
+
+def _ood_subset(groups: np.ndarray, seed: int) -> np.ndarray:
+    """Indices of at most :data:`OOD_MAX_PER_CLASS` maps of each class (all of a small set)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        keep.append(idx if len(idx) <= OOD_MAX_PER_CLASS else rng.choice(idx, OOD_MAX_PER_CLASS, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+class _BestEpoch:
+    """Early stopping: scores the network on held-out maps after each epoch, keeps a copy
+    of the best weights and says when ``patience`` epochs brought nothing better.
+
+    Without held-out maps it never stops early and keeps the last weights.
+    """
+
+    def __init__(self, clf: WaferClassifier, val: tuple[np.ndarray, np.ndarray] | None, patience: int) -> None:
+        self.clf, self.val, self.patience = clf, val, patience
+        self.history: list[list[float]] = []
+        self.best: tuple[float, float, dict[str, Any]] | None = None  # score, epoch, weights
+        self.stopped_early = False
+
+    def check(self, epoch: float, may_stop: bool = True) -> bool:
+        """Score after ``epoch`` epochs; True when training should stop (only if ``may_stop``)."""
+        if self.val is None:
+            return False
+        score = self.clf._val_score(self.val)
+        self.history.append([round(epoch, 3), round(score, 4)])
+        if self.best is None or score > self.best[0] + 1e-4:
+            state = {k: v.detach().clone() for k, v in self.clf.net_.state_dict().items()}
+            self.best = (score, epoch, state)
+        elif may_stop and epoch - self.best[1] >= self.patience:
+            self.stopped_early = True
+        return self.stopped_early
+
+    def finish(self, cut_by_budget: bool) -> dict[str, Any]:
+        """Restore the best weights; what happened, for the model card."""
+        if self.best is not None:
+            self.clf.net_.load_state_dict(self.best[2])
+        stop = "patience" if self.stopped_early else "time budget" if cut_by_budget else "planned epochs"
+        return {
+            "metric": "macro_f1 on held-out maps" if self.val is not None else None,
+            "history": self.history,
+            "best_epoch": None if self.best is None else round(self.best[1], 3),
+            "best_score": None if self.best is None else round(self.best[0], 4),
+            "stopped_by": stop,
+        }
+
+
 class WaferClassifier(BaseEstimator):
     """Compact CNN wafer-pattern classifier with calibrated probabilities and review routing.
 
@@ -92,8 +199,14 @@ class WaferClassifier(BaseEstimator):
     classes : explicit class order; default: the labels seen in ``fit`` (WM-811K order first).
     widths, embed_dim : network size (see :class:`fabsight.wafer.net.WaferNet`).
     epochs, batch_size, learning_rate, weight_decay : optimisation (AdamW, one-cycle schedule).
-        An epoch is ``max(n_train, 8 * batch_size)`` class-balanced draws, so tiny few-shot
-        sets still get enough steps.
+        An epoch is ``max(n_train, 8 * batch_size)`` draws, so tiny few-shot sets still get
+        enough steps.
+    class_balance : how unequal classes are handled, one of :data:`CLASS_BALANCE`.
+    patience : epochs without a better held-out macro-F1 after which training stops, once
+        past :data:`SETTLED` of the schedule; the best epoch's weights are kept (scored on
+        ``fit``'s ``val_maps``, else the held-out maps).
+    max_minutes : wall-clock budget of the gradient steps (from the start of ``fit``); the
+        learning-rate schedule is shortened to end within it. Calibration comes after it.
     rotate, flip, max_noise : augmentation (any-angle rotation, mirroring, extra random
         failing dies up to this density). Turn ``rotate`` off when the notch position matters.
     validation_fraction : stratified share of the maps held out for calibration.
@@ -143,6 +256,9 @@ class WaferClassifier(BaseEstimator):
         rotate: bool = True,
         flip: bool = True,
         max_noise: float = 0.05,
+        class_balance: str = "sqrt",
+        patience: int = 3,
+        max_minutes: float | None = None,
         validation_fraction: float = 0.2,
         review_precision: float = 0.98,
         ood_quantile: float = 0.99,
@@ -164,6 +280,9 @@ class WaferClassifier(BaseEstimator):
         self.rotate = rotate
         self.flip = flip
         self.max_noise = max_noise
+        self.class_balance = class_balance
+        self.patience = patience
+        self.max_minutes = max_minutes
         self.validation_fraction = validation_fraction
         self.review_precision = review_precision
         self.ood_quantile = ood_quantile
@@ -231,21 +350,25 @@ class WaferClassifier(BaseEstimator):
             return targets, np.array(["+".join(t) for t in labels])
         return np.array([index[t[0]] for t in labels], dtype=np.int64), np.array([t[0] for t in labels])
 
-    def _review_set(self, review_maps: Sequence[WaferMap]) -> tuple[np.ndarray, np.ndarray]:
-        """Model inputs and targets of the maps the review threshold is learnt on."""
-        if len(review_maps) < MIN_VALIDATION:
-            raise FabsightError(
-                None, f"review_maps: need at least {MIN_VALIDATION} labelled maps, got {len(review_maps)}"
-            )
-        labels = self._label_lists(review_maps, None)
+    def _held_out_set(self, maps: Sequence[WaferMap], what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs and targets of labelled maps never trained on (``what``: ``review``
+        or ``validation``); a label the model will not have is an error, not a silent miss."""
+        if len(maps) < MIN_VALIDATION:
+            raise FabsightError(None, f"{what} maps: need at least {MIN_VALIDATION} labelled maps, got {len(maps)}")
+        labels = self._label_lists(maps, None)
         known = set(self.classes_) | ({"none"} if self.multilabel else set())
         for i, t in enumerate(labels):
             unknown = [n for n in t if n not in known]
             if unknown:
                 raise FabsightError(
-                    _source_of(review_maps[i], i), f"review label {unknown[0]!r} is not one of {self.classes_}"
+                    _source_of(maps[i], i), f"{what} label {unknown[0]!r} is not one of {self.classes_}"
                 )
-        return maps_to_array(review_maps, self.input_size_), self._targets(labels)[0]
+        targets = self._targets(labels)[0]
+        if what == "validation":
+            missing = [c for c in self.classes_ if c not in {n for t in labels for n in t}]
+            if missing:
+                warnings.warn(f"validation maps hold no {', '.join(missing)}: not scored for those", stacklevel=3)
+        return _inputs(maps, self.input_size_), targets
 
     # ----------------------------------------------------------------- network
     def _run(self, x: np.ndarray, description: str, augment_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -272,10 +395,34 @@ class WaferClassifier(BaseEstimator):
                 logits.append(self.net_.classify(z).cpu().numpy())
         return np.concatenate(logits), np.concatenate(embeddings)
 
+    def _val_score(self, val: tuple[np.ndarray, np.ndarray]) -> float:
+        """Macro-F1 of the current network on held-out maps (multi-label: each logit > 0)."""
+        from sklearn.metrics import f1_score
+
+        logits = self._run(val[0], "scoring held-out maps")[0]
+        if self.multilabel:
+            return float(f1_score(val[1], logits > 0, average="macro", zero_division=0))
+        labels = range(len(self.classes_))
+        return float(f1_score(val[1], logits.argmax(axis=1), labels=labels, average="macro", zero_division=0))
+
     @reproducible_cudnn()
     def _train(
-        self, x: np.ndarray, targets: np.ndarray, weights: np.ndarray, *, lr: float, head_only: bool, seed: int
-    ) -> None:
+        self,
+        x: np.ndarray,
+        targets: np.ndarray,
+        balance: tuple[np.ndarray, np.ndarray],
+        *,
+        lr: float,
+        head_only: bool,
+        seed: int,
+        val: tuple[np.ndarray, np.ndarray] | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        """Gradient steps with early stopping on ``val`` and the ``deadline`` (monotonic s).
+
+        ``balance``: sampling probabilities and loss weights (:func:`balance_weights`).
+        Returns what happened (epochs run, best epoch, why it stopped) for the model card.
+        """
         import torch
         from torch import nn
 
@@ -289,17 +436,23 @@ class WaferClassifier(BaseEstimator):
         for p in params:
             p.requires_grad_(True)
         steps = math.ceil(max(len(x), 8 * self.batch_size) / self.batch_size)
-        total = steps * self.epochs
+        total = planned = steps * self.epochs
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total)
-        loss_fn: nn.Module = nn.BCEWithLogitsLoss() if self.multilabel else nn.CrossEntropyLoss()
+        loss_fn: nn.Module = (nn.BCEWithLogitsLoss if self.multilabel else nn.CrossEntropyLoss)(reduction="none")
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
-        draws = rng.choice(len(x), size=total * self.batch_size, p=weights)
+        draws = rng.choice(len(x), size=total * self.batch_size, p=balance[0])
         y_all = torch.from_numpy(targets.astype(np.float32) if self.multilabel else targets.astype(np.int64)).to(dev)
+        w_all = torch.from_numpy(balance[1].astype(np.float32)).to(dev)
+        stopper = _BestEpoch(self, val, self.patience)
+        started = time.monotonic()
         # A frozen backbone keeps its batch-norm statistics: eval mode for the whole net.
         net.train(not head_only)
         for step in track(range(total), f"training ({self.head_})", total=total):
+            if step >= planned:
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr * one_cycle(step / planned)
             b = draws[step * self.batch_size : (step + 1) * self.batch_size]
             xb = augment(
                 torch.from_numpy(x[b].astype(np.float32)),
@@ -308,14 +461,23 @@ class WaferClassifier(BaseEstimator):
                 flip=self.flip,
                 max_noise=self.max_noise,
             ).to(dev, non_blocking=True)
-            loss = loss_fn(net(xb), y_all[torch.from_numpy(b).to(dev)])
+            bt = torch.from_numpy(b).to(dev)
+            loss = (loss_fn(net(xb), y_all[bt]).reshape(len(b), -1).mean(dim=1) * w_all[bt]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            done = step + 1
+            if deadline is not None and done % 10 == 0:
+                # Re-planned from the pace so far, up or down (a shared machine's pace varies).
+                rate = (time.monotonic() - started) / done
+                planned = min(total, done + max(0, int((deadline - time.monotonic()) / rate)))
+            if (done % steps == 0 or done == planned) and stopper.check(done / steps, done / planned >= SETTLED):
+                break
+            net.train(not head_only)
         for p in net.parameters():
             p.requires_grad_(True)
         net.eval()
+        return stopper.finish(planned < total)
 
     def _fit_prototypes(self, x: np.ndarray, targets: np.ndarray, seed: int, views: int = 8) -> None:
         """Cosine head whose weights are the mean normalised embedding of each class."""
@@ -366,6 +528,35 @@ class WaferClassifier(BaseEstimator):
         self.net_ = net
 
     # -------------------------------------------------------------------- fit
+    def _check_params(self) -> None:
+        """Parameter combinations that cannot train (``ValueError``, as scikit-learn does)."""
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.class_balance not in CLASS_BALANCE:
+            raise ValueError(f"class_balance must be one of {CLASS_BALANCE}, got {self.class_balance!r}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        if int(self.input_size) < MIN_INPUT_SIZE:
+            raise ValueError(f"input_size must be ≥ {MIN_INPUT_SIZE} (five 2x downsamplings), got {self.input_size}")
+        if self.init is None and self.head in ("probe", "prototype"):
+            raise ValueError(f"head={self.head!r} needs init (a trained model to take embeddings from)")
+        if self.head == "prototype" and self.multilabel:
+            raise ValueError("head='prototype' is single-label only")
+
+    def _hold_out(self, groups: np.ndarray, seed: int) -> np.ndarray:
+        """Stratified hold-out mask: every group with ≥ 3 maps gives at least one
+        (none at all when that would be fewer than :data:`MIN_VALIDATION` maps)."""
+        rng = np.random.default_rng(seed)
+        val_mask = np.zeros(len(groups), dtype=bool)
+        for g, n in Counter(groups.tolist()).items():
+            if n >= 3:
+                idx = np.nonzero(groups == g)[0]
+                k = max(1, round(n * self.validation_fraction))
+                val_mask[rng.choice(idx, size=k, replace=False)] = True
+        if val_mask.sum() < MIN_VALIDATION:
+            val_mask[:] = False
+        return val_mask
+
     def fit(
         self,
         maps: Sequence[WaferMap] | Sequence[np.ndarray],
@@ -373,6 +564,7 @@ class WaferClassifier(BaseEstimator):
         *,
         data: str | None = None,
         review_maps: Sequence[WaferMap] | None = None,
+        val_maps: Sequence[WaferMap] | None = None,
     ):
         """Train on wafer maps; ``y`` defaults to the maps' own labels.
 
@@ -384,19 +576,16 @@ class WaferClassifier(BaseEstimator):
         (another fab's wafers, or :func:`fabsight.wafer.review.shifted_maps`); the review
         threshold is learnt on them instead of on the held-out maps, which are as easy as
         the training maps and would leave it at its floor.
+        ``val_maps``: labelled maps never trained on that drive early stopping, calibration
+        and (without ``review_maps``) the review threshold; every training map is then
+        trained on. Without them a stratified ``validation_fraction`` is held out instead.
         """
         import torch
 
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if int(self.input_size) < MIN_INPUT_SIZE:
-            raise ValueError(f"input_size must be ≥ {MIN_INPUT_SIZE} (five 2x downsamplings), got {self.input_size}")
-        if self.init is None and self.head in ("probe", "prototype"):
-            raise ValueError(f"head={self.head!r} needs init (a trained model to take embeddings from)")
-        if self.head == "prototype" and self.multilabel:
-            raise ValueError("head='prototype' is single-label only")
+        self._check_params()
         from fabsight.utils.device import resolve_device
 
+        started = time.monotonic()
         device = resolve_device(self.device)  # an unavailable device fails now, not after preprocessing
         torch.set_num_threads(self.n_threads)
         seed = 0 if self.random_state is None else int(self.random_state)
@@ -408,13 +597,15 @@ class WaferClassifier(BaseEstimator):
         labels = self._label_lists(maps, y)
         self.classes_ = self._resolve_classes(labels, maps)
         self.input_size_ = base.input_size_ if base is not None else int(self.input_size)
-        review = None if review_maps is None else self._review_set(review_maps)
+        review = None if review_maps is None else self._held_out_set(review_maps, "review")
+        given_val = None if val_maps is None else self._held_out_set(val_maps, "validation")
 
         targets, groups = self._targets(labels)
         counts = Counter(groups.tolist())
         for g, n in sorted(counts.items()):
             if n == 1:
-                warnings.warn(f"class {g!r} has a single example: nothing of it can be held out", stacklevel=2)
+                why = "the model will hardly learn it" if given_val is not None else "nothing of it can be held out"
+                warnings.warn(f"class {g!r} has a single example: {why}", stacklevel=2)
 
         head = self.head
         if base is None:
@@ -423,47 +614,43 @@ class WaferClassifier(BaseEstimator):
             head = FEW_SHOT_HEAD if min(counts.values()) <= FEW_SHOT_MAX_PER_CLASS else "finetune"
         self.head_ = head
 
-        # Stratified hold-out: every group with ≥ 3 maps gives at least one.
-        rng = np.random.default_rng(seed)
-        val_mask = np.zeros(len(groups), dtype=bool)
-        for g in counts:
-            idx = np.nonzero(groups == g)[0]
-            if len(idx) >= 3:
-                k = max(1, round(len(idx) * self.validation_fraction))
-                val_mask[rng.choice(idx, size=k, replace=False)] = True
-        if val_mask.sum() < MIN_VALIDATION:
-            val_mask[:] = False
-
-        x = maps_to_array(maps, self.input_size_).astype(np.float16)
+        val_mask = np.zeros(len(groups), dtype=bool) if given_val is not None else self._hold_out(groups, seed)
+        x = _inputs(maps, self.input_size_)
         x_tr, t_tr, g_tr = x[~val_mask], targets[~val_mask], groups[~val_mask]
-        tr_counts = Counter(g_tr.tolist())
-        weights = np.array([1.0 / tr_counts[g] for g in g_tr])
-        weights /= weights.sum()
+        val = given_val if given_val is not None else (x[val_mask], targets[val_mask]) if val_mask.any() else None
 
         self._build_net(base, head)
         self.net_.to(device)
+        stopping = None
         if head == "prototype":
             self._fit_prototypes(x_tr, t_tr, seed)
         else:
             lr = self.learning_rate * (FINETUNE_LR_SCALE if head == "finetune" else 1.0)
-            self._train(x_tr, t_tr, weights, lr=lr, head_only=head == "probe", seed=seed)
-
-        self._calibrate(x[val_mask], targets[val_mask], x_tr, g_tr, seed, review)
+            deadline = None if self.max_minutes is None else started + 60.0 * float(self.max_minutes)
+            balance = balance_weights(g_tr, self.class_balance)
+            stopping = self._train(
+                x_tr, t_tr, balance, lr=lr, head_only=head == "probe", seed=seed, val=val, deadline=deadline
+            )
+        empty = (x[:0], targets[:0])
+        self._calibrate(*(val or empty), x_tr, g_tr, seed, review, given=given_val is not None)
         self.net_.cpu()  # a fitted model predicts, saves and exports on the CPU, wherever it trained
         self.training_ = {
             "data": data,
             "n_maps": len(labels),
             "n_train": int((~val_mask).sum()),
-            "n_validation": int(val_mask.sum()),
+            "n_validation": int(val_mask.sum()) if given_val is None else len(given_val[1]),
+            "validation": "maps given to fit (val_maps)" if given_val is not None else "stratified hold-out",
             "per_class": dict(sorted(counts.items())),
             "grid_shapes": self._shape_summary(maps),
             "head": head,
             "init": "in-memory model" if isinstance(self.init, WaferClassifier) else self.init and str(self.init),
             "epochs": 0 if head == "prototype" else self.epochs,
+            "early_stopping": stopping,
             "augmentation": {"rotate": self.rotate, "flip": self.flip, "max_noise": self.max_noise},
-            "class_balanced_sampling": True,
+            "class_balance": self.class_balance,
             "seed": seed,
             "device": device,
+            "seconds": round(time.monotonic() - started, 1),
         }
         return self
 
@@ -494,11 +681,16 @@ class WaferClassifier(BaseEstimator):
         g_tr: np.ndarray,
         seed: int,
         review: tuple[np.ndarray, np.ndarray] | None = None,
+        *,
+        given: bool = False,
     ) -> None:
         """Temperature, thresholds and OOD model from held-out maps (see calibration module);
-        the review threshold from ``review`` (inputs, targets) when given."""
+        the review threshold from ``review`` (inputs, targets) when given. ``given``: the
+        held-out maps are ``fit``'s ``val_maps`` rather than a stratified part of the data."""
         # The OOD statistics see each training map as it is and in augmented views, so the
         # ordinary variation of a class (orientation, extra noise) is not "unusual".
+        keep = _ood_subset(g_tr, seed)
+        x_tr, g_tr = x_tr[keep], g_tr[keep]
         views = [self._run(x_tr, "embedding training maps")[1]]
         views += [self._run(x_tr, f"embedding training maps, view {v + 2}", seed + v)[1] for v in range(OOD_VIEWS - 1)]
         emb_tr = np.concatenate(views)
@@ -526,7 +718,9 @@ class WaferClassifier(BaseEstimator):
             pool = scores if len(scores) >= 50 else np.concatenate([scores, self.ood_.score(emb_tr)])
             self.ood_.set_threshold(pool, self.ood_quantile)
             self.metrics_["validation"] = {
-                "measured_on": f"{len(x_val)} maps held out (stratified) from the training data, never trained on",
+                "measured_on": f"{len(x_val)} "
+                + ("validation maps given to fit" if given else "maps held out (stratified) from the training data")
+                + ", never trained on",
                 "n": len(x_val),
                 **quality,
                 "ece_before_calibration": cal.expected_calibration_error(p_raw, t_val, self.multilabel),

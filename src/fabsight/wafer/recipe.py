@@ -1,0 +1,227 @@
+"""The training recipe behind ``fabsight wafer train``: labelled sources → fitted classifier.
+
+Reading several labelled sources (folders, LSWMD pickles, MixedWM38 .npz, any format
+:mod:`fabsight.io` reads), agreeing on one spelling per class across them, adding
+generated maps when asked, and choosing the estimator's settings live here so the CLI
+only parses and prints, and a notebook or a batch job trains the same model.
+
+Problems with the data are one-line :class:`~fabsight.errors.FabsightError` naming the
+file, or a Python warning (the CLI prints it as one ``warning:`` line): a model is never
+trained silently on something other than what the user meant.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fabsight.errors import FabsightError
+from fabsight.io import ReadLog
+from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
+from fabsight.wafer.classifier import SYNTH_SHAPES, WaferClassifier, label_tuple, load_model
+
+#: Class names a differently spelt label is mapped onto first (``Edge_Loc`` → ``Edge-Loc``).
+KNOWN_NAMES: tuple[str, ...] = (*WM811K_CLASSES, *MIXEDWM38_LABELS)
+
+
+@dataclass
+class LabelledSource:
+    """The labelled maps of one file or folder, with what was left out and its format."""
+
+    path: Path
+    maps: list[WaferMap]
+    n_unlabelled: int
+    format: str
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.format}: {len(self.maps)} labelled maps, {self.n_unlabelled} unlabelled ignored)"
+
+
+def read_labelled(path: str | Path, log: ReadLog | None = None) -> LabelledSource:
+    """Labelled maps of ``path`` (a file or folder in any format :mod:`fabsight.io` reads).
+
+    An empty source is an error; reader warnings (an empty class folder) pass through. With a
+    lenient ``log``, unreadable files of a folder are recorded there and the rest is read.
+    """
+    from fabsight.io import detect_format, read_maps
+
+    path = Path(path)
+    fmt = detect_format(path)
+    log = log if log is not None else ReadLog(strict=True)
+    maps = read_maps(path, log=log)
+    if not maps:
+        raise log.nothing_read(path, "holds no wafer maps")
+    labelled = [m for m in maps if m.labels]
+    return LabelledSource(path, labelled, len(maps) - len(labelled), fmt)
+
+
+def name_key(name: str) -> str:
+    """What two spellings of one class share: case, spaces, ``_`` and ``-`` ignored."""
+    return re.sub(r"[\s_\-]+", "", name).casefold()
+
+
+def _spellings(source: LabelledSource) -> dict[str, str]:
+    """Each class-name key of one source → its spelling there; two spellings of one key
+    in the same source are two classes the user may mean apart: refused."""
+    seen: dict[str, str] = {}
+    for m in source.maps:
+        for label in m.labels:
+            for part in label.split("+"):
+                other = seen.setdefault(name_key(part), part)
+                if other != part:
+                    raise FabsightError(
+                        source.path,
+                        f"class names {other!r} and {part!r} differ only in case, spaces, '_' or '-': "
+                        "rename one (merge them or tell them apart)",
+                    )
+    return seen
+
+
+def harmonise(sources: Sequence[LabelledSource], preferred: Sequence[str] = KNOWN_NAMES) -> list[str]:
+    """Give every class one spelling across ``sources`` (in place); returns what was renamed.
+
+    A label whose :func:`name_key` matches a ``preferred`` name takes that name; otherwise
+    the first spelling met wins. Parts of ``A+B`` mixed labels are renamed one by one.
+    """
+    canonical = {name_key(n): n for n in reversed(preferred)}  # first of equal keys wins
+    per_source = [_spellings(s) for s in sources]
+    for spellings in per_source:
+        for key, spelling in spellings.items():
+            canonical.setdefault(key, spelling)
+    renamed = []
+    for source, spellings in zip(sources, per_source, strict=True):
+        mapping = {sp: canonical[key] for key, sp in spellings.items() if canonical[key] != sp}
+        if not mapping:
+            continue
+        renamed.append(f"{source.path}: " + ", ".join(f"{a} -> {b}" for a, b in sorted(mapping.items())))
+        source.maps = [
+            replace(m, labels=tuple("+".join(mapping.get(p, p) for p in lab.split("+")) for lab in m.labels))
+            for m in source.maps
+        ]
+    return renamed
+
+
+def read_sources(
+    paths: Sequence[str | Path], what: str = "training", log: ReadLog | None = None
+) -> list[LabelledSource]:
+    """Read labelled sources; a source without one labelled map is refused, since passing
+    unlabelled data as labelled is a mistake that would otherwise vanish in the mix."""
+    sources = [read_labelled(p, log) for p in paths]
+    for s in sources:
+        if not s.maps:
+            raise FabsightError(s.path, f"no labelled maps ({s.n_unlabelled} unlabelled): not usable as {what} data")
+        if s.n_unlabelled:
+            warnings.warn(f"{s.path}: {s.n_unlabelled} unlabelled maps ignored for supervised training", stacklevel=2)
+    return sources
+
+
+def _is_multilabel(sources: Sequence[LabelledSource], maps: Sequence[WaferMap]) -> bool:
+    return any(s.format == "mixedwm38" for s in sources) or any(len(label_tuple(m.labels)) > 1 for m in maps)
+
+
+@dataclass
+class Recipe:
+    """Settings of :func:`train` beyond the data (the CLI's options, with its defaults)."""
+
+    synthetic: int = 0
+    review_per_class: int = 40
+    epochs: int = 15
+    input_size: int | None = None
+    init: Path | None = None
+    head: str = "auto"
+    multilabel: bool | None = None
+    seed: int = 0
+    threads: int = 2
+    arch: str = "compact"
+    device: str = "cpu"
+    max_minutes: float | None = None
+    class_balance: str | None = None
+
+
+def _synthetic(
+    recipe: Recipe, maps: list[WaferMap], multilabel: bool, where: Path | None
+) -> tuple[list[WaferMap], list[WaferMap] | None, list[str]]:
+    """Generated training maps of the data's classes, the harder review maps, and their description."""
+    from fabsight.synth import MIXED_COMBINATIONS, generate_dataset
+    from fabsight.wafer.review import shifted_maps
+
+    if multilabel:
+        wanted = {label_tuple(m.labels) for m in maps}
+        classes: list = [c for c in MIXED_COMBINATIONS if not maps or c in wanted]
+    else:
+        wanted_single = {m.labels[0] for m in maps}
+        classes = [c for c in WM811K_CLASSES if not maps or c in wanted_single]
+    if not classes:
+        raise FabsightError(where, "--synthetic: none of the data's classes is a pattern the generator knows")
+    n, seed = recipe.synthetic, recipe.seed
+    generated = generate_dataset(n, shapes=SYNTH_SHAPES, classes=classes, mixed=multilabel, seed=seed)
+    described = [f"{n} synthetic maps per class x {len(classes)} classes (fabsight.synth, seed {seed})"]
+    review = None
+    if recipe.review_per_class > 0:
+        # Harder maps of the same classes (another seed) set the review threshold; maps
+        # like the training ones would leave it at its floor.
+        review = shifted_maps(recipe.review_per_class, classes, mixed=multilabel, seed=seed + 1)
+        described.append(f"review threshold on {len(review)} shifted synthetic maps (fabsight.wafer.review)")
+    return generated, review, described
+
+
+def train(
+    data: Sequence[str | Path],
+    val: str | Path | None = None,
+    recipe: Recipe | None = None,
+    *,
+    log: ReadLog | None = None,
+) -> WaferClassifier:
+    """Fit a wafer-pattern classifier on every labelled map of ``data`` (any number of
+    sources, any formats), early-stopped and calibrated on ``val`` when given.
+
+    Class names are harmonised across the sources and ``val`` (:func:`harmonise`; each
+    renaming is a warning). ``recipe.class_balance=None`` takes the estimator's default.
+    """
+    from fabsight.wafer.net import ARCHITECTURES
+
+    recipe = recipe or Recipe()
+    if recipe.arch not in ARCHITECTURES:
+        raise FabsightError(None, f"--arch must be one of {', '.join(ARCHITECTURES)}, got {recipe.arch!r}")
+    if not data and recipe.synthetic <= 0:
+        raise FabsightError(None, "give training DATA, --synthetic N, or both")
+    sources = read_sources(data, log=log)
+    val_source = read_sources([val], "validation", log)[0] if val is not None else None
+    for line in harmonise(sources + ([val_source] if val_source else [])):
+        warnings.warn(f"class names harmonised: {line}", stacklevel=2)
+    maps = [m for s in sources for m in s.maps]
+    described = [s.describe() for s in sources]
+    multilabel = recipe.multilabel
+    if multilabel is None:
+        multilabel = load_model(recipe.init).multilabel if recipe.init is not None and not maps else None
+        multilabel = _is_multilabel(sources, maps) if multilabel is None else multilabel
+    review = None
+    if recipe.synthetic > 0:
+        generated, review, more = _synthetic(recipe, maps, multilabel, sources[0].path if sources else None)
+        maps, described = maps + generated, described + more
+    if val_source is not None:
+        described.append(f"validation: {val_source.describe()}")
+    widths, embed_dim = ARCHITECTURES[recipe.arch]
+    clf = WaferClassifier(
+        input_size=recipe.input_size or 64,
+        multilabel=multilabel,
+        widths=widths,
+        embed_dim=embed_dim,
+        epochs=recipe.epochs,
+        init=recipe.init,
+        head=recipe.head,
+        n_threads=recipe.threads,
+        device=recipe.device,
+        random_state=recipe.seed,
+        max_minutes=recipe.max_minutes,
+    )
+    if recipe.class_balance is not None:
+        clf.set_params(class_balance=recipe.class_balance)
+    try:
+        clf.fit(maps, data="; ".join(described), review_maps=review, val_maps=val_source and val_source.maps)
+    except ValueError as exc:  # parameter combinations the user chose (e.g. --head probe without --init)
+        raise FabsightError(None, str(exc)) from None
+    return clf
