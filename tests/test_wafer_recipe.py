@@ -118,7 +118,8 @@ def test_train_on_sources_with_val_keeps_the_best_epoch(sources) -> None:
 
 def test_time_budget_cuts_training_short() -> None:
     maps = generate_dataset(30, classes=CLASSES, shapes=((30, 30),), seed=5)
-    clf = WaferClassifier(input_size=32, epochs=50, n_threads=1, max_minutes=0.05).fit(maps)
+    # patience=50: only the budget may end it, however fast the machine runs the first epochs
+    clf = WaferClassifier(input_size=32, epochs=50, n_threads=1, max_minutes=0.05, patience=50).fit(maps)
     stop = clf.training_["early_stopping"]
     assert stop["stopped_by"] == "time budget" and clf.training_["seconds"] < 60
     assert stop["history"] and stop["history"][-1][0] < 50
