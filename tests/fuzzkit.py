@@ -476,11 +476,21 @@ def _readers() -> dict[str, Callable[[Path], object]]:
     }
 
 
-def _vm_bytes() -> int:
+def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize in /proc/self/status")
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _vm_bytes() -> int:
+    return _status_kib("VmSize") * 1024
+
+
+def _peak_rss_kib() -> int:
+    """This process's own peak RSS (VmHWM): ``ru_maxrss`` survives exec on Linux, so a worker
+    started by a big process (pytest late in a run) would report its parent's peak."""
+    return _status_kib("VmHWM")
 
 
 def _classify(exc: BaseException) -> dict[str, Any] | None:
@@ -519,7 +529,7 @@ def worker(job: dict[str, Any]) -> None:
             read(case)
     limit = _vm_bytes() + job["cap_mib"] * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = _peak_rss_kib()
     signal.signal(signal.SIGALRM, _alarm)
     deadline = time.monotonic() + job["seconds"]
     out = sys.stdout
@@ -539,8 +549,7 @@ def worker(job: dict[str, Any]) -> None:
         if finding:
             out.write(json.dumps({"finding": {"case": i, **finding}}) + "\n")
         i += 1
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    out.write(json.dumps({"done": i, "baseline_rss_kib": rss0, "peak_rss_kib": ru.ru_maxrss}) + "\n")
+    out.write(json.dumps({"done": i, "baseline_rss_kib": rss0, "peak_rss_kib": _peak_rss_kib()}) + "\n")
     out.flush()
 
 
@@ -651,7 +660,7 @@ def _watch(
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.stdout is not None:
         proc.stdout.close()
-    stats["peak_rss_kib"] = usage.ru_maxrss
+    stats.setdefault("peak_rss_kib", usage.ru_maxrss)  # a worker that died never reported its own
     if lost is not None:
         findings.append(lost | {"message": f"exit status {proc.returncode}"})
         return current + 1, stats
@@ -671,7 +680,7 @@ def _measure_worker(inputs: list[list[str]], cap_mib: int | None) -> None:
     for name, fmt, path, warm in inputs:
         with contextlib.suppress(Exception):
             readers[fmt](Path(warm))
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = _peak_rss_kib()
         if cap_mib is not None:
             resource.setrlimit(resource.RLIMIT_AS, (_vm_bytes() + cap_mib * 2**20, hard))
         t0 = time.perf_counter()
@@ -683,7 +692,7 @@ def _measure_worker(inputs: list[list[str]], cap_mib: int | None) -> None:
             outcome = f"{type(exc).__name__}: {exc}" if finding else f"refused: {exc}"
         seconds = time.perf_counter() - t0
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = _peak_rss_kib()
         row = {"input": name, "format": fmt, "bytes": Path(path).stat().st_size, "outcome": outcome[:240]}
         row |= {
             "seconds": round(seconds, 3),

@@ -375,9 +375,14 @@ def _bombs(tmp_path: Path) -> dict[str, Path]:
     }
 
 
+# Peak RSS from VmHWM, this process's own high-water mark: ru_maxrss survives exec on Linux, so a
+# child of a big pytest process would report its parent's peak.
 _READER = """
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+def peak_mb():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
 from fabsight.errors import FormatError
 from fabsight.io import read_maps
 unraisable = []  # errors numpy/pandas hit while freeing objects: internal damage
@@ -393,8 +398,7 @@ for path in sys.argv[1:]:
         out = f"{type(exc).__name__}: {exc}"
     if unraisable:
         out = "unraisable " + unraisable.pop()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"path": path, "out": out, "s": time.perf_counter() - t, "rss_mb": rss}), flush=True)
+    print(json.dumps({"path": path, "out": out, "s": time.perf_counter() - t, "rss_mb": peak_mb()}), flush=True)
 """
 
 
