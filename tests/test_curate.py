@@ -249,3 +249,18 @@ def test_foreign_real_images_planted_in_a_real_set_are_outliers(shared: Path, tm
     assert planted <= found
     assert len(found - planted) <= 1, found - planted  # measured: one real tile under an odd exposure, no board
     assert m["thresholds"]["outlier"]["space"] == "linear"
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    """The curation scan honours the readers' pixel limit (fabsight.io.limits), read from the header."""
+    import cv2
+
+    from fabsight.curate.features import read_record
+
+    path = tmp_path / "big.png"
+    cv2.imwrite(str(path), np.full((300, 400), 128, np.uint8))
+    assert read_record(path).error is None
+    monkeypatch.setenv("FABSIGHT_MAX_IMAGE_PIXELS", "100000")
+    rec = read_record(path)
+    assert rec.error == "image of 400 × 300 pixels, over the limit of 100000 (FABSIGHT_MAX_IMAGE_PIXELS)"
+    assert rec.thumb is None

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fabsight.errors import FormatError
+from fabsight.io.limits import check_pixels
+
 #: Longest side the sharpness / information measures are computed at. Variance of the
 #: Laplacian grows with resolution, so measuring every image at (at most) one scale keeps
 #: a 2,000-px frame and a 200-px crop on the same footing; the hash uses 32×32 anyway.
@@ -123,6 +126,7 @@ def read_record(path: str | os.PathLike[str]) -> ImageRecord:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()  # container structure and checksums (PNG CRC); the image is unusable after
         with Image.open(io.BytesIO(data)) as im:
+            check_pixels(p, *im.size)  # from the header, before the decode allocates (fabsight.io.limits)
             im.load()  # full decode: a truncated JPEG/PNG raises here
             rec.mode, (rec.width, rec.height) = im.mode, im.size
             if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
@@ -130,6 +134,9 @@ def read_record(path: str | os.PathLike[str]) -> ImageRecord:
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         rec.error = f"cannot be decoded: {str(exc)[:120] or type(exc).__name__}"
+        return rec
+    except FormatError as exc:
+        rec.error = exc.message
         return rec
     if arr.size == 0:
         rec.error = "decodes to an empty image"
