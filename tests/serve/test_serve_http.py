@@ -104,7 +104,9 @@ def _zip_bomb(maps: int, side: int) -> bytes:
 
 def test_hostile_file_hits_the_worker_cap_and_the_server_keeps_serving(served: tuple[str, Path]) -> None:
     url, files = served
-    bomb = _zip_bomb(2, 16384)  # 512 MiB once inflated, < 1 MB sent
+    # 200 maps of 2,000 × 2,000 dies: within every reader limit (fabsight.io.limits: 4 M dies a grid,
+    # 1 GiB of arrays), 800 MB once inflated, < 1 MB sent; only the worker's memory cap stops it
+    bomb = _zip_bomb(200, 2000)
     assert len(bomb) < LIMIT
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB; the server runs in this process
     r = httpx.post(f"{url}/api/uploads", files={"file": ("bomb.npz", bomb, "application/zip")}, headers=AUTH,
