@@ -139,6 +139,9 @@ class Recipe:
     device: str = "cpu"
     max_minutes: float | None = None
     class_balance: str | None = None
+    #: Share of the training maps held out (stratified) when no ``val`` is given;
+    #: ``None`` takes the estimator's default.
+    validation_fraction: float | None = None
 
 
 def _synthetic(
@@ -220,6 +223,8 @@ def train(
     )
     if recipe.class_balance is not None:
         clf.set_params(class_balance=recipe.class_balance)
+    if recipe.validation_fraction is not None:
+        clf.set_params(validation_fraction=recipe.validation_fraction)
     try:
         clf.fit(maps, data="; ".join(described), review_maps=review, val_maps=val_source and val_source.maps)
     except ValueError as exc:  # parameter combinations the user chose (e.g. --head probe without --init)
