@@ -33,7 +33,7 @@ demo: install
 	$(BIN)/fabsight demo --out demo_out
 
 test: install-test
-	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/python -m ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 
 lock lock-upgrade: | $(BIN)/python
@@ -47,7 +47,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
 	$(LATEST)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(NODEPS)
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
-	$(LATEST)/bin/python -m ruff check src tests benchmarks
+	$(LATEST)/bin/python -m ruff check src tests benchmarks scripts
 	$(LATEST)/bin/python -m pytest -q
 
 clean:

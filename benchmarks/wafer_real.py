@@ -6,6 +6,15 @@ the same run; prints one JSON document. Settings (``--setting``):
 - ``all``: every map of the four train pieces (37,348) → ``LSWMD_val.pkl``.
 - ``few``: ``--per-class`` (20) labelled maps per class drawn (seeded) from train_01 +
   train_10 (Near-full has only 16 there: all of them) → ``LSWMD_val.pkl``.
+- ``few-val``: maps a model trained on the train pieces never saw: ``--per-class`` maps
+  per class drawn from ``LSWMD_val.pkl``, scored on the rest of it.
+- ``few-mixed``: another fab's maps: ``--per-class`` single-pattern maps per class of
+  MixedWM38 (``--mixed``; 52×52 grids, GAN-balanced) from its 20 % piece, scored on the
+  single-pattern maps of its validation piece.
+
+The last two hold out a stratified part of the few maps for early stopping and
+calibration (no large labelled validation set exists in that case); ``--init`` starts from
+a trained model (``pretrained``: the shipped one).
 
 fabsight trains through :func:`fabsight.wafer.train` (what the CLI runs), early-stopped and
 calibrated on the validation piece (``--val``); the baseline is the per-wafer geometric
@@ -64,6 +73,25 @@ def few_per_class(paths: list[Path], per_class: int, seed: int, out: Path) -> Pa
     return out
 
 
+def split_per_class(maps: list[WaferMap], per_class: int, seed: int) -> tuple[list[WaferMap], list[WaferMap]]:
+    """``per_class`` maps of each class (at most two thirds of a small class), and the rest."""
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, m in enumerate(maps):
+        by_class[m.labels[0]].append(i)
+    rng = np.random.default_rng(seed)
+    picked: set[int] = set()
+    for name in sorted(by_class):
+        idx = by_class[name]
+        k = min(per_class, (2 * len(idx)) // 3)
+        picked.update(int(i) for i in rng.choice(idx, size=k, replace=False))
+    return [maps[i] for i in sorted(picked)], [m for i, m in enumerate(maps) if i not in picked]
+
+
+def single_pattern(path: Path) -> list[WaferMap]:
+    """The maps of ``path`` with one pattern (or none), as single-label maps."""
+    return [m for m in read_maps(path) if len(m.labels) == 1]
+
+
 def scores(truth: list[str], pred: list[str], classes: list[str]) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -83,8 +111,11 @@ def speed(predict: Any, maps: list[WaferMap], rounds: int) -> dict[str, float]:
     return {"maps_per_s_batch256": round(len(batch) / wall, 1), "single_map_latency_ms": round(1000 * single, 2)}
 
 
-def run_fabsight(train_paths: list[Path], val: Path, val_maps: list[WaferMap], args: Any) -> dict[str, Any]:
+def run_fabsight(train_paths: list[Path], val: Path | None, val_maps: list[WaferMap], args: Any) -> dict[str, Any]:
+    from fabsight.wafer.pretrained import resolve_model
+
     recipe = Recipe(
+        init=None if args.init is None else resolve_model(args.init),
         epochs=args.epochs,
         input_size=args.input_size,
         threads=args.threads,
@@ -100,6 +131,8 @@ def run_fabsight(train_paths: list[Path], val: Path, val_maps: list[WaferMap], a
     log(f"fabsight: macro-F1 {result['macro_f1']:.4f} accuracy {result['accuracy']:.4f} in {seconds:.0f} s")
     return {
         "n_train": n,
+        "init": args.init,
+        "head": clf.head_,
         "train_seconds": round(seconds, 1),
         "train_seconds_per_10k_maps": round(seconds / n * 10_000, 1),
         "input_size": clf.input_size_,
@@ -144,7 +177,9 @@ def run_baseline(train_maps: list[WaferMap], val_maps: list[WaferMap], balanced:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data/wm811k"))
-    ap.add_argument("--setting", choices=("all", "few"), default="all")
+    ap.add_argument("--setting", choices=("all", "few", "few-val", "few-mixed"), default="all")
+    ap.add_argument("--mixed", type=Path, default=Path("../shared/data/mixedwm38"))
+    ap.add_argument("--init", default=None, help="Model to start from ('pretrained': the shipped one).")
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--train", type=Path, nargs="*", help="Training pieces instead of the setting's.")
     ap.add_argument("--epochs", type=int, default=15)
@@ -160,21 +195,32 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    val = args.data / "LSWMD_val.pkl"
+    val: Path | None = args.data / "LSWMD_val.pkl"
     val_maps = [m for m in read_maps(val) if m.labels]
     with tempfile.TemporaryDirectory() as tmp:
         if args.train:
             train_paths = list(args.train)
         elif args.setting == "all":
             train_paths = [args.data / p for p in PIECES]
-        else:
+        elif args.setting == "few":
             few = [args.data / p for p in FEW_PIECES]
             train_paths = [few_per_class(few, args.per_class, args.seed, Path(tmp) / "few.pkl")]
+        else:
+            if args.setting == "few-mixed":
+                pool, val = single_pattern(args.mixed / "MixedWM38_train_20.npz"), args.mixed / "MixedWM38_val.npz"
+                val_maps = single_pattern(val)
+                picked, _ = split_per_class(pool, args.per_class, args.seed)
+            else:
+                picked, val_maps = split_per_class(val_maps, args.per_class, args.seed)
+            train_paths = [Path(tmp) / "few.pkl"]
+            write_lswmd(picked, train_paths[0])
+        if args.setting in ("few-val", "few-mixed"):
+            val = None
         log(f"training on {[p.name for p in train_paths]}, validating on {len(val_maps)} maps of {val.name}")
         report: dict[str, Any] = {
             "setting": args.setting if not args.train else "custom",
             "train": [str(p) for p in train_paths],
-            "val": str(val),
+            "val": str(val) if val is not None else "stratified hold-out of the training maps",
             "n_val": len(val_maps),
             "threads": args.threads,
             "max_minutes": args.max_minutes,
