@@ -100,7 +100,7 @@ def main() -> None:
             macro_f1=result["macro_f1"],
             accuracy=result["accuracy"],
             header=" | ".join(per_class),
-            rule="---|" * len(per_class),
+            rule="|".join(["---"] * len(per_class)),
             f1s=" | ".join(f"{v:.3f}" for v in per_class.values()),
             seconds=seconds,
             seed=args.seed,
