@@ -116,6 +116,7 @@ def run_fabsight(train_paths: list[Path], val: Path | None, val_maps: list[Wafer
 
     recipe = Recipe(
         init=None if args.init is None else resolve_model(args.init),
+        head=args.head,
         epochs=args.epochs,
         input_size=args.input_size,
         threads=args.threads,
@@ -180,6 +181,7 @@ def main() -> None:
     ap.add_argument("--setting", choices=("all", "few", "few-val", "few-mixed"), default="all")
     ap.add_argument("--mixed", type=Path, default=Path("../shared/data/mixedwm38"))
     ap.add_argument("--init", default=None, help="Model to start from ('pretrained': the shipped one).")
+    ap.add_argument("--head", default="auto", help="auto, probe, finetune or prototype (with --init).")
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--train", type=Path, nargs="*", help="Training pieces instead of the setting's.")
     ap.add_argument("--epochs", type=int, default=15)
@@ -216,7 +218,7 @@ def main() -> None:
             write_lswmd(picked, train_paths[0])
         if args.setting in ("few-val", "few-mixed"):
             val = None
-        log(f"training on {[p.name for p in train_paths]}, validating on {len(val_maps)} maps of {val.name}")
+        log(f"training on {[p.name for p in train_paths]}, scoring {len(val_maps)} maps (early stopping: {val})")
         report: dict[str, Any] = {
             "setting": args.setting if not args.train else "custom",
             "train": [str(p) for p in train_paths],
