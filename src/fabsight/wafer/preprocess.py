@@ -155,11 +155,12 @@ def _source(item: WaferMap | np.ndarray, index: int) -> str:
     return f"map {index}"
 
 
-def maps_to_array(maps: Sequence[WaferMap | np.ndarray], size: int) -> np.ndarray:
+def maps_to_array(maps: Sequence[WaferMap | np.ndarray], size: int, *, start: int = 0) -> np.ndarray:
     """:func:`to_model_input` of every map as one ``N×3×size×size`` float32 array.
 
     Maps sharing a grid shape (a lot, a data set) are resampled together in one batched
-    product, which is most of the end-to-end speed of prediction.
+    product, which is most of the end-to-end speed of prediction. ``start``: the position
+    of ``maps[0]`` in the caller's list (a batch of a longer one), for naming a bad map.
     """
     if len(maps) == 0:
         raise FabsightError(None, "no wafer maps given")
@@ -170,7 +171,7 @@ def maps_to_array(maps: Sequence[WaferMap | np.ndarray], size: int) -> np.ndarra
         try:
             grids.append(check_grid(grid))
         except FabsightError as exc:  # name the map only when there is something to say
-            raise FabsightError(_source(item, i), exc.message) from None
+            raise FabsightError(_source(item, start + i), exc.message) from None
         by_shape.setdefault(grids[-1].shape, []).append(i)
     out = np.empty((len(maps), 3, size, size), dtype=np.float32)
     with single_blas_thread():
