@@ -245,7 +245,8 @@ class WaferClassifier(BaseEstimator):
     head : with ``init``: ``finetune`` (all weights), ``probe`` (new linear head on the frozen
         embedding), ``prototype`` (cosine nearest class mean, no gradient steps) or ``auto``
         (``FEW_SHOT_HEAD`` when the rarest class has ≤ 20 maps, else ``finetune``).
-    n_threads : torch CPU threads.
+    n_threads : CPU threads. Prediction with 2 or more gives one to a worker that
+        preprocesses and checks grids while the network runs on the others (:meth:`_outputs`).
     device : where the gradient steps run (``cpu``, ``cuda``, ``cuda:N`` or ``auto``). Only
         training uses it: augmentation stays on the CPU with its seeded generator, and the
         fitted network comes back to the CPU, so calibration, saving and prediction are the
