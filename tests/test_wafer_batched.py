@@ -116,7 +116,7 @@ def reference_grid_checks(grids: list[np.ndarray]) -> list[str | None]:
 
 def reference_details(clf: WaferClassifier, maps: list[np.ndarray]) -> list[dict[str, Any]]:
     """The session-2 per-map loop of ``predict_details``, on the model's own outputs."""
-    probs, emb = clf._outputs(maps)
+    probs, emb, _ = clf._outputs(maps)
     rules = reference_grid_checks(maps)
     ood = clf.ood_.score(emb)
     out = []
@@ -201,7 +201,7 @@ def model(request) -> WaferClassifier:
 
 def test_predict_details_batched_equals_one_by_one_and_the_previous_loop(model, lot) -> None:
     # Thresholds set from this lot so every reason occurs: grid rule, OOD, low confidence, none.
-    probs, emb = model._outputs(lot)
+    probs, emb, _ = model._outputs(lot)
     model.ood_.threshold = float(np.quantile(model.ood_.score(emb), 0.8))
     model.review_threshold_ = float(np.quantile(model._confidence(probs), 0.3))
     batched = model.predict_details(lot)

@@ -77,7 +77,11 @@ class OnnxWaferClassifier(WaferClassifier):
     onnx_ : the card's ``onnx`` section (opset, input/output names, export check).
     """
 
-    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    #: The session's threads are fixed when it is made: a worker beside it would
+    #: oversubscribe the cores (see :meth:`WaferClassifier._outputs`).
+    OVERLAP = False
+
+    def _forward(self, x: np.ndarray, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         io = self.onnx_
         logits, embedding = self.session_.run(io["outputs"], {io["input"]: x})
         return logits, embedding

@@ -12,7 +12,8 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,31 @@ def _ood_subset(groups: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
+class _Worker:
+    """A one-thread executor for :meth:`WaferClassifier._outputs`, or (``threaded`` false)
+    one that runs each task at once: the batch loop is the same either way."""
+
+    def __init__(self, threaded: bool) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fabsight-prep") if threaded else None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as exc:  # re-raised by result(), where the threaded worker raises it
+            done.set_exception(exc)
+        return done
+
+    def __enter__(self) -> _Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _BestEpoch:
     """Early stopping: scores the network on held-out maps after each epoch, keeps a copy
     of the best weights and says when ``patience`` epochs brought nothing better.
@@ -219,7 +245,8 @@ class WaferClassifier(BaseEstimator):
     head : with ``init``: ``finetune`` (all weights), ``probe`` (new linear head on the frozen
         embedding), ``prototype`` (cosine nearest class mean, no gradient steps) or ``auto``
         (``FEW_SHOT_HEAD`` when the rarest class has ≤ 20 maps, else ``finetune``).
-    n_threads : torch CPU threads.
+    n_threads : CPU threads. Prediction with 2 or more gives one to a worker that
+        preprocesses and checks grids while the network runs on the others (:meth:`_outputs`).
     device : where the gradient steps run (``cpu``, ``cuda``, ``cuda:N`` or ``auto``). Only
         training uses it: augmentation stays on the CPU with its seeded generator, and the
         fitted network comes back to the CPU, so calibration, saving and prediction are the
@@ -240,6 +267,10 @@ class WaferClassifier(BaseEstimator):
         and, with ``review_maps``, the same on those (key ``review``).
     training_ : summary of the training data, written to the model card.
     """
+
+    #: Preprocess and check grids in a worker thread beside the network (see :meth:`_outputs`).
+    #: The ONNX Runtime predictor turns it off: its session's thread count is fixed.
+    OVERLAP = True
 
     def __init__(
         self,
@@ -768,19 +799,16 @@ class WaferClassifier(BaseEstimator):
         j = int(np.argmin(np.abs(probs - self.label_thresholds_)))
         return f"least certain label {self.classes_[j]} {probs[j]:.2f}"
 
-    def _chunks(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> Iterator[np.ndarray]:
-        for s in range(0, len(maps), _BATCH):
-            yield maps_to_array(maps[s : s + _BATCH], self.input_size_)
-
-    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and embeddings of one preprocessed batch.
+    def _forward(self, x: np.ndarray, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embeddings of one preprocessed batch, on ``n_threads`` (default
+        :attr:`n_threads`; :meth:`_outputs` passes one fewer while it preprocesses beside it).
 
         The only step that needs the network: the ONNX Runtime predictor
         (:mod:`fabsight.deploy.runtime`) overrides it and inherits everything else.
         """
         import torch
 
-        torch.set_num_threads(self.n_threads)
+        torch.set_num_threads(n_threads or self.n_threads)
         net = self._inference_net()
         with torch.inference_mode():
             z = net.embed(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
@@ -800,18 +828,47 @@ class WaferClassifier(BaseEstimator):
             self._inference = (self.net_, versions, inference_copy(self.net_))
         return self._inference[2]
 
-    def _outputs(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated probabilities and embeddings, converting maps batch by batch."""
+    def _inputs_of(self, parts: Sequence[Sequence[Any]], k: int) -> np.ndarray:
+        """Model inputs of batch ``k`` of :data:`_BATCH` maps (a bad map named by its position in the call)."""
+        return maps_to_array(parts[k], self.input_size_, start=k * _BATCH)
+
+    def _outputs(
+        self, maps: Sequence[WaferMap] | Sequence[np.ndarray], checks: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Calibrated probabilities, embeddings and (with ``checks``) the grid rules'
+        reasons (:func:`~fabsight.wafer.review.grid_checks`), batch by batch.
+
+        The numpy work (preprocessing, grid checks) is single-threaded and the network's
+        is not, so with :data:`OVERLAP` and ``n_threads`` ≥ 2 a worker thread preprocesses
+        the next batch and checks this one's grids while the network runs this one on one
+        thread fewer: the same work, on every core at once. Each map's numbers do not
+        depend on the batch or thread it went through, so the outputs are those of
+        ``maps_to_array`` → network → ``grid_checks`` one after the other.
+        """
         check_is_fitted(self)
         if len(maps) == 0:
             raise FabsightError(None, "no wafer maps given")
-        logits, embeddings = [], []
-        for x in track(self._chunks(maps), "classifying wafer maps", total=math.ceil(len(maps) / _BATCH)):
-            batch_logits, batch_embeddings = self._forward(x)
-            logits.append(batch_logits)
-            embeddings.append(batch_embeddings)
+        parts = [maps[s : s + _BATCH] for s in range(0, len(maps), _BATCH)]
+        overlap = self.OVERLAP and self.n_threads >= 2
+        logits, embeddings, reasons = [], [], []
+        # One BLAS thread held for the whole loop: the network does not use BLAS, and the
+        # worker's own entries into the limit (maps_to_array) then restore it to one, never
+        # to a count the main thread set and left meanwhile.
+        with single_blas_thread(), _Worker(overlap) as worker:
+            ready = worker.submit(self._inputs_of, parts, 0)
+            for k in track(range(len(parts)), "classifying wafer maps", total=len(parts)):
+                x = ready.result()  # raises the first bad grid's FabsightError
+                grids = [m.grid if isinstance(m, WaferMap) else np.asarray(m) for m in parts[k]] if checks else []
+                checked = worker.submit(grid_checks, grids)
+                if k + 1 < len(parts):
+                    ready = worker.submit(self._inputs_of, parts, k + 1)
+                busy = overlap and (checks or k + 1 < len(parts))
+                batch_logits, batch_embeddings = self._forward(x, self.n_threads - 1 if busy else self.n_threads)
+                logits.append(batch_logits)
+                embeddings.append(batch_embeddings)
+                reasons += checked.result()
         probs = cal.probabilities(np.concatenate(logits), self.temperature_, self.multilabel)
-        return probs, np.concatenate(embeddings)
+        return probs, np.concatenate(embeddings), reasons
 
     def predict_proba(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> np.ndarray:
         """N×C calibrated probabilities (softmax, or one sigmoid per label when multi-label)."""
@@ -839,8 +896,7 @@ class WaferClassifier(BaseEstimator):
         look like ordinary classes once resampled), an embedding far from every training
         class, or a confidence below the learnt review threshold.
         """
-        probs, emb = self._outputs(maps)  # also checks every grid
-        reasons = grid_checks([m.grid if isinstance(m, WaferMap) else np.asarray(m) for m in maps])
+        probs, emb, reasons = self._outputs(maps, checks=True)  # also checks every grid
         with single_blas_thread():  # not two BLAS threads beside the network's spinning ones
             ood = self.ood_.score(emb)
         confidence = self._confidence(probs)

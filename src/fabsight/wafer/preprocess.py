@@ -95,30 +95,43 @@ def single_blas_thread() -> Any:
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-def _resample(grids: np.ndarray, size: int) -> np.ndarray:
-    """``(n, H, W)`` checked grids → ``(n, 3, size, size)`` state fractions.
+def _fractions(grids: np.ndarray, size: int, out: np.ndarray) -> None:
+    """Good and fail fractions of ``(n, H, W)`` checked grids, written into ``out``
+    (``(n, 2, size, size)``, a view of the model input). The caller holds
+    :func:`single_blas_thread`: entering it costs about as much as resampling one small map,
+    so a batch of many grid shapes enters it once, not once per shape.
 
     Columns then rows, each a product with :func:`_area_matrix`, on chunks of maps that fit
-    in cache, written straight into the output (no whole-batch temporaries or transposes).
+    in cache, written straight into ``out`` (no whole-batch temporaries or transposes).
     """
     n, h, w = grids.shape
-    out = np.empty((n, 3, size, size), dtype=np.float32)
     rows, cols_t = _area_matrix(h, size), _area_matrix(w, size).T
     step = max(1, _CHUNK_CELLS // (h * max(w, size)))
-    # Good and fail only: off is what is left, since the three fractions sum to 1.
     states = np.empty((min(step, n), 2, h, w), dtype=np.float32)
-    with single_blas_thread():
-        for s in range(0, n, step):
-            g = grids[s : s + step]
-            m = len(g)
-            np.equal(g, 1, out=states[:m, 0])
-            np.equal(g, 2, out=states[:m, 1])
-            cols = (states[:m].reshape(m * 2 * h, w) @ cols_t).reshape(m, 2, h, size)
-            np.matmul(rows, cols, out=out[s : s + m, 1:])
+    for s in range(0, n, step):
+        g = grids[s : s + step]
+        m = len(g)
+        np.equal(g, 1, out=states[:m, 0])
+        np.equal(g, 2, out=states[:m, 1])
+        cols = (states[:m].reshape(m * 2 * h, w) @ cols_t).reshape(m, 2, h, size)
+        np.matmul(rows, cols, out=out[s : s + m])
+
+
+def _fill_off(out: np.ndarray) -> None:
+    """Channel 0 (off) of ``(n, 3, size, size)`` model inputs from the other two: the three
+    fractions sum to 1, so it is what good and fail leave (one pass over the whole batch)."""
     off = out[:, 0]
     np.add(out[:, 1], out[:, 2], out=off)
     np.subtract(1.0, off, out=off)
     np.clip(off, 0.0, 1.0, out=off)
+
+
+def _resample(grids: np.ndarray, size: int) -> np.ndarray:
+    """``(n, H, W)`` checked grids of one shape → ``(n, 3, size, size)`` state fractions."""
+    out = np.empty((len(grids), 3, size, size), dtype=np.float32)
+    with single_blas_thread():
+        _fractions(grids, size, out[:, 1:])
+    _fill_off(out)
     return out
 
 
@@ -142,11 +155,12 @@ def _source(item: WaferMap | np.ndarray, index: int) -> str:
     return f"map {index}"
 
 
-def maps_to_array(maps: Sequence[WaferMap | np.ndarray], size: int) -> np.ndarray:
+def maps_to_array(maps: Sequence[WaferMap | np.ndarray], size: int, *, start: int = 0) -> np.ndarray:
     """:func:`to_model_input` of every map as one ``N×3×size×size`` float32 array.
 
     Maps sharing a grid shape (a lot, a data set) are resampled together in one batched
-    product, which is most of the end-to-end speed of prediction.
+    product, which is most of the end-to-end speed of prediction. ``start``: the position
+    of ``maps[0]`` in the caller's list (a batch of a longer one), for naming a bad map.
     """
     if len(maps) == 0:
         raise FabsightError(None, "no wafer maps given")
@@ -157,11 +171,17 @@ def maps_to_array(maps: Sequence[WaferMap | np.ndarray], size: int) -> np.ndarra
         try:
             grids.append(check_grid(grid))
         except FabsightError as exc:  # name the map only when there is something to say
-            raise FabsightError(_source(item, i), exc.message) from None
+            raise FabsightError(_source(item, start + i), exc.message) from None
         by_shape.setdefault(grids[-1].shape, []).append(i)
-    if len(by_shape) == 1:  # one lot, one die grid: no scatter into a second array
-        return _resample(np.stack(grids), size)
     out = np.empty((len(maps), 3, size, size), dtype=np.float32)
-    for idx in by_shape.values():
-        out[idx] = _resample(np.stack([grids[i] for i in idx]), size)
+    with single_blas_thread():
+        for idx in by_shape.values():
+            stack = np.stack([grids[i] for i in idx])
+            if idx[-1] - idx[0] + 1 == len(idx):  # consecutive maps (one lot, or a lone map): no scatter
+                _fractions(stack, size, out[idx[0] : idx[-1] + 1, 1:])
+            else:
+                part = np.empty((len(idx), 2, size, size), dtype=np.float32)
+                _fractions(stack, size, part)
+                out[idx, 1:] = part
+    _fill_off(out)
     return out
