@@ -37,6 +37,7 @@ from fabsight.monitor.features import extract_features
 from fabsight.types import WaferMap
 from fabsight.utils.timing import median_times
 from fabsight.wafer import Recipe, evaluate, train
+from fabsight.wafer.recipe import SCRATCH
 
 PIECES = ("LSWMD_train_01.pkl", "LSWMD_train_10.pkl", "LSWMD_train_20.pkl", "LSWMD_train_29.pkl")
 FEW_PIECES = PIECES[:2]
@@ -86,6 +87,7 @@ def speed(predict: Any, maps: list[WaferMap], rounds: int) -> dict[str, float]:
 def run_fabsight(train_paths: list[Path], val: Path, val_maps: list[WaferMap], args: Any) -> dict[str, Any]:
     recipe = Recipe(
         epochs=args.epochs,
+        init=SCRATCH,  # the shipped model saw every train piece: starting from it would measure that, not these maps
         input_size=args.input_size,
         threads=args.threads,
         max_minutes=args.max_minutes,
