@@ -154,3 +154,15 @@ def test_explain_and_batch_use_the_shipped_model_by_default(shared, tmp_path) ->
     assert code == 0, err
     summary = json.loads(out)
     assert summary["model"] == str(PRETRAINED_DIR) and summary["rows"] == 3
+
+
+def test_serve_classifies_with_the_shipped_model_when_none_is_named(tmp_path, monkeypatch, capsys) -> None:
+    import fabsight.serve as serve
+
+    started: dict = {}
+    monkeypatch.setattr(serve, "run", lambda app, host, port, **_kw: started.update(app=app))
+    monkeypatch.setattr(sys, "argv", ["fabsight", "serve", "--db", str(tmp_path / "s.sqlite"), "--json"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert not exc.value.code and started
+    assert json.loads(capsys.readouterr().out)["wafer_model"].startswith(f"{PRETRAINED_DIR.name} (")
