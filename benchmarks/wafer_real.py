@@ -46,6 +46,7 @@ from fabsight.monitor.features import extract_features
 from fabsight.types import WaferMap
 from fabsight.utils.timing import median_times
 from fabsight.wafer import Recipe, evaluate, train
+from fabsight.wafer.recipe import SCRATCH
 
 PIECES = ("LSWMD_train_01.pkl", "LSWMD_train_10.pkl", "LSWMD_train_20.pkl", "LSWMD_train_29.pkl")
 FEW_PIECES = PIECES[:2]
@@ -118,6 +119,7 @@ def run_fabsight(train_paths: list[Path], val: Path | None, val_maps: list[Wafer
         init=None if args.init is None else resolve_model(args.init),
         head=args.head,
         epochs=args.epochs,
+        init=SCRATCH,  # the shipped model saw every train piece: starting from it would measure that, not these maps
         input_size=args.input_size,
         threads=args.threads,
         max_minutes=args.max_minutes,

@@ -1,7 +1,7 @@
 """Build the wafer-pattern model fabsight ships: trained on the real WM-811K train pieces.
 
 The model in ``src/fabsight/wafer/pretrained/wm811k`` is what every wafer command uses when
-no model is named, and where ``wafer train --init`` few-shot training starts by default.
+no model is named, and where few-shot ``wafer train`` starts by default (``--init pretrained``).
 This script is the only way it is made, so anyone with ``../shared/data/wm811k`` can
 rebuild it and check its card:
 
@@ -47,7 +47,8 @@ nine WM-811K classes: {classes}. `card.json` holds everything the loader needs a
 - **Built by** `scripts/build_pretrained_wafer.py` ({seconds:.0f} s on the build machine, seed {seed}).
 - **Limits.** WM-811K labels are known to be debatable between Loc, Edge-Loc and none; a fab whose
   maps differ (grid sizes, fail densities, its own classes) should adapt it with
-  `fabsight wafer train MAPS --init` (the default start) and a few labelled maps per class.
+  `fabsight wafer train MAPS` and a few labelled maps per class: with at most 20 maps in its rarest class,
+  training starts from this model by default (`--init pretrained` says so explicitly, `--init none` does not).
 """
 
 

@@ -53,8 +53,10 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 def test_explain_real_fixtures_json(shared) -> None:
     f = shared / "fixtures"
-    code, out, err = run("explain", f / "klarf" / "QUU_NUU.000", f / "stdf" / "lot2.stdf", "--json")
+    code, out, err = run("explain", f / "klarf" / "QUU_NUU.000", f / "stdf" / "lot2.stdf", "--model", "none",
+                         "--json")
     assert code == 0, err
+    assert json.loads(out)["model"] is None
     records = json.loads(out)["results"]
     maps = read_maps(f / "klarf" / "QUU_NUU.000") + read_maps(f / "stdf" / "lot2.stdf")
     assert [r["wafer_id"] for r in records] == [m.wafer_id for m in maps]

@@ -199,7 +199,8 @@ def test_cli_json_and_one_line_errors(inputs, model, tmp_path):
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["rows"] == pq.read_table(out).num_rows > 0
     for args, needle in [
-        (["batch", str(inputs), "--out", str(tmp_path / "x")], "--model"),
+        (["batch", str(inputs), "--backbone", "efficientnet_lite0", "--model", str(model), "--out",
+          str(tmp_path / "x")], "--model and --explain are for wafer maps"),
         (["batch", str(inputs / "mixed.npz"), "--model", str(model), "--out", str(out), "--embed"], "different job"),
         (["batch", str(inputs / "nope.pkl"), "--model", str(model), "--out", str(tmp_path / "y")], "no such file"),
         (["batch", str(inputs / "mixed.npz"), "--model", str(inputs), "--out", str(tmp_path / "z")], str(inputs)),

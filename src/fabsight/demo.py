@@ -2,8 +2,8 @@
 
 It starts from nothing: it reads the example lots shipped with the package (KLARF, STDF and
 G85 files written by fabsight's own writers), or the files a user names; classifies every
-wafer with a wafer-pattern model (by default a small one trained on synthetic maps on the
-first run and cached, see :func:`demo_model`); explains each wafer; stores everything in a
+wafer with a wafer-pattern model (``fabsight demo``: the shipped WM-811K model unless another
+is named, see :mod:`fabsight.wafer.pretrained`); explains each wafer; stores everything in a
 SQLite results store through the same upload pipeline as the REST service; and writes a
 self-contained HTML report plus a JSON summary. ``fabsight demo --serve`` then serves the
 dashboard over that store. Each step is an ordinary library call, so the demo doubles as an
@@ -18,12 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fabsight import __version__
 from fabsight.errors import FabsightError
 from fabsight.io import ReadLog
 from fabsight.types import WaferMap
 from fabsight.utils.atomic import atomic_dir, write_json
-from fabsight.utils.cache import cache_dir
 from fabsight.utils.progress import track
 
 #: Where the example lots live inside the installed package.
@@ -31,9 +29,6 @@ EXAMPLES = "examples/demo_lot"
 #: The results store and its files folder inside the demo's output folder.
 STORE_NAME = "store.sqlite"
 FILES_NAME = "store-files"
-#: Synthetic maps per class and epochs for the demo model: ~1–3 minutes on 2 CPU cores.
-DEMO_PER_CLASS = 80
-DEMO_EPOCHS = 6
 
 
 def example_files() -> list[Path]:
@@ -63,25 +58,6 @@ def _png_data_url(wmap: WaferMap) -> str:
     from fabsight.report.thumbs import png_uri
 
     return png_uri(map_to_rgb(wmap.grid, 120))
-
-
-def demo_model(cache: str | Path | None = None) -> Path:
-    """The demo's wafer-pattern model, trained on synthetic maps of the nine WM-811K classes the
-    first time and cached (per fabsight version) under ``cache/models``; later runs reuse it."""
-    from fabsight.artifacts import CARD_NAME
-
-    target = Path(cache or cache_dir()) / "models" / f"demo-wafer-{__version__}"
-    if (target / CARD_NAME).is_file():
-        return target
-    from fabsight.synth import generate_dataset
-    from fabsight.wafer import WaferClassifier
-    from fabsight.wafer.classifier import SYNTH_SHAPES
-
-    maps = generate_dataset(DEMO_PER_CLASS, shapes=SYNTH_SHAPES, seed=0)
-    described = f"fabsight demo: {DEMO_PER_CLASS} synthetic maps per WM-811K class (fabsight.synth, seed 0)"
-    clf = WaferClassifier(input_size=48, epochs=DEMO_EPOCHS, random_state=0).fit(maps, data=described)
-    clf.save(target)
-    return target
 
 
 def _input_files(paths: Sequence[Path], log: ReadLog) -> list[Path]:

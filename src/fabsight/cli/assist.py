@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read, warn
+from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read, wafer_model, warn
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
@@ -17,7 +17,18 @@ if TYPE_CHECKING:
 
 ModelOpt = Annotated[
     Path | None,
-    typer.Option("--model", help="Wafer classifier directory (fabsight wafer train); names the pattern."),
+    typer.Option("--model", help="Wafer classifier directory (fabsight wafer train, or 'pretrained': the shipped "
+                                 "WM-811K model); names the pattern."),
+]
+#: ``--model none``: measured facts only, no pattern named.
+NO_MODEL = "none"
+DefaultModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        help="Wafer classifier directory (fabsight wafer train) that names the pattern; default: the shipped "
+        "WM-811K model ('pretrained'); 'none': measured facts only.",
+    ),
 ]
 KbOpt = Annotated[Path | None, typer.Option("--kb", help="Root-cause knowledge base YAML replacing the shipped one.")]
 _VLM_PANEL = "Vision-language model"
@@ -51,6 +62,14 @@ def _load_maps(inputs: list[str], log: ReadLog, what: str = "wafer maps") -> lis
     return maps
 
 
+def _default_model(model: Path | None) -> tuple[Path | None, str | None]:
+    """explain / ask: the model to load and its name in the output (``--model``, else the shipped
+    one; neither for ``--model none``)."""
+    if model is not None and str(model) == NO_MODEL:
+        return None, None
+    return wafer_model(model)
+
+
 def _predict(model: Path | None, maps: list[Any], runtime: str) -> list[dict[str, Any]] | None:
     if model is None:
         return None
@@ -79,7 +98,7 @@ def _say(text: str) -> None:
 
 def explain_cmd(
     inputs: Annotated[list[str], typer.Argument(help="Wafer data: KLARF, STDF, G85, LSWMD, npz, folders, globs.")],
-    model: ModelOpt = None,
+    model: DefaultModelOpt = None,
     runtime: RuntimeOpt = "torch",
     kb: KbOpt = None,
     vlm: VlmOpt = None,
@@ -96,9 +115,10 @@ def explain_cmd(
 
     config = _vlm(vlm, vlm_model, vlm_timeout)
     knowledge = load_kb(kb)
+    model_dir, name = _default_model(model)
     log = ReadLog(strict=strict)
     maps = _load_maps(inputs, log)
-    explanations = explain_maps(maps, knowledge, _predict(model, maps, runtime))
+    explanations = explain_maps(maps, knowledge, _predict(model_dir, maps, runtime))
     if config is not None:
         question = "Explain this wafer map: the defect pattern, where it is, how large, and likely root causes."
         for m, e in zip(maps, explanations, strict=True):
@@ -114,13 +134,13 @@ def explain_cmd(
             if r.get("vlm", {}).get("answer"):
                 _say(f"  VLM ({r['vlm']['model']}): {r['vlm']['answer']}")
 
-    emit({"results": [e.to_dict() for e in explanations]}, as_json, human, log)
+    emit({"model": name, "results": [e.to_dict() for e in explanations]}, as_json, human, log)
 
 
 def ask_cmd(
     input: Annotated[str, typer.Argument(help="One wafer or a lot: any readable file, folder or glob.")],
     question: Annotated[str, typer.Argument(help="The question, e.g. \"which wafers show edge-ring?\".")],
-    model: ModelOpt = None,
+    model: DefaultModelOpt = None,
     runtime: RuntimeOpt = "torch",
     kb: KbOpt = None,
     vlm: VlmOpt = None,
@@ -141,9 +161,10 @@ def ask_cmd(
         raise FabsightError(None, "the question is empty")
     config = _vlm(vlm, vlm_model, vlm_timeout)
     knowledge = load_kb(kb)
+    model_dir, name = _default_model(model)
     log = ReadLog(strict=strict)
     maps = _load_maps([input], log)
-    preds = _predict(model, maps, runtime) or [None] * len(maps)
+    preds = _predict(model_dir, maps, runtime) or [None] * len(maps)
     facts = [wafer_facts(m, p) for m, p in track(list(zip(maps, preds, strict=True)), "measuring")]
     answer = ask(question, Lot(facts, knowledge))
     if config is not None and answer.answered:
@@ -156,7 +177,7 @@ def ask_cmd(
         if r.get("vlm", {}).get("answer"):
             _say(f"VLM ({r['vlm']['model']}): {r['vlm']['answer']}")
 
-    emit(answer.to_dict(), as_json, human, log)
+    emit({**answer.to_dict(), "model": name}, as_json, human, log)
 
 
 def compare_cmd(

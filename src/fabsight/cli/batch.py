@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, report_errors
+from fabsight.cli.common import JsonOpt, StrictOpt, WaferModelOpt, emit, out, report_errors
 from fabsight.errors import FabsightError
 
 #: Unreadable inputs named on stderr; all of them are in the summary and OUT/_errors.jsonl.
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
                                 "LSWMD.pkl, .npz, map folders; die-image folders with --backbone."),
         ] = None,
         out_dir: Annotated[Path, typer.Option("--out", help="Output Parquet dataset (a folder of part files).")] = ...,
-        model: Annotated[Path | None, typer.Option("--model", help="Wafer-pattern model directory.")] = None,
+        model: WaferModelOpt = None,
         backbone: Annotated[
             str | None, typer.Option(help="Embed die images with this backbone (efficientnet_lite0, dinov2_vits14, "
                                           "timm:<name>, a directory) instead of classifying wafer maps."),

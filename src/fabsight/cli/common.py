@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from os import PathLike
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -22,6 +23,14 @@ StrictOpt = Annotated[
     typer.Option("--strict", help="Stop at the first unreadable file (exit 2) instead of reporting it and going on."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda (or cuda:N) or auto (a GPU when present).")]
+WaferModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        help="Wafer-pattern model directory (fabsight wafer train); default: the shipped WM-811K model "
+        "('pretrained').",
+    ),
+]
 
 out = Console()
 err = Console(stderr=True)
@@ -47,6 +56,14 @@ def _print(result: Any, as_json: bool, human: Callable[[Any], None] | None) -> N
         sys.stdout.flush()
     else:
         human(result)
+
+
+def wafer_model(model: Path | None) -> tuple[Path, str]:
+    """The wafer-pattern model a command loads (``--model``, else the shipped one) and how its
+    output names it: the path given, or ``pretrained``."""
+    from fabsight.wafer.pretrained import PRETRAINED_NAME, resolve_model
+
+    return resolve_model(model), PRETRAINED_NAME if model is None else str(model)
 
 
 def warn(message: str) -> None:

@@ -18,7 +18,7 @@ def demo(
     ),
     models: Annotated[
         Path | None,
-        typer.Option("--models", help="Wafer-pattern model (default: a small synthetic one, trained once and cached)."),
+        typer.Option("--models", help="Wafer-pattern model folder (default: the shipped WM-811K model, 'pretrained')."),
     ] = None,
     serve: Annotated[bool, typer.Option("--serve", help="Then serve the dashboard over the demo's store.")] = False,
     host: Annotated[str, typer.Option("--host", help="With --serve: interface to listen on (loopback unless "
@@ -28,16 +28,17 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Read the example lot (or FILES); classify, explain and store every wafer; write an HTML report."""
-    from fabsight.demo import FILES_NAME, demo_model, run_demo
+    from fabsight.demo import FILES_NAME, run_demo
     from fabsight.io import ReadLog
+    from fabsight.wafer.pretrained import resolve_model
 
     if serve:  # before the work, so a refused --host costs nothing
         from fabsight.cli.serve import check_host
 
         check_host(host, token_given=bool(os.environ.get("FABSIGHT_TOKEN")), public_read=False, allow_remote=False)
     if models is None:
-        err.print("wafer model: the cached demo model (trained on synthetic maps on the first run)", markup=False)
-        models = demo_model()
+        err.print("wafer model: the shipped WM-811K model (pretrained)", markup=False)
+    models = resolve_model(models)
     log = ReadLog(strict=strict)
     summary = run_demo(out_dir, files, models_dir=models, log=log)
 

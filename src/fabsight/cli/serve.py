@@ -72,7 +72,8 @@ def announce(service: Service, url: str, as_json: bool, *, show_token: bool = Fa
 def serve(
     db: Annotated[str, typer.Option("--db", help="SQLite file, or a postgresql://… URL.")] = DEFAULT_DB,
     models: Annotated[
-        Path | None, typer.Option("--models", help="Wafer-pattern and/or anomaly model folder(s).")
+        Path | None, typer.Option("--models", help="Wafer-pattern and/or anomaly model folder(s); default: the "
+                                                   "shipped WM-811K wafer model ('pretrained').")
     ] = None,
     files: Annotated[
         Path | None, typer.Option("--files", help="Where uploaded files are kept (default: beside the SQLite file).")
@@ -109,10 +110,12 @@ def serve(
     from fabsight.serve import create_app, run
     from fabsight.serve.state import Policy, load_service
     from fabsight.serve.worker import ParseLimits
+    from fabsight.wafer.pretrained import resolve_model
 
     token_given = token_file is not None or bool(os.environ.get("FABSIGHT_TOKEN"))
     check_host(host, token_given=token_given, public_read=public_read, allow_remote=allow_remote)
     limit = int(max_upload_mb * 1024 * 1024)
+    models = resolve_model(models)  # none named: the shipped WM-811K model
     policy = Policy(token_file=None if token_file is None else str(token_file), public_read=public_read,
                     allow_pickle=allow_pickle, parse=ParseLimits(parse_memory_mb << 20, parse_timeout))
     service = load_service(db, models, files_dir=files, max_upload_bytes=limit, runtime=runtime,

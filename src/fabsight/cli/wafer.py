@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fabsight.cli.common import DeviceOpt, JsonOpt, StrictOpt, emit, out, require_read, warn
+from fabsight.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    StrictOpt,
+    WaferModelOpt,
+    emit,
+    out,
+    require_read,
+    wafer_model,
+    warn,
+)
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
@@ -57,9 +67,18 @@ def _train(data: list[Path], out_dir: Path, val: Path | None, recipe: Recipe, lo
     }
 
 
+def _old_model_argument(model: Path | None, positional: Path) -> Path:
+    """The model named the old way, as the first positional argument; with ``--model`` too it is
+    ambiguous which one the user meant."""
+    if model is not None:
+        raise FabsightError(positional, "a model given both as --model and as the first argument")
+    return positional
+
+
 def _print_training(result: dict[str, Any]) -> None:
     v = result["metrics"].get("validation") or {}
     out.print(f"model written to {result['model']} ({len(result['classes'])} classes, head {result['head']})")
+    out.print(f"  training started {result['training']['start']}", markup=False)
     for key in ("accuracy", "exact_match", "macro_f1", "ece_before_calibration", "ece_after_calibration"):
         if key in v:
             out.print(f"  validation {key}: {v[key]:.4f}")
@@ -72,6 +91,7 @@ def _print_eval(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     headline = "accuracy" if "accuracy" in result else "exact_match_accuracy"
+    out.print(f"model: {result['model']}", markup=False)
     out.print(f"n={result['n']}  {headline}={result[headline]:.4f}  macro_f1={result['macro_f1']:.4f}")
     table = Table("class", "precision", "recall", "f1", "support")
     for name, row in (result.get("per_class") or result["per_label"]).items():
@@ -82,7 +102,7 @@ def _print_eval(result: dict[str, Any]) -> None:
 def _print_predictions(result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table("source", "lot", "wafer", "label", "p", "review")
+    table = Table("source", "lot", "wafer", "label", "p", "review", caption=f"model: {result['model']}")
     for r in result["results"]:
         table.add_row(
             Path(r["source"]).name if r["source"] else "",
@@ -132,7 +152,14 @@ def register(app: typer.Typer) -> None:
         ] = 40,
         epochs: Annotated[int, typer.Option(min=1)] = 15,
         input_size: Annotated[int | None, typer.Option(help="Model input side (default 64, or --init's).")] = None,
-        init: Annotated[Path | None, typer.Option(help="Start from this model (few-shot / new fab).")] = None,
+        init: Annotated[
+            str | None,
+            typer.Option(
+                help="Start from this model directory, 'pretrained' (the shipped WM-811K model) or 'none' "
+                "(from scratch). Default: the shipped model when DATA is single-label and its rarest class "
+                "has at most 20 maps (few-shot), else from scratch.",
+            ),
+        ] = None,
         head: Annotated[str, typer.Option(help="With --init: auto, finetune, probe or prototype.")] = "auto",
         multilabel: Annotated[
             bool | None, typer.Option("--multilabel/--single", help="Default: multi-label for .npz or A+B labels.")
@@ -171,8 +198,9 @@ def register(app: typer.Typer) -> None:
 
     @wafer.command("eval")
     def evaluate_cmd(
-        model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
         data: Annotated[Path, typer.Argument(help="Labelled maps (folder, LSWMD.pkl, .npz).")],
+        old_data: Annotated[Path | None, typer.Argument(hidden=True)] = None,  # `eval MODEL DATA`, the old form
+        model: WaferModelOpt = None,
         threads: ThreadsOpt = 2,
         runtime: RuntimeOpt = "torch",
         strict: StrictOpt = False,
@@ -184,6 +212,9 @@ def register(app: typer.Typer) -> None:
         from fabsight.wafer import evaluate
         from fabsight.wafer.recipe import KNOWN_NAMES, harmonise, read_labelled
 
+        if old_data is not None:
+            model, data = _old_model_argument(model, data), old_data
+        model_dir, name = wafer_model(model)
         clf = load_predictor(model_dir, runtime, n_threads=threads)
         log = ReadLog(strict=strict)
         with _warnings_as_lines():
@@ -192,14 +223,18 @@ def register(app: typer.Typer) -> None:
                 warnings.warn(f"class names harmonised: {line}", stacklevel=1)
         if not source.maps:
             raise FabsightError(data, "no labelled maps to evaluate on")
-        result = evaluate(clf, source.maps)
+        result = {"model": name, **evaluate(clf, source.maps)}
         result["n_unlabelled_skipped"] = source.n_unlabelled
         emit(result, as_json, _print_eval, log)
 
     @wafer.command("predict")
     def predict(
-        model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
-        inputs: Annotated[list[Path], typer.Argument(help="KLARF, STDF, G85, LSWMD.pkl, .npz, PNG/NPY or folders.")],
+        inputs: Annotated[
+            list[Path],
+            typer.Argument(help="KLARF, STDF, G85, LSWMD.pkl, .npz, PNG/NPY or folders (a model directory "
+                                "first, the old form, is taken as --model)."),
+        ],
+        model: WaferModelOpt = None,
         threads: ThreadsOpt = 2,
         runtime: RuntimeOpt = "torch",
         strict: StrictOpt = False,
@@ -208,9 +243,13 @@ def register(app: typer.Typer) -> None:
         """Classify every wafer in the inputs; uncertain or unusual ones are marked for review."""
         from itertools import islice
 
+        from fabsight.artifacts import CARD_NAME
         from fabsight.deploy import load_predictor
         from fabsight.io import ReadLog, iter_maps
 
+        if len(inputs) > 1 and (inputs[0] / CARD_NAME).is_file():  # `predict MODEL INPUTS…`, the old form
+            model, inputs = _old_model_argument(model, inputs[0]), inputs[1:]
+        model_dir, name = wafer_model(model)
         clf = load_predictor(model_dir, runtime, n_threads=threads)
         rows = []
         log = ReadLog(strict=strict)
@@ -221,6 +260,6 @@ def register(app: typer.Typer) -> None:
                 for m, d in zip(maps, clf.predict_details(maps), strict=True)
             ]
         require_read(bool(rows), log, None, "the inputs hold no wafer maps")
-        emit({"results": rows}, as_json, _print_predictions, log)
+        emit({"model": name, "results": rows}, as_json, _print_predictions, log)
 
     app.add_typer(wafer, name="wafer")

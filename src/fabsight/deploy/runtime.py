@@ -27,6 +27,7 @@ from fabsight.artifacts import ModelCard, load_card
 from fabsight.errors import FabsightError, ModelError
 from fabsight.wafer.classifier import TASK as WAFER_TASK
 from fabsight.wafer.classifier import WEIGHTS_FILE, WaferClassifier, card_params, restore_fitted
+from fabsight.wafer.pretrained import resolve_model
 
 #: ``torch``: the trained PyTorch model; ``onnx``: the fp32 graph; ``onnx-int8``: the quantized one.
 RUNTIMES: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
@@ -121,9 +122,11 @@ def load_predictor(model_dir: str | os.PathLike[str], runtime: str = "torch", *,
     """A fitted model from ``model_dir`` running on ``runtime`` (one of :data:`RUNTIMES`).
 
     All runtimes return objects with the same ``predict`` / ``predict_proba`` /
-    ``predict_details`` / ``embed`` methods and the same fitted attributes.
+    ``predict_details`` / ``embed`` methods and the same fitted attributes. ``model_dir`` may be
+    the name ``pretrained`` (the shipped WM-811K model, :mod:`fabsight.wafer.pretrained`).
     """
     check_runtime(runtime)
+    model_dir = resolve_model(model_dir)
     card = load_card(model_dir)
     if card.task != WAFER_TASK:
         raise ModelError(model_dir, f"is a '{card.task}' model, not a wafer-pattern model (die models load with "

@@ -33,6 +33,7 @@ from fabsight.scale.plan import Manifest, collect_inputs, make_units, read_list_
 from fabsight.scale.work import BatchWorker, JobSpec, WorkUnit
 from fabsight.utils.atomic import atomic_path, write_json, write_text
 from fabsight.utils.progress import track
+from fabsight.wafer.pretrained import resolve_model
 
 JOB_FILE = "_job.json"
 ERRORS_FILE = "_errors.jsonl"
@@ -295,9 +296,9 @@ def run_batch(
     if workers < 1 or batch_size < 1:
         raise FabsightError(None, "--workers and --batch-size must be at least 1")
     mode = "image" if backbone is not None else "wafer"
-    if mode == "wafer" and model is None:
-        raise FabsightError(None, "give --model MODEL_DIR (wafer maps) or --backbone NAME (die images)")
-    if mode == "image" and (explain or model is not None):
+    if mode == "wafer":
+        model = resolve_model(model)  # none named: the shipped WM-811K model
+    elif explain or model is not None:
         raise FabsightError(None, "--backbone embeds die images; --model and --explain are for wafer maps")
     names = [*inputs, *(read_list_file(list_file) if list_file is not None else [])]
     if not names:
@@ -342,6 +343,7 @@ def run_batch(
     seconds = time.perf_counter() - t0
     return {
         "out": str(out),
+        "model": spec.model_dir,
         "executor": "in-process" if ray is None else f"ray ({ray})",
         "workers": workers,
         "inputs": len(files),

@@ -60,8 +60,9 @@ def create_app(
 ) -> FastAPI:
     """The service over the store at ``db_url`` (a SQLite file path or a database URL).
 
-    ``models_dir`` holds the wafer-pattern model (the folder itself or a sub-folder); without
-    it wafers are stored and explained but not classified, and all go to the review queue.
+    ``models_dir`` holds the wafer-pattern model (the folder itself or a sub-folder; ``pretrained``:
+    the shipped WM-811K model, what ``fabsight serve`` uses when none is named); without it
+    wafers are stored and explained but not classified, and all go to the review queue.
     ``files_dir`` keeps the uploaded files (default: beside the SQLite file). ``runtime``
     ``onnx`` / ``onnx-int8`` runs exported models in ONNX Runtime (see :mod:`fabsight.deploy`).
     ``policy`` sets the access token, public reads, pickles and the parse worker's limits.

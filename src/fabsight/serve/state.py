@@ -127,6 +127,9 @@ def load_service(
         if models_dir is not None:
             from fabsight.anomaly.persist import TASK as ANOMALY_TASK
             from fabsight.wafer.classifier import TASK as WAFER_TASK
+            from fabsight.wafer.pretrained import resolve_model
+
+            models_dir = resolve_model(models_dir)  # the name 'pretrained': the shipped WM-811K model
 
             path = find_model(models_dir, WAFER_TASK)
             anomaly = find_model(models_dir, ANOMALY_TASK)

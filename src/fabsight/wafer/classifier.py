@@ -29,6 +29,7 @@ from fabsight.utils.atomic import atomic_dir
 from fabsight.utils.device import reproducible_cudnn
 from fabsight.utils.progress import track
 from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array, single_blas_thread
+from fabsight.wafer.pretrained import resolve_model
 from fabsight.wafer.review import grid_checks
 
 TASK = "wafer-pattern"
@@ -1015,11 +1016,16 @@ def card_params(model_dir: str | os.PathLike[str], card: ModelCard) -> dict[str,
 
 
 def load_model(model_dir: str | os.PathLike[str]) -> WaferClassifier:
-    """Load a model written by :meth:`WaferClassifier.save`; any mismatch is a ``ModelError``."""
+    """Load a model written by :meth:`WaferClassifier.save`; any mismatch is a ``ModelError``.
+
+    ``model_dir`` may be the name ``pretrained``: the shipped WM-811K model
+    (:mod:`fabsight.wafer.pretrained`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from fabsight.wafer.net import WaferNet
+
+    model_dir = resolve_model(model_dir)
 
     card = load_card(model_dir, task=TASK)
     try:

@@ -12,8 +12,10 @@ trained silently on something other than what the user meant.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +23,19 @@ from pathlib import Path
 from fabsight.errors import FabsightError
 from fabsight.io import ReadLog
 from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
-from fabsight.wafer.classifier import SYNTH_SHAPES, WaferClassifier, label_tuple, load_model
+from fabsight.wafer.classifier import (
+    FEW_SHOT_MAX_PER_CLASS,
+    SYNTH_SHAPES,
+    WaferClassifier,
+    label_tuple,
+    load_model,
+)
+from fabsight.wafer.pretrained import PRETRAINED_DIR, PRETRAINED_NAME, pretrained_dir, resolve_model
+
+#: What ``Recipe.init`` (``--init``) takes for "no start model: train from scratch".
+SCRATCH = "none"
+#: The network size the shipped model has: a recipe asking for another one trains from scratch.
+SHIPPED_ARCH = "compact"
 
 #: Class names a differently spelt label is mapped onto first (``Edge_Loc`` → ``Edge-Loc``).
 KNOWN_NAMES: tuple[str, ...] = (*WM811K_CLASSES, *MIXEDWM38_LABELS)
@@ -130,18 +144,53 @@ class Recipe:
     review_per_class: int = 40
     epochs: int = 15
     input_size: int | None = None
-    init: Path | None = None
+    #: Where training starts: a model directory, ``"pretrained"`` (the shipped WM-811K model),
+    #: ``"none"`` (:data:`SCRATCH`: from scratch), or ``None``: decided by :func:`choose_start`.
+    init: str | os.PathLike[str] | None = None
     head: str = "auto"
     multilabel: bool | None = None
     seed: int = 0
     threads: int = 2
-    arch: str = "compact"
+    arch: str = SHIPPED_ARCH
     device: str = "cpu"
     max_minutes: float | None = None
     class_balance: str | None = None
     #: Share of the training maps held out (stratified) when no ``val`` is given;
     #: ``None`` takes the estimator's default.
     validation_fraction: float | None = None
+
+
+def _given_init(init: str | os.PathLike[str] | None) -> Path | None:
+    """The start model ``init`` names, resolved (``pretrained`` → the shipped one); ``None``
+    when it names none (not given, or :data:`SCRATCH`)."""
+    if init is None or str(init) == SCRATCH:
+        return None
+    return resolve_model(init)
+
+
+def choose_start(recipe: Recipe, maps: Sequence[WaferMap], multilabel: bool) -> tuple[Path | None, str]:
+    """Where training on ``maps`` starts, and why in one line (the card's ``training.start``).
+
+    ``recipe.init`` decides when given. Without it, single-label data whose rarest class has
+    at most :data:`~fabsight.wafer.classifier.FEW_SHOT_MAX_PER_CLASS` maps starts from the
+    shipped WM-811K model: a handful of maps per class cannot train a network, but they can
+    adapt one that already knows wafer patterns. Multi-label data (the shipped model is
+    single-label) and a recipe asking for another network (``arch``, ``input_size``) start
+    from scratch.
+    """
+    given = _given_init(recipe.init)
+    if given is not None:
+        return given, f"from {recipe.init} (--init)"
+    if recipe.init is not None:
+        return None, f"from scratch (--init {SCRATCH})"
+    rarest = min(Counter(m.labels[0] for m in maps).values(), default=0)
+    own_net = recipe.arch != SHIPPED_ARCH or recipe.input_size is not None
+    if multilabel or own_net or not maps or rarest > FEW_SHOT_MAX_PER_CLASS:
+        return None, "from scratch"
+    return pretrained_dir(), (
+        f"from the shipped WM-811K model ({PRETRAINED_NAME}): few-shot data, the rarest class has {rarest} "
+        f"maps (<= {FEW_SHOT_MAX_PER_CLASS}); --init {SCRATCH} trains from scratch"
+    )
 
 
 def _synthetic(
@@ -183,6 +232,8 @@ def train(
 
     Class names are harmonised across the sources and ``val`` (:func:`harmonise`; each
     renaming is a warning). ``recipe.class_balance=None`` takes the estimator's default.
+    Where training starts (``recipe.init``, or the shipped model for few-shot data: see
+    :func:`choose_start`) is recorded in ``training_["start"]``.
     """
     from fabsight.wafer.net import ARCHITECTURES
 
@@ -197,9 +248,10 @@ def train(
         warnings.warn(f"class names harmonised: {line}", stacklevel=2)
     maps = [m for s in sources for m in s.maps]
     described = [s.describe() for s in sources]
+    given = _given_init(recipe.init)
     multilabel = recipe.multilabel
     if multilabel is None:
-        multilabel = load_model(recipe.init).multilabel if recipe.init is not None and not maps else None
+        multilabel = load_model(given).multilabel if given is not None and not maps else None
         multilabel = _is_multilabel(sources, maps) if multilabel is None else multilabel
     review = None
     if recipe.synthetic > 0:
@@ -207,6 +259,7 @@ def train(
         maps, described = maps + generated, described + more
     if val_source is not None:
         described.append(f"validation: {val_source.describe()}")
+    init, start = choose_start(recipe, maps, multilabel)
     widths, embed_dim = ARCHITECTURES[recipe.arch]
     clf = WaferClassifier(
         input_size=recipe.input_size or 64,
@@ -214,7 +267,7 @@ def train(
         widths=widths,
         embed_dim=embed_dim,
         epochs=recipe.epochs,
-        init=recipe.init,
+        init=init,
         head=recipe.head,
         n_threads=recipe.threads,
         device=recipe.device,
@@ -229,4 +282,7 @@ def train(
         clf.fit(maps, data="; ".join(described), review_maps=review, val_maps=val_source and val_source.maps)
     except ValueError as exc:  # parameter combinations the user chose (e.g. --head probe without --init)
         raise FabsightError(None, str(exc)) from None
+    if init == PRETRAINED_DIR:  # the card names it, not where this install keeps it
+        clf.training_["init"] = PRETRAINED_NAME
+    clf.training_["start"] = start
     return clf
