@@ -18,7 +18,7 @@ Prints one JSON document.
 
 Example (the numbers in docs/benchmarks.md)::
 
-    PYTHONPATH=src nice -n 5 python benchmarks/wafer_unlabeled.py --threads 1 --max-minutes 15
+    PYTHONPATH=src nice -n 5 python benchmarks/wafer_unlabeled.py --threads 1 --epochs 20 --max-minutes 12
 """
 
 from __future__ import annotations

@@ -146,6 +146,27 @@ def balance_weights(groups: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarr
     return sampling / sampling.sum(), loss
 
 
+def student_balance(labelled: np.ndarray, groups: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`balance_weights` of a self-training student's maps (``groups``: the labelled
+    maps' classes, then the pseudo-labels) that keep each class's share of the draws and its
+    loss weight what they were among the ``labelled`` maps alone.
+
+    Pseudo-labels come mostly from the classes the teacher already knows well; counted as
+    ordinary maps they would shift the draws towards those classes and away from the ones
+    it hesitates over (a student on 24 labelled + 91 pseudo-labelled generated maps, none
+    of them Scratch, lost 9 points of accuracy to its teacher). So they add variety within a
+    class, never weight.
+    """
+    p_l, w_l = balance_weights(labelled, mode)
+    p = np.empty(len(groups))
+    w = np.empty(len(groups))
+    for g in np.unique(labelled):
+        mine, theirs = groups == g, labelled == g
+        p[mine] = p_l[theirs].sum() / mine.sum()
+        w[mine] = w_l[theirs][0]
+    return p / p.sum(), w
+
+
 def _inputs(maps: Sequence[Any], size: int) -> np.ndarray:
     """Model inputs of every map as float16, converted in chunks (no whole-set float32 copy)."""
     out = np.empty((len(maps), 3, size, size), dtype=np.float16)
@@ -234,9 +255,13 @@ class WaferClassifier(BaseEstimator):
     rounds, pseudo_threshold : self-training when ``fit`` gets ``unlabeled`` maps: each round
         the current network (the teacher) labels them from :data:`PSEUDO_VIEWS` symmetric
         views, the maps whose temperature-calibrated confidence reaches ``pseudo_threshold``
-        are kept class-balanced (:func:`fabsight.calibration.select_pseudo_labels`), and a
-        new network (the student, same start as the teacher) is trained on the labelled plus
-        pseudo-labelled maps; it is the next round's teacher. Single-label only.
+        are kept class-balanced (:func:`fabsight.calibration.select_pseudo_labels`), and the
+        network goes on training (the student, from the teacher's weights at the fine-tuning
+        step size) on the labelled plus pseudo-labelled maps, each class drawn as often as
+        among the labelled maps alone (:func:`student_balance`); it is the next round's
+        teacher. A student started from scratch under the same number of epochs did worse
+        than its teacher on generated maps (0.80 against 0.85 accuracy); going on from the
+        teacher's weights did not (0.85–0.86), and costs fewer epochs. Single-label only.
     init : a model directory or fitted ``WaferClassifier`` to start from (few-shot, new fab).
     head : with ``init``: ``finetune`` (all weights), ``probe`` (new linear head on the frozen
         embedding), ``prototype`` (cosine nearest class mean, no gradient steps) or ``auto``
@@ -571,11 +596,20 @@ class WaferClassifier(BaseEstimator):
         seed: int,
         val: tuple[np.ndarray, np.ndarray] | None,
         deadline: float | None,
+        labelled: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        """Gradient steps of ``head_`` on (inputs, targets, groups), class-balanced as asked."""
+        """Gradient steps of ``head_`` on (inputs, targets, groups), class-balanced as asked.
+
+        ``labelled``: the groups of the labelled maps when ``data`` adds pseudo-labelled ones;
+        the network then goes on from its current (teacher's) weights at the fine-tuning
+        step size (:data:`FINETUNE_LR_SCALE`).
+        """
         x, targets, groups = data
-        lr = self.learning_rate * (FINETUNE_LR_SCALE if self.head_ == "finetune" else 1.0)
-        balance = balance_weights(groups, self.class_balance)
+        lr = self.learning_rate * (FINETUNE_LR_SCALE if self.head_ == "finetune" or labelled is not None else 1.0)
+        if labelled is None:
+            balance = balance_weights(groups, self.class_balance)
+        else:
+            balance = student_balance(labelled, groups, self.class_balance)
         return self._train(
             x, targets, balance, lr=lr, head_only=self.head_ == "probe", seed=seed, val=val, deadline=deadline
         )
@@ -584,15 +618,18 @@ class WaferClassifier(BaseEstimator):
         """Logits of preprocessed maps averaged over :data:`PSEUDO_VIEWS` exact symmetries."""
         import torch
 
-        self.net_.eval()
+        from fabsight.wafer.net import inference_copy
+
         device = next(self.net_.parameters()).device
+        net = inference_copy(self.net_)  # batch norm folded: about twice as fast on the CPU
         out = []
         starts = range(0, len(x), _BATCH)
         with torch.inference_mode():
             for s in track(starts, "teacher labelling unlabelled maps", total=len(starts)):
                 xb = torch.from_numpy(x[s : s + _BATCH].astype(np.float32))
                 views = torch.cat([torch.rot90(v, k, dims=(2, 3)) for v in (xb, xb.flip(-1)) for k in range(4)])
-                logits = self.net_(views.to(device)).reshape(PSEUDO_VIEWS, len(xb), -1).mean(dim=0)
+                views = views.to(device).contiguous(memory_format=torch.channels_last)
+                logits = net(views).reshape(PSEUDO_VIEWS, len(xb), -1).mean(dim=0)
                 out.append(logits.cpu().numpy())
         return np.concatenate(out)
 
@@ -627,7 +664,6 @@ class WaferClassifier(BaseEstimator):
         unlabeled: Sequence[Any],
         labelled: tuple[np.ndarray, np.ndarray, np.ndarray],
         val: tuple[np.ndarray, np.ndarray] | None,
-        base: WaferClassifier | None,
         seed: int,
         started: float,
         teacher: dict[str, Any],
@@ -654,15 +690,13 @@ class WaferClassifier(BaseEstimator):
             if not len(keep):  # nothing confident enough: the last network stands
                 record["stopped"] = f"round {r}: no confident pseudo-labels"
                 break
-            device = next(self.net_.parameters()).device
-            self._build_net(base, self.head_)
-            self.net_.to(device)
             data = (
                 np.concatenate([x_l, x_u[keep]]),
                 np.concatenate([t_l, labels]),
                 np.concatenate([g_l, names[labels]]),
             )
-            stopping = self._train_stage(data, seed + r, val, self._deadline(started, 1 + int(self.rounds) - r))
+            deadline = self._deadline(started, 1 + int(self.rounds) - r)
+            stopping = self._train_stage(data, seed + r, val, deadline, labelled=g_l)
             record["rounds"][-1]["student"] = {"n_train": len(data[0]), "early_stopping": stopping}
         return stopping
 
@@ -788,7 +822,7 @@ class WaferClassifier(BaseEstimator):
             stages = 1 + (int(self.rounds) if unlabeled is not None else 0)
             stopping = self._train_stage((x_tr, t_tr, g_tr), seed, val, self._deadline(started, stages))
             if unlabeled is not None:
-                stopping = self._self_train(unlabeled, (x_tr, t_tr, g_tr), val, base, seed, started, stopping)
+                stopping = self._self_train(unlabeled, (x_tr, t_tr, g_tr), val, seed, started, stopping)
         empty = (x[:0], targets[:0])
         self._calibrate(*(val or empty), x_tr, g_tr, seed, review, given=given_val is not None)
         self.net_.cpu()  # a fitted model predicts, saves and exports on the CPU, wherever it trained
