@@ -261,7 +261,9 @@ class WaferClassifier(BaseEstimator):
         among the labelled maps alone (:func:`student_balance`); it is the next round's
         teacher. A student started from scratch under the same number of epochs did worse
         than its teacher on generated maps (0.80 against 0.85 accuracy); going on from the
-        teacher's weights did not (0.85–0.86), and costs fewer epochs. Single-label only.
+        teacher's weights did not (0.85–0.86). The student takes as many steps as the teacher
+        (an epoch stays the size of the labelled set): a round costs one teacher run plus
+        :data:`PSEUDO_VIEWS` forward passes per unlabelled map. Single-label only.
     init : a model directory or fitted ``WaferClassifier`` to start from (few-shot, new fab).
     head : with ``init``: ``finetune`` (all weights), ``probe`` (new linear head on the frozen
         embedding), ``prototype`` (cosine nearest class mean, no gradient steps) or ``auto``
@@ -471,8 +473,11 @@ class WaferClassifier(BaseEstimator):
         seed: int,
         val: tuple[np.ndarray, np.ndarray] | None = None,
         deadline: float | None = None,
+        epoch_size: int | None = None,
     ) -> dict[str, Any]:
         """Gradient steps with early stopping on ``val`` and the ``deadline`` (monotonic s).
+
+        An epoch is ``max(epoch_size, 8 * batch_size)`` draws (``epoch_size``: ``len(x)``).
 
         ``balance``: sampling probabilities and loss weights (:func:`balance_weights`).
         Returns what happened (epochs run, best epoch, why it stopped) for the model card.
@@ -489,7 +494,7 @@ class WaferClassifier(BaseEstimator):
             p.requires_grad_(not head_only)
         for p in params:
             p.requires_grad_(True)
-        steps = math.ceil(max(len(x), 8 * self.batch_size) / self.batch_size)
+        steps = math.ceil(max(epoch_size or len(x), 8 * self.batch_size) / self.batch_size)
         total = planned = steps * self.epochs
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
         loss_fn: nn.Module = (nn.BCEWithLogitsLoss if self.multilabel else nn.CrossEntropyLoss)(reduction="none")
@@ -602,7 +607,8 @@ class WaferClassifier(BaseEstimator):
 
         ``labelled``: the groups of the labelled maps when ``data`` adds pseudo-labelled ones;
         the network then goes on from its current (teacher's) weights at the fine-tuning
-        step size (:data:`FINETUNE_LR_SCALE`).
+        step size (:data:`FINETUNE_LR_SCALE`) for as many steps as the teacher took, so a
+        round costs one teacher run plus labelling the pool, however large the pool is.
         """
         x, targets, groups = data
         lr = self.learning_rate * (FINETUNE_LR_SCALE if self.head_ == "finetune" or labelled is not None else 1.0)
@@ -610,8 +616,10 @@ class WaferClassifier(BaseEstimator):
             balance = balance_weights(groups, self.class_balance)
         else:
             balance = student_balance(labelled, groups, self.class_balance)
+        head_only = self.head_ == "probe"
+        size = None if labelled is None else len(labelled)
         return self._train(
-            x, targets, balance, lr=lr, head_only=self.head_ == "probe", seed=seed, val=val, deadline=deadline
+            x, targets, balance, lr=lr, head_only=head_only, seed=seed, val=val, deadline=deadline, epoch_size=size
         )
 
     def _symmetric_logits(self, x: np.ndarray) -> np.ndarray:
