@@ -18,7 +18,8 @@ Prints one JSON document.
 
 Example (the numbers in docs/benchmarks.md)::
 
-    PYTHONPATH=src nice -n 5 python benchmarks/wafer_unlabeled.py --threads 1 --epochs 20 --max-minutes 12
+    PYTHONPATH=src nice -n 5 python benchmarks/wafer_unlabeled.py --threads 1 --epochs 20 --max-minutes 60 \
+        --methods supervised,self-training-1
 """
 
 from __future__ import annotations
