@@ -7,7 +7,9 @@ untouched). For wafer maps, the same held-out maps choose the
 confidence below which a wafer goes to a human and, for multi-label models, the
 per-label decision thresholds. Out-of-distribution maps (a pattern the model never saw,
 a broken map) can still get a confident softmax, so they are caught separately by the
-Mahalanobis distance of their embedding to the nearest training class.
+Mahalanobis distance of their embedding to the nearest training class. Self-training
+(die and wafer classifiers) keeps an unlabelled example only where its calibrated
+confidence is high, class by class (:func:`select_pseudo_labels`).
 """
 
 from __future__ import annotations
@@ -136,3 +138,26 @@ class MahalanobisOOD:
 
     def set_threshold(self, in_distribution_scores: np.ndarray, quantile: float) -> None:
         self.threshold = float(np.quantile(in_distribution_scores, quantile))
+
+
+def select_pseudo_labels(proba: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``proba`` (calibrated class probabilities) worth a pseudo-label.
+
+    A row qualifies when its top probability reaches ``threshold``. Classes are then balanced
+    by *share*, not by count: each class keeps at most the median class's share of the rows
+    predicted as it (its most confident ones). A class the teacher is rarely sure of thus
+    cannot be drowned by the easy ones, while a common defect type keeps its weight in the
+    pool; a cap at the median class's *count* would throw away most of the majority class
+    of a real, imbalanced lot (the loss is class-balanced anyway). Returns the kept row
+    indices (sorted), the qualifying count per class and the cap per class.
+    """
+    conf, label = proba.max(axis=1), proba.argmax(axis=1)
+    predicted = np.bincount(label, minlength=proba.shape[1])
+    confident = np.flatnonzero(conf >= threshold)
+    counts = np.bincount(label[confident], minlength=proba.shape[1])
+    seen = predicted > 0
+    share = float(np.median(counts[seen] / predicted[seen])) if seen.any() else 0.0
+    caps = np.rint(share * predicted).astype(int)
+    by_class = [confident[label[confident] == c] for c in range(proba.shape[1])]
+    keep = [idx[np.argsort(-conf[idx], kind="stable")[:cap]] for idx, cap in zip(by_class, caps, strict=True)]
+    return np.sort(np.concatenate(keep)), counts, caps

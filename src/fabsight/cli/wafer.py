@@ -82,6 +82,9 @@ def _print_training(result: dict[str, Any]) -> None:
     for key in ("accuracy", "exact_match", "macro_f1", "ece_before_calibration", "ece_after_calibration"):
         if key in v:
             out.print(f"  validation {key}: {v[key]:.4f}")
+    for st in (result["training"].get("self_training") or {}).get("rounds", []):
+        kept = ", ".join(f"{c} {n}" for c, n in st["pseudo_labelled"].items() if n)
+        out.print(f"  self-training round {st['round']}: pseudo-labels {kept or 'none'}")
     r = result["metrics"].get("review")
     source = f"{r['n']} harder review maps" if r else "held-out maps"
     out.print(f"  needs_review below confidence {result['review_threshold']:.3f} (learnt on {source})")
@@ -141,6 +144,18 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Unequal classes: sampling, sqrt, loss or none (default: the estimator's)."),
         ] = None,
+        unlabeled: Annotated[
+            list[Path] | None,
+            typer.Option(
+                "--unlabeled",
+                help="Maps without labels to self-train on (repeatable; any format; labels in them are ignored).",
+            ),
+        ] = None,
+        rounds: Annotated[int, typer.Option(min=1, help="Self-training rounds (with --unlabeled).")] = 1,
+        pseudo_threshold: Annotated[
+            float,
+            typer.Option(min=0.0, max=1.0, help="Least calibrated confidence of a pseudo-label (with --unlabeled)."),
+        ] = 0.9,
         synthetic: Annotated[int, typer.Option(min=0, help="Add N generated maps per class.")] = 0,
         review_maps: Annotated[
             int,
@@ -192,6 +207,9 @@ def register(app: typer.Typer) -> None:
             device=device,
             max_minutes=max_minutes,
             class_balance=class_balance,
+            unlabeled=tuple(unlabeled or ()),
+            rounds=rounds,
+            pseudo_threshold=pseudo_threshold,
         )
         log = ReadLog(strict=strict)
         emit(_train(data or [], out_dir, val, recipe, log), as_json, _print_training, log)

@@ -49,7 +49,7 @@ from torch import nn
 
 from fabsight.backbones import Backbone, create_backbone
 from fabsight.backbones.base import file_sha256, state_dict_sha256
-from fabsight.calibration import fit_temperature
+from fabsight.calibration import fit_temperature, select_pseudo_labels
 from fabsight.die.classifier import NetworkDecisionsMixin, nearest_centroid_distance
 from fabsight.die.embeddings import Item, content_key, load_item
 from fabsight.die.metrics import classification_metrics
@@ -108,29 +108,6 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
                 turned[m] = torch.rot90(out[m], k, dims=(-2, -1))
         out = turned
     return out * gain + offset
-
-
-def select_pseudo_labels(proba: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of ``proba`` (calibrated class probabilities) worth a pseudo-label.
-
-    A row qualifies when its top probability reaches ``threshold``. Classes are then balanced
-    by *share*, not by count: each class keeps at most the median class's share of the rows
-    predicted as it (its most confident ones). A class the teacher is rarely sure of thus
-    cannot be drowned by the easy ones, while a common defect type keeps its weight in the
-    pool; a cap at the median class's *count* would throw away most of the majority class
-    of a real, imbalanced lot (the loss is class-balanced anyway). Returns the kept row
-    indices (sorted), the qualifying count per class and the cap per class.
-    """
-    conf, label = proba.max(axis=1), proba.argmax(axis=1)
-    predicted = np.bincount(label, minlength=proba.shape[1])
-    confident = np.flatnonzero(conf >= threshold)
-    counts = np.bincount(label[confident], minlength=proba.shape[1])
-    seen = predicted > 0
-    share = float(np.median(counts[seen] / predicted[seen])) if seen.any() else 0.0
-    caps = np.rint(share * predicted).astype(int)
-    by_class = [confident[label[confident] == c] for c in range(proba.shape[1])]
-    keep = [idx[np.argsort(-conf[idx], kind="stable")[:cap]] for idx, cap in zip(by_class, caps, strict=True)]
-    return np.sort(np.concatenate(keep)), counts, caps
 
 
 def epochs_within(budget_s: float, elapsed_s: float, done: int, planned: int) -> int:

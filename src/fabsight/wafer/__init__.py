@@ -21,6 +21,10 @@ Training recipe (what ``fabsight wafer train`` runs): ``train([src1, src2, ...],
 recipe=Recipe(epochs=..., max_minutes=...))`` reads every labelled source, harmonises class
 spellings across them, and fits one model, early-stopped and calibrated on ``val``.
 
+Few labels, many unlabelled maps: ``clf.fit(maps, unlabeled=more_maps)`` self-trains
+(``rounds``, ``pseudo_threshold``; what was pseudo-labelled is in ``clf.self_training_``);
+``Recipe(unlabeled=(path, ...))`` / ``wafer train --unlabeled PATH`` read such sources.
+
 Few-shot adaptation: ``WaferClassifier(init=model_dir_or_classifier, head="auto" |
 "finetune" | "probe" | "prototype").fit(few_maps, y)``. Evaluation: :func:`evaluate`.
 

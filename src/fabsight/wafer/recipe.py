@@ -54,11 +54,12 @@ class LabelledSource:
         return f"{self.path} ({self.format}: {len(self.maps)} labelled maps, {self.n_unlabelled} unlabelled ignored)"
 
 
-def read_labelled(path: str | Path, log: ReadLog | None = None) -> LabelledSource:
-    """Labelled maps of ``path`` (a file or folder in any format :mod:`fabsight.io` reads).
+def read_all(path: str | Path, log: ReadLog | None = None) -> tuple[list[WaferMap], str]:
+    """Every map of ``path`` (a file or folder in any format :mod:`fabsight.io` reads) and
+    the format; a source without one map is an error, naming it.
 
-    An empty source is an error; reader warnings (an empty class folder) pass through. With a
-    lenient ``log``, unreadable files of a folder are recorded there and the rest is read.
+    Reader warnings (an empty class folder) pass through. With a lenient ``log``,
+    unreadable files of a folder are recorded there and the rest is read.
     """
     from fabsight.io import detect_format, read_maps
 
@@ -68,8 +69,26 @@ def read_labelled(path: str | Path, log: ReadLog | None = None) -> LabelledSourc
     maps = read_maps(path, log=log)
     if not maps:
         raise log.nothing_read(path, "holds no wafer maps")
+    return maps, fmt
+
+
+def read_labelled(path: str | Path, log: ReadLog | None = None) -> LabelledSource:
+    """Labelled maps of ``path`` (see :func:`read_all`)."""
+    maps, fmt = read_all(path, log)
     labelled = [m for m in maps if m.labels]
-    return LabelledSource(path, labelled, len(maps) - len(labelled), fmt)
+    return LabelledSource(Path(path), labelled, len(maps) - len(labelled), fmt)
+
+
+def read_unlabeled(paths: Sequence[str | Path], log: ReadLog | None = None) -> tuple[list[WaferMap], list[str]]:
+    """Every map of ``paths`` for self-training, labels dropped (a labelled file may serve as
+    unlabelled data: its labels are not used), and one description per source."""
+    maps: list[WaferMap] = []
+    described = []
+    for p in paths:
+        found, fmt = read_all(p, log)
+        maps += [replace(m, labels=()) for m in found]
+        described.append(f"{p} ({fmt}: {len(found)} maps used unlabelled)")
+    return maps, described
 
 
 def name_key(name: str) -> str:
@@ -158,6 +177,11 @@ class Recipe:
     #: Share of the training maps held out (stratified) when no ``val`` is given;
     #: ``None`` takes the estimator's default.
     validation_fraction: float | None = None
+    #: Sources of maps without labels to self-train on (``--unlabeled``; labels in them are ignored).
+    unlabeled: tuple[Path, ...] = ()
+    #: Self-training rounds and the least calibrated confidence of a pseudo-label.
+    rounds: int = 1
+    pseudo_threshold: float = 0.9
 
 
 def _given_init(init: str | os.PathLike[str] | None) -> Path | None:
@@ -228,7 +252,8 @@ def train(
     log: ReadLog | None = None,
 ) -> WaferClassifier:
     """Fit a wafer-pattern classifier on every labelled map of ``data`` (any number of
-    sources, any formats), early-stopped and calibrated on ``val`` when given.
+    sources, any formats), early-stopped and calibrated on ``val`` when given, self-trained
+    on the maps of ``recipe.unlabeled`` when given (see :class:`WaferClassifier` ``rounds``).
 
     Class names are harmonised across the sources and ``val`` (:func:`harmonise`; each
     renaming is a warning). ``recipe.class_balance=None`` takes the estimator's default.
@@ -243,6 +268,7 @@ def train(
     if not data and recipe.synthetic <= 0:
         raise FabsightError(None, "give training DATA, --synthetic N, or both")
     sources = read_sources(data, log=log)
+    unlabeled, described_unlabeled = read_unlabeled(recipe.unlabeled, log) if recipe.unlabeled else (None, [])
     val_source = read_sources([val], "validation", log)[0] if val is not None else None
     for line in harmonise(sources + ([val_source] if val_source else [])):
         warnings.warn(f"class names harmonised: {line}", stacklevel=2)
@@ -259,6 +285,7 @@ def train(
         maps, described = maps + generated, described + more
     if val_source is not None:
         described.append(f"validation: {val_source.describe()}")
+    described += [f"unlabelled: {d}" for d in described_unlabeled]
     init, start = choose_start(recipe, maps, multilabel)
     widths, embed_dim = ARCHITECTURES[recipe.arch]
     clf = WaferClassifier(
@@ -273,13 +300,21 @@ def train(
         device=recipe.device,
         random_state=recipe.seed,
         max_minutes=recipe.max_minutes,
+        rounds=recipe.rounds,
+        pseudo_threshold=recipe.pseudo_threshold,
     )
     if recipe.class_balance is not None:
         clf.set_params(class_balance=recipe.class_balance)
     if recipe.validation_fraction is not None:
         clf.set_params(validation_fraction=recipe.validation_fraction)
     try:
-        clf.fit(maps, data="; ".join(described), review_maps=review, val_maps=val_source and val_source.maps)
+        clf.fit(
+            maps,
+            data="; ".join(described),
+            review_maps=review,
+            val_maps=val_source and val_source.maps,
+            unlabeled=unlabeled,
+        )
     except ValueError as exc:  # parameter combinations the user chose (e.g. --head probe without --init)
         raise FabsightError(None, str(exc)) from None
     if init == PRETRAINED_DIR:  # the card names it, not where this install keeps it
