@@ -122,6 +122,13 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Unequal classes: sampling, sqrt, loss or none (default: the estimator's)."),
         ] = None,
         synthetic: Annotated[int, typer.Option(min=0, help="Add N generated maps per class.")] = 0,
+        synthetic_profile: Annotated[
+            str | None,
+            typer.Option(
+                help="With --synthetic: generator profile, wm811k (fitted to real WM-811K maps; default for "
+                "single-label) or default (clean maps; default for multi-label).",
+            ),
+        ] = None,
         review_maps: Annotated[
             int,
             typer.Option(
@@ -153,6 +160,7 @@ def register(app: typer.Typer) -> None:
 
         recipe = Recipe(
             synthetic=synthetic,
+            synthetic_profile=synthetic_profile,
             review_per_class=review_maps,
             epochs=epochs,
             input_size=input_size,
