@@ -37,7 +37,7 @@ import numpy as np
 
 from fabsight.io import read_maps
 from fabsight.synth import PARAMS, PROFILES, generate_dataset
-from fabsight.synth.realism import STATISTICS, map_statistics
+from fabsight.synth.realism import STATISTICS, map_statistics, quantile_shapes
 from fabsight.types import WM811K_CLASSES, WaferMap
 from fabsight.utils.atomic import write_json
 from fabsight.wafer.classifier import SYNTH_SHAPES
@@ -89,14 +89,6 @@ def real_by_class(data: Path, per_class: int, seed: int) -> dict[str, list[Wafer
                 by_class[m.labels[0]].append(m)
     rng = np.random.default_rng(seed)
     return {c: [ms[i] for i in sorted(rng.permutation(len(ms))[:per_class])] for c, ms in sorted(by_class.items())}
-
-
-def quantile_shapes(shapes: Sequence[tuple[int, int]], k: int = 16) -> tuple[tuple[int, int], ...]:
-    """The ``k`` quantiles (i + 1/2) / k of ``shapes`` ordered by die count: the rule behind
-    :data:`fabsight.synth.patterns.WM811K_SHAPES`."""
-    arr = np.array(shapes)
-    order = np.argsort(arr.prod(axis=1), kind="stable")
-    return tuple(tuple(int(v) for v in arr[order[int((i + 0.5) / k * len(arr))]]) for i in range(k))
 
 
 def grid_sizes(data: Path) -> dict[str, Any]:

@@ -15,6 +15,8 @@ needs no label.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -76,7 +78,17 @@ def map_statistics(grid: np.ndarray) -> np.ndarray:
     rho = polar_coords(grid.shape)[0][group]
     lo, mid, hi = np.quantile(rho, [0.1, 0.5, 0.9])
     rows, cols = np.nonzero(group)
-    spread = np.linalg.eigvalsh(np.cov(np.stack([rows, cols]).astype(np.float64)))[1]
+    spread = np.linalg.eigvalsh(np.cov(np.stack([rows, cols]).astype(np.float64), bias=True))[1]
     length = max(float(np.sqrt(12 * max(spread, 0.0))), 1.0)  # a line of L dies has variance L²/12
     out[4:] = mid, hi - lo, length / (min(h, w) / 2), group.sum() / length
     return out
+
+
+def quantile_shapes(shapes: Sequence[tuple[int, int]], k: int = 16) -> tuple[tuple[int, int], ...]:
+    """The ``k`` quantiles (i + 1/2) / k of ``shapes`` ordered by die count (a shape repeats
+    as often as it is common): the rule behind :data:`fabsight.synth.patterns.WM811K_SHAPES`."""
+    arr = np.array(shapes, dtype=np.int64).reshape(-1, 2)
+    order = np.argsort(arr.prod(axis=1), kind="stable")
+    return tuple(
+        (int(arr[order[i], 0]), int(arr[order[i], 1])) for i in ((np.arange(k) + 0.5) / k * len(arr)).astype(int)
+    )
