@@ -19,7 +19,8 @@ Sections:
   the validation piece is never looked at before scoring), scored on ``LSWMD_val.pkl``.
   Rows (``--rows``): ``synth-before`` / ``synth-after`` (generated maps only, ``--synthetic``
   per class), ``01`` / ``01+synth`` (train_01, 623 real maps, without / with generated),
-  ``10`` / ``10+synth`` (train_10, 6,225 maps), ``all`` / ``all+synth`` (37,348 maps).
+  ``01+synth-before`` (with the ``default`` profile's maps), ``10`` / ``10+synth`` (train_10,
+  6,225 maps), ``all`` / ``all+synth`` (37,348 maps).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ ROWS = {
     "synth-after": ((), "wm811k"),
     "01": (("01",), None),
     "01+synth": (("01",), "wm811k"),
+    "01+synth-before": (("01",), "default"),
     "10": (("10",), None),
     "10+synth": (("10",), "wm811k"),
     "all": (tuple(PIECES), None),
