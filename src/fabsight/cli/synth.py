@@ -43,7 +43,8 @@ def synth(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write: OUT/CLASS/*.npy|png.")],
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Maps per class.")] = 100,
     size: Annotated[
-        list[str] | None, typer.Option("--size", help="Grid size, e.g. 52 or 25x27; repeat to mix sizes.")
+        list[str] | None,
+        typer.Option("--size", help="Grid size, e.g. 52 or 25x27; repeat to mix sizes (default: the profile's)."),
     ] = None,
     mixed: Annotated[
         bool, typer.Option("--mixed", help="The 38 MixedWM38 classes instead of the 9 WM-811K ones.")
@@ -51,8 +52,16 @@ def synth(
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same maps.")] = 0,
     fmt: Annotated[str, typer.Option("--format", help="File format of each map: npy or png (values 0/1/2).")] = "npy",
     noise: Annotated[
-        str | None, typer.Option("--noise", help="Background fail rate or LOW,HIGH range (default 0.002,0.03).")
+        str | None,
+        typer.Option("--noise", help="Background fail rate or LOW,HIGH range (default: the profile's, 0.002,0.03)."),
     ] = None,
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile",
+            help="default (clean maps, 52x52) or wm811k (ranges, background and grids fitted to real WM-811K maps).",
+        ),
+    ] = "default",
     npz: Annotated[
         Path | None, typer.Option("--npz", help="Also write a MixedWM38-style .npz (arr_0 maps, arr_1 labels).")
     ] = None,
@@ -63,19 +72,26 @@ def synth(
 ) -> None:
     """Generate labelled synthetic wafer maps with every WM-811K pattern (or MixedWM38 mix)."""
     from fabsight.io import write_folder, write_mixedwm38
-    from fabsight.synth import DEFAULT_NOISE, generate_dataset
+    from fabsight.synth import PROFILES, generate_dataset
 
     if fmt not in ("npy", "png"):
         raise FabsightError("--format", f"{fmt!r} is not npy or png")
     if out_dir.exists() and not (out_dir.is_dir() and overwrite):
         what = "is a file" if not out_dir.is_dir() else "already exists; pass --overwrite to replace the whole folder"
         raise FabsightError(out_dir, what)
-    shapes = [parse_size(s) for s in (size or ["52"])]
+    if profile not in PROFILES:
+        raise FabsightError("--profile", f"{profile!r} is not one of {', '.join(PROFILES)}")
+    shapes = [parse_size(s) for s in size] if size else list(PROFILES[profile].shapes)
     if npz is not None and len(set(shapes)) > 1:
         raise FabsightError(npz, "a MixedWM38 .npz holds one grid size: give a single --size")
     start = time.perf_counter()
     maps = generate_dataset(
-        per_class, shapes=shapes, mixed=mixed, seed=seed, noise=DEFAULT_NOISE if noise is None else parse_noise(noise)
+        per_class,
+        shapes=shapes,
+        mixed=mixed,
+        seed=seed,
+        noise=None if noise is None else parse_noise(noise),
+        profile=profile,
     )
     generated = time.perf_counter() - start
     write_folder(maps, out_dir, image_format=fmt)
@@ -90,6 +106,7 @@ def synth(
         "shapes": [list(s) for s in dict.fromkeys(shapes)],
         "format": fmt,
         "seed": seed,
+        "profile": profile,
         "generate_seconds": round(generated, 3),
         "total_seconds": round(time.perf_counter() - start, 3),
     }

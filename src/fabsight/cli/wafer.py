@@ -157,6 +157,13 @@ def register(app: typer.Typer) -> None:
             typer.Option(min=0.0, max=1.0, help="Least calibrated confidence of a pseudo-label (with --unlabeled)."),
         ] = 0.9,
         synthetic: Annotated[int, typer.Option(min=0, help="Add N generated maps per class.")] = 0,
+        synthetic_profile: Annotated[
+            str | None,
+            typer.Option(
+                help="With --synthetic: generator profile, wm811k (fitted to real WM-811K maps; default for "
+                "single-label) or default (clean maps; default for multi-label).",
+            ),
+        ] = None,
         review_maps: Annotated[
             int,
             typer.Option(
@@ -195,6 +202,7 @@ def register(app: typer.Typer) -> None:
 
         recipe = Recipe(
             synthetic=synthetic,
+            synthetic_profile=synthetic_profile,
             review_per_class=review_maps,
             epochs=epochs,
             input_size=input_size,

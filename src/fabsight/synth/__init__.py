@@ -3,6 +3,7 @@
 from fabsight.synth.generator import (
     DEFAULT_NOISE,
     MIXED_COMBINATIONS,
+    PROFILES,
     generate_dataset,
     generate_map,
     labels_of,
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_NOISE",
     "MIXED_COMBINATIONS",
     "PARAMS",
+    "PROFILES",
     "generate_dataset",
     "generate_map",
     "labels_of",

@@ -37,6 +37,7 @@ Truth kept in ``WaferMap.extras`` (all positions in die coordinates, sizes in wa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -44,12 +45,45 @@ from threadpoolctl import threadpool_limits
 
 from fabsight.errors import FabsightError
 from fabsight.synth.geometry import Geometry, check_shape, geometry
-from fabsight.synth.patterns import FIELDS, PARAMS, ROTATIONALLY_SYMMETRIC, Field
+from fabsight.synth.patterns import (
+    FIELDS,
+    PARAMS,
+    ROTATIONALLY_SYMMETRIC,
+    WM811K_CLASS_NOISE,
+    WM811K_NOISE,
+    WM811K_PARAMS,
+    WM811K_SHAPES,
+    Field,
+)
 from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
 from fabsight.utils.progress import track
 
 #: Default range of the per-map background fail rate.
 DEFAULT_NOISE: tuple[float, float] = (0.002, 0.03)
+
+#: Per-pattern parameter ranges, as :data:`fabsight.synth.patterns.PARAMS`.
+Ranges = Mapping[str, Mapping[str, tuple[float, float]]]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The default ranges of one family of maps: pattern parameters, background fail rate, grids."""
+
+    params: Ranges
+    noise: tuple[float, float]
+    shapes: tuple[tuple[int, int], ...]
+    #: Background range of the single-pattern maps of a class (or ``none``) where it is not ``noise``.
+    class_noise: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+
+#: ``profile=`` of :func:`generate_dataset`. ``default``: clean maps (background ≤ 3 %) on a
+#: 52×52 grid, patterns well apart: the maps tests and demos reason about. ``wm811k``: ranges,
+#: background and grid sizes fitted to the real WM-811K train pieces (see
+#: :data:`fabsight.synth.patterns.WM811K_PARAMS`): the training data of ``wafer train --synthetic``.
+PROFILES: dict[str, Profile] = {
+    "default": Profile(PARAMS, DEFAULT_NOISE, ((52, 52),)),
+    "wm811k": Profile(WM811K_PARAMS, WM811K_NOISE, WM811K_SHAPES, WM811K_CLASS_NOISE),
+}
 
 _ABBREVIATIONS = {
     "C": "Center",
@@ -130,21 +164,34 @@ def _check_range(name: str, value: Any) -> tuple[float, float]:
     return float(arr[0]), float(arr[-1])
 
 
-def _noise_range(noise: float | tuple[float, float] | None) -> tuple[float, float]:
-    lo, hi = DEFAULT_NOISE if noise is None else _check_range("noise", noise)
+def _profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise FabsightError(None, f"unknown profile {name!r}: expected one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def _noise_range(
+    noise: float | tuple[float, float] | None, profile: Profile, names: tuple[str, ...]
+) -> tuple[float, float]:
+    """The background range of maps of pattern ``names``: ``noise``, else the profile's for that class."""
+    default = profile.class_noise.get("+".join(labels_of(names)), profile.noise)
+    lo, hi = default if noise is None else _check_range("noise", noise)
     if lo < 0 or hi > 1:
         raise FabsightError(None, f"noise {noise!r} must lie in [0, 1]")
     return lo, hi
 
 
-def _check_params(combos: Iterable[tuple[str, ...]], params: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
-    """Validate ``**params`` against the patterns requested: every name must belong to one of them."""
-    known = {p for names in combos for name in names for p in PARAMS[name]}
+def _check_params(combos: Iterable[tuple[str, ...]], params: Mapping[str, Any], base: Ranges) -> Ranges:
+    """Validate ``**params`` against the patterns requested (every name must belong to one of
+    them); returns every requested pattern's ranges: ``base``, with ``params`` in place."""
+    combos = list(combos)
+    known = {p for names in combos for name in names for p in base[name]}
     for name in params:
         if name not in known:
             choices = ", ".join(sorted(known)) or "none (the requested patterns take no parameters)"
             raise FabsightError(None, f"unknown parameter {name!r} for these patterns; known: {choices}")
-    return {name: _check_range(name, value) for name, value in params.items()}
+    given = {name: _check_range(name, value) for name, value in params.items()}
+    return {name: {k: given.get(k, r) for k, r in base[name].items()} for names in combos for name in names}
 
 
 def _background(g: Geometry) -> np.ndarray:
@@ -177,11 +224,9 @@ def _summarise(g: Geometry, name: str, f: Field) -> dict[str, list[Any]]:
     return out
 
 
-def _draw_field(
-    name: str, g: Geometry, n: int, rng: np.random.Generator, params: Mapping[str, tuple[float, float]]
-) -> Field:
+def _draw_field(name: str, g: Geometry, n: int, rng: np.random.Generator, params: Ranges) -> Field:
     """Parameters and fail-probability field of one pattern for ``n`` maps."""
-    drawn = {k: rng.uniform(*params.get(k, default), n) for k, default in PARAMS[name].items()}
+    drawn = {k: rng.uniform(*r, n) for k, r in params[name].items()}
     return FIELDS[name](g, n, rng, drawn)
 
 
@@ -222,7 +267,7 @@ def _splice(f: Field, rows: np.ndarray, new: Field) -> None:
 
 
 def _keep_visible(
-    fields: dict[str, Field], g: Geometry, rng: np.random.Generator, params: Mapping[str, tuple[float, float]]
+    fields: dict[str, Field], g: Geometry, rng: np.random.Generator, params: Ranges
 ) -> dict[str, np.ndarray]:
     """Redraw the patterns of a mixed map that another pattern hides, until each shows itself.
 
@@ -258,7 +303,7 @@ def _batch(
     n: int,
     rng: np.random.Generator,
     noise: tuple[float, float],
-    params: Mapping[str, tuple[float, float]],
+    params: Ranges,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """``n`` maps of one pattern combination and shape: (n, H, W) uint8 grids and their truth.
 
@@ -307,52 +352,61 @@ def generate_map(
     rng: np.random.Generator | int | None = None,
     *,
     noise: float | tuple[float, float] | None = None,
+    profile: str = "default",
     **params: float | tuple[float, float],
 ) -> np.ndarray:
     """One synthetic wafer map: a (H, W) uint8 grid of 0 off-wafer / 1 good / 2 failing dies.
 
     ``pattern`` is a WM-811K class, a ``+``-joined combination or a sequence of basic
     patterns (a MixedWM38-style mixed map). ``noise`` is the background fail rate (a number,
-    a (low, high) range, or ``None`` for :data:`DEFAULT_NOISE`); ``0`` leaves only the
-    pattern's own fails. ``params`` fix or narrow the pattern parameters of
-    :data:`fabsight.synth.patterns.PARAMS`, e.g. ``density=1.0`` or ``size=(0.2, 0.25)``.
+    a (low, high) range, or ``None`` for the profile's); ``0`` leaves only the
+    pattern's own fails. ``params`` fix or narrow the pattern parameters of the
+    :data:`PROFILES` entry ``profile`` (:data:`fabsight.synth.patterns.PARAMS` by default),
+    e.g. ``density=1.0`` or ``size=(0.2, 0.25)``.
     """
     names = parse_pattern(pattern)
     g = geometry(check_shape(shape))
-    grids, _ = _batch(names, g, 1, np.random.default_rng(rng), _noise_range(noise), _check_params([names], params))
+    prof = _profile(profile)
+    ranges = _check_params([names], params, prof.params)
+    grids, _ = _batch(names, g, 1, np.random.default_rng(rng), _noise_range(noise, prof, names), ranges)
     return grids[0]
 
 
 def generate_dataset(
     per_class: int,
     *,
-    shapes: Sequence[tuple[int, int]] = ((52, 52),),
+    shapes: Sequence[tuple[int, int]] | None = None,
     classes: Sequence[str | Sequence[str]] | None = None,
     mixed: bool = False,
     seed: int = 0,
-    noise: float | tuple[float, float] = DEFAULT_NOISE,
+    noise: float | tuple[float, float] | None = None,
+    profile: str = "default",
     **params: float | tuple[float, float],
 ) -> list[WaferMap]:
     """``per_class`` labelled maps of every class, grouped by class, identical for the same ``seed``.
 
     ``classes`` defaults to the nine WM-811K classes, or with ``mixed=True`` to the 38
     :data:`MIXED_COMBINATIONS`; entries may also be combinations (``"Center+Loc"``). Each
-    map's grid shape is drawn uniformly from ``shapes``. ``labels`` is the tuple of basic
+    map's grid shape is drawn uniformly from ``shapes`` (a shape listed twice is drawn twice
+    as often). ``profile`` (a :data:`PROFILES` name) sets the defaults of ``shapes``, ``noise``
+    and the pattern parameters ``params`` narrow. ``labels`` is the tuple of basic
     patterns (``("none",)`` for a good wafer); ``extras`` holds the truth described in the
     module docstring.
     """
     if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 0:
         raise FabsightError(None, f"per_class must be a non-negative integer, got {per_class!r}")
+    prof = _profile(profile)
+    shapes = prof.shapes if shapes is None else shapes
     if not shapes:
         raise FabsightError(None, "shapes is empty: give at least one (rows, cols) grid shape")
     geos = [geometry(check_shape(s)) for s in shapes]
     default = MIXED_COMBINATIONS if mixed else WM811K_CLASSES
     combos = [parse_pattern(c) for c in (default if classes is None else classes)]
-    ranges = _check_params(combos, params)
-    noise_range = _noise_range(noise)
+    ranges = _check_params(combos, params, prof.params)
+    noises = [_noise_range(noise, prof, names) for names in combos]
     rng = np.random.default_rng(seed)
     with threadpool_limits(1):  # BLAS threads only fight over the tiny products drawn here
-        return _draw_dataset(combos, per_class, geos, rng, seed, noise_range, ranges)
+        return _draw_dataset(combos, per_class, geos, rng, seed, noises, ranges)
 
 
 def _draw_dataset(
@@ -361,8 +415,8 @@ def _draw_dataset(
     geos: list[Geometry],
     rng: np.random.Generator,
     seed: int,
-    noise: tuple[float, float],
-    params: Mapping[str, tuple[float, float]],
+    noises: list[tuple[float, float]],
+    params: Ranges,
 ) -> list[WaferMap]:
     """Plan batches (one class, one shape, bounded size) first, then draw them in order: the
     plan depends only on the seed, so the maps do too."""
@@ -376,7 +430,7 @@ def _draw_dataset(
 
     maps: list[WaferMap | None] = [None] * (len(combos) * per_class)
     for k, names, g, slots in track(jobs, "generating wafer maps"):
-        grids, truths = _batch(names, g, len(slots), rng, noise, params)
+        grids, truths = _batch(names, g, len(slots), rng, noises[k], params)
         labels = labels_of(names)
         for slot, grid, truth in zip(slots.tolist(), grids, truths, strict=True):
             truth["seed"] = seed

@@ -46,6 +46,59 @@ PARAMS: dict[str, dict[str, tuple[float, float]]] = {
     "Scratch": {"length": (0.6, 1.5), "curvature": (-1.2, 1.2), "width_dies": (1.0, 2.0), "density": (0.85, 1.0)},
 }
 
+#: Grid shapes of the ``wm811k`` profile: the 16 quantiles (i + 1/2) / 16 of the real WM-811K
+#: train pieces' grids ordered by die count (37,348 maps, 340 sizes, mostly 25-27 dies across);
+#: a shape listed k times is drawn k times as often.
+WM811K_SHAPES: tuple[tuple[int, int], ...] = (
+    *((25, 27),) * 5,
+    *((27, 25),) * 2,
+    (26, 26),
+    (29, 26),
+    (35, 31),
+    (35, 37),
+    (39, 37),
+    (41, 45),
+    (48, 48),
+    (52, 59),
+    (69, 73),
+)
+#: Background fail rate of the ``wm811k`` profile: the 5-95 % range of the failing-die share
+#: of the real ``none`` maps (median 15 %: real wafers without a pattern are far from clean).
+WM811K_NOISE: tuple[float, float] = (0.035, 0.23)
+#: Background fail rate of the ``wm811k`` profile's single-pattern maps per class, where the
+#: real maps' differs from ``none``'s (fitted with the parameters below, paired with the
+#: ``background`` statistic; Random and Near-full have no background apart from the pattern).
+WM811K_CLASS_NOISE: dict[str, tuple[float, float]] = {
+    "none": (0.043, 0.23),
+    "Center": (0.027, 0.263),
+    "Donut": (0.027, 0.269),
+    "Edge-Loc": (0.035, 0.271),
+    "Edge-Ring": (0.015, 0.141),
+    "Loc": (0.008, 0.222),
+    "Scratch": (0.014, 0.169),
+}
+#: Parameter ranges of the ``wm811k`` profile, fitted to the real WM-811K train pieces by
+#: quantile matching (``benchmarks/synth_vs_real.py --fit``): each fitted parameter is
+#: paired with the statistic of :mod:`fabsight.synth.realism` it drives, and its low / high
+#: end is scaled by real / generated of that statistic's 10 % / 90 % quantile, measured with
+#: each class's own real grid sizes (one round: a second one runs away wherever a floor
+#: or clip of the pattern's definition binds, e.g. Edge-Ring's 1.2-die minimum width). Unpaired
+#: parameters (densities, softness, curvature...) keep :data:`PARAMS`.
+_WM811K_FITTED: dict[str, dict[str, tuple[float, float]]] = {
+    "Center": {"size": (0.09, 0.4)},
+    "Donut": {"ring_radius": (0.334, 0.609), "width": (0.113, 0.441)},
+    "Edge-Loc": {"depth": (0.067, 0.508), "span_deg": (22.013, 134.153)},
+    "Edge-Ring": {"width": (0.023, 0.101)},
+    "Loc": {"size": (0.076, 0.348), "distance": (0.268, 0.885)},
+    "Near-full": {"density": (0.705, 1.0)},
+    "Random": {"density": (0.164, 0.535)},
+    "Scratch": {"length": (0.484, 1.883)},
+}
+#: The ``wm811k`` profile's parameter ranges: :data:`PARAMS` with the fitted ones above in place.
+WM811K_PARAMS: dict[str, dict[str, tuple[float, float]]] = {
+    name: {**ranges, **_WM811K_FITTED.get(name, {})} for name, ranges in PARAMS.items()
+}
+
 #: Patterns with no preferred direction: their truth has ``angle = None``.
 ROTATIONALLY_SYMMETRIC = frozenset({"Center", "Donut", "Edge-Ring", "Near-full", "Random"})
 

@@ -49,8 +49,10 @@ PROTOTYPE_SCALE = 10.0
 #: Below this many held-out maps, calibration would fit noise: it is skipped and recorded.
 MIN_VALIDATION = 8
 _BATCH = 256
-#: Grid shapes synthetic training maps are drawn on (``fabsight wafer train --synthetic``):
-#: small to large, square and not, so the model meets every die pitch it will be fed.
+#: Grid shapes synthetic maps of the ``default`` profile are drawn on for training (``wafer
+#: train --synthetic`` on mixed-type data or with ``--synthetic-profile default``, ``distill``):
+#: small to large, square and not, so the model meets every die pitch it will be fed. The
+#: ``wm811k`` profile brings its own grids, drawn like the real WM-811K ones.
 #: 32×32 divides the default 64-pixel input: its maps arrive as sharp 2×2 blocks of 0/1
 #: instead of fractions, the regime a grid as large as the input is in.
 SYNTH_SHAPES: tuple[tuple[int, int], ...] = (

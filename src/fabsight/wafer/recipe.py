@@ -160,6 +160,9 @@ class Recipe:
     """Settings of :func:`train` beyond the data (the CLI's options, with its defaults)."""
 
     synthetic: int = 0
+    #: Generator profile of the synthetic maps (``fabsight.synth.PROFILES``); ``None``:
+    #: ``wm811k`` for single-label data, ``default`` for multi-label.
+    synthetic_profile: str | None = None
     review_per_class: int = 40
     epochs: int = 15
     input_size: int | None = None
@@ -233,8 +236,13 @@ def _synthetic(
     if not classes:
         raise FabsightError(where, "--synthetic: none of the data's classes is a pattern the generator knows")
     n, seed = recipe.synthetic, recipe.seed
-    generated = generate_dataset(n, shapes=SYNTH_SHAPES, classes=classes, mixed=multilabel, seed=seed)
-    described = [f"{n} synthetic maps per class x {len(classes)} classes (fabsight.synth, seed {seed})"]
+    profile = recipe.synthetic_profile or ("default" if multilabel else "wm811k")
+    # The default profile's one 52x52 grid suits tests; a model must meet every die pitch.
+    shapes = SYNTH_SHAPES if profile == "default" else None
+    generated = generate_dataset(n, shapes=shapes, classes=classes, mixed=multilabel, seed=seed, profile=profile)
+    described = [
+        f"{n} synthetic maps per class x {len(classes)} classes (fabsight.synth, {profile} profile, seed {seed})"
+    ]
     review = None
     if recipe.review_per_class > 0:
         # Harder maps of the same classes (another seed) set the review threshold; maps
