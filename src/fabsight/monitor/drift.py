@@ -9,10 +9,11 @@ Up to three statistics are computed on every split of the pooled wafers, each an
   alike). Needs no model: a change of spatial signature, e.g. fails moving to the edge.
 * **pattern mix** (with a classifier): the largest squared two-proportion z statistic
   over the predicted classes, ``max_k (f_A,k − f_B,k)² / (p̄_k (1 − p̄_k) (1/n_A + 1/n_B))``
-  with the pooled share ``p̄_k``. A change of mix is usually one pattern rising, so a
-  maximum over classes keeps its power where a chi-square spreads it over every class's
-  degrees of freedom (on real WM-811K maps it finds a 10 % Center or Loc shift in windows
-  of 300 wafers about 1.4× as often at p ≤ 0.01; docs/benchmarks.md).
+  with the pooled share ``p̄_k``: the likelihood-ratio statistic for "one class became
+  more (or less) frequent, the others in proportion". A change of mix is usually one
+  pattern rising, and the maximum keeps the power a chi-square spreads over every class's
+  degrees of freedom (with true WM-811K labels and windows of 300, a 10 % Center or Loc
+  shift reached p ≤ 0.01 about 1.3× as often as with Pearson's chi-square).
 * **embedding** (with a classifier): the maximum mean discrepancy (MMD²) of a Gaussian
   kernel on the classifier's embedding, bandwidth the median pooled distance, computed
   with random Fourier features so one permutation costs one matrix product; it sees
