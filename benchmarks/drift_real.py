@@ -1,6 +1,6 @@
 """Drift tests on real WM-811K maps: false alarms and power of the default test; prints JSON.
 
-    PYTHONPATH=src nice -n 5 python benchmarks/drift_real.py --threads 1 [--model DIR] [--combine fisher]
+    PYTHONPATH=src nice -n 5 python benchmarks/drift_real.py --threads 1 --cache /tmp/val_outputs.npz [--combine min-p]
 
 Data: the validation piece ``LSWMD_val.pkl`` (12,450 labelled real maps), which the shipped
 model never trained on. The model (``--model``; the shipped one by default) classifies and
@@ -180,10 +180,10 @@ def main() -> None:
     ap.add_argument("--val", type=Path, default=VAL, help="WM-811K validation piece")
     ap.add_argument("--model", default=None, help="wafer model directory (default: the shipped model)")
     ap.add_argument("--window", type=int, default=300)
-    ap.add_argument("--null-trials", type=int, default=200)
-    ap.add_argument("--shift-trials", type=int, default=40)
-    ap.add_argument("--permutations", type=int, default=499)
-    ap.add_argument("--projections", type=int, default=64)
+    ap.add_argument("--null-trials", type=int, default=100)
+    ap.add_argument("--shift-trials", type=int, default=20)
+    ap.add_argument("--permutations", type=int, default=299)
+    ap.add_argument("--projections", type=int, default=32)
     ap.add_argument("--combine", default="fisher", choices=("fisher", "min-p"))
     ap.add_argument("--only", default=None, help="comma-separated scenario names (default: all)")
     ap.add_argument("--threads", type=int, default=1)
