@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import wasserstein_distance
 
 from fabsight.errors import FabsightError
-from fabsight.monitor.drift import drift_test
+from fabsight.monitor.drift import combined_p, drift_test
 from fabsight.monitor.features import GEOMETRIC_FEATURES, FeatureTable, geometric_features
 
 N = 31
@@ -97,3 +97,63 @@ def test_user_mistakes() -> None:
         drift_test(rng.normal(size=(1, 2)), rng.normal(size=(5, 2)))
     with pytest.raises(FabsightError, match="NaN"):
         drift_test(np.full((3, 2), np.nan), rng.normal(size=(5, 2)))
+    with pytest.raises(FabsightError, match="combine must be one of fisher, min-p"):
+        drift_test(rng.normal(size=(5, 2)), rng.normal(size=(5, 2)), combine="mean")
+    with_emb = FeatureTable(rng.normal(size=(5, 2)), ["a", "b"], embedding=rng.normal(size=(5, 4)))
+    with pytest.raises(FabsightError, match="different embeddings"):
+        drift_test(with_emb, FeatureTable(rng.normal(size=(5, 2)), ["a", "b"]))
+
+
+def _table(rng: np.random.Generator, n: int, ring_share: float, emb_shift: float = 0.0) -> FeatureTable:
+    """``n`` wafers with identically distributed features; ``ring_share`` of them predicted Edge-Ring,
+    embeddings N(emb_shift, 1) in 8 dimensions."""
+    predicted = ["Edge-Ring" if u < ring_share else "none" for u in rng.random(n)]
+    emb = rng.normal(size=(n, 8)) + emb_shift
+    return FeatureTable(rng.normal(size=(n, 3)), ["x", "y", "z"], predicted, ["Edge-Ring", "none"], emb)
+
+
+def test_pattern_mix_finds_what_the_features_miss() -> None:
+    rng = np.random.default_rng(7)
+    a, b = _table(rng, 300, 0.10), _table(rng, 300, 0.25)
+    res = drift_test(a, b, n_projections=16, n_permutations=499)
+    comp = {c.name: c for c in res.components}
+    assert list(comp) == ["features", "pattern mix", "embedding"]
+    # 10 % vs 25 % Edge-Ring: squared z ≈ 23 expected; the features and embedding do not differ.
+    assert comp["pattern mix"].p_value == pytest.approx(1 / 500) and comp["pattern mix"].statistic > 10
+    assert comp["features"].p_value > 0.01 and comp["embedding"].p_value > 0.01
+    assert res.drift and res.p_value <= 0.01
+    assert drift_test(a, b, n_projections=16, n_permutations=499, combine="min-p").p_value <= 0.01
+
+
+def test_embedding_component_finds_a_shift_without_names() -> None:
+    rng = np.random.default_rng(8)
+    a, b = _table(rng, 200, 0.1), _table(rng, 200, 0.1, emb_shift=0.4)
+    res = drift_test(a, b, n_projections=16, n_permutations=199)
+    comp = {c.name: c.p_value for c in res.components}
+    assert comp["embedding"] == pytest.approx(1 / 200) and comp["pattern mix"] > 0.01
+    # Fisher's combination pays for the two silent components; the smallest-p combination pays at
+    # most Bonferroni's factor (3 components) and usually less.
+    assert res.drift
+    assert drift_test(a, b, n_projections=16, n_permutations=199, combine="min-p").p_value <= 3 / 200
+
+
+def test_combined_test_keeps_the_false_alarm_rate() -> None:
+    rng = np.random.default_rng(9)
+    p = {"fisher": [], "min-p": []}
+    for s in range(40):
+        a, b = _table(rng, 40, 0.2), _table(rng, 40, 0.2)
+        for how in p:
+            p[how].append(drift_test(a, b, n_projections=8, n_permutations=99, seed=s, combine=how).p_value)
+    for values in p.values():
+        # 40 trials at α = 0.05: 2 expected; P(≥ 7 | valid test) < 0.5 %; about half below 0.5.
+        assert sum(v < 0.05 for v in values) < 7 and 10 <= sum(v < 0.5 for v in values) <= 30
+
+
+def test_combination_of_one_statistic_is_its_own_p_value() -> None:
+    t = np.array([[3.0], [1.0], [3.0], [5.0], [0.0]])  # observed 3: itself, a tie and 5 are ≥ 3
+    assert combined_p(t) == combined_p(t, "min-p") == pytest.approx(3 / 5)
+    two = np.array([[3.0, 9.0], [1.0, 1.0], [3.0, 2.0], [5.0, 0.0], [0.0, 3.0]])
+    # Row p-values: (3/5, 1/5), (4/5, 5/5), (3/5, 3/5), (1/5, 4/5), (5/5, 2/5); min-p: only row 0 and
+    # row 3 reach 1/5.
+    assert combined_p(two, "min-p") == pytest.approx(2 / 5)
+    assert combined_p(two, "fisher") == pytest.approx(1 / 5)

@@ -82,10 +82,12 @@ class _FakeModel:
 def test_model_columns_and_predictions() -> None:
     full = _wafer()
     full[RHO <= 1] = 2
-    t = extract_features([WaferMap(_wafer()), WaferMap(full)], model=_FakeModel(), embeddings=True)
-    assert t.names[len(GEOMETRIC_FEATURES) :] == ["p[none]", "p[Near-full]", "emb[0]", "emb[1]", "emb[2]"]
+    t = extract_features([WaferMap(_wafer()), WaferMap(full)], model=_FakeModel())
+    assert t.names[len(GEOMETRIC_FEATURES) :] == ["p[none]", "p[Near-full]"]
     assert t.predicted == ["none", "Near-full"]
-    assert t.values.shape == (2, len(GEOMETRIC_FEATURES) + 5)
-    assert t.subset([1]).predicted == ["Near-full"]
+    assert t.values.shape == (2, len(GEOMETRIC_FEATURES) + 2)
+    assert t.embedding is not None and t.embedding[1, 0] == full[RHO <= 1].size  # n_fail of the full wafer
+    assert t.subset([1]).predicted == ["Near-full"] and t.subset([1]).embedding.tolist() == t.embedding[1:].tolist()
+    assert extract_features([WaferMap(full)], model=_FakeModel(), embeddings=False).embedding is None
     plain = extract_features([WaferMap(_wafer())])
     assert plain.names == list(GEOMETRIC_FEATURES) and plain.predicted is None

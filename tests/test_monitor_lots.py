@@ -104,6 +104,7 @@ def test_cli_monitor_klarf_history_json_and_report(tmp_path, monkeypatch, capsys
         "99",
         "--report",
         str(report),
+        "--no-model",
         "--json",
     )
     assert code == 0
@@ -142,10 +143,19 @@ def test_cli_drift_between_lot_selections(tmp_path, monkeypatch, capsys) -> None
     write_klarf(maps[:20], tmp_path / "a.000")
     write_klarf(maps[20:], tmp_path / "b.000")
     code, out, _ = _cli(
-        monkeypatch, capsys, "drift", str(tmp_path / "a.000"), str(tmp_path / "b.000"), "--permutations", "99", "--json"
+        monkeypatch,
+        capsys,
+        "drift",
+        str(tmp_path / "a.000"),
+        str(tmp_path / "b.000"),
+        "--permutations",
+        "99",
+        "--no-model",
+        "--json",
     )
     res = json.loads(out)
     assert code == 0 and res["drift"] and res["n_a"] == res["n_b"] == 20 and res["pattern_changes"] is None
+    assert res["model"] is None and [c["name"] for c in res["components"]] == ["features"]
     code, out, _ = _cli(
         monkeypatch,
         capsys,
@@ -158,6 +168,7 @@ def test_cli_drift_between_lot_selections(tmp_path, monkeypatch, capsys) -> None
         "L0",
         "--permutations",
         "99",
+        "--no-model",
         "--json",
     )
     assert code == 0 and json.loads(out)["p_value"] == 1.0  # identical sets
@@ -172,6 +183,8 @@ def test_cli_user_mistakes_are_one_line(tmp_path, monkeypatch, capsys) -> None:
     assert code == 2 and "no such file" in err and err.count("\n") == 1
     code, _, err = _cli(monkeypatch, capsys, "monitor", str(tmp_path), "--report", str(tmp_path / "r.pdf"))
     assert code == 2 and ".html" in err
+    code, _, err = _cli(monkeypatch, capsys, "drift", str(tmp_path), str(tmp_path), "--model", "m", "--no-model")
+    assert code == 2 and "--model and --no-model" in err and err.count("\n") == 1
 
 
 def test_sustained_small_shift_raises_a_run_alarm() -> None:

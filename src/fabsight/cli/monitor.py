@@ -18,7 +18,14 @@ if TYPE_CHECKING:
 
 ModelOpt = Annotated[
     Path | None,
-    typer.Option("--model", help="Wafer classifier directory: adds pattern probabilities and the pattern mix."),
+    typer.Option(
+        "--model",
+        help="Wafer classifier directory for pattern probabilities, pattern mix and embedding "
+        "(default: the shipped WM-811K model).",
+    ),
+]
+NoModelOpt = Annotated[
+    bool, typer.Option("--no-model", help="Geometric features only, no classifier (the test without a model).")
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of projections and permutations (results reproduce).")]
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Significance level of the drift test.")]
@@ -56,14 +63,43 @@ def load_classifier(model: Path | None, runtime: str = "torch") -> Any:
     return load_predictor(model, runtime)
 
 
+def check_model_options(model: Path | None, no_model: bool) -> None:
+    """Refuse ``--model`` with ``--no-model`` before any input is read."""
+    if no_model and model is not None:
+        raise FabsightError(model, "--model and --no-model contradict each other: give one")
+
+
+def monitor_model(model: Path | None, no_model: bool, runtime: str) -> tuple[Any, dict[str, Any] | None]:
+    """The classifier ``drift``/``monitor`` use (the shipped one unless ``--model`` names another;
+    none with ``--no-model``) and how the output names it."""
+    if no_model:
+        return None, None
+    from fabsight.wafer.pretrained import PRETRAINED_NAME, resolve_model
+
+    path = resolve_model(model)
+    shipped = model is None or str(model) == PRETRAINED_NAME
+    return load_classifier(path, runtime), {"path": str(path), "shipped": shipped}
+
+
+def _model_line(model: dict[str, Any] | None) -> str:
+    if model is None:
+        return "model: none (geometric features only)"
+    return f"model: {'the shipped WM-811K model' if model['shipped'] else 'given'} ({model['path']})"
+
+
 def _drift_human(res: dict[str, Any]) -> None:
     from rich.table import Table
 
     verdict = "[bold red]DRIFT[/]" if res["drift"] else "[green]no drift detected[/]"
     out.print(
-        f"{verdict}: SWD {res['distance']:.4f}, p = {res['p_value']:.4g} (α = {res['alpha']}, "
-        f"{res['n_a']} vs {res['n_b']} wafers, {res['n_permutations']} permutations)"
+        f"{verdict}: p = {res['p_value']:.4g} (α = {res['alpha']}, {res['n_a']} vs {res['n_b']} wafers, "
+        f"{res['n_permutations']} permutations, {res['combine']} combination)"
     )
+    out.print(_model_line(res["model"]), highlight=False, markup=False)
+    t = Table("test", "statistic", "p", title="components (each a permutation test on the same splits)")
+    for c in res["components"]:
+        t.add_row(c["name"], f"{c['statistic']:.4g}", f"{c['p_value']:.3g}")
+    out.print(t)
     t = Table("feature", "mean A", "mean B", "shift (SD)", "W dist", "p", "p Holm", title="features that moved most")
     for s in res["per_feature"][:8]:
         t.add_row(
@@ -95,8 +131,14 @@ def drift(
     lots_a: Annotated[str | None, typer.Option("--lots-a", help="Only these lots of A (comma-separated).")] = None,
     lots_b: Annotated[str | None, typer.Option("--lots-b", help="Only these lots of B (comma-separated).")] = None,
     model: ModelOpt = None,
+    no_model: NoModelOpt = False,
     runtime: RuntimeOpt = "torch",
-    embeddings: Annotated[bool, typer.Option("--embeddings", help="Also compare the model's embeddings.")] = False,
+    embeddings: Annotated[
+        bool, typer.Option("--embeddings/--no-embeddings", help="Compare the model's embeddings (MMD) too.")
+    ] = True,
+    combine: Annotated[
+        str, typer.Option("--combine", help="How component p-values combine: 'fisher' or 'min-p'.")
+    ] = "fisher",
     projections: Annotated[int, typer.Option("--projections", help="Random projection directions.")] = 128,
     permutations: Annotated[int, typer.Option("--permutations", help="Permutations for the p-value.")] = 1000,
     alpha: AlphaOpt = 0.05,
@@ -104,16 +146,15 @@ def drift(
     strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Do two sets of wafers differ? Sliced-Wasserstein permutation test on wafer features."""
+    """Do two sets of wafers differ? Permutation tests of features, pattern mix and embedding, combined."""
     from fabsight.io import ReadLog
     from fabsight.monitor import drift_test, extract_features
 
-    if embeddings and model is None:
-        raise FabsightError(None, "--embeddings needs --model")
-    clf = load_classifier(model, runtime)
+    check_model_options(model, no_model)
     log_a, log_b = ReadLog(strict=strict), ReadLog(strict=strict)
     set_a = read_wafers([a], log_a, lots_a, "set A")
     set_b = read_wafers([b], log_b, lots_b, "set B")
+    clf, model_info = monitor_model(model, no_model, runtime)
     res = drift_test(
         extract_features(set_a, model=clf, embeddings=embeddings),
         extract_features(set_b, model=clf, embeddings=embeddings),
@@ -121,13 +162,15 @@ def drift(
         n_permutations=permutations,
         seed=seed,
         alpha=alpha,
+        combine=combine,
     )
-    emit(res.to_dict(), as_json, _drift_human, log_a + log_b)
+    emit({**res.to_dict(), "model": model_info}, as_json, _drift_human, log_a + log_b)
 
 
 def _monitor_human(res: dict[str, Any]) -> None:
     from rich.table import Table
 
+    out.print(_model_line(res["model"]), highlight=False, markup=False)
     t = Table("lot", "time", "wafers", "fail fraction", "drift p", "alarms", title="lots (oldest first)")
     for lot in res["lots"]:
         p = "baseline" if lot["baseline"] else (f"{lot['drift']['p_value']:.4f}" if "drift" in lot else "")
@@ -152,6 +195,7 @@ def _monitor_human(res: dict[str, Any]) -> None:
 def monitor(
     history: Annotated[list[str], typer.Argument(help="Wafer files/folders/globs over time (KLARF, STDF, ...).")],
     model: ModelOpt = None,
+    no_model: NoModelOpt = False,
     runtime: RuntimeOpt = "torch",
     baseline: Annotated[int, typer.Option("--baseline", help="The first N lots in time set the limits.")] = 5,
     chart: Annotated[str, typer.Option("--chart", help="'laney' (p′, robust to clustered fails) or 'p'.")] = "laney",
@@ -171,9 +215,10 @@ def monitor(
     kind: ChartKind = "laney" if chart == "laney" else "p"
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise FabsightError(report, "the report is an HTML file: give a .html path")
-    clf = load_classifier(model, runtime)
+    check_model_options(model, no_model)
     log = ReadLog(strict=strict)
     maps = read_wafers(history, log, what="history")
+    clf, model_info = monitor_model(model, no_model, runtime)
     res = monitor_lots(
         maps,
         model=clf,
@@ -183,7 +228,7 @@ def monitor(
         n_permutations=permutations,
         seed=seed,
     )
-    result = res.to_dict(maps)
+    result = {**res.to_dict(maps), "model": model_info}
     if report is not None:
         from fabsight.monitor.report import write_report
 

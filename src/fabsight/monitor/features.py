@@ -3,8 +3,9 @@
 Drift alarms are only useful when an engineer can see *what* moved, so every column has
 a name a yield engineer reads directly ("fail_rate_edge_band", "p[Edge-Ring]"). The
 geometric features need no trained model, which lets monitoring start on day one of a
-new product; a wafer classifier (``--model``) adds its calibrated pattern probabilities
-and, on request, its embedding.
+new product; a wafer classifier (the shipped WM-811K model unless ``--model`` names
+another) adds its calibrated pattern probabilities and its embedding, which the drift
+test compares as the wafers' pattern mix and as a kernel two-sample test.
 
 Positions are normalised to the bounding box of the wafer's own on-wafer dies, so the
 wafer is the unit disk whatever the grid size or aspect ratio (the convention of
@@ -55,13 +56,16 @@ class FeatureTable:
     """Features of a set of wafers: ``values[i, j]`` is feature ``names[j]`` of wafer ``i``.
 
     ``predicted`` holds the classifier's top label per wafer when a model was used, so the
-    pattern mix can be counted without running the model twice.
+    pattern mix can be counted without running the model twice; ``embedding`` (wafers ×
+    dimensions) its penultimate-layer features, kept apart from ``values`` because its
+    columns have no meaning an engineer reads one by one.
     """
 
     values: np.ndarray
     names: list[str]
     predicted: list[str] | None = None
     classes: list[str] | None = None
+    embedding: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -70,7 +74,8 @@ class FeatureTable:
         """Rows ``index`` (e.g. the wafers of one lot), names kept."""
         idx = np.asarray(index, dtype=np.int64)
         pred = None if self.predicted is None else [self.predicted[i] for i in idx]
-        return FeatureTable(self.values[idx], list(self.names), pred, self.classes)
+        emb = None if self.embedding is None else self.embedding[idx]
+        return FeatureTable(self.values[idx], list(self.names), pred, self.classes, emb)
 
 
 @dataclass(frozen=True)
@@ -151,12 +156,13 @@ def geometric_features(grid: np.ndarray) -> np.ndarray:
     )
 
 
-def extract_features(maps: Sequence[WaferMap], *, model: Any = None, embeddings: bool = False) -> FeatureTable:
-    """Features of ``maps``: geometric ones, plus ``p[CLASS]`` (and ``emb[i]``) with a model.
+def extract_features(maps: Sequence[WaferMap], *, model: Any = None, embeddings: bool = True) -> FeatureTable:
+    """Features of ``maps``: geometric ones, plus ``p[CLASS]`` columns and the embedding with a model.
 
     ``model`` is a loaded wafer classifier (``fabsight.wafer.load_model``): its calibrated
-    probabilities become one column per class. ``embeddings`` adds its embedding, which
-    catches shifts the class list has no name for but cannot be read per column.
+    probabilities become one column per class and its top label ``predicted``.
+    ``embeddings`` also keeps its embedding (``FeatureTable.embedding``), which catches
+    shifts the class list has no name for.
     """
     geo = np.array([geometric_features(m.grid) for m in track(maps, "features")]).reshape(
         len(maps), len(GEOMETRIC_FEATURES)
@@ -165,10 +171,7 @@ def extract_features(maps: Sequence[WaferMap], *, model: Any = None, embeddings:
         return FeatureTable(geo, list(GEOMETRIC_FEATURES))
     classes = [str(c) for c in model.classes_]
     proba = np.asarray(model.predict_proba(list(maps)), dtype=np.float64)
-    parts, names = [geo, proba], [*GEOMETRIC_FEATURES, *(f"p[{c}]" for c in classes)]
-    if embeddings:
-        emb = np.asarray(model.embed(list(maps)), dtype=np.float64)
-        parts.append(emb)
-        names += [f"emb[{i}]" for i in range(emb.shape[1])]
+    emb = np.asarray(model.embed(list(maps)), dtype=np.float64) if embeddings else None
     predicted = [classes[i] for i in np.argmax(proba, axis=1)]
-    return FeatureTable(np.hstack(parts), names, predicted, classes)
+    names = [*GEOMETRIC_FEATURES, *(f"p[{c}]" for c in classes)]
+    return FeatureTable(np.hstack([geo, proba]), names, predicted, classes, emb)

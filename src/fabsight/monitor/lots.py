@@ -5,9 +5,10 @@ A lot is judged three ways, because each catches what the others miss:
 * **control limits** on the failing-die fraction (and, with a classifier, on the share
   of wafers showing each pattern): a lot clearly worse than the baseline;
 * **Western-Electric runs** on the same charts: small sustained shifts;
-* a **drift test** of the lot's wafers against all baseline wafers (sliced-Wasserstein
-  permutation test on the wafer features): a change of *spatial signature* at equal
-  yield, e.g. fails moving from the centre to the edge.
+* a **drift test** of the lot's wafers against all baseline wafers (permutation tests of
+  the wafer features and, with a classifier, of the pattern mix and the embedding,
+  combined; :mod:`fabsight.monitor.drift`): a change of *spatial signature* at equal
+  yield, e.g. fails moving from the centre to the edge, or of the pattern mix.
 
 Each monitored lot is tested at level α on its own; with many lots some false alarms are
 expected (about α per lot), which is why alarms name the features that moved.
@@ -84,6 +85,7 @@ class MonitorResult:
             out["drift"] = {
                 "distance": d.distance,
                 "p_value": d.p_value,
+                "components": {c.name: c.p_value for c in d.components},
                 "top_features": [{"name": s.name, "smd": s.smd, "p_value": s.p_value} for s in d.per_feature[:3]],
             }
         out["alarms"] = [a.__dict__ for a in self.alarms if a.lot == lot.lot_id]
@@ -186,5 +188,8 @@ def monitor_lots(
         drift[lot.lot_id] = res
         if res.drift:
             moved = ", ".join(f"{s.name} ({s.smd:+.2f} SD)" for s in res.per_feature[:3])
-            alarms.append(Alarm(lot.lot_id, "drift", "features", f"p={res.p_value:.4f} < {alpha}; moved most: {moved}"))
+            parts = ", ".join(f"{c.name} p={c.p_value:.4f}" for c in res.components)
+            alarms.append(
+                Alarm(lot.lot_id, "drift", "features", f"p={res.p_value:.4f} < {alpha} ({parts}); moved most: {moved}")
+            )
     return MonitorResult(lots, n_baseline, charts, drift, alarms, feats)
