@@ -154,6 +154,16 @@ class Recipe:
     validation_fraction: float | None = None
 
 
+def schedule(recipe: Recipe) -> dict[str, int]:
+    """The estimator's ``epochs`` and ``min_steps`` for a recipe: an epoch count the user
+    gave is kept as is; otherwise :data:`DEFAULT_EPOCHS`, and from scratch (no ``init``)
+    at least :data:`SCRATCH_MIN_STEPS` gradient steps, since a few hundred maps' 15 epochs
+    would be a few hundred steps whatever the data."""
+    if recipe.epochs is not None:
+        return {"epochs": recipe.epochs, "min_steps": 0}
+    return {"epochs": DEFAULT_EPOCHS, "min_steps": SCRATCH_MIN_STEPS if recipe.init is None else 0}
+
+
 def _synthetic(
     recipe: Recipe, maps: list[WaferMap], multilabel: bool, where: Path | None
 ) -> tuple[list[WaferMap], list[WaferMap] | None, list[str]]:
@@ -223,8 +233,7 @@ def train(
         multilabel=multilabel,
         widths=widths,
         embed_dim=embed_dim,
-        epochs=recipe.epochs or DEFAULT_EPOCHS,
-        min_steps=SCRATCH_MIN_STEPS if recipe.epochs is None and recipe.init is None else 0,
+        **schedule(recipe),
         init=recipe.init,
         head=recipe.head,
         n_threads=recipe.threads,
