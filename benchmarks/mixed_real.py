@@ -84,7 +84,7 @@ def decodings(clf: Any, train_maps: list[WaferMap], val_maps: list[WaferMap]) ->
     seen = np.unique(multi_hot(train_maps, classes), axis=0)
     # probabilities moved so that each label's threshold sits at 0.5 (log-odds shifted)
     th = clf.label_thresholds_
-    p = np.clip(probs, 1e-9, 1 - 1e-9)
+    p = np.clip(probs.astype(np.float64), 1e-9, 1 - 1e-9)
     shifted = 1 / (1 + np.exp(-(np.log(p / (1 - p)) - np.log(th / (1 - th)))))
     return {
         "per_label_thresholds": scores(truth, (probs >= th).astype(int), classes),
