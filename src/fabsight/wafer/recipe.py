@@ -26,9 +26,10 @@ from fabsight.wafer.classifier import SYNTH_SHAPES, WaferClassifier, label_tuple
 #: Epochs when the user names none.
 DEFAULT_EPOCHS = 15
 #: Gradient steps (batches of 64) a network trained from scratch gets at least when the
-#: user names no epoch count: a small set's 15 epochs are a few hundred steps, too few to
-#: learn the features at all (MixedWM38 20 %, 7,602 maps: 15 epochs = 1,785 steps, exact
-#: match 0.87 against XXX). Large sets reach it anyway (WM-811K's 37k maps: 8,760 steps).
+#: user names no epoch count: a small set's 15 epochs are a few hundred to a few thousand
+#: steps, and under-train (MixedWM38 20 %, 7,602 maps: 15 epochs = 1,785 steps, exact match
+#: 0.87 with the old patience rule; 4,005 steps: 0.96, still rising at the end). Large
+#: sets reach it anyway (WM-811K's 37k maps: 8,760 steps), so they are unchanged.
 SCRATCH_MIN_STEPS = 4000
 
 #: Class names a differently spelt label is mapped onto first (``Edge_Loc`` → ``Edge-Loc``).
