@@ -77,3 +77,25 @@ def test_mahalanobis_flags_points_away_from_every_class() -> None:
     far = ood.score(rng.normal(-8, 1, (100, 5)))
     assert np.mean(inside > ood.threshold) < 0.05
     assert np.all(far > ood.threshold)
+
+
+def test_most_likely_combination_picks_the_likeliest_known_set() -> None:
+    known = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1]])
+    probs = np.array(
+        [
+            [0.9, 0.2, 0.1],  # per label: {0} — known
+            [0.6, 0.45, 0.1],  # per label: {0}; {0,1} costs log(.55/.45) more → {0}
+            [0.9, 0.9, 0.9],  # per label: {0,1,2} — never seen; likeliest known: {0,1}
+            [0.1, 0.1, 0.4],  # per label: none; {2} loses to none (0.4 < 0.5)
+            [0.3, 0.1, 0.7],  # per label: {2}
+        ]
+    )
+    got = cal.most_likely_combination(probs, known)
+    assert got.tolist() == [[1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1]]
+
+
+def test_most_likely_combination_equals_thresholding_when_every_set_is_known() -> None:
+    rng = np.random.default_rng(3)
+    probs = rng.uniform(0.01, 0.99, size=(200, 4))
+    every = np.array([[(k >> j) & 1 for j in range(4)] for k in range(16)])
+    assert np.array_equal(cal.most_likely_combination(probs, every), (probs >= 0.5).astype(int))

@@ -15,7 +15,15 @@ from fabsight.io import write_folder, write_lswmd
 from fabsight.synth import generate_dataset
 from fabsight.wafer import Recipe, WaferClassifier, train
 from fabsight.wafer.classifier import balance_weights, one_cycle
-from fabsight.wafer.recipe import harmonise, name_key, read_labelled, read_sources
+from fabsight.wafer.recipe import (
+    DEFAULT_EPOCHS,
+    SCRATCH_MIN_STEPS,
+    harmonise,
+    name_key,
+    read_labelled,
+    read_sources,
+    schedule,
+)
 
 CLASSES = ("Center", "Edge-Ring", "Random")
 
@@ -114,6 +122,21 @@ def test_train_on_sources_with_val_keeps_the_best_epoch(sources) -> None:
     assert (
         clf.metrics_["validation"]["n"] == 18 and "validation maps given" in clf.metrics_["validation"]["measured_on"]
     )
+
+
+def test_default_schedule_gives_scratch_runs_a_step_floor(tmp_path) -> None:
+    assert schedule(Recipe(), None) == {"epochs": DEFAULT_EPOCHS, "min_steps": SCRATCH_MIN_STEPS}
+    assert schedule(Recipe(), tmp_path) == {"epochs": DEFAULT_EPOCHS, "min_steps": 0}  # fine-tuning: as before
+    assert schedule(Recipe(epochs=4), None) == {"epochs": 4, "min_steps": 0}  # the user's count is kept
+
+
+def test_min_steps_lengthens_each_epoch_of_a_small_set() -> None:
+    maps = generate_dataset(15, classes=CLASSES, shapes=((30, 30),), seed=6)  # 36 trained on: 1 batch
+    clf = WaferClassifier(input_size=32, epochs=2, min_steps=40, n_threads=1).fit(maps)
+    stop = clf.training_["early_stopping"]
+    assert stop["steps_per_epoch"] == 20 and [e for e, _ in stop["history"]] == [1, 2]
+    plain = WaferClassifier(input_size=32, epochs=2, n_threads=1).fit(maps)
+    assert plain.training_["early_stopping"]["steps_per_epoch"] == 8  # the old floor: 8 batches
 
 
 def test_time_budget_cuts_training_short() -> None:

@@ -108,6 +108,20 @@ def label_thresholds(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return out
 
 
+def most_likely_combination(probs: np.ndarray, combinations: np.ndarray) -> np.ndarray:
+    """Per map, the row of ``combinations`` (K×C, 0/1) most probable under independent labels.
+
+    Exact-match decoding for multi-label models: where only some label sets occur (mixed
+    patterns in a fab's data), the best whole answer is the likeliest known set, not each
+    label cut at its own threshold, which can yield a set that was never seen. The log-
+    likelihood of a set is ``Σ t log p + (1 - t) log(1 - p)``; ties go to the first row.
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+    t = np.asarray(combinations, dtype=np.float64)
+    loglik = (np.log(p) - np.log1p(-p)) @ t.T  # + Σ log(1 - p), the same for every row
+    return np.asarray(combinations)[loglik.argmax(axis=1)]
+
+
 class MahalanobisOOD:
     """Distance of an embedding to the nearest group mean under a shared covariance.
 

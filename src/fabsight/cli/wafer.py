@@ -172,7 +172,14 @@ def register(app: typer.Typer) -> None:
                 "to learn the needs_review threshold on; 0 uses the held-out maps.",
             ),
         ] = 40,
-        epochs: Annotated[int, typer.Option(min=1)] = 15,
+        epochs: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Epochs (default: 15, each lengthened when training from scratch on few maps, "
+                "so the run gets at least 4,000 gradient steps).",
+            ),
+        ] = None,
         input_size: Annotated[int | None, typer.Option(help="Model input side (default 64, or --init's).")] = None,
         init: Annotated[
             str | None,

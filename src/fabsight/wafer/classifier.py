@@ -82,7 +82,10 @@ WARMUP = 0.3
 #: Share of the schedule after which early stopping may end a run: the step size has
 #: fallen below half its peak. Before that held-out scores dip while the step is large
 #: and recover as it anneals (20 real maps per class: best epoch 6 of 15, then a dip that
-#: stopped the run at epoch 9 with macro-F1 0.44).
+#: stopped the run at epoch 9 with macro-F1 0.44). Patience is counted from here too, not
+#: from a best epoch reached at the peak step size: otherwise a lucky early epoch ends
+#: the run the moment stopping is allowed, before any annealing (MixedWM38 20 %: best
+#: epoch 5, stopped at epoch 10 of 15 with exact match 0.867).
 SETTLED = WARMUP + (1 - WARMUP) / 2
 #: Maps preprocessed at a time by ``fit``: bounds the float32 temporaries for large sets.
 _PREPROCESS_CHUNK = 4096
@@ -225,6 +228,7 @@ class _BestEpoch:
         self.clf, self.val, self.patience = clf, val, patience
         self.history: list[list[float]] = []
         self.best: tuple[float, float, dict[str, Any]] | None = None  # score, epoch, weights
+        self.settled: float | None = None  # the first epoch at which stopping was allowed
         self.stopped_early = False
 
     def check(self, epoch: float, may_stop: bool = True) -> bool:
@@ -236,8 +240,10 @@ class _BestEpoch:
         if self.best is None or score > self.best[0] + 1e-4:
             state = {k: v.detach().clone() for k, v in self.clf.net_.state_dict().items()}
             self.best = (score, epoch, state)
-        elif may_stop and epoch - self.best[1] >= self.patience:
-            self.stopped_early = True
+        if may_stop:
+            if self.settled is None:
+                self.settled = epoch
+            self.stopped_early = epoch - max(self.best[1], self.settled) >= self.patience
         return self.stopped_early
 
     def finish(self, cut_by_budget: bool) -> dict[str, Any]:
@@ -246,7 +252,7 @@ class _BestEpoch:
             self.clf.net_.load_state_dict(self.best[2])
         stop = "patience" if self.stopped_early else "time budget" if cut_by_budget else "planned epochs"
         return {
-            "metric": "macro_f1 on held-out maps" if self.val is not None else None,
+            "metric": None if self.val is None else f"{self.clf.stopping_metric()} on held-out maps",
             "history": self.history,
             "best_epoch": None if self.best is None else round(self.best[1], 3),
             "best_score": None if self.best is None else round(self.best[0], 4),
@@ -267,9 +273,14 @@ class WaferClassifier(BaseEstimator):
     epochs, batch_size, learning_rate, weight_decay : optimisation (AdamW, one-cycle schedule).
         An epoch is ``max(n_train, 8 * batch_size)`` draws, so tiny few-shot sets still get
         enough steps.
+    min_steps : gradient steps the whole run gets at least: epochs are lengthened to
+        ``min_steps / epochs`` batches when the maps are too few to fill them (held-out
+        scoring stays once per epoch). ``fabsight wafer train`` sets it for networks trained
+        from scratch (:data:`fabsight.wafer.recipe.SCRATCH_MIN_STEPS`).
     class_balance : how unequal classes are handled, one of :data:`CLASS_BALANCE`.
-    patience : epochs without a better held-out macro-F1 after which training stops, once
-        past :data:`SETTLED` of the schedule; the best epoch's weights are kept (scored on
+    patience : epochs without a better held-out score (:meth:`stopping_metric`) after which
+        training stops, counted from :data:`SETTLED` of the schedule at the earliest; the
+        best epoch's weights are kept (scored on
         ``fit``'s ``val_maps``, else the held-out maps).
     max_minutes : wall-clock budget of the gradient steps (from the start of ``fit``); the
         learning-rate schedule is shortened to end within it. Calibration comes after it.
@@ -336,6 +347,7 @@ class WaferClassifier(BaseEstimator):
         widths: tuple[int, ...] = (16, 32, 64, 128),
         embed_dim: int = 128,
         epochs: int = 15,
+        min_steps: int = 0,
         batch_size: int = 64,
         learning_rate: float = 3e-3,
         weight_decay: float = 1e-4,
@@ -362,6 +374,7 @@ class WaferClassifier(BaseEstimator):
         self.widths = widths
         self.embed_dim = embed_dim
         self.epochs = epochs
+        self.min_steps = min_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -485,13 +498,19 @@ class WaferClassifier(BaseEstimator):
                 logits.append(self.net_.classify(z).cpu().numpy())
         return np.concatenate(logits), np.concatenate(embeddings)
 
+    def stopping_metric(self) -> str:
+        """What early stopping maximises: exact match for multi-label models (a mixed map is
+        right only with every label right; macro-F1 rewards a model that gets each label
+        mostly right on different maps), macro-F1 over classes otherwise."""
+        return "exact_match" if self.multilabel else "macro_f1"
+
     def _val_score(self, val: tuple[np.ndarray, np.ndarray]) -> float:
-        """Macro-F1 of the current network on held-out maps (multi-label: each logit > 0)."""
+        """:meth:`stopping_metric` of the current network on held-out maps (multi-label: each logit > 0)."""
         from sklearn.metrics import f1_score
 
         logits = self._run(val[0], "scoring held-out maps")[0]
         if self.multilabel:
-            return float(f1_score(val[1], logits > 0, average="macro", zero_division=0))
+            return float(((logits > 0) == val[1].astype(bool)).all(axis=1).mean())
         labels = range(len(self.classes_))
         return float(f1_score(val[1], logits.argmax(axis=1), labels=labels, average="macro", zero_division=0))
 
@@ -511,7 +530,8 @@ class WaferClassifier(BaseEstimator):
     ) -> dict[str, Any]:
         """Gradient steps with early stopping on ``val`` and the ``deadline`` (monotonic s).
 
-        An epoch is ``max(epoch_size, 8 * batch_size)`` draws (``epoch_size``: ``len(x)``).
+        An epoch is ``epoch_size`` draws (default ``len(x)``), lengthened to at least 8
+        batches and to ``min_steps / epochs`` batches (short sets still get enough steps).
 
         ``balance``: sampling probabilities and loss weights (:func:`balance_weights`).
         Returns what happened (epochs run, best epoch, why it stopped) for the model card.
@@ -528,7 +548,8 @@ class WaferClassifier(BaseEstimator):
             p.requires_grad_(not head_only)
         for p in params:
             p.requires_grad_(True)
-        steps = math.ceil(max(epoch_size or len(x), 8 * self.batch_size) / self.batch_size)
+        floor = max(8, math.ceil(self.min_steps / self.epochs))  # batches per epoch at least
+        steps = max(math.ceil((epoch_size or len(x)) / self.batch_size), floor)
         total = planned = steps * self.epochs
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
         loss_fn: nn.Module = (nn.BCEWithLogitsLoss if self.multilabel else nn.CrossEntropyLoss)(reduction="none")
@@ -570,7 +591,7 @@ class WaferClassifier(BaseEstimator):
         for p in net.parameters():
             p.requires_grad_(True)
         net.eval()
-        return stopper.finish(planned < total)
+        return {"steps_per_epoch": steps, **stopper.finish(planned < total)}
 
     def _fit_prototypes(self, x: np.ndarray, targets: np.ndarray, seed: int, views: int = 8) -> None:
         """Cosine head whose weights are the mean normalised embedding of each class."""
