@@ -10,6 +10,7 @@ rebuild it and check its card:
   validation piece stays unseen;
 - the card's ``metrics.validation_piece``: macro-F1, accuracy and per-class F1 on
   ``LSWMD_val.pkl`` (12,450 maps), measured once after training;
+- ``model.onnx`` (``--runtime onnx``), checked against PyTorch on every 25th validation map;
 - a ``README.md`` beside the weights says where the data comes from and its licence.
 
 Run (about 20 minutes on 2 CPU cores)::
@@ -31,7 +32,8 @@ OUT = Path(__file__).resolve().parents[1] / "src" / "fabsight" / "wafer" / "pret
 README = """# fabsight's shipped wafer-pattern model (WM-811K)
 
 A {params:,}-parameter `WaferNet` ({arch}, input {size}×{size}) that classifies a wafer map into the
-nine WM-811K classes: {classes}. `card.json` holds everything the loader needs and how it was made.
+nine WM-811K classes: {classes}. `card.json` holds everything the loader needs and how it was made; `model.onnx` is the same
+network for ONNX Runtime (`--runtime onnx`), checked against PyTorch on {n_check} validation maps.
 
 - **Data.** Real wafer maps of the public WM-811K set (MIR Lab; Wu, Jang and Chen, IEEE TSM 2015),
   as labelled, cleaned and split by the faris-k/self-supervised-wafermaps repository (MIT licence):
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
+    from fabsight.deploy import export_onnx
     from fabsight.io import read_maps
     from fabsight.wafer import Recipe, evaluate, train
 
@@ -88,6 +91,9 @@ def main() -> None:
     }
     clf.training_["build"] = {"script": "scripts/build_pretrained_wafer.py", "seconds": round(seconds, 1)}
     clf.save(args.out)
+    # ONNX Runtime is the fast path on a tool PC (docs/benchmarks.md): ship the graph, checked
+    # against PyTorch on real validation maps.
+    export_onnx(args.out, sample=val_maps[::25], n_threads=args.threads)
     card = json.loads((args.out / "card.json").read_text())
     (args.out / "README.md").write_text(
         README.format(
@@ -104,6 +110,7 @@ def main() -> None:
             rule="|".join(["---"] * len(per_class)),
             f1s=" | ".join(f"{v:.3f}" for v in per_class.values()),
             seconds=seconds,
+            n_check=len(val_maps[::25]),
             seed=args.seed,
         )
     )

@@ -166,3 +166,16 @@ def test_serve_classifies_with_the_shipped_model_when_none_is_named(tmp_path, mo
         main()
     assert not exc.value.code and started
     assert json.loads(capsys.readouterr().out)["wafer_model"].startswith(f"{PRETRAINED_DIR.name} (")
+
+
+def test_the_shipped_onnx_graph_decides_as_pytorch_on_real_maps(val_sample) -> None:
+    """The shipped model carries its ONNX graph, so ``--runtime onnx`` (the fast path) needs no
+    export step, and it labels real maps exactly as the PyTorch network does."""
+    from fabsight.deploy import load_predictor
+
+    maps = read_maps(val_sample)
+    torch_rows = load_predictor(PRETRAINED_NAME, "torch", n_threads=1).predict_details(maps)
+    onnx_rows = load_predictor(PRETRAINED_NAME, "onnx", n_threads=1).predict_details(maps)
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
+    assert np.allclose([r["probability"] for r in onnx_rows], [r["probability"] for r in torch_rows], atol=1e-4)
+    assert [r["needs_review"] for r in onnx_rows] == [r["needs_review"] for r in torch_rows]
