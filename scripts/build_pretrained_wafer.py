@@ -33,7 +33,8 @@ README = """# fabsight's shipped wafer-pattern model (WM-811K)
 
 A {params:,}-parameter `WaferNet` ({arch}, input {size}×{size}) that classifies a wafer map into the
 nine WM-811K classes: {classes}.
-`card.json` holds everything the loader needs and how it was made; `model.onnx` is the same network for ONNX Runtime (`--runtime onnx`), checked against PyTorch on {n_check} validation maps.
+`card.json` holds everything the loader needs and how it was made; `model.onnx` is the same
+network for ONNX Runtime (`--runtime onnx`), checked against PyTorch on {n_check} validation maps.
 
 - **Data.** Real wafer maps of the public WM-811K set (MIR Lab; Wu, Jang and Chen, IEEE TSM 2015),
   as labelled, cleaned and split by the faris-k/self-supervised-wafermaps repository (MIT licence):
