@@ -93,7 +93,10 @@ def student_model(args: argparse.Namespace, teacher: WaferClassifier) -> tuple[W
         "hard_weight": args.hard_weight,
         "feature_weight": args.feature_weight,
         "mixup": args.mixup,
+        "attention_weight": args.attention_weight,
+        "class_balance": args.class_balance,
         "validation_fraction": args.validation_fraction,
+        "init": None if args.init is None else str(args.init),
     }
     t0, load0 = time.time(), os.getloadavg()
     d = WaferDistiller(teacher, n_threads=args.train_threads, device=args.device, random_state=args.seed, **recipe)
@@ -180,6 +183,9 @@ def main() -> None:
     p.add_argument("--hard-weight", type=float, default=0.0)
     p.add_argument("--feature-weight", type=float, default=1.0)
     p.add_argument("--mixup", type=float, default=0.0)
+    p.add_argument("--attention-weight", type=float, default=0.0)
+    p.add_argument("--class-balance", type=float, default=1.0)
+    p.add_argument("--init", type=Path, help="student directory to continue distilling from")
     p.add_argument("--validation-fraction", type=float, default=0.1)
     p.add_argument("--limit", type=int, help="distil on this many of the unlabelled maps (seeded draw)")
     p.add_argument("--seed", type=int, default=0)

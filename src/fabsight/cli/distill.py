@@ -129,6 +129,10 @@ def register(app: typer.Typer) -> None:
         attention_weight: Annotated[
             float, typer.Option(min=0.0, help="Weight of matching where each conv stage fires (0 = off).")
         ] = 0.0,
+        class_balance: Annotated[
+            float,
+            typer.Option(min=0.0, help="Balance draws over the teacher's classes: 1 = equal, 0 = as the maps come."),
+        ] = 1.0,
         init: Annotated[Path | None, typer.Option(help="A student directory to continue distilling from.")] = None,
         holdout: Annotated[
             Path | None, typer.Option(help="Labelled maps to calibrate on (default: the teacher's predictions).")
@@ -157,6 +161,7 @@ def register(app: typer.Typer) -> None:
                     "mixup": mixup,
                     "hard_weight": hard_weight,
                     "attention_weight": attention_weight,
+                    "class_balance": class_balance,
                     "init": init,
                 },
                 holdout,

@@ -137,8 +137,13 @@ class WaferDistiller(BaseEstimator):
         classes, input size and ``size`` as this run); ``None`` starts from random weights.
     epochs, batch_size, learning_rate, weight_decay : optimisation (AdamW, one-cycle).
         An epoch is ``max(n_train + synthetic_per_epoch, 8 * batch_size)`` draws; the given
-        maps are drawn balanced over the teacher's predicted classes so rare patterns in
-        unlabelled data are not drowned out (generated maps are balanced already).
+        maps are drawn weighted by the teacher's predicted class (``class_balance``) so rare
+        patterns in unlabelled data are not drowned out (generated maps are balanced already).
+    class_balance : how strongly draws are balanced over the teacher's predicted classes: a
+        map of a class the teacher predicts ``n`` times is drawn with weight ``n ** -class_balance``
+        (1: every class equally often; 0: as the maps come; 0.5 between). A student far smaller
+        than its teacher cannot match it everywhere; full balance spends its capacity on rare
+        patterns and it then errs on the common maps (on WM-811K: ``none`` maps called Scratch).
     rotate, flip, max_noise : augmentation shared by teacher and student.
     validation_fraction : share of the unlabelled maps held out for calibration when no
         labelled holdout is given.
@@ -168,6 +173,7 @@ class WaferDistiller(BaseEstimator):
         synthetic_per_epoch: int = 0,
         mixup: float = 0.0,
         attention_weight: float = 0.0,
+        class_balance: float = 1.0,
         init: str | os.PathLike[str] | WaferClassifier | None = None,
         epochs: int = 10,
         batch_size: int = 64,
@@ -189,6 +195,7 @@ class WaferDistiller(BaseEstimator):
         self.synthetic_per_epoch = synthetic_per_epoch
         self.mixup = mixup
         self.attention_weight = attention_weight
+        self.class_balance = class_balance
         self.init = init
         self.epochs = epochs
         self.batch_size = batch_size
@@ -390,7 +397,7 @@ class WaferDistiller(BaseEstimator):
             raise ValueError(f"size must be 'auto' or one of {list(ARCHITECTURES)}, got {self.size!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        for name in ("hard_weight", "synthetic_per_epoch", "mixup", "attention_weight"):
+        for name in ("hard_weight", "synthetic_per_epoch", "mixup", "attention_weight", "class_balance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if len(maps) < MIN_MAPS:
@@ -449,7 +456,7 @@ class WaferDistiller(BaseEstimator):
                 val_mask = np.zeros(len(x), dtype=bool)
             x_tr, g_tr = x[~val_mask].astype(np.float16), groups[~val_mask]
             counts = Counter(g_tr.tolist())
-            weights = np.array([1.0 / counts[g] for g in g_tr])
+            weights = np.array([float(counts[g]) ** -self.class_balance for g in g_tr])
             weights /= weights.sum()
 
             losses, synthetic = self._train(student, teacher, x_tr, weights, seed)
@@ -510,7 +517,7 @@ class WaferDistiller(BaseEstimator):
             "compression": self.compression_,
             "epochs": self.epochs,
             "augmentation": {"rotate": self.rotate, "flip": self.flip, "max_noise": self.max_noise},
-            "class_balanced_sampling": "by the teacher's predicted class",
+            "class_balanced_sampling": f"by the teacher's predicted class, weight n^-{self.class_balance}",
             "seed": seed,
             "device": device,
         }
