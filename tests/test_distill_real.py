@@ -74,7 +74,8 @@ def distilled(wm811k: Path) -> WaferDistiller:
     maps = read_maps(wm811k / "LSWMD_train_10.pkl")
     keep = np.random.default_rng(0).choice(len(maps), size=3000, replace=False)
     grids = [maps[i].grid for i in keep]  # the labels stay behind
-    return WaferDistiller(epochs=3, hard_weight=0.3, learning_rate=5e-3, validation_fraction=0.1).fit(grids)
+    recipe = {"temperature": 2.0, "hard_weight": 0.5, "class_balance": 0.5, "learning_rate": 5e-3}
+    return WaferDistiller(epochs=3, validation_fraction=0.1, n_threads=1, **recipe).fit(grids)
 
 
 def test_short_real_distillation_imitates_the_shipped_model(distilled, held_out) -> None:
@@ -84,10 +85,10 @@ def test_short_real_distillation_imitates_the_shipped_model(distilled, held_out)
     assert distilled.student_.training_["distilled_from"] == str(pretrained_dir())
     student, teacher = distilled.student_.predict(held_out), distilled.teacher_.predict(held_out)
     agree = np.mean(np.array(student) == np.array(teacher))
-    # Always answering "none" agrees on 59 % of these maps; 0.75 needs the patterns learnt
-    # (126 steps reach 0.79; the 20-epoch run of docs/benchmarks.md reaches the figure there).
+    # Always answering "none" agrees on 59 % of these maps; 0.80 needs the patterns learnt.
+    # These 126 steps reach 0.85; the full runs of docs/benchmarks.md reach 0.96.
     assert Counter(teacher)["none"] / len(teacher) < 0.62
-    assert agree >= 0.75
+    assert agree >= 0.80
     assert len(set(student)) >= 5  # not a majority-class model
 
 
