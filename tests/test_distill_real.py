@@ -101,11 +101,12 @@ def test_exported_student_decides_as_torch(distilled, held_out, tmp_path) -> Non
 
 
 def test_cli_distills_the_shipped_model_by_default(wm811k, tmp_path) -> None:
-    args = ["distill", "--unlabeled", str(wm811k / "LSWMD_train_01.pkl"), "--epochs", "1", "--threads", "1"]
+    args = ["distill", "--unlabeled", str(wm811k / "LSWMD_train_01.pkl"), "--epochs", "1", "--class-balance", "0.5"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "s"), "--json"])
     assert result.exit_code == 0, result.output
     r = json.loads(result.stdout)
     assert r["teacher"] == str(pretrained_dir()) and r["training"]["distilled_from"] == str(pretrained_dir())
     assert r["compression"]["student"]["size"] == "micro"
+    assert r["training"]["class_balanced_sampling"].endswith("weight n^-0.5")
     assert r["compression"]["parameter_ratio"] >= 10 and r["compression"]["flop_ratio"] >= 10
     assert load_model(tmp_path / "s").net_.config["widths"] == list(ARCHITECTURES["micro"][0])
