@@ -124,7 +124,7 @@ def test_bad_parameters(teacher) -> None:
     maps = [m.grid for m in generate_dataset(10, classes=SINGLE, seed=2)]
     with pytest.raises(FabsightError, match="at least 16"):
         WaferDistiller(str(teacher)).fit(maps[:5])
-    with pytest.raises(ValueError, match="size must be one of"):
+    with pytest.raises(ValueError, match="size must be 'auto' or one of"):
         WaferDistiller(str(teacher), size="huge").fit(maps)
     with pytest.raises(ValueError, match="mixup must be >= 0"):
         WaferDistiller(str(teacher), mixup=-1).fit(maps)

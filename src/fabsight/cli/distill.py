@@ -1,8 +1,9 @@
-"""``fabsight distill TEACHER --unlabeled DATA --out STUDENT``: a ≥10× smaller model, no labels.
+"""``fabsight distill [TEACHER] --unlabeled DATA --out STUDENT``: a ≥10× smaller model, no labels.
 
 A thin layer over :class:`fabsight.distill.WaferDistiller`: read unlabelled maps from any
 format :mod:`fabsight.io` knows (labels they carry are ignored), optionally add generated
-maps, distil, save the student as an ordinary wafer-pattern model directory.
+maps, distil, save the student as an ordinary wafer-pattern model directory. Without a
+teacher the shipped WM-811K model is distilled.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def _distill(
-    teacher_dir: Path,
+    teacher_dir: Path | None,
     unlabeled: list[Path],
     out_dir: Path,
     size: str,
@@ -38,11 +39,13 @@ def _distill(
     from fabsight.distill import STUDENT_SIZES, WaferDistiller, synthetic_classes
     from fabsight.io import ReadLog, iter_maps, read_maps
     from fabsight.wafer import load_model
+    from fabsight.wafer.pretrained import resolve_model
 
     if size not in STUDENT_SIZES:
         raise FabsightError(None, f"--size must be one of {', '.join(STUDENT_SIZES)}, got {size!r}")
     if not unlabeled and synthetic <= 0:
         raise FabsightError(None, "give unlabelled maps (--unlabeled DATA), --synthetic N, or both")
+    teacher_dir = resolve_model(teacher_dir)
     teacher = load_model(teacher_dir)
     maps = list(iter_maps(unlabeled, log)) if unlabeled else []
     described = [f"{p} (unlabelled use)" for p in unlabeled]
@@ -103,12 +106,16 @@ def _print(result: dict[str, Any]) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("distill")
     def distill(
-        teacher_dir: Annotated[Path, typer.Argument(help="Teacher model directory (e.g. `wafer train --arch wide`).")],
         out_dir: Annotated[Path, typer.Option("--out", help="Student model directory to write.")],
+        teacher_dir: Annotated[
+            Path | None, typer.Argument(help="Teacher model directory (default: the shipped WM-811K model).")
+        ] = None,
         unlabeled: Annotated[
             list[Path] | None, typer.Option("--unlabeled", help="Maps to learn from (any format; labels ignored).")
         ] = None,
-        size: Annotated[str, typer.Option(help="Student size: tiny or small (both ≥10x smaller than wide).")] = "tiny",
+        size: Annotated[
+            str, typer.Option(help="Student size: auto (largest ≥10x smaller than the teacher), micro, tiny or small.")
+        ] = "auto",
         synthetic: Annotated[int, typer.Option(min=0, help="Add N generated maps per pattern (labels ignored).")] = 0,
         epochs: Annotated[int, typer.Option(min=1)] = 10,
         temperature: Annotated[float, typer.Option(help="Distillation temperature T.")] = 4.0,
@@ -122,6 +129,10 @@ def register(app: typer.Typer) -> None:
         attention_weight: Annotated[
             float, typer.Option(min=0.0, help="Weight of matching where each conv stage fires (0 = off).")
         ] = 0.0,
+        class_balance: Annotated[
+            float,
+            typer.Option(min=0.0, help="Balance draws over the teacher's classes: 1 = equal, 0 = as the maps come."),
+        ] = 1.0,
         init: Annotated[Path | None, typer.Option(help="A student directory to continue distilling from.")] = None,
         holdout: Annotated[
             Path | None, typer.Option(help="Labelled maps to calibrate on (default: the teacher's predictions).")
@@ -150,6 +161,7 @@ def register(app: typer.Typer) -> None:
                     "mixup": mixup,
                     "hard_weight": hard_weight,
                     "attention_weight": attention_weight,
+                    "class_balance": class_balance,
                     "init": init,
                 },
                 holdout,

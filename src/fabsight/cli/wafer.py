@@ -197,7 +197,9 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = 2,
         arch: Annotated[
             str,
-            typer.Option(help="Network size: compact (default), medium (mixed-type), wide (teacher), small, tiny."),
+            typer.Option(
+                help="Network size: compact (default), medium (mixed-type), wide (teacher), small, tiny, micro."
+            ),
         ] = "compact",
         device: DeviceOpt = "auto",
         strict: StrictOpt = False,

@@ -46,9 +46,14 @@ from fabsight.utils.device import reproducible_cudnn
 from fabsight.utils.progress import track
 from fabsight.wafer.classifier import SYNTH_SHAPES, WaferClassifier, label_tuple, load_model
 from fabsight.wafer.preprocess import maps_to_array
+from fabsight.wafer.pretrained import resolve_model
 
-#: Student sizes ``fabsight distill --size`` offers (both ≥10× smaller than ``wide``).
-STUDENT_SIZES: tuple[str, ...] = ("tiny", "small")
+#: Student sizes ``fabsight distill --size`` offers: ``auto`` (see :func:`student_size`) or a
+#: member of the network family (``micro`` is ≥10× smaller than ``compact``, the shipped
+#: model; ``tiny`` and ``small`` are ≥10× smaller than ``wide``).
+STUDENT_SIZES: tuple[str, ...] = ("auto", "micro", "tiny", "small")
+#: How many times fewer parameters *and* FLOPs per map than its teacher ``auto`` asks of a student.
+MIN_COMPRESSION = 10.0
 #: Below this many maps there is nothing meaningful to imitate.
 MIN_MAPS = 16
 
@@ -60,9 +65,32 @@ def _attention(features: Any) -> Any:
     return F.normalize(features.pow(2).mean(dim=1).flatten(1), dim=1)
 
 
-def _describe(model: str | os.PathLike[str] | WaferClassifier) -> str:
-    """A model as the card names it: its directory, or that it was passed in memory."""
-    return "in-memory model" if isinstance(model, WaferClassifier) else str(model)
+def _describe(model: str | os.PathLike[str] | WaferClassifier | None) -> str:
+    """A model as the card names it: its directory (``None``: the shipped one), or that it was passed in memory."""
+    return "in-memory model" if isinstance(model, WaferClassifier) else str(resolve_model(model))
+
+
+def student_size(teacher: WaferClassifier, factor: float = MIN_COMPRESSION) -> str:
+    """The largest family member with at least ``factor``× fewer parameters and FLOPs than ``teacher``.
+
+    A student's worth is its cost relative to the model it replaces, so the size follows the
+    teacher: ``micro`` for the shipped ``compact`` model, ``small`` for a ``wide`` one.
+    "Largest" is by parameters: the most capacity the cost bound allows.
+    """
+    from fabsight.wafer.net import ARCHITECTURES, WaferNet, n_flops, n_parameters
+
+    t_params, t_flops = n_parameters(teacher.net_), n_flops(teacher.net_, teacher.input_size_)
+    fits = []
+    for name, (widths, embed_dim) in ARCHITECTURES.items():
+        net = WaferNet(len(teacher.classes_), widths, embed_dim)
+        params, flops = n_parameters(net), n_flops(net, teacher.input_size_)
+        if t_params >= factor * params and t_flops >= factor * flops:
+            fits.append((params, name))
+    if not fits:
+        raise FabsightError(
+            None, f"no student size is {factor:g}x smaller than this teacher ({t_params:,} parameters): pick --size"
+        )
+    return max(fits)[1]
 
 
 def synthetic_classes(teacher: WaferClassifier) -> list[str | tuple[str, ...]]:
@@ -84,9 +112,11 @@ class WaferDistiller(BaseEstimator):
 
     Parameters
     ----------
-    teacher : a model directory or a fitted :class:`~fabsight.wafer.WaferClassifier`.
-    size : student architecture, a key of :data:`fabsight.wafer.net.ARCHITECTURES`
-        (``tiny`` or ``small`` are ≥10× smaller than the ``wide`` teacher).
+    teacher : a model directory or a fitted :class:`~fabsight.wafer.WaferClassifier`;
+        ``None`` (or ``"pretrained"``): the shipped WM-811K model.
+    size : student architecture: ``auto`` (:func:`student_size`: the largest family member
+        ≥10× smaller than the teacher in parameters and FLOPs) or a key of
+        :data:`fabsight.wafer.net.ARCHITECTURES`.
     temperature : distillation temperature ``T``; softened targets carry the teacher's
         "dark knowledge" (which wrong classes look alike). Losses are scaled by ``T²``.
     feature_weight : weight of the embedding-matching loss (0 turns it off).
@@ -107,8 +137,13 @@ class WaferDistiller(BaseEstimator):
         classes, input size and ``size`` as this run); ``None`` starts from random weights.
     epochs, batch_size, learning_rate, weight_decay : optimisation (AdamW, one-cycle).
         An epoch is ``max(n_train + synthetic_per_epoch, 8 * batch_size)`` draws; the given
-        maps are drawn balanced over the teacher's predicted classes so rare patterns in
-        unlabelled data are not drowned out (generated maps are balanced already).
+        maps are drawn weighted by the teacher's predicted class (``class_balance``) so rare
+        patterns in unlabelled data are not drowned out (generated maps are balanced already).
+    class_balance : how strongly draws are balanced over the teacher's predicted classes: a
+        map of a class the teacher predicts ``n`` times is drawn with weight ``n ** -class_balance``
+        (1: every class equally often; 0: as the maps come; 0.5 between). A student far smaller
+        than its teacher cannot match it everywhere; full balance spends its capacity on rare
+        patterns and it then errs on the common maps (on WM-811K: ``none`` maps called Scratch).
     rotate, flip, max_noise : augmentation shared by teacher and student.
     validation_fraction : share of the unlabelled maps held out for calibration when no
         labelled holdout is given.
@@ -122,21 +157,23 @@ class WaferDistiller(BaseEstimator):
     ----------
     student_ : the fitted student :class:`~fabsight.wafer.WaferClassifier`.
     teacher_ : the fitted teacher.
+    size_ : the student architecture used (what ``auto`` resolved to).
     compression_ : teacher/student parameters and FLOPs per map, and their ratios.
     agreement_ : share of held-out maps on which student and teacher predict the same.
     """
 
     def __init__(
         self,
-        teacher: str | os.PathLike[str] | WaferClassifier,
+        teacher: str | os.PathLike[str] | WaferClassifier | None = None,
         *,
-        size: str = "tiny",
+        size: str = "auto",
         temperature: float = 4.0,
         feature_weight: float = 1.0,
         hard_weight: float = 0.0,
         synthetic_per_epoch: int = 0,
         mixup: float = 0.0,
         attention_weight: float = 0.0,
+        class_balance: float = 1.0,
         init: str | os.PathLike[str] | WaferClassifier | None = None,
         epochs: int = 10,
         batch_size: int = 64,
@@ -158,6 +195,7 @@ class WaferDistiller(BaseEstimator):
         self.synthetic_per_epoch = synthetic_per_epoch
         self.mixup = mixup
         self.attention_weight = attention_weight
+        self.class_balance = class_balance
         self.init = init
         self.epochs = epochs
         self.batch_size = batch_size
@@ -262,7 +300,7 @@ class WaferDistiller(BaseEstimator):
         s_net.train()
         last: dict[str, float] = {}
         try:
-            for step in track(range(total), f"distilling into {self.size}", total=total):
+            for step in track(range(total), f"distilling into {self.size_}", total=total):
                 if step % steps == 0:  # a new epoch: fresh generated maps, new draws
                     if n_synthetic:
                         synthetic = self._synthetic_inputs(teacher, step // steps, seed)
@@ -326,7 +364,7 @@ class WaferDistiller(BaseEstimator):
         s_net.eval()
         return last, synthetic
 
-    def _initial_student(self, teacher: WaferClassifier, widths: tuple[int, ...]) -> WaferClassifier:
+    def _initial_student(self, teacher: WaferClassifier, widths: tuple[int, ...], size: str) -> WaferClassifier:
         """The ``init`` student, checked to fit this teacher and size."""
         base = self.init if isinstance(self.init, WaferClassifier) else load_model(self.init)
         check_is_fitted(base)
@@ -334,7 +372,7 @@ class WaferDistiller(BaseEstimator):
         if base.classes_ != teacher.classes_ or base.multilabel != teacher.multilabel:
             raise FabsightError(where, f"init student has classes {base.classes_}, the teacher {teacher.classes_}")
         if base.input_size_ != teacher.input_size_ or tuple(base.net_.config["widths"]) != tuple(widths):
-            raise FabsightError(where, f"init student is not a {self.size} student of {teacher.input_size_}px input")
+            raise FabsightError(where, f"init student is not a {size} student of {teacher.input_size_}px input")
         return base
 
     # --------------------------------------------------------------------- fit
@@ -355,11 +393,11 @@ class WaferDistiller(BaseEstimator):
 
         from fabsight.wafer.net import ARCHITECTURES, WaferNet, n_flops, n_parameters
 
-        if self.size not in ARCHITECTURES:
-            raise ValueError(f"size must be one of {list(ARCHITECTURES)}, got {self.size!r}")
+        if self.size != "auto" and self.size not in ARCHITECTURES:
+            raise ValueError(f"size must be 'auto' or one of {list(ARCHITECTURES)}, got {self.size!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        for name in ("hard_weight", "synthetic_per_epoch", "mixup", "attention_weight"):
+        for name in ("hard_weight", "synthetic_per_epoch", "mixup", "attention_weight", "class_balance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if len(maps) < MIN_MAPS:
@@ -369,10 +407,11 @@ class WaferDistiller(BaseEstimator):
         device = resolve_device(self.device)  # an unavailable device fails before any work
         torch.set_num_threads(self.n_threads)
         seed = 0 if self.random_state is None else int(self.random_state)
-        teacher = self.teacher if isinstance(self.teacher, WaferClassifier) else load_model(self.teacher)
+        teacher = self.teacher if isinstance(self.teacher, WaferClassifier) else load_model(resolve_model(self.teacher))
         check_is_fitted(teacher)
         teacher.n_threads = self.n_threads
-        widths, embed_dim = ARCHITECTURES[self.size]
+        self.size_ = student_size(teacher) if self.size == "auto" else self.size
+        widths, embed_dim = ARCHITECTURES[self.size_]
         student = WaferClassifier(
             input_size=teacher.input_size_,
             multilabel=teacher.multilabel,
@@ -398,7 +437,7 @@ class WaferDistiller(BaseEstimator):
         torch.manual_seed(seed)
         student.net_ = WaferNet(len(student.classes_), widths, embed_dim)
         if self.init is not None:
-            student.net_.load_state_dict(self._initial_student(teacher, widths).net_.state_dict())
+            student.net_.load_state_dict(self._initial_student(teacher, widths, self.size_).net_.state_dict())
 
         # Both networks work on the device until the student is calibrated; the teacher may be
         # the caller's model, so it goes back to the CPU even if something fails.
@@ -417,7 +456,7 @@ class WaferDistiller(BaseEstimator):
                 val_mask = np.zeros(len(x), dtype=bool)
             x_tr, g_tr = x[~val_mask].astype(np.float16), groups[~val_mask]
             counts = Counter(g_tr.tolist())
-            weights = np.array([1.0 / counts[g] for g in g_tr])
+            weights = np.array([float(counts[g]) ** -self.class_balance for g in g_tr])
             weights /= weights.sum()
 
             losses, synthetic = self._train(student, teacher, x_tr, weights, seed)
@@ -446,7 +485,7 @@ class WaferDistiller(BaseEstimator):
         teacher_f, student_f = n_flops(teacher.net_, teacher.input_size_), n_flops(student.net_, teacher.input_size_)
         self.compression_ = {
             "teacher": {"parameters": teacher_p, "flops": teacher_f, **teacher.net_.config},
-            "student": {"parameters": student_p, "flops": student_f, **student.net_.config},
+            "student": {"size": self.size_, "parameters": student_p, "flops": student_f, **student.net_.config},
             "parameter_ratio": teacher_p / student_p,
             "flop_ratio": teacher_f / student_f,
         }
@@ -478,7 +517,7 @@ class WaferDistiller(BaseEstimator):
             "compression": self.compression_,
             "epochs": self.epochs,
             "augmentation": {"rotate": self.rotate, "flip": self.flip, "max_noise": self.max_noise},
-            "class_balanced_sampling": "by the teacher's predicted class",
+            "class_balanced_sampling": f"by the teacher's predicted class, weight n^-{self.class_balance}",
             "seed": seed,
             "device": device,
         }

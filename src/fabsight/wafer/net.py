@@ -23,8 +23,10 @@ from torch.nn import functional as F
 #: classifier; ``medium`` (0.46 M parameters) the mixed-type model of docs/benchmarks.md;
 #: ``wide`` is the distillation teacher (~9x the parameters, ~8x the multiply-adds of
 #: ``compact``); ``small`` and ``tiny`` are students at least 10x smaller than ``wide`` in
-#: both (see :func:`n_flops` and docs/benchmarks.md).
+#: both, ``micro`` (11,021 parameters, ~0.34 M multiply-adds) a student at least 10x
+#: smaller than ``compact``, the shipped model (see :func:`n_flops` and docs/benchmarks.md).
 ARCHITECTURES: dict[str, tuple[tuple[int, ...], int]] = {
+    "micro": ((4, 8, 16, 32), 64),
     "tiny": ((8, 16, 32, 64), 64),
     "small": ((12, 24, 48, 96), 96),
     "compact": ((16, 32, 64, 128), 128),
