@@ -27,3 +27,20 @@ def run_cli(args: Sequence[object], capsys: pytest.CaptureFixture[str]) -> tuple
     code = exit_code_of(args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def invoke(*args: object) -> tuple[int, str, str]:
+    """Run ``fabsight ARGS`` through Typer's ``CliRunner`` (for tests without ``capsys``, e.g.
+    in module-scoped fixtures): exit status, stdout, stderr; a FabsightError is the one line
+    ``main()`` prints, exit 2; any other exception is raised."""
+    from typer.testing import CliRunner
+
+    from fabsight.cli.main import app
+    from fabsight.errors import FabsightError
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if isinstance(result.exception, FabsightError):
+        return 2, "", f"error: {result.exception}"
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr

@@ -10,26 +10,15 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from clikit import invoke as run
 from fabsight.assist.clustering import cluster_defects, cluster_dies
-from fabsight.cli.main import app
-from fabsight.errors import FabsightError
 from fabsight.io import read_maps, write_folder
 from fabsight.synth import generate_dataset
 from fabsight.wafer import WaferClassifier
 from test_assist_vlm import _Handler
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(*args: object) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if isinstance(result.exception, FabsightError):  # main() prints it as one line, exit 2
-        return 2, "", f"error: {result.exception}"
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")

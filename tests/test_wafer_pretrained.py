@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from fabsight.cli.main import app, main
-from fabsight.errors import FabsightError
+from clikit import invoke as run
+from fabsight.cli.main import main
 from fabsight.io import read_maps, write_folder, write_lswmd, write_mixedwm38
 from fabsight.synth import generate_dataset
 from fabsight.wafer.classifier import FEW_SHOT_HEAD, FEW_SHOT_MAX_PER_CLASS
@@ -23,15 +22,6 @@ CLASSES = ("Center", "Edge-Ring", "Scratch")
 #: Every 41st map of the WM-811K validation piece: 304 maps of all nine classes in their real
 #: proportions (the piece is sorted by class, so its first maps would all be Loc).
 STRIDE = 41
-
-
-def run(*args: object) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if isinstance(result.exception, FabsightError):  # main() prints it as one line, exit 2
-        return 2, "", f"error: {result.exception}"
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
