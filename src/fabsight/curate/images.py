@@ -144,37 +144,23 @@ def _outliers(X: np.ndarray, labels: Sequence[str | None], k: int, thr_k: float,
     return score, robust_threshold(score[reference], thr_k, side="high", log=False), how
 
 
-def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOptions | None = None,
-                  backbone: str | None = None, device: str = "cpu", input_size: int | None = None) -> dict[str, Any]:
-    """Run every image check over the DATA folders → manifest dict (see :mod:`fabsight.curate`).
-
-    ``backbone`` (a registry name or directory) adds the embedding checks; embeddings are
-    cached like every other die command's, so a rerun costs a file read per image.
-    """
-    opts = options or CurateOptions()
-    entries = scan(data)
-    t0 = time.perf_counter()
-    recs = [read_record(e.path) for e in track(entries, "reading images")]
-    read_s = time.perf_counter() - t0
-    flags: list[list[dict[str, Any]]] = [[] for _ in entries]
-    ok = np.array([r.error is None for r in recs])
-    for i, r in enumerate(recs):
-        if r.error:
-            _flag(flags[i], "unreadable", r.error)
-
+def _flag_basic(flags: list[list[dict[str, Any]]], recs: Sequence[ImageRecord], opts: CurateOptions) -> None:
+    """Unreadable files, files whose mode differs from the set's usual one, and tiny pictures."""
     modes = Counter(r.mode for r in recs if r.error is None)
     usual = modes.most_common(1)[0][0] if modes else ""
     for i, r in enumerate(recs):
-        if r.error is None and r.mode != usual:
+        if r.error:
+            _flag(flags[i], "unreadable", r.error)
+            continue
+        if r.mode != usual:
             _flag(flags[i], "odd_mode", f"mode {r.mode}; most files are {usual} "
                                         f"({modes[usual]} of {sum(modes.values())})")
-        if r.error is None and min(r.width, r.height) < opts.min_side:
+        if min(r.width, r.height) < opts.min_side:
             _flag(flags[i], "tiny", f"{r.width}×{r.height} px (< {opts.min_side} px side)")
 
-    embeddings = None
-    if backbone is not None and ok.any():
-        embeddings = _embed(entries, ok, backbone, device, input_size)
-    groups = _copy_groups(entries, recs, ok, opts, embeddings)
+
+def _flag_copies(flags: list[list[dict[str, Any]]], entries: Sequence[Entry], groups: list[dict[str, Any]]) -> None:
+    """Label conflicts, split leakage and duplicates, each pointing at the group's keeper."""
     for gi, g in enumerate(groups):
         keeper = entries[g["keep"]].path
         for i in g["members"]:
@@ -186,6 +172,20 @@ def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOpti
                 _flag(flags[i], "leakage", f"also in split {entries[g['keep']].split}: {keeper}", group=gi)
             _flag(flags[i], "duplicate", f"{g['kind'].replace('_', ' ')} copy of {keeper}", group=gi)
 
+
+@dataclass
+class _Quality:
+    """Which readable pictures are blank, and the data-driven blur / entropy thresholds."""
+
+    blank: np.ndarray
+    sharpness: np.ndarray
+    blur: dict[str, Any] | None
+    entropy: dict[str, Any] | None
+
+
+def _flag_quality(flags: list[list[dict[str, Any]]], recs: Sequence[ImageRecord], ok: np.ndarray,
+                  opts: CurateOptions) -> _Quality:
+    """Blank, blurry and low-information pictures; blur/entropy limits come from the set itself."""
     blank = ok & np.array([r.std < opts.blank_std for r in recs])
     for i in np.flatnonzero(blank):
         _flag(flags[i], "blank", f"intensity std {recs[i].std:.2f} < {opts.blank_std} grey levels")
@@ -200,25 +200,40 @@ def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOpti
     if ent_t:
         for i in np.flatnonzero(live & (ent < ent_t["threshold"])):
             _flag(flags[i], "low_information", f"intensity entropy {ent[i]:.2f} bits < {ent_t['threshold']:.2f}")
+    return _Quality(blank, sharp, blur_t, ent_t)
 
-    out_t = None
+
+def _flag_outliers(flags: list[list[dict[str, Any]]], entries: Sequence[Entry], ok: np.ndarray,
+                   groups: list[dict[str, Any]], embeddings: np.ndarray, quality: _Quality,
+                   opts: CurateOptions) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Embedding outliers → (score per file, NaN where not scored; threshold record or None).
+
+    Outliers are sought among distinct, non-blank pictures: a dropped copy would give its twin
+    a distance of 0, and blank frames carry nothing to embed. Blurry frames are scored (a
+    foreign image is often blurry next to the set's own) but left out of the median/MAD,
+    which they widen.
+    """
     score = np.full(len(entries), np.nan)
-    # Outliers among distinct, non-blank pictures: a dropped copy would give its twin a distance
-    # of 0, and blank frames carry nothing to embed. Blurry frames are scored (a foreign image
-    # is often blurry next to the set's own) but left out of the median/MAD, which they widen.
     dropped_copy = {i for g in groups for i in g["members"] if i != g["keep"]}
-    unique = np.array([i for i in np.flatnonzero(ok & ~blank) if i not in dropped_copy], dtype=int)
-    if embeddings is not None and len(unique) > opts.knn:
-        rows_of = {int(i): r for r, i in enumerate(np.flatnonzero(ok))}
-        sharp_enough = sharp[unique] >= blur_t["threshold"] if blur_t else np.ones(len(unique), bool)
-        s, out_t, how = _outliers(embeddings[[rows_of[int(i)] for i in unique]], [entries[i].label for i in unique],
-                                  opts.knn, opts.outlier_k, sharp_enough)
-        score[unique] = s
-        if out_t:
-            out_t = {"rule": f"{how} above median + k·MAD of the sharp, distinct, non-blank images", **out_t}
-            for i in unique[s > out_t["threshold"]]:
-                _flag(flags[i], "outlier", f"{how} {score[i]:.3g} > {out_t['threshold']:.3g}")
+    unique = np.array([i for i in np.flatnonzero(ok & ~quality.blank) if i not in dropped_copy], dtype=int)
+    if len(unique) <= opts.knn:
+        return score, None
+    rows_of = {int(i): r for r, i in enumerate(np.flatnonzero(ok))}
+    blur_t = quality.blur
+    sharp_enough = (quality.sharpness[unique] >= blur_t["threshold"]) if blur_t else np.ones(len(unique), bool)
+    s, out_t, how = _outliers(embeddings[[rows_of[int(i)] for i in unique]], [entries[i].label for i in unique],
+                              opts.knn, opts.outlier_k, sharp_enough)
+    score[unique] = s
+    if out_t:
+        out_t = {"rule": f"{how} above median + k·MAD of the sharp, distinct, non-blank images", **out_t}
+        for i in unique[s > out_t["threshold"]]:
+            _flag(flags[i], "outlier", f"{how} {score[i]:.3g} > {out_t['threshold']:.3g}")
+    return score, out_t
 
+
+def _file_rows(entries: Sequence[Entry], recs: Sequence[ImageRecord], flags: list[list[dict[str, Any]]],
+               score: np.ndarray) -> list[dict[str, Any]]:
+    """One manifest row per file: where it is, whether it is kept, why, and what was measured."""
     files = []
     for i, (e, r) in enumerate(zip(entries, recs, strict=True)):
         row: dict[str, Any] = {"path": str(e.path), "rel": str(e.rel), "split": e.split, "label": e.label,
@@ -231,22 +246,57 @@ def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOpti
             if np.isfinite(score[i]):
                 row["outlier_score"] = round(float(score[i]), 5)
         files.append(row)
+    return files
 
+
+def _thresholds(opts: CurateOptions, quality: _Quality, backbone: str | None,
+                out_t: dict[str, Any] | None) -> dict[str, Any]:
+    """Every limit the checks used, with the rule or reason behind it (written to the manifest)."""
     thresholds = {
         "phash_distance": {"value": opts.phash_distance, "why": "64-bit pHash; resized/re-encoded copies differ in "
                            "a few bits, unrelated pictures in about 32"},
         "thumbnail_correlation": {"value": opts.min_correlation, "why": "a pHash match counts only when the 32×32 "
                                   "grey thumbnails also correlate this well (sparse crops share hashes by chance)"},
         "blurry": {"rule": f"log variance of Laplacian (at ≤ {MEASURE_SIDE} px) below median − k·MAD",
-                   **(blur_t or {"threshold": None, "why": "too few images or no spread"})},
-        "low_information": {"rule": "intensity entropy below median − k·MAD", **(ent_t or {"threshold": None})},
+                   **(quality.blur or {"threshold": None, "why": "too few images or no spread"})},
+        "low_information": {"rule": "intensity entropy below median − k·MAD",
+                            **(quality.entropy or {"threshold": None})},
         "blank": {"value": opts.blank_std, "rule": "intensity std below this many grey levels"},
         "tiny": {"value": opts.min_side, "rule": "shorter side below this many pixels"},
     }
-    if embeddings is not None:
+    if backbone is not None:
         thresholds["embedding_duplicate"] = {"value": opts.cosine, "rule": f"cosine similarity of {backbone} "
                                              "embeddings at or above this"}
         thresholds["outlier"] = out_t or {"threshold": None, "why": "too few distinct images or no spread"}
+    return thresholds
+
+
+def curate_images(data: Sequence[str | os.PathLike[str]], *, options: CurateOptions | None = None,
+                  backbone: str | None = None, device: str = "cpu", input_size: int | None = None) -> dict[str, Any]:
+    """Run every image check over the DATA folders → manifest dict (see :mod:`fabsight.curate`).
+
+    ``backbone`` (a registry name or directory) adds the embedding checks; embeddings are
+    cached like every other die command's, so a rerun costs a file read per image.
+    """
+    opts = options or CurateOptions()
+    entries = scan(data)
+    t0 = time.perf_counter()
+    recs = [read_record(e.path) for e in track(entries, "reading images")]
+    read_s = time.perf_counter() - t0
+    flags: list[list[dict[str, Any]]] = [[] for _ in entries]
+    ok = np.array([r.error is None for r in recs])
+    _flag_basic(flags, recs, opts)
+    embeddings = None
+    if backbone is not None and ok.any():
+        embeddings = _embed(entries, ok, backbone, device, input_size)
+    groups = _copy_groups(entries, recs, ok, opts, embeddings)
+    _flag_copies(flags, entries, groups)
+    quality = _flag_quality(flags, recs, ok, opts)
+    score, out_t = np.full(len(entries), np.nan), None
+    if embeddings is not None:
+        score, out_t = _flag_outliers(flags, entries, ok, groups, embeddings, quality, opts)
+    files = _file_rows(entries, recs, flags, score)
+    thresholds = _thresholds(opts, quality, backbone if embeddings is not None else None, out_t)
     return {"data": [str(d) for d in data], **_manifest(entries, files, groups, thresholds, read_s, backbone)}
 
 

@@ -110,21 +110,35 @@ def curate_maps(data: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
         split = name if len(paths) > 1 and p.is_dir() else None
         source = _folder_rows(p, split) if _is_map_folder(p) else _source_rows(p)
         for row, wmap in track(source, f"checking maps in {p.name}"):
-            keys.append(None)
+            keys.append(None if wmap is None else _check_grid(row, wmap))
             rows.append(row)
-            if wmap is None:
-                continue
-            grid = np.asarray(wmap.grid)
-            row["shape"] = list(grid.shape)
-            on = int((grid != DieState.OFF).sum())
-            fail = int((grid == DieState.FAIL).sum())
-            row.update(dies=on, failing=fail)
-            keys[-1] = _grid_key(grid)
-            if on == 0:
-                row["flags"].append({"check": "no_dies", "detail": "no on-wafer die (off-wafer only)"})
-            elif fail == 0 and row["label"] and row["label"].lower() not in NO_DEFECT_LABELS:
-                row["flags"].append({"check": "empty_labelled",
-                                     "detail": f"no failing die but labelled {row['label']}"})
+    groups = _duplicate_groups(rows, keys)
+    for row in rows:
+        for f in row["flags"]:
+            f["drop"] = f["check"] in DROP_CHECKS
+        row["keep"] = not any(f["drop"] for f in row["flags"])
+        if "index" in row:
+            row["path"] = _name(row)
+    return {"data": [str(d) for d in data], **_manifest(rows, groups)}
+
+
+def _check_grid(row: dict[str, Any], wmap: WaferMap) -> str:
+    """Record a map's shape and die counts, flag maps without dies or labelled but clean → its grid key."""
+    grid = np.asarray(wmap.grid)
+    row["shape"] = list(grid.shape)
+    on = int((grid != DieState.OFF).sum())
+    fail = int((grid == DieState.FAIL).sum())
+    row.update(dies=on, failing=fail)
+    if on == 0:
+        row["flags"].append({"check": "no_dies", "detail": "no on-wafer die (off-wafer only)"})
+    elif fail == 0 and row["label"] and row["label"].lower() not in NO_DEFECT_LABELS:
+        row["flags"].append({"check": "empty_labelled", "detail": f"no failing die but labelled {row['label']}"})
+    return _grid_key(grid)
+
+
+def _duplicate_groups(rows: list[dict[str, Any]], keys: list[str | None]) -> list[dict[str, Any]]:
+    """Maps with identical grids: flag label conflicts, split leakage and copies; the keeper is the
+    member from the earliest split (train before val before test), then the first read."""
     groups = []
     for members in equal_key_groups(keys):
         keep = min(members, key=lambda i: (split_rank(rows[i]["split"]), i))
@@ -144,13 +158,7 @@ def curate_maps(data: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
         groups.append({"members": [_name(rows[i]) for i in members], "keep": _name(rows[keep]), "kind": "exact_grid",
                        "label_conflict": len(labels) > 1, "leakage": len(splits) > 1, "labels": labels,
                        "splits": splits})
-    for row in rows:
-        for f in row["flags"]:
-            f["drop"] = f["check"] in DROP_CHECKS
-        row["keep"] = not any(f["drop"] for f in row["flags"])
-        if "index" in row:
-            row["path"] = _name(row)
-    return {"data": [str(d) for d in data], **_manifest(rows, groups)}
+    return groups
 
 
 def _name(row: dict[str, Any]) -> str:

@@ -132,6 +132,110 @@ def _records(path: Path, data: bytes, order: str) -> Iterator[tuple[int, int, by
         pos = end
 
 
+@dataclass
+class _StdfState:
+    """What the records of one STDF file say, gathered in file order (one handler per record type)."""
+
+    path: Path
+    order: str
+    lot_id: str = ""
+    part_type: str = ""
+    mir_start: int | None = None
+    finish: int | None = None
+    hbins: dict[int, BinDefinition] = field(default_factory=dict)
+    sbins: dict[int, BinDefinition] = field(default_factory=dict)
+    hard_pf: dict[int, str] = field(default_factory=dict)  # HBIN_PF as written: 'P', 'F' or ' ' (unknown)
+    summarised: dict[tuple[int, int], set[int]] = field(default_factory=lambda: {_HBR: set(), _SBR: set()})
+    runs: list[_WaferRun] = field(default_factory=list)
+    current: _WaferRun | None = None
+    wcr: dict[str, Any] = field(default_factory=dict)
+
+    def prr(self, body: bytes) -> None:
+        """A part result: its die position, bins and pass/fail (the last touchdown of a die wins)."""
+        f = _Fields(body, self.order)
+        f.u1(), f.u1()
+        flag = f.u1()
+        f.u2()
+        hard, soft, x, y = f.u2(), f.u2(), f.i2(), f.i2()
+        if flag is None or hard is None:
+            raise FormatError(self.path, "PRR record too short (no PART_FLG/HARD_BIN)")
+        if self.current is None:
+            self.current = _WaferRun()
+            self.runs.append(self.current)
+        run = self.current
+        run.n_parts += 1
+        if x is None or y is None or x == _MISSING_XY or y == _MISSING_XY:
+            run.no_xy += 1
+            return
+        passed = None if flag & 0x10 else not (flag & 0x08)
+        if (x, y) in run.parts:
+            run.retested += 1
+            del run.parts[(x, y)]  # re-insert so the dict order follows the last touchdown
+        run.parts[(x, y)] = (hard, 65535 if soft is None else soft, passed)
+
+    def wir(self, body: bytes) -> None:
+        f = _Fields(body, self.order)
+        f.u1(), f.u1()
+        start = f.u4()
+        self.current = _WaferRun(wafer_id=f.cn() or "", start=start)
+        self.runs.append(self.current)
+
+    def wrr(self, body: bytes) -> None:
+        f = _Fields(body, self.order)
+        f.u1(), f.u1(), f.u4()
+        for _ in range(5):
+            f.u4()
+        wid = f.cn()
+        if self.current is not None:
+            self.current.wafer_id = self.current.wafer_id or wid or ""
+        self.current = None
+
+    def mir(self, body: bytes) -> None:
+        f = _Fields(body, self.order)
+        f.u4()
+        self.mir_start = f.u4()
+        f.u1(), f.c1(), f.c1(), f.c1(), f.u2(), f.c1()
+        self.lot_id, self.part_type = f.cn() or "", f.cn() or ""
+
+    def mrr(self, body: bytes) -> None:
+        self.finish = _Fields(body, self.order).u4()
+
+    def bin_record(self, key: tuple[int, int], body: bytes) -> None:
+        """HBR/SBR: per-site records are added up until an all-site summary (head 255) replaces them."""
+        f = _Fields(body, self.order)
+        head = f.u1()
+        f.u1()
+        num, cnt, pf, name = f.u2(), f.u4(), f.c1(), f.cn()
+        if num is None:
+            return
+        table = self.hbins if key == _HBR else self.sbins
+        old = table.get(num)
+        if old is not None and old.count is not None and head != 255 and num not in self.summarised[key]:
+            old.count += cnt or 0
+        elif old is None or head == 255:
+            passed = pf == "P" if pf in ("P", "F") else num == 1
+            table[num] = BinDefinition(code=num, passed=passed, name=name or "", count=cnt)
+            if key == _HBR:
+                self.hard_pf[num] = pf or " "
+            if head == 255:
+                self.summarised[key].add(num)
+
+    def wcr_record(self, body: bytes) -> None:
+        f = _Fields(body, self.order)
+        wcr = {"wafer_size": f.r4(), "die_height": f.r4(), "die_width": f.r4(), "units": f.u1()}
+        self.wcr = wcr | {"flat": f.c1(), "center_x": f.i2(), "center_y": f.i2(), "pos_x": f.c1(), "pos_y": f.c1()}
+
+    def take(self, key: tuple[int, int], body: bytes) -> None:
+        """Hand one record to its handler."""
+        if key in (_HBR, _SBR):
+            self.bin_record(key, body)
+            return
+        handler = {_PRR: self.prr, _WIR: self.wir, _WRR: self.wrr, _MIR: self.mir, _MRR: self.mrr,
+                   _WCR: self.wcr_record}.get(key)
+        if handler is not None:
+            handler(body)
+
+
 def read_stdf(path: str | Path) -> list[WaferMap]:
     """Bin maps of every wafer in an STDF V4 file (one map per WIR/WRR pair)."""
     path = Path(path)
@@ -139,85 +243,14 @@ def read_stdf(path: str | Path) -> list[WaferMap]:
     if not data:
         raise FormatError(path, "empty file")
     order = _byte_order(path, data)
-    lot_id, part_type, mir_start, finish = "", "", None, None
-    hbins: dict[int, BinDefinition] = {}
-    sbins: dict[int, BinDefinition] = {}
-    hard_pf: dict[int, str] = {}  # HBIN_PF as written: 'P', 'F' or ' ' (unknown)
-    summarised: dict[tuple[int, int], set[int]] = {_HBR: set(), _SBR: set()}
-    runs: list[_WaferRun] = []
-    current: _WaferRun | None = None
-    wcr: dict[str, Any] = {}
+    st = _StdfState(path, order)
     for typ, sub, body in _records(path, data, order):
-        key = (typ, sub)
-        if key == _PRR:
-            f = _Fields(body, order)
-            f.u1(), f.u1()
-            flag = f.u1()
-            f.u2()
-            hard, soft, x, y = f.u2(), f.u2(), f.i2(), f.i2()
-            if flag is None or hard is None:
-                raise FormatError(path, "PRR record too short (no PART_FLG/HARD_BIN)")
-            if current is None:
-                current = _WaferRun()
-                runs.append(current)
-            current.n_parts += 1
-            if x is None or y is None or x == _MISSING_XY or y == _MISSING_XY:
-                current.no_xy += 1
-                continue
-            passed = None if flag & 0x10 else not (flag & 0x08)
-            if (x, y) in current.parts:
-                current.retested += 1
-                del current.parts[(x, y)]  # re-insert so the dict order follows the last touchdown
-            current.parts[(x, y)] = (hard, 65535 if soft is None else soft, passed)
-        elif key == _WIR:
-            f = _Fields(body, order)
-            f.u1(), f.u1()
-            start = f.u4()
-            current = _WaferRun(wafer_id=f.cn() or "", start=start)
-            runs.append(current)
-        elif key == _WRR:
-            f = _Fields(body, order)
-            f.u1(), f.u1(), f.u4()
-            for _ in range(5):
-                f.u4()
-            wid = f.cn()
-            if current is not None:
-                current.wafer_id = current.wafer_id or wid or ""
-            current = None
-        elif key == _MIR:
-            f = _Fields(body, order)
-            f.u4()
-            mir_start = f.u4()
-            f.u1(), f.c1(), f.c1(), f.c1(), f.u2(), f.c1()
-            lot_id, part_type = f.cn() or "", f.cn() or ""
-        elif key == _MRR:
-            finish = _Fields(body, order).u4()
-        elif key in (_HBR, _SBR):
-            f = _Fields(body, order)
-            head = f.u1()
-            f.u1()
-            num, cnt, pf, name = f.u2(), f.u4(), f.c1(), f.cn()
-            if num is None:
-                continue
-            table = hbins if key == _HBR else sbins
-            old = table.get(num)
-            if old is not None and old.count is not None and head != 255 and num not in summarised[key]:
-                old.count += cnt or 0  # per-site records and no all-site summary (yet): add them up
-            elif old is None or head == 255:  # head 255 = the summary over all sites: it wins
-                passed = pf == "P" if pf in ("P", "F") else num == 1
-                table[num] = BinDefinition(code=num, passed=passed, name=name or "", count=cnt)
-                if key == _HBR:
-                    hard_pf[num] = pf or " "
-                if head == 255:
-                    summarised[key].add(num)
-        elif key == _WCR:
-            f = _Fields(body, order)
-            wcr = {"wafer_size": f.r4(), "die_height": f.r4(), "die_width": f.r4(), "units": f.u1()}
-            wcr |= {"flat": f.c1(), "center_x": f.i2(), "center_y": f.i2(), "pos_x": f.c1(), "pos_y": f.c1()}
-    runs = [r for r in runs if r.parts]
+        st.take((typ, sub), body)
+    runs = [r for r in st.runs if r.parts]
     if not runs:
         raise FormatError(path, "no part results (PRR) with X/Y coordinates: not wafer-sort data")
-    return [_to_map(path, r, lot_id, part_type, mir_start, finish, hbins, sbins, hard_pf, wcr) for r in runs]
+    return [_to_map(path, r, st.lot_id, st.part_type, st.mir_start, st.finish, st.hbins, st.sbins, st.hard_pf,
+                    st.wcr) for r in runs]
 
 
 def _passed(hard: int, passed: bool | None, hard_pf: dict[int, str]) -> bool:
