@@ -30,7 +30,12 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]
     work = tmp_path_factory.mktemp("curate")
     base = textured_folder(work / "base", per_class=16, size=80, seed=3)
     root = work / "planted"
-    truth = plant(base, root, n=3, seed=1)
+    cwd = work / "cwd"
+    cwd.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        truth = plant(base, root, n=3, seed=1)
+    assert list(cwd.iterdir()) == [], "plant() must write under OUT only, never in the working directory"
     return root, truth, curate_images([root])
 
 

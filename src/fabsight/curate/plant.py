@@ -100,7 +100,6 @@ def plant(src: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 
         truth["blurry"].append(str(rel[i]))
     for i in take(n):  # leakage: a train image also in test (same class)
         dst = Path("test") / rel[i].parent.name / f"leak_{rel[i].name}"
-        dst.parent.mkdir(parents=True, exist_ok=True)
         (out / dst.parent).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / rel[i], out / dst)
         truth["leakage"].append(str(dst))
