@@ -6,8 +6,8 @@ the newest version allowed.
 
 Two steps, because each tool does one of them well here:
 
-1. ``pip-compile`` resolves the newest versions ``pyproject.toml`` allows (runtime + the
-   ``test`` extra), with the "via" notes that say why each package is there.
+1. ``pip-compile`` resolves the newest versions ``pyproject.toml`` allows (runtime + every
+   extra but ``bench``), with the "via" notes that say why each package is there.
 2. ``pip install --dry-run --report`` over those pins gives the sha256 of the exact file pip
    installs on this platform (Linux x86-64, CPython 3.11, the platform of every machine the
    project runs on), read from the index. ``pip-compile --generate-hashes`` would instead
@@ -29,6 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LOCK = HERE / "lock.txt"
+#: Every extra but `bench` (anomalib, for one benchmark): `make demo` and `make test` install them all.
+EXTRAS = ("--extra", "train", "--extra", "serve", "--extra", "scale", "--extra", "assist", "--extra", "test")
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)")
 
 
@@ -42,7 +44,7 @@ def compile_pins(out: Path, *, upgrade: bool) -> None:
     if LOCK.is_file() and not upgrade:
         out.write_text(LOCK.read_text())
     subprocess.run(
-        [sys.executable, "-m", "piptools", "compile", "--quiet", "--extra", "test", "--allow-unsafe",
+        [sys.executable, "-m", "piptools", "compile", "--quiet", *EXTRAS, "--allow-unsafe",
          "--strip-extras", "--no-emit-index-url", "--no-emit-find-links", "--no-header",
          *(["--upgrade"] if upgrade else []),
          "--output-file", str(out), "pyproject.toml"],

@@ -10,6 +10,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer ≥ 0
 
 from fabsight import __version__
 from fabsight.errors import FabsightError, NothingReadable
+from fabsight.extras import extra_for
 
 app = typer.Typer(
     name="fabsight",
@@ -89,6 +90,12 @@ def main() -> None:
         _fail(str(exc))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         _fail(f"{exc.filename}: {exc.strerror or exc}")
+    except ModuleNotFoundError as exc:
+        extra = extra_for(exc.name)
+        if extra is None:
+            raise
+        _fail(f"fabsight: this command needs the '{extra}' extra (no module {exc.name!r}): "
+              f"pip install 'fabsight[{extra}]'")
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")
         sys.exit(130)
