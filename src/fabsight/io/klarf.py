@@ -186,8 +186,52 @@ def _fast_rows(body: str, k: int) -> np.ndarray | None:
     return values
 
 
+def _record_spec(path: Path, target: _Wafer, body: str) -> None:
+    """DefectRecordSpec: the defect columns, fixed once a DefectList of the wafer used them."""
+    words = _words(body)
+    if not words:
+        raise FormatError(path, "DefectRecordSpec is empty")
+    n = _int(path, words[0], "DefectRecordSpec count")
+    names = [w.upper() for w in words[1:]]
+    if n != len(names) or n == 0:
+        raise FormatError(path, f"DefectRecordSpec declares {n} columns but names {len(names)}")
+    if target.blocks and names != target.columns:
+        raise FormatError(path, "DefectRecordSpec changes the columns after a DefectList of the same wafer")
+    target.columns = names
+
+
+def _defect_list(path: Path, target: _Wafer, body: str, wafers: list[_Wafer]) -> None:
+    """DefectList: rows under the wafer's columns (or, when it declares none, the lot's last ones)."""
+    if target.columns is None:  # a lot may declare its DefectRecordSpec once, for every wafer
+        target.columns = next((w.columns for w in reversed(wafers) if w.columns), None)
+    if target.columns is None:
+        raise FormatError(path, "DefectList before any DefectRecordSpec")
+    values, images = _defect_rows(path, body, target.columns)
+    target.blocks.append(values)
+    if images is not None:
+        target.images = (target.images or []) + images
+    target.has_defect_list = True
+
+
+def _test_plan(path: Path, target: _Wafer, body: str) -> None:
+    """SampleTestPlan: the die indices on the wafer (count, then X Y pairs)."""
+    words = _words(body)
+    n = _int(path, words[0], "SampleTestPlan count") if words else 0
+    pairs = words[1:]
+    if len(pairs) != 2 * n:
+        raise FormatError(path, f"SampleTestPlan declares {n} dies but lists {len(pairs) // 2}")
+    target.test_plan.extend(
+        (_int(path, pairs[2 * j], "SampleTestPlan"), _int(path, pairs[2 * j + 1], "SampleTestPlan"))
+        for j in range(n)
+    )
+
+
 def _parse_12(path: Path, text: str) -> tuple[dict[str, list[str]], list[_Wafer]]:
-    """KLARF 1.1/1.2 line syntax: lot records, then per wafer WaferID ... SummaryList."""
+    """KLARF 1.1/1.2 line syntax: lot records, then per wafer WaferID ... SummaryList.
+
+    Records before the first WaferID describe the lot; records between a SummaryList and the
+    next WaferID are held for that next wafer (``pending``).
+    """
     lot: dict[str, list[str]] = {}
     wafers: list[_Wafer] = []
     pending = _Wafer()
@@ -205,49 +249,21 @@ def _parse_12(path: Path, text: str) -> tuple[dict[str, list[str]], list[_Wafer]
         if key == "endoffile":
             ended = True
         elif key == "waferid":
-            current = pending
-            pending = _Wafer()
+            current, pending = pending, _Wafer()
             current.fields["waferid"] = _words(body)
             wafers.append(current)
         elif key == "defectrecordspec":
-            words = _words(body)
-            if not words:
-                raise FormatError(path, "DefectRecordSpec is empty")
-            n = _int(path, words[0], "DefectRecordSpec count")
-            names = [w.upper() for w in words[1:]]
-            if n != len(names) or n == 0:
-                raise FormatError(path, f"DefectRecordSpec declares {n} columns but names {len(names)}")
-            if target.blocks and names != target.columns:
-                raise FormatError(path, "DefectRecordSpec changes the columns after a DefectList of the same wafer")
-            target.columns = names
+            _record_spec(path, target, body)
         elif key == "defectlist":
-            if target.columns is None:  # a lot may declare its DefectRecordSpec once, for every wafer
-                target.columns = next((w.columns for w in reversed(wafers) if w.columns), None)
-            if target.columns is None:
-                raise FormatError(path, "DefectList before any DefectRecordSpec")
-            values, images = _defect_rows(path, body, target.columns)
-            target.blocks.append(values)
-            if images is not None:
-                target.images = (target.images or []) + images
-            target.has_defect_list = True
+            _defect_list(path, target, body, wafers)
         elif key == "sampletestplan":
-            words = _words(body)
-            n = _int(path, words[0], "SampleTestPlan count") if words else 0
-            pairs = words[1:]
-            if len(pairs) != 2 * n:
-                raise FormatError(path, f"SampleTestPlan declares {n} dies but lists {len(pairs) // 2}")
-            target.test_plan.extend(
-                (_int(path, pairs[2 * j], "SampleTestPlan"), _int(path, pairs[2 * j + 1], "SampleTestPlan"))
-                for j in range(n)
-            )
-        elif key == "summarylist":
-            target.fields[key] = _words(body)
-            if current is not None:
-                current = None  # the next records belong to the next wafer
-        elif current is None and not wafers:
+            _test_plan(path, target, body)
+        elif current is None and not wafers and key != "summarylist":
             lot[key] = _words(body)
         else:
             target.fields[key] = _words(body)
+            if key == "summarylist":
+                current = None  # the next records belong to the next wafer
     if not ended:
         raise FormatError(path, "no EndOfFile record (truncated file?)")
     if pending.has_defect_list:
@@ -489,18 +505,22 @@ def _geometry_dies(
     return xs[cols], ys[rows]
 
 
-def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
-    """One :class:`WaferMap` from a parsed wafer (either syntax)."""
-    f = w.fields
+@dataclass
+class _Geometry:
+    """Die pitch, die origin, sample centre (µm) and wafer diameter, where the file gives them."""
+
+    pitch: np.ndarray | None
+    origin: np.ndarray
+    center: np.ndarray | None
+    diameter_um: float | None
+
+
+def _geometry(path: Path, f: dict[str, list[str]], *, nm: bool) -> _Geometry:
     scale = 1000.0 if nm else 1.0  # KLARF 1.8 lengths are nm
-    wafer_id = (f.get("waferid") or [""])[0]
-    if not w.has_defect_list:
-        raise FormatError(path, f"wafer '{wafer_id}' has no DefectList (truncated or incomplete file?)")
     pitch = _field_floats(path, f, "diepitch", 2, scale)
     if pitch is not None and not np.all(pitch > 0):
         raise FormatError(path, f"DiePitch must be positive, got {pitch.tolist()}")
     origin = _field_floats(path, f, "dieorigin", 2, scale)
-    origin = np.zeros(2) if origin is None else origin
     center = _field_floats(path, f, "samplecenterlocation", 2, scale)
     size = f.get("samplesize")
     diameter_um = None
@@ -509,40 +529,55 @@ def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
             diameter_um = float(_floats(path, size[:1], "SampleSize")[0]) / 1000.0
         elif len(size) >= 2:
             diameter_um = float(_floats(path, size[1:2], "SampleSize")[0]) * 1000.0
+    return _Geometry(pitch, np.zeros(2) if origin is None else origin, center, diameter_um)
 
-    cols = w.columns or []
-    values = np.concatenate(w.blocks) if w.blocks else np.zeros((0, len(cols)))
-    if nm:
-        for j, name in enumerate(cols):
-            if name in _LENGTH_COLUMNS:
-                values[:, j] /= 1e3
-            elif name == "DEFECTAREA":
-                values[:, j] /= 1e6
-    n = values.shape[0]
-    check_defects(path, n)
-    col = {name: j for j, name in enumerate(c for c in cols if c != "IMAGELIST")}
 
-    def column(name: str) -> np.ndarray:
-        return values[:, col[name]] if name in col else np.full(n, np.nan)
+class _Columns:
+    """The wafer's defect rows in µm, looked up by column name (NaN where the file lacks one)."""
 
-    xi, yi = column("XINDEX"), column("YINDEX")
-    xrel, yrel = column("XREL"), column("YREL")
+    def __init__(self, path: Path, w: _Wafer, *, nm: bool) -> None:
+        cols = w.columns or []
+        values = np.concatenate(w.blocks) if w.blocks else np.zeros((0, len(cols)))
+        if nm:
+            for j, name in enumerate(cols):
+                if name in _LENGTH_COLUMNS:
+                    values[:, j] /= 1e3
+                elif name == "DEFECTAREA":
+                    values[:, j] /= 1e6
+        self.values = values
+        self.n = values.shape[0]
+        check_defects(path, self.n)
+        self.index = {name: j for j, name in enumerate(c for c in cols if c != "IMAGELIST")}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.index
+
+    def __call__(self, name: str) -> np.ndarray:
+        return self.values[:, self.index[name]] if name in self.index else np.full(self.n, np.nan)
+
+
+def _die_positions(path: Path, wafer_id: str, c: _Columns, g: _Geometry) -> tuple[np.ndarray, ...]:
+    """Each defect's die index and in-die position → (xindex, yindex, xrel, yrel) as floats.
+
+    A defect without a die index has its position (X/Y, or XREL/YREL when the file has no
+    index columns) as a wafer coordinate relative to the centre; it is shifted to die (0, 0)'s
+    origin and split into index and in-die offset.
+    """
+    xi, yi, xrel, yrel = c("XINDEX"), c("YINDEX"), c("XREL"), c("YREL")
     missing = ~(np.isfinite(xi) & np.isfinite(yi))
     if missing.any():
-        # No die index: the position (X/Y, or XREL/YREL when the file has no index columns)
-        # is a wafer coordinate relative to the centre; shift it to die (0, 0)'s origin.
-        has_index_columns = "XINDEX" in col and "YINDEX" in col
-        wafer_x = column("X") if "X" in col else (None if has_index_columns else xrel)
-        wafer_y = column("Y") if "Y" in col else (None if has_index_columns else yrel)
-        if pitch is None or wafer_x is None or wafer_y is None:
+        has_index_columns = "XINDEX" in c and "YINDEX" in c
+        wafer_x = c("X") if "X" in c else (None if has_index_columns else xrel)
+        wafer_y = c("Y") if "Y" in c else (None if has_index_columns else yrel)
+        if g.pitch is None or wafer_x is None or wafer_y is None:
             raise FormatError(path, f"wafer '{wafer_id}': defects without XINDEX/YINDEX and no position + DiePitch")
-        shift = np.zeros(2) if center is None else center
+        shift = np.zeros(2) if g.center is None else g.center
         pos_x, pos_y = wafer_x[missing] + shift[0], wafer_y[missing] + shift[1]
         xi, yi, xrel, yrel = xi.copy(), yi.copy(), xrel.copy(), yrel.copy()
-        xi[missing] = np.floor((pos_x + origin[0]) / pitch[0])
-        yi[missing] = np.floor((pos_y + origin[1]) / pitch[1])
-        xrel[missing] = pos_x - xi[missing] * pitch[0]
-        yrel[missing] = pos_y - yi[missing] * pitch[1]
+        xi[missing] = np.floor((pos_x + g.origin[0]) / g.pitch[0])
+        yi[missing] = np.floor((pos_y + g.origin[1]) / g.pitch[1])
+        xrel[missing] = pos_x - xi[missing] * g.pitch[0]
+        yrel[missing] = pos_y - yi[missing] * g.pitch[1]
         if not (np.all(np.isfinite(xi)) and np.all(np.isfinite(yi))):
             raise FormatError(path, f"wafer '{wafer_id}': a defect has neither a die index nor a position")
     if (
@@ -552,61 +587,89 @@ def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
         or np.any(np.abs(yi) > _MAX_INDEX)
     ):
         raise FormatError(path, f"wafer '{wafer_id}': XINDEX/YINDEX must be integers of sane size")
-    xi_i, yi_i = xi.astype(np.int64), yi.astype(np.int64)
+    return xi, yi, xrel, yrel
 
+
+def _on_wafer_dies(path: Path, wafer_id: str, w: _Wafer, g: _Geometry, n: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The dies on the wafer → (x indices, y indices, where they came from).
+
+    SampleTestPlan when the file has one, else the wafer circle from its geometry, else the
+    defects' bounding box (empty here: filled once the grid is built).
+    """
     if w.test_plan:
         if any(abs(v) > _MAX_INDEX for pair in w.test_plan for v in pair):
             raise FormatError(path, f"wafer '{wafer_id}': SampleTestPlan die indices beyond ±{_MAX_INDEX}")
         plan = np.array(w.test_plan, dtype=np.int64)
-        on_x, on_y, source = plan[:, 0], plan[:, 1], "SampleTestPlan"
-    elif pitch is not None and center is not None and diameter_um and diameter_um > 0:
-        on_x, on_y = _geometry_dies(path, pitch, origin, center, diameter_um / 2)
-        source = "wafer geometry"
-    elif n:  # the defects' bounding box: filled in once the grid is built
-        on_x, on_y, source = xi_i[:0], yi_i[:0], "defect extent"
-    else:
-        raise FormatError(path, f"wafer '{wafer_id}': no SampleTestPlan, no SampleSize/DiePitch and no defects")
-    grid, x_index, y_index = grid_from_dies(path, on_x, on_y, xi_i, yi_i, y_up=True)
-    if source == "defect extent":
-        grid[grid == DieState.OFF] = DieState.GOOD
-    counts = np.zeros(grid.shape, np.int32)
+        return plan[:, 0], plan[:, 1], "SampleTestPlan"
+    if g.pitch is not None and g.center is not None and g.diameter_um and g.diameter_um > 0:
+        on_x, on_y = _geometry_dies(path, g.pitch, g.origin, g.center, g.diameter_um / 2)
+        return on_x, on_y, "wafer geometry"
     if n:
-        rows, cc = index_to_cell(yi_i, xi_i, int(x_index[0]), int(y_index[-1]), int(y_index[0]), y_up=True)
-        np.add.at(counts, (rows, cc), 1)
+        empty = np.zeros(0, np.int64)
+        return empty, empty, "defect extent"
+    raise FormatError(path, f"wafer '{wafer_id}': no SampleTestPlan, no SampleSize/DiePitch and no defects")
 
-    if pitch is not None and center is not None:
-        wx = xi * pitch[0] + xrel - center[0]
-        wy = yi * pitch[1] + yrel - center[1]
+
+def _class_names(path: Path, f: dict[str, list[str]]) -> dict[int, str]:
+    """ClassLookup (count, then number name pairs) → {class number: name}."""
+    lookup = f.get("classlookup") or []
+    names: dict[int, str] = {}
+    for j in range(1, len(lookup) - 1, 2):
+        try:
+            names[int(float(lookup[j]))] = lookup[j + 1]
+        except (ValueError, OverflowError):  # OverflowError: "inf"
+            raise FormatError(path, f"ClassLookup: {lookup[j][:40]!r} is not a class number") from None
+    return names
+
+
+def _defects(w: _Wafer, c: _Columns, g: _Geometry, positions: tuple[np.ndarray, ...]) -> DefectList:
+    """The wafer's defects as columns; wafer coordinates need the pitch and the sample centre."""
+    xi, yi, xrel, yrel = positions
+    n = c.n
+    if g.pitch is not None and g.center is not None:
+        wx = xi * g.pitch[0] + xrel - g.center[0]
+        wy = yi * g.pitch[1] + yrel - g.center[1]
     else:
         wx = wy = np.full(n, np.nan)
-    ids = column("DEFECTID")
-    ids = np.arange(1, n + 1) if "DEFECTID" not in col else np.nan_to_num(ids, nan=-1)
-    classes = column("CLASSNUMBER")
-    extra: dict[str, np.ndarray] = {name: values[:, j] for name, j in col.items() if name not in _CORE_COLUMNS}
+    ids = np.arange(1, n + 1) if "DEFECTID" not in c else np.nan_to_num(c("DEFECTID"), nan=-1)
+    extra: dict[str, np.ndarray] = {name: c.values[:, j] for name, j in c.index.items() if name not in _CORE_COLUMNS}
     if w.images is not None:
         imgs = np.empty(n, dtype=object)
         imgs[:] = w.images
         extra["IMAGELIST"] = imgs
-    defects = DefectList(
+    return DefectList(
         defect_id=ids.astype(np.int64),
         x=wx,
         y=wy,
         xrel=xrel,
         yrel=yrel,
-        xindex=xi_i,
-        yindex=yi_i,
-        size=column("DSIZE"),
-        class_number=np.nan_to_num(classes, nan=-1).astype(np.int64),
+        xindex=xi.astype(np.int64),
+        yindex=yi.astype(np.int64),
+        size=c("DSIZE"),
+        class_number=np.nan_to_num(c("CLASSNUMBER"), nan=-1).astype(np.int64),
         extra=extra,
     )
 
-    lookup = f.get("classlookup") or []
-    class_names: dict[int, str] = {}
-    for j in range(1, len(lookup) - 1, 2):
-        try:
-            class_names[int(float(lookup[j]))] = lookup[j + 1]
-        except (ValueError, OverflowError):  # OverflowError: "inf"
-            raise FormatError(path, f"ClassLookup: {lookup[j][:40]!r} is not a class number") from None
+
+def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
+    """One :class:`WaferMap` from a parsed wafer (either syntax)."""
+    f = w.fields
+    wafer_id = (f.get("waferid") or [""])[0]
+    if not w.has_defect_list:
+        raise FormatError(path, f"wafer '{wafer_id}' has no DefectList (truncated or incomplete file?)")
+    g = _geometry(path, f, nm=nm)
+    c = _Columns(path, w, nm=nm)
+    positions = _die_positions(path, wafer_id, c, g)
+    defects = _defects(w, c, g, positions)
+    xi_i, yi_i = defects.xindex, defects.yindex
+    on_x, on_y, source = _on_wafer_dies(path, wafer_id, w, g, c.n)
+    grid, x_index, y_index = grid_from_dies(path, on_x, on_y, xi_i, yi_i, y_up=True)
+    if source == "defect extent":
+        grid[grid == DieState.OFF] = DieState.GOOD
+    counts = np.zeros(grid.shape, np.int32)
+    if c.n:
+        rows, cc = index_to_cell(yi_i, xi_i, int(x_index[0]), int(y_index[-1]), int(y_index[0]), y_up=True)
+        np.add.at(counts, (rows, cc), 1)
     slot = f.get("slot") or f.get("slotnumber")
     stamp = parse_timestamp(f.get("resulttimestamp") or []) or parse_timestamp(f.get("filetimestamp") or [])
     extras: dict[str, Any] = {
@@ -615,10 +678,10 @@ def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
         "slot": slot[0] if slot else None,
         "device_id": (f.get("deviceid") or [""])[0],
         "step_id": (f.get("stepid") or [""])[0],
-        "class_names": class_names,
-        "die_origin_um": origin.tolist(),
-        "sample_center_um": None if center is None else center.tolist(),
-        "wafer_diameter_mm": None if diameter_um is None else diameter_um / 1000.0,
+        "class_names": _class_names(path, f),
+        "die_origin_um": g.origin.tolist(),
+        "sample_center_um": None if g.center is None else g.center.tolist(),
+        "wafer_diameter_mm": None if g.diameter_um is None else g.diameter_um / 1000.0,
         "orientation_mark_type": (f.get("sampleorientationmarktype") or [""])[0],
     }
     return WaferMap(
@@ -627,7 +690,7 @@ def _build(path: Path, w: _Wafer, *, nm: bool) -> WaferMap:
         wafer_id=wafer_id,
         source=str(path),
         format="klarf",
-        die_pitch=None if pitch is None else (float(pitch[0]), float(pitch[1])),
+        die_pitch=None if g.pitch is None else (float(g.pitch[0]), float(g.pitch[1])),
         notch=_notch(path, f),
         x_index=x_index,
         y_index=y_index,
