@@ -185,6 +185,42 @@ def unlabeled_images(root: str | os.PathLike[str], log: ReadLog | None = None, *
 
 
 @reproducible_cudnn()
+def _check_options(epochs: int, batch_size: int, head_warmup: float, workers: int | None) -> None:
+    if epochs < 1 or batch_size < 2:
+        raise FabsightError(None, "--epochs must be ≥ 1 and --batch-size ≥ 2")
+    if not 0.0 <= head_warmup < 0.5:
+        raise FabsightError(None, f"--head-warmup must be in [0, 0.5), got {head_warmup}")
+    if workers is not None and workers < 0:
+        raise FabsightError(None, f"--workers must be ≥ 0, got {workers}")
+
+
+def _resume(ckpt_path: Path, out: Path, backbone: str, dev: str, modules: dict[str, Any],
+            opt: torch.optim.Optimizer) -> tuple[int, list[float]]:
+    """Load an interrupted run's networks, optimizer and random state → (next epoch, loss history)."""
+    state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    if state["backbone"] != backbone:
+        raise FabsightError(out, f"--resume: the run used backbone '{state['backbone']}', not '{backbone}'")
+    for key, module in modules.items():
+        module.load_state_dict(state[key])
+    try:
+        opt.load_state_dict(state["optimizer"])
+    except ValueError as e:  # a checkpoint from before the per-group learning rates
+        raise FabsightError(out, f"--resume: the checkpoint's optimizer does not match this version ({e})") from e
+    # map_location moved every tensor to the device; the CPU generator's state must stay on the CPU
+    torch.set_rng_state(state["rng"].cpu())
+    return state["epoch"], state["history"]
+
+
+@torch.no_grad()
+def _ema_update(teacher: tuple[nn.Module, nn.Module], student: tuple[nn.Module, nn.Module], m: float) -> None:
+    """Teacher (backbone, head) ← m·teacher + (1 − m)·student; buffers (BatchNorm statistics) copied."""
+    for t, s in zip(teacher, student, strict=True):
+        for pt, ps in zip(t.parameters(), s.parameters(), strict=True):
+            pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+    for bt, bs in zip(teacher[0].buffers(), student[0].buffers(), strict=True):
+        bt.copy_(bs)
+
+
 def adapt(
     unlabeled_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -216,12 +252,7 @@ def adapt(
     ``lr`` is the backbone's peak learning rate and ``head_lr`` the projection head's;
     ``head_warmup`` is the share of all steps during which only the head trains.
     """
-    if epochs < 1 or batch_size < 2:
-        raise FabsightError(None, "--epochs must be ≥ 1 and --batch-size ≥ 2")
-    if not 0.0 <= head_warmup < 0.5:
-        raise FabsightError(None, f"--head-warmup must be in [0, 0.5), got {head_warmup}")
-    if workers is not None and workers < 0:
-        raise FabsightError(None, f"--workers must be ≥ 0, got {workers}")
+    _check_options(epochs, batch_size, head_warmup, workers)
     dev = resolve_device(device)
     n_workers = default_workers(dev) if workers is None else workers
     files = unlabeled_images(unlabeled_dir, log)
@@ -251,21 +282,9 @@ def adapt(
     opt = torch.optim.AdamW([*backbone_groups, *_param_groups(s_head, weight_decay)], lr=lr)
     start_epoch, history = 0, []
     if resume:
-        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        if state["backbone"] != backbone:
-            raise FabsightError(out, f"--resume: the run used backbone '{state['backbone']}', not '{backbone}'")
-        student.load_state_dict(state["student"])
-        s_head.load_state_dict(state["student_head"])
-        teacher.load_state_dict(state["teacher"])
-        t_head.load_state_dict(state["teacher_head"])
-        loss_fn.load_state_dict(state["loss"])
-        try:
-            opt.load_state_dict(state["optimizer"])
-        except ValueError as e:  # a checkpoint from before the per-group learning rates
-            raise FabsightError(out, f"--resume: the checkpoint's optimizer does not match this version ({e})") from e
-        start_epoch, history = state["epoch"], state["history"]
-        # map_location moved every tensor to the device; the CPU generator's state must stay on the CPU
-        torch.set_rng_state(state["rng"].cpu())
+        start_epoch, history = _resume(ckpt_path, out, backbone, dev, {
+            "student": student, "student_head": s_head, "teacher": teacher, "teacher_head": t_head,
+            "loss": loss_fn}, opt)
     # Shuffling and the workers' seeds come from the global generator, which the checkpoint
     # saves, so a resumed run draws what an uninterrupted one would have.
     loader = torch.utils.data.DataLoader(
@@ -296,12 +315,7 @@ def adapt(
             nn.utils.clip_grad_norm_(params, 3.0)
             opt.step()
             m = 1 - (1 - momentum) * (math.cos(math.pi * it / total_steps) + 1) / 2  # cosine to 1
-            with torch.no_grad():
-                for pt, ps in zip([*teacher.parameters(), *t_head.parameters()],
-                                  [*student.parameters(), *s_head.parameters()], strict=True):
-                    pt.mul_(m).add_(ps.detach(), alpha=1 - m)
-                for bt, bs in zip(teacher.buffers(), student.buffers(), strict=True):
-                    bt.copy_(bs)
+            _ema_update((teacher, t_head), (student, s_head), m)
             losses.append(float(loss.detach()))
         history.append(float(np.mean(losses)))
         _save(out, base, teacher, {
