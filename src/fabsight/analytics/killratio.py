@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -69,7 +70,7 @@ def newcombe(k1: int, n1: int, k2: int, n2: int, z: float = _Z95) -> tuple[float
 def size_bin_labels(edges: Sequence[float]) -> list[str]:
     """Labels of the bins ``np.digitize(size, edges)`` gives: ``<0.5 µm``, ``0.5–1 µm``, …, ``≥100 µm``."""
     e = [f"{v:g}" for v in edges]
-    return [f"<{e[0]} µm"] + [f"{a}–{b} µm" for a, b in zip(e, e[1:], strict=False)] + [f"≥{e[-1]} µm"]
+    return [f"<{e[0]} µm"] + [f"{a}–{b} µm" for a, b in pairwise(e)] + [f"≥{e[-1]} µm"]
 
 
 @dataclass
