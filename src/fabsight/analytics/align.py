@@ -108,10 +108,16 @@ def _norm_lot(lot: str) -> str:
 
 def _norm_wafer(lot: str, wafer: str) -> str:
     """The comparable form of a wafer id (see the module docstring)."""
+    return wafer_key(lot, wafer)[1]
+
+
+def wafer_key(lot: str, wafer: str) -> tuple[str, str]:
+    """The comparable ``(lot, wafer)`` of a wafer: how every analytics module matches wafers
+    across files (see the module docstring)."""
     w, lo = wafer.strip().casefold(), _norm_lot(lot)
     if lo and w.startswith(lo) and len(w) > len(lo):
         w = w[len(lo):].lstrip("-_.#/ ") or w
-    return str(int(w)) if w.isdigit() else w
+    return lo, str(int(w)) if w.isdigit() else w
 
 
 def _name(m: WaferMap) -> str:
