@@ -241,11 +241,14 @@ def _per_flip(pair: WaferPair) -> list[tuple[Alignment, Overlap]]:
 
 
 def best_alignment(pair: WaferPair) -> tuple[Alignment, Overlap]:
-    """The flip and offset that put the inspection wafer best on the sort wafer (by die overlap).
+    """The flip and offset that put the inspection wafer best on the sort wafer.
 
-    A round wafer fits itself under every flip; :func:`association` tells those apart.
+    Die overlap decides first; a round wafer fits itself under every flip, so among equal
+    fits the one where defect dies fail most often (:func:`association`) wins.
     """
-    return max(_per_flip(pair), key=lambda t: t[1].score)
+    candidates = _per_flip(pair)
+    top = max(o.score for _, o in candidates)
+    return max((c for c in candidates if c[1].score >= top), key=lambda c: association([pair], c[0]).excess)
 
 
 @dataclass

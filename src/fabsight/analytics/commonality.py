@@ -312,14 +312,14 @@ def correct(p: Sequence[float], method: str) -> np.ndarray:
     """Multiple-test corrected p-values: ``bh`` (Benjamini–Hochberg) or ``holm``."""
     from scipy.stats import false_discovery_control
 
+    if method not in ("bh", "holm"):
+        raise FabsightError(None, f"--correction {method!r}: expected bh or holm")
     arr = np.asarray(p, float)
     if arr.size == 0:
         return arr
     if method == "bh":
         return np.minimum(false_discovery_control(arr, method="bh"), 1.0)
-    if method == "holm":
-        return holm(arr)
-    raise FabsightError(None, f"--correction {method!r}: expected bh or holm")
+    return holm(arr)
 
 
 def _levels(rows: Sequence[HistoryRow], universe: set[WaferKey], time_windows: int) -> dict[tuple[str, str], dict]:
@@ -396,6 +396,7 @@ def commonality(
     history_source: str | None = None,
 ) -> CommonalityReport:
     """Rank the history levels the flagged wafers share more than chance (see the module docstring)."""
+    correct([], correction)  # an unknown method is refused before any work
     hist_keys = {r.key for r in history}
     res_keys = {r.key: r for r in results}
     universe = set(res_keys) & hist_keys
