@@ -81,7 +81,7 @@ def test_wafer_ids_match_across_conventions() -> None:
 
 @pytest.mark.parametrize(("offset", "flip"), [("1", None), ("a,b", None), (None, "z"), (None, "xx")])
 def test_bad_alignment_options(offset: str | None, flip: str | None) -> None:
-    with pytest.raises(FabsightError, match="--offset|--flip"):
+    with pytest.raises(FabsightError, match=r"--offset|--flip"):
         Alignment.parse(offset, flip)
 
 

@@ -15,6 +15,8 @@ all chi-square tests) with Benjamini–Hochberg (``bh``, false-discovery rate) o
 (``holm``, family-wise error); findings are ranked by corrected p-value.
 
 Rules worth knowing: a wafer seen more than once at a step (rework) counts at its last row;
+a factor with the same level for every wafer at several steps (a slot kept through the flow)
+is tested once, under the names of all those steps;
 time windows split each step's wafers into ``time_windows`` groups of equal size by time;
 wafers of the results that are not in the history are listed, not tested.
 """
@@ -336,7 +338,22 @@ def _levels(rows: Sequence[HistoryRow], universe: set[WaferKey], time_windows: i
             if level:
                 out.setdefault((step, factor), {})[key] = level
     _add_time_windows(out, last, time_windows)
-    return out
+    return _merge_same(out)
+
+
+def _merge_same(levels: dict[tuple[str, str], dict[WaferKey, str]]) -> dict[tuple[str, str], dict[WaferKey, str]]:
+    """One entry for a factor whose levels are the same at several steps (a slot kept through
+    the flow): testing it once per step would only add copies to the multiple-test correction."""
+    merged: dict[tuple[str, str], dict[WaferKey, str]] = {}
+    steps_of: dict[tuple[str, str], list[str]] = {}
+    for (step, factor), level_of in levels.items():
+        twin = next((k for k, v in merged.items() if k[1] == factor and v == level_of), None)
+        if twin is None:
+            merged[(step, factor)] = level_of
+            steps_of[(step, factor)] = [step]
+        else:
+            steps_of[twin].append(step)
+    return {(", ".join(steps_of[k]), k[1]): v for k, v in merged.items()}
 
 
 def _add_time_windows(out: dict, last: Mapping[tuple[str, WaferKey], HistoryRow], windows: int) -> None:
