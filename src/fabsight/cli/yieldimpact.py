@@ -38,7 +38,7 @@ def _print_killratio(result: dict[str, Any]) -> None:
     out.print(
         f"{len(result['wafers'])} wafers paired, {result['dies']} dies, clean dies fail "
         f"{result['clean_failing']} of {result['clean_dies']} ({result['clean_fail_rate']:.3f}); "
-        f"alignment {result['alignment']['options']}", markup=False)
+        f"alignment {result['alignment']['options']}", markup=False, soft_wrap=True)
     _impact_table("by defect class", [ImpactRow(**r) for r in result["by_class"]])
     _impact_table("by defect size", [ImpactRow(**r) for r in result["by_size"]])
     for side in ("inspection_only", "sort_only"):
