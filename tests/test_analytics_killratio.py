@@ -148,3 +148,11 @@ def test_cli_json(lot_files, capsys: pytest.CaptureFixture[str]) -> None:
     assert result["alignment"]["options"] == "--offset 0,0 --flip y" and result["errors"] == []
     assert {r["name"] for r in result["by_size"]} <= {"<1 µm", "1–5 µm", "≥5 µm"}
     assert sum(r["dies"] for r in result["wafers"]) == result["dies"]
+
+
+def test_same_lot_without_common_wafers_is_refused(shared: Path, tmp_path: Path) -> None:
+    sort = read_maps(shared / "fixtures/stdf/lot2.stdf")
+    insp_map, truth = _inspection_on(sort[0], "17", dx=0)
+    inspection = read_maps(write_klarf([insp_map], tmp_path / "insp.000"))
+    with pytest.raises(FabsightError, match=r"lot2.stdf: no wafer is in both.*GAL-LOT/17.*GAL-LOT/GAL-LOT-02"):
+        kill_ratios(inspection, sort, truth)
