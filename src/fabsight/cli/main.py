@@ -38,6 +38,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.distill",
     "fabsight.cli.batch",
     "fabsight.cli.curate",
+    "fabsight.cli.yieldimpact",
 )
 
 
