@@ -97,7 +97,9 @@ def pareto(maps: Sequence[WaferMap], by: str = "class", *, size_bins: Sequence[f
         )
     if inspection[0]:
         if by not in INSPECTION_BY:
-            raise FabsightError(maps[0].source or None, f"--by {by} needs sort bins; KLARF defects go by {_or(INSPECTION_BY)}")
+            raise FabsightError(
+                maps[0].source or None, f"--by {by} needs sort bins; KLARF defects go by {_or(INSPECTION_BY)}"
+            )
         return _defect_pareto(maps, by, SIZE_BINS_UM if size_bins is None else check_size_bins(size_bins))
     if by not in SORT_BY:
         raise FabsightError(maps[0].source or None, f"--by {by} needs KLARF defects; die maps go by {_or(SORT_BY)}")
@@ -218,7 +220,11 @@ def scope_of(maps: Sequence[WaferMap]) -> str:
 
 
 def _rank(
-    keys: np.ndarray, labeller: Callable[[int], str], *, keyer: Callable[[int], str] = str, weights: np.ndarray | None = None
+    keys: np.ndarray,
+    labeller: Callable[[int], str],
+    *,
+    keyer: Callable[[int], str] = str,
+    weights: np.ndarray | None = None,
 ) -> list[ParetoRow]:
     """Rows for each distinct key, most frequent first (ties by key), with shares of the total."""
     codes, counts = np.unique(keys, return_counts=True)
@@ -327,8 +333,11 @@ def pareto_png(result: Pareto, path: str | os.PathLike[str], *, top: int = 15) -
     line.yaxis.set_major_formatter(PercentFormatter(100))
     line.set_ylabel("cumulative share", color="#c8281f")
     loss = f" (yield loss {100 * result.total / result.tested_dies:.1f} %)" if result.tested_dies else ""
-    ax.set_title(f"{result.unit.capitalize()} by {_AXIS_NAMES.get(result.by, result.by)} · {result.scope} · "
-                 f"{result.total:,} in all{loss}", fontsize=10)
+    ax.set_title(
+        f"{result.unit.capitalize()} by {_AXIS_NAMES.get(result.by, result.by)} · {result.scope} · "
+        f"{result.total:,} in all{loss}",
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png")
