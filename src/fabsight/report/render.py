@@ -504,7 +504,11 @@ def render_stack(stack: StackedMap, ax: Axes, *, legend: bool = True) -> Axes:
         ticks = MaxNLocator(nbins=5).tick_values(0, vmax)
         ticks = [t for t in ticks if 0 <= t <= vmax + 1e-12]
         horizontal_colorbar(
-            ax, image, f"share of the {stack.n_wafers} wafers", ticks, PercentFormatter(1.0, decimals=0)
+            ax,
+            image,
+            "share of the 1 wafer" if stack.n_wafers == 1 else f"share of the {stack.n_wafers} wafers",
+            ticks,
+            PercentFormatter(1.0, decimals=0),
         )
     return ax
 
