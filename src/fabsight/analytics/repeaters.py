@@ -178,7 +178,8 @@ def repeating(
         return flags, 0.0
     from scipy.spatial import cKDTree
 
-    pts, grp = points[known], groups[known]
+    pts = points[known]
+    grp = np.unique(groups[known], return_inverse=True)[1].reshape(-1)  # 0..k-1, whatever the ids were
     total = cKDTree(pts).query_ball_point(pts, tolerance, return_length=True)
     span = float(np.ptp(pts, axis=0).max()) + 4 * tolerance + 1.0
     apart = pts + np.column_stack([grp * span, np.zeros(len(grp))])  # groups side by side, never near

@@ -99,7 +99,7 @@ def _wafer_outline(grid: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def _title(wmap: WaferMap) -> str:
-    parts = [p for p in (wmap.lot_id, f"#{wmap.wafer_id}" if wmap.wafer_id else "") if p]
+    parts = [p for p in (wmap.lot_name, f"#{wmap.wafer_id}" if wmap.wafer_id else "") if p]
     if wmap.n_dies:
         parts.append(f"yield {100 * wmap.yield_:.1f}%")
     line = " · ".join(parts)
