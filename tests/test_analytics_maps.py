@@ -122,10 +122,11 @@ def test_repeater_flags_on_a_real_klarf_match_a_brute_force_count(shared) -> Non
     picks = np.concatenate([np.flatnonzero(result.in_wafer)[:150], rng.choice(len(d), 150, replace=False)])
     for i in picks:
         near = np.hypot(*(points - points[i]).T) <= DEFAULT_TOLERANCE_UM
-        assert result.in_wafer[i] == (np.unique(die[near]).size >= 3)
-    flags, chance = repeating(points, die, DEFAULT_TOLERANCE_UM, 3)
-    np.testing.assert_array_equal(flags, result.in_wafer)
-    assert chance > 0
+        assert result.in_wafer[i] == (np.unique(die[near]).size >= result.dies_needed)
+    fixed = repeating(points, die, DEFAULT_TOLERANCE_UM, 3, area=np.prod(laa.die_pitch), max_chance=None)
+    assert fixed.need == 3 and fixed.expected_by_chance > 0.5  # a dense wafer: 3 dies happen by chance
+    assert result.dies_needed > 3 and result.expected_by_chance < 0.5
+    assert fixed.flags.sum() > result.in_wafer.sum() and not (result.in_wafer & ~fixed.flags).any()
 
 
 def test_repeaters_cli_reports_per_wafer_and_draws_the_marks(tmp_path, capsys) -> None:

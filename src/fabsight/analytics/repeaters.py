@@ -15,9 +15,11 @@ is not counted. The default tolerance, :data:`DEFAULT_TOLERANCE_UM` (10 µm), co
 coordinate accuracy of optical inspection tools (a few µm) with room to spare. Chance
 coincidences grow with defect density: with 1,000 random defects per wafer on a 5 × 6 mm
 die, 1 % of them have another within 10 µm on some other die, but only ~0.005 % on two
-other dies, hence the default of 3 dies. Each wafer's result carries ``expected_by_chance``
-(the Poisson estimate of how many random defects would be flagged at that density) so a
-dirty wafer's flags can be judged.
+other dies, hence the default of 3 dies. Beyond that, the dies (wafers) needed rise with
+the measured density until uniform random defects at that density would be flagged fewer
+than :data:`DEFAULT_MAX_CHANCE` times (Poisson), so a dirty wafer is not taken for a wafer
+of repeaters. Each result says how many dies / wafers it needed and how many flags chance
+would give at that need.
 
 Neighbour counting uses :class:`scipy.spatial.cKDTree` (never all pairs): one count over all
 defects and one with each die moved far apart (same-die neighbours only); their difference
@@ -41,6 +43,9 @@ DEFAULT_TOLERANCE_UM = 10.0
 #: Default number of distinct dies (shots) / wafers a position must be found on.
 DEFAULT_MIN_DIES = 3
 DEFAULT_MIN_WAFERS = 3
+#: Default most defects a search may flag by chance alone: the dies / wafers needed rise until
+#: uniform random defects at the measured density would give fewer flags than this.
+DEFAULT_MAX_CHANCE = 0.5
 
 
 @dataclass
@@ -54,6 +59,8 @@ class WaferRepeaters:
     sites: int
     dies: int
     expected_by_chance: float
+    dies_needed: int
+    wafers_needed: int | None
 
     @property
     def flags(self) -> np.ndarray:
@@ -71,6 +78,8 @@ class WaferRepeaters:
             "sites": self.sites,
             "dies": self.dies,
             "expected_by_chance": round(self.expected_by_chance, 3),
+            "dies_needed": self.dies_needed,
+            "wafers_needed": self.wafers_needed,
         }
 
 
@@ -107,8 +116,12 @@ def find_repeaters(
     reticle: tuple[int, int] | None = None,
     min_dies: int = DEFAULT_MIN_DIES,
     min_wafers: int = DEFAULT_MIN_WAFERS,
+    max_chance: float | None = DEFAULT_MAX_CHANCE,
 ) -> RepeaterResult:
     """Flag the repeating defects of KLARF ``maps`` (lots grouped by lot name).
+
+    ``min_dies`` / ``min_wafers`` are raised per wafer / lot while chance alone would flag
+    ``max_chance`` defects or more (``None``: keep them fixed).
 
     Raises :class:`FabsightError` naming the file for a map without a defect list, a
     reticle given for a map without a die pitch, or settings out of range.
@@ -116,9 +129,10 @@ def find_repeaters(
     _check_settings(tolerance_um, reticle, min_dies, min_wafers)
     positions = [_positions(m, reticle) for m in maps]
     results: list[WaferRepeaters] = []
-    lot_flags = _lot_flags(maps, positions, tolerance_um, min_wafers)
-    for m, (points, shots, area), in_lot in zip(maps, positions, lot_flags, strict=True):
-        in_wafer, chance = repeating(points, shots, tolerance_um, min_dies, area=area)
+    lot_repeats = _lot_flags(maps, positions, tolerance_um, min_wafers, max_chance)
+    for m, (points, shots, area), (in_lot, wafers_needed) in zip(maps, positions, lot_repeats, strict=True):
+        found = repeating(points, shots, tolerance_um, min_dies, area=area, max_chance=max_chance)
+        in_wafer = found.flags
         flagged = in_wafer | in_lot
         results.append(
             WaferRepeaters(
@@ -128,7 +142,9 @@ def find_repeaters(
                 in_lot=in_lot,
                 sites=_sites(points[flagged], tolerance_um),
                 dies=int(np.unique(shots[flagged]).size),
-                expected_by_chance=chance,
+                expected_by_chance=found.expected_by_chance,
+                dies_needed=found.need,
+                wafers_needed=wafers_needed,
             )
         )
     return RepeaterResult(results, float(tolerance_um), reticle, min_dies, min_wafers)
@@ -165,45 +181,65 @@ def _positions(wmap: WaferMap, reticle: tuple[int, int] | None) -> tuple[np.ndar
     return points, shots.astype(np.int64), area
 
 
+@dataclass
+class Repeats:
+    """Flags of one search, the distinct groups a flag needed, and the flags chance would give."""
+
+    flags: np.ndarray
+    need: int
+    expected_by_chance: float
+
+
 def repeating(
-    points: np.ndarray, groups: np.ndarray, tolerance: float, need: int, *, area: float | None = None
-) -> tuple[np.ndarray, float]:
-    """Whether defects of at least ``need`` distinct groups (its own included) lie within
-    ``tolerance`` of each point, and how many points uniform random positions would flag
-    (Poisson, over ``area`` µm², else the points' bounding box). Points with an unknown
-    position (NaN) never repeat."""
+    points: np.ndarray,
+    groups: np.ndarray,
+    tolerance: float,
+    need: int,
+    *,
+    area: float | None = None,
+    max_chance: float | None = DEFAULT_MAX_CHANCE,
+) -> Repeats:
+    """Flag the points near which defects of at least ``need`` distinct groups (its own
+    included) lie within ``tolerance``. Points with an unknown position (NaN) never repeat.
+
+    Chance is Poisson: a point sees λ = (other groups' points) · πr² / ``area`` random
+    neighbours (``area`` in µm², else the points' bounding box). With ``max_chance``,
+    ``need`` rises until fewer than that many points would be flagged by chance alone.
+    """
     flags = np.zeros(len(points), dtype=bool)
     known = np.flatnonzero(np.isfinite(points).all(axis=1))
     if known.size < need:
-        return flags, 0.0
+        return Repeats(flags, need, 0.0)
     from scipy.spatial import cKDTree
+    from scipy.stats import poisson
 
     pts = points[known]
     grp = np.unique(groups[known], return_inverse=True)[1].reshape(-1)  # 0..k-1, whatever the ids were
+    lam = _lambdas(pts, grp, tolerance, area)
+    while max_chance is not None and need <= grp.max() + 1 and poisson.sf(need - 2, lam).sum() >= max_chance:
+        need += 1
+    chance = float(poisson.sf(need - 2, lam).sum())
+    if need > grp.max() + 1:
+        return Repeats(flags, need, chance)
     total = cKDTree(pts).query_ball_point(pts, tolerance, return_length=True)
     span = float(np.ptp(pts, axis=0).max()) + 4 * tolerance + 1.0
     apart = pts + np.column_stack([grp * span, np.zeros(len(grp))])  # groups side by side, never near
     same = cKDTree(apart).query_ball_point(apart, tolerance, return_length=True)
     candidates = np.flatnonzero(total - same >= need - 1)
     if need > 2 and candidates.size:
-        tree = cKDTree(pts)
-        near = tree.query_ball_point(pts[candidates], tolerance)
+        near = cKDTree(pts).query_ball_point(pts[candidates], tolerance)
         distinct = np.array([np.unique(grp[idx]).size for idx in near], dtype=np.int64)
         candidates = candidates[distinct >= need]
     flags[known[candidates]] = True
-    return flags, _chance(pts, grp, tolerance, need, area)
+    return Repeats(flags, need, chance)
 
 
-def _chance(points: np.ndarray, groups: np.ndarray, tolerance: float, need: int, area: float | None) -> float:
-    """Expected flags among uniform random points: each point sees the other groups' points
-    within ``tolerance`` as Poisson(λ), λ = others · πr² / area, and needs ``need - 1``."""
-    from scipy.stats import poisson
-
+def _lambdas(points: np.ndarray, groups: np.ndarray, tolerance: float, area: float | None) -> np.ndarray:
+    """Expected random neighbours of each point from the other groups' points."""
     if area is None:
         area = float(np.prod(np.maximum(np.ptp(points, axis=0), tolerance)))
     own = np.bincount(groups)[groups]
-    lam = (len(points) - own) * np.pi * tolerance**2 / area
-    return float(poisson.sf(need - 2, lam).sum())
+    return (len(points) - own) * np.pi * tolerance**2 / area
 
 
 def _lot_flags(
@@ -211,9 +247,11 @@ def _lot_flags(
     positions: list[tuple[np.ndarray, np.ndarray, float | None]],
     tolerance: float,
     min_wafers: int,
-) -> list[np.ndarray]:
-    """Per map, which defects repeat on at least ``min_wafers`` wafers of the same lot."""
-    flags = [np.zeros(len(p[0]), dtype=bool) for p in positions]
+    max_chance: float | None,
+) -> list[tuple[np.ndarray, int | None]]:
+    """Per map, which defects repeat on enough wafers of the same lot, and how many wafers that
+    took (None for a lot of fewer than ``min_wafers`` wafers: nothing can repeat there)."""
+    out: list[tuple[np.ndarray, int | None]] = [(np.zeros(len(p[0]), dtype=bool), None) for p in positions]
     lots: dict[str, list[int]] = {}
     for i, m in enumerate(maps):
         lots.setdefault(m.lot_name, []).append(i)
@@ -222,11 +260,11 @@ def _lot_flags(
             continue
         points = np.concatenate([positions[i][0] for i in members])
         wafer = np.concatenate([np.full(len(positions[i][0]), j) for j, i in enumerate(members)])
-        lot, _ = repeating(points, wafer, tolerance, min_wafers, area=positions[members[0]][2])
+        lot = repeating(points, wafer, tolerance, min_wafers, area=positions[members[0]][2], max_chance=max_chance)
         bounds = np.cumsum([0] + [len(positions[i][0]) for i in members])
         for j, i in enumerate(members):
-            flags[i] = lot[bounds[j] : bounds[j + 1]]
-    return flags
+            out[i] = (lot.flags[bounds[j] : bounds[j + 1]], lot.need)
+    return out
 
 
 def _sites(points: np.ndarray, tolerance: float) -> int:
