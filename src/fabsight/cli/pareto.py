@@ -142,7 +142,8 @@ def repeaters(
         for w in r["wafers"]:
             out.print(
                 f"  {w['wafer']:<24} {w['repeaters']:>6,} of {w['defects']:,} defects, {w['sites']} site(s) on "
-                f"{w['dies']} die(s); in the lot {w['in_lot']:,}; ~{w['expected_by_chance']:g} by chance",
+                f"{w['dies']} die(s) (needing {w['dies_needed']}); in the lot {w['in_lot']:,}; "
+                f"~{w['expected_by_chance']:g} by chance",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,
