@@ -91,6 +91,8 @@ def test_sources_are_never_mixed_and_by_must_fit_the_source(shared) -> None:
         pareto(stdf, "class")
     with pytest.raises(FabsightError, match="needs sort bins"):
         pareto(klarf, "softbin")
+    with pytest.raises(FabsightError, match="'tool' is not bin, class, lot, size, softbin, step or wafer"):
+        pareto(klarf, "tool")
 
 
 def test_chart_is_written_atomically_with_one_bar_per_row_and_other(tmp_path) -> None:

@@ -88,6 +88,8 @@ def pareto(maps: Sequence[WaferMap], by: str = "class", *, size_bins: Sequence[f
     """
     if not maps:
         raise FabsightError(None, "nothing to rank: no wafer maps")
+    if by not in INSPECTION_BY + SORT_BY:
+        raise FabsightError("--by", f"{by!r} is not {_or(sorted(set(INSPECTION_BY + SORT_BY)))}")
     inspection = [m.defects is not None for m in maps]
     if any(inspection) and not all(inspection):
         odd = maps[inspection.index(not inspection[0])]
