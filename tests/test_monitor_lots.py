@@ -56,7 +56,7 @@ def test_group_lots_orders_by_time_and_says_where_time_came_from(tmp_path) -> No
         WaferMap(grid),  # nothing known
     ]
     lots = group_lots(maps)
-    assert [lot.lot_id for lot in lots] == [files[0], files[1], "A", "B", "(no lot id)"]
+    assert [lot.lot_id for lot in lots] == ["old", "new", "A", "B", "(no lot id)"]  # the file's name, not its path
     assert [lot.time_source for lot in lots] == ["file mtime", "file mtime", "timestamp", "timestamp", "input order"]
     assert lots[3].wafers == [0, 4] and lots[3].time == datetime(2026, 1, 2)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,6 +149,14 @@ class WaferMap:
         """Fraction of on-wafer dies that are good (NaN for an empty wafer)."""
         n = self.n_dies
         return self.n_good / n if n else float("nan")
+
+    @property
+    def lot_name(self) -> str:
+        """The lot as people name it: the lot id, else the file's stem (never a full path, which
+        would fill a picture title or a table column with directories)."""
+        if self.lot_id:
+            return self.lot_id
+        return Path(self.source).stem if self.source else ""
 
     @property
     def label(self) -> str | None:

@@ -26,6 +26,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.data",
     "fabsight.cli.synth",
     "fabsight.cli.render",
+    "fabsight.cli.pareto",
     "fabsight.cli.wafer",
     "fabsight.cli.assist",
     "fabsight.cli.monitor",

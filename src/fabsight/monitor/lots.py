@@ -111,7 +111,7 @@ def group_lots(maps: Sequence[WaferMap]) -> list[Lot]:
     fall back to the file's modification time, and failing that to input order."""
     groups: dict[str, list[int]] = {}
     for i, m in enumerate(maps):
-        groups.setdefault(m.lot_id or m.source or UNNAMED_LOT, []).append(i)
+        groups.setdefault(m.lot_name or UNNAMED_LOT, []).append(i)  # a file without a lot id is its own lot
     lots = []
     for lot_id, idx in groups.items():
         stamps = [maps[i].timestamp for i in idx if maps[i].timestamp is not None]
