@@ -539,8 +539,8 @@ def _a_location(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, A
 def _a_severity(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
     def one(f: WaferFacts) -> str:
         y = f.yield_
-        return (f"{y.severity} (yield loss {pct(y.yield_loss)}, {pct(y.pattern_yield_loss)} from the clustered "
-                f"pattern)")
+        return (f"{y.severity} (yield loss {pct(y.yield_loss)}, {pct(y.pattern_yield_loss)} from clustered "
+                f"fails)")
 
     if len(rows) == 1:
         wid, f = rows[0]
