@@ -82,7 +82,8 @@ def list_wafers(
         .join(Wafer.lot)
         .outerjoin(Wafer.prediction)
         .outerjoin(Wafer.review)
-        .options(joinedload(Wafer.lot), joinedload(Wafer.prediction), joinedload(Wafer.review))
+        .options(joinedload(Wafer.lot), joinedload(Wafer.lot_wafer), joinedload(Wafer.prediction),
+                 joinedload(Wafer.review))
     )
     if flt.lot is not None:
         q = q.where(Lot.name == flt.lot)
@@ -112,6 +113,7 @@ def get_wafer(session: Session, wafer_pk: int) -> Wafer:
         .where(Wafer.id == wafer_pk)
         .options(
             joinedload(Wafer.lot),
+            joinedload(Wafer.lot_wafer),
             joinedload(Wafer.upload),
             joinedload(Wafer.prediction),
             joinedload(Wafer.explanation),
@@ -243,6 +245,7 @@ def lot_wafers(session: Session, name: str) -> list[LotWafer]:
             selectinload(LotWafer.results).joinedload(Wafer.prediction),
             selectinload(LotWafer.results).joinedload(Wafer.review),
             selectinload(LotWafer.results).joinedload(Wafer.lot),
+            selectinload(LotWafer.results).joinedload(Wafer.lot_wafer),
         )
         .order_by(LotWafer.wafer_id)
     )
@@ -256,7 +259,11 @@ def review_queue(session: Session, *, state: str = "pending", limit: int = 200) 
     q = (
         select(Review)
         .where(Review.state == state)
-        .options(joinedload(Review.wafer).joinedload(Wafer.lot), joinedload(Review.wafer).joinedload(Wafer.prediction))
+        .options(
+            joinedload(Review.wafer).joinedload(Wafer.lot),
+            joinedload(Review.wafer).joinedload(Wafer.lot_wafer),
+            joinedload(Review.wafer).joinedload(Wafer.prediction),
+        )
         .order_by(Review.priority.desc(), Review.id)
         .limit(limit)
     )
