@@ -67,6 +67,22 @@ def wafer_detail(w: Wafer) -> WaferDetail:
     )
 
 
+def stored_facts(w: Wafer) -> Any:
+    """The assist facts of a stored result, measured again from its grid (so they follow review decisions).
+
+    The grid keeps no defect list, so the defect facts (count, sizes, classes) measured when the
+    KLARF was uploaded are taken from the stored explanation.
+    """
+    from fabsight.assist.facts import DefectFacts, wafer_facts
+    from fabsight.store.queries import to_wafer_map
+
+    facts = wafer_facts(to_wafer_map(w), facts_prediction(w))
+    stored = None if w.explanation is None else (w.explanation.facts or {}).get("defects")
+    if stored:
+        facts.defects = DefectFacts(**stored)
+    return facts
+
+
 def facts_prediction(w: Wafer) -> dict[str, Any] | None:
     """The prediction record the assist facts should use: a person's decision overrides the model."""
     p = None if w.prediction is None else w.prediction.details()

@@ -145,6 +145,7 @@ def to_wafer_map(wafer: Wafer) -> WaferMap:
         notch=wafer.notch,
         timestamp=wafer.timestamp,
         labels=tuple(wafer.labels or ()),
+        extras={"step_id": wafer.step} if wafer.step else {},
     )
 
 
