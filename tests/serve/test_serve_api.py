@@ -332,3 +332,12 @@ def test_a_lot_uploaded_as_inspection_and_sort_lists_its_physical_wafers(client:
     assert page.status_code == 200 and page.text.count("<tr><td>") == 2 + 8  # 2 sources, 8 wafers
     assert "<th>inspection M1-ETCH</th><th>sort</th>" in page.text
     assert client.get("/").text.count('href="/lots/A103"') == 1
+    # questions over the lot see 8 wafers with their sources, and the KLARF's defects kept at upload
+    listed = client.post("/api/ask", json={"question": "List the wafer ids", "lot": "A103"}).json()
+    assert listed["answered"] and listed["data"]["count"] == 8 and listed["wafers"] == 12
+    assert listed["data"]["wafers"] == [f"{i:02d}" for i in range(1, 9)]
+    from fabsight.io import read_maps
+
+    klarf = read_maps(next(p for p in example_files() if p.name == "LOT-A103.klarf"))
+    defects = client.post("/api/ask", json={"question": "How many defects are on wafer 3?", "lot": "A103"}).json()
+    assert defects["intent"] == "defect_count" and defects["data"]["defects"] == len(klarf[2].defects)
