@@ -149,6 +149,16 @@ def _defect_sentence(f: WaferFacts) -> Sentence | None:
                     [*keys, "defect_clustering.clusters", "defect_clustering.isolated"])
 
 
+def _defect_size_sentence(f: WaferFacts) -> Sentence | None:
+    """The KLARF defects' sizes (``DSIZE``), when the file gives them."""
+    d = f.defects
+    if d is None or not d.sized:
+        return None
+    return Sentence(f"Defect sizes (DSIZE, {d.sized} defects): mean {d.mean_size:.2f} µm, median "
+                    f"{d.median_size:.2f} µm, largest {d.max_size:.2f} µm.",
+                    ["defects.sized", "defects.mean_size", "defects.median_size", "defects.max_size"])
+
+
 def _yield_sentence(f: WaferFacts) -> Sentence:
     y = f.yield_
     return Sentence(f"Yield is {pct(y.yield_)}, with {pct(y.pattern_yield_loss)} lost to clustered fails "
@@ -207,6 +217,7 @@ def explain_facts(facts: WaferFacts, kb: KnowledgeBase) -> Explanation:
         _location_sentence(facts),
         _extent_sentence(facts),
         _defect_sentence(facts),
+        _defect_size_sentence(facts),
         _yield_sentence(facts),
         _notch_sentence(facts),
         _mismatch_sentence(facts, kb),
