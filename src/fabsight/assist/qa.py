@@ -130,7 +130,7 @@ INTENTS: tuple[Intent, ...] = (
         "How many spatial clusters of failing dies are on the wafer?",
         "Are the fails clustered?",
         "How big is the largest cluster?",
-    )),
+    ), uses=("cluster",)),
     Intent("location", (
         "Where are the failing dies?",
         "Where is the defect pattern located?",
@@ -226,6 +226,7 @@ _BEST = re.compile(r"\b(best|highest|top|greatest|most good)\b")
 _TREND = re.compile(r"\btrend|\b(?:over|across|between) (?:the )?(?:lots|time)\b|\blot to lot\b|\bper lot\b")
 _DEFECTS = re.compile(r"\b(?:defects?|particles?|dsize)\b")
 _QUANTITY = re.compile(r"\b(?:how many|number|count|size|sizes|big|large|largest|small|average|mean|median)\b")
+_KIND = re.compile(r"\b(?:class|classes|type|types|kind|pattern|signature)\b")
 _SIZE = re.compile(r"\b(?:size|sizes|big|bigger|large|larger|largest|small|smallest|dsize)\b")
 _WAFER = re.compile(r"\b(?:wafer|slot)\s*(?:#|no\.?|number|id)?\s*([A-Za-z0-9][\w-]*)|#\s*(\d+)", re.I)
 
@@ -783,10 +784,14 @@ def ask(question: str, lot: Lot, *, threshold: float = THRESHOLD) -> Answer:
                              "notch": "notch" if re.search(r"\bnotch", q) else None,
                              "direction": "best" if _BEST.search(q) else "worst",
                              "measure": "defects" if _DEFECTS.search(q) else "yield",
-                             "trend": "lots" if _TREND.search(q) else None}
+                             "trend": "lots" if _TREND.search(q) else None,
+                             "cluster": "cluster" if re.search(r"\bclust", q) else None}
     intent, score = choose_intent(rank_intents(question), slots, len(lot.facts) == 1)
     if intent == "main_pattern" and slots["measure"] == "defects" and _QUANTITY.search(q):
         intent = "defect_size" if _SIZE.search(q) else "defect_count"  # a number was asked, not the pattern
+    if (intent in ("defect_count", "defect_size") and _KIND.search(q) and not _SIZE.search(q)
+            and not _with_defects(lot.pick(wafer))):
+        intent = "main_pattern"  # "the most frequent defect class" of maps without a defect list: the pattern
     if _UNANSWERABLE_TYPE.search(question):
         return _refusal(question, REFUSE, score, "it asks who or when, and the wafer maps record neither people "
                         "nor dates", slots)
