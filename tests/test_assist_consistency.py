@@ -10,6 +10,8 @@ KLARF, STDF and G85 fixtures.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,9 +67,42 @@ def check(e: Explanation) -> None:
     assert said["pattern"] <= {e.facts.pattern.status == "pattern"}, e.text
 
 
-def _pred(label: str, p: float) -> dict:
+def prediction(label: str, p: float) -> dict:
+    """A classifier record: confident (routed to nobody) at p >= 0.5, else sent to review."""
     return {"label": label, "probability": p, "top3": [[label, p]], "needs_review": p < 0.5,
             "review_reason": "low confidence" if p < 0.5 else ""}
+
+
+DRAWN = ("center", "edge-ring", "donut", "edge-ne", "loc-sw", "scratch", "notch", "random", "near-full", "clean")
+
+
+def generated_cases(pattern: str) -> Iterator[tuple[WaferMap, dict | None]]:
+    """A generated class at 4 noise levels x 3 draws, each without a model and with 3 predictions."""
+    rng = np.random.default_rng(25)
+    for noise in (0.0, 0.02, 0.08, 0.2):
+        for seed in range(3):
+            wmap = WaferMap(generate_map(pattern, (40, 40), rng, noise=noise), wafer_id=f"{seed}")
+            for pred in (None, prediction(pattern, 0.9), prediction("none", 0.95), prediction(pattern, 0.3)):
+                yield wmap, pred
+
+
+def drawn_cases(kind: str) -> Iterator[tuple[WaferMap, dict | None]]:
+    for seed in range(4):
+        for noise in (0.0, 0.01, 0.05):
+            wmap = disc_map(kind, noise=noise, seed=seed)
+            for pred in (None, prediction("none", 0.97), prediction("Center", 0.9)):
+                yield wmap, pred
+
+
+def real_cases(shared: Path) -> Iterator[tuple[WaferMap, dict | None]]:
+    """Every map of the real KLARF (.000), STDF and G85 fixtures, without a model and called clean."""
+    from fabsight.io import read_maps
+
+    fx = shared / "fixtures"
+    for path in [*sorted((fx / "klarf").glob("*.000")), fx / "stdf" / "lot2.stdf", *sorted((fx / "g85").glob("*.xml"))]:
+        for wmap in read_maps(path):
+            for pred in (None, prediction("none", 0.97)):
+                yield wmap, pred
 
 
 @pytest.fixture(scope="module")
@@ -87,33 +122,19 @@ def test_the_reader_sees_both_sides_when_they_are_written(kb) -> None:
 
 @pytest.mark.parametrize("pattern", WM811K_CLASSES)
 def test_generated_maps_never_contradict_themselves(kb, pattern) -> None:
-    rng = np.random.default_rng(25)
-    for noise in (0.0, 0.02, 0.08, 0.2):
-        for seed in range(3):
-            wmap = WaferMap(generate_map(pattern, (40, 40), rng, noise=noise), wafer_id=f"{seed}")
-            for pred in (None, _pred(pattern, 0.9), _pred("none", 0.95), _pred(pattern, 0.3)):
-                check(explain_facts(wafer_facts(wmap, pred), kb))
+    for wmap, pred in generated_cases(pattern):
+        check(explain_facts(wafer_facts(wmap, pred), kb))
 
 
-@pytest.mark.parametrize("kind", ["center", "edge-ring", "donut", "edge-ne", "loc-sw", "scratch", "notch",
-                                  "random", "near-full", "clean"])
+@pytest.mark.parametrize("kind", DRAWN)
 def test_drawn_maps_never_contradict_themselves(kb, kind) -> None:
-    for seed in range(4):
-        for noise in (0.0, 0.01, 0.05):
-            wmap = disc_map(kind, noise=noise, seed=seed)
-            for pred in (None, _pred("none", 0.97), _pred("Center", 0.9)):
-                check(explain_facts(wafer_facts(wmap, pred), kb))
+    for wmap, pred in drawn_cases(kind):
+        check(explain_facts(wafer_facts(wmap, pred), kb))
 
 
 def test_real_files_never_contradict_themselves(kb, shared) -> None:
-    from fabsight.io import read_maps
-
-    files = [*sorted((shared / "fixtures" / "klarf").glob("*.000")), shared / "fixtures" / "stdf" / "lot2.stdf",
-             *sorted((shared / "fixtures" / "g85").glob("*.xml"))]
     n = 0
-    for path in files:
-        for wmap in read_maps(path):
-            for pred in (None, _pred("none", 0.97)):
-                check(explain_facts(wafer_facts(wmap, pred), kb))
-                n += 1
+    for wmap, pred in real_cases(shared):
+        check(explain_facts(wafer_facts(wmap, pred), kb))
+        n += 1
     assert n == 2 * 9
