@@ -29,13 +29,13 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fabsight.assist.explain import pct
-from fabsight.assist.facts import ZONES, WaferFacts
+from fabsight.assist.facts import ZONES, DefectFacts, WaferFacts
 from fabsight.assist.knowledge import KnowledgeBase
 from fabsight.types import WM811K_CLASSES, wafer_key
 
@@ -649,8 +649,7 @@ def _a_defect_count(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[st
     rows = _with_defects(rows)
     if len(rows) == 1:
         wid, f = rows[0]
-        d = f.defects
-        assert d is not None
+        d = f.defects or DefectFacts(0, 0, None, None, None, None, {})
         classes = ", ".join(f"class {c}: {n}" for c, n in list(d.classes.items())[:5])
         return (f"Wafer {wid} ({f.source}): {d.count} defects" + (f" ({classes})" if classes else "") + ".",
                 {"wafer": wid, "defects": d.count, "classes": d.classes})
@@ -661,24 +660,21 @@ def _a_defect_count(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[st
             {"defects": total, "per_wafer": [[w, n] for (w, _), n in zip(rows, counts, strict=True)]})
 
 
-def _size_text(f: WaferFacts) -> str:
-    d = f.defects
-    assert d is not None and d.sized
-    return (f"mean {d.mean_size:.2f} µm, median {d.median_size:.2f} µm, 90th percentile {d.p90_size:.2f} µm, "
-            f"largest {d.max_size:.2f} µm over {d.sized} sized defects")
-
-
 def _a_defect_size(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
-    rows = [(w, f) for w, f in _with_defects(rows) if f.defects is not None and f.defects.sized]
-    if len(rows) == 1:
-        wid, f = rows[0]
-        return f"Wafer {wid}: defect size (DSIZE) {_size_text(f)}.", {"wafer": wid, **(vars(f.defects) or {})}
-    n = sum(f.defects.sized for _, f in rows if f.defects)
-    mean = sum(f.defects.sized * (f.defects.mean_size or 0.0) for _, f in rows if f.defects) / n
-    largest = max(f.defects.max_size or 0.0 for _, f in rows if f.defects)
-    per = _per_wafer(rows, lambda f: f"mean {f.defects.mean_size:.2f} µm" if f.defects else "–")
-    return (f"Defect size (DSIZE) over {n} sized defects on {len(rows)} wafers: mean {mean:.2f} µm, largest "
-            f"{largest:.2f} µm; {per}.", {"sized": n, "mean_size": round(mean, 3), "max_size": largest})
+    """DSIZE statistics of one wafer, or of the lot pooled over every sized defect (mean weighted by count)."""
+    sized = [(w, f.defects) for w, f in rows if f.defects is not None and f.defects.sized]
+    if len(sized) == 1:
+        wid, d = sized[0]
+        return (f"Wafer {wid}: defect size (DSIZE) mean {d.mean_size:.2f} µm, median {d.median_size:.2f} µm, 90th "
+                f"percentile {d.p90_size:.2f} µm, largest {d.max_size:.2f} µm over {d.sized} sized defects.",
+                {"wafer": wid, **asdict(d)})
+    n = sum(d.sized for _, d in sized)
+    mean = sum(d.sized * (d.mean_size or 0.0) for _, d in sized) / n
+    largest = max(d.max_size or 0.0 for _, d in sized)
+    per = "; ".join(f"wafer {w}: mean {d.mean_size:.2f} µm" for w, d in sized[:12])
+    more = f"; … and {len(sized) - 12} more" if len(sized) > 12 else ""
+    return (f"Defect size (DSIZE) over {n} sized defects on {len(sized)} wafers: mean {mean:.2f} µm, largest "
+            f"{largest:.2f} µm; {per}{more}.", {"sized": n, "mean_size": round(mean, 3), "max_size": largest})
 
 
 def _lot_order(lot: Lot) -> list[str]:
