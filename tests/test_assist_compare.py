@@ -36,7 +36,31 @@ def test_benjamini_hochberg_known_values() -> None:
 def test_clean_wafer_matches_its_golden(goldens) -> None:
     c = compare_map(disc_map("clean", seed=7, wafer_id="7"), build_baseline(goldens))
     assert not c.differs and not c.significant_dies
-    assert c.text.startswith("Wafer 7 matches a baseline of 10 wafers")
+    assert c.text.startswith("Wafer 7 shows no significant difference from a baseline of 10 wafers: ")
+    assert "differs" not in c.text and "excess" not in c.text.lower()
+
+
+def test_fewer_fails_than_expected_is_not_stated_as_a_difference() -> None:
+    # an edge-ring baseline expects ~360 fails; a clean wafer with a new middle SW blob has ~60:
+    # the count is no difference (p = 1), the blob is a local one
+    goldens = [disc_map("edge-ring", noise=0.01, seed=100 + s) for s in range(10)]
+    c = compare_map(disc_map("loc-sw", noise=0.01, seed=7, wafer_id="7"), build_baseline(goldens))
+    assert c.observed < c.expected and c.p_value == 1.0 and c.differs
+    assert c.text.startswith("Wafer 7 shows no significant difference from a baseline of 10 wafers in its fail "
+                             f"count ({c.observed} failing dies against {c.expected:.1f} expected (p = 1)), but "
+                             "differs locally. Excess fails concentrate in 1 region: middle SW")
+    # a redrawn edge-ring wafer: neither the count nor any region differs
+    same = compare_map(disc_map("edge-ring", noise=0.01, seed=7, wafer_id="8"), build_baseline(goldens))
+    assert not same.differs and same.text.startswith("Wafer 8 shows no significant difference from a baseline")
+
+
+@pytest.mark.parametrize("kind", ["clean", "center", "edge-ne", "random", "scratch"])
+def test_a_difference_is_stated_only_when_significant(goldens, kind) -> None:
+    for seed in range(3):
+        c = compare_map(disc_map(kind, seed=seed, wafer_id="w"), build_baseline(goldens[: 1 + 4 * seed]))
+        assert c.text.startswith("Wafer w differs from") == (c.p_value < 0.05)
+        assert ("no significant difference" in c.text) == (c.p_value >= 0.05)
+        assert ("Excess fails" in c.text or "excess is spread" in c.text) == c.differs
 
 
 @pytest.mark.parametrize("n_golden", [1, 10])

@@ -176,6 +176,8 @@ def test_klarf_explanation_numbers_are_facts(kb, shared) -> None:
         e = explain_facts(wafer_facts(wmap), kb)
         facts = e.facts.to_dict()
         assert any("defects form" in s.text for s in e.sentences)
+        sizes = wmap.defects.size
+        assert f"mean {sizes.mean():.2f} µm" in e.text and f"largest {sizes.max():.2f} µm" in e.text
         for s in e.sentences:
             allowed = set().union(*(_renderings(_lookup(facts, k)) for k in s.facts))
             assert set(re.findall(r"\d+(?:\.\d+)?%?", s.text)) <= allowed, s.text

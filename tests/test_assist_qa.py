@@ -123,3 +123,69 @@ def test_out_of_scope_questions_in_an_in_scope_frame_are_refused(lot) -> None:
     assert cost.answered and cost.intent == "severity"
     many = ask("How many wafers were inspected?", lot)
     assert many.answered and many.data["count"] == 6
+
+
+@pytest.fixture(scope="module")
+def demo_facts() -> dict[str, list]:
+    """Facts of the packaged example lots per file: KLARF A101-A103, the STDF and the G85 of A103."""
+    from fabsight.demo import example_files
+    from fabsight.io import read_maps
+
+    return {p.name: [wafer_facts(m) for m in read_maps(p)] for p in example_files()}
+
+
+def test_inspection_and_sort_of_one_lot_list_each_wafer_once(demo_facts) -> None:
+    a103 = [f for name, fs in demo_facts.items() if "A103" in name for f in fs]
+    assert len(a103) == 12  # 8 inspected, 3 sorted in the STDF, 1 in the G85
+    lot = Lot(a103, load_kb())
+    listed = ask("List the wafer ids", lot)
+    assert listed.intent == "wafer_count" and listed.data["count"] == 8
+    assert listed.data["wafers"] == [f"{i:02d}" for i in range(1, 9)]
+    assert listed.data["sources"]["01"] == ["inspection M1-ETCH", "sort"] and listed.text.startswith("8 wafers")
+    # yields per source, each wafer once per source: never one number averaging inspection with sort
+    y = ask("What is the yield?", lot)
+    inspection = [f for f in a103 if f.source.startswith("inspection")]
+    sort = {f.wafer_id: f for f in a103 if f.source == "sort"}  # the G85 copy of 01 replaces the STDF one
+    assert y.text.startswith("Inspection M1-ETCH: Lot yield") and " Sort: Lot yield" in y.text
+    dies = sum(f.extent.dies for f in inspection)
+    good = dies - sum(f.extent.failing for f in inspection)
+    assert y.data["by_source"]["inspection M1-ETCH"]["yield"] == pytest.approx(good / dies)
+    assert f"over {len(sort)} wafers" in y.text.split("Sort:")[1]
+    one = ask("What is the yield of wafer 1?", lot)
+    assert one.text.count("Wafer 01: yield") == 2
+
+
+def test_defect_counts_and_sizes_come_from_the_klarf(shared) -> None:
+    from fabsight.io import read_maps
+
+    maps = read_maps(shared / "fixtures" / "klarf" / "QUU_NUU.000")
+    lot = Lot([wafer_facts(m) for m in maps], load_kb())
+    count = ask("How many defects are on wafer 2?", lot)
+    assert count.answered and count.intent == "defect_count"
+    assert count.data["defects"] == len(maps[0].defects) == 56 and "56 defects" in count.text
+    size = ask("What is the average defect size?", lot)
+    sizes = np.concatenate([m.defects.size for m in maps])
+    assert size.answered and size.intent == "defect_size"
+    assert size.data["mean_size"] == pytest.approx(sizes.mean(), abs=1e-3)
+    assert f"largest {sizes.max():.2f} µm" in size.text
+    # sort data hold no defect list: refused in one sentence, not answered with the pattern
+    sort = Lot([wafer_facts(m) for m in read_maps(shared / "fixtures" / "stdf" / "lot2.stdf")], load_kb())
+    for q in ("How many defects are on the wafer?", "What is the average defect size?"):
+        a = ask(q, sort)
+        assert not a.answered and a.intent != "main_pattern" and "no defect list" in a.text
+        assert a.text.count(". ") == 0 and a.text.endswith(").")
+
+
+def test_trends_over_lots_are_measured_per_lot(demo_facts) -> None:
+    klarf = [f for name, fs in demo_facts.items() if name.endswith(".klarf") for f in fs]
+    lot = Lot(klarf, load_kb())
+    trend = ask("Is the yield getting worse over the lots?", lot)
+    assert trend.intent == "lot_trend" and list(trend.data["lots"]) == ["A101", "A102", "A103"]
+    for name, value in trend.data["lots"].items():
+        assert value == pytest.approx(np.mean([f.yield_.yield_ for f in klarf if f.lot_id == name]))
+    defects = ask("How does the number of defects change from lot to lot?", lot)
+    assert defects.intent == "lot_trend" and defects.data["measure"] == "mean defects per wafer"
+    assert defects.data["lots"]["A103"] == pytest.approx(np.mean([f.defects.count for f in klarf
+                                                                  if f.lot_id == "A103"]))
+    single = ask("Is the yield getting worse over the lots?", Lot(demo_facts["LOT-A101.klarf"], load_kb()))
+    assert not single.answered and "the data holds one lot (A101)" in single.text

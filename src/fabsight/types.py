@@ -182,6 +182,47 @@ class WaferMap:
         }
 
 
+#: What each wafer format measures: an inspection step (defects per die) or wafer sort (bins).
+#: Anything else (WM-811K, MixedWM38, image folders) is a ``map`` of unknown origin.
+SOURCE_KINDS: dict[str, str] = {"klarf": "inspection", "stdf": "sort", "g85": "sort"}
+
+
+def source_kind(fmt: str) -> str:
+    """``inspection``, ``sort`` or ``map``: which kind of measurement a file format carries."""
+    return SOURCE_KINDS.get(str(fmt).lower(), "map")
+
+
+def source_label(kind: str, step: str = "") -> str:
+    """The name a result's source is shown and grouped under: ``inspection M1-ETCH``, ``sort``.
+
+    Inspection results of different steps are different sources (each has its own yield);
+    sort results are one source whatever the file format (STDF and G85 of one wafer are
+    the same test).
+    """
+    step = step.strip() if kind == "inspection" else ""
+    return f"{kind} {step}" if step else kind
+
+
+def source_of(wmap: WaferMap) -> str:
+    """:func:`source_label` of a map (the KLARF ``StepID`` is in ``extras['step_id']``)."""
+    return source_label(source_kind(wmap.format), str(wmap.extras.get("step_id") or ""))
+
+
+def wafer_key(wafer_id: str, lot_id: str = "") -> str:
+    """The physical wafer a result belongs to, so the KLARF, STDF and G85 of one wafer meet.
+
+    Files spell one wafer differently: ``1``, ``01`` and ``A103-01`` (the lot name as a
+    prefix, common in STDF ``WAFER_ID``) are all wafer ``01`` of lot ``A103``. The lot prefix
+    (followed by ``-``, ``_`` or ``.``) is dropped and an all-digit id is written with at least
+    two digits; any other id is kept as it is.
+    """
+    wid = str(wafer_id).strip()
+    lot = str(lot_id).strip()
+    if lot and len(wid) > len(lot) + 1 and wid.lower().startswith(lot.lower()) and wid[len(lot)] in "-_.":
+        wid = wid[len(lot) + 1:]
+    return f"{int(wid):02d}" if wid.isdigit() else wid
+
+
 @dataclass
 class ImageSample:
     """A die / inspection image with optional label and mask (die-level work)."""

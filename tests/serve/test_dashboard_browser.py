@@ -85,8 +85,14 @@ def test_dashboard_end_to_end(page, server: str, tmp_path: Path) -> None:
     page.wait_for_function("() => document.getElementById('trend').naturalWidth > 0")
     page.screenshot(path=SHOTS / "lots.png", full_page=True)
 
-    # gallery of lot A101: eight rendered maps
+    # lot A101: its wafers as rows, its one source (the KLARF's inspection step) as a column
     page.click("text=A101")
+    page.wait_for_url("**/lots/A101")
+    assert page.locator("#lot-wafers tr").count() == 1 + 8
+    assert page.locator("#lot-wafers th").all_inner_texts() == ["wafer", "inspection M1-ETCH"]
+
+    # gallery of lot A101: eight rendered maps
+    page.click("text=all results as a gallery")
     page.wait_for_url("**/wafers?lot=A101")
     assert page.locator("#gallery .card").count() == 8
     page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")

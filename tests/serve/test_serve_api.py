@@ -308,3 +308,36 @@ def test_pictures_and_die_results(client: TestClient, tmp_path: Path) -> None:
     assert die["label"] == "short" and die["boxes"] == boxes
     bad = client.post(f"/api/uploads/{up['id']}/die-results", json=[{"image": "a.png", "wafer": 999}])
     assert bad.status_code == 404 and counts(client)["die_results"] == 1
+
+
+def test_a_lot_uploaded_as_inspection_and_sort_lists_its_physical_wafers(client: TestClient) -> None:
+    """The KLARF, STDF and G85 of lot A103: one lot of 8 wafers with a yield per source, not 12 averaged."""
+    for p in example_files():
+        if "A103" in p.name:
+            assert post(client, p).status_code == 201
+    (lot,) = client.get("/api/lots").json()
+    assert (lot["name"], lot["wafers"], lot["results"]) == ("A103", 8, 12) and "mean_yield" not in lot
+    assert [(s["source"], s["wafers"], s["results"]) for s in lot["sources"]] == [("inspection M1-ETCH", 8, 8),
+                                                                                  ("sort", 3, 4)]
+    detail = client.get("/api/lots/A103").json()
+    assert len(detail["wafer_list"]) == 12
+    physical = {w["wafer_id"]: w["results"] for w in detail["physical_wafers"]}
+    assert list(physical) == [f"{i:02d}" for i in range(1, 9)]
+    assert [(r["measured_by"], r["format"]) for r in physical["01"]] == [
+        ("inspection M1-ETCH", "klarf"), ("sort", "stdf"), ("sort", "g85")]
+    sort_yields = [next(r for r in reversed(physical[w]) if r["measured_by"] == "sort")["yield"]
+                   for w in ("01", "02", "03")]
+    assert lot["sources"][1]["mean_yield"] == pytest.approx(np.mean(sort_yields))
+    page = client.get("/lots/A103")
+    assert page.status_code == 200 and page.text.count("<tr><td>") == 2 + 8  # 2 sources, 8 wafers
+    assert "<th>inspection M1-ETCH</th><th>sort</th>" in page.text
+    assert client.get("/").text.count('href="/lots/A103"') == 1
+    # questions over the lot see 8 wafers with their sources, and the KLARF's defects kept at upload
+    listed = client.post("/api/ask", json={"question": "List the wafer ids", "lot": "A103"}).json()
+    assert listed["answered"] and listed["data"]["count"] == 8 and listed["wafers"] == 12
+    assert listed["data"]["wafers"] == [f"{i:02d}" for i in range(1, 9)]
+    from fabsight.io import read_maps
+
+    klarf = read_maps(next(p for p in example_files() if p.name == "LOT-A103.klarf"))
+    defects = client.post("/api/ask", json={"question": "How many defects are on wafer 3?", "lot": "A103"}).json()
+    assert defects["intent"] == "defect_count" and defects["data"]["defects"] == len(klarf[2].defects)

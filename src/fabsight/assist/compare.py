@@ -167,15 +167,28 @@ def _regions(wmap: WaferMap) -> dict[str, np.ndarray]:
     return out
 
 
+def _verdict(c: Comparison, what: str, sig: list[RegionTest]) -> str:
+    """The first sentence: a difference is only stated as one when a test found it significant.
+
+    The overall test is one-sided (excess fails), so a wafer with fewer fails than expected
+    (p = 1) shows no significant difference in its count, even when one region has an excess.
+    """
+    counted = f"{c.observed} failing dies against {c.expected:.1f} expected (p = {c.p_value:.2g})"
+    if c.p_value < ALPHA:
+        return f"Wafer {c.wafer_id} differs from {what}: {counted}."
+    if sig:
+        return (f"Wafer {c.wafer_id} shows no significant difference from {what} in its fail count ({counted}), "
+                f"but differs locally.")
+    return f"Wafer {c.wafer_id} shows no significant difference from {what}: {counted}."
+
+
 def _sentences(c: Comparison) -> list[str]:
     ref = c.reference
     what = "the golden map" if ref["wafers"] == 1 else f"a baseline of {ref['wafers']} wafers"
-    verdict = "differs from" if c.differs else "matches"
-    out = [f"Wafer {c.wafer_id} {verdict} {what}: {c.observed} failing dies against {c.expected:.1f} expected "
-           f"(p = {c.p_value:.2g})."]
-    sig = sorted((r for r in c.regions if r.q_value < ALPHA and not r.region.endswith("zone")),
-                 key=lambda r: r.p_value)
+    significant = sorted((r for r in c.regions if r.q_value < ALPHA), key=lambda r: r.p_value)
     fine = sum(not r.region.endswith("zone") for r in c.regions)
+    sig = [r for r in significant if not r.region.endswith("zone")] or significant  # zones when no sector stands out
+    out = [_verdict(c, what, sig)]
     if sig:
         listing = "; ".join(f"{r.region} {r.observed} vs {r.expected:.1f} expected (q = {r.q_value:.2g})"
                             for r in sig[:4])
@@ -183,7 +196,7 @@ def _sentences(c: Comparison) -> list[str]:
             out.append(f"Excess fails cover most of the wafer ({len(sig)} of {fine} regions); strongest: {listing}.")
         else:
             out.append(f"Excess fails concentrate in {len(sig)} region{'s' if len(sig) > 1 else ''}: {listing}.")
-    elif c.differs:
+    elif c.p_value < ALPHA:
         out.append("No single region stands out: the excess is spread over the wafer.")
     new = "die fails here that usually passes" if c.new_fails == 1 else "dies fail here that usually pass"
     back = "usually failing die passes" if c.recovered == 1 else "usually failing dies pass"

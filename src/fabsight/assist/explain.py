@@ -66,8 +66,8 @@ def _pattern_sentence(f: WaferFacts) -> Sentence:
         return Sentence(f"No dominant pattern: the classifier is not confident{guess}; reason: {p.review_reason}.",
                         ["pattern.status", "pattern.top3", "pattern.review_reason"])
     if p.status == "none":
-        return Sentence(f"No defect pattern: the classifier calls this wafer clean (none, {pct(p.probability or 0)}).",
-                        ["pattern.status", "pattern.probability"])
+        return Sentence(f"No defect pattern: the classifier names none of its patterns (none, "
+                        f"{pct(p.probability or 0)}).", ["pattern.status", "pattern.probability"])
     names = " and ".join(p.labels)
     noun = "pattern is" if len(p.labels) == 1 else "patterns are"
     return Sentence(f"The dominant {noun} {names} (classifier confidence {pct(p.probability or 0)}).",
@@ -81,15 +81,27 @@ def _direction(f: WaferFacts) -> str:
     return f", towards the {loc.sector} sector ({loc.quadrant} quadrant with the notch down)"
 
 
+def _location_subject(f: WaferFacts) -> str:
+    """Who the location sentence is about, worded from the same cluster count the extent sentence states.
+
+    The location is measured on all failing dies when the clusters hold too few of them
+    (:data:`fabsight.assist.facts.CLUSTER_BASIS`); that is "mostly scattered", not "no cluster"
+    when a few clusters exist, or the two sentences would state both sides of one fact.
+    """
+    e = f.extent
+    if f.location.basis == "clusters":
+        return "The clustered failing dies"
+    if e.clusters == 0:
+        return "The failing dies form no spatial cluster; they"
+    return f"The failing dies are mostly scattered (only {e.pattern_dies} of {e.failing} in clusters); they"
+
+
 def _location_sentence(f: WaferFacts) -> Sentence | None:
     loc = f.location
-    keys = ["location.basis", "location.location"]
+    keys = ["location.basis", "location.location", "extent.clusters", "extent.pattern_dies", "extent.failing"]
     if loc.location == "none":
         return None
-    if loc.basis == "clusters":
-        subject = "The clustered failing dies"
-    else:
-        subject = "The failing dies form no spatial cluster; they"
+    subject = _location_subject(f)
     if loc.location == "whole wafer":
         return Sentence(f"The failing dies cover the whole wafer ({pct(f.extent.fail_fraction)} of all dies fail).",
                         [*keys, "extent.fail_fraction"])
@@ -137,9 +149,19 @@ def _defect_sentence(f: WaferFacts) -> Sentence | None:
                     [*keys, "defect_clustering.clusters", "defect_clustering.isolated"])
 
 
+def _defect_size_sentence(f: WaferFacts) -> Sentence | None:
+    """The KLARF defects' sizes (``DSIZE``), when the file gives them."""
+    d = f.defects
+    if d is None or not d.sized:
+        return None
+    return Sentence(f"Defect sizes (DSIZE, {d.sized} defects): mean {d.mean_size:.2f} µm, median "
+                    f"{d.median_size:.2f} µm, largest {d.max_size:.2f} µm.",
+                    ["defects.sized", "defects.mean_size", "defects.median_size", "defects.max_size"])
+
+
 def _yield_sentence(f: WaferFacts) -> Sentence:
     y = f.yield_
-    return Sentence(f"Yield is {pct(y.yield_)}, with {pct(y.pattern_yield_loss)} lost to the clustered pattern "
+    return Sentence(f"Yield is {pct(y.yield_)}, with {pct(y.pattern_yield_loss)} lost to clustered fails "
                     f"and {pct(y.background_yield_loss)} to background fails; severity is {y.severity} "
                     f"(total yield loss {pct(y.yield_loss)}).",
                     ["yield.yield", "yield.pattern_yield_loss", "yield.background_yield_loss", "yield.severity",
@@ -195,6 +217,7 @@ def explain_facts(facts: WaferFacts, kb: KnowledgeBase) -> Explanation:
         _location_sentence(facts),
         _extent_sentence(facts),
         _defect_sentence(facts),
+        _defect_size_sentence(facts),
         _yield_sentence(facts),
         _notch_sentence(facts),
         _mismatch_sentence(facts, kb),

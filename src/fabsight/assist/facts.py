@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from fabsight.assist.clustering import ClusterResult, cluster_defects, cluster_dies, cluster_grid
-from fabsight.types import DieState, WaferMap
+from fabsight.types import DefectList, DieState, WaferMap, source_of
 
 ZONES: tuple[tuple[str, float, float], ...] = (("centre", 0.0, 0.35), ("middle", 0.35, 0.75), ("edge", 0.75, np.inf))
 SECTORS: tuple[str, ...] = ("N", "NE", "E", "SE", "S", "SW", "W", "NW")
@@ -170,8 +170,26 @@ class NotchFacts:
 
 
 @dataclass
+class DefectFacts:
+    """The inspection file's defect list, measured: how many defects, how big (KLARF ``DSIZE``, µm),
+    which classes (``CLASSNUMBER``). Sizes cover only the defects whose size the file gives."""
+
+    count: int
+    sized: int
+    mean_size: float | None
+    median_size: float | None
+    p90_size: float | None
+    max_size: float | None
+    classes: dict[str, int]
+
+
+@dataclass
 class WaferFacts:
-    """All measured facts about one wafer; ``to_dict`` is what ``--json`` prints."""
+    """All measured facts about one wafer; ``to_dict`` is what ``--json`` prints.
+
+    ``source`` says what measured the map (:func:`fabsight.types.source_of`: an inspection
+    step or sort), so a wafer seen by both is two sets of facts that are never mixed.
+    """
 
     wafer_id: str
     lot_id: str
@@ -182,6 +200,9 @@ class WaferFacts:
     notch: NotchFacts
     clustering: ClusterResult
     defect_clustering: ClusterResult | None = None
+    defects: DefectFacts | None = None
+    source: str = "map"
+    timestamp: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -194,6 +215,9 @@ class WaferFacts:
             "near_notch": asdict(self.notch),
             "clustering": self.clustering.to_dict(),
             "defect_clustering": None if self.defect_clustering is None else self.defect_clustering.to_dict(),
+            "defects": None if self.defects is None else asdict(self.defects),
+            "source": self.source,
+            "timestamp": self.timestamp,
         }
 
 
@@ -341,6 +365,28 @@ def notch_facts(wmap: WaferMap, geo: DieGeometry) -> NotchFacts:
     return NotchFacts(dies=n, failing=k, fail_fraction=round(k / n, 4) if n else 0.0)
 
 
+def defect_facts(defects: DefectList) -> DefectFacts:
+    """Count, size statistics (over the defects with a positive finite size) and class counts of a defect list."""
+    size = np.asarray(defects.size, dtype=float)
+    size = size[np.isfinite(size) & (size > 0)]
+    codes = np.asarray(defects.class_number)
+    values, counts = np.unique(codes[codes >= 0], return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+
+    def stat(fn: Any) -> float | None:
+        return round(float(fn(size)), 3) if size.size else None
+
+    return DefectFacts(
+        count=len(defects),
+        sized=int(size.size),
+        mean_size=stat(np.mean),
+        median_size=stat(np.median),
+        p90_size=stat(lambda v: np.percentile(v, 90)),
+        max_size=stat(np.max),
+        classes={str(int(values[i])): int(counts[i]) for i in order},
+    )
+
+
 def wafer_facts(wmap: WaferMap, prediction: Mapping[str, Any] | None = None) -> WaferFacts:
     """Measure everything about one wafer map (``prediction``: one ``predict_details`` record).
 
@@ -367,4 +413,7 @@ def wafer_facts(wmap: WaferMap, prediction: Mapping[str, Any] | None = None) -> 
         notch=notch_facts(wmap, geo),
         clustering=clustering,
         defect_clustering=defects,
+        defects=None if wmap.defects is None else defect_facts(wmap.defects),
+        source=source_of(wmap),
+        timestamp=None if wmap.timestamp is None else wmap.timestamp.isoformat(),
     )

@@ -29,15 +29,15 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fabsight.assist.explain import pct
-from fabsight.assist.facts import ZONES, WaferFacts
+from fabsight.assist.facts import ZONES, DefectFacts, WaferFacts
 from fabsight.assist.knowledge import KnowledgeBase
-from fabsight.types import WM811K_CLASSES
+from fabsight.types import WM811K_CLASSES, wafer_key
 
 #: Below this cosine similarity to every example a question is refused.
 THRESHOLD = 0.45
@@ -130,7 +130,7 @@ INTENTS: tuple[Intent, ...] = (
         "How many spatial clusters of failing dies are on the wafer?",
         "Are the fails clustered?",
         "How big is the largest cluster?",
-    )),
+    ), uses=("cluster",)),
     Intent("location", (
         "Where are the failing dies?",
         "Where is the defect pattern located?",
@@ -159,6 +159,28 @@ INTENTS: tuple[Intent, ...] = (
         "How many wafers are in this file?",
         "List the wafer ids",
     )),
+    Intent("defect_count", (
+        "How many defects are on wafer 3?",
+        "How many defects did the inspection find?",
+        "What is the defect count of the lot?",
+        "Count the defects per wafer",
+        "How many particles were detected?",
+    )),
+    Intent("defect_size", (
+        "What is the average defect size?",
+        "How big are the defects?",
+        "What is the largest defect on wafer 2?",
+        "What is the median size of the defects?",
+        "How large are the particles?",
+    )),
+    Intent("lot_trend", (
+        "How does the yield change over the lots?",
+        "Is the yield trending down from lot to lot?",
+        "What is the trend of the defect count across lots?",
+        "How does the number of defects change from lot to lot?",
+        "Are the lots getting worse over time?",
+        "Compare the yield of the lots over time",
+    ), uses=("trend",)),
     # What the maps cannot answer, one group per kind: money, weather and small talk, people,
     # dates, other tools and their settings, electrical test values.
     Intent(REFUSE, (
@@ -201,6 +223,11 @@ _ZONE_ALIASES: tuple[tuple[str, str], ...] = (
     ("middle", r"\bmid(?:dle)?[\s-]*(?:radius|zone|ring)\b|\bmiddle\b"),
 )
 _BEST = re.compile(r"\b(best|highest|top|greatest|most good)\b")
+_TREND = re.compile(r"\btrend|\b(?:over|across|between) (?:the )?(?:lots|time)\b|\blot to lot\b|\bper lot\b")
+_DEFECTS = re.compile(r"\b(?:defects?|particles?|dsize)\b")
+_QUANTITY = re.compile(r"\b(?:how many|number|count|size|sizes|big|large|largest|small|average|mean|median)\b")
+_KIND = re.compile(r"\b(?:class|classes|type|types|kind|pattern|signature)\b")
+_SIZE = re.compile(r"\b(?:size|sizes|big|bigger|large|larger|largest|small|smallest|dsize)\b")
 _WAFER = re.compile(r"\b(?:wafer|slot)\s*(?:#|no\.?|number|id)?\s*([A-Za-z0-9][\w-]*)|#\s*(\d+)", re.I)
 
 
@@ -355,8 +382,40 @@ class Lot:
         return [f.wafer_id or str(i + 1) for i, f in enumerate(self.facts)]
 
     def pick(self, wafer: str | None) -> list[tuple[str, WaferFacts]]:
+        """The results of one physical wafer (every spelling of its id, every source), or all of them."""
         pairs = list(zip(self.ids, self.facts, strict=True))
-        return [p for p in pairs if p[0] == wafer] if wafer is not None else pairs
+        if wafer is None:
+            return pairs
+        key = wafer_key(wafer)
+        return [(w, f) for w, f in pairs if wafer_key(w, f.lot_id) == key]
+
+    @property
+    def sources(self) -> list[str]:
+        return list(dict.fromkeys(f.source for f in self.facts))
+
+    def by_source(self) -> dict[str, Lot]:
+        """One lot per source (inspection step, sort …): their yields and fails are different measurements.
+
+        Within a source a physical wafer counts once, with its last result (the STDF and the G85
+        of one sort are one measurement), as in the store's per-source lot yield.
+        """
+        out = {}
+        for src in self.sources:
+            last: dict[tuple[str, str], WaferFacts] = {}
+            for wid, f in zip(self.ids, self.facts, strict=True):
+                if f.source == src:
+                    last[(f.lot_id, wafer_key(wid, f.lot_id))] = f
+            out[src] = Lot(list(last.values()), self.kb)
+        return out
+
+    def physical(self) -> dict[tuple[str, str], list[str]]:
+        """Distinct physical wafers ``(lot, wafer)`` in order of appearance, each with the sources that measured it."""
+        out: dict[tuple[str, str], list[str]] = {}
+        for wid, f in zip(self.ids, self.facts, strict=True):
+            sources = out.setdefault((f.lot_id, wafer_key(wid, f.lot_id)), [])
+            if f.source not in sources:
+                sources.append(f.source)
+        return out
 
 
 def _pattern_of(f: WaferFacts) -> str:
@@ -539,8 +598,8 @@ def _a_location(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, A
 def _a_severity(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
     def one(f: WaferFacts) -> str:
         y = f.yield_
-        return (f"{y.severity} (yield loss {pct(y.yield_loss)}, {pct(y.pattern_yield_loss)} from the clustered "
-                f"pattern)")
+        return (f"{y.severity} (yield loss {pct(y.yield_loss)}, {pct(y.pattern_yield_loss)} from clustered "
+                f"fails)")
 
     if len(rows) == 1:
         wid, f = rows[0]
@@ -567,9 +626,87 @@ def _a_root_cause(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str,
 
 
 def _a_wafer_count(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
-    ids = lot.ids
-    listing = ", ".join(ids[:30]) + (" …" if len(ids) > 30 else "")
-    return f"{len(ids)} wafer{'s' if len(ids) != 1 else ''}: {listing}.", {"count": len(ids), "wafers": ids}
+    """Distinct physical wafers, once each: a wafer seen by inspection and sort is one wafer with two sources."""
+    if len(lot.sources) == 1 and len(set(lot.ids)) == len(lot.ids):
+        ids = lot.ids
+        listing = ", ".join(ids[:30]) + (" …" if len(ids) > 30 else "")
+        return f"{len(ids)} wafer{'s' if len(ids) != 1 else ''}: {listing}.", {"count": len(ids), "wafers": ids}
+    physical = lot.physical()
+    several_lots = len({lot_id for lot_id, _ in physical}) > 1
+    names = [f"{lot_id}/{wid}" if several_lots else wid for lot_id, wid in physical]
+    shown = [f"{n} ({', '.join(src)})" for n, src in zip(names, physical.values(), strict=True)]
+    listing = ", ".join(shown[:30]) + (" …" if len(shown) > 30 else "")
+    plural = "s" if len(names) != 1 else ""
+    return (f"{len(names)} wafer{plural} ({len(lot.facts)} results from {', '.join(lot.sources)}): {listing}.",
+            {"count": len(names), "wafers": names, "sources": dict(zip(names, physical.values(), strict=True))})
+
+
+def _with_defects(rows: list[tuple[str, WaferFacts]]) -> list[tuple[str, WaferFacts]]:
+    return [(w, f) for w, f in rows if f.defects is not None]
+
+
+def _a_defect_count(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    rows = _with_defects(rows)
+    if len(rows) == 1:
+        wid, f = rows[0]
+        d = f.defects or DefectFacts(0, 0, None, None, None, None, {})
+        classes = ", ".join(f"class {c}: {n}" for c, n in list(d.classes.items())[:5])
+        return (f"Wafer {wid} ({f.source}): {d.count} defects" + (f" ({classes})" if classes else "") + ".",
+                {"wafer": wid, "defects": d.count, "classes": d.classes})
+    counts = [f.defects.count if f.defects else 0 for _, f in rows]
+    total = sum(counts)
+    per = _per_wafer(rows, lambda f: str(f.defects.count if f.defects else 0))
+    return (f"{total} defects on {len(rows)} inspected wafers (mean {total / len(rows):.1f} per wafer); {per}.",
+            {"defects": total, "per_wafer": [[w, n] for (w, _), n in zip(rows, counts, strict=True)]})
+
+
+def _a_defect_size(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    """DSIZE statistics of one wafer, or of the lot pooled over every sized defect (mean weighted by count)."""
+    sized = [(w, f.defects) for w, f in rows if f.defects is not None and f.defects.sized]
+    if len(sized) == 1:
+        wid, d = sized[0]
+        return (f"Wafer {wid}: defect size (DSIZE) mean {d.mean_size:.2f} µm, median {d.median_size:.2f} µm, 90th "
+                f"percentile {d.p90_size:.2f} µm, largest {d.max_size:.2f} µm over {d.sized} sized defects.",
+                {"wafer": wid, **asdict(d)})
+    n = sum(d.sized for _, d in sized)
+    mean = sum(d.sized * (d.mean_size or 0.0) for _, d in sized) / n
+    largest = max(d.max_size or 0.0 for _, d in sized)
+    per = "; ".join(f"wafer {w}: mean {d.mean_size:.2f} µm" for w, d in sized[:12])
+    more = f"; … and {len(sized) - 12} more" if len(sized) > 12 else ""
+    return (f"Defect size (DSIZE) over {n} sized defects on {len(sized)} wafers: mean {mean:.2f} µm, largest "
+            f"{largest:.2f} µm; {per}{more}.", {"sized": n, "mean_size": round(mean, 3), "max_size": largest})
+
+
+def _lot_order(lot: Lot) -> list[str]:
+    """Lots oldest first (earliest measurement), lots without a time in order of appearance after them."""
+    first: dict[str, str] = {}
+    for f in lot.facts:
+        if f.timestamp is not None and (f.lot_id not in first or f.timestamp < first[f.lot_id]):
+            first[f.lot_id] = f.timestamp
+    seen = list(dict.fromkeys(f.lot_id for f in lot.facts))
+    return sorted(seen, key=lambda name: (name not in first, first.get(name, ""), seen.index(name)))
+
+
+def _a_lot_trend(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    """Per lot, oldest first: mean wafer yield, or mean defects per wafer when the question is about defects."""
+    order = _lot_order(lot)
+    defects = slots.get("measure") == "defects"
+    values: dict[str, float] = {}
+    for name in order:
+        fs = [f for f in lot.facts if f.lot_id == name and (f.defects is not None or not defects)]
+        if fs:
+            values[name] = (sum(f.defects.count for f in fs if f.defects) if defects
+                            else sum(f.yield_.yield_ for f in fs)) / len(fs)
+    if len(values) < 2:
+        return ("Only one lot has data for this, so there is no trend over lots.", {"lots": values})
+    what = "mean defects per wafer" if defects else "mean wafer yield"
+    show = (lambda v: f"{v:.1f}") if defects else pct
+    names = list(values)
+    listing = ", ".join(f"{n} {show(values[n])}" for n in names)
+    low, high = min(values, key=values.__getitem__), max(values, key=values.__getitem__)
+    return (f"{what.capitalize()} per lot, oldest first: {listing}; from {show(values[names[0]])} in {names[0]} to "
+            f"{show(values[names[-1]])} in {names[-1]} (lowest {low}, highest {high}).",
+            {"measure": what, "lots": values})
 
 
 _ANSWERERS: dict[str, Callable[[Lot, list[tuple[str, WaferFacts]], dict[str, Any]], tuple[str, dict]]] = {
@@ -587,7 +724,13 @@ _ANSWERERS: dict[str, Callable[[Lot, list[tuple[str, WaferFacts]], dict[str, Any
     "severity": _a_severity,
     "root_cause": _a_root_cause,
     "wafer_count": _a_wafer_count,
+    "defect_count": _a_defect_count,
+    "defect_size": _a_defect_size,
+    "lot_trend": _a_lot_trend,
 }
+#: Intents answered over the whole lot at once; every other intent is answered per source when
+#: the wafers were measured by several (inspection yield and sort yield are never mixed).
+_WHOLE_LOT = {"wafer_count", "defect_count", "defect_size", "root_cause"}
 _NEEDS = {i.name: i.needs for i in INTENTS}
 _USES = {i.name: {*i.needs, *i.uses} - {"wafer"} for i in INTENTS}
 _SLOT_HELP = {
@@ -602,13 +745,49 @@ def _refusal(question: str, intent: str | None, score: float, why: str, slots: d
     return Answer(question, False, f"This question cannot be answered from the data: {why}.", intent, score, slots)
 
 
+def _out_of_reach(intent: str, lot: Lot, rows: list[tuple[str, WaferFacts]]) -> str | None:
+    """Why the data cannot answer a computable intent (no defect list, one lot for a trend), if so."""
+    if intent in ("defect_count", "defect_size") and not _with_defects(rows):
+        return ("it asks about defects and the data holds no defect list (only KLARF inspection results carry "
+                "defects; sort results are pass/fail dies)")
+    if intent == "defect_size" and not any(f.defects and f.defects.sized for _, f in rows):
+        return "it asks about defect sizes and the inspection files give no defect size (DSIZE)"
+    lots = list(dict.fromkeys(f.lot_id for f in lot.facts))
+    if intent == "lot_trend" and len(lots) < 2:
+        return f"it asks for a trend over lots and the data holds one lot ({lots[0] or 'unnamed'})"
+    return None
+
+
+def _by_source(intent: str, lot: Lot, wafer: str | None, slots: dict[str, Any]) -> tuple[str, dict]:
+    """Answer once per source when several measured the wafers, never pooling inspection with sort."""
+    groups = lot.by_source()
+    if intent in _WHOLE_LOT or len(groups) == 1:
+        return _ANSWERERS[intent](lot, lot.pick(wafer), slots)
+    parts, data = [], {}
+    for source, sub in groups.items():
+        rows = sub.pick(wafer)
+        if rows:
+            text, data[source] = _ANSWERERS[intent](sub, rows, {**slots, "wafer": rows[0][0] if wafer else None})
+            parts.append(f"{source[0].upper()}{source[1:]}: {text}")
+    return " ".join(parts), {"by_source": data}
+
+
 def ask(question: str, lot: Lot, *, threshold: float = THRESHOLD) -> Answer:
     """Answer ``question`` about the wafers in ``lot`` from their facts, or refuse plainly."""
     wafer, unknown = find_wafer(question, lot.ids)
+    q = question.lower()
     slots: dict[str, Any] = {"wafer": wafer, "pattern": find_pattern(question), "zone": find_zone(question),
-                             "notch": "notch" if re.search(r"\bnotch", question.lower()) else None,
-                             "direction": "best" if _BEST.search(question.lower()) else "worst"}
+                             "notch": "notch" if re.search(r"\bnotch", q) else None,
+                             "direction": "best" if _BEST.search(q) else "worst",
+                             "measure": "defects" if _DEFECTS.search(q) else "yield",
+                             "trend": "lots" if _TREND.search(q) else None,
+                             "cluster": "cluster" if re.search(r"\bclust", q) else None}
     intent, score = choose_intent(rank_intents(question), slots, len(lot.facts) == 1)
+    if intent == "main_pattern" and slots["measure"] == "defects" and _QUANTITY.search(q):
+        intent = "defect_size" if _SIZE.search(q) else "defect_count"  # a number was asked, not the pattern
+    if (intent in ("defect_count", "defect_size") and _KIND.search(q) and not _SIZE.search(q)
+            and not _with_defects(lot.pick(wafer))):
+        intent = "main_pattern"  # "the most frequent defect class" of maps without a defect list: the pattern
     if _UNANSWERABLE_TYPE.search(question):
         return _refusal(question, REFUSE, score, "it asks who or when, and the wafer maps record neither people "
                         "nor dates", slots)
@@ -621,8 +800,10 @@ def ask(question: str, lot: Lot, *, threshold: float = THRESHOLD) -> Answer:
     missing = [s for s in _NEEDS[intent] if slots.get(s) is None and not (s == "wafer" and len(lot.facts) == 1)]
     if missing:
         return _refusal(question, intent, score, "; ".join(_SLOT_HELP[s] for s in missing), slots)
+    reach = _out_of_reach(intent, lot, lot.pick(wafer))
+    if reach is not None:
+        return _refusal(question, intent, score, reach, slots)
     if intent == "compare_to_lot" and slots["wafer"] is None:
         slots["wafer"] = lot.ids[0]
-    rows = lot.pick(wafer)
-    text, data = _ANSWERERS[intent](lot, rows, slots)
+    text, data = _by_source(intent, lot, slots["wafer"] if intent == "compare_to_lot" else wafer, slots)
     return Answer(question, True, text, intent, score, slots, data)

@@ -56,7 +56,9 @@ def clusters_png(wmap: WaferMap) -> bytes:
 
 
 def lot_trend_png(lots: Sequence[LotSummary]) -> bytes:
-    """Mean wafer yield per lot (top) and each lot's pattern mix as stacked shares (bottom)."""
+    """Mean wafer yield per lot and source, one line per source (top), and each lot's pattern mix over its
+    results as stacked shares (bottom). Inspection and sort yields are different measurements, so
+    they are never averaged into one line."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -65,18 +67,22 @@ def lot_trend_png(lots: Sequence[LotSummary]) -> bytes:
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.3]})
     x = np.arange(len(lots))
-    yields = [np.nan if s.mean_yield is None else 100 * s.mean_yield for s in lots]
-    top.plot(x, yields, marker="o", color="#1f5fa8")
+    sources = list(dict.fromkeys(src.source for s in lots for src in s.sources))
+    for source in sources:
+        per_lot = [{src.source: src.mean_yield for src in s.sources}.get(source) for s in lots]
+        top.plot(x, [np.nan if y is None else 100 * y for y in per_lot], marker="o", label=source)
     top.set_ylabel("mean yield %")
     top.grid(alpha=0.3)
+    if sources:
+        top.legend(fontsize=7, loc="best")
     patterns = sorted({p for s in lots for p in s.patterns})
     palette = colormaps["tab10"]
     base = np.zeros(len(lots))
     for i, p in enumerate(patterns):
-        share = np.array([s.patterns.get(p, 0) / s.wafers for s in lots])
+        share = np.array([s.patterns.get(p, 0) / s.results for s in lots])
         bottom.bar(x, share, bottom=base, color=palette(i % 10), label=p)
         base += share
-    bottom.set_ylabel("share of wafers")
+    bottom.set_ylabel("share of results")
     bottom.set_ylim(0, 1)
     bottom.set_xticks(x, [s.name for s in lots], rotation=45, ha="right", fontsize=8)
     if patterns:

@@ -39,11 +39,15 @@ class ReviewOut(_Out):
 
 
 class WaferSummary(BaseModel):
+    """One stored result: a physical wafer as one file (an inspection step or sort) measured it."""
+
     id: int
     lot: str
     wafer_id: str
+    physical_wafer: str = Field(description="the lot's wafer this result belongs to ('01' for '1', 'A103-01')")
     source: str
     format: str
+    measured_by: str = Field(description="the result's source: 'inspection STEP', 'sort' or 'map'")
     measured_at: datetime
     shape: tuple[int, int]
     good: int
@@ -99,18 +103,33 @@ class UploadOut(BaseModel):
     wafers: list[WaferSummary]
 
 
+class SourceOut(BaseModel):
+    source: str = Field(description="'inspection STEP', 'sort' or 'map'")
+    wafers: int = Field(description="physical wafers this source measured")
+    results: int = Field(description="stored results (the STDF and G85 of one sort are two results of one wafer)")
+    mean_yield: float | None = Field(description="mean over this source's wafers (latest result of each)")
+    patterns: dict[str, int]
+
+
 class LotOut(BaseModel):
     name: str
-    wafers: int
-    mean_yield: float | None
+    wafers: int = Field(description="physical wafers")
+    results: int = Field(description="stored results: one per wafer and file")
+    sources: list[SourceOut] = Field(description="per source its own yield: inspection and sort are never averaged")
     first: datetime | None
     last: datetime | None
-    patterns: dict[str, int]
+    patterns: dict[str, int] = Field(description="pattern mix over all results")
     pending_reviews: int
 
 
+class LotWaferOut(BaseModel):
+    wafer_id: str
+    results: list[WaferSummary] = Field(description="this wafer's results, one per source and file")
+
+
 class LotDetail(LotOut):
-    wafer_list: list[WaferSummary]
+    wafer_list: list[WaferSummary] = Field(description="every result of the lot, newest first")
+    physical_wafers: list[LotWaferOut] = Field(description="the lot's wafers in id order, each with its results")
 
 
 class AskIn(BaseModel):

@@ -29,9 +29,20 @@ from sqlalchemy.orm import Session
 from fabsight.errors import FabsightError, FormatError
 from fabsight.io._common import safe_name
 from fabsight.store.db import Store
-from fabsight.store.models import DieResult, Explanation, Lot, Prediction, Review, Upload, Wafer, pack_grid, utcnow
+from fabsight.store.models import (
+    DieResult,
+    Explanation,
+    Lot,
+    LotWafer,
+    Prediction,
+    Review,
+    Upload,
+    Wafer,
+    pack_grid,
+    utcnow,
+)
 from fabsight.store.queries import NotFound
-from fabsight.types import WaferMap
+from fabsight.types import WaferMap, source_kind, wafer_key
 from fabsight.utils.atomic import write_bytes
 
 #: Most wafers one upload may carry (a whole WM-811K pickle belongs in batch jobs, not a web form).
@@ -81,31 +92,48 @@ def analyse_maps(maps: Sequence[WaferMap], classifier: Any = None, kb: Any = Non
     return out
 
 
-def lot_row(session: Session, name: str) -> Lot:
-    """The lot called ``name``, created when new; safe against a concurrent creator."""
-    lot = session.scalar(select(Lot).where(Lot.name == name))
-    if lot is not None:
-        return lot
+def _get_or_insert(session: Session, model: type[Any], **key: Any) -> Any:
+    """The row of ``model`` with these unique ``key`` values, inserted when new; safe against a
+    concurrent inserter (the loser's INSERT does nothing and it reads the winner's row)."""
+    where = [getattr(model, k) == v for k, v in key.items()]
+    row = session.scalar(select(model).where(*where))
+    if row is not None:
+        return row
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(Lot).values(name=name, created_at=utcnow()).on_conflict_do_nothing(index_elements=["name"]))
-    return session.scalars(select(Lot).where(Lot.name == name)).one()
+    session.execute(insert(model).values(**key, created_at=utcnow()).on_conflict_do_nothing(index_elements=list(key)))
+    return session.scalars(select(model).where(*where)).one()
+
+
+def lot_row(session: Session, name: str) -> Lot:
+    """The lot called ``name``, created when new."""
+    return _get_or_insert(session, Lot, name=name)
+
+
+def lot_wafer_row(session: Session, lot: Lot, wafer_id: str) -> LotWafer:
+    """The physical wafer of ``lot`` that a result with ``wafer_id`` belongs to (:func:`wafer_key`)."""
+    return _get_or_insert(session, LotWafer, lot_pk=lot.id, wafer_id=wafer_key(wafer_id, lot.name))
 
 
 def add_wafer(session: Session, upload: Upload, item: AnalysedWafer, lot: Lot, model: str | None) -> Wafer:
-    """Insert one analysed wafer (of ``lot``) with its prediction, explanation and review row."""
+    """Insert one analysed wafer as a result of its physical wafer in ``lot`` (found or created), with its
+    source, prediction, explanation and review row."""
     m = item.wmap
     now = utcnow()
     ts = m.timestamp.replace(tzinfo=None) if m.timestamp is not None else None
+    fmt = m.format or upload.format
     wafer = Wafer(
         upload=upload,
         lot=lot,
+        lot_wafer=lot_wafer_row(session, lot, str(m.wafer_id)),
         wafer_id=str(m.wafer_id),
         source=Path(m.source).name if m.source else upload.filename,
-        format=m.format or upload.format,
+        format=fmt,
+        kind=source_kind(fmt),
+        step=str(m.extras.get("step_id") or "")[:100] if source_kind(fmt) == "inspection" else "",
         timestamp=ts,
         measured_at=ts or now,
         rows=m.shape[0],

@@ -1,6 +1,11 @@
 """The results store's tables (SQLAlchemy 2.0 declarative models).
 
-One upload holds the wafers it carried; each wafer has at most one prediction, one
+A lot holds physical wafers (:class:`LotWafer`, one per wafer id in the lot); a physical
+wafer holds its results (:class:`Wafer` rows), one per file that measured it, each tagged
+with its source: an inspection step (KLARF) or sort (STDF, G85), see
+:func:`fabsight.types.source_label`. So the KLARF, STDF and G85 of one lot make one lot of
+its physical wafers, each listing its inspection and sort results with their own yields.
+One upload holds the results it carried; each result has at most one prediction, one
 explanation and one review row, and any number of die-image results. Rows are only ever
 written together with the upload that brought them (see :mod:`fabsight.store.repo`), so a
 wafer without its upload, or an upload with half its wafers, cannot exist.
@@ -30,6 +35,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from fabsight.types import source_label
 
 #: Review states. ``auto``: the model was confident, nobody has looked; ``pending``: routed
 #: to a person; ``accepted``/``corrected``: a person decided (the same words as
@@ -64,6 +71,23 @@ class Lot(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     wafers: Mapped[list[Wafer]] = relationship(back_populates="lot")
+    physical_wafers: Mapped[list[LotWafer]] = relationship(back_populates="lot", order_by="LotWafer.wafer_id")
+
+
+class LotWafer(Base):
+    """A physical wafer of a lot: what its inspection and sort results have in common."""
+
+    __tablename__ = "lot_wafers"
+    __table_args__ = (UniqueConstraint("lot_pk", "wafer_id", name="uq_lot_wafers_wafer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lot_pk: Mapped[int] = mapped_column(ForeignKey("lots.id", name="fk_lot_wafers_lot"))
+    #: :func:`fabsight.types.wafer_key` of the results' wafer ids ("01" for "1", "01", "A103-01").
+    wafer_id: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    lot: Mapped[Lot] = relationship(back_populates="physical_wafers")
+    results: Mapped[list[Wafer]] = relationship(back_populates="lot_wafer", order_by="Wafer.id")
 
 
 class Upload(Base):
@@ -85,14 +109,23 @@ class Upload(Base):
 
 class Wafer(Base):
     __tablename__ = "wafers"
-    __table_args__ = (Index("ix_wafers_lot", "lot_pk"), Index("ix_wafers_measured", "measured_at"))
+    __table_args__ = (
+        Index("ix_wafers_lot", "lot_pk"),
+        Index("ix_wafers_measured", "measured_at"),
+        Index("ix_wafers_lot_wafer", "lot_wafer_pk"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     upload_id: Mapped[int] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
     lot_pk: Mapped[int] = mapped_column(ForeignKey("lots.id"))
+    lot_wafer_pk: Mapped[int] = mapped_column(ForeignKey("lot_wafers.id", name="fk_wafers_lot_wafer"))
     wafer_id: Mapped[str] = mapped_column(String(100))
     source: Mapped[str] = mapped_column(String(300))
     format: Mapped[str] = mapped_column(String(20))
+    #: ``inspection``, ``sort`` or ``map`` (:func:`fabsight.types.source_kind` of the format).
+    kind: Mapped[str] = mapped_column(String(20), default="map")
+    #: The inspection step (KLARF ``StepID``), empty when the file names none and for sort.
+    step: Mapped[str] = mapped_column(String(100), default="")
     timestamp: Mapped[datetime | None] = mapped_column(DateTime)
     #: ``timestamp`` from the file when it has one, else the upload time: what time filters use.
     measured_at: Mapped[datetime] = mapped_column(DateTime)
@@ -107,6 +140,7 @@ class Wafer(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     lot: Mapped[Lot] = relationship(back_populates="wafers")
+    lot_wafer: Mapped[LotWafer] = relationship(back_populates="results")
     upload: Mapped[Upload] = relationship(back_populates="wafers")
     prediction: Mapped[Prediction | None] = relationship(back_populates="wafer", cascade="all, delete-orphan")
     explanation: Mapped[Explanation | None] = relationship(back_populates="wafer", cascade="all, delete-orphan")
@@ -116,6 +150,11 @@ class Wafer(Base):
     @property
     def grid(self) -> np.ndarray:
         return unpack_grid(self.grid_blob, self.rows, self.cols)
+
+    @property
+    def source_label(self) -> str:
+        """The source this result is grouped and shown under (``inspection M1-ETCH``, ``sort``)."""
+        return source_label(self.kind, self.step)
 
 
 class Prediction(Base):

@@ -18,7 +18,18 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from fabsight.errors import FabsightError
 from fabsight.io._common import safe_name
 from fabsight.store.db import Store
-from fabsight.store.models import OPEN_STATES, REVIEW_STATES, DieResult, Lot, Prediction, Review, Upload, Wafer, utcnow
+from fabsight.store.models import (
+    OPEN_STATES,
+    REVIEW_STATES,
+    DieResult,
+    Lot,
+    LotWafer,
+    Prediction,
+    Review,
+    Upload,
+    Wafer,
+    utcnow,
+)
 from fabsight.types import WaferMap
 
 
@@ -71,7 +82,8 @@ def list_wafers(
         .join(Wafer.lot)
         .outerjoin(Wafer.prediction)
         .outerjoin(Wafer.review)
-        .options(joinedload(Wafer.lot), joinedload(Wafer.prediction), joinedload(Wafer.review))
+        .options(joinedload(Wafer.lot), joinedload(Wafer.lot_wafer), joinedload(Wafer.prediction),
+                 joinedload(Wafer.review))
     )
     if flt.lot is not None:
         q = q.where(Lot.name == flt.lot)
@@ -101,6 +113,7 @@ def get_wafer(session: Session, wafer_pk: int) -> Wafer:
         .where(Wafer.id == wafer_pk)
         .options(
             joinedload(Wafer.lot),
+            joinedload(Wafer.lot_wafer),
             joinedload(Wafer.upload),
             joinedload(Wafer.prediction),
             joinedload(Wafer.explanation),
@@ -132,22 +145,71 @@ def to_wafer_map(wafer: Wafer) -> WaferMap:
         notch=wafer.notch,
         timestamp=wafer.timestamp,
         labels=tuple(wafer.labels or ()),
+        extras={"step_id": wafer.step} if wafer.step else {},
     )
 
 
 @dataclass
+class SourceSummary:
+    """One source of a lot (an inspection step, or sort): its own wafers, yield and pattern mix.
+
+    A wafer measured twice by one source (the STDF and the G85 of one sort) counts once, with
+    its latest result, so ``mean_yield`` is a mean over physical wafers.
+    """
+
+    source: str
+    wafers: int
+    results: int
+    mean_yield: float | None
+    patterns: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class LotSummary:
+    """A lot: its physical wafers, its results, and per source its own yield (never mixed)."""
+
     name: str
     wafers: int
-    mean_yield: float | None
+    results: int
+    sources: list[SourceSummary]
     first: datetime | None
     last: datetime | None
     patterns: dict[str, int] = field(default_factory=dict)
     pending_reviews: int = 0
 
 
+def latest_per_wafer(results: Sequence[Wafer]) -> list[Wafer]:
+    """One result per physical wafer: the latest measured (then stored) one, in physical-wafer order."""
+    best: dict[int, Wafer] = {}
+    for w in results:
+        cur = best.get(w.lot_wafer_pk)
+        if cur is None or (w.measured_at, w.id) > (cur.measured_at, cur.id):
+            best[w.lot_wafer_pk] = w
+    return [best[k] for k in sorted(best)]
+
+
+#: Sources are listed in process order: inspection steps, then sort, then maps of unknown origin.
+_KIND_ORDER = {"inspection": 0, "sort": 1, "map": 2}
+
+
+def source_summaries(results: Sequence[Wafer]) -> list[SourceSummary]:
+    """Per source (inspection steps first, then sort, then other maps): wafers, results, mean yield, patterns."""
+    by_source: dict[str, list[Wafer]] = {}
+    for w in results:
+        by_source.setdefault(w.source_label, []).append(w)
+    out = []
+    for source, rows in sorted(by_source.items(), key=lambda kv: (_KIND_ORDER.get(kv[1][0].kind, 9), kv[0])):
+        once = latest_per_wafer(rows)
+        yields = [w.yield_ for w in once if w.yield_ is not None]
+        mix = Counter(current_label(w) or "unclassified" for w in once)
+        out.append(SourceSummary(source, len(once), len(rows), sum(yields) / len(yields) if yields else None,
+                                 dict(mix.most_common())))
+    return out
+
+
 def lot_summaries(session: Session, names: Sequence[str] | None = None) -> list[LotSummary]:
-    """Per lot: wafer count, mean wafer yield, time span, pattern mix and open reviews; oldest lot first."""
+    """Per lot: physical wafers, results, yield and pattern mix per source, time span and open reviews;
+    oldest lot first. The lot's ``patterns`` count every result (one per wafer and source)."""
     q = select(Wafer).options(joinedload(Wafer.lot), joinedload(Wafer.prediction), joinedload(Wafer.review))
     if names is not None:
         q = q.join(Wafer.lot).where(Lot.name.in_(list(names)))
@@ -156,14 +218,14 @@ def lot_summaries(session: Session, names: Sequence[str] | None = None) -> list[
         by_lot.setdefault(w.lot.name, []).append(w)
     out = []
     for name, ws in by_lot.items():
-        yields = [w.yield_ for w in ws if w.yield_ is not None]
         times = [w.measured_at for w in ws]
         mix = Counter(current_label(w) or "unclassified" for w in ws)
         out.append(
             LotSummary(
                 name=name,
-                wafers=len(ws),
-                mean_yield=sum(yields) / len(yields) if yields else None,
+                wafers=len({w.lot_wafer_pk for w in ws}),
+                results=len(ws),
+                sources=source_summaries(ws),
                 first=min(times),
                 last=max(times),
                 patterns=dict(mix.most_common()),
@@ -174,6 +236,23 @@ def lot_summaries(session: Session, names: Sequence[str] | None = None) -> list[
     return out
 
 
+def lot_wafers(session: Session, name: str) -> list[LotWafer]:
+    """The physical wafers of lot ``name`` in wafer-id order, each with its results (sources) loaded."""
+    q = (
+        select(LotWafer)
+        .join(LotWafer.lot)
+        .where(Lot.name == name)
+        .options(
+            selectinload(LotWafer.results).joinedload(Wafer.prediction),
+            selectinload(LotWafer.results).joinedload(Wafer.review),
+            selectinload(LotWafer.results).joinedload(Wafer.lot),
+            selectinload(LotWafer.results).joinedload(Wafer.lot_wafer),
+        )
+        .order_by(LotWafer.wafer_id)
+    )
+    return list(session.scalars(q))
+
+
 def review_queue(session: Session, *, state: str = "pending", limit: int = 200) -> list[Review]:
     """Review items in ``state``, most doubtful first."""
     if state not in REVIEW_STATES:
@@ -181,7 +260,11 @@ def review_queue(session: Session, *, state: str = "pending", limit: int = 200) 
     q = (
         select(Review)
         .where(Review.state == state)
-        .options(joinedload(Review.wafer).joinedload(Wafer.lot), joinedload(Review.wafer).joinedload(Wafer.prediction))
+        .options(
+            joinedload(Review.wafer).joinedload(Wafer.lot),
+            joinedload(Review.wafer).joinedload(Wafer.lot_wafer),
+            joinedload(Review.wafer).joinedload(Wafer.prediction),
+        )
         .order_by(Review.priority.desc(), Review.id)
         .limit(limit)
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from fabsight.errors import FabsightError
-from fabsight.serve.deps import ServiceDep, SessionDep, facts_prediction
+from fabsight.serve.deps import ServiceDep, SessionDep, stored_facts
 from fabsight.serve.schemas import AskIn, AskOut, DriftIn, DriftOut, Selection
 from fabsight.store.queries import WaferFilter, get_wafer, list_wafers, to_wafer_map
 
@@ -23,7 +23,6 @@ MAX_WAFERS = 2000
 @router.post("/ask", responses={400: {"description": "neither or both of wafer and lot given"}})
 def ask(body: AskIn, svc: ServiceDep, session: SessionDep) -> AskOut:
     """Answer a question about one wafer or one lot from measured facts, or refuse plainly."""
-    from fabsight.assist.facts import wafer_facts
     from fabsight.assist.qa import Lot, ask
 
     if (body.wafer is None) == (body.lot is None):
@@ -34,8 +33,8 @@ def ask(body: AskIn, svc: ServiceDep, session: SessionDep) -> AskOut:
         wafers = list_wafers(session, WaferFilter(lot=body.lot), limit=MAX_WAFERS)
         if not wafers:
             raise FabsightError(None, f"no wafers in lot {body.lot!r}")
-        wafers.sort(key=lambda w: (w.wafer_id, w.id))
-    facts = [wafer_facts(to_wafer_map(w), facts_prediction(w)) for w in wafers]
+        wafers.sort(key=lambda w: (w.lot_wafer.wafer_id, w.id))  # physical wafers in order, each with its sources
+    facts = [stored_facts(w) for w in wafers]
     answer = ask(body.question, Lot(facts, svc.kb)).to_dict()
     return AskOut(**{k: answer[k] for k in AskOut.model_fields if k in answer}, wafers=len(wafers))
 

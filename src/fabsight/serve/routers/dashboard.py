@@ -1,6 +1,7 @@
 """The web dashboard: server-rendered Jinja2 pages over the same queries as the API.
 
-Pages: lots with trend charts and an upload form (``/``), a wafer gallery with filters
+Pages: lots with trend charts and an upload form (``/``), one lot's wafers with their inspection
+and sort results side by side (``/lots/{name}``), a wafer gallery with filters
 (``/wafers``), one wafer with prediction, explanation, clusters, Q&A and die-image results
 (``/wafers/{id}``), the review queue with keyboard shortcuts (``/review``) and die-image
 results with heat-maps and boxes (``/die-images``). The little
@@ -19,11 +20,18 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from fabsight.serve.auth import COOKIE, SESSION_SECONDS, safe_next, session_cookie, token_matches
-from fabsight.serve.deps import ServiceDep, SessionDep, wafer_detail, wafer_summary
+from fabsight.serve.deps import ServiceDep, SessionDep, lot_wafer_list, wafer_detail, wafer_summary
 from fabsight.serve.routers.wafers import wafer_filter
 from fabsight.serve.schemas import DieResultOut
 from fabsight.store.models import REVIEW_STATES, DieResult
-from fabsight.store.queries import WaferFilter, get_wafer, list_wafers, lot_summaries, review_queue
+from fabsight.store.queries import (
+    NotFound,
+    WaferFilter,
+    get_wafer,
+    list_wafers,
+    lot_summaries,
+    review_queue,
+)
 
 router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 templates = Jinja2Templates(
@@ -70,6 +78,15 @@ def logout() -> Response:
 def index(request: Request, session: SessionDep, svc: ServiceDep) -> HTMLResponse:
     lots = lot_summaries(session)
     return _page(request, "index.html", lots=lots, model=svc.model_name, max_mb=svc.max_upload_bytes / 2**20)
+
+
+@router.get("/lots/{name}")
+def lot_page(name: str, request: Request, session: SessionDep) -> HTMLResponse:
+    """One lot: yield per source, and its physical wafers each with its inspection and sort results."""
+    found = lot_summaries(session, [name])
+    if not found:
+        raise NotFound(None, f"no lot {name!r}")
+    return _page(request, "lot.html", lot=found[0], wafers=lot_wafer_list(session, name))
 
 
 @router.get("/wafers")
