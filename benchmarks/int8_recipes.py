@@ -36,7 +36,7 @@ import numpy as np
 
 from fabsight.artifacts import load_card
 from fabsight.deploy.quantize import RECIPES, quantize
-from fabsight.deploy.runtime import session
+from fabsight.runtimes import session
 from fabsight.utils.timing import median_times
 
 
@@ -77,15 +77,16 @@ def _clean(g: dict[str, Any]) -> dict[str, Any]:
 
 
 def die_recipes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from fabsight.deploy.die import OnnxBackbone, _sample
+    from fabsight.deploy.die import check_sample
     from fabsight.die.data import read_image, scan_folder
     from fabsight.die.metrics import classification_metrics
     from fabsight.die.model import DieModel
+    from fabsight.die.onnx import OnnxBackbone
 
     model = DieModel(args.die_model, runtime="onnx", n_threads=args.threads)
     card, info = model.card, model.card.extra["onnx"]
     fp32 = args.die_model / card.files["onnx"]
-    items, _, described = _sample(model, None, 0)
+    items, _, described = check_sample(model, None, 0)
     x = model.backbone.preprocess([read_image(p) for p in items])
     graphs = _quantized(fp32, x, info["input"], work, args.recipes)
     backbones = {n: OnnxBackbone(g["graph"], card, info, args.threads) for n, g in graphs.items()}
@@ -120,8 +121,8 @@ def anomaly_recipes(args: argparse.Namespace, model_dir: Path, work: Path) -> di
     from fabsight.anomaly.datasets import load_split
     from fabsight.anomaly.metrics import image_auroc
     from fabsight.deploy.anomaly import _assemble, _calibration_images
-    from fabsight.deploy.preprocess import preprocess
     from fabsight.die.data import read_image
+    from fabsight.utils.preprocess import preprocess
 
     card = load_card(model_dir)
     info = card.extra["onnx"]

@@ -29,11 +29,11 @@ from typer.testing import CliRunner
 from fabsight.cli.main import app
 from fabsight.deploy import anomaly as deploy_anomaly
 from fabsight.deploy import export_onnx, load_anomaly_model
-from fabsight.deploy.preprocess import preprocess
 from fabsight.deploy.quantize import FEATURE_RECIPE
 from fabsight.die.data import read_image
 from fabsight.die.model import DieModel
 from fabsight.errors import FabsightError, ModelError
+from fabsight.utils.preprocess import preprocess
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_anomaly_methods import plant, texture

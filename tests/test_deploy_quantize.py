@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fabsight.deploy.quantize import RECIPES, Int8Recipe, quantize, sensitive_nodes
-from fabsight.deploy.runtime import session
+from fabsight.runtimes import session
 
 
 def _graph(path: Path) -> Path:

@@ -16,6 +16,7 @@ deployment needs only ONNX Runtime (the tests check this in a subprocess).
 
 from fabsight.deploy.anomaly import load_anomaly_model
 from fabsight.deploy.export import export_onnx
-from fabsight.deploy.runtime import RUNTIMES, load_predictor
+from fabsight.deploy.runtime import load_predictor
+from fabsight.runtimes import RUNTIMES
 
 __all__ = ["RUNTIMES", "export_onnx", "load_anomaly_model", "load_predictor"]

@@ -27,9 +27,9 @@ import numpy as np
 from fabsight.anomaly.base import AnomalyModel, gaussian_smooth, match_channels
 from fabsight.anomaly.thresholds import Threshold
 from fabsight.artifacts import ModelCard, load_card
-from fabsight.deploy.preprocess import preprocess, resize
-from fabsight.deploy.runtime import check_runtime, onnx_section, session
 from fabsight.errors import FabsightError, ModelError
+from fabsight.runtimes import check_runtime, onnx_section, session
+from fabsight.utils.preprocess import preprocess, resize
 
 TASK = "anomaly"  # fabsight.anomaly.persist.TASK, which cannot be imported here: that module loads torch
 ONNX_FILE = "network.onnx"
@@ -375,7 +375,7 @@ def export_anomaly(
         info.update({
             "preprocessing": "NOT in the graph: tiling/resize to card.input, then " + (
                 "pixel / 255, B×C×S×S" if model.method == "recon" else
-                "RGB, pixel / 255, normalise with onnx.preprocessing_args (fabsight.deploy.preprocess)"),
+                "RGB, pixel / 255, normalise with onnx.preprocessing_args (fabsight.utils.preprocess)"),
             "postprocessing": "NOT in the graph: " + (
                 "Gaussian smoothing of the defect probability" if model.method == "recon" else
                 "patch distances to the memory bank (faiss) or Mahalanobis distances to the per-position Gaussians "

@@ -156,7 +156,7 @@ def _export_wafer(
     import onnxruntime as ort
     import torch
 
-    from fabsight.deploy.runtime import session
+    from fabsight.runtimes import session
     from fabsight.wafer import load_model
 
     clf = load_model(model_dir)

@@ -199,7 +199,7 @@ def speed_vs_fp32(fp32: Path, int8: Path, x: np.ndarray, input_name: str, n_thre
     Recorded in the card because whether INT8 is faster depends on the CPU: without VNNI
     the accurate recipe for feature models is several times slower than fp32.
     """
-    from fabsight.deploy.runtime import session
+    from fabsight.runtimes import session
     from fabsight.utils.timing import median_times
 
     xb = x[:batch]

@@ -17,17 +17,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
 from fabsight.calibration import fit_temperature
 from fabsight.errors import FabsightError
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _logits(model: Any, X: np.ndarray) -> np.ndarray:
@@ -66,7 +61,7 @@ class NetworkDecisionsMixin:
     """Calibrated probabilities and review decisions from a network's logits and pooled embedding.
 
     The fine-tuned PyTorch classifier (:class:`fabsight.die.finetune.FinetuneClassifier`) and
-    its ONNX Runtime twin (:class:`fabsight.deploy.die.OnnxFinetuneClassifier`) differ only in
+    its ONNX Runtime twin (:class:`fabsight.die.onnx.OnnxFinetuneClassifier`) differ only in
     ``_logits_and_embedding``; everything after the forward pass lives here, in a module
     without torch, so the two runtimes cannot drift apart. Needs the fitted ``classes_``,
     ``temperature_``, ``embed_mean_``, ``embed_std_``, ``centroids_``, ``ood_threshold_``
@@ -88,7 +83,7 @@ class NetworkDecisionsMixin:
 
     def predict_proba(self, X: Sequence[Any], tta: bool = False) -> np.ndarray:
         logits, _ = self._logits_and_embedding(X, tta=tta)
-        return _softmax(logits / self.temperature_)
+        return softmax(logits / self.temperature_, axis=1)
 
     def predict(self, X: Sequence[Any], tta: bool = False) -> np.ndarray:
         proba = self.predict_proba(X, tta=tta)  # first: an unfitted estimator raises NotFittedError there
@@ -104,7 +99,7 @@ class NetworkDecisionsMixin:
 
     def decide_outputs(self, logits: np.ndarray, z: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
         """:meth:`decide` from network outputs already computed (one forward pass serves several uses)."""
-        proba = _softmax(logits / self.temperature_)
+        proba = softmax(logits / self.temperature_, axis=1)
         ood = nearest_centroid_distance((z - self.embed_mean_) / self.embed_std_, self.centroids_)
         return review_decisions(proba, self.classes_[proba.argmax(1)], ood / max(self.ood_threshold_, 1e-12),
                                 self.classes_, min_confidence=self.min_confidence, top_k=top_k)
@@ -168,7 +163,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         return _logits(self.model_, X) / self.temperature_
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return _softmax(self.decision_function(X))
+        return softmax(self.decision_function(X), axis=1)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self)

@@ -276,7 +276,7 @@ class DieModel:
                  n_threads: int = 2) -> None:
         import joblib
 
-        from fabsight.deploy.runtime import check_runtime
+        from fabsight.runtimes import check_runtime
 
         check_runtime(runtime)
         self.dir = Path(model_dir)
@@ -287,7 +287,7 @@ class DieModel:
         if self.finetuned:  # the network itself was trained: weights and head come from the model dir
             self.layers, self.handcrafted = ("head",), False
             if runtime != "torch":  # classifier.joblib needs torch to unpickle: the export wrote decision.npz
-                from fabsight.deploy.die import onnx_finetune
+                from fabsight.die.onnx import onnx_finetune
 
                 self.classifier = onnx_finetune(self.dir, self.card, runtime, n_threads)
                 self.backbone = None
@@ -303,7 +303,7 @@ class DieModel:
         self.layers = tuple(info["layers"])
         self.handcrafted = bool(self.card.training.get("handcrafted"))
         if runtime != "torch":
-            from fabsight.deploy.die import onnx_backbone
+            from fabsight.die.onnx import onnx_backbone
 
             self.backbone = onnx_backbone(self.dir, self.card, runtime, n_threads)
             return
