@@ -236,3 +236,65 @@ def test_cli_json_rows_and_one_line_errors(die_model, tmp_path, monkeypatch, cap
     assert got["counts"]["wafers"]["W01"]["defects"] == 2
     names = read_klarf(out)[0].extras["class_names"]
     assert names[99] == "Unclassified" and all(names[n] == c for c, n in got["class_numbers"].items())
+
+
+def _history_klarf(path: Path, crops: dict[str, list[Path]], numbers: dict[str, int], lookup: bool) -> Path:
+    """A reviewed lot: each crop one defect, its manual class number, its image by absolute path."""
+    rows = [_row18(i + 1, numbers[c], [(str(p), 1)]) for i, (c, p) in enumerate(
+        (c, p) for c in crops for p in crops[c])]
+    rows.append(_row18(len(rows) + 1, 0, []))  # unclassified, no image: left out
+    _klarf18(path, rows, lookup=False)
+    if lookup:
+        entries = "".join(f'        {n} "{c}" "";\n' for c, n in numbers.items())
+        text = path.read_text().replace("  }\n}\nEndOfFile;", (
+            "    List ClassLookupList\n    {\n"
+            "      Columns 3 { int32 CLASSNUMBER, string CLASSNAME, string CLASSCODE }\n"
+            f"      Data {len(numbers)}\n      {{\n{entries}      }}\n    }}\n  }}\n}}\nEndOfFile;"))
+        path.write_text(text)
+    return path
+
+
+def test_die_train_and_eval_on_reviewed_klarfs(die_model, shared, tmp_path, monkeypatch, capsys):
+    from fabsight.cli.main import main
+
+    _, test = die_model
+    train_dir = Path(die_model[0].card.training["data"])
+    classes = sorted(d.name for d in train_dir.iterdir())[:3]
+    numbers = {c: 11 + i for i, c in enumerate(classes)}
+    (tmp_path / "lot").mkdir()
+    reviewed = {c: sorted((train_dir / c).iterdir())[:5] for c in classes}
+    train_k = _history_klarf(tmp_path / "lot" / "train.klarf", reviewed, numbers, lookup=True)
+    held = {c: test.get(c, [])[:6] for c in classes}
+    test_k = _history_klarf(tmp_path / "lot" / "test.klarf", held, numbers, lookup=False)
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr("sys.argv", ["fabsight", *args])
+        with pytest.raises(SystemExit) as info:
+            main()
+        got = capsys.readouterr()
+        return info.value.code or 0, got.out, got.err
+
+    code, stdout, stderr = cli("die", "train", str(train_k), "--out", str(tmp_path / "m"), "--images", "/",
+                               "--backbone", "efficientnet_lite0", "--input-size", "64", "--cv", "0",
+                               "--device", "cpu", "--json")
+    assert code == 0, stderr
+    card = json.loads(stdout)
+    assert card["classes"] == classes
+    assert card["training"]["from_klarf"]["defects_per_class"] == {c: len(p) for c, p in reviewed.items()}
+    assert card["training"]["from_klarf"]["left_out"] == {"no_image": 0, "unlabelled": 1}
+    mapping = ",".join(f"{n}={c}" for c, n in numbers.items())
+    code, stdout, stderr = cli("die", "eval", str(tmp_path / "m"), str(test_k), "--classes", mapping,
+                               "--images", "/", "--json", "--device", "cpu")
+    assert code == 0, stderr
+    per_defect = json.loads(stdout)
+    folder = tmp_path / "held"
+    for c, paths in held.items():
+        (folder / c).mkdir(parents=True)
+        for p in paths:
+            shutil.copy(p, folder / c / p.name)
+    code, stdout, stderr = cli("die", "eval", str(tmp_path / "m"), str(folder), "--json", "--device", "cpu")
+    by_folder = json.loads(stdout)
+    assert per_defect["n"] == by_folder["n"] == sum(map(len, held.values()))
+    assert per_defect["accuracy"] == by_folder["accuracy"] and per_defect["macro_f1"] == by_folder["macro_f1"]
+    code, _, stderr = cli("die", "eval", str(tmp_path / "m"), str(test_k), "--images", "/", "--device", "cpu")
+    assert code == 2 and "no defect has both images and a class the model knows" in stderr  # no names: no labels
