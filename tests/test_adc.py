@@ -298,3 +298,58 @@ def test_die_train_and_eval_on_reviewed_klarfs(die_model, shared, tmp_path, monk
     assert per_defect["accuracy"] == by_folder["accuracy"] and per_defect["macro_f1"] == by_folder["macro_f1"]
     code, _, stderr = cli("die", "eval", str(tmp_path / "m"), str(test_k), "--images", "/", "--device", "cpu")
     assert code == 2 and "no defect has both images and a class the model knows" in stderr  # no names: no labels
+
+
+def _lots(test: dict[str, list[Path]], tmp_path: Path) -> Path:
+    """Two lot folders (a KLARF beside its images) and a KLARF whose image is missing."""
+    crops = [p for c in test for p in test[c][:2]]
+    lots = tmp_path / "lots"
+    for name, batch in (("a", crops[:3]), ("b", crops[3:6])):
+        (lots / name).mkdir(parents=True)
+        for p in batch:
+            shutil.copy(p, lots / name / p.name)
+        _klarf18(lots / name / "lot.klarf", [_row18(i + 1, 0, [(p.name, 1)]) for i, p in enumerate(batch)])
+    _klarf18(lots / "broken.klarf", [_row18(1, 0, [("gone.png", 1)])])
+    return lots
+
+
+def test_batch_adc_one_klarf_per_input_resumable(die_model, tmp_path):
+    from fabsight.scale.adc import run_adc_batch
+
+    model, test = die_model
+    lots = _lots(test, tmp_path)
+    out = tmp_path / "out"
+    first = run_adc_batch([lots], out, model=model.dir)
+    assert (first["inputs"], first["processed"], first["failed"], first["defects"]) == (3, 2, 1, 6)
+    assert "defect 1: image 'gone.png' not found" in first["errors"][0]["error"]
+    for name in ("a", "b"):
+        expected = classify_klarf(lots / name / "lot.klarf", model)
+        src = expected.source
+        assert (out / name / "lot.klarf").read_bytes() == src.patched(expected.output_numbers(),
+                                                                      expected.lookup_names())
+    shutil.copy(next(lots.glob("a/*.png")), lots / "gone.png")  # the missing image arrives: that lot is redone
+    again = run_adc_batch([lots], out, model=model.dir)
+    assert (again["skipped_done"], again["processed"], again["failed"]) == (2, 1, 0)
+    assert (out / "broken.klarf").is_file()
+
+
+@pytest.mark.slow
+def test_batch_adc_on_ray_writes_what_in_process_writes(die_model, tmp_path, monkeypatch, capsys):
+    from fabsight.cli.main import main
+    from fabsight.scale.adc import run_adc_batch
+
+    model, test = die_model
+    lots = _lots(test, tmp_path)
+    shutil.copy(next(lots.glob("a/*.png")), lots / "gone.png")
+    out = tmp_path / "out"
+    run_adc_batch([lots], out, model=model.dir)
+    monkeypatch.setattr("sys.argv", ["fabsight", "batch", str(lots), "--adc", str(model.dir), "--out",
+                                     str(tmp_path / "ray"), "--ray", "local", "--workers", "1", "--json"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    got = capsys.readouterr()
+    assert (info.value.code or 0) == 0, got.err
+    summary = json.loads(got.out)
+    assert summary["executor"] == "ray (local)" and summary["processed"] == 3
+    for f in ("a/lot.klarf", "b/lot.klarf", "broken.klarf"):
+        assert (tmp_path / "ray" / f).read_bytes() == (out / f).read_bytes()
