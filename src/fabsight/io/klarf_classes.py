@@ -126,10 +126,12 @@ class KlarfClasses:
             value = str(number if number is not None else (d.class_number if d.class_number is not None else 0))
             edits.append((start, end, value if start != end else f" {value}"))
         edits += self._lookup_edits(names)
-        text = self.raw
-        for start, end, new in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
-            text = text[:start] + new + text[end:]
-        return text.encode("latin-1")
+        pieces, at = [], 0
+        for start, end, new in sorted(edits, key=lambda e: (e[0], e[1])):  # one pass: big lots stay linear
+            pieces += [self.raw[at:start], new]
+            at = end
+        pieces.append(self.raw[at:])
+        return "".join(pieces).encode("latin-1")
 
     def _lookup_edits(self, names: Mapping[int, str]) -> list[tuple[int, int, str]]:
         nl = self.newline
