@@ -23,6 +23,7 @@ references; a defect without images keeps its original class and is counted as s
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +38,7 @@ from fabsight.die.classifier import review_decisions
 from fabsight.errors import FabsightError
 from fabsight.io.klarf_classes import UNCLASSIFIED, KlarfClasses, KlarfDefect, locate_classes
 from fabsight.utils.atomic import atomic_open
+from fabsight.utils.progress import track
 
 #: How several images of one defect become one decision (reported in every result).
 COMBINE_RULE = ("mean of the images' calibrated class probabilities and OOD scores; the model's review rule "
@@ -198,6 +200,7 @@ def classify_klarf(
     n_threads: int = 2,
     batch_size: int = 64,
     tta: bool = False,
+    progress: bool = True,
 ) -> AdcResult:
     """Classify every defect of ``klarf`` from its review images with a die ``model``
     (a model directory, or a loaded :class:`~fabsight.die.model.DieModel`).
@@ -205,6 +208,7 @@ def classify_klarf(
     ``images``: folders besides the KLARF's own where image references are looked up (and
     the only places they may lead). The first missing, unreadable or out-of-bounds image
     raises :class:`FabsightError` naming the KLARF, wafer and defect; nothing is written here.
+    ``progress``: a bar on stderr (off where a caller shows its own, as batch jobs do).
     """
     path = Path(klarf)
     doc = locate_classes(path)
@@ -214,7 +218,9 @@ def classify_klarf(
     min_conf = float(die.classifier.min_confidence)
     numbers = assign_numbers(classes, doc.class_names, review_code)
     decided: dict[int, tuple[dict[str, Any], list[str]]] = {}
-    for chunk in _chunks(doc, roots, batch_size):
+    n_batches = math.ceil(sum(len(d.images) for d in doc.defects) / batch_size)
+    chunks = _chunks(doc, roots, batch_size)
+    for chunk in track(chunks, f"classifying {path.name}", total=n_batches) if progress else chunks:
         flat = [im for _, _, ims in chunk for im in ims]
         out = die.predict(flat, top_k=len(classes), tta=tta)
         at = 0

@@ -121,7 +121,7 @@ def evaluate_klarfs(model: Any, klarfs: Sequence[str | os.PathLike[str]], *,
     review: list[bool] = []
     left_out: Counter[str] = Counter()
     for klarf in klarfs:
-        result = classify_klarf(klarf, die, images=images, tta=tta)
+        result = classify_klarf(klarf, die, images=images, tta=tta)  # one bar per KLARF, one after another
         names = labelled_names(result.source, classes)
         for r in result.rows:
             name = names.get(r.original_class) if r.original_class is not None else None

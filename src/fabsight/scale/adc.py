@@ -52,7 +52,8 @@ class AdcWorker:
     def run(self, klarf: str) -> dict[str, Any]:
         """``{"file", "data", "counts"}`` or, for a user mistake, ``{"file", "error"}``."""
         try:
-            result = classify_klarf(klarf, self.model, images=self.images, review_code=self.review_code)
+            result = classify_klarf(klarf, self.model, images=self.images, review_code=self.review_code,
+                                    progress=False)  # the job's bar counts KLARFs
         except FabsightError as exc:  # the message names the KLARF (and defect) already
             return {"file": klarf, "error": exc.message if exc.path == klarf else str(exc)}
         data = result.source.patched(result.output_numbers(), result.lookup_names())
