@@ -132,7 +132,7 @@ def test_klarf12_tiff_pages_8_and_16_bit_and_a_new_lookup(die_model, tmp_path):
         "FileVersion 1 2;\nLotID \"L\";\nDiePitch 5000 5000;\nWaferID \"W7\";\nSampleCenterLocation 0 0;\n"
         "DefectRecordSpec 8 DEFECTID XREL YREL XINDEX YINDEX CLASSNUMBER IMAGECOUNT IMAGELIST;\n"
         "TiffFileName review.tif;\nDefectList\n 1 10 10 0 0 5 1 1 3 0\n 2 10 10 0 1 5 2 2 1 0 2 0;\n"
-        "TiffFileName deep.tif;\nDefectList\n 3 10 10 1 1 5 1 1 1 0;\nSummarySpec 2 TESTNO NDEFECT;\n"
+        "TiffFileName deep.tif;\nDefectList\n 3 10 10 1 1 1 1 1 1 0;\nSummarySpec 2 TESTNO NDEFECT;\n"
         "SummaryList 1 3;\nEndOfFile;\n", encoding="utf-8")
     result = classify_klarf(src, model)
     direct = model.predict([pages[2], pages[0]], top_k=len(model.classes))
@@ -144,6 +144,14 @@ def test_klarf12_tiff_pages_8_and_16_bit_and_a_new_lookup(die_model, tmp_path):
     assert {n: c for c, n in result.class_numbers.items()}.items() <= back.extras["class_names"].items()
     assert back.defects.class_number.tolist() == [r.class_number for r in result.rows]
     _only_classes_changed(src, out, [*result.class_numbers, "Unclassified"])
+
+    from fabsight.adc.history import klarf_image_folder
+    from fabsight.die.data import read_image
+
+    summary = klarf_image_folder([src], tmp_path / "history", classes={5: "five", 1: "one"})
+    assert summary["defects_per_class"] == {"five": 2, "one": 1}
+    written = sorted((tmp_path / "history" / "five").iterdir())  # TIFF pages become PNGs, pixel for pixel
+    assert [read_image(p).tolist() for p in written] == [pages[2].tolist(), pages[0].tolist(), pages[1].tolist()]
 
 
 def test_the_imagelist_fixture_with_its_images_in_place(shared, die_model, tmp_path):

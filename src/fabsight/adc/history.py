@@ -93,7 +93,9 @@ def klarf_image_folder(klarfs: Sequence[str | os.PathLike[str]], out_root: str |
                     path = resolve_image(ref, roots)
                     stem = _SAFE.sub("_", f"{k}_{d.wafer}_{d.defect_id}_{j}")
                     if path.suffix.lower() in (".tif", ".tiff"):
-                        cv2.imwrite(str(folder / f"{stem}.png"), reader.read(path, ref.page)[..., ::-1])
+                        page = reader.read(path, ref.page)
+                        cv2.imwrite(str(folder / f"{stem}.png"),
+                                    cv2.cvtColor(page, cv2.COLOR_RGB2BGR) if page.ndim == 3 else page)
                     else:
                         _link(path, folder / f"{stem}{path.suffix.lower()}")
                 except (ValueError, FabsightError) as exc:
