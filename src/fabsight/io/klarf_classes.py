@@ -115,8 +115,9 @@ class KlarfClasses:
         return names
 
     def patched(self, numbers: Sequence[int | None], names: Mapping[int, str]) -> bytes:
-        """The file with ``numbers[i]`` as defect ``i``'s class (None: keep it) and ``names``
-        added to each class lookup (numbers already named there keep their name)."""
+        """The file with ``numbers[i]`` as defect ``i``'s class (None: keep it; 0 where the file had
+        no CLASSNUMBER column) and ``names`` added to each class lookup (numbers already named
+        there keep their name)."""
         if len(numbers) != len(self.defects):
             raise ValueError(f"{len(numbers)} class numbers for {len(self.defects)} defects")
         edits = list(self.column_edits)
