@@ -361,3 +361,21 @@ def test_batch_adc_on_ray_writes_what_in_process_writes(die_model, tmp_path, mon
     assert summary["executor"] == "ray (local)" and summary["processed"] == 3
     for f in ("a/lot.klarf", "b/lot.klarf", "broken.klarf"):
         assert (tmp_path / "ray" / f).read_bytes() == (out / f).read_bytes()
+
+
+@pytest.mark.slow
+def test_onnx_runtime_classifies_as_torch_does(die_model, tmp_path):
+    from fabsight.deploy.export import export_onnx
+
+    model, test = die_model
+    onnx_dir = tmp_path / "model"
+    shutil.copytree(model.dir, onnx_dir)
+    export_onnx(onnx_dir, sample=None, n_threads=1)
+    crops = [p for c in test for p in test[c][:2]]
+    for p in crops:
+        shutil.copy(p, tmp_path / p.name)
+    src = _klarf18(tmp_path / "lot.klarf", [_row18(i + 1, 0, [(p.name, 1)]) for i, p in enumerate(crops)])
+    by_torch = classify_klarf(src, model).rows
+    by_onnx = classify_klarf(src, onnx_dir, runtime="onnx").rows
+    assert [r.class_name for r in by_onnx] == [r.class_name for r in by_torch]
+    assert [r.confidence for r in by_onnx] == pytest.approx([r.confidence for r in by_torch], abs=1e-3)
