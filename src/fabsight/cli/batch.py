@@ -32,6 +32,21 @@ def _print_summary(result: dict[str, Any]) -> None:
         out.print(line, markup=False, highlight=False)
 
 
+def _adc(inputs: list[str], out_dir: Path, model: Path, images: list[Path], list_file: Path | None, ray: str | None,
+         workers: int, runtime: str, review_code: int, overwrite: bool, strict: bool, as_json: bool) -> None:
+    from fabsight.scale.adc import run_adc_batch
+
+    result = run_adc_batch(inputs, out_dir, model=model, images=images, list_file=list_file, ray=ray,
+                           workers=workers, runtime=runtime, review_code=review_code, overwrite=overwrite,
+                           strict=strict)
+    result["rows"], result["rows_per_s"] = result["defects"], result["defects_per_s"]  # the summary's words
+    emit(result, as_json, _print_summary)
+    if result["errors"]:
+        report_errors(result["errors"], result["processed"], shown=_SHOWN_ERRORS)
+    if result["failed"] and not result["processed"] and not result["skipped_done"]:
+        raise FabsightError(None, f"none of the KLARFs could be classified ({result['failed']} failed)")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("batch")
     def batch(
@@ -59,12 +74,32 @@ def register(app: typer.Typer) -> None:
         runtime: Annotated[
             str, typer.Option(help="torch, onnx or onnx-int8 (needs `fabsight export --onnx`)."),
         ] = "torch",
+        adc: Annotated[
+            Path | None, typer.Option("--adc", help="ADC with this die model: one classified KLARF per input KLARF "
+                                                    "under --out (a folder), instead of a Parquet dataset."),
+        ] = None,
+        images: Annotated[
+            list[Path] | None, typer.Option("--images", help="With --adc: a folder where image references are "
+                                                             "also looked up (repeat)."),
+        ] = None,
+        review_code: Annotated[
+            int, typer.Option("--review-code", help="With --adc: class number for defects sent to review."),
+        ] = 0,
         overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming into --out.")] = False,
         strict: StrictOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
-        """Process many inputs into OUT (Parquet parts); a rerun resumes, failed files go to OUT/_errors.jsonl."""
+        """Process many inputs into OUT (Parquet parts, or classified KLARFs with --adc); a rerun resumes,
+        failed files go to OUT/_errors.jsonl."""
         from fabsight.scale import run_batch
+
+        if adc is not None:
+            if model is not None or backbone is not None or explain or embed:
+                raise FabsightError(None, "--adc classifies KLARF defects with a die model; --model, --backbone, "
+                                          "--explain and --embed are for other jobs")
+            _adc(inputs or [], out_dir, adc, images or [], list_file, ray, workers, runtime, review_code, overwrite,
+                 strict, as_json)
+            return
 
         result = run_batch(
             inputs or [], out_dir, model=model, backbone=backbone, list_file=list_file, ray=ray, workers=workers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ import typer
 
 from fabsight.cli.common import DeviceOpt, JsonOpt, StrictOpt, emit, out, require_read
 from fabsight.cli.deploy import RuntimeOpt
+from fabsight.errors import FabsightError
 from fabsight.utils.device import resolve_device
 
 BackboneOpt = Annotated[
@@ -36,8 +38,43 @@ def _metrics_table(title: str, m: dict[str, Any]) -> None:
               f"macro-F1 {m['macro_f1']:.4f}  (n = {m['n']})", markup=False)
 
 
+KlarfClassesOpt = Annotated[str | None, typer.Option(
+    "--classes", help="KLARF input: the manual class numbers to learn and their names, e.g. 1=particle,2=scratch "
+                      "(default: the file's class lookup, less 0 / unclassified).")]
+KlarfImagesOpt = Annotated[list[Path] | None, typer.Option(
+    "--images", help="KLARF input: a folder where image references are also looked up (repeat).")]
+
+
+def _data_kind(data: list[Path]) -> str:
+    """``folder`` (one DATA/CLASS tree) or ``klarf`` (KLARF files with manual classes)."""
+    if len(data) == 1 and not data[0].is_file():
+        return "folder"  # a missing folder is reported by the folder reader
+    for p in data:
+        if not p.is_file():
+            raise FabsightError(p, "expected one DATA/CLASS folder or KLARF files; this is "
+                                   + ("a folder among several inputs" if p.is_dir() else "not a file"))
+    return "klarf"
+
+
+def _with_klarf_folder(data: list[Path], classes: str | None, images: list[Path] | None,
+                       use: Callable[[Path], Any]) -> tuple[Any, dict[str, Any] | None]:
+    """Run ``use(folder)`` on DATA itself, or on a class folder laid out from KLARF review history."""
+    if _data_kind(data) == "folder":
+        return use(data[0]), None
+    import tempfile
+
+    from fabsight.adc.history import klarf_image_folder, parse_classes
+
+    with tempfile.TemporaryDirectory(prefix="fabsight-klarf-") as tmp:
+        summary = klarf_image_folder(data, tmp, classes=parse_classes(classes) if classes else None,
+                                     images=images or ())
+        return use(Path(tmp)), summary
+
+
 def train(
-    data: Annotated[Path, typer.Argument(help="Labelled images: DATA/CLASS/*.png|jpg|bmp|tif.")],
+    data: Annotated[list[Path], typer.Argument(
+        help="Labelled images: DATA/CLASS/*.png|jpg|bmp|tif, or KLARF files whose defects carry manual class "
+             "numbers and review images.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write (replaced atomically).")],
     backbone: BackboneOpt = "dinov2_vits14",
     weights: WeightsOpt = None,
@@ -94,26 +131,34 @@ def train(
                                         "(with --unlabeled; default: run every round).")
     ] = None,
     input_size: InputSizeOpt = None,
+    klarf_classes: KlarfClassesOpt = None,
+    klarf_images: KlarfImagesOpt = None,
     device: DeviceOpt = "auto",
     strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a die defect classifier on frozen backbone features, or fine-tune the backbone
-    (optionally self-training on unlabeled images)."""
+    (optionally self-training on unlabeled images); from image folders or a fab's reviewed KLARFs."""
     from fabsight.die.model import load_groups
     from fabsight.die.model import train as train_model
     from fabsight.io import ReadLog
 
     log = ReadLog(strict=strict)
-    result = train_model(
-        data, out_dir, backbone=backbone, weights=weights, method=method, layers=layers, augment=augment,
+    result, from_klarf = _with_klarf_folder(data, klarf_classes, klarf_images, lambda folder: train_model(
+        folder, out_dir, backbone=backbone, weights=weights, method=method, layers=layers, augment=augment,
         handcrafted=handcrafted,
         groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
         device=resolve_device(device), epochs=epochs, max_minutes=max_minutes, unlabeled=unlabeled,
         pseudo_threshold=pseudo_threshold, rounds=rounds, max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta,
         student_epochs=student_epochs, student_early_stop=student_early_stop, min_change=min_change, log=log,
-    )
+    ))
     card = result.card
+    if from_klarf is not None:  # the card names the KLARFs, not the temporary folder laid out from them
+        from fabsight.artifacts import save_card
+
+        card.training["data"] = from_klarf["klarfs"]
+        card.training["from_klarf"] = from_klarf
+        save_card(result.out_dir, card)
     summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,
                "training": card.training, "metrics": card.metrics, "hierarchy": card.extra.get("hierarchy")}
 
@@ -137,20 +182,33 @@ def train(
 
 def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="Model directory from 'fabsight die train'.")],
-    data: Annotated[Path, typer.Argument(help="Labelled test images: DATA/CLASS/*.")],
+    data: Annotated[list[Path], typer.Argument(
+        help="Labelled test images: DATA/CLASS/*, or KLARF files with manual class numbers (scored per defect, "
+             "as 'fabsight adc' classifies them).")],
+    klarf_classes: KlarfClassesOpt = None,
+    klarf_images: KlarfImagesOpt = None,
     device: DeviceOpt = "auto",
     runtime: RuntimeOpt = "torch",
     tta: TtaOpt = False,
     strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Accuracy, balanced accuracy, macro-F1, per-class scores and confusion on labelled images."""
+    """Accuracy, balanced accuracy, macro-F1, per-class scores and confusion on labelled images or KLARFs."""
     from fabsight.die.embeddings import default_cache
     from fabsight.io import ReadLog
 
     log = ReadLog(strict=strict)
-    result = _load(model_dir, device, runtime).evaluate(data, cache=default_cache(), tta=tta, log=log)
-    emit(result, as_json, lambda m: _metrics_table(f"{model_dir} on {data}", m), log)
+    model = _load(model_dir, device, runtime)
+    title = f"{model_dir} on {', '.join(str(d) for d in data)}"
+    if _data_kind(data) == "klarf":
+        from fabsight.adc.history import evaluate_klarfs, parse_classes
+
+        result = evaluate_klarfs(model, data, classes=parse_classes(klarf_classes) if klarf_classes else None,
+                                 images=klarf_images or (), tta=tta)
+        emit(result, as_json, lambda m: _metrics_table(title + " (per defect)", m))
+        return
+    result = model.evaluate(data[0], cache=default_cache(), tta=tta, log=log)
+    emit(result, as_json, lambda m: _metrics_table(title, m), log)
 
 
 def _load(model_dir: Path, device: str, runtime: str) -> Any:

@@ -34,6 +34,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "fabsight.cli.inspect",
     "fabsight.cli.anomaly",
     "fabsight.cli.die",
+    "fabsight.cli.adc",
     "fabsight.cli.serve",
     "fabsight.cli.deploy",
     "fabsight.cli.distill",

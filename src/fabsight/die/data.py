@@ -112,6 +112,17 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     img = _decode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise FormatError(p, "cannot be decoded: not a readable image (corrupt or unsupported format)")
+    return to_uint8(img)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """An image as OpenCV decodes it (any depth, BGR/BGRA) → uint8 grey H×W or RGB H×W×3.
+
+    16-bit images keep their top 8 bits; other depths are stretched to 0–255. Shared by
+    :func:`read_image` and readers of other containers (multi-page TIFF review images).
+    """
+    import cv2
+
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:

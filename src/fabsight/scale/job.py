@@ -11,6 +11,7 @@ unchanged; an input that changed is redone together with the rest of its part.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -138,8 +139,11 @@ def local_ray_auth() -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
-def _ray(units: Sequence[WorkUnit], spec: JobSpec, address: str, workers: int) -> Iterator[pa.Table]:
-    """Stream result blocks from a Ray Data pipeline; starts (and stops) a local Ray unless one is running."""
+@contextlib.contextmanager
+def ray_session(address: str) -> Iterator[Any]:
+    """The ``ray`` module, connected: a local Ray started (and stopped after) for ``local``, else
+    the cluster at ``address``; a Ray already initialised in this process is used as it is.
+    Workers import this checkout of fabsight (its folder goes on their ``PYTHONPATH``)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address == "local":
         local_ray_auth()
@@ -165,6 +169,20 @@ def _ray(units: Sequence[WorkUnit], spec: JobSpec, address: str, workers: int) -
             raise FabsightError(None, f"--ray {address}: cannot connect ({exc})") from None
         started = True
     try:
+        yield ray
+    except BaseException:
+        temp_dir = None  # a failed run keeps the local Ray's logs for a look
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ray(units: Sequence[WorkUnit], spec: JobSpec, address: str, workers: int) -> Iterator[pa.Table]:
+    """Stream result blocks from a Ray Data pipeline; starts (and stops) a local Ray unless one is running."""
+    with ray_session(address) as ray:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # fabsight shows its own bar on stderr
         logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -180,14 +198,6 @@ def _ray(units: Sequence[WorkUnit], spec: JobSpec, address: str, workers: int) -
             num_cpus=ACTOR_CPUS,
         )
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
-    except BaseException:
-        temp_dir = None  # a failed run keeps the local Ray's logs for a look
-        raise
-    finally:
-        if started:
-            ray.shutdown()
-        if temp_dir is not None:
-            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- sink
