@@ -23,6 +23,7 @@ import numpy as np
 
 from fabsight.errors import FabsightError
 from fabsight.utils.imaging import as_float_image
+from fabsight.utils.threads import single_blas_thread
 
 #: Filter support (taps at scale 1) per interpolation mode, as in PyTorch's antialiased kernel.
 _SUPPORT = {"bilinear": 2, "bicubic": 4}
@@ -46,14 +47,17 @@ def resize_weights(n_in: int, n_out: int, mode: str) -> np.ndarray:
     scale = n_in / n_out
     support = _SUPPORT[mode] * 0.5 * (scale if scale >= 1.0 else 1.0)
     invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    center = scale * (np.arange(n_out) + 0.5)
+    lo = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)  # trunc, as the C++ cast does
+    hi = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), n_in)
+    idx = lo[:, None] + np.arange(max(int((hi - lo).max()), 0))[None, :]
+    inside = idx < hi[:, None]
+    taps = np.where(inside, _filter(mode, (idx - center[:, None] + 0.5) * invscale), 0.0)
+    total = taps.sum(axis=1, keepdims=True)
+    taps = np.divide(taps, total, out=taps.copy(), where=total != 0)
     w = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        center = scale * (i + 0.5)
-        lo = max(int(center - support + 0.5), 0)  # int() truncates toward zero, as the C++ cast does
-        hi = min(int(center + support + 0.5), n_in)
-        taps = _filter(mode, (np.arange(lo, hi) - center + 0.5) * invscale)
-        total = taps.sum()
-        w[i, lo:hi] = taps / total if total != 0 else taps
+    rows = np.broadcast_to(np.arange(n_out)[:, None], idx.shape)
+    w[rows[inside], idx[inside]] = taps[inside]
     return w
 
 
@@ -61,8 +65,9 @@ def resize(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
     """H×W or H×W×C float image → ``size`` (h, w), antialiased like ``F.interpolate(antialias=True)``."""
     wy = resize_weights(image.shape[0], int(size[0]), mode)
     wx = resize_weights(image.shape[1], int(size[1]), mode)
-    out = np.tensordot(wy, image.astype(np.float64), axes=(1, 0))  # h×W(×C)
-    out = np.tensordot(wx, out, axes=(1, 1))  # w×h(×C)
+    with single_blas_thread():
+        out = np.tensordot(wy, image.astype(np.float64), axes=(1, 0))  # h×W(×C)
+        out = np.tensordot(wx, out, axes=(1, 1))  # w×h(×C)
     return np.swapaxes(out, 0, 1).astype(np.float32)
 
 

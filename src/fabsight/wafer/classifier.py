@@ -28,7 +28,8 @@ from fabsight.types import MIXEDWM38_LABELS, WM811K_CLASSES, WaferMap
 from fabsight.utils.atomic import atomic_dir
 from fabsight.utils.device import reproducible_cudnn
 from fabsight.utils.progress import track
-from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array, single_blas_thread
+from fabsight.utils.threads import single_blas_thread
+from fabsight.wafer.preprocess import CHANNELS, PREPROCESSING, maps_to_array
 from fabsight.wafer.pretrained import resolve_model
 from fabsight.wafer.review import grid_checks
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
 from fabsight.errors import FabsightError
 from fabsight.types import WaferMap
+from fabsight.utils.threads import single_blas_thread
 
 #: Channel order of the model input, one channel per :class:`fabsight.types.DieState`.
 CHANNELS: tuple[str, ...] = ("off", "good", "fail")
@@ -76,23 +76,6 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
 #: chunks that stay in cache beat whole-batch products, whose temporaries (hundreds of MB
 #: for 300×300 grids) cost more in page faults and memory traffic than the products.
 _CHUNK_CELLS = 1 << 18
-
-
-@lru_cache(maxsize=1)
-def _blas_controller() -> Any:
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def single_blas_thread() -> Any:
-    """A context running BLAS on one thread: the resampling products are too small to split
-    (two OpenBLAS threads made them 2-10× slower in CPU time than one). ~50 µs a call.
-
-    Also used for the OOD distance right after the network: the network runtime's own
-    threads are still spinning then, and a second OpenBLAS thread fighting them made a
-    batch's OOD product up to 10× slower than the network itself on a loaded machine."""
-    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def _fractions(grids: np.ndarray, size: int, out: np.ndarray) -> None:
