@@ -5,10 +5,19 @@ inspection model, distilled student) is a directory whose card says what task it
 which classes it knows, how its input must be prepared, what data it was trained on,
 how well it did and which fabsight wrote it. Every command that loads a model reads the
 card first and fails with one clear line when it is missing or is for another task.
+
+``schema`` numbers the card layout: a card from a newer fabsight is refused with one line
+(its keys may mean something this version cannot honour), and keys this version does not
+know are kept (``ModelCard.other``) and written back, never dropped.
+
+:func:`load` is the one entry point for every task: it reads the card and hands the
+directory to the loader registered for the card's ``task`` (imported only then, so loading
+an ONNX wafer model never imports PyTorch).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import warnings
@@ -18,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from fabsight import __version__
-from fabsight.errors import ModelError
+from fabsight.errors import FabsightError, ModelError
 from fabsight.utils.atomic import write_json
 
 CARD_NAME = "card.json"
+#: Layout version of ``card.json`` written by this fabsight (cards without one are schema 0).
+SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -38,12 +49,18 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    schema: int = SCHEMA_VERSION
+    #: Top-level keys of the file this version does not know: kept, and written back as they were.
+    other: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        return {**d.pop("other"), **d}
 
 
 def save_card(model_dir: str | os.PathLike[str], card: ModelCard) -> Path:
+    """Write ``card.json`` atomically, in this version's layout (``schema``)."""
+    card.schema = SCHEMA_VERSION
     path = Path(model_dir) / CARD_NAME
     write_json(path, card.to_dict())
     return path
@@ -63,8 +80,14 @@ def load_card(model_dir: str | os.PathLike[str], task: str | tuple[str, ...] | N
         raise ModelError(path, f"unreadable model card ({exc})") from None
     if not isinstance(raw, dict) or "task" not in raw:
         raise ModelError(path, "model card has no 'task'")
-    known = {f for f in ModelCard.__dataclass_fields__}
-    card = ModelCard(**{k: v for k, v in raw.items() if k in known})
+    schema = raw.get("schema", 0)
+    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        raise ModelError(path, f"card schema {schema} is newer than this fabsight reads ({SCHEMA_VERSION}): "
+                               "upgrade fabsight to load this model")
+    known = set(ModelCard.__dataclass_fields__) - {"other"}
+    card = ModelCard(**{k: v for k, v in raw.items() if k in known},
+                     other={k: v for k, v in raw.items() if k not in known})
+    card.schema = schema
     allowed = (task,) if isinstance(task, str) else task
     if allowed is not None and card.task not in allowed:
         raise ModelError(d, f"is a '{card.task}' model, expected {' or '.join(repr(t) for t in allowed)}")
@@ -74,3 +97,52 @@ def load_card(model_dir: str | os.PathLike[str], task: str | tuple[str, ...] | N
         if not (d / name).exists():
             raise ModelError(d, f"card lists {role} file '{name}' but it is missing")
     return card
+
+
+@dataclass(frozen=True)
+class TaskLoader:
+    """How a task's model directories are loaded: ``"module:callable"`` taking the directory
+    (and ``runtime=`` when the task runs in more than PyTorch), imported on first use."""
+
+    target: str
+    runtimes: tuple[str, ...] = ("torch",)
+
+    def resolve(self) -> Any:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_TASKS: dict[str, TaskLoader] = {}
+
+
+def register_task(task: str, target: str, runtimes: tuple[str, ...] = ("torch",)) -> None:
+    """Make ``load`` hand ``task`` model directories to ``target`` (``"module:callable"``)."""
+    _TASKS[task] = TaskLoader(target, tuple(runtimes))
+
+
+def registered_tasks() -> dict[str, TaskLoader]:
+    return dict(_TASKS)
+
+
+_ONNX = ("torch", "onnx", "onnx-int8")
+register_task("wafer-pattern", "fabsight.deploy.runtime:load_predictor", _ONNX)
+register_task("die-classifier", "fabsight.die.model:DieModel", _ONNX)
+register_task("anomaly", "fabsight.deploy.anomaly:load_anomaly_model", _ONNX)
+register_task("golden-template-inspection", "fabsight.inspect.model:load_inspector")
+register_task("backbone", "fabsight.backbones.registry:load_backbone_dir")
+
+
+def load(model_dir: str | os.PathLike[str], runtime: str = "torch", **options: Any) -> Any:
+    """The predictor for any fabsight model directory, whatever its task.
+
+    ``runtime``: ``torch``, or ``onnx`` / ``onnx-int8`` for an exported model of a task that
+    has them; ``options`` go to the task's loader (e.g. ``n_threads``, ``device``).
+    """
+    card = load_card(model_dir)
+    entry = _TASKS.get(card.task)
+    if entry is None:
+        raise ModelError(model_dir, f"no loader for task '{card.task}' (known: {', '.join(sorted(_TASKS))})")
+    if runtime not in entry.runtimes:
+        raise FabsightError(model_dir, f"a '{card.task}' model runs in {', '.join(entry.runtimes)}, not {runtime!r}")
+    loader = entry.resolve()
+    return loader(model_dir, runtime=runtime, **options) if len(entry.runtimes) > 1 else loader(model_dir, **options)
