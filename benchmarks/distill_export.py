@@ -151,8 +151,8 @@ def speed(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     for runtime in ("torch", "onnx", "onnx-int8"):
         clf = load_predictor(model_dir, runtime, n_threads=args.threads)
         x = maps_to_array(maps, clf.input_size_)
-        wall, cpu = median_times(partial(clf._forward, x), args.rounds)
-        wall1, _ = median_times(partial(clf._forward, x[:1]), args.rounds * 20)
+        wall, cpu = median_times(partial(clf.forward, x), args.rounds)
+        wall1, _ = median_times(partial(clf.forward, x[:1]), args.rounds * 20)
         wall_e2e, cpu_e2e = median_times(partial(clf.predict_details, maps), args.rounds)
         out[runtime] = {
             "network_maps_per_s_batch256": len(x) / wall,

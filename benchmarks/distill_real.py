@@ -166,7 +166,7 @@ def onnx_check(args: argparse.Namespace, student_dir: Path, val: list[WaferMap],
 def network_rate(clf: Any, val: list[WaferMap], rounds: int) -> float:
     """Forward passes only (preprocessed input), batch :data:`SPEED_BATCH`."""
     x = maps_to_array(val[:SPEED_BATCH], clf.input_size_)
-    wall, _ = median_times(partial(clf._forward, x), rounds)
+    wall, _ = median_times(partial(clf.forward, x), rounds)
     return len(x) / wall
 
 

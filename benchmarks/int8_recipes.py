@@ -185,9 +185,9 @@ def wafer_recipes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     probs32 = None
     for n, g in graphs.items():
         clf.session_ = session(g["graph"], args.threads)
-        probs = cal.probabilities(clf._forward(xt)[0], clf.temperature_, clf.multilabel)
+        probs = cal.probabilities(clf.forward(xt)[0], clf.temperature_, clf.multilabel)
         probs32 = probs if n == "fp32" else probs32
-        same = [a == b for a, b in zip(clf._decode(probs), clf._decode(probs32), strict=True)]
+        same = [a == b for a, b in zip(clf.decode(probs), clf.decode(probs32), strict=True)]
         results[n] = {**_clean(g), "accuracy": _accuracy(clf, test, probs), "agreement_with_fp32": float(np.mean(same)),
                       "max_abs_prob_diff": float(np.abs(probs - probs32).max()),
                       "speed": _speed(g["graph"], clf.onnx_["input"], xt[:256], args.threads, args.rounds)}

@@ -394,7 +394,7 @@ def speed_section(args: argparse.Namespace, clf: WaferClassifier, model_dir: Pat
 
     def predict_net() -> None:  # the network as predict runs it (folded, channels-last copy)
         for s in range(0, len(x), 256):
-            clf._forward(x[s : s + 256])
+            clf.forward(x[s : s + 256])
 
     net_wall, net_cpu = median_times(predict_net, args.speed_rounds)
     plain_wall, _ = median_times(trained_net, args.speed_rounds)

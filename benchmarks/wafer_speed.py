@@ -60,11 +60,11 @@ def stages(clf: Any, maps: list[Any], rounds: int) -> dict[str, dict[str, float]
     grids = [[m.grid for m in b] for b in parts]
     size = clf.input_size_
     inputs = [maps_to_array(b, size) for b in parts]
-    embeddings = [clf._forward(x)[1] for x in inputs]
+    embeddings = [clf.forward(x)[1] for x in inputs]
     n = len(maps)
     return {
         "preprocess": rates(lambda: [maps_to_array(b, size) for b in parts], n, rounds),
-        "network": rates(lambda: [clf._forward(x) for x in inputs], n, rounds),
+        "network": rates(lambda: [clf.forward(x) for x in inputs], n, rounds),
         "ood": rates(lambda: [clf.ood_.score(e) for e in embeddings], n, rounds),
         "grid_checks": rates(lambda: [grid_checks(g) for g in grids], n, rounds),
         "predict_details": rates(lambda: [clf.predict_details(b) for b in parts], n, rounds),

@@ -120,7 +120,7 @@ def reference_details(clf: WaferClassifier, maps: list[np.ndarray]) -> list[dict
     rules = reference_grid_checks(maps)
     ood = clf.ood_.score(emb)
     out = []
-    for p, label, conf, d, rule in zip(probs, clf._decode(probs), clf._confidence(probs), ood, rules, strict=True):
+    for p, label, conf, d, rule in zip(probs, clf.decode(probs), clf._confidence(probs), ood, rules, strict=True):
         reason = rule
         if reason is None and d > clf.ood_.threshold:
             reason = f"out of distribution: embedding distance {d:.1f} > {clf.ood_.threshold:.1f}"
@@ -223,12 +223,12 @@ def test_inference_network_matches_the_trained_one_and_follows_its_weights(model
     with torch.inference_mode():
         z = model.net_.eval().embed(torch.from_numpy(x))
         plain = (model.net_.classify(z).numpy(), z.numpy())
-    fast = model._forward(x)
+    fast = model.forward(x)
     for got, expected in zip(fast, plain, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     assert model._inference_net() is model._inference_net()  # built once
     with torch.no_grad():
         model.net_.head.bias += 1.0  # every logit moves by one
-    np.testing.assert_allclose(model._forward(x)[0], fast[0] + 1.0, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(model.forward(x)[0], fast[0] + 1.0, rtol=1e-5, atol=1e-4)
     with torch.no_grad():
         model.net_.head.bias -= 1.0

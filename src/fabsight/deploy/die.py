@@ -208,7 +208,7 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
     _check_interpolation(model_dir, bb)
     items, labels, described = check_sample(torch_model, sample, seed)
     images = [load_item(it) for it in items]
-    logits_t, emb_t = clf._logits_and_embedding(images)
+    logits_t, emb_t = clf.logits_and_embedding(images)
     x = bb.preprocess(images).numpy()
     probs_t = softmax(logits_t / clf.temperature_, axis=1)
     dec_t = clf.decide_outputs(logits_t, emb_t)
@@ -242,7 +242,7 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
         def run(graph: Path) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], np.ndarray]:
             """Probabilities, labels, decisions, logits of the torch-free pipeline (its own preprocessing)."""
             onnx_clf = OnnxFinetuneClassifier(graph, work / DECISION_FILE, card, info, n_threads)
-            logits, z = onnx_clf._logits_and_embedding(images)
+            logits, z = onnx_clf.logits_and_embedding(images)
             dec = onnx_clf.decide_outputs(logits, z)
             return softmax(logits / onnx_clf.temperature_, axis=1), np.asarray([d["label"] for d in dec]), dec, logits
 

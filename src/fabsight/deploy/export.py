@@ -78,7 +78,7 @@ def _accuracy(clf: WaferClassifier, maps: Sequence[WaferMap], probs: np.ndarray)
     keep = [i for i, t in enumerate(truth) if t and set(t) <= known and (clf.multilabel or len(t) == 1)]
     if not keep:
         return None
-    pred = clf._decode(probs[keep])
+    pred = clf.decode(probs[keep])
     right = [(p if isinstance(p, tuple) else (p,)) == truth[i] for p, i in zip(pred, keep, strict=True)]
     return float(np.mean(right))
 
@@ -163,7 +163,7 @@ def _export_wafer(
     clf.n_threads = n_threads
     maps, described = _sample_maps(clf, sample, seed)
     x = maps_to_array(maps, clf.input_size_)
-    logits_t, emb_t = clf._forward(x)
+    logits_t, emb_t = clf.forward(x)
     probs_t = cal.probabilities(logits_t, clf.temperature_, clf.multilabel)
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=model_dir) as tmp:
@@ -174,7 +174,7 @@ def _export_wafer(
         logits_o, emb_o = _run(session(fp32, n_threads), x)
         probs_o = cal.probabilities(logits_o, clf.temperature_, clf.multilabel)
         dprob = float(np.abs(probs_o - probs_t).max())
-        same = clf._decode(probs_o) == clf._decode(probs_t)
+        same = clf.decode(probs_o) == clf.decode(probs_t)
         if dprob > FP32_TOLERANCE or not same:
             raise ModelError(
                 model_dir, f"ONNX Runtime differs from PyTorch by {dprob:.2e} in probability (> {FP32_TOLERANCE})"
@@ -193,7 +193,7 @@ def _export_wafer(
             q = work / INT8_FILE
             how = quantize(fp32, q, x, work, INPUT_NAME, WAFER_RECIPE)
             probs_q = cal.probabilities(_run(session(q, n_threads), x)[0], clf.temperature_, clf.multilabel)
-            agree = [a == b for a, b in zip(clf._decode(probs_q), clf._decode(probs_t), strict=True)]
+            agree = [a == b for a, b in zip(clf.decode(probs_q), clf.decode(probs_t), strict=True)]
             int8_info = {
                 "file": INT8_FILE,
                 **how,

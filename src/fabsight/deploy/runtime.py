@@ -48,7 +48,7 @@ class OnnxWaferClassifier(WaferClassifier):
     #: oversubscribe the cores (see :meth:`WaferClassifier._outputs`).
     OVERLAP = False
 
-    def _forward(self, x: np.ndarray, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def forward(self, x: np.ndarray, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         io = self.onnx_
         logits, embedding = self.session_.run(io["outputs"], {io["input"]: x})
         return logits, embedding

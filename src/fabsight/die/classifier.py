@@ -62,7 +62,7 @@ class NetworkDecisionsMixin:
 
     The fine-tuned PyTorch classifier (:class:`fabsight.die.finetune.FinetuneClassifier`) and
     its ONNX Runtime twin (:class:`fabsight.die.onnx.OnnxFinetuneClassifier`) differ only in
-    ``_logits_and_embedding``; everything after the forward pass lives here, in a module
+    ``logits_and_embedding``; everything after the forward pass lives here, in a module
     without torch, so the two runtimes cannot drift apart. Needs the fitted ``classes_``,
     ``temperature_``, ``embed_mean_``, ``embed_std_``, ``centroids_``, ``ood_threshold_``
     and the ``min_confidence`` gate.
@@ -76,13 +76,13 @@ class NetworkDecisionsMixin:
     ood_threshold_: float
     min_confidence: float
 
-    def _logits_and_embedding(self, X: Sequence[Any], tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def logits_and_embedding(self, X: Sequence[Any], tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Network outputs; with ``tta`` the logits are averaged over flips and turns
         (:func:`fabsight.die.views.average_views`)."""
         raise NotImplementedError
 
     def predict_proba(self, X: Sequence[Any], tta: bool = False) -> np.ndarray:
-        logits, _ = self._logits_and_embedding(X, tta=tta)
+        logits, _ = self.logits_and_embedding(X, tta=tta)
         return softmax(logits / self.temperature_, axis=1)
 
     def predict(self, X: Sequence[Any], tta: bool = False) -> np.ndarray:
@@ -91,11 +91,11 @@ class NetworkDecisionsMixin:
 
     def embed(self, X: Sequence[Any]) -> np.ndarray:
         """Pooled embeddings of the network (for discovery, OOD, probes)."""
-        return self._logits_and_embedding(X)[1]
+        return self.logits_and_embedding(X)[1]
 
     def decide(self, X: Sequence[Any], top_k: int = 3, tta: bool = False) -> list[dict[str, Any]]:
         """Per image: label, calibrated confidence, top-k, needs_review and why."""
-        return self.decide_outputs(*self._logits_and_embedding(X, tta=tta), top_k=top_k)
+        return self.decide_outputs(*self.logits_and_embedding(X, tta=tta), top_k=top_k)
 
     def decide_outputs(self, logits: np.ndarray, z: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
         """:meth:`decide` from network outputs already computed (one forward pass serves several uses)."""

@@ -444,7 +444,7 @@ class FinetuneClassifier(NetworkDecisionsMixin, ClassifierMixin, BaseEstimator):
         return torch.cat(logits).numpy(), torch.cat(emb).numpy()
 
     # prediction ------------------------------------------------------------------------
-    def _logits_and_embedding(self, X: Sequence[Item], tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def logits_and_embedding(self, X: Sequence[Item], tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Streamed in float32 batches: unlike the training set, nothing is held in half precision, so
         the ONNX twin (numpy preprocessing, float32) sees the same values up to the last bit."""
         check_is_fitted(self)

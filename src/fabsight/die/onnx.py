@@ -150,7 +150,7 @@ class OnnxFinetuneClassifier(NetworkDecisionsMixin):
         logits, embedding = self.session_.run(io["outputs"], {io["input"]: x})
         return logits, embedding
 
-    def _logits_and_embedding(self, X: Sequence[Item], tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def logits_and_embedding(self, X: Sequence[Item], tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         if len(X) == 0:
             raise FabsightError(None, "no images to classify")
         batches = [X[i:i + BATCH] for i in range(0, len(X), BATCH)]

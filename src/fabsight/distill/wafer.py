@@ -242,7 +242,8 @@ class WaferDistiller(BaseEstimator):
     def _agreement(student: WaferClassifier, teacher: WaferClassifier, x: np.ndarray) -> float:
         """Share of preprocessed maps on which student and teacher make the same decision."""
         decided = [
-            clf._decode(cal.probabilities(clf._run(x, f"{role} on held-out maps")[0], clf.temperature_, clf.multilabel))
+            clf.decode(cal.probabilities(clf.network_outputs(x, f"{role} on held-out maps")[0], clf.temperature_,
+                                         clf.multilabel))
             for role, clf in (("student", student), ("teacher", teacher))
         ]
         return float(np.mean([a == b for a, b in zip(*decided, strict=True)]))
@@ -446,7 +447,7 @@ class WaferDistiller(BaseEstimator):
         try:
             x = maps_to_array(maps, teacher.input_size_)
             t_probs = cal.probabilities(
-                teacher._run(x, "teacher predictions")[0], teacher.temperature_, teacher.multilabel
+                teacher.network_outputs(x, "teacher predictions")[0], teacher.temperature_, teacher.multilabel
             )
             targets, groups = self._pseudo_targets(teacher, t_probs)
             rng = np.random.default_rng(seed)
@@ -464,7 +465,8 @@ class WaferDistiller(BaseEstimator):
             if synthetic is not None:
                 # The OOD statistics should know the generated maps the student learnt from too.
                 s_probs = cal.probabilities(
-                    teacher._run(synthetic, "teacher on generated maps")[0], teacher.temperature_, teacher.multilabel
+                    teacher.network_outputs(synthetic, "teacher on generated maps")[0], teacher.temperature_,
+                    teacher.multilabel,
                 )
                 x_fit = np.concatenate([x_tr, synthetic])
                 g_fit = np.concatenate([g_tr, self._pseudo_targets(teacher, s_probs)[1]])

@@ -475,7 +475,8 @@ class WaferClassifier(BaseEstimator):
         return _inputs(maps, self.input_size_), targets
 
     # ----------------------------------------------------------------- network
-    def _run(self, x: np.ndarray, description: str, augment_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def network_outputs(self, x: np.ndarray, description: str,
+                        augment_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Logits and embeddings of preprocessed maps, in batches, in eval mode.
 
         With ``augment_seed`` each batch is first augmented as in training (one random view).
@@ -509,7 +510,7 @@ class WaferClassifier(BaseEstimator):
         """:meth:`stopping_metric` of the current network on held-out maps (multi-label: each logit > 0)."""
         from sklearn.metrics import f1_score
 
-        logits = self._run(val[0], "scoring held-out maps")[0]
+        logits = self.network_outputs(val[0], "scoring held-out maps")[0]
         if self.multilabel:
             return float(((logits > 0) == val[1].astype(bool)).all(axis=1).mean())
         labels = range(len(self.classes_))
@@ -703,7 +704,7 @@ class WaferClassifier(BaseEstimator):
         """The current network labels ``x_u``: kept rows, their class indices, and the card's record."""
         temperature = 1.0
         if val is not None:
-            temperature = cal.fit_temperature(self._run(val[0], "calibrating the teacher")[0], val[1], False)
+            temperature = cal.fit_temperature(self.network_outputs(val[0], "calibrating the teacher")[0], val[1], False)
         proba = cal.probabilities(self._symmetric_logits(x_u), temperature, False)
         rows, confident, caps = cal.select_pseudo_labels(proba, float(self.pseudo_threshold))
         labels, conf = proba[rows].argmax(axis=1), proba[rows].max(axis=1)
@@ -951,8 +952,9 @@ class WaferClassifier(BaseEstimator):
         # ordinary variation of a class (orientation, extra noise) is not "unusual".
         keep = _ood_subset(g_tr, seed)
         x_tr, g_tr = x_tr[keep], g_tr[keep]
-        views = [self._run(x_tr, "embedding training maps")[1]]
-        views += [self._run(x_tr, f"embedding training maps, view {v + 2}", seed + v)[1] for v in range(OOD_VIEWS - 1)]
+        views = [self.network_outputs(x_tr, "embedding training maps")[1]]
+        views += [self.network_outputs(x_tr, f"embedding training maps, view {v + 2}", seed + v)[1]
+                  for v in range(OOD_VIEWS - 1)]
         emb_tr = np.concatenate(views)
         self.ood_ = cal.MahalanobisOOD.fit(emb_tr, np.tile(g_tr, OOD_VIEWS))
         n_classes = len(self.classes_)
@@ -964,7 +966,7 @@ class WaferClassifier(BaseEstimator):
             self.ood_.set_threshold(self.ood_.score(emb_tr), self.ood_quantile)
             self.metrics_["note"] = f"fewer than {MIN_VALIDATION} held-out maps: not calibrated"
         else:
-            logits, emb = self._run(x_val, "calibrating")
+            logits, emb = self.network_outputs(x_val, "calibrating")
             self.temperature_ = cal.fit_temperature(logits, t_val, self.multilabel)
             p_raw = cal.probabilities(logits, 1.0, self.multilabel)
             p_cal = cal.probabilities(logits, self.temperature_, self.multilabel)
@@ -992,7 +994,7 @@ class WaferClassifier(BaseEstimator):
             }
         if review is not None:
             p_rev = cal.probabilities(
-                self._run(review[0], "scoring review maps")[0], self.temperature_, self.multilabel
+                self.network_outputs(review[0], "scoring review maps")[0], self.temperature_, self.multilabel
             )
             correct, quality = self._scored(p_rev, review[1])
             confidence = self._confidence(p_rev)
@@ -1028,7 +1030,7 @@ class WaferClassifier(BaseEstimator):
         j = int(np.argmin(np.abs(probs - self.label_thresholds_)))
         return f"least certain label {self.classes_[j]} {probs[j]:.2f}"
 
-    def _forward(self, x: np.ndarray, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def forward(self, x: np.ndarray, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Logits and embeddings of one preprocessed batch, on ``n_threads`` (default
         :attr:`n_threads`; :meth:`_outputs` passes one fewer while it preprocesses beside it).
 
@@ -1092,7 +1094,7 @@ class WaferClassifier(BaseEstimator):
                 if k + 1 < len(parts):
                     ready = worker.submit(self._inputs_of, parts, k + 1)
                 busy = overlap and (checks or k + 1 < len(parts))
-                batch_logits, batch_embeddings = self._forward(x, self.n_threads - 1 if busy else self.n_threads)
+                batch_logits, batch_embeddings = self.forward(x, self.n_threads - 1 if busy else self.n_threads)
                 logits.append(batch_logits)
                 embeddings.append(batch_embeddings)
                 reasons += checked.result()
@@ -1107,7 +1109,7 @@ class WaferClassifier(BaseEstimator):
         """N×D penultimate-layer features (drift, clustering, few-shot heads)."""
         return self._outputs(maps)[1]
 
-    def _decode(self, probs: np.ndarray) -> list[Any]:
+    def decode(self, probs: np.ndarray) -> list[Any]:
         if not self.multilabel:
             return [self.classes_[j] for j in probs.argmax(axis=1)]
         on = probs >= self.label_thresholds_
@@ -1115,7 +1117,7 @@ class WaferClassifier(BaseEstimator):
 
     def predict(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> list[str] | list[tuple[str, ...]]:
         """Class names (single-label) or tuples of pattern names, ``('none',)`` for none."""
-        return self._decode(self.predict_proba(maps))
+        return self.decode(self.predict_proba(maps))
 
     def predict_details(self, maps: Sequence[WaferMap] | Sequence[np.ndarray]) -> list[dict[str, Any]]:
         """Per map: label, calibrated probability, top-3, review flag with its reason, OOD score.
@@ -1143,7 +1145,7 @@ class WaferClassifier(BaseEstimator):
         top = np.argsort(-probs, axis=1)[:, :3]
         names = [[self.classes_[j] for j in row] for row in top.tolist()]
         top_p = np.take_along_axis(probs, top, axis=1).tolist()
-        labels = [label if isinstance(label, str) else "+".join(label) for label in self._decode(probs)]
+        labels = [label if isinstance(label, str) else "+".join(label) for label in self.decode(probs)]
         return [
             {
                 "label": label,
