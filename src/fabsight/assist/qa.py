@@ -259,7 +259,7 @@ _QUANTITY = re.compile(r"\b(?:how many|number|count|size|sizes|big|large|largest
 _KIND = re.compile(r"\b(?:class|classes|type|types|kind|pattern|signature)\b")
 _SIZE = re.compile(r"\b(?:size|sizes|big|bigger|large|larger|largest|small|smallest|dsize)\b")
 _REPEAT = re.compile(r"\brepeat(?:s|ed|ing|ers?)?\b")
-_KILL = re.compile(r"\bkill(?:s|ed|ing|er|ers| ratios?)?\b")
+_KILL = re.compile(r"\bkill(?:s|ed|ing|er|ers| ratios?)?\b|\byield impact\b|\bfail at sort\b")
 _FACTOR = re.compile(r"\b(tool|chamber|slot|equipment|machine)s?\b")
 _SHARE = re.compile(r"\b(?:share|shared|in common|commonality|common to)\b")
 _PARETO = re.compile(r"\bpareto\b|\b(?:dominat\w*|most|top|main|biggest|largest)\b.*\b(?:class|classes|bins?)\b|"
@@ -960,13 +960,19 @@ def _defect_class(question: str, lot: Lot) -> str | None:
     return None
 
 
+#: Intents reached only through their key words (:func:`_analytics_intent`), never by similarity alone:
+#: "the most frequent defect class across these wafers" is closer to "Which wafers have repeating
+#: defects?" than to anything else, and "which tool step could produce an edge ring" to the shared tool.
+_KEYWORD_INTENTS = frozenset({"defect_pareto", "repeaters", "kill_ratio", "commonality"})
+
+
 def _analytics_intent(q: str, ranked: list[tuple[str, float]], intent: str, lot: Lot) -> str:
     """Key words that settle the analytics intents (repeat, kill, shared tool, dominant class/bin).
 
     "Which tool do the edge-ring wafers share?" is as close to the out-of-scope "Which tool
     processed this wafer?" as to any example, and "which defect class dominates" to the pattern
     intent; the words say what is asked. Applies only when the question is close enough to the
-    intent it is routed to.
+    intent it is routed to (its examples are there for that similarity).
     """
     sims = dict(ranked)
     routed = intent
@@ -1013,7 +1019,7 @@ def ask(question: str, lot: Lot, *, threshold: float = THRESHOLD) -> Answer:
     slots["class"] = _defect_class(question, lot)
     slots["bins"] = "bins" if re.search(r"\bbins?\b", q) else None
     ranked = rank_intents(question)
-    intent, score = choose_intent(ranked, slots, len(lot.facts) == 1)
+    intent, score = choose_intent([r for r in ranked if r[0] not in _KEYWORD_INTENTS], slots, len(lot.facts) == 1)
     routed = _analytics_intent(q, ranked, intent, lot)
     if routed != intent:
         intent, score = routed, dict(ranked)[routed]
