@@ -1,0 +1,111 @@
+"""The per-lot yield analytics of the REST API on generated lots with known answers: Paretos equal to
+the library's, planted kill ratios and repeaters recovered through uploaded KLARF / STDF files, a
+planted tool found from an uploaded history, and each missing input refused with its reason."""
+
+from __future__ import annotations
+
+import csv
+import io
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from fabsight.analytics.pareto import pareto
+from fabsight.io import write_klarf, write_stdf
+from fabsight.synth.defects import generate_defect_lot
+from fabsight.synth.impact import paired_lot
+
+
+@pytest.fixture(scope="module")
+def paired():
+    return paired_lot(np.random.default_rng(3), n_wafers=10, shape=(30, 30), sort_flip_y=False)
+
+
+def _upload(client: TestClient, path: Path) -> None:
+    r = client.post("/api/uploads", files={"file": (path.name, path.read_bytes())})
+    assert r.status_code == 201, r.text
+
+
+def _history(rows: list[dict[str, str]], header: list[str]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, header)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def test_paretos_stack_and_kill_ratios_of_an_inspected_and_sorted_lot(client: TestClient, tmp_path: Path,
+                                                                    paired) -> None:
+    _upload(client, write_klarf(paired.inspection, tmp_path / "sim.000"))
+    r = client.get("/api/lots/SIM01/killratio")
+    assert r.status_code == 409 and "sort (STDF or G85)" in r.json()["detail"]  # inspection only so far
+    _upload(client, write_stdf(paired.sort, tmp_path / "sim.stdf"))
+
+    by_class = client.get("/api/lots/SIM01/pareto", params={"by": "class"}).json()
+    expected = pareto(paired.inspection, "class")
+    assert by_class["total"] == expected.total and by_class["unit"] == "defects"
+    assert [(r["label"], r["count"]) for r in by_class["rows"]] == [(r.label, r.count) for r in expected.rows]
+    bins = client.get("/api/lots/SIM01/pareto", params={"by": "bin"}).json()
+    assert bins["unit"] == "failing dies" and bins["total"] == sum(int(m.n_fail) for m in paired.sort)
+    assert {r["label"] for r in bins["rows"]} == {"bin 5 LEAKAGE", "bin 7 FUNCTIONAL"}
+    assert client.get("/api/lots/SIM01/pareto", params={"by": "colour"}).status_code == 400
+    for url in ("/api/lots/SIM01/pareto.png?by=size", "/api/lots/SIM01/stack.png"):
+        picture = client.get(url)
+        assert picture.headers["content-type"] == "image/png"
+        assert Image.open(BytesIO(picture.content)).size[0] > 300
+
+    k = client.get("/api/lots/SIM01/killratio").json()
+    assert k["alignment"]["options"] == "--offset 0,0" and len(k["wafers"]) == 10 and not k["warnings"]
+    rows = {int(r["key"]): r for r in k["by_class"]}
+    for cls in (1, 2, 3):
+        assert abs(rows[cls]["kill_ratio"] - paired.kill_ratio(cls)) < 0.05, rows[cls]
+
+    answer = client.post("/api/ask", json={"question": "Which defect class kills the most dies?", "lot": "SIM01"})
+    assert answer.json()["answered"] and answer.json()["answer"].startswith("Defect class 1 CLASS1 kills the most")
+    assert client.get("/api/lots/NOPE/killratio").status_code == 404
+
+
+def test_planted_repeaters_are_flagged_per_defect(client: TestClient, tmp_path: Path) -> None:
+    lot = generate_defect_lot(n_wafers=4, lot_id="REP1", seed=2)
+    _upload(client, write_klarf(lot.maps, tmp_path / "rep.000"))
+    r = client.get("/api/lots/REP1/repeaters").json()
+    planted = sum(int(p.sum()) for p in lot.planted)
+    assert r["repeaters"] == sum(len(w["flagged_defects"]) for w in r["wafers"])
+    hits = sum(len(set(w["flagged_defects"]) & {int(i) for i in m.defects.defect_id[p]})
+               for w, m, p in zip(r["wafers"], lot.maps, lot.planted, strict=True))
+    assert hits / planted >= 0.95 and hits / r["repeaters"] >= 0.95
+    answer = client.post("/api/ask", json={"question": "Are there repeaters?", "lot": "REP1"}).json()
+    assert answer["answered"] and answer["answer"].startswith(f"Yes: {r['repeaters']} of the ")
+    assert client.get("/api/lots/REP1/killratio").status_code == 409
+
+
+def test_history_upload_and_commonality(client: TestClient, tmp_path: Path, paired) -> None:
+    _upload(client, write_klarf(paired.inspection, tmp_path / "sim.000"))
+    _upload(client, write_stdf(paired.sort, tmp_path / "sim.stdf"))
+    yields = {m.wafer_id.split("-")[-1]: float(m.yield_) for m in paired.sort}
+    cut = float(np.median(list(yields.values())))
+    rows = [{"LOT": "SIM01", "WAFER": w, "step": "ETCH", "tool": "ETCH02" if y < cut else "ETCH01"}
+            for w, y in yields.items()]
+    assert client.get("/api/lots/SIM01/commonality", params={"yield_below": cut}).status_code == 409
+    asked = client.post("/api/ask", json={"question": "Which tool do the edge-ring wafers share?", "lot": "SIM01"})
+    assert not asked.json()["answered"] and "history CSV" in asked.json()["answer"]
+
+    bad = client.put("/api/lots/SIM01/history", files={"file": ("hist.csv", _history(rows, list(rows[0])))})
+    assert bad.status_code == 400 and bad.json()["detail"].startswith("hist.csv: no column 'lot'")
+    assert client.put("/api/lots/NOPE/history", params={"lot_col": "LOT", "wafer_col": "WAFER"},
+                      files={"file": ("hist.csv", _history(rows, list(rows[0])))}).status_code == 404
+    stored = client.put("/api/lots/SIM01/history", params={"lot_col": "LOT", "wafer_col": "WAFER"},
+                        files={"file": ("hist.csv", _history(rows, list(rows[0])))})
+    assert stored.status_code == 201 and stored.json()["rows"] == 10
+    assert stored.json()["columns"] == {"lot": "LOT", "wafer": "WAFER"}
+
+    c = client.get("/api/lots/SIM01/commonality", params={"yield_below": cut}).json()
+    assert c["flagged"] == 5 and c["wafers"] == 10
+    top = c["findings"][0]
+    assert (top["tool"] if "tool" in top else top["level"]) == "ETCH02" and top["p_value"] < 0.01
+    assert "tool ETCH02 at ETCH" in c["answer"]
+    assert client.get("/api/lots/SIM01/commonality").status_code == 400  # no flag given
