@@ -259,7 +259,8 @@ _QUANTITY = re.compile(r"\b(?:how many|number|count|size|sizes|big|large|largest
 _KIND = re.compile(r"\b(?:class|classes|type|types|kind|pattern|signature)\b")
 _SIZE = re.compile(r"\b(?:size|sizes|big|bigger|large|larger|largest|small|smallest|dsize)\b")
 _REPEAT = re.compile(r"\brepeat(?:s|ed|ing|ers?)?\b")
-_KILL = re.compile(r"\bkill(?:s|ed|ing|er|ers| ratios?)?\b|\byield impact of (?:the )?(?:inline )?defects\b|\bfail at sort\b")
+_KILL = re.compile(r"\bkill(?:s|ed|ing|er|ers| ratios?)?\b|\byield impact of (?:the )?(?:inline )?defects\b|"
+                   r"\bfail at sort\b")
 _FACTOR = re.compile(r"\b(tool|chamber|slot|equipment|machine)s?\b")
 _SHARE = re.compile(r"\b(?:share|shared|in common|commonality|common to)\b")
 _PARETO = re.compile(r"\bpareto\b|\b(?:dominat\w*|most|top|main|biggest|largest)\b.*\b(?:class|classes|bins?)\b|"

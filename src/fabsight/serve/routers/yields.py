@@ -183,3 +183,43 @@ def commonality(
     ``defect_class``) share more than chance, over the lot's uploaded history (Fisher, BH-corrected)."""
     results = list_wafers(session, WaferFilter(lot=name), limit=10_000)
     return commonality_out(lot_analytics(session, svc, name), results, pattern, yield_below, defect_class)
+
+
+def dominant_pattern(results: list[Wafer]) -> str | None:
+    """The commonest current pattern label of a lot's results other than none (what its page tests)."""
+    counts: dict[str, int] = {}
+    for w in results:
+        label = current_label(w)
+        if label and label != "none":
+            counts[label] = counts.get(label, 0) + 1
+    return max(counts, key=lambda k: (counts[k], k)) if counts else None
+
+
+def _tried(fn: Any, *args: Any) -> tuple[Any, str | None]:
+    """``fn(*args)``, or None and the user-facing reason it could not be computed."""
+    try:
+        return fn(*args), None
+    except FabsightError as exc:
+        return None, exc.message
+
+
+def lot_page_analytics(session: SessionDep, svc: ServiceDep, name: str) -> dict[str, Any]:
+    """What the dashboard's lot page shows: which Pareto charts exist, the stack, repeaters, kill ratios,
+    the history and the commonality of the lot's dominant pattern, each with its reason when absent."""
+    an, error = _tried(lot_analytics, session, svc, name)
+    if an is None:
+        return {"error": error}
+    results = list_wafers(session, WaferFilter(lot=name), limit=10_000)
+    charts = [(f"defects by {by}", f"by={by}&source=inspection") for by in ("class", "size") if an.inspection]
+    charts += [("failing dies by bin", "by=bin")] if an.sort else []
+    view: dict[str, Any] = {"error": None, "charts": charts, "pattern": dominant_pattern(results)}
+    view["repeaters"], view["repeaters_missing"] = _tried(repeaters_out, an)
+    view["kill"], view["kill_missing"] = _tried(kill_ratio_out, an)
+    view["history"] = an.history_source
+    view["commonality"], view["commonality_missing"] = None, None
+    if an.history is not None and view["pattern"] is not None:
+        view["commonality"], view["commonality_missing"] = _tried(commonality_out, an, results, view["pattern"],
+                                                                  None, None)
+    elif an.history is not None:
+        view["commonality_missing"] = "no wafer of the lot has a pattern label to test"
+    return view
