@@ -10,6 +10,7 @@ import typer
 
 from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read, wafer_model, warn
 from fabsight.cli.deploy import RuntimeOpt
+from fabsight.cli.yieldimpact import ColOpt
 from fabsight.errors import FabsightError
 
 if TYPE_CHECKING:
@@ -149,6 +150,13 @@ def ask_cmd(
     history: Annotated[Path | None, typer.Option("--history", help="Wafer history CSV (columns lot, wafer, step, "
                                                  "tool, chamber, slot, time) for 'which tool do the edge-ring "
                                                  "wafers share?'.")] = None,
+    lot_col: ColOpt = None,
+    wafer_col: ColOpt = None,
+    step_col: ColOpt = None,
+    tool_col: ColOpt = None,
+    chamber_col: ColOpt = None,
+    slot_col: ColOpt = None,
+    time_col: ColOpt = None,
     strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -171,7 +179,9 @@ def ask_cmd(
     maps = _load_maps([input], log)
     preds = _predict(model_dir, maps, runtime) or [None] * len(maps)
     facts = [wafer_facts(m, p) for m, p in track(list(zip(maps, preds, strict=True)), "measuring")]
-    rows = None if history is None else read_history(history)
+    named = {"lot": lot_col, "wafer": wafer_col, "step": step_col, "tool": tool_col, "chamber": chamber_col,
+             "slot": slot_col, "time": time_col}
+    rows = None if history is None else read_history(history, named, [k for k, v in named.items() if v])
     answer = ask(question, Lot(facts, knowledge, LotAnalytics(maps, rows, None if history is None else str(history))))
     if config is not None and answer.answered:
         chosen = [m for m in maps if answer.slots.get("wafer") in (None, m.wafer_id)]
