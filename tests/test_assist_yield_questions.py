@@ -53,7 +53,7 @@ def test_repeaters_are_counted_from_find_repeaters(repeater_lot, kb) -> None:
     assert abs(found.total - planted) <= 0.05 * planted
     a = ask("Are there repeaters?", _lot(repeater_lot.maps, kb))
     assert a.answered and a.intent == "repeaters" and a.data["repeaters"] == found.total
-    assert a.text.startswith(f"Yes: {found.total} of the {sum(len(m.defects) for m in repeater_lot.maps)} defects")
+    assert a.text.startswith(f"Yes: {found.total:,} of the {sum(len(m.defects) for m in repeater_lot.maps):,} defects")
     one = ask("Do defects repeat on wafer 2?", _lot(repeater_lot.maps, kb))
     assert one.answered and one.data["repeaters"] == int(found.wafers[1].flags.sum())
     clean = generate_defect_lot(n_wafers=3, wafer_repeaters=0, lot_repeaters=0, lot_id="CLN1", seed=1)
