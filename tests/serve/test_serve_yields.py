@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -16,8 +17,11 @@ from PIL import Image
 
 from fabsight.analytics.pareto import pareto
 from fabsight.io import write_klarf, write_stdf
+from fabsight.serve import create_app
+from fabsight.serve.state import Policy
 from fabsight.synth.defects import generate_defect_lot
 from fabsight.synth.impact import paired_lot
+from servekit import AUTH, TOKEN
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +29,27 @@ def paired():
     return paired_lot(np.random.default_rng(3), n_wafers=10, shape=(30, 30), sort_flip_y=False)
 
 
+@pytest.fixture(scope="module")
+def repeater_lot():
+    return generate_defect_lot(n_wafers=4, lot_id="REP1", seed=2)
+
+
 def _upload(client: TestClient, path: Path) -> None:
     r = client.post("/api/uploads", files={"file": (path.name, path.read_bytes())})
     assert r.status_code == 201, r.text
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory, wafer_models_dir: Path, paired,
+           repeater_lot) -> Iterator[TestClient]:
+    """One service for the module, holding lot SIM01 (KLARF, then STDF) and lot REP1 (KLARF only)."""
+    tmp = tmp_path_factory.mktemp("yields")
+    app = create_app(tmp / "store.sqlite", wafer_models_dir, files_dir=tmp / "files", policy=Policy(token=TOKEN))
+    with TestClient(app, raise_server_exceptions=False, headers=AUTH) as c:
+        _upload(c, write_klarf(paired.inspection, tmp / "sim.000"))
+        _upload(c, write_stdf(paired.sort, tmp / "sim.stdf"))
+        _upload(c, write_klarf(repeater_lot.maps, tmp / "rep.000"))
+        yield c
 
 
 def _history(rows: list[dict[str, str]], header: list[str]) -> bytes:
@@ -38,13 +60,7 @@ def _history(rows: list[dict[str, str]], header: list[str]) -> bytes:
     return buf.getvalue().encode()
 
 
-def test_paretos_stack_and_kill_ratios_of_an_inspected_and_sorted_lot(client: TestClient, tmp_path: Path,
-                                                                    paired) -> None:
-    _upload(client, write_klarf(paired.inspection, tmp_path / "sim.000"))
-    r = client.get("/api/lots/SIM01/killratio")
-    assert r.status_code == 409 and "sort (STDF or G85)" in r.json()["detail"]  # inspection only so far
-    _upload(client, write_stdf(paired.sort, tmp_path / "sim.stdf"))
-
+def test_paretos_stack_and_kill_ratios_of_an_inspected_and_sorted_lot(client: TestClient, paired) -> None:
     by_class = client.get("/api/lots/SIM01/pareto", params={"by": "class"}).json()
     expected = pareto(paired.inspection, "class")
     assert by_class["total"] == expected.total and by_class["unit"] == "defects"
@@ -69,9 +85,8 @@ def test_paretos_stack_and_kill_ratios_of_an_inspected_and_sorted_lot(client: Te
     assert client.get("/api/lots/NOPE/killratio").status_code == 404
 
 
-def test_planted_repeaters_are_flagged_per_defect(client: TestClient, tmp_path: Path) -> None:
-    lot = generate_defect_lot(n_wafers=4, lot_id="REP1", seed=2)
-    _upload(client, write_klarf(lot.maps, tmp_path / "rep.000"))
+def test_planted_repeaters_are_flagged_per_defect(client: TestClient, repeater_lot) -> None:
+    lot = repeater_lot
     r = client.get("/api/lots/REP1/repeaters").json()
     planted = sum(int(p.sum()) for p in lot.planted)
     assert r["repeaters"] == sum(len(w["flagged_defects"]) for w in r["wafers"])
@@ -80,12 +95,11 @@ def test_planted_repeaters_are_flagged_per_defect(client: TestClient, tmp_path: 
     assert hits / planted >= 0.95 and hits / r["repeaters"] >= 0.95
     answer = client.post("/api/ask", json={"question": "Are there repeaters?", "lot": "REP1"}).json()
     assert answer["answered"] and answer["answer"].startswith(f"Yes: {r['repeaters']} of the ")
-    assert client.get("/api/lots/REP1/killratio").status_code == 409
+    refused = client.get("/api/lots/REP1/killratio")  # inspection only
+    assert refused.status_code == 409 and refused.json()["detail"].endswith("inspection (KLARF) results only")
 
 
-def test_history_upload_and_commonality(client: TestClient, tmp_path: Path, paired) -> None:
-    _upload(client, write_klarf(paired.inspection, tmp_path / "sim.000"))
-    _upload(client, write_stdf(paired.sort, tmp_path / "sim.stdf"))
+def test_history_upload_and_commonality(client: TestClient, paired) -> None:
     yields = {m.wafer_id.split("-")[-1]: float(m.yield_) for m in paired.sort}
     cut = float(np.median(list(yields.values())))
     rows = [{"LOT": "SIM01", "WAFER": w, "step": "ETCH", "tool": "ETCH02" if y < cut else "ETCH01"}
