@@ -50,9 +50,13 @@ def finite(value: Any) -> Any:
 
 
 def lot_pareto(an: LotAnalytics, by: str, source: str | None = None) -> Any:
-    """The Pareto a lot page shows for ``by``: sort bins from sort results, the rest from inspection
-    defects unless ``source`` says ``sort``; Conflict when the lot has no such results."""
-    sort = by in SORT_BY or source == "sort" or (source is None and not an.inspection)
+    """The Pareto of ``by`` over the lot's ``source`` results; without a source, bins come from sort
+    results (KLARF rough bins when the lot has none) and the rest from inspection defects, else
+    from what the lot has. Conflict when the lot has no such results."""
+    if source is None:
+        sort = (by in SORT_BY and bool(an.sort)) or not an.inspection or by == "softbin"
+    else:
+        sort = source == "sort"
     p = an.sort_pareto(by) if sort else an.defect_pareto(by)
     if p is None:
         what = "sort (STDF/G85)" if sort else "inspection (KLARF)"
@@ -71,10 +75,10 @@ def _png_of(write: Any, *args: Any) -> bytes:
 @router.get("/{name}/pareto", responses={404: {"description": "no such lot"}, 409: {"description": "no such results"}})
 def pareto(
     name: str, svc: ServiceDep, session: SessionDep,
-    by: Annotated[str, Query(description="class, size, wafer, lot, bin (ROUGHBIN) or step for defects; bin or "
-                                         "softbin for sort")] = "class",
-    source: Annotated[str | None, Query(pattern="^(inspection|sort)$", description="for wafer/lot: which results")]
-    = None,
+    by: Annotated[str, Query(description="class, size, wafer, lot, bin (ROUGHBINNUMBER) or step for defects; bin, "
+                                         "softbin, wafer or lot for sort")] = "class",
+    source: Annotated[str | None, Query(pattern="^(inspection|sort)$", description="which results (default: sort "
+                                        "for bins when the lot has them, else inspection)")] = None,
 ) -> ParetoOut:
     """Defects (inspection) or failing dies (sort) ranked by ``by``, with shares and sort yield loss."""
     return ParetoOut(**finite(lot_pareto(lot_analytics(session, svc, name), by, source).to_json()))
@@ -210,9 +214,12 @@ def lot_page_analytics(session: SessionDep, svc: ServiceDep, name: str) -> dict[
     if an is None:
         return {"error": error}
     results = list_wafers(session, WaferFilter(lot=name), limit=10_000)
-    charts = [(f"defects by {by}", f"by={by}&source=inspection") for by in ("class", "size") if an.inspection]
-    charts += [("failing dies by bin", "by=bin")] if an.sort else []
+    wanted = [("defects by class", "class", "inspection"), ("defects by size", "size", "inspection"),
+              ("failing dies by bin", "bin", "sort")]
+    charts = [(caption, f"by={by}&source={source}") for caption, by, source in wanted
+              if (p := _tried(lot_pareto, an, by, source)[0]) is not None and p.rows]
     view: dict[str, Any] = {"error": None, "charts": charts, "pattern": dominant_pattern(results)}
+    view["stack_missing"] = _tried(an.stacks)[1]
     view["repeaters"], view["repeaters_missing"] = _tried(repeaters_out, an)
     view["kill"], view["kill_missing"] = _tried(kill_ratio_out, an)
     view["history"] = an.history_source
