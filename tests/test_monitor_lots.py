@@ -80,6 +80,25 @@ def test_planted_bad_lot_raises_limit_and_drift_alarms() -> None:
     assert d["charts"][0]["name"] == "fail fraction" and len(d["charts"][0]["points"]) == 7
 
 
+def test_inspection_and_sort_of_one_lot_are_monitored_apart() -> None:
+    """The demo lots: A103's KLARF, STDF and G85 give an inspection lot of 8 wafers and a sort lot of
+    3 (wafer 01's STDF and G85 are one sort result), each with its own yield, never averaged."""
+    from fabsight.demo import example_files
+    from fabsight.io import read_maps
+
+    maps = [m for f in sorted(example_files()) for m in read_maps(f)]
+    res = monitor_lots(maps, n_baseline=2, n_permutations=49)
+    rows = {r["lot"]: r for r in res.to_dict(maps)["lots"]}
+    assert sorted(rows) == ["A101 · inspection M1-ETCH", "A102 · inspection M1-ETCH", "A103 · inspection M1-ETCH",
+                            "A103 · sort"]
+    insp, sort = rows["A103 · inspection M1-ETCH"], rows["A103 · sort"]
+    assert (insp["wafers"], sort["wafers"], sort["source"]) == (8, 3, "sort")
+    klarf = [m for m in maps if m.lot_id == "A103" and m.format == "klarf"]
+    assert insp["yield"] == pytest.approx(1 - sum(m.n_fail for m in klarf) / sum(m.n_dies for m in klarf))
+    last = list({m.wafer_id[-2:]: m for m in maps if m.lot_id == "A103" and m.format != "klarf"}.values())
+    assert sort["yield"] == pytest.approx(1 - sum(m.n_fail for m in last) / sum(m.n_dies for m in last))
+
+
 def test_monitor_needs_lots_and_a_sane_baseline() -> None:
     maps = _lots(3, {}, per_lot=3)
     with pytest.raises(FabsightError, match=r"baseline must be 1\.\.2"):

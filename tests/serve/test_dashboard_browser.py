@@ -91,6 +91,39 @@ def test_dashboard_end_to_end(page, server: str, tmp_path: Path) -> None:
     assert page.locator("#lot-wafers tr").count() == 1 + 8
     assert page.locator("#lot-wafers th").all_inner_texts() == ["wafer", "inspection M1-ETCH"]
 
+    # lot A103 (KLARF + STDF + G85): Pareto charts, stacked map, repeaters and kill ratios from the API's
+    # numbers; a wafer history uploaded through the form gives the commonality table
+    page.goto("/lots/A103")
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+    assert _images_loaded(page) and page.locator("img.pareto").count() == 3
+    assert page.evaluate("document.getElementById('stack').naturalWidth") > 300
+    reps = api.get("/api/lots/A103/repeaters").json()
+    assert page.inner_text("#repeaters").startswith(f"{reps['repeaters']} repeating defects on ")
+    kill = api.get("/api/lots/A103/killratio").json()
+    assert page.locator("#kill-ratio tr.impact").count() == len(kill["by_class"]) >= 1
+    assert kill["alignment"]["options"] in page.inner_text("#yield-analytics")
+    physical = api.get("/api/lots/A103").json()["physical_wafers"]
+    labels = {w["wafer_id"]: w["results"][0]["label"] for w in physical}
+    history = tmp_path / "history.csv"
+    history.write_text("LOT,WAFER,step,tool\n" + "".join(
+        f"A103,{w},ETCH,{'ETCH0' + str(1 + i % 2)}\n" for i, w in enumerate(labels)))
+    page.set_input_files("#history-form input[name=file]", str(history))
+    page.fill("#history-form input[name=lot_col]", "LOT")
+    page.fill("#history-form input[name=wafer_col]", "WAFER")
+    page.click("#history-form button")
+    page.wait_for_selector("#commonality-answer")
+    assert "(now: history.csv)" in page.inner_text("#history-form")
+    pattern = page.get_attribute("#commonality-answer", "data-pattern")  # the lot's commonest pattern label
+    if pattern:
+        common = api.get("/api/lots/A103/commonality", params={"pattern": pattern}).json()
+        assert page.inner_text("#commonality-answer") == common["answer"]
+        assert page.locator("#commonality tr.finding").count() == min(10, len(common["findings"]))
+    else:
+        assert "no wafer of the lot has a pattern label" in page.inner_text("#commonality-answer")
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+    page.screenshot(path=SHOTS / "lot-analytics.png", full_page=True)
+    page.goto("/lots/A101")
+
     # gallery of lot A101: eight rendered maps
     page.click("text=all results as a gallery")
     page.wait_for_url("**/wafers?lot=A101")

@@ -176,6 +176,61 @@ def _notch_sentence(f: WaferFacts) -> Sentence | None:
                     ["near_notch.failing", "near_notch.dies", "near_notch.fail_fraction"])
 
 
+def _repeater_sentence(f: WaferFacts) -> Sentence | None:
+    """This wafer's repeating defects, when the lot it was explained with has any on it."""
+    r = f.lot.get("repeaters")
+    if not r:
+        return None
+    sites = "site" if r["sites"] == 1 else "sites"
+    return Sentence(f"{r['repeaters']} of its {r['defects']} defects are repeaters: they repeat at the same die "
+                    f"position within {r['tolerance_um']:g} µm ({r['sites']} {sites}; {r['in_wafer']} within "
+                    f"this wafer, {r['in_lot']} across the lot's wafers).",
+                    ["lot.repeaters"])
+
+
+def _killer_sentence(f: WaferFacts) -> Sentence | None:
+    """The lot's deadliest defect class, when its kill ratio is above zero beyond doubt (95 % CI)."""
+    k = f.lot.get("killer")
+    if not k:
+        return None
+    return Sentence(f"Over the lot's {k['wafers']} wafers with inspection and sort, defect class {k['name']} "
+                    f"kills the most dies: kill ratio {k['kill_ratio']:+.3f} (95 % CI {k['kill_ratio_low']:+.3f} "
+                    f"to {k['kill_ratio_high']:+.3f}; clean dies fail {pct(k['clean_fail_rate'])}), yield loss "
+                    f"{pct(k['yield_loss'])}.",
+                    ["lot.killer"])
+
+
+def lot_facts(maps: Sequence[WaferMap], facts: Sequence[WaferFacts]) -> None:
+    """Add the lot-wide facts to each map's facts: its repeaters
+    (:func:`~fabsight.analytics.repeaters.find_repeaters`) and the deadliest defect class of the
+    lot's paired inspection and sort wafers (:func:`~fabsight.analytics.killratio.kill_ratios`)."""
+    from fabsight.analytics.lot import LotAnalytics
+    from fabsight.errors import FabsightError
+
+    if not any(m.defects is not None for m in maps):
+        return
+    an = LotAnalytics(list(maps))
+    try:
+        found = an.repeaters
+    except FabsightError:
+        found = None
+    kill = an.kill_ratio
+    top = kill.by_class[0] if kill is not None and kill.by_class else None
+    killer = None
+    if kill is not None and top is not None and top.kill_ratio_low > 0:
+        killer = {"name": top.name, "wafers": len(kill.wafers), "kill_ratio": top.kill_ratio,
+                  "kill_ratio_low": top.kill_ratio_low, "kill_ratio_high": top.kill_ratio_high,
+                  "clean_fail_rate": kill.clean_fail_rate, "yield_loss": top.yield_loss,
+                  "alignment": kill.alignment.options()}
+    flagged = {} if found is None else {id(m): w for m, w in zip(an.inspection, found.wafers, strict=True)}
+    for m, f in zip(maps, facts, strict=True):
+        w = flagged.get(id(m))
+        if w is not None and w.flags.any():
+            f.lot["repeaters"] = {**w.to_json(), "tolerance_um": found.tolerance_um}
+        if killer is not None and m.defects is not None:
+            f.lot["killer"] = killer
+
+
 def _mismatch_sentence(f: WaferFacts, kb: KnowledgeBase) -> Sentence | None:
     """Flag a classifier label whose expected location the measurement contradicts."""
     if f.pattern.status != "pattern":
@@ -220,6 +275,8 @@ def explain_facts(facts: WaferFacts, kb: KnowledgeBase) -> Explanation:
         _defect_size_sentence(facts),
         _yield_sentence(facts),
         _notch_sentence(facts),
+        _repeater_sentence(facts),
+        _killer_sentence(facts),
         _mismatch_sentence(facts, kb),
         cause_sentence,
     ]
@@ -231,8 +288,13 @@ def explain_maps(
     kb: KnowledgeBase,
     predictions: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[Explanation]:
-    """Explain each map; ``predictions`` are the classifier's ``predict_details`` records, if any."""
+    """Explain each map; ``predictions`` are the classifier's ``predict_details`` records, if any.
+
+    The maps are explained as one lot: repeaters and the deadliest defect class (when inspection
+    and sort of the same wafers are among them) are measured over all of them (:func:`lot_facts`)."""
     from fabsight.utils.progress import track
 
     preds: Sequence[Mapping[str, Any] | None] = predictions if predictions is not None else [None] * len(maps)
-    return [explain_facts(wafer_facts(m, p), kb) for m, p in track(list(zip(maps, preds, strict=True)), "explaining")]
+    facts = [wafer_facts(m, p) for m, p in track(list(zip(maps, preds, strict=True)), "explaining")]
+    lot_facts(maps, facts)
+    return [explain_facts(f, kb) for f in facts]

@@ -203,6 +203,9 @@ class WaferFacts:
     defects: DefectFacts | None = None
     source: str = "map"
     timestamp: str | None = None
+    #: Facts measured over the lot the wafer was explained with (``repeaters``: this wafer's repeating
+    #: defects; ``killer``: the lot's deadliest defect class), see :func:`fabsight.assist.explain.explain_maps`.
+    lot: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -218,6 +221,7 @@ class WaferFacts:
             "defects": None if self.defects is None else asdict(self.defects),
             "source": self.source,
             "timestamp": self.timestamp,
+            "lot": self.lot,
         }
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from fabsight.analytics.lot import LotAnalytics
 from fabsight.assist.explain import pct
 from fabsight.assist.facts import ZONES, DefectFacts, WaferFacts
 from fabsight.assist.knowledge import KnowledgeBase
@@ -181,6 +182,35 @@ INTENTS: tuple[Intent, ...] = (
         "Are the lots getting worse over time?",
         "Compare the yield of the lots over time",
     ), uses=("trend",)),
+    Intent("defect_pareto", (
+        "Which defect class dominates?",
+        "What are the top defect classes in this lot?",
+        "Show the Pareto of the defect classes",
+        "Which class has the most defects?",
+        "Which sort bin loses the most dies?",
+        "What are the top fail bins?",
+    )),
+    Intent("repeaters", (
+        "Are there repeaters?",
+        "Do any defects repeat at the same die position?",
+        "Is there a reticle repeater in this lot?",
+        "How many repeating defects are on wafer 3?",
+        "Which wafers have repeating defects?",
+    )),
+    Intent("kill_ratio", (
+        "What is the kill ratio of class 3?",
+        "Which defect class kills the most dies?",
+        "Which defects make dies fail at sort?",
+        "What is the yield impact of the inline defects?",
+        "How many dies do the particles kill?",
+    )),
+    Intent("commonality", (
+        "Which tool do the edge-ring wafers share?",
+        "Which chamber do the scratch wafers have in common?",
+        "What equipment do the donut wafers share?",
+        "Is there a tool commonality for the center wafers?",
+        "Which slot do the wafers with this pattern share?",
+    ), needs=("pattern",), uses=("factor",)),
     # What the maps cannot answer, one group per kind: money, weather and small talk, people,
     # dates, other tools and their settings, electrical test values.
     Intent(REFUSE, (
@@ -228,6 +258,14 @@ _DEFECTS = re.compile(r"\b(?:defects?|particles?|dsize)\b")
 _QUANTITY = re.compile(r"\b(?:how many|number|count|size|sizes|big|large|largest|small|average|mean|median)\b")
 _KIND = re.compile(r"\b(?:class|classes|type|types|kind|pattern|signature)\b")
 _SIZE = re.compile(r"\b(?:size|sizes|big|bigger|large|larger|largest|small|smallest|dsize)\b")
+_REPEAT = re.compile(r"\brepeat(?:s|ed|ing|ers?)?\b")
+_KILL = re.compile(r"\bkill(?:s|ed|ing|er|ers| ratios?)?\b|\byield impact of (?:the )?(?:inline )?defects\b|"
+                   r"\bfail at sort\b")
+_FACTOR = re.compile(r"\b(tool|chamber|slot|equipment|machine)s?\b")
+_SHARE = re.compile(r"\b(?:share|shared|in common|commonality|common to)\b")
+_PARETO = re.compile(r"\bpareto\b|\b(?:dominat\w*|most|top|main|biggest|largest)\b.*\b(?:class|classes|bins?)\b|"
+                     r"\b(?:class|classes|bins?)\b.*\b(?:dominat\w*|most|top)\b")
+_CLASS = re.compile(r"\bclass\s*#?\s*([A-Za-z0-9][\w-]*)", re.I)
 _WAFER = re.compile(r"\b(?:wafer|slot)\s*(?:#|no\.?|number|id)?\s*([A-Za-z0-9][\w-]*)|#\s*(\d+)", re.I)
 
 
@@ -372,10 +410,15 @@ def find_wafer(question: str, wafer_ids: Sequence[str]) -> tuple[str | None, str
 
 @dataclass
 class Lot:
-    """The wafers a question is asked about, with their facts (same order)."""
+    """The wafers a question is asked about, with their facts (same order).
+
+    ``analytics`` holds the maps themselves (defect lists, sort bins) and the wafer history, when
+    the caller has them: repeaters, kill ratios, Paretos and commonality are computed from it.
+    """
 
     facts: list[WaferFacts]
     kb: KnowledgeBase
+    analytics: LotAnalytics | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -709,6 +752,113 @@ def _a_lot_trend(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, 
             {"measure": what, "lots": values})
 
 
+def _a_defect_pareto(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    """The Pareto of defects by class (or of sort fail bins when asked about bins), top rows with shares."""
+    an = lot.analytics
+    if slots.get("bins") and an is not None and an.sort:
+        p = an.sort_pareto("bin")
+    elif an is not None and an.inspection:
+        p = an.defect_pareto("class")
+    else:
+        return _facts_pareto(rows)
+    assert p is not None
+    loss = (lambda r: f", yield loss {pct(r.yield_loss)}") if p.tested_dies else (lambda r: "")
+    top = "; ".join(f"{r.label}: {r.count:,} ({pct(r.share)}{loss(r)})" for r in p.rows[:5])
+    more = f"; … {len(p.rows) - 5} more" if len(p.rows) > 5 else ""
+    lead = f"{p.rows[0].label} dominates" if p.rows else f"there are no {p.unit}"
+    return (f"{p.unit.capitalize()} by {p.by} over {p.maps} wafers ({p.total:,} in all): {lead}; {top}{more}.",
+            p.to_json())
+
+
+def _facts_pareto(rows: list[tuple[str, WaferFacts]]) -> tuple[str, dict]:
+    """The class Pareto from the defect counts measured at upload (when the maps themselves are not at hand)."""
+    counts: Counter[str] = Counter()
+    for _, f in _with_defects(rows):
+        counts.update(f.defects.classes if f.defects else {})
+    total = sum(counts.values())
+    if not total:
+        return "The inspected wafers list no defect classes.", {"classes": {}}
+    top = "; ".join(f"class {c}: {n:,} ({pct(n / total)})" for c, n in counts.most_common(5))
+    first = counts.most_common(1)[0][0]
+    return f"Defects by class ({total:,} in all): class {first} dominates; {top}.", {"classes": dict(counts)}
+
+
+def _a_repeaters(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    """Counts from :func:`fabsight.analytics.repeaters.find_repeaters` (whole lot, or the asked wafer)."""
+    assert lot.analytics is not None and lot.analytics.repeaters is not None
+    res = lot.analytics.repeaters
+    ids = [wafer_key(str(m.wafer_id), m.lot_id) for m in lot.analytics.inspection]  # same order as res.wafers
+    pairs = list(zip(ids, res.wafers, strict=True))
+    if slots.get("wafer") is not None:
+        pairs = [(i, w) for i, w in pairs if i == wafer_key(slots["wafer"])]
+    wafers = [w for _, w in pairs]
+    defects = sum(int(w.flags.size) for w in wafers)
+    flagged = sum(int(w.flags.sum()) for w in wafers)
+    chance = sum(w.expected_by_chance for w in wafers)
+    scope = f"wafer {pairs[0][0]}" if len(pairs) == 1 else f"{len(pairs)} inspected wafers"
+    how = f"at the same die position within {res.tolerance_um:g} µm"
+    if not flagged:
+        return (f"No: none of the {defects:,} defects on {scope} repeats {how} (chance alone would flag "
+                f"{chance:.1f}).", {"repeaters": 0, "defects": defects, "tolerance_um": res.tolerance_um})
+    hits = [(i, w) for i, w in pairs if w.flags.any()]
+    per = "; ".join(f"wafer {i}: {int(w.flags.sum())} ({int(w.in_wafer.sum())} within the wafer, "
+                    f"{int(w.in_lot.sum())} across wafers, {w.sites} sites)" for i, w in hits[:8])
+    more = f"; … and {len(hits) - 8} more" if len(hits) > 8 else ""
+    return (f"Yes: {flagged:,} of the {defects:,} defects on {scope} repeat {how} (chance alone would flag "
+            f"{chance:.1f}); {per}{more}.",
+            {"repeaters": flagged, "defects": defects, "tolerance_um": res.tolerance_um,
+             "wafers": [w.to_json() for _, w in hits]})
+
+
+def _impact_text(r: Any, clean_rate: float) -> str:
+    return (f"{r.dies_with} dies carry it and {r.failing_with} of them fail at sort (fail rate {r.fail_rate:.3f} "
+            f"against {clean_rate:.3f} for clean dies): kill ratio {r.kill_ratio:+.3f} (95 % CI "
+            f"{r.kill_ratio_low:+.3f} to {r.kill_ratio_high:+.3f}), yield loss {pct(r.yield_loss)}")
+
+
+def _a_kill_ratio(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    """One class's kill ratio when the question names a class, else the class that kills the most dies."""
+    assert lot.analytics is not None and lot.analytics.kill_ratio is not None
+    k = lot.analytics.kill_ratio
+    data = {"alignment": k.alignment.options(), "wafers": len(k.wafers), "clean_fail_rate": k.clean_fail_rate}
+    where = (f" Over {len(k.wafers)} wafers with inspection and sort, {k.dies:,} dies, alignment "
+             f"{k.alignment.options()}.")
+    if slots.get("class") is not None:
+        row = next(r for r in k.by_class if r.key == slots["class"])
+        return f"Defect class {row.name}: {_impact_text(row, k.clean_fail_rate)}.{where}", {**data, "row": asdict(row)}
+    ranked = k.by_class  # worst yield loss (dies killed) first
+    if not ranked or ranked[0].kill_ratio <= 0:
+        return (f"No defect class makes dies fail more often than clean dies (clean fail rate "
+                f"{k.clean_fail_rate:.3f}).{where}", {**data, "rows": [asdict(r) for r in ranked]})
+    top = ranked[0]
+    others = ", ".join(f"{r.name} {r.kill_ratio:+.3f}" for r in ranked[1:5])
+    rest = f" Kill ratios of the others: {others}." if others else ""
+    return (f"Defect class {top.name} kills the most dies: {_impact_text(top, k.clean_fail_rate)}.{rest}{where}",
+            {**data, "rows": [asdict(r) for r in ranked]})
+
+
+def _pattern_labels(lot: Lot) -> dict[tuple[str, str], str]:
+    """Each physical wafer's pattern labels over its results (``A+B``), keyed like :meth:`LotAnalytics.results`."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for wid, f in zip(lot.ids, lot.facts, strict=True):
+        labels = out.setdefault((f.lot_id, wafer_key(wid, f.lot_id)), set())
+        if f.pattern.status == "pattern":
+            labels.update(f.pattern.labels)
+    return {k: "+".join(sorted(v)) for k, v in out.items()}
+
+
+def _a_commonality(lot: Lot, rows: list[tuple[str, WaferFacts]], slots: dict[str, Any]) -> tuple[str, dict]:
+    """:meth:`CommonalityReport.answer` for the wafers with the asked pattern, over the given history."""
+    from fabsight.analytics.commonality import Flag
+
+    assert lot.analytics is not None
+    report = lot.analytics.commonality(Flag(pattern=slots["pattern"]), _pattern_labels(lot))
+    significant = report.significant()
+    return report.answer(slots.get("factor")), {
+        "criterion": report.criterion, "wafers": report.wafers, "flagged": report.flagged,
+        "findings": [asdict(f) for f in (significant or report.findings)[:5]]}
+
+
 _ANSWERERS: dict[str, Callable[[Lot, list[tuple[str, WaferFacts]], dict[str, Any]], tuple[str, dict]]] = {
     "main_pattern": _a_main_pattern,
     "wafers_with_pattern": _a_wafers_with_pattern,
@@ -727,10 +877,15 @@ _ANSWERERS: dict[str, Callable[[Lot, list[tuple[str, WaferFacts]], dict[str, Any
     "defect_count": _a_defect_count,
     "defect_size": _a_defect_size,
     "lot_trend": _a_lot_trend,
+    "defect_pareto": _a_defect_pareto,
+    "repeaters": _a_repeaters,
+    "kill_ratio": _a_kill_ratio,
+    "commonality": _a_commonality,
 }
 #: Intents answered over the whole lot at once; every other intent is answered per source when
 #: the wafers were measured by several (inspection yield and sort yield are never mixed).
-_WHOLE_LOT = {"wafer_count", "defect_count", "defect_size", "root_cause"}
+_WHOLE_LOT = {"wafer_count", "defect_count", "defect_size", "root_cause", "defect_pareto", "repeaters", "kill_ratio",
+              "commonality"}
 _NEEDS = {i.name: i.needs for i in INTENTS}
 _USES = {i.name: {*i.needs, *i.uses} - {"wafer"} for i in INTENTS}
 _SLOT_HELP = {
@@ -758,6 +913,85 @@ def _out_of_reach(intent: str, lot: Lot, rows: list[tuple[str, WaferFacts]]) -> 
     return None
 
 
+_NEEDS_HISTORY = ("it asks which tool, chamber or slot the wafers share, and that needs a wafer history CSV "
+                  "(lot, wafer, step, tool, chamber, slot, time): give it with 'ask ... --history FILE', or "
+                  "upload it to the lot")
+
+
+def _analytics_out_of_reach(intent: str, lot: Lot, slots: dict[str, Any]) -> str | None:
+    """Why repeaters, kill ratios or commonality cannot be computed from what the caller gave, if so."""
+    an = lot.analytics
+    if intent == "repeaters" and (an is None or not an.inspection):
+        return ("it asks about repeating defects and the data holds no defect list (only KLARF inspection "
+                "results carry defect positions)")
+    if intent == "kill_ratio":
+        if an is None:
+            return "kill ratios need the inspection and sort files themselves, and only stored facts are at hand"
+        if an.kill_missing():
+            return str(an.kill_missing())
+        token = slots.get("class")
+        if token is not None and an.kill_ratio is not None:
+            keys = [r.key for r in an.kill_ratio.by_class]
+            if token not in keys:
+                return f"defect class {token} is on no paired wafer (classes: {', '.join(keys)})"
+    if intent == "commonality" and (an is None or an.history is None):
+        return _NEEDS_HISTORY
+    return None
+
+
+def _factor(q: str) -> str | None:
+    """The history factor a question asks about (equipment and machines are tools)."""
+    m = _FACTOR.search(q)
+    return None if m is None else {"equipment": "tool", "machine": "tool"}.get(m.group(1), m.group(1))
+
+
+def _defect_class(question: str, lot: Lot) -> str | None:
+    """The class number a question names ("class 3", "class particle"), resolved with the lot's class names."""
+    names: dict[str, str] = {}
+    if lot.analytics is not None and lot.analytics.inspection:
+        from fabsight.analytics.pareto import class_names
+
+        names = {v.lower(): str(k) for k, v in class_names(lot.analytics.inspection).items()}
+    for m in _CLASS.finditer(question):
+        token = m.group(1)
+        if token.isdigit():
+            return str(int(token))
+        if token.lower() in names:
+            return names[token.lower()]
+    return None
+
+
+#: Intents reached only through their key words (:func:`_analytics_intent`), never by similarity alone:
+#: "the most frequent defect class across these wafers" is closer to "Which wafers have repeating
+#: defects?" than to anything else, and "which tool step could produce an edge ring" to the shared tool.
+_KEYWORD_INTENTS = frozenset({"defect_pareto", "repeaters", "kill_ratio", "commonality"})
+
+
+def _analytics_intent(q: str, ranked: list[tuple[str, float]], intent: str, lot: Lot) -> str:
+    """Key words that settle the analytics intents (repeat, kill, shared tool, dominant class/bin).
+
+    "Which tool do the edge-ring wafers share?" is as close to the out-of-scope "Which tool
+    processed this wafer?" as to any example, and "which defect class dominates" to the pattern
+    intent; the words say what is asked. Applies only when the question is close enough to the
+    intent it is routed to (its examples are there for that similarity).
+    """
+    sims = dict(ranked)
+    routed = intent
+    if _REPEAT.search(q):
+        routed = "repeaters"
+    elif _KILL.search(q):
+        routed = "kill_ratio"
+    elif _FACTOR.search(q) and _SHARE.search(q):
+        routed = "commonality"
+    elif intent in ("main_pattern", "defect_count", "rank_wafers", "fail_count") and _PARETO.search(q):
+        an = lot.analytics
+        has_bins = an is not None and bool(an.sort)
+        has_defects = (an is not None and bool(an.inspection)) or bool(_with_defects(lot.pick(None)))
+        if (re.search(r"\bbins?\b", q) and has_bins) or (re.search(r"\bclass", q) and has_defects):
+            routed = "defect_pareto"
+    return routed if sims.get(routed, -1.0) >= THRESHOLD else intent
+
+
 def _by_source(intent: str, lot: Lot, wafer: str | None, slots: dict[str, Any]) -> tuple[str, dict]:
     """Answer once per source when several measured the wafers, never pooling inspection with sort."""
     groups = lot.by_source()
@@ -782,7 +1016,14 @@ def ask(question: str, lot: Lot, *, threshold: float = THRESHOLD) -> Answer:
                              "measure": "defects" if _DEFECTS.search(q) else "yield",
                              "trend": "lots" if _TREND.search(q) else None,
                              "cluster": "cluster" if re.search(r"\bclust", q) else None}
-    intent, score = choose_intent(rank_intents(question), slots, len(lot.facts) == 1)
+    slots["factor"] = _factor(q)
+    slots["class"] = _defect_class(question, lot)
+    slots["bins"] = "bins" if re.search(r"\bbins?\b", q) else None
+    ranked = rank_intents(question)
+    intent, score = choose_intent([r for r in ranked if r[0] not in _KEYWORD_INTENTS], slots, len(lot.facts) == 1)
+    routed = _analytics_intent(q, ranked, intent, lot)
+    if routed != intent:
+        intent, score = routed, dict(ranked)[routed]
     if intent == "main_pattern" and slots["measure"] == "defects" and _QUANTITY.search(q):
         intent = "defect_size" if _SIZE.search(q) else "defect_count"  # a number was asked, not the pattern
     if (intent in ("defect_count", "defect_size") and _KIND.search(q) and not _SIZE.search(q)
@@ -800,7 +1041,7 @@ def ask(question: str, lot: Lot, *, threshold: float = THRESHOLD) -> Answer:
     missing = [s for s in _NEEDS[intent] if slots.get(s) is None and not (s == "wafer" and len(lot.facts) == 1)]
     if missing:
         return _refusal(question, intent, score, "; ".join(_SLOT_HELP[s] for s in missing), slots)
-    reach = _out_of_reach(intent, lot, lot.pick(wafer))
+    reach = _out_of_reach(intent, lot, lot.pick(wafer)) or _analytics_out_of_reach(intent, lot, slots)
     if reach is not None:
         return _refusal(question, intent, score, reach, slots)
     if intent == "compare_to_lot" and slots["wafer"] is None:

@@ -10,6 +10,7 @@ import typer
 
 from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read, wafer_model, warn
 from fabsight.cli.deploy import RuntimeOpt
+from fabsight.cli.yieldimpact import ColOpt
 from fabsight.errors import FabsightError
 
 if TYPE_CHECKING:
@@ -146,10 +147,22 @@ def ask_cmd(
     vlm: VlmOpt = None,
     vlm_model: VlmModelOpt = None,
     vlm_timeout: VlmTimeoutOpt = 60.0,
+    history: Annotated[Path | None, typer.Option("--history", help="Wafer history CSV (columns lot, wafer, step, "
+                                                 "tool, chamber, slot, time) for 'which tool do the edge-ring "
+                                                 "wafers share?'.")] = None,
+    lot_col: ColOpt = None,
+    wafer_col: ColOpt = None,
+    step_col: ColOpt = None,
+    tool_col: ColOpt = None,
+    chamber_col: ColOpt = None,
+    slot_col: ColOpt = None,
+    time_col: ColOpt = None,
     strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question about a wafer or lot offline, from measured facts (refuses what the data cannot answer)."""
+    from fabsight.analytics.commonality import read_history
+    from fabsight.analytics.lot import LotAnalytics
     from fabsight.assist.facts import wafer_facts
     from fabsight.assist.knowledge import load_kb
     from fabsight.assist.qa import Lot, ask
@@ -166,7 +179,10 @@ def ask_cmd(
     maps = _load_maps([input], log)
     preds = _predict(model_dir, maps, runtime) or [None] * len(maps)
     facts = [wafer_facts(m, p) for m, p in track(list(zip(maps, preds, strict=True)), "measuring")]
-    answer = ask(question, Lot(facts, knowledge))
+    named = {"lot": lot_col, "wafer": wafer_col, "step": step_col, "tool": tool_col, "chamber": chamber_col,
+             "slot": slot_col, "time": time_col}
+    rows = None if history is None else read_history(history, named, [k for k, v in named.items() if v])
+    answer = ask(question, Lot(facts, knowledge, LotAnalytics(maps, rows, None if history is None else str(history))))
     if config is not None and answer.answered:
         chosen = [m for m in maps if answer.slots.get("wafer") in (None, m.wafer_id)]
         facts_json = [f.to_dict() for f in facts if answer.slots.get("wafer") in (None, f.wafer_id)]

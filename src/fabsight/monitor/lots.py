@@ -28,7 +28,7 @@ from fabsight.errors import FabsightError
 from fabsight.monitor.charts import ChartKind, ControlChart, p_chart, western_electric
 from fabsight.monitor.drift import DriftResult, drift_test
 from fabsight.monitor.features import FeatureTable, extract_features
-from fabsight.types import WaferMap
+from fabsight.types import WaferMap, source_of, wafer_key
 from fabsight.utils.progress import track
 
 #: Lots named by neither the file nor the data fall back to this.
@@ -43,6 +43,7 @@ class Lot:
     wafers: list[int]
     time: datetime | None
     time_source: str  # "timestamp" (from the file's data), "file mtime" or "input order"
+    source: str = "map"  # what measured its wafers (:func:`fabsight.types.source_of`)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class MonitorResult:
             "lot": lot.lot_id,
             "time": lot.time,
             "time_source": lot.time_source,
+            "source": lot.source,
             "baseline": self.lots.index(lot) < self.n_baseline,
             "wafers": len(ws),
             "dies": dies,
@@ -106,24 +108,37 @@ def _naive_utc(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo is not None else t
 
 
+def _lot_time(maps: Sequence[WaferMap], idx: list[int]) -> tuple[datetime | None, str]:
+    stamps = [maps[i].timestamp for i in idx if maps[i].timestamp is not None]
+    if stamps:
+        return min(_naive_utc(t) for t in stamps), "timestamp"
+    files = [maps[i].source for i in idx if maps[i].source and os.path.exists(maps[i].source)]
+    if files:
+        return datetime.fromtimestamp(min(os.path.getmtime(s) for s in files)), "file mtime"
+    return None, "input order"
+
+
 def group_lots(maps: Sequence[WaferMap]) -> list[Lot]:
     """Lots in time order. A lot's time is its earliest wafer timestamp; files without one
-    fall back to the file's modification time, and failing that to input order."""
-    groups: dict[str, list[int]] = {}
+    fall back to the file's modification time, and failing that to input order.
+
+    When the maps come from several sources (the KLARF, STDF and G85 of one lot), each lot is
+    split per source and named ``A103 · sort``: an inspection yield and a sort yield are
+    different measurements of the same wafers, never one lot's average. Within a source, a
+    wafer measured twice (the STDF and the G85 of one sort) counts once, with its last map.
+    """
+    several = len({source_of(m) for m in maps}) > 1
+    groups: dict[str, dict[tuple[str, str], int]] = {}
+    sources: dict[str, str] = {}
     for i, m in enumerate(maps):
-        groups.setdefault(m.lot_name or UNNAMED_LOT, []).append(i)  # a file without a lot id is its own lot
+        lot = m.lot_name or UNNAMED_LOT  # a file without a lot id is its own lot
+        name = f"{lot} · {source_of(m)}" if several else lot
+        sources[name] = source_of(m)
+        groups.setdefault(name, {})[(str(m.lot_id), wafer_key(str(m.wafer_id), m.lot_id) or str(i))] = i
     lots = []
-    for lot_id, idx in groups.items():
-        stamps = [maps[i].timestamp for i in idx if maps[i].timestamp is not None]
-        if stamps:
-            lots.append(Lot(lot_id, idx, min(_naive_utc(t) for t in stamps), "timestamp"))
-            continue
-        sources = [maps[i].source for i in idx if maps[i].source and os.path.exists(maps[i].source)]
-        if sources:
-            mtime = min(os.path.getmtime(s) for s in sources)
-            lots.append(Lot(lot_id, idx, datetime.fromtimestamp(mtime), "file mtime"))
-        else:
-            lots.append(Lot(lot_id, idx, None, "input order"))
+    for lot_id, keyed in groups.items():
+        idx = sorted(keyed.values())
+        lots.append(Lot(lot_id, idx, *_lot_time(maps, idx), source=sources[lot_id]))
     # Stable sort: lots without any time keep their input order after the dated ones.
     return sorted(lots, key=lambda lot: (lot.time is None, lot.time or datetime.min))
 

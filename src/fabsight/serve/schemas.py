@@ -214,3 +214,125 @@ class Health(BaseModel):
     anomaly_model: str | None
     classes: list[str]
     counts: dict[str, int]
+
+
+# ----------------------------------------------------------------------------- yield analytics
+
+
+class ParetoRowOut(BaseModel):
+    key: str
+    label: str
+    count: int
+    share: float
+    cumulative: float
+    yield_loss: float | None = Field(None, description="sort only: share of tested dies this row's fails cost")
+
+
+class ParetoOut(BaseModel):
+    by: str
+    unit: str = Field(description="'defects' (inspection) or 'failing dies' (sort)")
+    total: int
+    maps: int
+    scope: str
+    rows: list[ParetoRowOut]
+    tested_dies: int | None = None
+    yield_: float | None = Field(None, serialization_alias="yield", validation_alias="yield")
+    size_bins_um: list[float] | None = None
+
+
+class RepeaterWaferOut(BaseModel):
+    lot: str
+    wafer: str
+    defects: int
+    repeaters: int
+    in_wafer: int
+    in_lot: int
+    sites: int
+    dies: int
+    expected_by_chance: float
+    dies_needed: int
+    wafers_needed: int | None
+    flagged_defects: list[int] = Field(description="DEFECTID of every repeating defect of the wafer")
+
+
+class RepeatersOut(BaseModel):
+    tolerance_um: float
+    reticle_dies: list[int] | None
+    min_dies: int
+    min_wafers: int
+    repeaters: int
+    wafers_with_repeaters: int
+    wafers: list[RepeaterWaferOut]
+
+
+class ImpactRowOut(BaseModel):
+    key: str
+    name: str
+    defects: int
+    dies_with: int
+    failing_with: int
+    fail_rate: float | None
+    kill_ratio: float | None
+    kill_ratio_low: float | None
+    kill_ratio_high: float | None
+    kill_probability: float | None
+    killed_share: float | None
+    yield_loss: float | None
+
+
+class KillRatioOut(BaseModel):
+    alignment: dict[str, Any] = Field(description="the die-index alignment used (the defaults: no offset, no flip)")
+    dies: int
+    clean_dies: int
+    clean_failing: int
+    clean_fail_rate: float | None
+    defects_untested: int
+    wafers: list[dict[str, Any]]
+    by_class: list[ImpactRowOut]
+    by_size: list[ImpactRowOut]
+    inspection_only: list[str]
+    sort_only: list[str]
+    warnings: list[str]
+
+
+class HistoryOut(BaseModel):
+    lot: str
+    filename: str
+    rows: int
+    columns: dict[str, str] = Field(description="history field → the CSV column named for it (others: the field name)")
+    created_at: datetime
+
+
+class FindingOut(BaseModel):
+    step: str
+    factor: str
+    level: str
+    flagged_at: int
+    wafers_at: int
+    flagged_elsewhere: int
+    wafers_elsewhere: int
+    odds_ratio: float | None = Field(description="None when infinite (no flagged wafer elsewhere)")
+    p_value: float
+    q_value: float
+
+
+class FactorTestOut(BaseModel):
+    step: str
+    factor: str
+    levels: int
+    wafers: int
+    chi2: float
+    dof: int
+    p_value: float
+    q_value: float
+
+
+class CommonalityOut(BaseModel):
+    criterion: str
+    correction: str
+    wafers: int
+    flagged: int
+    findings: list[FindingOut]
+    factors: list[FactorTestOut]
+    not_in_history: list[str]
+    answer: str = Field(description="the strongest shared level in one sentence, or that none stands out")

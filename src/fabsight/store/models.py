@@ -90,6 +90,24 @@ class LotWafer(Base):
     results: Mapped[list[Wafer]] = relationship(back_populates="lot_wafer", order_by="Wafer.id")
 
 
+class LotHistory(Base):
+    """The wafer-history CSV uploaded for a lot (the last upload replaces the one before), with the
+    columns it was checked with, so the lot page and ``/commonality`` read it the same way."""
+
+    __tablename__ = "lot_histories"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lot_pk: Mapped[int] = mapped_column(ForeignKey("lots.id", name="fk_lot_histories_lot"), unique=True)
+    filename: Mapped[str] = mapped_column(String(300))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    #: History field (lot, wafer, step, tool, chamber, slot, time) → the CSV's column, for those named.
+    columns: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    rows: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    lot: Mapped[Lot] = relationship()
+
+
 class Upload(Base):
     __tablename__ = "uploads"
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 
 from fabsight.errors import FabsightError
 from fabsight.serve.deps import ServiceDep, SessionDep, stored_facts
+from fabsight.serve.lotdata import lot_analytics
 from fabsight.serve.schemas import AskIn, AskOut, DriftIn, DriftOut, Selection
 from fabsight.store.queries import WaferFilter, get_wafer, list_wafers, to_wafer_map
 
@@ -22,7 +23,10 @@ MAX_WAFERS = 2000
 
 @router.post("/ask", responses={400: {"description": "neither or both of wafer and lot given"}})
 def ask(body: AskIn, svc: ServiceDep, session: SessionDep) -> AskOut:
-    """Answer a question about one wafer or one lot from measured facts, or refuse plainly."""
+    """Answer a question about one wafer or one lot from measured facts, or refuse plainly.
+
+    Repeaters, kill ratios, Paretos and commonality are computed from the lot's stored uploads
+    (and its uploaded wafer history); a wafer question sees its own physical wafer only."""
     from fabsight.assist.qa import Lot, ask
 
     if (body.wafer is None) == (body.lot is None):
@@ -35,7 +39,9 @@ def ask(body: AskIn, svc: ServiceDep, session: SessionDep) -> AskOut:
             raise FabsightError(None, f"no wafers in lot {body.lot!r}")
         wafers.sort(key=lambda w: (w.lot_wafer.wafer_id, w.id))  # physical wafers in order, each with its sources
     facts = [stored_facts(w) for w in wafers]
-    answer = ask(body.question, Lot(facts, svc.kb)).to_dict()
+    first = wafers[0]
+    analytics = lot_analytics(session, svc, first.lot.name, None if body.lot else first.lot_wafer.wafer_id)
+    answer = ask(body.question, Lot(facts, svc.kb, analytics)).to_dict()
     return AskOut(**{k: answer[k] for k in AskOut.model_fields if k in answer}, wafers=len(wafers))
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from fabsight.serve.auth import COOKIE, SESSION_SECONDS, safe_next, session_cookie, token_matches
 from fabsight.serve.deps import ServiceDep, SessionDep, lot_wafer_list, wafer_detail, wafer_summary
 from fabsight.serve.routers.wafers import wafer_filter
+from fabsight.serve.routers.yields import lot_page_analytics
 from fabsight.serve.schemas import DieResultOut
 from fabsight.store.models import REVIEW_STATES, DieResult
 from fabsight.store.queries import (
@@ -81,12 +82,14 @@ def index(request: Request, session: SessionDep, svc: ServiceDep) -> HTMLRespons
 
 
 @router.get("/lots/{name}")
-def lot_page(name: str, request: Request, session: SessionDep) -> HTMLResponse:
-    """One lot: yield per source, and its physical wafers each with its inspection and sort results."""
+def lot_page(name: str, request: Request, session: SessionDep, svc: ServiceDep) -> HTMLResponse:
+    """One lot: yield per source, its physical wafers each with its inspection and sort results, and its
+    yield analytics (Pareto charts, stacked map, repeaters, kill ratios, commonality over its history)."""
     found = lot_summaries(session, [name])
     if not found:
         raise NotFound(None, f"no lot {name!r}")
-    return _page(request, "lot.html", lot=found[0], wafers=lot_wafer_list(session, name))
+    return _page(request, "lot.html", lot=found[0], wafers=lot_wafer_list(session, name),
+                 yields=lot_page_analytics(session, svc, name))
 
 
 @router.get("/wafers")

@@ -42,6 +42,35 @@ function setupUpload() {
   });
 }
 
+function setupHistory() {
+  const form = document.getElementById("history-form");
+  if (!form) return;
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = document.getElementById("history-result");
+    out.textContent = "uploading…";
+    out.className = "muted";
+    const query = new URLSearchParams();
+    for (const name of ["lot_col", "wafer_col"]) {
+      const value = form.elements[name].value.trim();
+      if (value) query.set(name, value);
+    }
+    const body = new FormData();
+    body.append("file", form.elements.file.files[0]);
+    try {
+      const res = await fetch(`/api/lots/${encodeURIComponent(form.dataset.lot)}/history?${query}`,
+                              {method: "PUT", body});
+      loginAgain(res);
+      const data = await res.json();
+      if (!res.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
+      window.location.reload();
+    } catch (e) {
+      out.textContent = "error: " + e.message;
+      out.className = "error";
+    }
+  });
+}
+
 function setupAsk() {
   const form = document.getElementById("ask-form");
   if (!form) return;
@@ -111,4 +140,4 @@ function setupReview() {
   show(0);
 }
 
-document.addEventListener("DOMContentLoaded", () => { setupUpload(); setupAsk(); setupReview(); });
+document.addEventListener("DOMContentLoaded", () => { setupUpload(); setupHistory(); setupAsk(); setupReview(); });
