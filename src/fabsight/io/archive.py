@@ -77,7 +77,8 @@ def _copy(path: str | os.PathLike[str], zf: zipfile.ZipFile, info: zipfile.ZipIn
     return written
 
 
-def extract_zip(path: str | os.PathLike[str], dest: str | os.PathLike[str], limits: ZipLimits | None = None) -> list[Path]:
+def extract_zip(path: str | os.PathLike[str], dest: str | os.PathLike[str],
+                limits: ZipLimits | None = None) -> list[Path]:
     """Unpack the archive at ``path`` into the existing, empty folder ``dest``; the files written.
 
     Everything is checked from the central directory first (see the module docstring), so a

@@ -171,14 +171,14 @@ def add_wafer(session: Session, upload: Upload, item: AnalysedWafer, lot: Lot, m
     return wafer
 
 
-def _stored_name(sha: str, filename: str) -> str:
+def stored_name(sha: str, filename: str) -> str:
     """A file name of its own for each attempt (so racing uploads never share one), keeping a tidy suffix."""
     suffix = Path(filename).suffix.lower()
     suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,9}", suffix) else ""
     return f"{sha[:16]}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
-def _existing(store: Store, sha: str) -> IngestResult | None:
+def existing_upload(store: Store, sha: str) -> IngestResult | None:
     with store.session() as s:
         up = s.scalar(select(Upload).where(Upload.sha256 == sha))
         if up is None:
@@ -203,7 +203,7 @@ def read_upload(
     return fmt, read_maps(path, fmt, allow_pickle=allow_pickle)
 
 
-def _parse(
+def parse_upload(
     data: bytes, filename: str, scratch: Path, formats: Sequence[str] | None, read: UploadReader
 ) -> tuple[str, list[WaferMap]]:
     name = safe_name(Path(filename).name, "upload")
@@ -249,15 +249,15 @@ def ingest_bytes(
     Raises :class:`~fabsight.errors.FabsightError` for anything wrong with the file.
     """
     sha = hashlib.sha256(data).hexdigest()
-    found = _existing(store, sha)
+    found = existing_upload(store, sha)
     if found is not None:
         return found
     files = Path(files_dir)
     files.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=files, prefix=".parse-") as scratch:
-        fmt, maps = _parse(data, filename, Path(scratch), formats, read)
+        fmt, maps = parse_upload(data, filename, Path(scratch), formats, read)
     analysed = analyse_maps(maps, classifier, kb)
-    target = files / _stored_name(sha, filename)
+    target = files / stored_name(sha, filename)
     lot_name = lot or safe_name(Path(filename).stem, "upload")
     try:
         with store.write() as s:
@@ -280,7 +280,7 @@ def ingest_bytes(
             result = IngestResult(upload.id, False, [w.id for w in wafers])
     except IntegrityError:
         target.unlink(missing_ok=True)
-        found = _existing(store, sha)
+        found = existing_upload(store, sha)
         if found is None:
             raise
         return found
@@ -354,7 +354,7 @@ def ingest_die_image(
     threshold = anomaly_model.resolve_threshold()
     amap = anomaly_model.anomaly_maps([image])[0]
     score = float(amap.max())
-    target = files / _stored_name(sha, filename)
+    target = files / stored_name(sha, filename)
     heatmap = target.with_name(f"{target.name.split('.')[0]}-heatmap.png")
     try:
         with store.write() as s:
