@@ -85,7 +85,7 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="adc-service-"))
     klarf = next(f for f in sorted(args.lot.glob("*.klarf")) if ".classified." not in f.name)
-    die = load_die_model(args.model, "onnx", n_threads=1)
+    die = load_die_model(args.model, "onnx", n_threads=2)  # what the service loads (its default)
     models = work / "models"
     models.mkdir(parents=True, exist_ok=True)
     if not (models / "die").exists():

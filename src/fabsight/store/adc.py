@@ -140,7 +140,8 @@ def ingest_adc_archive(
             result = classify_klarf(klarf, die_model, images=[root], review_code=review_code, progress=False)
         except FabsightError as exc:
             raise type(exc)(filename, exc.message.replace(str(root), "ZIP")) from None
-        _, maps = parse_upload(klarf.read_bytes(), klarf.name, Path(scratch), ("klarf",), read)
+        (Path(scratch) / "parse").mkdir()
+        _, maps = parse_upload(klarf.read_bytes(), klarf.name, Path(scratch) / "parse", ("klarf",), read)
         analysed = analyse_maps(maps, classifier, kb)
         target = files / stored_name(sha, filename)
         folder = target.with_suffix("")
