@@ -47,7 +47,7 @@ def _service(models: Path, data: bytes, work: Path) -> dict[str, float]:
     with TestClient(app, headers={"Authorization": "Bearer " + "t" * 32}) as c:
         r, upload_s = _timed(lambda: c.post("/api/adc/uploads", files={"file": ("lot.zip", data, "application/zip")}))
         r.raise_for_status()
-        upload = r.json()["upload"]
+        upload, states = r.json()["upload"], r.json()["counts"]["lot"]["states"]
         page, page_s = _timed(lambda: c.get(f"/adc/{upload}"))
         page.raise_for_status()
         open_ids = [d["id"] for s in ("pending", "auto")
@@ -56,7 +56,8 @@ def _service(models: Path, data: bytes, work: Path) -> dict[str, float]:
                                       for i in open_ids])
         export, export_s = _timed(lambda: c.get("/api/adc/export.zip", params={"upload": upload}))
         export.raise_for_status()
-    return {"upload_s": upload_s, "page_s": page_s, "page_bytes": len(page.content), "decisions": len(open_ids),
+    return {"states": states, "upload_s": upload_s, "page_s": page_s, "page_bytes": len(page.content),
+            "decisions": len(open_ids),
             "decide_ms_each": 1000 * decide_s / max(1, len(open_ids)), "export_s": export_s,
             "export_bytes": len(export.content)}
 
