@@ -116,6 +116,9 @@ def test_upload_classify_review_and_export(client, adc_die_model, tmp_path):
                            cv2.IMREAD_UNCHANGED)
     original = cv2.imread(str(crops[b["defect_id"] - 1]), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(png, original)
+    shown = client.get(f"/api/adc/defects/{b['id']}/image")
+    assert shown.headers["content-type"] == "image/png"
+    assert np.array_equal(cv2.imdecode(np.frombuffer(shown.content, np.uint8), cv2.IMREAD_UNCHANGED), original)
 
     again = _post(client, _zip(tmp_path / "lot"))
     assert again.status_code == 200 and again.json()["duplicate"] and again.json()["upload"] == upload

@@ -178,7 +178,7 @@ def stored_name(sha: str, filename: str) -> str:
     return f"{sha[:16]}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
-def existing_upload(store: Store, sha: str) -> IngestResult | None:
+def _existing(store: Store, sha: str) -> IngestResult | None:
     with store.session() as s:
         up = s.scalar(select(Upload).where(Upload.sha256 == sha))
         if up is None:
@@ -249,7 +249,7 @@ def ingest_bytes(
     Raises :class:`~fabsight.errors.FabsightError` for anything wrong with the file.
     """
     sha = hashlib.sha256(data).hexdigest()
-    found = existing_upload(store, sha)
+    found = _existing(store, sha)
     if found is not None:
         return found
     files = Path(files_dir)
@@ -280,7 +280,7 @@ def ingest_bytes(
             result = IngestResult(upload.id, False, [w.id for w in wafers])
     except IntegrityError:
         target.unlink(missing_ok=True)
-        found = existing_upload(store, sha)
+        found = _existing(store, sha)
         if found is None:
             raise
         return found
