@@ -41,6 +41,14 @@ def wafer_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def adc_die_model(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, dict[str, list[Path]]]:
+    """A small die model on real DeepPCB crops and its held-out crops by class, trained once per session."""
+    from adckit import train_adc_model
+
+    return train_adc_model(shared, tmp_path_factory.mktemp("adc"))
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Remove the run's cache folder: the next run starts empty too."""
     shutil.rmtree(_EMPTY_CACHE, ignore_errors=True)

@@ -12,46 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from adckit import klarf18, row18
 from fabsight.adc import classify_klarf, write_classified
 from fabsight.errors import FabsightError
 from fabsight.io.klarf import read_klarf
 from fabsight.io.klarf_classes import locate_classes
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def die_model(shared, tmp_path_factory):
-    """A small probe on DeepPCB crops (4 boards per split, 64 px) and the held-out crops by class."""
-    from fabsight.die.datasets import prepare_deeppcb_crops
-    from fabsight.die.model import DieModel, train
-
-    root = tmp_path_factory.mktemp("adc")
-    prepare_deeppcb_crops(shared / "data" / "deeppcb", root / "crops", max_pairs=4)
-    train(root / "crops" / "train", root / "model", backbone="efficientnet_lite0", input_size=64, cv_folds=0,
-          cache=None)
-    test = {d.name: sorted(d.iterdir()) for d in sorted((root / "crops" / "test").iterdir())}
-    return DieModel(root / "model"), test
-
-
-def _row18(did: int, cls: int, refs: list[tuple[str, int]]) -> str:
-    images = "N" if not refs else (f"Images {len(refs)} {{ "
-                                   + ", ".join(f'"{f}" "PNG" {k} "Patch"' for f, k in refs) + " }")
-    return f"      {did} 1000 2000 {did % 3} 1 10 10 100 10 {cls} 1 {images};"
-
-
-def _klarf18(path: Path, rows: list[str], lookup: bool = True) -> Path:
-    lk = ('    List ClassLookupList\n    {\n      Columns 3 { int32 CLASSNUMBER, string CLASSNAME, string CLASSCODE }\n'
-          '      Data 2\n      {\n        0 "Unclassified" "";\n        7 "Open" "OP";\n      }\n    }\n')
-    text = ('Record FileRecord "1.8"\n{\n  Record LotRecord "LOT1"\n  {\n    Field DiePitch 2 {5000000, 5000000}\n'
-            '    Record WaferRecord "W01"\n    {\n      Field SampleCenterLocation 2 {0, 0}\n'
-            '      List DefectList\n      {\n        Columns 12 { int32 DEFECTID, int32 XREL, int32 YREL, '
-            'int32 XINDEX, int32 YINDEX, int32 XSIZE, int32 YSIZE, float DEFECTAREA, int32 DSIZE, '
-            'int32 CLASSNUMBER, int32 TEST, ImageList IMAGEINFO }\n'
-            f'        Data {len(rows)}\n        {{\n' + "\n".join(rows) + '\n        }\n      }\n    }\n'
-            + (lk if lookup else "") + '  }\n}\nEndOfFile;\n')
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def _only_classes_changed(src: Path, dst: Path, names: list[str]) -> None:
@@ -83,18 +50,18 @@ def _only_classes_changed(src: Path, dst: Path, names: list[str]) -> None:
     assert len(counts) <= 2 and all(ln.startswith("+ ") for ln in counts[1:]), diff  # one count line at most
 
 
-def test_klarf18_defects_classified_and_written_back_in_place(die_model, tmp_path):
-    model, test = die_model
+def test_klarf18_defects_classified_and_written_back_in_place(adc_die_model, tmp_path):
+    model, test = adc_die_model
     classes = [c for c in test if test[c]]
     one, two = test[classes[0]][0], test[classes[1]][0]
     img = tmp_path / "img"
     img.mkdir()
     for p in (one, two):
         shutil.copy(p, img / p.name)
-    src = _klarf18(tmp_path / "lot.klarf", [
-        _row18(1, 7, [(f"img/{one.name}", 1)]),
-        _row18(2, 7, []),
-        _row18(3, 0, [(f"img/{one.name}", 1), (f"img/{two.name}", 1)]),
+    src = klarf18(tmp_path / "lot.klarf", [
+        row18(1, 7, [(f"img/{one.name}", 1)]),
+        row18(2, 7, []),
+        row18(3, 0, [(f"img/{one.name}", 1), (f"img/{two.name}", 1)]),
     ])
     result = classify_klarf(src, model)
     rows = result.rows
@@ -121,8 +88,8 @@ def test_klarf18_defects_classified_and_written_back_in_place(die_model, tmp_pat
     _only_classes_changed(src, out, list(result.class_numbers))
 
 
-def test_klarf12_tiff_pages_8_and_16_bit_and_a_new_lookup(die_model, tmp_path):
-    model, test = die_model
+def test_klarf12_tiff_pages_8_and_16_bit_and_a_new_lookup(adc_die_model, tmp_path):
+    model, test = adc_die_model
     crops = [p for c in test for p in test[c][:1]][:3]
     pages = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in crops]
     cv2.imwritemulti(str(tmp_path / "review.tif"), pages)
@@ -154,8 +121,8 @@ def test_klarf12_tiff_pages_8_and_16_bit_and_a_new_lookup(die_model, tmp_path):
     assert [read_image(p).tolist() for p in written] == [pages[2].tolist(), pages[0].tolist(), pages[1].tolist()]
 
 
-def test_the_imagelist_fixture_with_its_images_in_place(shared, die_model, tmp_path):
-    model, test = die_model
+def test_the_imagelist_fixture_with_its_images_in_place(shared, adc_die_model, tmp_path):
+    model, test = adc_die_model
     src = tmp_path / "klarfWithImagelist.klarf"
     shutil.copy(shared / "fixtures" / "klarf" / "klarfWithImagelist.klarf", src)
     crop = next(p for c in test for p in test[c])
@@ -181,21 +148,21 @@ def test_the_imagelist_fixture_with_its_images_in_place(shared, die_model, tmp_p
     ("img/pages.tif#9", "defect 1: .*pages.tif: image number 9 is out of range: the TIFF has 2 page"),
     ("img/broken.png", "defect 1: .*broken.png: "),
 ])
-def test_bad_image_references_are_one_line_and_nothing_is_written(die_model, tmp_path, ref, message):
-    model, _ = die_model
+def test_bad_image_references_are_one_line_and_nothing_is_written(adc_die_model, tmp_path, ref, message):
+    model, _ = adc_die_model
     (tmp_path / "img").mkdir()
     (tmp_path / "outside.png").write_bytes(b"")
     (tmp_path / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     cv2.imwritemulti(str(tmp_path / "img" / "pages.tif"), [np.zeros((8, 8), np.uint8)] * 2)
     file, _, page = ref.partition("#")
-    src = _klarf18(tmp_path / "lot.klarf", [_row18(1, 0, [(file, int(page or 1))])])
+    src = klarf18(tmp_path / "lot.klarf", [row18(1, 0, [(file, int(page or 1))])])
     with pytest.raises(FabsightError, match=message) as info:
         classify_klarf(src, model)
     assert str(info.value).startswith(str(src)) and "\n" not in str(info.value)
 
 
-def test_imagecount_disagreeing_with_the_list_and_a_model_of_another_task(die_model, tmp_path):
-    model, _ = die_model
+def test_imagecount_disagreeing_with_the_list_and_a_model_of_another_task(adc_die_model, tmp_path):
+    model, _ = adc_die_model
     src = tmp_path / "lot.000"
     src.write_text("FileVersion 1 2;\nDiePitch 5000 5000;\nWaferID \"W\";\n"
                    "DefectRecordSpec 7 DEFECTID XINDEX YINDEX CLASSNUMBER TEST IMAGECOUNT IMAGELIST;\n"
@@ -206,21 +173,21 @@ def test_imagecount_disagreeing_with_the_list_and_a_model_of_another_task(die_mo
     shutil.copytree(model.dir, other)
     card = json.loads((other / "card.json").read_text())
     (other / "card.json").write_text(json.dumps({**card, "task": "wafer-classifier"}))
-    good = _klarf18(tmp_path / "ok.klarf", [_row18(1, 0, [])])
+    good = klarf18(tmp_path / "ok.klarf", [row18(1, 0, [])])
     with pytest.raises(FabsightError, match="is a 'wafer-classifier' model, expected 'die-classifier'"):
         classify_klarf(good, other)
 
 
-def test_cli_json_rows_and_one_line_errors(die_model, tmp_path, monkeypatch, capsys):
+def test_cli_json_rows_and_one_line_errors(adc_die_model, tmp_path, monkeypatch, capsys):
     from fabsight.cli.main import main
 
-    model, test = die_model
+    model, test = adc_die_model
     crop = next(p for c in test for p in test[c])
     pics = tmp_path / "pics"
     pics.mkdir()
     shutil.copy(crop, pics / "d1.png")
     (tmp_path / "k").mkdir()
-    src = _klarf18(tmp_path / "k" / "lot.klarf", [_row18(1, 0, [("d1.png", 1)]), _row18(2, 0, [])],
+    src = klarf18(tmp_path / "k" / "lot.klarf", [row18(1, 0, [("d1.png", 1)]), row18(2, 0, [])],
                    lookup=False)
 
     def cli(*args: str) -> tuple[int, str, str]:
@@ -248,10 +215,10 @@ def test_cli_json_rows_and_one_line_errors(die_model, tmp_path, monkeypatch, cap
 
 def _history_klarf(path: Path, crops: dict[str, list[Path]], numbers: dict[str, int], lookup: bool) -> Path:
     """A reviewed lot: each crop one defect, its manual class number, its image by absolute path."""
-    rows = [_row18(i + 1, numbers[c], [(str(p), 1)]) for i, (c, p) in enumerate(
+    rows = [row18(i + 1, numbers[c], [(str(p), 1)]) for i, (c, p) in enumerate(
         (c, p) for c in crops for p in crops[c])]
-    rows.append(_row18(len(rows) + 1, 0, []))  # unclassified, no image: left out
-    _klarf18(path, rows, lookup=False)
+    rows.append(row18(len(rows) + 1, 0, []))  # unclassified, no image: left out
+    klarf18(path, rows, lookup=False)
     if lookup:
         entries = "".join(f'        {n} "{c}" "";\n' for c, n in numbers.items())
         text = path.read_text().replace("  }\n}\nEndOfFile;", (
@@ -262,11 +229,11 @@ def _history_klarf(path: Path, crops: dict[str, list[Path]], numbers: dict[str, 
     return path
 
 
-def test_die_train_and_eval_on_reviewed_klarfs(die_model, shared, tmp_path, monkeypatch, capsys):
+def test_die_train_and_eval_on_reviewed_klarfs(adc_die_model, shared, tmp_path, monkeypatch, capsys):
     from fabsight.cli.main import main
 
-    _, test = die_model
-    train_dir = Path(die_model[0].card.training["data"])
+    _, test = adc_die_model
+    train_dir = Path(adc_die_model[0].card.training["data"])
     classes = sorted(d.name for d in train_dir.iterdir())[:3]
     numbers = {c: 11 + i for i, c in enumerate(classes)}
     (tmp_path / "lot").mkdir()
@@ -316,15 +283,15 @@ def _lots(test: dict[str, list[Path]], tmp_path: Path) -> Path:
         (lots / name).mkdir(parents=True)
         for p in batch:
             shutil.copy(p, lots / name / p.name)
-        _klarf18(lots / name / "lot.klarf", [_row18(i + 1, 0, [(p.name, 1)]) for i, p in enumerate(batch)])
-    _klarf18(lots / "broken.klarf", [_row18(1, 0, [("gone.png", 1)])])
+        klarf18(lots / name / "lot.klarf", [row18(i + 1, 0, [(p.name, 1)]) for i, p in enumerate(batch)])
+    klarf18(lots / "broken.klarf", [row18(1, 0, [("gone.png", 1)])])
     return lots
 
 
-def test_batch_adc_one_klarf_per_input_resumable(die_model, tmp_path):
+def test_batch_adc_one_klarf_per_input_resumable(adc_die_model, tmp_path):
     from fabsight.scale.adc import run_adc_batch
 
-    model, test = die_model
+    model, test = adc_die_model
     lots = _lots(test, tmp_path)
     out = tmp_path / "out"
     first = run_adc_batch([lots], out, model=model.dir)
@@ -342,11 +309,11 @@ def test_batch_adc_one_klarf_per_input_resumable(die_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_batch_adc_on_ray_writes_what_in_process_writes(die_model, tmp_path, monkeypatch, capsys):
+def test_batch_adc_on_ray_writes_what_in_process_writes(adc_die_model, tmp_path, monkeypatch, capsys):
     from fabsight.cli.main import main
     from fabsight.scale.adc import run_adc_batch
 
-    model, test = die_model
+    model, test = adc_die_model
     lots = _lots(test, tmp_path)
     shutil.copy(next(lots.glob("a/*.png")), lots / "gone.png")
     out = tmp_path / "out"
@@ -364,17 +331,17 @@ def test_batch_adc_on_ray_writes_what_in_process_writes(die_model, tmp_path, mon
 
 
 @pytest.mark.slow
-def test_onnx_runtime_classifies_as_torch_does(die_model, tmp_path):
+def test_onnx_runtime_classifies_as_torch_does(adc_die_model, tmp_path):
     from fabsight.deploy.export import export_onnx
 
-    model, test = die_model
+    model, test = adc_die_model
     onnx_dir = tmp_path / "model"
     shutil.copytree(model.dir, onnx_dir)
     export_onnx(onnx_dir, sample=None, n_threads=1)
     crops = [p for c in test for p in test[c][:2]]
     for p in crops:
         shutil.copy(p, tmp_path / p.name)
-    src = _klarf18(tmp_path / "lot.klarf", [_row18(i + 1, 0, [(p.name, 1)]) for i, p in enumerate(crops)])
+    src = klarf18(tmp_path / "lot.klarf", [row18(i + 1, 0, [(p.name, 1)]) for i, p in enumerate(crops)])
     by_torch = classify_klarf(src, model).rows
     by_onnx = classify_klarf(src, onnx_dir, runtime="onnx").rows
     assert [r.class_name for r in by_onnx] == [r.class_name for r in by_torch]

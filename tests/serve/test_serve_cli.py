@@ -25,7 +25,7 @@ def test_serve_refuses_bad_store_and_models(tmp_path: Path, monkeypatch, capsys)
     assert code == 2 and err.startswith("error: ") and "models folder does not exist" in err and err.count("\n") == 1
     (tmp_path / "empty").mkdir()
     code, err = _run(monkeypatch, capsys, "--db", str(tmp_path / "s.sqlite"), "--models", str(tmp_path / "empty"))
-    assert code == 2 and "no wafer-pattern or anomaly model in this folder" in err
+    assert code == 2 and "no wafer-pattern, anomaly or die model in this folder" in err
 
 
 def test_serve_json_startup_line_then_server(tmp_path: Path, monkeypatch, capsys, wafer_models_dir: Path) -> None:

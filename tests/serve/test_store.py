@@ -35,7 +35,7 @@ def test_migrated_schema_matches_the_models(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == []
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     assert set(inspect(store.engine).get_table_names()) >= {t.name for t in Base.metadata.sorted_tables}
     store.close()
     # opening again is a no-op upgrade and keeps the data
@@ -186,7 +186,7 @@ def test_upgrading_a_0001_store_groups_its_wafers(tmp_path: Path) -> None:
     engine.dispose()
     store = open_store(path)
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
     with store.session() as s:
         (lot,) = lot_summaries(s)

@@ -32,6 +32,8 @@ def _human(s: dict[str, Any]) -> None:
               "(class kept)", markup=False)
     for name, n in lot["classes"].items():
         out.print(f"  {s['class_numbers'][name]:>4}  {name}: {n}", markup=False)
+    if s.get("report"):
+        out.print(f"report: {s['report']}", markup=False)
 
 
 def adc(
@@ -40,6 +42,8 @@ def adc(
     out_file: Annotated[Path, typer.Option("--out", help="Classified KLARF to write (whole or not at all).")],
     images: ImagesOpt = None,
     review_code: ReviewCodeOpt = 0,
+    report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report: "
+                                                "Pareto of classes, wafer maps by class, thumbnails.")] = None,
     runtime: RuntimeOpt = "torch",
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -50,7 +54,12 @@ def adc(
     result = classify_klarf(klarf, model, images=images or (), review_code=review_code, runtime=runtime,
                             device=resolve_device(device) if runtime == "torch" else "cpu")
     write_classified(result, out_file)
-    emit({"out": str(out_file), **result.to_dict()}, as_json, _human)
+    summary = {"out": str(out_file), **result.to_dict()}
+    if report is not None:
+        from fabsight.adc.report import write_report
+
+        summary["report"] = str(write_report(result, out_file, report))
+    emit(summary, as_json, _human)
 
 
 def register(app: typer.Typer) -> None:

@@ -72,7 +72,8 @@ def announce(service: Service, url: str, as_json: bool, *, show_token: bool = Fa
 def serve(
     db: Annotated[str, typer.Option("--db", help="SQLite file, or a postgresql://… URL.")] = DEFAULT_DB,
     models: Annotated[
-        Path | None, typer.Option("--models", help="Wafer-pattern and/or anomaly model folder(s); default: the "
+        Path | None, typer.Option("--models", help="Wafer-pattern, anomaly and/or die model folder(s) (a die "
+                                                   "model turns on ADC of KLARF+images zips); default: the "
                                                    "shipped WM-811K wafer model ('pretrained').")
     ] = None,
     files: Annotated[

@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from fabsight import __version__
 from fabsight.errors import FabsightError, FormatError
 from fabsight.serve.guard import Guard
-from fabsight.serve.routers import analysis, dashboard, dies, docs, lots, reviews, uploads, wafers, yields
+from fabsight.serve.routers import adc, analysis, dashboard, dies, docs, lots, reviews, uploads, wafers, yields
 from fabsight.serve.schemas import Health
 from fabsight.serve.state import MAX_UPLOAD_BYTES, Policy, load_service
 from fabsight.serve.worker import ParseLimitError
@@ -90,7 +90,7 @@ def create_app(
     app.add_exception_handler(FabsightError, _user_error)
     app.add_middleware(Guard)
 
-    for module in (uploads, dies, wafers, lots, yields, reviews, analysis, dashboard, docs):
+    for module in (uploads, dies, wafers, lots, yields, reviews, analysis, adc, dashboard, docs):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(packages=[("fabsight.serve", "static")]), name="static")
     assets = docs.assets()

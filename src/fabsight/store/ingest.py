@@ -171,7 +171,7 @@ def add_wafer(session: Session, upload: Upload, item: AnalysedWafer, lot: Lot, m
     return wafer
 
 
-def _stored_name(sha: str, filename: str) -> str:
+def stored_name(sha: str, filename: str) -> str:
     """A file name of its own for each attempt (so racing uploads never share one), keeping a tidy suffix."""
     suffix = Path(filename).suffix.lower()
     suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,9}", suffix) else ""
@@ -203,7 +203,7 @@ def read_upload(
     return fmt, read_maps(path, fmt, allow_pickle=allow_pickle)
 
 
-def _parse(
+def parse_upload(
     data: bytes, filename: str, scratch: Path, formats: Sequence[str] | None, read: UploadReader
 ) -> tuple[str, list[WaferMap]]:
     name = safe_name(Path(filename).name, "upload")
@@ -255,9 +255,9 @@ def ingest_bytes(
     files = Path(files_dir)
     files.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=files, prefix=".parse-") as scratch:
-        fmt, maps = _parse(data, filename, Path(scratch), formats, read)
+        fmt, maps = parse_upload(data, filename, Path(scratch), formats, read)
     analysed = analyse_maps(maps, classifier, kb)
-    target = files / _stored_name(sha, filename)
+    target = files / stored_name(sha, filename)
     lot_name = lot or safe_name(Path(filename).stem, "upload")
     try:
         with store.write() as s:
@@ -354,7 +354,7 @@ def ingest_die_image(
     threshold = anomaly_model.resolve_threshold()
     amap = anomaly_model.anomaly_maps([image])[0]
     score = float(amap.max())
-    target = files / _stored_name(sha, filename)
+    target = files / stored_name(sha, filename)
     heatmap = target.with_name(f"{target.name.split('.')[0]}-heatmap.png")
     try:
         with store.write() as s:

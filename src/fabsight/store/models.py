@@ -255,3 +255,60 @@ class DieResult(Base):
 
     wafer: Mapped[Wafer | None] = relationship(back_populates="die_results")
     upload: Mapped[Upload] = relationship()
+
+
+class AdcLot(Base):
+    """One ADC run of an uploaded KLARF with its review images (a zip): where the unpacked files
+    and the classified KLARF are, and how the model's classes were numbered in it."""
+
+    __tablename__ = "adc_lots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    upload_id: Mapped[int] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), unique=True)
+    #: Folder (in the files folder) holding the unpacked archive.
+    folder: Mapped[str] = mapped_column(String(200))
+    #: The KLARF inside that folder, and the classified copy written beside the folder.
+    klarf: Mapped[str] = mapped_column(String(500))
+    classified: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    class_numbers: Mapped[dict[str, int]] = mapped_column(JSON)
+    review_code: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    upload: Mapped[Upload] = relationship()
+    defects: Mapped[list[AdcDefect]] = relationship(back_populates="adc_lot", order_by="AdcDefect.id",
+                                                    cascade="all, delete-orphan")
+
+
+class AdcDefect(Base):
+    """One KLARF defect as ADC classified it, with its review state (the words of :class:`Review`).
+
+    ``predicted`` is the model's class (None without images), ``label`` the class in force
+    (the model's when it was sure, a person's once decided, None while pending), ``image`` /
+    ``page`` its first review image (relative to the lot's folder; page of a multi-page TIFF).
+    """
+
+    __tablename__ = "adc_defects"
+    __table_args__ = (Index("ix_adc_defects_state", "state"),
+                      UniqueConstraint("adc_lot_pk", "wafer_id", "defect_id", name="uq_adc_defects_defect"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adc_lot_pk: Mapped[int] = mapped_column(ForeignKey("adc_lots.id", ondelete="CASCADE"), index=True)
+    wafer_pk: Mapped[int | None] = mapped_column(ForeignKey("wafers.id", ondelete="CASCADE"))
+    wafer_id: Mapped[str] = mapped_column(String(100))
+    defect_id: Mapped[int] = mapped_column(Integer)
+    original_class: Mapped[int | None] = mapped_column(Integer)
+    predicted: Mapped[str | None] = mapped_column(String(100))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(String(100), default="")
+    image: Mapped[str | None] = mapped_column(String(500))
+    page: Mapped[int] = mapped_column(Integer, default=1)
+    n_images: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(20))
+    label: Mapped[str | None] = mapped_column(String(100))
+    reviewer: Mapped[str | None] = mapped_column(String(100))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: Review order, highest first: 1 - confidence.
+    priority: Mapped[float] = mapped_column(Float, default=0.0)
+
+    adc_lot: Mapped[AdcLot] = relationship(back_populates="defects")

@@ -271,6 +271,14 @@ def review_queue(session: Session, *, state: str = "pending", limit: int = 200) 
     return list(session.scalars(q))
 
 
+def clean_label(label: str) -> str:
+    """A reviewer's class name, stripped; refused unless it can name a training folder (letters, digits, . _ + -)."""
+    label = label.strip()
+    if not label or len(label) > 100 or safe_name(label, "") != label:
+        raise FabsightError(None, f"label {label!r} is not a usable class name (letters, digits, . _ + -)")
+    return label
+
+
 def decide_review(store: Store, review_id: int, *, label: str | None = None, reviewer: str | None = None) -> Review:
     """Accept the model's label (``label=None``) or correct it; the same rules as :mod:`fabsight.labeling`.
 
@@ -286,9 +294,7 @@ def decide_review(store: Store, review_id: int, *, label: str | None = None, rev
                 raise Conflict(None, f"review item {review_id} has no prediction to accept; correct it with a label")
             label, state = review.predicted, "accepted"
         else:
-            label = label.strip()
-            if not label or len(label) > 100 or safe_name(label, "") != label:
-                raise FabsightError(None, f"label {label!r} is not a usable class name (letters, digits, . _ + -)")
+            label = clean_label(label)
             state = "accepted" if label == review.predicted else "corrected"
         done = s.execute(
             update(Review)

@@ -30,11 +30,12 @@ function setupUpload() {
     out.textContent = "uploading…";
     out.className = "muted";
     try {
-      const res = await fetch("/api/uploads", {method: "POST", body: new FormData(form)});
+      const res = await fetch(form.dataset.api || "/api/uploads", {method: "POST", body: new FormData(form)});
       loginAgain(res);
       const data = await res.json();
       if (!res.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
-      window.location = "/wafers?upload=" + data.id;
+      // the ADC form (data-next) goes to the ADC page of the upload, the wafer form to its wafers
+      window.location = form.dataset.next ? form.dataset.next + data.upload : "/wafers?upload=" + data.id;
     } catch (e) {
       out.textContent = "error: " + e.message;
       out.className = "error";
@@ -96,6 +97,7 @@ function setupReview() {
   const queue = document.getElementById("queue");
   if (!queue) return;
   const classes = JSON.parse(queue.dataset.classes);
+  const base = queue.dataset.api || "/api/reviews";  // the wafer queue, or the ADC defects (same verbs)
   const cards = Array.from(queue.querySelectorAll(".card"));
   const status = document.getElementById("review-status");
   let i = 0;
@@ -111,8 +113,8 @@ function setupReview() {
     if (!card || card.classList.contains("done")) return;
     const id = card.dataset.review;
     try {
-      const r = label === null ? await api(`/api/reviews/${id}/accept`, {})
-                               : await api(`/api/reviews/${id}/correct`, {label});
+      const r = label === null ? await api(`${base}/${id}/accept`, {})
+                               : await api(`${base}/${id}/correct`, {label});
       card.classList.add("done");
       card.querySelector(".decision").textContent = `${r.state}: ${r.label}`;
       status.textContent = `${open().length} left`;
