@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,14 @@ def test_titles_name_the_lot_not_the_path(tmp_path) -> None:
     wmap = WaferMap(np.ones((5, 5), np.uint8), wafer_id="4", source=str(tmp_path / "deep" / "LOT77.npy"))
     ax = render_map(wmap)
     assert ax.get_title().startswith("LOT77 · #4") and str(tmp_path) not in ax.get_title()
+
+
+def test_defects_without_in_die_positions_are_refused_not_all_called_repeaters() -> None:
+    """A KLARF written with every defect at its die's centre (the demo lot) has no positions to repeat."""
+    import fabsight
+
+    demo = Path(fabsight.__file__).parent / "examples" / "demo_lot" / "LOT-A103.klarf"
+    maps = read_maps(demo)
+    assert sum(len(m.defects) for m in maps) > 100
+    with pytest.raises(FabsightError, match="no in-die positions"):
+        find_repeaters(maps)

@@ -167,6 +167,11 @@ def _positions(wmap: WaferMap, reticle: tuple[int, int] | None) -> tuple[np.ndar
         raise FabsightError(wmap.source or None, "repeaters need KLARF defects (positions inside the die); none here")
     xi, yi = np.asarray(d.xindex, np.int64), np.asarray(d.yindex, np.int64)
     points = np.column_stack([d.xrel, d.yrel]).astype(np.float64)
+    if len(points) > 1 and not np.ptp(points, axis=0).any():
+        # Every defect at one in-die spot (a writer that knows only the die, e.g. at its centre):
+        # the chance model assumes positions spread over the die, so all would "repeat".
+        raise FabsightError(wmap.source or None, "every defect sits at the same place in its die (XREL/YREL all "
+                            "equal): the file carries no in-die positions to find repeaters with")
     if reticle is not None:
         if wmap.die_pitch is None:
             raise FabsightError(wmap.source or None, "a reticle search needs the die pitch (KLARF DiePitch)")

@@ -38,6 +38,7 @@ from fabsight.analytics.lot import LotAnalytics
 from fabsight.assist.explain import pct
 from fabsight.assist.facts import ZONES, DefectFacts, WaferFacts
 from fabsight.assist.knowledge import KnowledgeBase
+from fabsight.errors import FabsightError
 from fabsight.types import WM811K_CLASSES, wafer_key
 
 #: Below this cosine similarity to every example a question is refused.
@@ -924,6 +925,11 @@ def _analytics_out_of_reach(intent: str, lot: Lot, slots: dict[str, Any]) -> str
     if intent == "repeaters" and (an is None or not an.inspection):
         return ("it asks about repeating defects and the data holds no defect list (only KLARF inspection "
                 "results carry defect positions)")
+    if intent == "repeaters":
+        try:
+            an.repeaters  # noqa: B018  (computed once and cached; a file without in-die positions refuses)
+        except FabsightError as exc:
+            return f"repeaters cannot be found: {exc.message}"
     if intent == "kill_ratio":
         if an is None:
             return "kill ratios need the inspection and sort files themselves, and only stored facts are at hand"
