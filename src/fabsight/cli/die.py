@@ -9,6 +9,7 @@ import typer
 
 from fabsight.cli.common import DeviceOpt, JsonOpt, StrictOpt, emit, out, require_read
 from fabsight.cli.deploy import RuntimeOpt
+from fabsight.errors import FabsightError
 from fabsight.utils.device import resolve_device
 
 BackboneOpt = Annotated[
@@ -34,16 +35,38 @@ def _metrics_table(title: str, m: dict[str, Any]) -> None:
     out.print(t)
     out.print(f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
               f"macro-F1 {m['macro_f1']:.4f}  (n = {m['n']})", markup=False)
+    if "interval" in m:
+        ci = m["interval"]
+        out.print(f"{ci['level']:.0%} bootstrap interval: accuracy {ci['accuracy'][0]:.4f}–{ci['accuracy'][1]:.4f}, "
+                  f"balanced accuracy {ci['balanced_accuracy'][0]:.4f}–{ci['balanced_accuracy'][1]:.4f}", markup=False)
+
+
+def _print_search(record: dict[str, Any]) -> None:
+    """The --auto search in a few lines: the best candidates, the winner and why, the notes."""
+    out.print(f"searched {len(record['candidates'])} candidates, {record['repeats']}× {record['folds']}-fold CV "
+              f"({record['seconds'].get('total', 0):.0f} s); best:", markup=False)
+    for c in record["candidates"][:5]:
+        out.print(f"  {c['cv_mean']:.4f} ± {c['cv_sd']:.4f}  {c['name']}", markup=False)
+    out.print(f"chosen: {record['winner']}: {record['why']}", markup=False)
+    for note in record["notes"]:
+        out.print(f"note: {note}", markup=False)
 
 
 def train(
     data: Annotated[Path, typer.Argument(help="Labelled images: DATA/CLASS/*.png|jpg|bmp|tif.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write (replaced atomically).")],
-    backbone: BackboneOpt = "dinov2_vits14",
+    backbone: Annotated[str | None, typer.Option(
+        "--backbone", help="efficientnet_lite0, dinov2_vits14 (default without --auto), timm:<model> (with "
+                           "--weights) or a dir; with --auto a timm: or dir backbone joins the search.")] = None,
     weights: WeightsOpt = None,
     method: Annotated[
-        str, typer.Option("--method", help="probe, hybrid (deep+GLCM+Zernike), hierarchical or finetune.")
-    ] = "probe",
+        str | None, typer.Option("--method", help="probe (default without --auto), hybrid (deep+GLCM+Zernike), "
+                                                  "hierarchical or finetune.")
+    ] = None,
+    auto: Annotated[bool | None, typer.Option(
+        "--auto/--no-auto", help="Choose backbone, layers, input size and probe/hybrid by repeated cross-validation "
+                                 "on DATA within --max-minutes (default when no --method, --backbone or --layers).")
+    ] = None,
     layers: Annotated[list[str] | None, typer.Option("--layers", help="Backbone layer(s) to pool; repeat.")] = None,
     augment: Annotated[bool, typer.Option("--augment", help="Add flipped/rotated/brightness variants.")] = False,
     handcrafted: Annotated[
@@ -58,7 +81,8 @@ def train(
     c: Annotated[float, typer.Option("--C", min=1e-6, help="Inverse regularisation of the probes.")] = 0.5,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Most fine-tuning epochs (finetune).")] = 15,
     max_minutes: Annotated[
-        float | None, typer.Option("--max-minutes", min=0.1, help="Fine-tuning time budget (finetune).")
+        float | None, typer.Option("--max-minutes", min=0.1,
+                                   help="Time budget: of fine-tuning (finetune) or of the --auto search (default 20).")
     ] = None,
     unlabeled: Annotated[
         Path | None,
@@ -105,14 +129,24 @@ def train(
     from fabsight.io import ReadLog
 
     log = ReadLog(strict=strict)
-    result = train_model(
-        data, out_dir, backbone=backbone, weights=weights, method=method, layers=layers, augment=augment,
-        handcrafted=handcrafted,
-        groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
-        device=resolve_device(device), epochs=epochs, max_minutes=max_minutes, unlabeled=unlabeled,
-        pseudo_threshold=pseudo_threshold, rounds=rounds, max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta,
-        student_epochs=student_epochs, student_early_stop=student_early_stop, min_change=min_change, log=log,
-    )
+    if auto if auto is not None else (method is None and backbone is None and not layers):
+        from fabsight.die.auto import BUILTIN_BACKBONES, train_auto
+
+        if method is not None or layers or unlabeled is not None:
+            raise FabsightError(data, "--auto chooses the method and layers among frozen-feature probes: drop "
+                                "--method / --layers / --unlabeled, or pass --no-auto")
+        result = train_auto(data, out_dir, extra_backbone=None if backbone in (None, *BUILTIN_BACKBONES) else backbone,
+                            weights=weights, input_size=input_size, max_minutes=max_minutes, cv_folds=cv,
+                            device=resolve_device(device), log=log)
+    else:
+        result = train_model(
+            data, out_dir, backbone=backbone or "dinov2_vits14", weights=weights, method=method or "probe",
+            layers=layers, augment=augment, handcrafted=handcrafted,
+            groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c,
+            cv_folds=cv, device=resolve_device(device), epochs=epochs, max_minutes=max_minutes, unlabeled=unlabeled,
+            pseudo_threshold=pseudo_threshold, rounds=rounds, max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta,
+            student_epochs=student_epochs, student_early_stop=student_early_stop, min_change=min_change, log=log,
+        )
     card = result.card
     summary = {"model": str(result.out_dir), "classes": card.classes, "backbone": card.backbone,
                "training": card.training, "metrics": card.metrics, "hierarchy": card.extra.get("hierarchy")}
@@ -127,6 +161,8 @@ def train(
             out.print(f"self-training round {r['round']}: {sum(r['pseudo_labelled'].values())} of {r['n_pool']} "
                       f"unlabeled images pseudo-labelled (≤ {r['cap_per_class']} per class), student validation "
                       f"accuracy {r['val_accuracy']:.4f}", markup=False)
+        if s["training"].get("auto"):
+            _print_search(s["training"]["auto"])
         if self_training.get("stopped"):
             out.print(f"self-training stopped at {self_training['stopped']}; the previous model stands", markup=False)
         if "per_class" in s["metrics"]:

@@ -1,0 +1,138 @@
+"""``die train --auto``: fold planning, the selection rule, input sizes, the search end to end, bootstrap intervals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clikit import run_cli
+from fabsight.die import auto
+from fabsight.die.data import ImageFolder
+from fabsight.die.metrics import bootstrap_interval
+
+torch.set_num_threads(1)
+
+
+def _folder(counts: dict[str, int]) -> ImageFolder:
+    labels = np.repeat(np.arange(len(counts)), list(counts.values()))
+    return ImageFolder(None, [None] * len(labels), labels, list(counts))  # type: ignore[arg-type]
+
+
+def test_folds_come_from_the_smallest_class_and_fall_back_with_a_reason():
+    k, repeats, notes = auto.plan_folds(_folder({"a": 10, "b": 10}))
+    assert (k, repeats, notes) == (5, 5, [])  # 20 images: as many repeats as allowed
+    assert auto.plan_folds(_folder({"a": 500, "b": 400}))[:2] == (5, 1)
+    k, _, notes = auto.plan_folds(_folder({"a": 10, "rare": 3}))
+    assert k == 3 and "class 'rare' has only 3 images" in notes[0]
+    k, repeats, notes = auto.plan_folds(_folder({"a": 10, "single": 1}))
+    assert (k, repeats) == (0, 0) and "class 'single' has 1 image" in notes[0] and "no search" in notes[0]
+
+
+def _scores(method: str, folds: list[float], C: float = 0.5) -> auto.Scores:
+    return auto.Scores(auto.Candidate("efficientnet_lite0", 224, ("blocks.6",), method, C, 320 + 43 * (method == "hybrid")),
+                       np.asarray(folds))
+
+
+def test_a_complex_method_must_win_by_more_than_one_standard_error():
+    probe = _scores("probe", [0.8, 0.6, 0.9, 0.7, 0.8])
+    noisy = _scores("hybrid", [0.9, 0.5, 1.0, 0.6, 0.9])  # +0.02 on average, swinging ±0.1: not clear
+    chosen, why = auto.pick([probe, noisy], folds=5)
+    assert chosen == probe.candidate and "not clearly" in why
+    steady = _scores("hybrid", [0.85, 0.66, 0.95, 0.76, 0.86])  # +0.06 on every fold
+    chosen, why = auto.pick([probe, steady], folds=5)
+    assert chosen == steady.candidate and "> 1 SE" in why
+    # among probes the best mean wins outright, ties go to the simpler (smaller C here)
+    strong, weak = _scores("probe", [0.9] * 5, C=0.05), _scores("probe", [0.9] * 5, C=0.5)
+    assert auto.pick([weak, strong], folds=5)[0] == strong.candidate
+
+
+def test_input_sizes_follow_the_images():
+    assert auto.input_sizes(224, 14, {"short_side_median": 64}) == [224, 70]  # small crops: near their own size
+    assert auto.input_sizes(224, 32, {"short_side_median": 600}) == [224, 352]  # large images: more pixels too
+    assert auto.input_sizes(224, 14, {"short_side_median": 200}) == [224]
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_images():
+    assert bootstrap_interval(["a", "b"] * 10, ["a", "b"] * 10)["accuracy"] == [1.0, 1.0]
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (40, 1000):
+        truth = rng.choice(["a", "b", "c"], size=n)
+        pred = np.where(rng.random(n) < 0.8, truth, "a")
+        ci = bootstrap_interval(truth, pred)
+        acc = float(np.mean(truth == pred))
+        assert ci["accuracy"][0] <= acc <= ci["accuracy"][1]
+        widths.append(ci["accuracy"][1] - ci["accuracy"][0])
+    assert widths[1] < widths[0] / 3  # ~ 1/√n
+
+
+def _textures(root, n: int, seed: int) -> None:
+    """Stripes vs dots, in two sizes and both grey and colour (mixed inputs the search must report)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for cls in ("stripes", "dots"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            size = 40 if i % 2 else 48
+            img = np.full((size, size), 30, np.uint8)
+            if cls == "stripes":
+                period = int(rng.integers(5, 9))
+                img[:, np.arange(size) % period < period // 2] = 220
+            else:
+                for x, y in rng.integers(3, size - 3, size=(10, 2)):
+                    cv2.circle(img, (int(x), int(y)), 2, 220, -1)
+            if i % 3 == 0:
+                img = np.dstack([img, img // 2, img])  # a colour image among grey ones
+            cv2.imwrite(str(root / cls / f"{seed}_{i}.png"), img)
+
+
+def test_auto_is_the_default_and_records_the_search_in_the_card(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FABSIGHT_CACHE", str(tmp_path / "cache"))
+    _textures(tmp_path / "train", 8, seed=0)
+    _textures(tmp_path / "test", 6, seed=1)
+    code, out, err = run_cli(["die", "train", tmp_path / "train", "--out", tmp_path / "m", "--input-size", 56,
+                              "--cv", 2, "--device", "cpu", "--json"], capsys)
+    assert code == 0, err
+    search = json.loads(out)["training"]["auto"]
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["training"]["auto"] == search
+    names = [c["name"] for c in search["candidates"]]
+    assert search["winner"] in names and len(names) == len(set(names))
+    assert {tuple(c["layers"]) for c in search["candidates"] if c["backbone"] == "dinov2_vits14"} == {
+        ("blocks.8",), ("blocks.10",), ("head",)}
+    assert {c["input_size"] for c in search["candidates"]} == {56}  # --input-size 56: a 14-px multiple already
+    assert any(c["method"] == "hybrid" for c in search["candidates"])
+    assert search["candidates"][0]["cv_mean"] > 0.9  # stripes vs dots: easy for any backbone
+    winner = next(c for c in search["candidates"] if c["name"] == search["winner"])
+    assert card["backbone"]["name"] == winner["backbone"] and card["backbone"]["layers"] == winner["layers"]
+    assert card["training"]["method"] == winner["method"] and card["training"]["C"] == winner["C"]
+    assert (search["folds"], search["repeats"]) == (5, 5)
+    assert any("2 sizes" in n for n in search["notes"]) and any("mixed grey" in n for n in search["notes"])
+
+    code, out, err = run_cli(["die", "eval", tmp_path / "m", tmp_path / "test", "--device", "cpu", "--json"], capsys)
+    assert code == 0, err
+    m = json.loads(out)
+    lo, hi = m["interval"]["accuracy"]
+    assert lo <= m["accuracy"] <= hi and m["accuracy"] > 0.8
+    code, out, err = run_cli(["die", "eval", tmp_path / "m", tmp_path / "test", "--device", "cpu"], capsys)
+    assert code == 0 and "95% bootstrap interval: accuracy" in out
+
+
+def test_auto_refuses_options_it_would_ignore(tmp_path, capsys):
+    _textures(tmp_path / "train", 3, seed=0)
+    code, out, err = run_cli(["die", "train", tmp_path / "train", "--out", tmp_path / "m", "--auto",
+                              "--method", "hybrid"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--auto chooses the method and layers" in err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("bad", ["timm:resnet18"])
+def test_a_timm_backbone_without_weights_is_one_line(tmp_path, capsys, bad):
+    _textures(tmp_path / "train", 3, seed=0)
+    code, out, err = run_cli(["die", "train", tmp_path / "train", "--out", tmp_path / "m", "--backbone", bad,
+                              "--auto"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: timm:resnet18"), err
