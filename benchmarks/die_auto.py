@@ -44,13 +44,14 @@ def permutations(folder: ImageFolder, seed: int) -> list[np.ndarray]:
 
 
 def draws(root: Path, name: str, n_draws: int, most: int, test_per_class: int) -> list[dict[str, Any]]:
-    """Per draw: the labelled pool (per-class permutations) and the fixed test images."""
+    """Per draw: the labelled pool (per-class permutations) and the fixed test images (at most
+    ``test_per_class`` of each class: magnetic tile's from outside the largest labelled budget)."""
     out = []
     if name == "magnetic_tile":
         folder = scan_folder(root / name)
         for d in range(n_draws):
             perm = permutations(folder, d)
-            test = np.sort(np.concatenate([p[most:] for p in perm]))
+            test = np.sort(np.concatenate([p[most:most + test_per_class] for p in perm]))
             out.append({"pool": folder, "perm": perm, "test": folder.subset(test)})
     elif name == "deeppcb":
         train = scan_folder(root / name / "train")
@@ -104,12 +105,14 @@ def warm(folders: list[ImageFolder], cache: Path, backbones: dict[tuple[str, int
     return cost
 
 
-def run_set(root: Path, name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
+def run_set(root: Path, name: str, args: argparse.Namespace, cache: Path, result: dict[str, Any]) -> None:
+    """Fill ``result["sets"][name]``, rewriting ``args.out`` after every row (a long run keeps what it did)."""
     ds = draws(root, name, args.draws, max(args.labels), args.test_per_class)
     backbones: dict[tuple[str, int], Any] = {}
     folders = [labelled(d, max(args.labels)) for d in ds] + [d["test"] for d in ds]
     cold = warm(folders, cache, backbones)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    result["sets"][name] = {"rows": rows, "embed_seconds_per_image": cold}
     for k in args.labels:
         for i, d in enumerate(ds):
             train = labelled(d, k)
@@ -123,9 +126,10 @@ def run_set(root: Path, name: str, args: argparse.Namespace, cache: Path) -> dic
             for label, cand in FIXED.items():
                 row[label] = score(cand, train, d["test"], cache, backbones)
             rows.append(row)
+            result["sets"][name]["summary"] = summarise(rows, cold)
+            write_json(args.out, result)
             print(f"{name} k={k} draw={i}: auto {row['auto']['accuracy']:.4f} ({row['winner']}) "
                   f"fixed {row['dinov2_b10_probe']['accuracy']:.4f}", flush=True)
-    return {"rows": rows, "embed_seconds_per_image": cold, "summary": summarise(rows, cold)}
 
 
 def summarise(rows: list[dict[str, Any]], cold: dict[str, float]) -> dict[str, Any]:
@@ -154,7 +158,7 @@ def main() -> None:
     ap.add_argument("--sets", default="magnetic_tile,deeppcb")
     ap.add_argument("--labels", default="5,10,25")
     ap.add_argument("--draws", type=int, default=3)
-    ap.add_argument("--test-per-class", type=int, default=100, help="DeepPCB test crops per class")
+    ap.add_argument("--test-per-class", type=int, default=100, help="most test images per class")
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
@@ -164,8 +168,7 @@ def main() -> None:
     cache = default_cache()
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "sets": {}}
     for name in args.sets.split(","):
-        result["sets"][name] = run_set(args.data, name, args, cache)
-        write_json(args.out, result)
+        run_set(args.data, name, args, cache, result)
     print(json.dumps({name: r["summary"] for name, r in result["sets"].items()}, indent=1))
 
 

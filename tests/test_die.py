@@ -181,7 +181,8 @@ def test_train_eval_predict_end_to_end(crops, tmp_path, monkeypatch, capsys):
     card = json.loads((tmp_path / "model" / "card.json").read_text())
     assert card["task"] == "die-classifier" and card["training"]["ok_class"] == "ok"
     assert card["backbone"]["layers"] == ["blocks.6", "head"] and card["input"]["size"] == [64, 64]
-    assert card["extra"]["hierarchy"]["defect_vs_ok"]["accuracy"] > 0.9
+    levels = card["extra"]["hierarchy"]  # no held-out folds: no per-level figures (training-image ones mean nothing)
+    assert "defect_vs_ok" not in levels and "no held-out folds" in levels["note"] and levels["groups"]
     model = DieModel(tmp_path / "model")
     metrics = model.evaluate(root / "test", cache=tmp_path / "cache")
     assert set(metrics) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,8 +33,8 @@ def test_folds_come_from_the_smallest_class_and_fall_back_with_a_reason():
 
 
 def _scores(method: str, folds: list[float], C: float = 0.5) -> auto.Scores:
-    return auto.Scores(auto.Candidate("efficientnet_lite0", 224, ("blocks.6",), method, C, 320 + 43 * (method == "hybrid")),
-                       np.asarray(folds))
+    dim = 320 + 43 * (method == "hybrid")
+    return auto.Scores(auto.Candidate("efficientnet_lite0", 224, ("blocks.6",), method, C, dim), np.asarray(folds))
 
 
 def test_a_complex_method_must_win_by_more_than_one_standard_error():
@@ -47,6 +48,21 @@ def test_a_complex_method_must_win_by_more_than_one_standard_error():
     # among probes the best mean wins outright, ties go to the simpler (smaller C here)
     strong, weak = _scores("probe", [0.9] * 5, C=0.05), _scores("probe", [0.9] * 5, C=0.5)
     assert auto.pick([weak, strong], folds=5)[0] == strong.candidate
+
+
+def _layered(layers: dict[str, tuple[int, int]]) -> SimpleNamespace:
+    return SimpleNamespace(cfg=SimpleNamespace(layers=layers, input_size=(224, 224)))
+
+
+def test_layer_sets_follow_the_backbone_shape():
+    vit = {**{f"blocks.{i}": (384, 14) for i in range(12)}, "head": (384, 14)}
+    assert auto.layer_sets(_layered(vit)) == [("blocks.8",), ("blocks.10",), ("head",)]
+    cnn = {"blocks.2": (40, 8), "blocks.4": (112, 16), "blocks.6": (320, 32), "head": (1280, 32)}
+    assert auto.layer_sets(_layered(cnn)) == [("blocks.4",), ("blocks.6",), ("blocks.4", "blocks.6"),
+                                              ("blocks.6", "head")]
+    # a size the user gives: a ViT's rounded up to its 14-px patch, a CNN's kept
+    assert auto.candidate_sizes(_layered(vit), {}, 64) == [70]
+    assert auto.candidate_sizes(_layered(cnn), {}, 64) == [64]
 
 
 def test_input_sizes_follow_the_images():
@@ -92,6 +108,7 @@ def _textures(root, n: int, seed: int) -> None:
 
 def test_auto_is_the_default_and_records_the_search_in_the_card(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FABSIGHT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(auto, "BUILTIN_BACKBONES", ("efficientnet_lite0",))  # one backbone keeps the test short
     _textures(tmp_path / "train", 8, seed=0)
     _textures(tmp_path / "test", 6, seed=1)
     code, out, err = run_cli(["die", "train", tmp_path / "train", "--out", tmp_path / "m", "--input-size", 56,
@@ -102,9 +119,9 @@ def test_auto_is_the_default_and_records_the_search_in_the_card(tmp_path, capsys
     assert card["training"]["auto"] == search
     names = [c["name"] for c in search["candidates"]]
     assert search["winner"] in names and len(names) == len(set(names))
-    assert {tuple(c["layers"]) for c in search["candidates"] if c["backbone"] == "dinov2_vits14"} == {
-        ("blocks.8",), ("blocks.10",), ("head",)}
-    assert {c["input_size"] for c in search["candidates"]} == {56}  # --input-size 56: a 14-px multiple already
+    assert {tuple(c["layers"]) for c in search["candidates"]} == {
+        ("blocks.4",), ("blocks.6",), ("blocks.4", "blocks.6"), ("blocks.6", "head")}
+    assert {c["input_size"] for c in search["candidates"]} == {56}
     assert any(c["method"] == "hybrid" for c in search["candidates"])
     assert search["candidates"][0]["cv_mean"] > 0.9  # stripes vs dots: easy for any backbone
     winner = next(c for c in search["candidates"] if c["name"] == search["winner"])
@@ -124,7 +141,7 @@ def test_auto_is_the_default_and_records_the_search_in_the_card(tmp_path, capsys
 
 def test_auto_refuses_options_it_would_ignore(tmp_path, capsys):
     _textures(tmp_path / "train", 3, seed=0)
-    code, out, err = run_cli(["die", "train", tmp_path / "train", "--out", tmp_path / "m", "--auto",
+    code, _, err = run_cli(["die", "train", tmp_path / "train", "--out", tmp_path / "m", "--auto",
                               "--method", "hybrid"], capsys)
     assert code == 2 and err.count("\n") == 1 and "--auto chooses the method and layers" in err
     assert not (tmp_path / "m").exists()
@@ -133,6 +150,25 @@ def test_auto_refuses_options_it_would_ignore(tmp_path, capsys):
 @pytest.mark.parametrize("bad", ["timm:resnet18"])
 def test_a_timm_backbone_without_weights_is_one_line(tmp_path, capsys, bad):
     _textures(tmp_path / "train", 3, seed=0)
-    code, out, err = run_cli(["die", "train", tmp_path / "train", "--out", tmp_path / "m", "--backbone", bad,
+    code, _, err = run_cli(["die", "train", tmp_path / "train", "--out", tmp_path / "m", "--backbone", bad,
                               "--auto"], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: timm:resnet18"), err
+
+
+def test_hierarchy_levels_are_measured_on_held_out_folds(tmp_path):
+    import cv2
+
+    from fabsight.die.model import train
+
+    _textures(tmp_path / "train", 6, seed=0)
+    (tmp_path / "train" / "ok").mkdir()
+    for i in range(6):  # plain, slightly noisy tiles: the no-defect class
+        img = np.random.default_rng(i).integers(20, 40, size=(40, 40)).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / "train" / "ok" / f"{i}.png"), img)
+    result = train(tmp_path / "train", tmp_path / "m", backbone="efficientnet_lite0", method="hierarchical",
+                   input_size=32, cv_folds=3, cache=tmp_path / "cache")
+    levels = result.card.extra["hierarchy"]
+    assert levels["measured_on"] == "held-out images of the 3 cross-validation folds"
+    assert levels["defect_vs_ok"]["n"] == levels["overall"]["n"] == 18  # every image scored once, held out
+    assert levels["overall"]["accuracy"] == pytest.approx(result.card.metrics["accuracy"])  # the same predictions
+    assert levels["defect_vs_ok"]["accuracy"] > 0.8
