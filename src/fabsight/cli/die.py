@@ -270,6 +270,12 @@ def discover(
     reduce_with: Annotated[str, typer.Option("--reduce", help="pca or umap.")] = "pca",
     max_k: Annotated[int, typer.Option("--max-k", min=2, help="Largest k tried by k-means.")] = 15,
     html_out: Annotated[Path | None, typer.Option("--out", help="Write an HTML contact sheet here.")] = None,
+    layers: Annotated[list[str] | None, typer.Option(
+        "--layers", help="Backbone layer(s) to pool; repeat (default: each candidate set tried, best separated kept).")
+    ] = None,
+    export: Annotated[Path | None, typer.Option(
+        "--export", help="Write DIR/cluster_NN/ label folders (symlinks) and DIR/review.json, one item per cluster "
+                         "to name.")] = None,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
     strict: StrictOpt = False,
@@ -281,15 +287,23 @@ def discover(
 
     log = ReadLog(strict=strict)
     result = discover_folder(folder, backbone=backbone, weights=weights, method=method, reduce_with=reduce_with,
-                             k_range=range(2, max_k + 1), html_out=html_out, input_size=input_size,
+                             k_range=range(2, max_k + 1), layers=layers, html_out=html_out, export=export,
+                             input_size=input_size,
                              device=resolve_device(device), log=log)
 
     def human(r: dict[str, Any]) -> None:
+        for row in r["layer_search"]:
+            chosen = "  (chosen)" if row.get("chosen") else ""
+            out.print(f"  layers {'+'.join(row['layers'])}: {row['n_clusters']} clusters, silhouette "
+                      f"{row['silhouette']:.3f}, stability {row['stability']:.3f}{chosen}", markup=False)
         out.print(f"{r['n_images']} images → {r['n_clusters']} clusters ({r['clustering']['method']})", markup=False)
         for cl in r["clusters"]:
             out.print(f"  cluster {cl['id']}: {cl['size']} images, e.g. {cl['representatives'][0]}", markup=False)
         if r.get("agreement"):
             out.print(f"agreement with folder names: {r['agreement']}", markup=False)
+        if r.get("export"):
+            out.print(f"wrote {r['export']['folder']}: {r['export']['items']} cluster folders to name "
+                      "(review.json)", markup=False)
 
     emit(result, as_json, human, log)
 
