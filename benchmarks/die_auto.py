@@ -5,8 +5,9 @@
         --out bench_out/die_auto.json
 
 For each set, label budget (5, 10, 25 per class) and seeded draw: the labelled images are the
-first L of a per-class permutation, the test images are fixed per draw (magnetic tile: every
-image outside the first 25 of each class; DeepPCB: a seeded sample of the original test crops).
+first L of a per-class permutation, the test images are the same for every draw (magnetic
+tile: a seeded sample that leaves enough of each class to label; DeepPCB: a seeded sample of
+the original test crops).
 On the same labelled images the script runs the automatic search (:func:`fabsight.die.auto.search`,
 the code ``die train --auto`` runs) and two fixed probes — the former ``die train`` default
 (DINOv2 ViT-S/14 block 10, 224 px, C = 0.5) and EfficientNet-Lite0 blocks.6+head — and scores
@@ -44,15 +45,16 @@ def permutations(folder: ImageFolder, seed: int) -> list[np.ndarray]:
 
 
 def draws(root: Path, name: str, n_draws: int, most: int, test_per_class: int) -> list[dict[str, Any]]:
-    """Per draw: the labelled pool (per-class permutations) and the fixed test images (at most
-    ``test_per_class`` of each class: magnetic tile's from outside the largest labelled budget)."""
+    """Per draw: the labelled pool (per-class permutations) and the test images, the same for every
+    draw (at most ``test_per_class`` of each class; magnetic tile's leave ``most`` per class to label)."""
     out = []
     if name == "magnetic_tile":
         folder = scan_folder(root / name)
+        fixed = permutations(folder, 1000)  # the test images: the same for every draw
+        test = np.sort(np.concatenate([p[:min(test_per_class, len(p) - most)] for p in fixed]))
+        pool = folder.subset(np.setdiff1d(np.arange(len(folder)), test))
         for d in range(n_draws):
-            perm = permutations(folder, d)
-            test = np.sort(np.concatenate([p[most:most + test_per_class] for p in perm]))
-            out.append({"pool": folder, "perm": perm, "test": folder.subset(test)})
+            out.append({"pool": pool, "perm": permutations(pool, d), "test": folder.subset(test)})
     elif name == "deeppcb":
         train = scan_folder(root / name / "train")
         test_all = scan_folder(root / name / "test", classes=train.classes)
