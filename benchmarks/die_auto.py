@@ -119,12 +119,12 @@ def run_set(root: Path, name: str, args: argparse.Namespace, cache: Path, result
         for i, d in enumerate(ds):
             train = labelled(d, k)
             t0 = time.monotonic()
-            result = auto.search(train, max_minutes=args.max_minutes, cache=cache)
+            found = auto.search(train, max_minutes=args.max_minutes, cache=cache)
             seconds = time.monotonic() - t0
             row = {"labels_per_class": k, "draw": i, "n_train": len(train), "n_test": len(d["test"]),
-                   "winner": result.winner.name, "why": result.why, "search_seconds_warm": seconds,
-                   "auto": score(result.winner, train, d["test"], cache, backbones),
-                   "cv_best": max(s.mean for s in result.scores), "notes": result.notes}
+                   "winner": found.winner.name, "why": found.why, "search_seconds_warm": seconds,
+                   "auto": score(found.winner, train, d["test"], cache, backbones),
+                   "cv_best": max(s.mean for s in found.scores), "notes": found.notes}
             for label, cand in FIXED.items():
                 row[label] = score(cand, train, d["test"], cache, backbones)
             rows.append(row)
