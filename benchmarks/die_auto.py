@@ -4,6 +4,9 @@
     PYTHONPATH=src nice -n 10 python benchmarks/die_auto.py --data /tmp/die_data --threads 1 \
         --out bench_out/die_auto.json
 
+Sets: magnetic tile (6 classes incl. Free), DeepPCB defect crops (6), MVTec 3D-AD tire whole
+images (good, contamination, cut, hole; ``--shared``).
+
 For each set, label budget (5, 10, 25 per class) and seeded draw: the labelled images are the
 first L of a per-class permutation, the test images are the same for every draw (magnetic
 tile: a seeded sample that leaves enough of each class to label; DeepPCB: a seeded sample of
@@ -48,7 +51,7 @@ def draws(root: Path, name: str, n_draws: int, most: int, test_per_class: int) -
     """Per draw: the labelled pool (per-class permutations) and the test images, the same for every
     draw (at most ``test_per_class`` of each class; magnetic tile's leave ``most`` per class to label)."""
     out = []
-    if name == "magnetic_tile":
+    if name in ("magnetic_tile", "tire"):
         folder = scan_folder(root / name)
         fixed = permutations(folder, 1000)  # the test images: the same for every draw
         test = np.sort(np.concatenate([p[:min(test_per_class, len(p) - most)] for p in fixed]))
@@ -62,6 +65,18 @@ def draws(root: Path, name: str, n_draws: int, most: int, test_per_class: int) -
         for d in range(n_draws):
             out.append({"pool": train, "perm": permutations(train, d), "test": test_all.subset(test)})
     return out
+
+
+def tire_view(tire_root: Path, out: Path) -> None:
+    """``out/{good,contamination,cut,hole}/`` symlinks to the MVTec 3D-AD tire RGB images (whole
+    300×400 images; ``combined``, 5 images, left out); good = train/good + test/good."""
+    if out.is_dir():
+        return
+    for split, cls in (("train", "good"), ("test", "good"), ("test", "contamination"), ("test", "cut"),
+                       ("test", "hole")):
+        (out / cls).mkdir(parents=True, exist_ok=True)
+        for img in sorted((tire_root / split / cls).glob("*.png")):
+            (out / cls / f"{split}_{img.name}").symlink_to(img.resolve())
 
 
 def labelled(draw: dict[str, Any], k: int) -> ImageFolder:
@@ -157,7 +172,9 @@ def summarise(rows: list[dict[str, Any]], cold: dict[str, float]) -> dict[str, A
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="root with deeppcb/{train,test} and magnetic_tile/")
-    ap.add_argument("--sets", default="magnetic_tile,deeppcb")
+    ap.add_argument("--sets", default="magnetic_tile,deeppcb,tire")
+    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared",
+                    help="for the tire set: data/mvtec3d_tire is viewed as DATA/tire class folders (symlinks)")
     ap.add_argument("--labels", default="5,10,25")
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--test-per-class", type=int, default=100, help="most test images per class")
@@ -170,6 +187,8 @@ def main() -> None:
     cache = default_cache()
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "sets": {}}
     for name in args.sets.split(","):
+        if name == "tire":
+            tire_view(args.shared / "data" / "mvtec3d_tire", args.data / "tire")
         run_set(args.data, name, args, cache, result)
     print(json.dumps({name: r["summary"] for name, r in result["sets"].items()}, indent=1))
 

@@ -65,6 +65,20 @@ def test_layer_sets_follow_the_backbone_shape():
     assert auto.candidate_sizes(_layered(cnn), {}, 64) == [64]
 
 
+def test_the_default_probe_stands_unless_another_wins_clearly():
+    def probe(backbone: str, layers: tuple[str, ...], folds: list[float]) -> auto.Scores:
+        return auto.Scores(auto.Candidate(backbone, 224, layers, "probe", 0.5, 384), np.asarray(folds))
+
+    defaults = {"dinov2_vits14": (224, ("blocks.10",)), "efficientnet_lite0": (224, ("blocks.6", "head"))}
+    ref = probe("dinov2_vits14", ("blocks.10",), [0.6, 0.4, 0.8, 0.5, 0.6])
+    lucky = probe("efficientnet_lite0", ("blocks.4",), [0.8, 0.3, 1.0, 0.4, 0.7])  # +0.06, swinging ±0.2
+    chosen, why = auto.pick([lucky, ref], folds=5, defaults=defaults)
+    assert chosen == ref.candidate and "the default stands" in why
+    clear = probe("efficientnet_lite0", ("blocks.4",), [0.7, 0.5, 0.9, 0.6, 0.7])  # +0.1 on every fold
+    assert auto.pick([clear, ref], folds=5, defaults=defaults)[0] == clear.candidate
+    assert auto.pick([lucky, ref], folds=5)[0] == lucky.candidate  # no default known: the best mean
+
+
 def test_input_sizes_follow_the_images():
     assert auto.input_sizes(224, 14, {"short_side_median": 64}) == [224, 70]  # small crops: near their own size
     assert auto.input_sizes(224, 32, {"short_side_median": 600}) == [224, 352]  # large images: more pixels too
