@@ -13,8 +13,8 @@ judge that does not need a test set is cross-validation on the training images t
   stratified k-fold, every candidate on the same folds, k from the smallest class.
 - The best mean wins only if it wins clearly: with few labels the best of many candidates is
   often best by chance, so hybrid must beat the best probe, and the winner the plain default
-  probe, by more than one standard error of the paired fold-by-fold gain ("prefer the simpler
-  unless the other wins clearly").
+  probe, by more than the paired fold-by-fold gain's standard error times √(2 ln m), m the
+  candidates it was the best of ("prefer the simpler unless the other wins clearly").
 - ``max_minutes`` bounds the search: an embedding pass that would not fit is skipped and said so.
 """
 
@@ -224,12 +224,18 @@ def _paired(best: Scores, other: Scores, folds: int) -> tuple[float, float]:
     return float(diff.mean()), se
 
 
-def _clear_win(best: Scores, other: Scores, folds: int) -> tuple[bool, str]:
-    """Whether ``best`` beats ``other`` clearly (paired gain > 1 SE), and the sentence that says so."""
+def _clear_win(best: Scores, other: Scores, folds: int, rivals: int = 1) -> tuple[bool, str]:
+    """Whether ``best`` beats ``other`` clearly, and the sentence that says so.
+
+    Clearly: the paired gain exceeds its standard error times √(2 ln m), m = ``rivals`` (at least 1 SE):
+    ``best`` is the maximum of m candidates, and the largest of m chance gains reaches about
+    √(2 ln m) standard errors, so a gain a single comparison would accept is no evidence here.
+    """
     gain, se = _paired(best, other, folds)
-    verdict = ">" if gain > se else "≤"
-    return gain > se, (f"{best.candidate.name} vs {other.candidate.name}: {best.mean:.4f} vs {other.mean:.4f}, "
-                       f"paired gain {gain:+.4f} {verdict} 1 SE ({se:.4f})")
+    bar = se * max(1.0, math.sqrt(2 * math.log(max(rivals, 1))))
+    verdict = ">" if gain > bar else "≤"
+    return gain > bar, (f"{best.candidate.name} vs {other.candidate.name}: {best.mean:.4f} vs {other.mean:.4f}, "
+                        f"paired gain {gain:+.4f} {verdict} {bar:.4f} (SE {se:.4f}, best of {rivals})")
 
 
 def reference(scores: Sequence[Scores], defaults: dict[str, tuple[int, tuple[str, ...]]]) -> Scores | None:
@@ -247,21 +253,21 @@ def reference(scores: Sequence[Scores], defaults: dict[str, tuple[int, tuple[str
 
 def pick(scores: Sequence[Scores], folds: int,
          defaults: dict[str, tuple[int, tuple[str, ...]]] | None = None) -> tuple[Candidate, str]:
-    """The best cross-validated candidate, unless it fails to beat a simpler choice clearly (paired
-    fold-by-fold gain above one standard error): hybrid must beat the best probe, and the winner must
-    beat the reference (the plain default probe). With a few labels per class the fold scores swing
-    by tens of points and the best of many candidates is often best by chance; the default then stands."""
+    """The best cross-validated candidate, unless it fails to beat a simpler choice clearly
+    (:func:`_clear_win`): hybrid must beat the best probe, and the winner must beat the reference
+    (the plain default probe). With a few labels per class the fold scores swing by tens of points
+    and the best of many candidates is often best by chance; the default then stands."""
     best = max(scores, key=lambda s: (s.mean, tuple(-v for v in s.candidate.simplicity())))
     steps = [f"best cross-validated balanced accuracy: {best.candidate.name}, {best.mean:.4f} ± {best.sd:.4f}"]
     probes = [s for s in scores if s.candidate.method == "probe"]
     if best.candidate.method != "probe" and probes:
         alt = max(probes, key=lambda s: s.mean)
-        clear, text = _clear_win(best, alt, folds)
+        clear, text = _clear_win(best, alt, folds, rivals=len(scores) - len(probes))
         steps.append(text + ("" if clear else ": not clearly, the simpler probe is kept"))
         best = best if clear else alt
     ref = reference(scores, defaults or {})
     if ref is not None and ref is not best:
-        clear, text = _clear_win(best, ref, folds)
+        clear, text = _clear_win(best, ref, folds, rivals=len(scores) - 1)
         steps.append(text + ("" if clear else ": not clearly, the default stands"))
         best = best if clear else ref
     return best.candidate, "; ".join(steps)
