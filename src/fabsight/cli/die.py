@@ -36,6 +36,21 @@ def _metrics_table(title: str, m: dict[str, Any]) -> None:
     out.print(t)
     out.print(f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
               f"macro-F1 {m['macro_f1']:.4f}  (n = {m['n']})", markup=False)
+    if "interval" in m:
+        ci = m["interval"]
+        out.print(f"{ci['level']:.0%} bootstrap interval: accuracy {ci['accuracy'][0]:.4f}–{ci['accuracy'][1]:.4f}, "
+                  f"balanced accuracy {ci['balanced_accuracy'][0]:.4f}–{ci['balanced_accuracy'][1]:.4f}", markup=False)
+
+
+def _print_search(record: dict[str, Any]) -> None:
+    """The --auto search in a few lines: the best candidates, the winner and why, the notes."""
+    out.print(f"searched {len(record['candidates'])} candidates, {record['repeats']}× {record['folds']}-fold CV "
+              f"({record['seconds'].get('total', 0):.0f} s); best:", markup=False)
+    for c in record["candidates"][:5]:
+        out.print(f"  {c['cv_mean']:.4f} ± {c['cv_sd']:.4f}  {c['name']}", markup=False)
+    out.print(f"chosen: {record['winner']}: {record['why']}", markup=False)
+    for note in record["notes"]:
+        out.print(f"note: {note}", markup=False)
 
 
 KlarfClassesOpt = Annotated[str | None, typer.Option(
@@ -71,16 +86,39 @@ def _with_klarf_folder(data: list[Path], classes: str | None, images: list[Path]
         return use(Path(tmp)), summary
 
 
+def _train_folder(folder: Path, out_dir: Path, auto: bool, options: dict[str, Any]) -> Any:
+    """``die train`` on one DATA/CLASS folder: the --auto search, or the named method and backbone."""
+    from fabsight.die.model import train as train_model
+
+    if auto:
+        from fabsight.die.auto import BUILTIN_BACKBONES, train_auto
+
+        backbone = options["backbone"]
+        return train_auto(folder, out_dir, extra_backbone=None if backbone in (None, *BUILTIN_BACKBONES) else backbone,
+                          weights=options["weights"], input_size=options["input_size"],
+                          max_minutes=options["max_minutes"], cv_folds=options["cv_folds"], device=options["device"],
+                          log=options["log"])
+    return train_model(folder, out_dir, **{**options, "backbone": options["backbone"] or "dinov2_vits14",
+                                           "method": options["method"] or "probe"})
+
+
 def train(
     data: Annotated[list[Path], typer.Argument(
         help="Labelled images: DATA/CLASS/*.png|jpg|bmp|tif, or KLARF files whose defects carry manual class "
              "numbers and review images.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write (replaced atomically).")],
-    backbone: BackboneOpt = "dinov2_vits14",
+    backbone: Annotated[str | None, typer.Option(
+        "--backbone", help="efficientnet_lite0, dinov2_vits14 (default without --auto), timm:<model> (with "
+                           "--weights) or a dir; with --auto a timm: or dir backbone joins the search.")] = None,
     weights: WeightsOpt = None,
     method: Annotated[
-        str, typer.Option("--method", help="probe, hybrid (deep+GLCM+Zernike), hierarchical or finetune.")
-    ] = "probe",
+        str | None, typer.Option("--method", help="probe (default without --auto), hybrid (deep+GLCM+Zernike), "
+                                                  "hierarchical or finetune.")
+    ] = None,
+    auto: Annotated[bool | None, typer.Option(
+        "--auto/--no-auto", help="Choose backbone, layers, input size and probe/hybrid by repeated cross-validation "
+                                 "on DATA within --max-minutes (default when no --method, --backbone or --layers).")
+    ] = None,
     layers: Annotated[list[str] | None, typer.Option("--layers", help="Backbone layer(s) to pool; repeat.")] = None,
     augment: Annotated[bool, typer.Option("--augment", help="Add flipped/rotated/brightness variants.")] = False,
     handcrafted: Annotated[
@@ -95,7 +133,8 @@ def train(
     c: Annotated[float, typer.Option("--C", min=1e-6, help="Inverse regularisation of the probes.")] = 0.5,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Most fine-tuning epochs (finetune).")] = 15,
     max_minutes: Annotated[
-        float | None, typer.Option("--max-minutes", min=0.1, help="Fine-tuning time budget (finetune).")
+        float | None, typer.Option("--max-minutes", min=0.1,
+                                   help="Time budget: of fine-tuning (finetune) or of the --auto search (default 20).")
     ] = None,
     unlabeled: Annotated[
         Path | None,
@@ -140,18 +179,23 @@ def train(
     """Train a die defect classifier on frozen backbone features, or fine-tune the backbone
     (optionally self-training on unlabeled images); from image folders or a fab's reviewed KLARFs."""
     from fabsight.die.model import load_groups
-    from fabsight.die.model import train as train_model
     from fabsight.io import ReadLog
 
     log = ReadLog(strict=strict)
-    result, from_klarf = _with_klarf_folder(data, klarf_classes, klarf_images, lambda folder: train_model(
-        folder, out_dir, backbone=backbone, weights=weights, method=method, layers=layers, augment=augment,
-        handcrafted=handcrafted,
+    if auto is None:
+        auto = method is None and backbone is None and not layers
+    if auto and (method is not None or layers or unlabeled is not None):
+        raise FabsightError(data[0], "--auto chooses the method and layers among frozen-feature probes: drop "
+                            "--method / --layers / --unlabeled, or pass --no-auto")
+    options = dict(
+        backbone=backbone, weights=weights, method=method, layers=layers, augment=augment, handcrafted=handcrafted,
         groups=load_groups(groups) if groups else None, ok_class=ok_class, input_size=input_size, C=c, cv_folds=cv,
         device=resolve_device(device), epochs=epochs, max_minutes=max_minutes, unlabeled=unlabeled,
         pseudo_threshold=pseudo_threshold, rounds=rounds, max_unlabeled=max_unlabeled, pseudo_tta=pseudo_tta,
         student_epochs=student_epochs, student_early_stop=student_early_stop, min_change=min_change, log=log,
-    ))
+    )
+    result, from_klarf = _with_klarf_folder(data, klarf_classes, klarf_images,
+                                            lambda folder: _train_folder(folder, out_dir, auto, options))
     card = result.card
     if from_klarf is not None:  # the card names the KLARFs, not the temporary folder laid out from them
         from fabsight.artifacts import save_card
@@ -172,6 +216,8 @@ def train(
             out.print(f"self-training round {r['round']}: {sum(r['pseudo_labelled'].values())} of {r['n_pool']} "
                       f"unlabeled images pseudo-labelled (≤ {r['cap_per_class']} per class), student validation "
                       f"accuracy {r['val_accuracy']:.4f}", markup=False)
+        if s["training"].get("auto"):
+            _print_search(s["training"]["auto"])
         if self_training.get("stopped"):
             out.print(f"self-training stopped at {self_training['stopped']}; the previous model stands", markup=False)
         if "per_class" in s["metrics"]:
@@ -292,6 +338,12 @@ def discover(
     reduce_with: Annotated[str, typer.Option("--reduce", help="pca or umap.")] = "pca",
     max_k: Annotated[int, typer.Option("--max-k", min=2, help="Largest k tried by k-means.")] = 15,
     html_out: Annotated[Path | None, typer.Option("--out", help="Write an HTML contact sheet here.")] = None,
+    layers: Annotated[list[str] | None, typer.Option(
+        "--layers", help="Backbone layer(s) to pool; repeat (default: each candidate set tried, best separated kept).")
+    ] = None,
+    export: Annotated[Path | None, typer.Option(
+        "--export", help="Write DIR/cluster_NN/ label folders (symlinks) and DIR/review.json, one item per cluster "
+                         "to name.")] = None,
     input_size: InputSizeOpt = None,
     device: DeviceOpt = "auto",
     strict: StrictOpt = False,
@@ -303,15 +355,23 @@ def discover(
 
     log = ReadLog(strict=strict)
     result = discover_folder(folder, backbone=backbone, weights=weights, method=method, reduce_with=reduce_with,
-                             k_range=range(2, max_k + 1), html_out=html_out, input_size=input_size,
+                             k_range=range(2, max_k + 1), layers=layers, html_out=html_out, export=export,
+                             input_size=input_size,
                              device=resolve_device(device), log=log)
 
     def human(r: dict[str, Any]) -> None:
+        for row in r["layer_search"]:
+            chosen = "  (chosen)" if row.get("chosen") else ""
+            out.print(f"  layers {'+'.join(row['layers'])}: {row['n_clusters']} clusters, silhouette "
+                      f"{row['silhouette']:.3f}, stability {row['stability']:.3f}{chosen}", markup=False)
         out.print(f"{r['n_images']} images → {r['n_clusters']} clusters ({r['clustering']['method']})", markup=False)
         for cl in r["clusters"]:
             out.print(f"  cluster {cl['id']}: {cl['size']} images, e.g. {cl['representatives'][0]}", markup=False)
         if r.get("agreement"):
             out.print(f"agreement with folder names: {r['agreement']}", markup=False)
+        if r.get("export"):
+            out.print(f"wrote {r['export']['folder']}: {r['export']['items']} cluster folders to name "
+                      "(review.json)", markup=False)
 
     emit(result, as_json, human, log)
 

@@ -316,6 +316,25 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return report
 
 
+def pool_level_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Pool :meth:`HierarchicalClassifier.level_report` outputs of several held-out folds: each
+    level's accuracy weighted by the images it saw (a fine group named alike in every fold pools)."""
+
+    def pool(entries: list[Mapping[str, Any]]) -> dict[str, Any]:
+        n = sum(int(e["n"]) for e in entries)
+        return {"accuracy": sum(e["accuracy"] * e["n"] for e in entries) / max(n, 1), "n": n}
+
+    out: dict[str, Any] = {}
+    for level in ("defect_vs_ok", "group", "overall"):
+        entries = [r[level] for r in reports if level in r]
+        if entries:
+            out[level] = pool(entries)
+    names = sorted({g for r in reports for g in r.get("fine_within_group", {})})
+    out["fine_within_group"] = {g: pool([r["fine_within_group"][g] for r in reports
+                                         if g in r.get("fine_within_group", {})]) for g in names}
+    return out
+
+
 class DieClassifier(ClassifierMixin, BaseEstimator):
     """A probe or hierarchical classifier plus the ``needs_review`` gate (see module docstring).
 

@@ -139,6 +139,81 @@ img{{image-rendering:pixelated;border:1px solid #ccc}}</style>
     write_text(out, doc)
 
 
+def clustering_quality(Z: np.ndarray, labels: np.ndarray) -> float:
+    """Silhouette of the clustered (non-noise) points; −1 when there are fewer than two clusters."""
+    from sklearn.metrics import silhouette_score
+
+    keep = labels != -1
+    if len(set(labels[keep].tolist())) < 2:
+        return -1.0
+    return float(silhouette_score(Z[keep], labels[keep]))
+
+
+def stability(Z: np.ndarray, labels: np.ndarray, runs: int = 5, share: float = 0.8, seed: int = 0) -> float:
+    """Mean adjusted Rand index between the clustering and k-means (same k) refitted on random
+    ``share`` subsamples, on the subsampled points: near 1 when the clusters are a property of the
+    data, not of one draw."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    k = len(set(labels.tolist()) - {-1})
+    if k < 2:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(runs):
+        idx = rng.choice(len(Z), size=max(k + 1, int(share * len(Z))), replace=False)
+        sub = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(Z[idx])
+        scores.append(adjusted_rand_score(labels[idx], sub))
+    return float(np.mean(scores))
+
+
+def choose_layers(blocks: dict[str, np.ndarray], layer_sets: Sequence[tuple[str, ...]], *, reduce_with: str,
+                  method: str, k_range: Sequence[int]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray,
+                                                                dict[str, Any], list[dict[str, Any]]]:
+    """Cluster each candidate layer set; keep the one whose clusters are best separated (silhouette
+    in its own reduced space) with stability as the tie-breaker. Returns layers, Z, labels, how
+    they were clustered, and the table of every layer set."""
+    table, best = [], None
+    for layers in layer_sets:
+        Z = reduce(np.concatenate([blocks[n] for n in layers], axis=1), reduce_with)
+        labels, info = cluster(Z, method, k_range)
+        row = {"layers": list(layers), "n_clusters": len(set(labels.tolist()) - {-1}),
+               "silhouette": round(clustering_quality(Z, labels), 4), "stability": round(stability(Z, labels), 4),
+               "method": info["method"]}
+        table.append(row)
+        if best is None or (row["silhouette"], row["stability"]) > (best[0]["silhouette"], best[0]["stability"]):
+            best = (row, layers, Z, labels, info)
+    assert best is not None
+    best[0]["chosen"] = True
+    return best[1], best[2], best[3], best[4], table
+
+
+def export_clusters(out: str | os.PathLike[str], paths: Sequence[Path], labels: np.ndarray,
+                    reps: dict[int, list[int]], root: Path) -> dict[str, Any]:
+    """``OUT/cluster_NN/`` label folders (symlinks to the images; ``unclustered/`` for noise) and
+    ``OUT/review.json``, one item per cluster to name: rename a folder to its defect type and the
+    tree trains ``die train`` (Applied Materials: clusters seed supervised learning)."""
+    import json
+
+    from fabsight.utils.atomic import atomic_dir
+
+    items = []
+    with atomic_dir(out) as tmp:
+        for c in sorted(set(labels.tolist())):
+            name = "unclustered" if c == -1 else f"cluster_{c:02d}"
+            (tmp / name).mkdir()
+            members = np.flatnonzero(labels == c)
+            for i in members:
+                rel = "__".join(paths[i].relative_to(root).parts)  # unique within the folder
+                (tmp / name / rel).symlink_to(paths[i].resolve())
+            if c != -1:
+                items.append({"cluster": int(c), "folder": name, "size": len(members), "name": None,
+                              "status": "to_name", "representatives": [str(paths[i]) for i in reps[c]]})
+        (tmp / "review.json").write_text(json.dumps({"items": items}, indent=1) + "\n", encoding="utf-8")
+    return {"folder": str(out), "items": len(items)}
+
+
 def discover_folder(
     folder: str | os.PathLike[str],
     *,
@@ -147,28 +222,36 @@ def discover_folder(
     method: str = "auto",
     reduce_with: str = "pca",
     k_range: Sequence[int] = range(2, 16),
+    layers: Sequence[str] | None = None,
     html_out: str | os.PathLike[str] | None = None,
+    export: str | os.PathLike[str] | None = None,
     input_size: int | None = None,
     device: str = "cpu",
     cache: str | os.PathLike[str] | None = None,
     log: ReadLog | None = None,
 ) -> dict[str, Any]:
-    """Embed every image under ``folder``, cluster, pick representatives, optionally write HTML
-    (with a lenient ``log``, every readable image: each other one is recorded there)."""
+    """Embed every image under ``folder``, cluster, pick representatives, optionally write HTML and
+    ``export`` label folders + review items (with a lenient ``log``, every readable image: each other
+    one is recorded there). Without ``layers`` the backbone's candidate layer sets
+    (:func:`fabsight.die.auto.layer_sets`) are each clustered and the best separated one is kept."""
     from fabsight.backbones import create_backbone
     from fabsight.die.adapt import unlabeled_images
-    from fabsight.die.embeddings import default_cache, extract
+    from fabsight.die.auto import layer_sets
+    from fabsight.die.embeddings import default_cache, extract_layers
 
     root = Path(folder)
     paths = unlabeled_images(root, log, least=4, purpose="clustering")
     bb = create_backbone(backbone, device=device, weights=weights, input_size=input_size)
-    X = extract(bb, paths, 32, default_cache() if cache is None else cache)
-    Z = reduce(X, reduce_with)
-    labels, info = cluster(Z, method, k_range)
+    candidates = [tuple(layers)] if layers else layer_sets(bb)
+    wanted = sorted({n for s in candidates for n in s}, key=list(bb.cfg.layers).index)
+    bb.check_layers(wanted)
+    blocks = extract_layers(bb, paths, wanted, 32, default_cache() if cache is None else cache)
+    chosen, Z, labels, info, table = choose_layers(blocks, candidates, reduce_with=reduce_with, method=method,
+                                                   k_range=k_range)
     reps = representatives(Z, labels)
     result: dict[str, Any] = {
-        "n_images": len(paths), "backbone": bb.cfg.name, "layers": list(bb.cfg.default_layers), "reduce": reduce_with,
-        "clustering": info, "n_clusters": len(reps), "noise": int((labels == -1).sum()),
+        "n_images": len(paths), "backbone": bb.cfg.name, "layers": list(chosen), "layer_search": table,
+        "reduce": reduce_with, "clustering": info, "n_clusters": len(reps), "noise": int((labels == -1).sum()),
         "clusters": [{"id": c, "size": int((labels == c).sum()), "representatives": [str(paths[i]) for i in idx]}
                      for c, idx in reps.items()],
         "assignments": {str(p.relative_to(root)): int(c) for p, c in zip(paths, labels, strict=True)},
@@ -179,4 +262,6 @@ def discover_folder(
     if html_out is not None:
         contact_sheet(html_out, paths, labels, reps, f"fabsight die discover: {root}")
         result["html"] = str(html_out)
+    if export is not None:
+        result["export"] = export_clusters(export, paths, labels, reps, root)
     return result

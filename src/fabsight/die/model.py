@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fabsight.artifacts import ModelCard, load_card, save_card
-from fabsight.die.classifier import DieClassifier
+from fabsight.die.classifier import DieClassifier, pool_level_reports
 from fabsight.die.data import DEFAULT_AUGMENT, ImageFolder, expand_inputs, scan_folder
 from fabsight.die.embeddings import Item, default_cache, extract
 from fabsight.die.handcrafted import extract_handcrafted
-from fabsight.die.metrics import classification_metrics
+from fabsight.die.metrics import bootstrap_interval, classification_metrics
 from fabsight.errors import FabsightError, ModelError, NothingReadable
 from fabsight.utils.atomic import atomic_dir
 
@@ -109,6 +109,7 @@ def train(
     student_early_stop: bool = False,
     min_change: float | None = None,
     log: ReadLog | None = None,
+    auto_search: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train a die classifier on ``ROOT/CLASS`` images and write the model directory atomically.
 
@@ -121,6 +122,8 @@ def train(
     self-train on (``pseudo_threshold``, ``rounds``, ``max_unlabeled``, ``pseudo_tta``, ``student_epochs``,
     ``student_early_stop``, ``min_change``); class folders in it are ignored. With a lenient
     ``log`` unreadable images (labelled or not) are recorded there and trained without.
+    ``auto_search``: the record of :func:`fabsight.die.auto.search` that chose these settings,
+    kept in the card as ``training.auto``.
     """
     from fabsight.backbones import create_backbone
 
@@ -159,13 +162,17 @@ def train(
     clf = DieClassifier(method="hierarchical" if method == "hierarchical" else "probe", C=C, groups=groups,
                         ok_class=ok)
     metrics: dict[str, Any] = {}
+    hierarchy = None
     if cv_folds > 1:
-        metrics = _cross_validate(clf, X, y, g, folder, cv_folds)
+        metrics, hierarchy = _cross_validate(clf, X, y, g, folder, cv_folds)
+        if auto_search is not None and "measured_on" in metrics:
+            metrics["measured_on"] += " (the same folds chose the setting: slightly optimistic)"
     clf.fit(X, y)
     extra: dict[str, Any] = {"ood_threshold": clf.ood_threshold_, "min_confidence": clf.min_confidence}
     if method == "hierarchical":
-        extra["hierarchy"] = clf.estimator_.level_report(X[: len(folder)], y[: len(folder)])
-        extra["hierarchy"]["measured_on"] = "training images (resubstitution)"
+        held_out = hierarchy or {"note": "no held-out folds (--cv 0 or a class too small), so no per-level "
+                                         "figures: scores on the training images would mean nothing"}
+        extra["hierarchy"] = {"groups": clf.estimator_.groups_, **held_out}
     card = ModelCard(
         task=TASK,
         classes=[str(c) for c in clf.classes_],
@@ -176,7 +183,8 @@ def train(
                   "input_size": list(bb.cfg.input_size)},
         training={"data": str(Path(data_dir).resolve()), "counts": folder.counts(), "n_images": len(folder),
                   "method": method, "handcrafted": use_hand, "augment": list(variants[1:]), "C": C,
-                  "ok_class": ok, "feature_dim": int(X.shape[1])},
+                  "ok_class": ok, "feature_dim": int(X.shape[1]),
+                  **({"auto": auto_search} if auto_search is not None else {})},
         metrics=metrics,
         files={"classifier": CLASSIFIER_FILE},
         extra=extra,
@@ -244,7 +252,9 @@ def _input_section(bb: Backbone) -> dict[str, Any]:
 
 
 def _cross_validate(clf: DieClassifier, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folder: ImageFolder,
-                    folds: int) -> dict[str, Any]:
+                    folds: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Out-of-fold metrics of the originals, and for a hierarchy its per-level accuracies pooled over
+    the held-out folds (each level scored on the held-out images that reach it)."""
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -252,15 +262,21 @@ def _cross_validate(clf: DieClassifier, X: np.ndarray, y: np.ndarray, groups: np
     smallest = min(folder.counts().values())
     k = min(folds, smallest)
     if k < 2:
-        return {"note": f"no cross-validation: a class has only {smallest} image(s)"}
+        return {"note": f"no cross-validation: a class has only {smallest} image(s)"}, None
     pred = np.empty(n, dtype=object)
+    levels: list[dict[str, Any]] = []
     for train_idx, test_idx in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0).split(X, y, groups):
         orig = test_idx[test_idx < n]  # score originals only, not their augmented copies
         model = clone(clf).fit(X[train_idx], y[train_idx])
         pred[orig] = model.predict(X[orig])
+        if clf.method == "hierarchical":
+            levels.append(model.estimator_.level_report(X[orig], y[orig]))
     result = classification_metrics(y[:n], pred.astype(str), folder.classes)
     result["measured_on"] = f"{k}-fold stratified cross-validation on the {n} training images"
-    return result
+    hierarchy = pool_level_reports(levels) if levels else None
+    if hierarchy is not None:
+        hierarchy["measured_on"] = f"held-out images of the {k} cross-validation folds"
+    return result, hierarchy
 
 
 class DieModel:
@@ -344,7 +360,9 @@ class DieModel:
         folder = scan_folder(data_dir, classes=self.classes, log=log)
         decisions = self.predict(folder.paths, cache, tta=tta)
         truth = np.asarray(self.classes)[folder.labels]
-        result = classification_metrics(truth, [d["label"] for d in decisions], self.classes)
+        labels = [d["label"] for d in decisions]
+        result = classification_metrics(truth, labels, self.classes)
+        result["interval"] = bootstrap_interval(truth, labels)
         result["needs_review_rate"] = float(np.mean([d["needs_review"] for d in decisions]))
         result["data"] = str(Path(data_dir).resolve())
         result["tta"] = tta
