@@ -100,6 +100,18 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys) 
     assert mask.shape == truth.shape and (mask[truth] > 0).any()  # the predicted mask touches the real spot
     assert cv2.imread(str(preds / "s0_heatmap.png")).shape == (96, 96, 3)
     assert json.loads((preds / "predictions.json").read_text())["n_images"] == 4
+    # Defects, not only pixels: the planted spot is a counted region whose box covers it.
+    s0 = by_name["s0.png"]
+    assert s0["n_defects"] >= 1 and s0["n_defects"] == len(s0["defects"])
+    ys, xs = np.nonzero(truth)
+    x0, y0, x1, y1 = s0["defects"][0]["bbox"]
+    assert x0 <= xs.mean() < x1 and y0 <= ys.mean() < y1 and s0["defects"][0]["peak_score"] == s0["score"]
+    assert cv2.imread(str(preds / "s0_regions.png")).shape == (96, 96, 3)
+    spot_folder = result["folders"][str(dataset / "test" / "spot")]
+    assert spot_folder["n_images"] == 3 and spot_folder["n_defects"] == sum(
+        by_name[f"s{i}.png"]["n_defects"] for i in range(3))
+    assert sum(b["count"] for b in spot_folder["area_histogram"]) == spot_folder["n_defects"]
+    assert result["n_defects"] == sum(p["n_defects"] for p in result["predictions"])
 
     # Threshold override: nothing reaches a huge threshold, and masks come out empty. The
     # folder given holds only sub-folders (good/, spot/): their images are all scored.
@@ -108,7 +120,7 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys) 
                              capsys)
     assert code == 0, err
     over = json.loads(out)
-    assert over["threshold_source"] == "--threshold" and over["n_anomalous"] == 0
+    assert over["threshold_source"] == "--threshold" and over["n_anomalous"] == 0 and over["n_defects"] == 0
     assert sorted(Path(p["image"]).name for p in over["predictions"]) == ["g0.png", "g1.png", "g2.png",
                                                                           "s0.png", "s1.png", "s2.png"]
     assert cv2.imread(str(tmp_path / "p2" / "s0_mask.png"), cv2.IMREAD_GRAYSCALE).max() == 0
@@ -129,6 +141,7 @@ def test_cli_user_mistakes_exit_2_with_one_line(dataset: Path, tmp_path: Path, c
         ["anomaly", "fit", str(dataset), "--out", str(tmp_path / "m"), "--threshold-from", "val"],
         ["anomaly", "eval", str(dataset), str(dataset)],  # a dataset is not a model directory
         ["anomaly", "predict", str(tmp_path), str(tmp_path / "nope.png"), "--out", str(tmp_path / "o")],
+        ["anomaly", "predict", str(tmp_path), str(dataset), "--out", str(tmp_path / "o"), "--pixel-size", "0"],
     ]
     for args in cases:
         code, _, err = run_cli(args, capsys)

@@ -227,19 +227,31 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for heat maps, masks and predictions.json.")],
     threshold: Annotated[float | None, typer.Option(help="Override the card's threshold.")] = None,
+    pixel_size: Annotated[float | None, typer.Option(help="Side of one image pixel in µm: defect areas are "
+                                                          "also given in µm².")] = None,
+    min_area: Annotated[int, typer.Option(help="Smallest defect region counted, in pixels.")] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Torch (or ONNX Runtime) CPU threads.")] = None,
     runtime: RuntimeOpt = "torch",
     strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score images; write <stem>_heatmap.png and <stem>_mask.png per image and predictions.json."""
-    from fabsight.anomaly.render import write_heatmap, write_mask
+    """Score images and count their defects: connected regions above the threshold with area, box and peak.
+
+    Writes <stem>_heatmap.png, <stem>_mask.png and <stem>_regions.png (numbered boxes) per
+    image, and predictions.json with the regions per image and a count and size histogram per folder.
+    """
+    from fabsight.anomaly.regions import defect_regions, folder_summary
+    from fabsight.anomaly.render import write_heatmap, write_mask, write_regions
     from fabsight.die.data import expand_inputs, read_image
     from fabsight.io import ReadLog
     from fabsight.utils.atomic import write_json
     from fabsight.utils.progress import track
 
+    if pixel_size is not None and not pixel_size > 0:
+        raise FabsightError(None, f"--pixel-size must be positive (µm per pixel), got {pixel_size}")
+    if min_area < 1:
+        raise FabsightError(None, f"--min-area must be at least 1 pixel, got {min_area}")
     model = _load(model_dir, runtime, device, threads)
     t = model.resolve_threshold(threshold)
     log = ReadLog(strict=strict)
@@ -262,14 +274,20 @@ def predict(
     for i, (f, stem, (score, amap)) in enumerate(zip(files, stems, gen, strict=True)):
         anomalous = score >= t
         mask = (amap >= t) & anomalous
-        heat, mpath = out_dir / f"{stem}_heatmap.png", out_dir / f"{stem}_mask.png"
-        write_heatmap(heat, amap, t, pending.pop(i))
+        regions = defect_regions(amap, t, pixel_size_um=pixel_size, min_area=min_area) if anomalous else []
+        heat, mpath, rpath = (out_dir / f"{stem}_{kind}.png" for kind in ("heatmap", "mask", "regions"))
+        image = pending.pop(i)
+        write_heatmap(heat, amap, t, image)
         write_mask(mpath, mask)
+        write_regions(rpath, image, regions)
         results.append({"image": str(f), "score": score, "anomalous": bool(anomalous),
-                        "defect_pixels": int(mask.sum()), "heatmap": str(heat), "mask": str(mpath)})
+                        "defect_pixels": int(mask.sum()), "n_defects": len(regions), "defects": regions,
+                        "heatmap": str(heat), "mask": str(mpath), "regions_image": str(rpath)})
     summary = {"model": str(model_dir), "threshold": t,
                "threshold_source": "--threshold" if threshold is not None else "model card",
                "n_images": len(results), "n_anomalous": sum(r["anomalous"] for r in results),
+               "n_defects": sum(r["n_defects"] for r in results), "pixel_size_um": pixel_size,
+               "folders": folder_summary([str(f.parent) for f in files], [r["defects"] for r in results], pixel_size),
                "seconds": round(time.perf_counter() - start, 2), "predictions": results, "errors": log.to_json()}
     write_json(out_dir / "predictions.json", summary)
     emit(summary, as_json, _print_predict, log)
@@ -278,7 +296,13 @@ def predict(
 def _print_predict(s: dict[str, Any]) -> None:
     for r in s["predictions"]:
         flag = "ANOMALOUS" if r["anomalous"] else "good"
-        out.print(f"{r['image']}: {flag} (score {r['score']:.4g}, {r['defect_pixels']} px)", markup=False)
+        out.print(f"{r['image']}: {flag} (score {r['score']:.4g}, {r['n_defects']} defects, "
+                  f"{r['defect_pixels']} px)", markup=False)
+    for folder, f in s["folders"].items():
+        sizes = ", ".join(f"{b['count']} ≤ {b['area_px'][1]} px" if b["area_px"][1] else f"{b['count']} larger"
+                          for b in f["area_histogram"] if b["count"])
+        out.print(f"{folder}: {f['n_defects']} defects in {f['n_images_with_defects']}/{f['n_images']} images"
+                  + (f" ({sizes})" if sizes else ""), markup=False)
     out.print(f"{s['n_anomalous']}/{s['n_images']} anomalous at threshold {s['threshold']:.4g} "
               f"({s['threshold_source']})", markup=False)
 
