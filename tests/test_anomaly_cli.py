@@ -78,6 +78,10 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys) 
     assert card["extra"]["method"] == "patchcore" and card["backbone"]["layers"] == {"blocks.2": [40, 8],
                                                                                       "blocks.4": [112, 16]}
     assert "held-out" in card["extra"]["threshold_meaning"] and card["input"]["size"] == [96, 96]
+    # the input choice and its reasons: 96-px images at 96 px need no tiling; masks gave the defect scale
+    assert fit["input"]["tile"] is None and fit["input"]["max_aspect"] == 1.5
+    reasons = card["training"]["input_choice"]["reasons"]
+    assert any("defect scale from 3 regions" in r for r in reasons) and any("no tiling" in r for r in reasons)
 
     code, out, err = run_cli(["anomaly", "eval", str(model), str(dataset), "--device", "cpu", "--json"],
                              capsys)

@@ -79,11 +79,20 @@ def fit(
                                                           rich_help_panel=_MODEL)] = None,
     layers: Annotated[list[str] | None, typer.Option("--layers", help="Backbone layers (repeat); default: "
                                                      "measured per backbone.", rich_help_panel=_MODEL)] = None,
-    input_size: Annotated[int, typer.Option(help="Network input side in pixels.", rich_help_panel=_MODEL)] = 256,
+    input_size: Annotated[int | None, typer.Option(help="Network input side in pixels (default 256).",
+                                                   rich_help_panel=_MODEL)] = None,
     tile: Annotated[int | None, typer.Option(help="Cut images into overlapping tiles of this many pixels "
-                                                  "(keeps small defects in big images).",
+                                                  "(keeps small defects in big images); 0 = never tile. Default: "
+                                                  "chosen from image size and defect scale.",
                                              rich_help_panel=_MODEL)] = None,
     tile_overlap: Annotated[float, typer.Option(rich_help_panel=_MODEL)] = 0.25,
+    max_aspect: Annotated[float | None, typer.Option(help="Images longer than this (long/short side) keep their "
+                                                          "aspect ratio and are cut along the long side; 0 = squash "
+                                                          "every image to a square. Default 1.5.",
+                                                     rich_help_panel=_MODEL)] = None,
+    auto: Annotated[bool, typer.Option("--auto/--no-auto", help="Choose unset input settings from the training "
+                                       "images and defect masks (--no-auto: 256 px, squashed, no tiling).",
+                                       rich_help_panel=_MODEL)] = True,
     coreset_ratio: Annotated[float, typer.Option(help="patchcore: share of patches kept.",
                                                  rich_help_panel=_MODEL)] = 0.01,
     max_bank: Annotated[int, typer.Option(help="patchcore: memory-bank cap (patches).",
@@ -129,8 +138,10 @@ def fit(
         raise FabsightError(root / "train" / "good", f"only {len(train)} good images: too few to hold "
                                                      f"{n_hold} out for the threshold")
     fit_records, hold_records = train[n_hold:], train[:n_hold]
-    params: dict[str, Any] = {"input_size": input_size, "tile": tile, "tile_overlap": tile_overlap,
-                              "device": device, "seed": seed}
+    fit_images = _read_all(fit_records, "anomaly: reading training images")
+    choice = _choose_input(auto, fit_images, fit_records, val_records or test_records, root,
+                           input_size=input_size, tile=tile, max_aspect=max_aspect)
+    params: dict[str, Any] = {**choice.params(), "tile_overlap": tile_overlap, "device": device, "seed": seed}
     if method is Method.recon:
         params["steps"] = steps
         if layers or backbone_weights or backbone != "efficientnet_lite0":
@@ -148,7 +159,7 @@ def fit(
         if method is Method.patchcore:
             params.update(coreset_ratio=coreset_ratio, max_bank=max_bank)
     model = make_model(method.value, **params)
-    model.fit(_read_all(fit_records, "anomaly: reading training images"))
+    model.fit(fit_images)
     if threshold_from is ThresholdFrom.good:
         model.calibrate_good(_read_all(hold_records, "anomaly: reading held-out good images"), false_alarm_rate)
         chosen_on = f"{n_hold} held-out images of {root / 'train' / 'good'} (not used for fitting)"
@@ -160,18 +171,47 @@ def fit(
     metrics: dict[str, Any] = {}
     if test_records:
         metrics = {"test": evaluate(model, test_records), "measured_on": str(root / "test")}
-    training = {"root": str(root), "n_held_out_for_threshold": n_hold, "seed": seed}
+    training = {"root": str(root), "n_held_out_for_threshold": n_hold, "seed": seed,
+                "input_choice": choice.to_dict()}
     save_model(model, out_dir, training=training, metrics=metrics)
     result = {"model": str(out_dir), "method": method.value, "n_train_images": len(fit_records),
+              "input": {**choice.params(), "reasons": choice.reasons},
               "threshold": model.threshold_.to_dict(),  # type: ignore[union-attr]
               "threshold_meaning": model.threshold_.describe(),  # type: ignore[union-attr]
               "fit_seconds": round(model.fit_seconds_, 1), "metrics": metrics}
     emit(result, as_json, _print_fit, log)
 
 
+def _choose_input(auto: bool, images: list[Any], records: list[Any], with_masks: list[Any], root: Path,
+                  **given: Any) -> Any:
+    """Input size, tiling and aspect handling: the user's, then (with ``auto``) chosen from the images
+    and the defect masks of ``with_masks`` (validation, else test records), each with its reason."""
+    from fabsight.anomaly.auto import InputChoice, choose_input, defect_diameters, survey_images
+
+    if not auto:
+        tile = given["tile"] or None
+        aspect = given["max_aspect"] or None
+        return InputChoice(given["input_size"] or 256, tile, aspect,
+                           reasons=["--no-auto: fixed defaults where not set (256 px, squashed, no tiling)"])
+    facts = survey_images(images, [r.path for r in records])
+    masks = [r.mask_path for r in with_masks if r.mask_path is not None]
+    if not masks and (root / "ground_truth").is_dir() and (root / "test").is_dir():
+        from fabsight.anomaly.datasets import load_split
+
+        masks = [r.mask_path for r in load_split(root, "test") if r.mask_path is not None]
+    source = f"{len(masks)} masks under {Path(masks[0]).parent.parent}" if masks else ""
+    choice = choose_input(facts, defect_diameters(masks) if masks else None, defect_source=source, **given)
+    for w in choice.warnings:
+        warn(w)
+    return choice
+
+
 def _print_fit(r: dict[str, Any]) -> None:
     out.print(f"{r['model']}: {r['method']} on {r['n_train_images']} good images in {r['fit_seconds']} s",
               markup=False)
+    i = r["input"]
+    out.print(f"input {i['input_size']} px, tile {i['tile'] or 'off'}, aspect kept beyond "
+              f"{i['max_aspect'] or 'never'}: " + "; ".join(i["reasons"]), markup=False)
     out.print(f"threshold {r['threshold_meaning']}", markup=False)
     if r["metrics"]:
         _print_eval(r["metrics"]["test"])

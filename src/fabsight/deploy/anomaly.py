@@ -165,7 +165,8 @@ def _assemble(model_dir: str | os.PathLike[str], card: ModelCard, graph: Path, i
     if method not in _CLASSES:
         raise ModelError(model_dir, f"card names unknown anomaly method {method!r}")
     params = card.extra.get("params", {})
-    base = {k: params[k] for k in ("input_size", "tile", "tile_overlap", "batch_size", "seed") if k in params}
+    keys = ("input_size", "tile", "tile_overlap", "max_aspect", "batch_size", "seed")
+    base = {k: params[k] for k in keys if k in params}
     model = _CLASSES[method](device="cpu", **base)
     weights = Path(model_dir) / card.files.get("weights", "model.safetensors")
     try:
