@@ -53,7 +53,7 @@ def test_mixed_inputs_warn_or_are_refused() -> None:
     assert facts["n_sizes"] == 2 and facts["n_grey"] == 1 and facts["n_rgb"] == 1
     warnings = choose_input(facts).warnings
     assert any("2 sizes" in w for w in warnings) and any("grey" in w for w in warnings)
-    with pytest.raises(FabsightError, match="tiny.png.*cannot share one scale"):
+    with pytest.raises(FabsightError, match=r"tiny\.png.*cannot share one scale"):
         survey_images([np.zeros((900, 900), np.uint8), np.zeros((100, 100), np.uint8)], ["big.png", "tiny.png"])
 
 

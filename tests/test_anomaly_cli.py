@@ -139,6 +139,18 @@ def test_cli_recon_on_cpu_warns_and_still_fits(dataset: Path, tmp_path: Path, ca
     assert json.loads(out)["method"] == "recon" and (tmp_path / "r" / "card.json").is_file()
 
 
+def test_cli_student_with_fixed_defaults(dataset: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = run_cli(["anomaly", "fit", str(dataset), "--out", str(tmp_path / "s"), "--method", "student",
+                              "--steps", "3", "--input-size", "48", "--no-auto", "--device", "cpu", "--no-eval",
+                              "--json"], capsys)
+    assert code == 0, err
+    fit = json.loads(out)
+    assert fit["method"] == "student" and fit["input"] == {"input_size": 48, "tile": None, "max_aspect": None,
+                                                           "reasons": [fit["input"]["reasons"][0]]}
+    card = json.loads((tmp_path / "s" / "card.json").read_text())
+    assert card["extra"]["params"]["steps"] == 3 and card["extra"]["threshold"]["method"] == "good-quantile"
+
+
 def test_cli_user_mistakes_exit_2_with_one_line(dataset: Path, tmp_path: Path, capsys) -> None:
     cases = [
         ["anomaly", "fit", str(tmp_path / "missing"), "--out", str(tmp_path / "m")],

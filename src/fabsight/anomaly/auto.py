@@ -153,8 +153,8 @@ def choose_input(
     limit = _max_shrink(diameters, defect_source, reasons)
     shrink = short / s
     if shrink <= limit * SHRINK_TOLERANCE:
-        reasons.append(f"no tiling: the median short side ({short:g} px) shrinks {shrink:.2f}× to {s} px, within "
-                       "the limit")
+        reasons.append(f"no tiling: the median short side ({short:g} px) is resized to {s} px (shrink factor "
+                       f"{shrink:.2f}, within the limit)")
         return InputChoice(s, None, aspect, facts, reasons, warnings)
     t = round(s * limit)
     reasons.append(f"tiles of {t} px (resized to {s}): the median short side ({short:g} px) would shrink "

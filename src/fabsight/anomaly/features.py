@@ -30,6 +30,7 @@ from fabsight.utils.progress import track
 DEFAULT_LAYERS: dict[tuple[str, str], tuple[str, ...]] = {
     ("patchcore", "efficientnet_lite0"): ("blocks.2", "blocks.4"),
     ("padim", "efficientnet_lite0"): ("blocks.1", "blocks.2"),
+    ("student", "efficientnet_lite0"): ("blocks.2", "blocks.4"),
     ("patchcore", "dinov2_vits14"): ("blocks.6", "blocks.9"),
     ("padim", "dinov2_vits14"): ("blocks.6", "blocks.9"),
 }

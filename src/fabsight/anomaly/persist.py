@@ -19,6 +19,7 @@ from fabsight.anomaly.base import AnomalyModel
 from fabsight.anomaly.padim import PaDiM
 from fabsight.anomaly.patchcore import PatchCore
 from fabsight.anomaly.recon import ReconDetector
+from fabsight.anomaly.student import StudentTeacher
 from fabsight.anomaly.thresholds import Threshold
 from fabsight.artifacts import ModelCard, load_card, save_card
 from fabsight.errors import ModelError
@@ -28,11 +29,11 @@ from fabsight.utils.tensors import save_tensors
 TASK = "anomaly"
 WEIGHTS = "model.safetensors"
 
-METHODS: dict[str, type[AnomalyModel]] = {cls.method: cls for cls in (PatchCore, PaDiM, ReconDetector)}
+METHODS: dict[str, type[AnomalyModel]] = {cls.method: cls for cls in (PatchCore, PaDiM, ReconDetector, StudentTeacher)}
 
 
 def make_model(method: str, **params: Any) -> AnomalyModel:
-    """A new, unfitted model of ``method`` (patchcore, padim, recon)."""
+    """A new, unfitted model of ``method`` (patchcore, padim, recon, student)."""
     if method not in METHODS:
         raise ModelError(None, f"unknown anomaly method '{method}' (known: {', '.join(METHODS)})")
     return METHODS[method](**params)

@@ -14,7 +14,8 @@ from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read, war
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
-sub = typer.Typer(help="Anomaly detection and localisation from good images only (PatchCore, PaDiM, recon).",
+sub = typer.Typer(help="Anomaly detection and localisation from good images only (PatchCore, PaDiM, recon, "
+                       "teacher–student).",
                   no_args_is_help=True)
 
 
@@ -22,6 +23,7 @@ class Method(StrEnum):
     patchcore = "patchcore"
     padim = "padim"
     recon = "recon"
+    student = "student"
 
 
 class ThresholdFrom(StrEnum):
@@ -71,8 +73,9 @@ def prepare_magnetic_tile(
 def fit(
     root: Annotated[Path, typer.Argument(help="MVTec-layout dataset: ROOT/train/good (+ ROOT/test to evaluate).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
-    method: Annotated[Method, typer.Option(help="patchcore: memory bank; padim: per-position Gaussians; "
-                                                 "recon: UNet trained on synthetic defects.")] = Method.patchcore,
+    method: Annotated[Method, typer.Option(
+        help="patchcore: memory bank; padim: per-position Gaussians; recon: UNet trained on synthetic defects; "
+             "student: small network trained to imitate the backbone, anomaly = disagreement.")] = Method.patchcore,
     backbone: Annotated[str, typer.Option(help="Backbone for patchcore/padim: a name, timm:<model> or a "
                                                "directory.", rich_help_panel=_MODEL)] = "efficientnet_lite0",
     backbone_weights: Annotated[Path | None, typer.Option(help="Local weights file for the backbone.",
@@ -97,7 +100,8 @@ def fit(
                                                  rich_help_panel=_MODEL)] = 0.01,
     max_bank: Annotated[int, typer.Option(help="patchcore: memory-bank cap (patches).",
                                           rich_help_panel=_MODEL)] = 10_000,
-    steps: Annotated[int, typer.Option(help="recon: training steps.", rich_help_panel=_MODEL)] = 1500,
+    steps: Annotated[int | None, typer.Option(help="recon, student: training steps (default 1500 for recon, 600 "
+                                                   "for student).", rich_help_panel=_MODEL)] = None,
     holdout: Annotated[float, typer.Option(help="Share of train/good held out to choose the threshold.",
                                            rich_help_panel=_THR)] = 0.2,
     threshold_from: Annotated[ThresholdFrom, typer.Option(help="good: target false-alarm rate on held-out good "
@@ -143,7 +147,7 @@ def fit(
                            input_size=input_size, tile=tile, max_aspect=max_aspect)
     params: dict[str, Any] = {**choice.params(), "tile_overlap": tile_overlap, "device": device, "seed": seed}
     if method is Method.recon:
-        params["steps"] = steps
+        params["steps"] = steps or 1500
         if layers or backbone_weights or backbone != "efficientnet_lite0":
             warn("--backbone, --backbone-weights and --layers do not apply to --method recon (it has its own UNet)")
         from fabsight.utils.device import resolve_device
@@ -151,13 +155,16 @@ def fit(
         if resolve_device(device) == "cpu":
             # Measured (docs/benchmarks.md): even a width-8 UNet took ~0.8 s a step on a
             # shared 2-core CPU, and 1,000 steps gave only image AUROC 0.67 on magnetic tile.
-            warn(f"recon is training on the CPU: {steps} steps can take tens of minutes and gave weak models in "
-                 "CPU budgets (docs/benchmarks.md); train it on a GPU (--device cuda) or use --method patchcore")
+            warn(f"recon is training on the CPU: {params['steps']} steps can take tens of minutes and gave weak "
+                 "models in CPU budgets (docs/benchmarks.md); train it on a GPU (--device cuda) or use --method "
+                 "patchcore")
     else:
         params.update(backbone=backbone, backbone_weights=None if backbone_weights is None else str(backbone_weights),
                       layers=list(layers) if layers else None)
         if method is Method.patchcore:
             params.update(coreset_ratio=coreset_ratio, max_bank=max_bank)
+        if method is Method.student and steps is not None:
+            params["steps"] = steps
     model = make_model(method.value, **params)
     model.fit(fit_images)
     if threshold_from is ThresholdFrom.good:
