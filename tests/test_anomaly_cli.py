@@ -78,6 +78,10 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys) 
     assert card["extra"]["method"] == "patchcore" and card["backbone"]["layers"] == {"blocks.2": [40, 8],
                                                                                       "blocks.4": [112, 16]}
     assert "held-out" in card["extra"]["threshold_meaning"] and card["input"]["size"] == [96, 96]
+    # the input choice and its reasons: 96-px images at 96 px need no tiling; masks gave the defect scale
+    assert fit["input"]["tile"] is None and fit["input"]["max_aspect"] == 1.5
+    reasons = card["training"]["input_choice"]["reasons"]
+    assert any("defect scale from 3 regions" in r for r in reasons) and any("no tiling" in r for r in reasons)
 
     code, out, err = run_cli(["anomaly", "eval", str(model), str(dataset), "--device", "cpu", "--json"],
                              capsys)
@@ -100,6 +104,18 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys) 
     assert mask.shape == truth.shape and (mask[truth] > 0).any()  # the predicted mask touches the real spot
     assert cv2.imread(str(preds / "s0_heatmap.png")).shape == (96, 96, 3)
     assert json.loads((preds / "predictions.json").read_text())["n_images"] == 4
+    # Defects, not only pixels: the planted spot is a counted region whose box covers it.
+    s0 = by_name["s0.png"]
+    assert s0["n_defects"] >= 1 and s0["n_defects"] == len(s0["defects"])
+    ys, xs = np.nonzero(truth)
+    x0, y0, x1, y1 = s0["defects"][0]["bbox"]
+    assert x0 <= xs.mean() < x1 and y0 <= ys.mean() < y1 and s0["defects"][0]["peak_score"] == s0["score"]
+    assert cv2.imread(str(preds / "s0_regions.png")).shape == (96, 96, 3)
+    spot_folder = result["folders"][str(dataset / "test" / "spot")]
+    assert spot_folder["n_images"] == 3 and spot_folder["n_defects"] == sum(
+        by_name[f"s{i}.png"]["n_defects"] for i in range(3))
+    assert sum(b["count"] for b in spot_folder["area_histogram"]) == spot_folder["n_defects"]
+    assert result["n_defects"] == sum(p["n_defects"] for p in result["predictions"])
 
     # Threshold override: nothing reaches a huge threshold, and masks come out empty. The
     # folder given holds only sub-folders (good/, spot/): their images are all scored.
@@ -108,7 +124,7 @@ def test_cli_fit_eval_predict_round_trip(dataset: Path, tmp_path: Path, capsys) 
                              capsys)
     assert code == 0, err
     over = json.loads(out)
-    assert over["threshold_source"] == "--threshold" and over["n_anomalous"] == 0
+    assert over["threshold_source"] == "--threshold" and over["n_anomalous"] == 0 and over["n_defects"] == 0
     assert sorted(Path(p["image"]).name for p in over["predictions"]) == ["g0.png", "g1.png", "g2.png",
                                                                           "s0.png", "s1.png", "s2.png"]
     assert cv2.imread(str(tmp_path / "p2" / "s0_mask.png"), cv2.IMREAD_GRAYSCALE).max() == 0
@@ -123,12 +139,25 @@ def test_cli_recon_on_cpu_warns_and_still_fits(dataset: Path, tmp_path: Path, ca
     assert json.loads(out)["method"] == "recon" and (tmp_path / "r" / "card.json").is_file()
 
 
+def test_cli_student_with_fixed_defaults(dataset: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = run_cli(["anomaly", "fit", str(dataset), "--out", str(tmp_path / "s"), "--method", "student",
+                              "--steps", "3", "--input-size", "48", "--no-auto", "--device", "cpu", "--no-eval",
+                              "--json"], capsys)
+    assert code == 0, err
+    fit = json.loads(out)
+    assert fit["method"] == "student" and fit["input"] == {"input_size": 48, "tile": None, "max_aspect": None,
+                                                           "reasons": [fit["input"]["reasons"][0]]}
+    card = json.loads((tmp_path / "s" / "card.json").read_text())
+    assert card["extra"]["params"]["steps"] == 3 and card["extra"]["threshold"]["method"] == "good-quantile"
+
+
 def test_cli_user_mistakes_exit_2_with_one_line(dataset: Path, tmp_path: Path, capsys) -> None:
     cases = [
         ["anomaly", "fit", str(tmp_path / "missing"), "--out", str(tmp_path / "m")],
         ["anomaly", "fit", str(dataset), "--out", str(tmp_path / "m"), "--threshold-from", "val"],
         ["anomaly", "eval", str(dataset), str(dataset)],  # a dataset is not a model directory
         ["anomaly", "predict", str(tmp_path), str(tmp_path / "nope.png"), "--out", str(tmp_path / "o")],
+        ["anomaly", "predict", str(tmp_path), str(dataset), "--out", str(tmp_path / "o"), "--pixel-size", "0"],
     ]
     for args in cases:
         code, _, err = run_cli(args, capsys)

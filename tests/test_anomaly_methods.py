@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fabsight.anomaly import PaDiM, PatchCore, ReconDetector, load_model, save_model
+from fabsight.anomaly import PaDiM, PatchCore, ReconDetector, StudentTeacher, load_model, save_model
 from fabsight.anomaly.base import NotFittedError
 from fabsight.anomaly.metrics import image_auroc
 from fabsight.errors import FabsightError, ModelError
@@ -128,6 +128,18 @@ def test_recon_detects_and_localises(data) -> None:
     _check_detects_and_localises(model, data)
     recon = model.reconstruct(data["bad"][0])
     assert recon.shape == (48, 48) and recon.dtype == np.uint8
+
+
+def test_student_detects_localises_and_round_trips(data, tmp_path) -> None:
+    model = StudentTeacher(input_size=96, width=16, steps=150, device="cpu").fit(data["train"])
+    assert model.final_loss_ < 1.0  # below the variance of the normalised teacher features
+    _check_detects_and_localises(model, data)
+    model.calibrate_good(data["good"], false_alarm_rate=0.0)
+    save_model(model, tmp_path / "s")
+    loaded, card = load_model(tmp_path / "s", device="cpu")
+    assert card.extra["method"] == "student" and card.extra["fitted"]["student_parameters"] < 100_000
+    np.testing.assert_allclose(loaded.score_samples(data["bad"]), model.score_samples(data["bad"]), rtol=1e-5)
+    assert loaded.threshold_ == model.threshold_
 
 
 def test_tiling_keeps_a_small_defect_in_a_big_image(patchcore, data) -> None:

@@ -141,3 +141,22 @@ def test_tiler_covers_and_stitches(shape: tuple[int, int]) -> None:
     whole = Tiler(input_size=32)
     crops, pl = whole.split(img)
     assert len(crops) == 1 and whole.stitch([np.ones((32, 32), np.float32)], pl).shape == shape
+
+
+def test_tiler_keeps_aspect_of_long_images() -> None:
+    """A 50×125 strip with max_aspect 1.5: short side scaled to 32, squares along the long side, map back in place."""
+    tiler = Tiler(input_size=32, max_aspect=1.5, overlap=0.25)
+    strip = np.zeros((50, 125), np.uint8)
+    strip[:, 100:] = 255  # the right fifth is bright
+    crops, pl = tiler.split(strip)
+    assert pl.scaled and pl.padded == (32, 80) and len(crops) == 3 and all(c.shape == (32, 32) for c in crops)
+    assert crops[0].max() == 0 and crops[-1][:, -8:].min() == 255  # not squashed: the bright band stays at the end
+    # maps holding each pixel's brightness come back at image size with the band where it was
+    stitched = tiler.stitch([c.astype(np.float32) for c in crops], pl)
+    assert stitched.shape == (50, 125)
+    assert stitched[:, :95].max() < 10 and stitched[:, 105:].min() > 245
+    # within max_aspect the image is still resized whole; tall images are tiled down their height
+    assert len(tiler.split(np.zeros((50, 70), np.uint8))[0]) == 1
+    assert tiler.placement((125, 50)).padded == (80, 32)
+    with pytest.raises(ValueError, match="max aspect"):
+        Tiler(input_size=32, max_aspect=0.5)

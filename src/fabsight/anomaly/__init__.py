@@ -6,7 +6,8 @@
     model.anomaly_maps(images); model.score_samples(images); model.predict(images)
 
 Methods: :class:`PatchCore` (memory bank), :class:`PaDiM` (per-position Gaussians),
-:class:`ReconDetector` (small UNet trained on synthetic defects). Models save as
+:class:`ReconDetector` (small UNet trained on synthetic defects), :class:`StudentTeacher`
+(a small student imitating the backbone on good images; anomaly = disagreement). Models save as
 directories with a card (:func:`save_model` / :func:`load_model`).
 """
 
@@ -29,7 +30,7 @@ from fabsight.die.data import read_image
 # The PyTorch methods load on first use (PEP 562), so the torch-free parts above can be
 # imported without PyTorch: the ONNX runtime (fabsight.deploy.anomaly) relies on it.
 _TORCH_EXPORTS = {
-    "PaDiM": "padim", "PatchCore": "patchcore", "ReconDetector": "recon",
+    "PaDiM": "padim", "PatchCore": "patchcore", "ReconDetector": "recon", "StudentTeacher": "student",
     "METHODS": "persist", "load_model": "persist", "make_model": "persist", "save_model": "persist",
 }
 
@@ -48,6 +49,7 @@ __all__ = [
     "PaDiM",
     "PatchCore",
     "ReconDetector",
+    "StudentTeacher",
     "Threshold",
     "build_mvtec_layout_from_magnetic_tile",
     "evaluate",

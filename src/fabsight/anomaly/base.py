@@ -71,6 +71,9 @@ class AnomalyModel(ABC):
     tile : cut images into overlapping ``tile``-pixel squares (each resized to
         ``input_size``) instead of resizing whole images; keeps small defects in big images.
     tile_overlap : fraction of a tile shared with its neighbour.
+    max_aspect : without ``tile``, images longer than this (long / short side) keep their
+        aspect ratio: short side scaled to ``input_size``, overlapping squares along the
+        long side. None squashes every image to a square.
     batch_size : network inputs per forward pass.
     device : ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when present).
     seed : makes random choices (sampling, projections, synthetic defects) repeatable.
@@ -89,6 +92,7 @@ class AnomalyModel(ABC):
         input_size: int = 256,
         tile: int | None = None,
         tile_overlap: float = 0.25,
+        max_aspect: float | None = None,
         batch_size: int = 8,
         device: str = "auto",
         seed: int = 0,
@@ -96,6 +100,7 @@ class AnomalyModel(ABC):
         self.input_size = input_size
         self.tile = tile
         self.tile_overlap = tile_overlap
+        self.max_aspect = max_aspect
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
@@ -121,7 +126,8 @@ class AnomalyModel(ABC):
     # helpers for subclasses ----------------------------------------------------------
     def _tiler(self) -> Tiler:
         try:
-            return Tiler(int(self.input_size), None if self.tile is None else int(self.tile), float(self.tile_overlap))
+            return Tiler(int(self.input_size), None if self.tile is None else int(self.tile), float(self.tile_overlap),
+                         None if self.max_aspect is None else float(self.max_aspect))
         except ValueError as exc:
             raise FabsightError(None, str(exc)) from None
 

@@ -55,15 +55,16 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _is_image(p))
 
 
-def read_mask(path: str | os.PathLike[str], shape: tuple[int, int]) -> np.ndarray:
+def read_mask(path: str | os.PathLike[str], shape: tuple[int, int] | None) -> np.ndarray:
     """A ground-truth mask as bool H×W; values above 127 are defect.
 
     Masks saved as JPEG-ish PNGs (magnetic tile) have soft edges, hence the mid threshold
-    rather than ``!= 0``. A mask of another size than its image is a user error.
+    rather than ``!= 0``. A mask of another size than its image (``shape``; None when only
+    the mask matters) is a user error.
     """
     p = Path(path)
     m = read_grey(p)
-    if m.shape != tuple(shape):
+    if shape is not None and m.shape != tuple(shape):
         raise FormatError(p, f"mask is {m.shape[1]}×{m.shape[0]} but its image is {shape[1]}×{shape[0]}")
     return m > 127
 

@@ -14,8 +14,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-#: Connectivity used to split ground-truth masks into regions (8-neighbourhood, as MVTec).
-_STRUCTURE = np.ones((3, 3), dtype=bool)
+from fabsight.anomaly.regions import STRUCTURE
 
 
 def image_auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
@@ -105,7 +104,7 @@ def aupro(
     region_of_defect = []
     n_regions = 0
     for m in masks:
-        lab, n = ndimage.label(np.asarray(m).astype(bool), structure=_STRUCTURE)
+        lab, n = ndimage.label(np.asarray(m).astype(bool), structure=STRUCTURE)
         region_of_defect.append(lab[lab > 0].astype(np.int32) + n_regions)
         n_regions += n
     if n_regions == 0 or y.all():
@@ -139,7 +138,7 @@ def region_recall(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], thres
     """
     found = total = 0
     for amap, m in zip(maps, masks, strict=True):
-        lab, n = ndimage.label(np.asarray(m).astype(bool), structure=_STRUCTURE)
+        lab, n = ndimage.label(np.asarray(m).astype(bool), structure=STRUCTURE)
         if n == 0:
             continue
         peaks = ndimage.maximum(np.asarray(amap), labels=lab, index=np.arange(1, n + 1))

@@ -58,13 +58,14 @@ class PatchCore(FeatureModel):
         input_size: int = 256,
         tile: int | None = None,
         tile_overlap: float = 0.25,
+        max_aspect: float | None = None,
         batch_size: int = 8,
         device: str = "auto",
         seed: int = 0,
     ) -> None:
         super().__init__(backbone=backbone, backbone_weights=backbone_weights, layers=layers,
                          smoothing_sigma=smoothing_sigma, input_size=input_size, tile=tile, tile_overlap=tile_overlap,
-                         batch_size=batch_size, device=device, seed=seed)
+                         max_aspect=max_aspect, batch_size=batch_size, device=device, seed=seed)
         self.coreset_ratio = coreset_ratio
         self.max_bank = max_bank
         self.max_candidates = max_candidates

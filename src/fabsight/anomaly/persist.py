@@ -19,6 +19,7 @@ from fabsight.anomaly.base import AnomalyModel
 from fabsight.anomaly.padim import PaDiM
 from fabsight.anomaly.patchcore import PatchCore
 from fabsight.anomaly.recon import ReconDetector
+from fabsight.anomaly.student import StudentTeacher
 from fabsight.anomaly.thresholds import Threshold
 from fabsight.artifacts import ModelCard, load_card, save_card
 from fabsight.errors import ModelError
@@ -28,11 +29,11 @@ from fabsight.utils.tensors import save_tensors
 TASK = "anomaly"
 WEIGHTS = "model.safetensors"
 
-METHODS: dict[str, type[AnomalyModel]] = {cls.method: cls for cls in (PatchCore, PaDiM, ReconDetector)}
+METHODS: dict[str, type[AnomalyModel]] = {cls.method: cls for cls in (PatchCore, PaDiM, ReconDetector, StudentTeacher)}
 
 
 def make_model(method: str, **params: Any) -> AnomalyModel:
-    """A new, unfitted model of ``method`` (patchcore, padim, recon)."""
+    """A new, unfitted model of ``method`` (patchcore, padim, recon, student)."""
     if method not in METHODS:
         raise ModelError(None, f"unknown anomaly method '{method}' (known: {', '.join(METHODS)})")
     return METHODS[method](**params)
@@ -43,7 +44,7 @@ def _input_block(model: AnomalyModel) -> dict[str, Any]:
         "size": [int(model.input_size), int(model.input_size)],
         "tiling": None if model.tile is None else {"tile": int(model.tile), "overlap": float(model.tile_overlap),
                                                    "stitch": "mean of overlapping tile maps"},
-        "resize": "each tile resized to the input size" if model.tile else "whole image resized to the input size",
+        "resize": _resize_rule(model),
     }
     bb = model.describe_backbone()
     if bb is not None:
@@ -53,6 +54,15 @@ def _input_block(model: AnomalyModel) -> dict[str, Any]:
         block["preprocessing"] = "scale to [0, 1]; grey or RGB as trained"
         block["channels"] = int(getattr(model, "channels_", 1))
     return block
+
+
+def _resize_rule(model: AnomalyModel) -> str:
+    if model.tile:
+        return "each tile resized to the input size"
+    if model.max_aspect is not None:
+        return (f"images up to {model.max_aspect:g}:1 resized whole to the input size; longer ones keep their aspect "
+                "ratio: short side scaled to the input size, overlapping squares along the long side")
+    return "whole image resized to the input size"
 
 
 def save_model(

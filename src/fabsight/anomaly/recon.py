@@ -127,12 +127,13 @@ class ReconDetector(AnomalyModel):
         input_size: int = 256,
         tile: int | None = None,
         tile_overlap: float = 0.25,
+        max_aspect: float | None = None,
         batch_size: int = 8,
         device: str = "auto",
         seed: int = 0,
     ) -> None:
-        super().__init__(input_size=input_size, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
-                         device=device, seed=seed)
+        super().__init__(input_size=input_size, tile=tile, tile_overlap=tile_overlap, max_aspect=max_aspect,
+                         batch_size=batch_size, device=device, seed=seed)
         self.width = width
         self.depth = depth
         self.steps = steps

@@ -14,7 +14,8 @@ from fabsight.cli.common import JsonOpt, StrictOpt, emit, out, require_read, war
 from fabsight.cli.deploy import RuntimeOpt
 from fabsight.errors import FabsightError
 
-sub = typer.Typer(help="Anomaly detection and localisation from good images only (PatchCore, PaDiM, recon).",
+sub = typer.Typer(help="Anomaly detection and localisation from good images only (PatchCore, PaDiM, recon, "
+                       "teacher–student).",
                   no_args_is_help=True)
 
 
@@ -22,6 +23,7 @@ class Method(StrEnum):
     patchcore = "patchcore"
     padim = "padim"
     recon = "recon"
+    student = "student"
 
 
 class ThresholdFrom(StrEnum):
@@ -71,24 +73,35 @@ def prepare_magnetic_tile(
 def fit(
     root: Annotated[Path, typer.Argument(help="MVTec-layout dataset: ROOT/train/good (+ ROOT/test to evaluate).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
-    method: Annotated[Method, typer.Option(help="patchcore: memory bank; padim: per-position Gaussians; "
-                                                 "recon: UNet trained on synthetic defects.")] = Method.patchcore,
+    method: Annotated[Method, typer.Option(
+        help="patchcore: memory bank; padim: per-position Gaussians; recon: UNet trained on synthetic defects; "
+             "student: small network trained to imitate the backbone, anomaly = disagreement.")] = Method.patchcore,
     backbone: Annotated[str, typer.Option(help="Backbone for patchcore/padim: a name, timm:<model> or a "
                                                "directory.", rich_help_panel=_MODEL)] = "efficientnet_lite0",
     backbone_weights: Annotated[Path | None, typer.Option(help="Local weights file for the backbone.",
                                                           rich_help_panel=_MODEL)] = None,
     layers: Annotated[list[str] | None, typer.Option("--layers", help="Backbone layers (repeat); default: "
                                                      "measured per backbone.", rich_help_panel=_MODEL)] = None,
-    input_size: Annotated[int, typer.Option(help="Network input side in pixels.", rich_help_panel=_MODEL)] = 256,
+    input_size: Annotated[int | None, typer.Option(help="Network input side in pixels (default 256).",
+                                                   rich_help_panel=_MODEL)] = None,
     tile: Annotated[int | None, typer.Option(help="Cut images into overlapping tiles of this many pixels "
-                                                  "(keeps small defects in big images).",
+                                                  "(keeps small defects in big images); 0 = never tile. Default: "
+                                                  "chosen from image size and defect scale.",
                                              rich_help_panel=_MODEL)] = None,
     tile_overlap: Annotated[float, typer.Option(rich_help_panel=_MODEL)] = 0.25,
+    max_aspect: Annotated[float | None, typer.Option(help="Images longer than this (long/short side) keep their "
+                                                          "aspect ratio and are cut along the long side; 0 = squash "
+                                                          "every image to a square. Default 1.5.",
+                                                     rich_help_panel=_MODEL)] = None,
+    auto: Annotated[bool, typer.Option("--auto/--no-auto", help="Choose unset input settings from the training "
+                                       "images and defect masks (--no-auto: 256 px, squashed, no tiling).",
+                                       rich_help_panel=_MODEL)] = True,
     coreset_ratio: Annotated[float, typer.Option(help="patchcore: share of patches kept.",
                                                  rich_help_panel=_MODEL)] = 0.01,
     max_bank: Annotated[int, typer.Option(help="patchcore: memory-bank cap (patches).",
                                           rich_help_panel=_MODEL)] = 10_000,
-    steps: Annotated[int, typer.Option(help="recon: training steps.", rich_help_panel=_MODEL)] = 1500,
+    steps: Annotated[int | None, typer.Option(help="recon, student: training steps (default 1500 for recon, 600 "
+                                                   "for student).", rich_help_panel=_MODEL)] = None,
     holdout: Annotated[float, typer.Option(help="Share of train/good held out to choose the threshold.",
                                            rich_help_panel=_THR)] = 0.2,
     threshold_from: Annotated[ThresholdFrom, typer.Option(help="good: target false-alarm rate on held-out good "
@@ -129,10 +142,12 @@ def fit(
         raise FabsightError(root / "train" / "good", f"only {len(train)} good images: too few to hold "
                                                      f"{n_hold} out for the threshold")
     fit_records, hold_records = train[n_hold:], train[:n_hold]
-    params: dict[str, Any] = {"input_size": input_size, "tile": tile, "tile_overlap": tile_overlap,
-                              "device": device, "seed": seed}
+    fit_images = _read_all(fit_records, "anomaly: reading training images")
+    choice = _choose_input(auto, fit_images, fit_records, val_records or test_records, root,
+                           input_size=input_size, tile=tile, max_aspect=max_aspect)
+    params: dict[str, Any] = {**choice.params(), "tile_overlap": tile_overlap, "device": device, "seed": seed}
     if method is Method.recon:
-        params["steps"] = steps
+        params["steps"] = steps or 1500
         if layers or backbone_weights or backbone != "efficientnet_lite0":
             warn("--backbone, --backbone-weights and --layers do not apply to --method recon (it has its own UNet)")
         from fabsight.utils.device import resolve_device
@@ -140,15 +155,18 @@ def fit(
         if resolve_device(device) == "cpu":
             # Measured (docs/benchmarks.md): even a width-8 UNet took ~0.8 s a step on a
             # shared 2-core CPU, and 1,000 steps gave only image AUROC 0.67 on magnetic tile.
-            warn(f"recon is training on the CPU: {steps} steps can take tens of minutes and gave weak models in "
-                 "CPU budgets (docs/benchmarks.md); train it on a GPU (--device cuda) or use --method patchcore")
+            warn(f"recon is training on the CPU: {params['steps']} steps can take tens of minutes and gave weak "
+                 "models in CPU budgets (docs/benchmarks.md); train it on a GPU (--device cuda) or use --method "
+                 "patchcore")
     else:
         params.update(backbone=backbone, backbone_weights=None if backbone_weights is None else str(backbone_weights),
                       layers=list(layers) if layers else None)
         if method is Method.patchcore:
             params.update(coreset_ratio=coreset_ratio, max_bank=max_bank)
+        if method is Method.student and steps is not None:
+            params["steps"] = steps
     model = make_model(method.value, **params)
-    model.fit(_read_all(fit_records, "anomaly: reading training images"))
+    model.fit(fit_images)
     if threshold_from is ThresholdFrom.good:
         model.calibrate_good(_read_all(hold_records, "anomaly: reading held-out good images"), false_alarm_rate)
         chosen_on = f"{n_hold} held-out images of {root / 'train' / 'good'} (not used for fitting)"
@@ -160,18 +178,47 @@ def fit(
     metrics: dict[str, Any] = {}
     if test_records:
         metrics = {"test": evaluate(model, test_records), "measured_on": str(root / "test")}
-    training = {"root": str(root), "n_held_out_for_threshold": n_hold, "seed": seed}
+    training = {"root": str(root), "n_held_out_for_threshold": n_hold, "seed": seed,
+                "input_choice": choice.to_dict()}
     save_model(model, out_dir, training=training, metrics=metrics)
     result = {"model": str(out_dir), "method": method.value, "n_train_images": len(fit_records),
+              "input": {**choice.params(), "reasons": choice.reasons},
               "threshold": model.threshold_.to_dict(),  # type: ignore[union-attr]
               "threshold_meaning": model.threshold_.describe(),  # type: ignore[union-attr]
               "fit_seconds": round(model.fit_seconds_, 1), "metrics": metrics}
     emit(result, as_json, _print_fit, log)
 
 
+def _choose_input(auto: bool, images: list[Any], records: list[Any], with_masks: list[Any], root: Path,
+                  **given: Any) -> Any:
+    """Input size, tiling and aspect handling: the user's, then (with ``auto``) chosen from the images
+    and the defect masks of ``with_masks`` (validation, else test records), each with its reason."""
+    from fabsight.anomaly.auto import InputChoice, choose_input, defect_diameters, survey_images
+
+    if not auto:
+        tile = given["tile"] or None
+        aspect = given["max_aspect"] or None
+        return InputChoice(given["input_size"] or 256, tile, aspect,
+                           reasons=["--no-auto: fixed defaults where not set (256 px, squashed, no tiling)"])
+    facts = survey_images(images, [r.path for r in records])
+    masks = [r.mask_path for r in with_masks if r.mask_path is not None]
+    if not masks and (root / "ground_truth").is_dir() and (root / "test").is_dir():
+        from fabsight.anomaly.datasets import load_split
+
+        masks = [r.mask_path for r in load_split(root, "test") if r.mask_path is not None]
+    source = f"{len(masks)} masks under {Path(masks[0]).parent.parent}" if masks else ""
+    choice = choose_input(facts, defect_diameters(masks) if masks else None, defect_source=source, **given)
+    for w in choice.warnings:
+        warn(w)
+    return choice
+
+
 def _print_fit(r: dict[str, Any]) -> None:
     out.print(f"{r['model']}: {r['method']} on {r['n_train_images']} good images in {r['fit_seconds']} s",
               markup=False)
+    i = r["input"]
+    out.print(f"input {i['input_size']} px, tile {i['tile'] or 'off'}, aspect kept beyond "
+              f"{i['max_aspect'] or 'never'}: " + "; ".join(i["reasons"]), markup=False)
     out.print(f"threshold {r['threshold_meaning']}", markup=False)
     if r["metrics"]:
         _print_eval(r["metrics"]["test"])
@@ -227,19 +274,31 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for heat maps, masks and predictions.json.")],
     threshold: Annotated[float | None, typer.Option(help="Override the card's threshold.")] = None,
+    pixel_size: Annotated[float | None, typer.Option(help="Side of one image pixel in µm: defect areas are "
+                                                          "also given in µm².")] = None,
+    min_area: Annotated[int, typer.Option(help="Smallest defect region counted, in pixels.")] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Torch (or ONNX Runtime) CPU threads.")] = None,
     runtime: RuntimeOpt = "torch",
     strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score images; write <stem>_heatmap.png and <stem>_mask.png per image and predictions.json."""
-    from fabsight.anomaly.render import write_heatmap, write_mask
+    """Score images and count their defects: connected regions above the threshold with area, box and peak.
+
+    Writes <stem>_heatmap.png, <stem>_mask.png and <stem>_regions.png (numbered boxes) per
+    image, and predictions.json with the regions per image and a count and size histogram per folder.
+    """
+    from fabsight.anomaly.regions import defect_regions, folder_summary
+    from fabsight.anomaly.render import write_heatmap, write_mask, write_regions
     from fabsight.die.data import expand_inputs, read_image
     from fabsight.io import ReadLog
     from fabsight.utils.atomic import write_json
     from fabsight.utils.progress import track
 
+    if pixel_size is not None and not pixel_size > 0:
+        raise FabsightError(None, f"--pixel-size must be positive (µm per pixel), got {pixel_size}")
+    if min_area < 1:
+        raise FabsightError(None, f"--min-area must be at least 1 pixel, got {min_area}")
     model = _load(model_dir, runtime, device, threads)
     t = model.resolve_threshold(threshold)
     log = ReadLog(strict=strict)
@@ -262,14 +321,20 @@ def predict(
     for i, (f, stem, (score, amap)) in enumerate(zip(files, stems, gen, strict=True)):
         anomalous = score >= t
         mask = (amap >= t) & anomalous
-        heat, mpath = out_dir / f"{stem}_heatmap.png", out_dir / f"{stem}_mask.png"
-        write_heatmap(heat, amap, t, pending.pop(i))
+        regions = defect_regions(amap, t, pixel_size_um=pixel_size, min_area=min_area) if anomalous else []
+        heat, mpath, rpath = (out_dir / f"{stem}_{kind}.png" for kind in ("heatmap", "mask", "regions"))
+        image = pending.pop(i)
+        write_heatmap(heat, amap, t, image)
         write_mask(mpath, mask)
+        write_regions(rpath, image, regions)
         results.append({"image": str(f), "score": score, "anomalous": bool(anomalous),
-                        "defect_pixels": int(mask.sum()), "heatmap": str(heat), "mask": str(mpath)})
+                        "defect_pixels": int(mask.sum()), "n_defects": len(regions), "defects": regions,
+                        "heatmap": str(heat), "mask": str(mpath), "regions_image": str(rpath)})
     summary = {"model": str(model_dir), "threshold": t,
                "threshold_source": "--threshold" if threshold is not None else "model card",
                "n_images": len(results), "n_anomalous": sum(r["anomalous"] for r in results),
+               "n_defects": sum(r["n_defects"] for r in results), "pixel_size_um": pixel_size,
+               "folders": folder_summary([str(f.parent) for f in files], [r["defects"] for r in results], pixel_size),
                "seconds": round(time.perf_counter() - start, 2), "predictions": results, "errors": log.to_json()}
     write_json(out_dir / "predictions.json", summary)
     emit(summary, as_json, _print_predict, log)
@@ -278,7 +343,13 @@ def predict(
 def _print_predict(s: dict[str, Any]) -> None:
     for r in s["predictions"]:
         flag = "ANOMALOUS" if r["anomalous"] else "good"
-        out.print(f"{r['image']}: {flag} (score {r['score']:.4g}, {r['defect_pixels']} px)", markup=False)
+        out.print(f"{r['image']}: {flag} (score {r['score']:.4g}, {r['n_defects']} defects, "
+                  f"{r['defect_pixels']} px)", markup=False)
+    for folder, f in s["folders"].items():
+        sizes = ", ".join(f"{b['count']} ≤ {b['area_px'][1]} px" if b["area_px"][1] else f"{b['count']} larger"
+                          for b in f["area_histogram"] if b["count"])
+        out.print(f"{folder}: {f['n_defects']} defects in {f['n_images_with_defects']}/{f['n_images']} images"
+                  + (f" ({sizes})" if sizes else ""), markup=False)
     out.print(f"{s['n_anomalous']}/{s['n_images']} anomalous at threshold {s['threshold']:.4g} "
               f"({s['threshold_source']})", markup=False)
 

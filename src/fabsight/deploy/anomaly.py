@@ -3,7 +3,8 @@
 What becomes a graph is the part that needs PyTorch: for PatchCore and PaDiM the backbone
 with the locally aware patch-feature step (normalised crops in, B×D×h×w features out);
 for the recon UNet the whole network (crops in [0, 1] in, reconstruction and defect
-probability out). The nearest-neighbour search (faiss, on the memory bank read from
+probability out); for the teacher–student model both networks and their disagreement
+(normalised crops in, B×h×w patch scores out). The nearest-neighbour search (faiss, on the memory bank read from
 ``model.safetensors``), the per-position Mahalanobis distance, upsampling, smoothing,
 tiling, stitching and the threshold stay in numpy and in the card, where a user can read
 and retune them: anomalib 2.x folded post-processing and thresholds into its exported
@@ -125,6 +126,15 @@ class OnnxPaDiM(_OnnxAnomaly):
         return self._upsample(np.sqrt(np.maximum(m2, 0.0)).reshape(b, h, w).astype(np.float32)), None
 
 
+class OnnxStudent(_OnnxAnomaly):
+    """Teacher–student with both networks and their disagreement in one graph (patch scores out)."""
+
+    method = "student"
+
+    def _map_batch(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._upsample(self._features(crops).astype(np.float32)), None
+
+
 class OnnxRecon(_OnnxAnomaly):
     """The recon UNet in ONNX Runtime (the graph ends in the defect probability)."""
 
@@ -145,7 +155,7 @@ def _recon_input(crops: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
 
 
-_CLASSES: dict[str, type[_OnnxAnomaly]] = {c.method: c for c in (OnnxPatchCore, OnnxPaDiM, OnnxRecon)}
+_CLASSES: dict[str, type[_OnnxAnomaly]] = {c.method: c for c in (OnnxPatchCore, OnnxPaDiM, OnnxRecon, OnnxStudent)}
 
 
 def load_onnx_anomaly(model_dir: str | os.PathLike[str], *, int8: bool = False, n_threads: int = 2) -> AnomalyModel:
@@ -165,7 +175,8 @@ def _assemble(model_dir: str | os.PathLike[str], card: ModelCard, graph: Path, i
     if method not in _CLASSES:
         raise ModelError(model_dir, f"card names unknown anomaly method {method!r}")
     params = card.extra.get("params", {})
-    base = {k: params[k] for k in ("input_size", "tile", "tile_overlap", "batch_size", "seed") if k in params}
+    keys = ("input_size", "tile", "tile_overlap", "max_aspect", "batch_size", "seed")
+    base = {k: params[k] for k in keys if k in params}
     model = _CLASSES[method](device="cpu", **base)
     weights = Path(model_dir) / card.files.get("weights", "model.safetensors")
     try:
@@ -182,7 +193,7 @@ def _assemble(model_dir: str | os.PathLike[str], card: ModelCard, graph: Path, i
             model.channels_ = state["channels"].astype(np.int64)
             model.mean_ = state["mean"].astype(np.float32)
             model.inv_covariance_ = state["inv_covariance"].astype(np.float32)
-        else:
+        elif method == "recon":
             model.channels_ = int(fitted["channels"])
     except KeyError as exc:
         raise ModelError(model_dir, f"weights or card lack {exc}: not written by this fabsight version") from None
@@ -281,6 +292,21 @@ def _graph(model: Any) -> tuple[Any, list[str]]:
 
         return Recon().eval(), ["reconstruction", "defect_probability"]
 
+    if model.method == "student":
+
+        class Disagreement(torch.nn.Module):
+            """Normalised crops in; teacher–student mean squared difference per patch out."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.teacher = model.backbone_.model
+                self.student = model.student_
+
+            def forward(self, crops: torch.Tensor) -> torch.Tensor:
+                return model.patch_disagreement(crops)
+
+        return Disagreement().eval(), ["patch_scores"]
+
     class Features(torch.nn.Module):
         """Normalised crops in; locally aware patch features of the model's layers out."""
 
@@ -303,6 +329,16 @@ def _network_input(model: Any, images: list[np.ndarray]) -> np.ndarray:
     return model.backbone_.preprocess(crops).cpu().numpy()
 
 
+def _postprocessing(method: str) -> str:
+    """What runs after the graph, in numpy, for ``method``."""
+    if method == "recon":
+        return "Gaussian smoothing of the defect probability"
+    if method == "student":
+        return "bilinear upsampling of the patch scores to the input size, Gaussian smoothing"
+    return ("patch distances to the memory bank (faiss) or Mahalanobis distances to the per-position Gaussians "
+            "(model.safetensors), bilinear upsampling to the input size, Gaussian smoothing")
+
+
 def _auroc(labels: np.ndarray | None, scores: np.ndarray) -> float | None:
     from fabsight.anomaly.metrics import image_auroc
 
@@ -321,6 +357,11 @@ def export_anomaly(
     from fabsight.deploy.quantize import FEATURE_RECIPE, quantize, speed_vs_fp32
 
     model, card = load_model(model_dir, device="cpu")
+    if int8 and model.method == "student":
+        # Measured (tests/test_deploy_models.py): the score is a squared difference of two
+        # quantised feature maps, and INT8 moved defect scores by up to 60 %.
+        raise FabsightError(model_dir, "INT8 is not offered for teacher–student models (quantisation error is "
+                                       "squared in their score): export without --int8 and deploy the fp32 graph")
     images, labels, described = _sample(card, sample, seed)
     calib, calib_described = _calibration_images(card, sample) if int8 else ([], "")  # fails before any work
     x = _network_input(model, images)
@@ -376,10 +417,7 @@ def export_anomaly(
             "preprocessing": "NOT in the graph: tiling/resize to card.input, then " + (
                 "pixel / 255, B×C×S×S" if model.method == "recon" else
                 "RGB, pixel / 255, normalise with onnx.preprocessing_args (fabsight.utils.preprocess)"),
-            "postprocessing": "NOT in the graph: " + (
-                "Gaussian smoothing of the defect probability" if model.method == "recon" else
-                "patch distances to the memory bank (faiss) or Mahalanobis distances to the per-position Gaussians "
-                "(model.safetensors), bilinear upsampling to the input size, Gaussian smoothing")
+            "postprocessing": "NOT in the graph: " + _postprocessing(model.method)
             + "; stitching, image score = map maximum; extra.threshold decides (editable, never in the graph)",
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
             "onnxruntime": ort.__version__,

@@ -5,17 +5,17 @@ pooled layer outputs feed a probe / hybrid / hierarchical scikit-learn classifie
 the backbone needs PyTorch, so only it becomes a graph (``backbone.onnx``: normalised
 B×3×H×W images in, the B×D embedding of the model's layers out). The classifier stays
 ``classifier.joblib`` with its temperature and review thresholds; GLCM + Zernike features
-are numpy already. :class:`OnnxBackbone` offers the few ``Backbone`` methods the die
-pipeline calls, with the preprocessing in numpy (:mod:`fabsight.deploy.preprocess`), so
-``DieModel(..., runtime="onnx")`` predicts and evaluates without importing torch.
+are numpy already. :class:`fabsight.die.onnx.OnnxBackbone` runs the graph with the
+preprocessing in numpy (:mod:`fabsight.utils.preprocess`), so ``DieModel(..., runtime="onnx")``
+predicts and evaluates without importing torch.
 
 A fine-tuned model (``--method finetune``) has no frozen backbone: the network *is* the
 classifier, and its ``classifier.joblib`` cannot be unpickled without torch. Its export is
 one graph, ``network.onnx`` (normalised images in; ``logits`` and the pooled ``embedding``
 out), and ``decision.npz`` holds the rest of the fitted decision in plain arrays
 (temperature, embedding mean / std, class centroids, OOD threshold, min_confidence).
-:class:`OnnxFinetuneClassifier` runs them with the same post-processing code as the PyTorch
-classifier (:class:`fabsight.die.classifier.NetworkDecisionsMixin`).
+:class:`fabsight.die.onnx.OnnxFinetuneClassifier` runs them with the same post-processing
+code as the PyTorch classifier. This module writes and checks those files (it needs PyTorch).
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def export_die(
                                        (probs_q, probs_t), (pred_q, pred_t), labels, info["check"]["accuracy_torch"])
         info.update({
             "preprocessing": "NOT in the graph: card.input (RGB, /255, antialiased resize to size, mean/std); "
-                             "fabsight.deploy.preprocess reproduces it in numpy",
+                             "fabsight.utils.preprocess reproduces it in numpy",
             "postprocessing": "NOT in the graph: ⊕ GLCM + Zernike when training.handcrafted, then classifier.joblib "
                               "(scikit-learn, with its temperature and the review thresholds in extra)",
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
@@ -274,7 +274,7 @@ def _export_finetune(model_dir: Path, torch_model: Any, *, int8: bool, opset: in
             info["int8"]["max_abs_logit_diff"] = float(np.abs(logits_q - logits_t).max())
         info.update({
             "preprocessing": "NOT in the graph: card.input (RGB, /255, antialiased resize to size, mean/std); "
-                             "fabsight.deploy.preprocess reproduces it in numpy",
+                             "fabsight.utils.preprocess reproduces it in numpy",
             "postprocessing": f"NOT in the graph: {DECISION_FILE} holds {', '.join(DECISION_KEYS)}; probabilities = "
                               "softmax(logits / temperature_), needs_review from min_confidence and the embedding's "
                               "nearest-centroid distance (fabsight.die.classifier.NetworkDecisionsMixin)",

@@ -302,16 +302,12 @@ MIN_BOX_PIXELS = 4
 
 
 def anomaly_boxes(amap: np.ndarray, threshold: float) -> list[list[Any]]:
-    """``[x0, y0, x1, y1, "anomaly", peak]`` around each connected region of the map above ``threshold``."""
-    import cv2
+    """``[x0, y0, x1, y1, "anomaly", peak]`` around each connected region of the map at or above
+    ``threshold`` (the regions ``fabsight anomaly predict`` counts), strongest first."""
+    from fabsight.anomaly.regions import defect_regions
 
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((amap > threshold).astype(np.uint8), connectivity=8)
-    boxes = []
-    for k in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[k])
-        if area >= MIN_BOX_PIXELS:
-            boxes.append([x, y, x + w, y + h, "anomaly", round(float(amap[labels == k].max()), 4)])
-    return boxes
+    return [[*r["bbox"], "anomaly", round(r["peak_score"], 4)]
+            for r in defect_regions(amap, threshold, min_area=MIN_BOX_PIXELS)]
 
 
 def ingest_die_image(
