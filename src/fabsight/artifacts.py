@@ -132,13 +132,16 @@ register_task("golden-template-inspection", "fabsight.inspect.model:load_inspect
 register_task("backbone", "fabsight.backbones.registry:load_backbone_dir")
 
 
-def load(model_dir: str | os.PathLike[str], runtime: str = "torch", **options: Any) -> Any:
+def load(model_dir: str | os.PathLike[str], runtime: str = "torch", *, task: str | tuple[str, ...] | None = None,
+         **options: Any) -> Any:
     """The predictor for any fabsight model directory, whatever its task.
 
     ``runtime``: ``torch``, or ``onnx`` / ``onnx-int8`` for an exported model of a task that
-    has them; ``options`` go to the task's loader (e.g. ``n_threads``, ``device``).
+    has them; ``task`` restricts the tasks a command accepts (a die model given to a wafer
+    command is refused in one line); ``options`` go to the task's loader (e.g. ``n_threads``,
+    ``device``).
     """
-    card = load_card(model_dir)
+    card = load_card(model_dir, task=task)
     entry = _TASKS.get(card.task)
     if entry is None:
         raise ModelError(model_dir, f"no loader for task '{card.task}' (known: {', '.join(sorted(_TASKS))})")

@@ -134,11 +134,11 @@ def load_die_model(model: Any, runtime: str = "torch", device: str = "cpu", n_th
     a model of another task is refused by its card."""
     if not isinstance(model, (str, os.PathLike)):
         return model
-    from fabsight.die.model import DieModel
+    from fabsight.artifacts import load
 
     if runtime == "torch":
-        return DieModel(model, device=device)
-    return DieModel(model, runtime=runtime, n_threads=n_threads)
+        return load(model, task="die-classifier", device=device)
+    return load(model, runtime, task="die-classifier", n_threads=n_threads)
 
 
 def _defect_error(klarf: Path, d: KlarfDefect, exc: Exception) -> FabsightError:

@@ -259,13 +259,13 @@ def eval_(
 
 def _load(model_dir: Path, runtime: str, device: str, threads: int | None) -> Any:
     """The model on ``runtime``; torch's thread count is set only when torch runs it."""
-    from fabsight.deploy.anomaly import load_anomaly_model
+    from fabsight.artifacts import load
 
     if runtime == "torch":
         _set_threads(threads)
     elif threads is not None and threads < 1:
         raise FabsightError(None, f"--threads must be at least 1, got {threads}")
-    return load_anomaly_model(model_dir, runtime, device=device, n_threads=threads or 2)
+    return load(model_dir, runtime, task="anomaly", device=device, n_threads=threads or 2)
 
 
 @sub.command("predict")

@@ -74,9 +74,10 @@ def _default_model(model: Path | None) -> tuple[Path | None, str | None]:
 def _predict(model: Path | None, maps: list[Any], runtime: str) -> list[dict[str, Any]] | None:
     if model is None:
         return None
-    from fabsight.deploy import load_predictor
+    from fabsight.artifacts import load
+    from fabsight.wafer.pretrained import resolve_model
 
-    return load_predictor(model, runtime).predict_details(maps)
+    return load(resolve_model(model), runtime, task="wafer-pattern").predict_details(maps)
 
 
 def _vlm(url: str | None, name: str | None, timeout: float) -> Any:

@@ -259,11 +259,11 @@ def evaluate(
 
 def _load(model_dir: Path, device: str, runtime: str) -> Any:
     """A die model on ``runtime``; the ONNX runtimes run on the CPU without torch (no device to resolve)."""
-    from fabsight.die.model import DieModel
+    from fabsight.artifacts import load
 
     if runtime == "torch":
-        return DieModel(model_dir, device=resolve_device(device))
-    return DieModel(model_dir, runtime=runtime)
+        return load(model_dir, task="die-classifier", device=resolve_device(device))
+    return load(model_dir, runtime, task="die-classifier")
 
 
 def predict(

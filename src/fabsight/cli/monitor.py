@@ -55,12 +55,13 @@ def read_wafers(paths: list[str], log: ReadLog, lots: str | None = None, what: s
 
 
 def load_classifier(model: Path | None, runtime: str = "torch") -> Any:
-    """The wafer classifier at ``model`` on ``runtime`` (see ``fabsight.deploy.load_predictor``), or None."""
+    """The wafer classifier at ``model`` (a directory or 'pretrained') on ``runtime``, or None."""
     if model is None:
         return None
-    from fabsight.deploy import load_predictor
+    from fabsight.artifacts import load
+    from fabsight.wafer.pretrained import resolve_model
 
-    return load_predictor(model, runtime)
+    return load(resolve_model(model), runtime, task="wafer-pattern")
 
 
 def check_model_options(model: Path | None, no_model: bool) -> None:

@@ -242,7 +242,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Score a model on labelled maps: accuracy, macro-F1, per class, confusion matrix."""
-        from fabsight.deploy import load_predictor
+        from fabsight.artifacts import load
         from fabsight.io import ReadLog
         from fabsight.wafer import evaluate
         from fabsight.wafer.recipe import KNOWN_NAMES, harmonise, read_labelled
@@ -250,7 +250,7 @@ def register(app: typer.Typer) -> None:
         if old_data is not None:
             model, data = _old_model_argument(model, data), old_data
         model_dir, name = wafer_model(model)
-        clf = load_predictor(model_dir, runtime, n_threads=threads)
+        clf = load(model_dir, runtime, task="wafer-pattern", n_threads=threads)
         log = ReadLog(strict=strict)
         with _warnings_as_lines():
             source = read_labelled(data, log)
@@ -278,14 +278,13 @@ def register(app: typer.Typer) -> None:
         """Classify every wafer in the inputs; uncertain or unusual ones are marked for review."""
         from itertools import islice
 
-        from fabsight.artifacts import CARD_NAME
-        from fabsight.deploy import load_predictor
+        from fabsight.artifacts import CARD_NAME, load
         from fabsight.io import ReadLog, iter_maps
 
         if len(inputs) > 1 and (inputs[0] / CARD_NAME).is_file():  # `predict MODEL INPUTS…`, the old form
             model, inputs = _old_model_argument(model, inputs[0]), inputs[1:]
         model_dir, name = wafer_model(model)
-        clf = load_predictor(model_dir, runtime, n_threads=threads)
+        clf = load(model_dir, runtime, task="wafer-pattern", n_threads=threads)
         rows = []
         log = ReadLog(strict=strict)
         stream = iter_maps(inputs, log)

@@ -121,11 +121,13 @@ class BatchWorker:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.kb = None
         if spec.mode == "wafer":
-            from fabsight.deploy import load_predictor
+            from fabsight.artifacts import load
+            from fabsight.wafer.pretrained import resolve_model
 
             if spec.model_dir is None:
                 raise FabsightError(None, "a wafer batch job needs --model")
-            self.model = load_predictor(spec.model_dir, spec.runtime, n_threads=spec.n_threads)
+            self.model = load(resolve_model(spec.model_dir), spec.runtime, task="wafer-pattern",
+                              n_threads=spec.n_threads)
             if spec.explain:
                 from fabsight.assist.knowledge import load_kb
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fabsight.artifacts import load_card
+from fabsight.artifacts import load, load_card
 from fabsight.errors import FabsightError, ModelError
 from fabsight.serve.auth import check_token, resolve_token
 from fabsight.serve.worker import ParseLimits, ParseWorker, read_die_image, read_wafers
@@ -147,14 +147,10 @@ def load_service(
                 service.die_model = load_die_model(die, runtime)
                 service.die_model_name = f"{die.name} ({load_card(die).created})"
             if path is not None:
-                from fabsight.deploy import load_predictor
-
-                service.classifier = load_predictor(path, runtime)
+                service.classifier = load(path, runtime, task="wafer-pattern")
                 service.model_name = f"{path.name} ({load_card(path).created})"
             if anomaly is not None:
-                from fabsight.deploy import load_anomaly_model
-
-                service.anomaly_model = load_anomaly_model(anomaly, runtime, device="cpu")
+                service.anomaly_model = load(anomaly, runtime, task="anomaly", device="cpu")
                 service.anomaly_model.resolve_threshold()  # a model without a threshold cannot label images
         service.files_dir.mkdir(parents=True, exist_ok=True)
         if policy.token:
